@@ -298,7 +298,7 @@ def _classify(conn: Connection, config: ReconcileConfig, horizon: float) -> tupl
         C.first_latency(a.c.acked, null(), a.c.ok, a.c.first_ok, a.c.t0),
         *[null() for _ in old],
     ).select_from(joined).where(o.c.stream.is_(None), deadline <= horizon)
-    classified = conn.execute(insert(S.t_new).from_select(names, fresh)).rowcount
+    conn.execute(insert(S.t_new).from_select(names, fresh))
 
     later = select(
         *key,
@@ -309,8 +309,13 @@ def _classify(conn: Connection, config: ReconcileConfig, horizon: float) -> tupl
         C.first_latency(o.c.acked, o.c.latency, a.c.ok, a.c.first_ok, o.c.t0),
         *old,
     ).select_from(joined).where(o.c.stream.is_not(None))
-    updated = conn.execute(insert(S.t_new).from_select(names, later)).rowcount
-    return int(classified), int(updated)
+    conn.execute(insert(S.t_new).from_select(names, later))
+    # rowcount of INSERT ... SELECT is not reliable across drivers: count instead.
+    n = S.t_new
+    row = conn.execute(
+        select(func.count(), func.count(n.c.o_cls)).select_from(n)
+    ).one()
+    return int(row[0]) - int(row[1]), int(row[1])
 
 
 def _state(t: Any, prefix: str) -> C.State:

@@ -1,0 +1,84 @@
+"""The collector's ingest endpoints: POST /v1/records, /healthz, /readyz."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from .schema import RecordError, parse_batch
+from .writer import IngestResult, write_batch
+
+DEFAULT_MAX_BODY = 8 * 1024 * 1024
+
+router = APIRouter()
+
+
+def get_engine(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+EngineDep = Annotated[Engine, Depends(get_engine)]
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"body: larger than the limit of {limit} bytes ({declared})")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:  # a chunked body has no content-length to refuse early
+            raise HTTPException(413, f"body: larger than the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _decode_and_store(engine: Engine, body: bytes) -> IngestResult:
+    if not body.strip():
+        raise HTTPException(400, "body: empty; send a JSON array of records")
+    try:
+        payload: Any = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HTTPException(400, f"body: not valid JSON ({exc})") from None
+    try:
+        batch = parse_batch(payload)
+    except RecordError as exc:
+        raise HTTPException(422, {"field": exc.field, "reason": exc.reason}) from None
+    try:
+        return write_batch(engine, batch)
+    except SQLAlchemyError as exc:
+        # Nothing of the batch is stored (one transaction); the shim retries.
+        raise HTTPException(503, f"store unavailable: {type(exc).__name__}") from None
+
+
+@router.post("/v1/records")
+async def post_records(request: Request, engine: EngineDep) -> dict[str, int]:
+    """Store a batch of delivery records atomically; repeats are ignored and counted."""
+    limit: int = getattr(request.app.state, "max_body", DEFAULT_MAX_BODY)
+    body = await _read_body(request, limit)
+    result = await run_in_threadpool(_decode_and_store, engine, body)
+    return {"accepted": result.accepted, "ignored": result.ignored}
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(engine: EngineDep) -> dict[str, str]:
+    """The store answers: the collector can take records."""
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        raise HTTPException(503, f"store unavailable: {type(exc).__name__}") from None
+    return {"status": "ready"}

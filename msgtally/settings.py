@@ -1,0 +1,54 @@
+"""The collector's settings: one object, validated at start-up.
+
+Read from MSGTALLY_* environment variables; command-line flags override them.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ingest.api import DEFAULT_MAX_BODY
+from ingest.db import DEFAULT_DB_URL
+from reconcile.config import (
+    DEFAULT_BUCKETS,
+    DEFAULT_BUDGET,
+    DEFAULT_DEADLINE,
+    DEFAULT_SETTLE,
+    ReconcileConfig,
+)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MSGTALLY_", extra="forbid")
+
+    db: str = DEFAULT_DB_URL
+    host: str = "127.0.0.1"
+    port: int = Field(default=8410, ge=0, le=65535)
+    max_body: int = Field(default=DEFAULT_MAX_BODY, ge=1024)
+    reconcile: bool = True
+    interval: float = Field(default=5.0, gt=0)
+    deadline: float = Field(default=DEFAULT_DEADLINE, gt=0)
+    settle: float = Field(default=DEFAULT_SETTLE, ge=0)
+    stream_deadlines: dict[str, float] = Field(default_factory=dict)
+    expected_groups: dict[str, list[str]] = Field(default_factory=dict)
+    latency_buckets: list[float] = Field(default_factory=lambda: list(DEFAULT_BUCKETS))
+    budget: int = Field(default=DEFAULT_BUDGET, ge=1)
+
+    @field_validator("stream_deadlines")
+    @classmethod
+    def _positive(cls, value: dict[str, float]) -> dict[str, float]:
+        for stream, seconds in value.items():
+            if seconds <= 0:
+                raise ValueError(f"deadline of stream {stream!r} is {seconds}; must be > 0")
+        return value
+
+    def reconcile_config(self) -> ReconcileConfig:
+        return ReconcileConfig(
+            deadline=self.deadline,
+            stream_deadlines=dict(self.stream_deadlines),
+            expected_groups={s: tuple(g) for s, g in self.expected_groups.items()},
+            settle=self.settle,
+            latency_buckets=tuple(self.latency_buckets),
+            budget=self.budget,
+        )

@@ -1,0 +1,107 @@
+"""The tallies as Prometheus metrics, read from the store at every scrape.
+
+Values come from what is stored, not from process memory, so they survive a
+collector restart and agree between collectors behind a load balancer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from sqlalchemy import Engine, func, select
+
+from ingest.tables import inbox, latency_buckets, meta, tallies
+from reconcile.config import bucket_label
+
+from .query import read_in_flight
+
+LABELS = ("stream", "group")
+# tally column -> (metric name without _total, help)
+COUNTERS = {
+    "produced": ("msgtally_messages_produced", "Message ids acknowledged by the broker."),
+    "delivered": ("msgtally_messages_delivered", "Produced ids consumed ok by the deadline."),
+    "lost": ("msgtally_messages_lost", "Produced ids not consumed ok by the deadline."),
+    "late": ("msgtally_messages_late", "Lost ids consumed ok after the deadline."),
+    "duplicated": ("msgtally_messages_duplicated", "Ok deliveries beyond the first."),
+    "retried": ("msgtally_messages_retried", "Ids sent or delivered more than once."),
+    "attempts": ("msgtally_delivery_attempts", "Delivery attempts (consume records)."),
+    "dead_lettered": ("msgtally_messages_dead_lettered", "Produced ids dead-lettered."),
+    "unexpected": ("msgtally_messages_unexpected", "Ids consumed but never produced."),
+    "recovered": ("msgtally_messages_recovered", "Indeterminate produces consumed anyway."),
+    "consume_errors": ("msgtally_consume_errors", "Consume records with outcome error."),
+}
+LATENCY = "msgtally_delivery_latency_seconds"
+
+
+def _le_value(label: str) -> float:
+    return math.inf if label == "+Inf" else float(label)
+
+
+class StoreCollector(Collector):
+    """A prometheus-client collector over the store's tallies."""
+
+    def __init__(self, engine: Engine, bounds: Iterable[float]) -> None:
+        self._engine = engine
+        self._bounds = tuple(bounds)
+
+    def collect(self) -> Iterator[Metric]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(select(tallies).where(tallies.c.grp != "")).mappings().all()
+            bucket_rows = conn.execute(select(latency_buckets)).all()
+            in_flight = read_in_flight(conn)
+            backlog = conn.execute(select(func.coalesce(func.sum(inbox.c.n), 0))).scalar_one()
+            last = conn.execute(select(meta.c.value).where(meta.c.key == "last_pass_at"))
+            last_pass = last.scalar_one_or_none()
+
+        for column, (name, doc) in COUNTERS.items():
+            family = CounterMetricFamily(name, doc, labels=LABELS)
+            for row in rows:
+                family.add_metric((row["stream"], row["grp"]), int(row[column]))
+            yield family
+
+        per_key: dict[tuple[str, str], dict[str, int]] = {}
+        for stream, grp, le, count in bucket_rows:
+            per_key.setdefault((stream, grp), {})[le] = int(count)
+        hist = HistogramMetricFamily(
+            LATENCY, "First ok consume minus first produce, per produced id.", labels=LABELS
+        )
+        for row in rows:
+            key = (row["stream"], row["grp"])
+            counts = per_key.get(key, {})
+            labels = sorted(
+                {bucket_label(b) for b in self._bounds} | set(counts) | {"+Inf"}, key=_le_value
+            )
+            cumulative, buckets = 0, []
+            for le in labels:
+                cumulative += counts.get(le, 0)
+                buckets.append((le, cumulative))
+            hist.add_metric(key, buckets, float(row["latency_sum"]))
+        yield hist
+
+        flight = GaugeMetricFamily(
+            "msgtally_messages_in_flight",
+            "Produced ids not yet delivered whose deadline has not passed.",
+            labels=LABELS,
+        )
+        for stream, grp, n in in_flight:
+            flight.add_metric((stream, grp), n)
+        yield flight
+        yield GaugeMetricFamily(
+            "msgtally_reconcile_backlog_records",
+            "Records ingested and not yet reconciled.",
+            value=int(backlog),
+        )
+        if last_pass is not None:
+            yield GaugeMetricFamily(
+                "msgtally_reconcile_last_pass_timestamp_seconds",
+                "The time a reconcile pass last finished (its `now`).",
+                value=float(last_pass),
+            )

@@ -1,0 +1,114 @@
+"""Shared fixtures: a store on SQLite and on the real PostgreSQL, a live collector.
+
+Tests that need a service skip with the reason when it is unreachable; with
+MSGTALLY_REQUIRE_SERVICES=1 (set by .ci/run) they fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+from sqlalchemy import Engine, create_engine, text
+
+from ingest.db import open_engine
+from msgtally.app import create_app
+from reconcile import ReconcileConfig
+
+PG_ADMIN_URL = os.environ.get(
+    "MSGTALLY_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+REQUIRE = os.environ.get("MSGTALLY_REQUIRE_SERVICES") == "1"
+
+
+def service_unavailable(reason: str) -> None:
+    """Skip, or fail when the run promised every service."""
+    if REQUIRE:
+        pytest.fail(f"{reason} (MSGTALLY_REQUIRE_SERVICES=1)")
+    pytest.skip(reason)
+
+
+def _pg_admin() -> Engine:
+    return create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    admin = _pg_admin()
+    name = f"msgtally_test_{secrets.token_hex(4)}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # any failure to reach the server
+        admin.dispose()
+        service_unavailable(f"PostgreSQL at {PG_ADMIN_URL} unreachable: {exc}")
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Every store test runs on the embedded SQLite file and on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    eng = open_engine(db_url)
+    yield eng
+    eng.dispose()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class LiveCollector:
+    """A real collector (uvicorn, real sockets) in a thread of the test process."""
+
+    def __init__(self, engine: Engine, config: ReconcileConfig, **kwargs: object) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        app = create_app(engine, config, **kwargs)  # type: ignore[arg-type]
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> LiveCollector:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("collector did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture
+def collector(engine: Engine) -> Iterator[LiveCollector]:
+    with LiveCollector(engine, ReconcileConfig()) as live:
+        yield live
