@@ -105,13 +105,17 @@ def validate_record(obj: Any, index: int = 0) -> Record:
     message_id = _text(obj, "message_id", where, required=True, limit=MAX_ID_LENGTH)
     kind = obj.get("kind")
     if kind not in KINDS:
-        reason = "field required" if kind is None else f"must be 'produce' or 'consume', got {kind!r}"
+        reason = (
+            "field required" if kind is None else f"must be 'produce' or 'consume', got {kind!r}"
+        )
         raise RecordError(f"{where}.kind", reason)
     ts = obj.get("ts")
     if ts is None:
         raise RecordError(f"{where}.ts", "field required")
     if type(ts) not in (int, float):
-        raise RecordError(f"{where}.ts", f"must be a number (unix seconds), got {type(ts).__name__}")
+        raise RecordError(
+            f"{where}.ts", f"must be a number (unix seconds), got {type(ts).__name__}"
+        )
     if not math.isfinite(ts) or ts < 0:
         raise RecordError(f"{where}.ts", f"must be finite and not negative, got {ts}")
     group = _text(obj, "group", where, required=kind == "consume", limit=MAX_TEXT_LENGTH)
@@ -120,7 +124,9 @@ def validate_record(obj: Any, index: int = 0) -> Record:
     attempt = _int(obj, "attempt", where, 1)
     outcome = obj.get("outcome", "ok")
     if outcome not in OUTCOMES:
-        raise RecordError(f"{where}.outcome", f"must be one of ok, error, dead_letter, got {outcome!r}")
+        raise RecordError(
+            f"{where}.outcome", f"must be one of ok, error, dead_letter, got {outcome!r}"
+        )
     if kind == "produce" and outcome == "dead_letter":
         raise RecordError(f"{where}.outcome", "dead_letter is a consume outcome")
     return Record(
@@ -146,7 +152,7 @@ def parse_batch(payload: Any) -> list[Record]:
             raise RecordError("body", "an object body must have exactly one key, 'records'")
         payload = payload["records"]
     if not isinstance(payload, list):
-        raise RecordError("body", "must be a JSON array of records or {\"records\": [...]}")
+        raise RecordError("body", 'must be a JSON array of records or {"records": [...]}')
     if not payload:
         raise RecordError("body", "no records")
     return [validate_record(obj, i) for i, obj in enumerate(payload)]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, insert
 
@@ -24,13 +24,9 @@ _COLUMNS = (
     "producer, seq, trace_id, span_id, record_id, batch"
 )
 _SQLITE_INSERT = (
-    f"INSERT INTO records ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
-    "ON CONFLICT DO NOTHING"
+    f"INSERT INTO records ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING"
 )
-_PG_INSERT = (
-    f"INSERT INTO records ({_COLUMNS}) "
-    "SELECT * FROM _ingest ON CONFLICT DO NOTHING"
-)
+_PG_INSERT = f"INSERT INTO records ({_COLUMNS}) SELECT * FROM _ingest ON CONFLICT DO NOTHING"
 
 
 class IngestResult(NamedTuple):
@@ -52,8 +48,19 @@ def record_key(r: Record) -> str:
 def _rows(records: Sequence[Record], batch_of: dict[str, int]) -> list[tuple[object, ...]]:
     return [
         (
-            r.stream, r.message_id, record_key(r), r.kind, r.group, r.ts, r.attempt,
-            r.outcome, r.producer, r.seq, r.trace_id, r.span_id, r.record_id,
+            r.stream,
+            r.message_id,
+            record_key(r),
+            r.kind,
+            r.group,
+            r.ts,
+            r.attempt,
+            r.outcome,
+            r.producer,
+            r.seq,
+            r.trace_id,
+            r.span_id,
+            r.record_id,
             batch_of[r.stream],
         )
         for r in records
@@ -90,8 +97,7 @@ def write_batch(engine: Engine, records: Sequence[Record]) -> IngestResult:
 def _copy_insert(conn: Connection, rows: list[tuple[object, ...]]) -> int:
     # COPY into a scratch table, then one INSERT ... SELECT: PostgreSQL's fastest
     # path that still honours ON CONFLICT and reports an exact rowcount.
-    dbapi = conn.connection.dbapi_connection
-    assert dbapi is not None
+    dbapi: Any = conn.connection.dbapi_connection
     with dbapi.cursor() as cur:
         cur.execute(
             "CREATE TEMP TABLE IF NOT EXISTS _ingest "

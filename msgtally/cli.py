@@ -32,16 +32,30 @@ def _add_db(p: argparse.ArgumentParser) -> None:
 
 
 def _add_reconcile(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--deadline", type=float, help="seconds a produced id has to be consumed "
-                   "(default 300)")
-    p.add_argument("--stream-deadline", type=_kv, action="append", default=[],
-                   metavar="STREAM=SECONDS", help="deadline for one stream (repeatable)")
-    p.add_argument("--expect", type=_kv, action="append", default=[],
-                   metavar="STREAM=GROUP[,GROUP]",
-                   help="groups that must receive a stream even before they consume "
-                   "(repeatable)")
-    p.add_argument("--settle", type=float, help="seconds past a deadline before an id is "
-                   "classified, for ingest lag (default 10)")
+    p.add_argument(
+        "--deadline", type=float, help="seconds a produced id has to be consumed (default 300)"
+    )
+    p.add_argument(
+        "--stream-deadline",
+        type=_kv,
+        action="append",
+        default=[],
+        metavar="STREAM=SECONDS",
+        help="deadline for one stream (repeatable)",
+    )
+    p.add_argument(
+        "--expect",
+        type=_kv,
+        action="append",
+        default=[],
+        metavar="STREAM=GROUP[,GROUP]",
+        help="groups that must receive a stream even before they consume (repeatable)",
+    )
+    p.add_argument(
+        "--settle",
+        type=float,
+        help="seconds past a deadline before an id is classified, for ingest lag (default 10)",
+    )
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -59,7 +73,9 @@ def _settings(args: argparse.Namespace) -> Settings:
         for stream, groups in args.expect:
             expected.setdefault(stream, []).extend(g for g in groups.split(",") if g)
         overrides["expected_groups"] = expected
-    return Settings(**overrides)  # type: ignore[arg-type]
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    settings.reconcile_config()  # validates buckets and deadlines up front
+    return settings
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -74,10 +90,13 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         max_body=settings.max_body,
         reconcile_interval=settings.interval if settings.reconcile else None,
     )
-    print(f"msgtally collector on http://{settings.host}:{settings.port} "
-          f"(store: {engine.url.render_as_string(hide_password=True)}, "
-          f"reconcile: {'every %gs' % settings.interval if settings.reconcile else 'off'})",
-          file=sys.stderr)
+    loop = f"every {settings.interval:g}s" if settings.reconcile else "off"
+    print(
+        f"msgtally collector on http://{settings.host}:{settings.port} "
+        f"(store: {engine.url.render_as_string(hide_password=True)}, "
+        f"reconcile: {loop})",
+        file=sys.stderr,
+    )
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
     return 0
 
@@ -130,49 +149,64 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("serve", help="run the collector (and its reconcile loop)",
-                       description="Run the collector: POST /v1/records, GET /v1/slis, "
-                       "/v1/discrepancies, /metrics, /healthz, /readyz.")
+    p = sub.add_parser(
+        "serve",
+        help="run the collector (and its reconcile loop)",
+        description="Run the collector: POST /v1/records, GET /v1/slis, "
+        "/v1/discrepancies, /metrics, /healthz, /readyz.",
+    )
     _add_db(p)
     _add_reconcile(p)
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8410)")
-    p.add_argument("--no-reconcile", action="store_true",
-                   help="ingest only; run `msgtally reconcile --loop` elsewhere")
-    p.add_argument("--interval", type=float, help="seconds between reconcile passes "
-                   "(default 5)")
-    p.add_argument("--max-body", type=int, help="largest request body in bytes "
-                   "(default 8 MiB)")
+    p.add_argument(
+        "--no-reconcile",
+        action="store_true",
+        help="ingest only; run `msgtally reconcile --loop` elsewhere",
+    )
+    p.add_argument("--interval", type=float, help="seconds between reconcile passes (default 5)")
+    p.add_argument("--max-body", type=int, help="largest request body in bytes (default 8 MiB)")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("reconcile", help="join and classify what has been ingested",
-                       description="Run one reconcile pass (or a loop) over the store.")
+    p = sub.add_parser(
+        "reconcile",
+        help="join and classify what has been ingested",
+        description="Run one reconcile pass (or a loop) over the store.",
+    )
     _add_db(p)
     _add_reconcile(p)
-    p.add_argument("--now", type=float, metavar="UNIX_TS",
-                   help="classify as of this time instead of the clock (tests, backfills)")
+    p.add_argument(
+        "--now",
+        type=float,
+        metavar="UNIX_TS",
+        help="classify as of this time instead of the clock (tests, backfills)",
+    )
     p.add_argument("--loop", action="store_true", help="keep reconciling every --interval")
     p.add_argument("--interval", type=float, help="seconds between passes with --loop")
     p.set_defaults(func=cmd_reconcile)
 
-    p = sub.add_parser("report", help="print the SLIs per stream and group",
-                       description="Print the SLIs per stream and consumer group.")
+    p = sub.add_parser(
+        "report",
+        help="print the SLIs per stream and group",
+        description="Print the SLIs per stream and consumer group.",
+    )
     _add_db(p)
     p.add_argument("--json", action="store_true", help="a JSON list of objects")
     p.add_argument("--stream", help="only this stream")
     p.add_argument("--group", help="only this consumer group")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("demo", help="simulate a lossy pipeline against a real collector",
-                       description="Start a collector on a fresh SQLite file, drive a "
-                       "simulated pipeline with injected loss, duplicates, retries, dead "
-                       "letters and latency through it, reconcile, and print the SLIs beside "
-                       "the injected ground truth.")
-    p.add_argument("--db", help="SQLite file for the demo (default msgtally-demo.db; "
-                   "recreated)")
+    p = sub.add_parser(
+        "demo",
+        help="simulate a lossy pipeline against a real collector",
+        description="Start a collector on a fresh SQLite file, drive a "
+        "simulated pipeline with injected loss, duplicates, retries, dead "
+        "letters and latency through it, reconcile, and print the SLIs beside "
+        "the injected ground truth.",
+    )
+    p.add_argument("--db", help="SQLite file for the demo (default msgtally-demo.db; recreated)")
     p.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
-    p.add_argument("--ids", type=int, default=20_000, help="messages per stream "
-                   "(default 20000)")
+    p.add_argument("--ids", type=int, default=20_000, help="messages per stream (default 20000)")
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -180,8 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         settings = _settings(args)
     except (ValidationError, ValueError) as exc:

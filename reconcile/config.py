@@ -11,7 +11,21 @@ DEFAULT_DEADLINE = 300.0
 # so a shim's last batch (flushed every second or so) is in before the verdict.
 DEFAULT_SETTLE = 10.0
 DEFAULT_BUCKETS = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
 )
 # Records per reconcile transaction: keeps the write lock short and the
 # scratch tables bounded, whatever the backlog.

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, case, literal, null
+from sqlalchemy import ColumnElement, Null, case, literal, null
 from sqlalchemy.sql.expression import and_
 
 Expr = ColumnElement[object]
@@ -86,7 +86,9 @@ def advance_late(old_cls: Expr, old_late: Expr, ok: Expr) -> Expr:
     return case((and_(old_cls == LOST, ok > 0), literal(1)), else_=old_late)
 
 
-def first_latency(acked: Expr, old_latency: Expr, ok: Expr, first_ok: Expr, t0: Expr) -> Expr:
+def first_latency(
+    acked: Expr, old_latency: Expr | Null, ok: Expr, first_ok: Expr, t0: Expr
+) -> Expr:
     """Latency is observed once, when the first ok consume of a produced id is known."""
     return case(
         (old_latency.is_not(None), old_latency),

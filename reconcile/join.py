@@ -76,8 +76,9 @@ def _upsert(conn: Connection, table: Any) -> Any:
     return dialect.insert(table)
 
 
-def _add_on_conflict(conn: Connection, table: Any, key: Sequence[str], sel: Select[Any],
-                     names: Sequence[str]) -> None:
+def _add_on_conflict(
+    conn: Connection, table: Any, key: Sequence[str], sel: Select[Any], names: Sequence[str]
+) -> None:
     """INSERT ... SELECT that adds to existing counters: tallies and buckets."""
     stmt = _upsert(conn, table).from_select(list(names), sel)
     stmt = stmt.on_conflict_do_update(
@@ -102,9 +103,10 @@ def reconcile(engine: Engine, config: ReconcileConfig, now: float | None = None)
 def reconcile_slice(engine: Engine, config: ReconcileConfig, now: float) -> PassResult | None:
     """One transaction: at most `config.budget` new records plus the due ids."""
     with write_tx(engine) as conn:
-        if conn.dialect.name == "postgresql" and not conn.execute(
-            select(func.pg_try_advisory_xact_lock(_LOCK_KEY))
-        ).scalar():
+        if (
+            conn.dialect.name == "postgresql"
+            and not conn.execute(select(func.pg_try_advisory_xact_lock(_LOCK_KEY))).scalar()
+        ):
             return None
         S.create_all(conn)
         _sync_config(conn, config)
@@ -193,9 +195,7 @@ def _run(conn: Connection, config: ReconcileConfig, now: float) -> PassResult:
                 select(p.c.stream, p.c.message_id).where(
                     p.c.base + _deadline(p.c.stream, config) <= horizon
                 ),
-                select(o.c.stream, o.c.message_id).where(
-                    o.c.p_any == 1, o.c.stream.in_(unsettled)
-                ),
+                select(o.c.stream, o.c.message_id).where(o.c.p_any == 1, o.c.stream.in_(unsettled)),
             ),
         )
     )
@@ -210,8 +210,9 @@ def _run(conn: Connection, config: ReconcileConfig, now: float) -> PassResult:
     conn.execute(
         insert(S.t_p).from_select(
             ["stream", "message_id", "acked", "t0", "max_attempt"],
-            select(r.c.stream, r.c.message_id, func.max(is_ok), func.min(r.c.ts),
-                   func.max(r.c.attempt))
+            select(
+                r.c.stream, r.c.message_id, func.max(is_ok), func.min(r.c.ts), func.max(r.c.attempt)
+            )
             .select_from(cand.join(r, on_cand))
             .where(r.c.kind == "produce")
             .group_by(r.c.stream, r.c.message_id),
@@ -226,14 +227,24 @@ def _run(conn: Connection, config: ReconcileConfig, now: float) -> PassResult:
     first_c = func.min(r.c.ts)
     consumed = (
         select(
-            r.c.stream, r.c.message_id, r.c.grp,
-            func.max(p_any), func.coalesce(func.max(tp.c.acked), 0), func.min(tp.c.t0),
+            r.c.stream,
+            r.c.message_id,
+            r.c.grp,
+            func.max(p_any),
+            func.coalesce(func.max(tp.c.acked), 0),
+            func.min(tp.c.t0),
             func.coalesce(func.min(tp.c.t0), first_c),
-            func.count(), func.sum(is_ok), func.sum(case((in_time, 1), else_=0)),
+            func.count(),
+            func.sum(is_ok),
+            func.sum(case((in_time, 1), else_=0)),
             func.min(case((r.c.outcome == "ok", r.c.ts), else_=null())),
             func.max(case((r.c.outcome == "dead_letter", 1), else_=0)),
-            func.max(case((func.coalesce(tp.c.max_attempt, 0) > r.c.attempt, tp.c.max_attempt),
-                          else_=r.c.attempt)),
+            func.max(
+                case(
+                    (func.coalesce(tp.c.max_attempt, 0) > r.c.attempt, tp.c.max_attempt),
+                    else_=r.c.attempt,
+                )
+            ),
             literal(1),
         )
         .select_from(
@@ -260,8 +271,20 @@ def _run(conn: Connection, config: ReconcileConfig, now: float) -> PassResult:
         (literal(""), zero, ~exists().where(g.c.stream == tp.c.stream)),
     ):
         src = select(
-            tp.c.stream, tp.c.message_id, group_col, literal(1), tp.c.acked, tp.c.t0, tp.c.t0,
-            zero, zero, zero, null(), zero, tp.c.max_attempt, has_group,
+            tp.c.stream,
+            tp.c.message_id,
+            group_col,
+            literal(1),
+            tp.c.acked,
+            tp.c.t0,
+            tp.c.t0,
+            zero,
+            zero,
+            zero,
+            null(),
+            zero,
+            tp.c.max_attempt,
+            has_group,
         )
         if has_group is zero:
             src = src.select_from(tp).where(where)
@@ -288,33 +311,56 @@ def _classify(conn: Connection, config: ReconcileConfig, horizon: float) -> tupl
     key = [a.c.stream, a.c.message_id, a.c.grp]
     names = ["stream", "message_id", "grp", *S.STATE_COLUMNS, *old_names]
 
-    fresh = select(
-        *key,
-        C.classify(p_any=a.c.p_any == 1, acked=a.c.acked, ok=a.c.ok,
-                   ok_in_time=a.c.ok_in_time, has_group=a.c.has_group),
-        a.c.acked, a.c.p_any,
-        case((and_(a.c.acked == 1, a.c.ok_in_time == 0, a.c.ok > 0), 1), else_=0),
-        a.c.t0, deadline, a.c.n, a.c.ok, a.c.max_attempt, a.c.dl,
-        C.first_latency(a.c.acked, null(), a.c.ok, a.c.first_ok, a.c.t0),
-        *[null() for _ in old],
-    ).select_from(joined).where(o.c.stream.is_(None), deadline <= horizon)
+    fresh = (
+        select(
+            *key,
+            C.classify(
+                p_any=a.c.p_any == 1,
+                acked=a.c.acked,
+                ok=a.c.ok,
+                ok_in_time=a.c.ok_in_time,
+                has_group=a.c.has_group,
+            ),
+            a.c.acked,
+            a.c.p_any,
+            case((and_(a.c.acked == 1, a.c.ok_in_time == 0, a.c.ok > 0), 1), else_=0),
+            a.c.t0,
+            deadline,
+            a.c.n,
+            a.c.ok,
+            a.c.max_attempt,
+            a.c.dl,
+            C.first_latency(a.c.acked, null(), a.c.ok, a.c.first_ok, a.c.t0),
+            *[null() for _ in old],
+        )
+        .select_from(joined)
+        .where(o.c.stream.is_(None), deadline <= horizon)
+    )
     conn.execute(insert(S.t_new).from_select(names, fresh))
 
-    later = select(
-        *key,
-        C.advance_cls(o.c.cls, a.c.ok),
-        o.c.acked, o.c.p_any,
-        C.advance_late(o.c.cls, o.c.late, a.c.ok),
-        o.c.t0, o.c.deadline, a.c.n, a.c.ok, max_attempt, a.c.dl,
-        C.first_latency(o.c.acked, o.c.latency, a.c.ok, a.c.first_ok, o.c.t0),
-        *old,
-    ).select_from(joined).where(o.c.stream.is_not(None))
+    later = (
+        select(
+            *key,
+            C.advance_cls(o.c.cls, a.c.ok),
+            o.c.acked,
+            o.c.p_any,
+            C.advance_late(o.c.cls, o.c.late, a.c.ok),
+            o.c.t0,
+            o.c.deadline,
+            a.c.n,
+            a.c.ok,
+            max_attempt,
+            a.c.dl,
+            C.first_latency(o.c.acked, o.c.latency, a.c.ok, a.c.first_ok, o.c.t0),
+            *old,
+        )
+        .select_from(joined)
+        .where(o.c.stream.is_not(None))
+    )
     conn.execute(insert(S.t_new).from_select(names, later))
     # rowcount of INSERT ... SELECT is not reliable across drivers: count instead.
     n = S.t_new
-    row = conn.execute(
-        select(func.count(), func.count(n.c.o_cls)).select_from(n)
-    ).one()
+    row = conn.execute(select(func.count(), func.count(n.c.o_cls)).select_from(n)).one()
     return int(row[0]) - int(row[1]), int(row[1])
 
 
@@ -331,27 +377,40 @@ def _apply(conn: Connection, config: ReconcileConfig, now: float) -> None:
     fresh_latency = and_(n.c.latency.is_not(None), n.c.o_latency.is_(None))
     tally_names = [f for f in TALLY_FIELDS if f != "consume_errors"]
     _add_on_conflict(
-        conn, tallies, ("stream", "grp"),
-        select(n.c.stream, n.c.grp, *deltas,
-               func.coalesce(func.sum(case((fresh_latency, n.c.latency), else_=0.0)), 0.0))
-        .where(counted).group_by(n.c.stream, n.c.grp),
+        conn,
+        tallies,
+        ("stream", "grp"),
+        select(
+            n.c.stream,
+            n.c.grp,
+            *deltas,
+            func.coalesce(func.sum(case((fresh_latency, n.c.latency), else_=0.0)), 0.0),
+        )
+        .where(counted)
+        .group_by(n.c.stream, n.c.grp),
         ["stream", "grp", *tally_names, "latency_sum"],
     )
 
     bounds = config.latency_buckets
-    le = case(*((n.c.latency <= b, literal(bucket_label(b))) for b in bounds),
-              else_=literal("+Inf"))
+    le = case(
+        *((n.c.latency <= b, literal(bucket_label(b))) for b in bounds), else_=literal("+Inf")
+    )
     _add_on_conflict(
-        conn, latency_buckets, ("stream", "grp", "le"),
+        conn,
+        latency_buckets,
+        ("stream", "grp", "le"),
         select(n.c.stream, n.c.grp, le, func.count())
-        .where(counted, fresh_latency).group_by(n.c.stream, n.c.grp, le),
+        .where(counted, fresh_latency)
+        .group_by(n.c.stream, n.c.grp, le),
         ["stream", "grp", "le", "count"],
     )
 
     # Processing failures are counted per record, from the new records only.
     r, b = records, S.t_batch
     _add_on_conflict(
-        conn, tallies, ("stream", "grp"),
+        conn,
+        tallies,
+        ("stream", "grp"),
         select(r.c.stream, r.c.grp, func.count())
         .select_from(r.join(b, r.c.batch == b.c.id))
         .where(r.c.kind == "consume", r.c.outcome == "error")
@@ -363,8 +422,12 @@ def _apply(conn: Connection, config: ReconcileConfig, now: float) -> None:
     o = outcomes
     changed = (
         n.c.o_cls.is_(None)
-        | (n.c.cls != n.c.o_cls) | (n.c.late != n.c.o_late) | (n.c.n != n.c.o_n)
-        | (n.c.ok != n.c.o_ok) | (n.c.max_attempt != n.c.o_max_attempt) | (n.c.dl != n.c.o_dl)
+        | (n.c.cls != n.c.o_cls)
+        | (n.c.late != n.c.o_late)
+        | (n.c.n != n.c.o_n)
+        | (n.c.ok != n.c.o_ok)
+        | (n.c.max_attempt != n.c.o_max_attempt)
+        | (n.c.dl != n.c.o_dl)
         | (n.c.latency.is_not(None) & n.c.o_latency.is_(None))
     )
     cols = ["stream", "message_id", "grp", *S.STATE_COLUMNS]
@@ -389,8 +452,11 @@ def _apply(conn: Connection, config: ReconcileConfig, now: float) -> None:
         insert(p).from_select(
             ["stream", "message_id", "base", "acked"],
             select(a.c.stream, a.c.message_id, func.min(a.c.base), func.max(a.c.acked))
-            .where(~exists().where(o.c.stream == a.c.stream, o.c.message_id == a.c.message_id,
-                                   o.c.grp == a.c.grp))
+            .where(
+                ~exists().where(
+                    o.c.stream == a.c.stream, o.c.message_id == a.c.message_id, o.c.grp == a.c.grp
+                )
+            )
             .group_by(a.c.stream, a.c.message_id),
         )
     )
@@ -398,6 +464,7 @@ def _apply(conn: Connection, config: ReconcileConfig, now: float) -> None:
     conn.execute(update(groups).where(groups.c.settled == 0).values(settled=1))
     conn.execute(delete(inbox).where(inbox.c.id.in_(select(S.t_batch.c.id))))
     conn.execute(
-        _upsert(conn, meta).values(key="last_pass_at", value=repr(now))
+        _upsert(conn, meta)
+        .values(key="last_pass_at", value=repr(now))
         .on_conflict_do_update(index_elements=["key"], set_={"value": repr(now)})
     )

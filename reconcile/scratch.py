@@ -35,7 +35,9 @@ t_deadline = _temp(
 )
 # The (stream, message id) keys this pass looks at: new records, due pending
 # ids, and the history of a stream that gained a group.
-t_cand = _temp("t_cand", *_key("stream", "message_id"), PrimaryKeyConstraint("stream", "message_id"))
+t_cand = _temp(
+    "t_cand", *_key("stream", "message_id"), PrimaryKeyConstraint("stream", "message_id")
+)
 # Produce side per id.
 t_p = _temp(
     "t_p",

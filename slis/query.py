@@ -25,14 +25,11 @@ def _quantiles(conn: Connection, stream: str, group: str, n: int) -> dict[str, f
         .limit(1)
     )
     return {
-        name: conn.execute(base.offset(nearest_rank(q, n))).scalar_one()
-        for name, q in QUANTILES
+        name: conn.execute(base.offset(nearest_rank(q, n))).scalar_one() for name, q in QUANTILES
     }
 
 
-def read_slis(
-    conn: Connection, stream: str | None = None, group: str | None = None
-) -> list[SLI]:
+def read_slis(conn: Connection, stream: str | None = None, group: str | None = None) -> list[SLI]:
     """Every (stream, group) with a tally, filtered by stream and group if given."""
     t = tallies
     query = select(t).where(t.c.grp != "").order_by(t.c.stream, t.c.grp)
@@ -42,16 +39,16 @@ def read_slis(
         query = query.where(t.c.grp == group)
     out = []
     for row in conn.execute(query).mappings().all():
-        counts = {f: int(row[f]) for f in COUNT_FIELDS}
         n = int(row["latency_count"])
+        fields: dict[str, Any] = {f: int(row[f]) for f in COUNT_FIELDS}
+        fields.update(_quantiles(conn, row["stream"], row["grp"], n))
         out.append(
             SLI(
                 stream=row["stream"],
                 group=row["grp"],
-                **counts,
                 latency_count=n,
                 latency_sum=float(row["latency_sum"]),
-                **_quantiles(conn, row["stream"], row["grp"], n),
+                **fields,
             )
         )
     return out

@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-import uvicorn
 from sqlalchemy import Engine, create_engine, text
 
 from ingest.db import open_engine
 from msgtally.app import create_app
+from msgtally.server import BackgroundServer
 from reconcile import ReconcileConfig
 
 PG_ADMIN_URL = os.environ.get(
@@ -75,37 +73,15 @@ def engine(db_url: str) -> Iterator[Engine]:
     eng.dispose()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class LiveCollector:
+class LiveCollector(BackgroundServer):
     """A real collector (uvicorn, real sockets) in a thread of the test process."""
 
-    def __init__(self, engine: Engine, config: ReconcileConfig, **kwargs: object) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        app = create_app(engine, config, **kwargs)  # type: ignore[arg-type]
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+    def __init__(self, engine: Engine, config: ReconcileConfig, **kwargs: Any) -> None:
+        super().__init__(create_app(engine, config, **kwargs))
 
     def __enter__(self) -> LiveCollector:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("collector did not start")
-            time.sleep(0.01)
+        super().__enter__()
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 @pytest.fixture
