@@ -1,0 +1,208 @@
+"""The collector's HTTP API on real sockets: ingest, bad input, read endpoints."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import Engine, func, select
+
+from ingest.db import open_engine
+from ingest.tables import inbox, records
+from reconcile import ReconcileConfig, reconcile
+from tests.conftest import LiveCollector
+
+T0 = 1_700_000_000.0
+
+
+def rec(mid: str, kind: str = "produce", **extra: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {"stream": "orders", "kind": kind, "message_id": mid, "ts": T0}
+    if kind == "consume":
+        base.update(group="billing", ts=T0 + 1)
+    base.update(extra)
+    return base
+
+
+def stored(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(records)).scalar_one())
+
+
+def test_accepts_a_batch_and_counts_repeats(engine: Engine, collector: LiveCollector) -> None:
+    batch = [rec("m1"), rec("m1", "consume"), rec("m2", record_id="r-2")]
+    first = httpx.post(f"{collector.url}/v1/records", json=batch)
+    assert first.status_code == 200
+    assert first.json() == {"accepted": 3, "ignored": 0}
+    # A shim resending after a timeout; r-2 resent with another ts is still r-2.
+    again = [*batch[:2], rec("m2", record_id="r-2", ts=T0 + 5), rec("m3")]
+    second = httpx.post(f"{collector.url}/v1/records", json={"records": again})
+    assert second.json() == {"accepted": 1, "ignored": 3}
+    assert stored(engine) == 4
+
+
+def test_consumes_differing_only_in_ts_are_two_deliveries(
+    engine: Engine, collector: LiveCollector
+) -> None:
+    body = [rec("m1", "consume", ts=T0 + 1), rec("m1", "consume", ts=T0 + 2)]
+    assert httpx.post(f"{collector.url}/v1/records", json=body).json() == {
+        "accepted": 2,
+        "ignored": 0,
+    }
+
+
+def test_a_200_means_committed(engine: Engine, collector: LiveCollector) -> None:
+    httpx.post(f"{collector.url}/v1/records", json=[rec("m1"), rec("m2")]).raise_for_status()
+    other = open_engine(str(engine.url.render_as_string(hide_password=False)), create=False)
+    try:
+        assert stored(other) == 2
+    finally:
+        other.dispose()
+
+
+BAD_RECORDS = [
+    ({"kind": "produce", "message_id": "m", "ts": T0}, "records[1].stream", "field required"),
+    (rec("m", kind="send"), "records[1].kind", "must be 'produce' or 'consume'"),
+    (rec("m", ts="yesterday"), "records[1].ts", "must be a number"),
+    (rec("m", ts=-1), "records[1].ts", "not negative"),
+    (rec("x" * 257), "records[1].message_id", "longer than 256 characters"),
+    (rec(""), "records[1].message_id", "must not be empty"),
+    ({**rec("m", "consume"), "group": None}, "records[1].group", "field required"),
+    (rec("m", group="billing"), "records[1].group", "only consume records"),
+    (rec("m", attempt=0), "records[1].attempt", "between 1"),
+    (rec("m", attempt=1.5), "records[1].attempt", "must be an integer"),
+    (rec("m", attempt=True), "records[1].attempt", "must be an integer"),
+    (rec("m", outcome="maybe"), "records[1].outcome", "must be one of"),
+    (rec("m", "consume", outcome="dead_letter", group=7), "records[1].group", "string"),
+    (rec("m", trace_id="xyz"), "records[1].trace_id", "32 hexadecimal"),
+    (rec("m", colour="red"), "records[1].colour", "unknown field"),
+    ("not an object", "records[1]", "must be an object"),
+]
+
+
+@pytest.mark.parametrize(("bad", "field", "reason"), BAD_RECORDS)
+def test_a_bad_record_rejects_the_whole_batch(
+    engine: Engine, collector: LiveCollector, bad: Any, field: str, reason: str
+) -> None:
+    resp = httpx.post(f"{collector.url}/v1/records", json=[rec("ok-1"), bad, rec("ok-2")])
+    assert resp.status_code == 422
+    detail = resp.json()["detail"]
+    assert detail["field"] == field
+    assert reason in detail["reason"]
+    assert stored(engine) == 0
+    # Still serving.
+    assert httpx.post(f"{collector.url}/v1/records", json=[rec("m9")]).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "text"),
+    [
+        (b"", 400, "empty"),
+        (b"   ", 400, "empty"),
+        (b"[{", 400, "not valid JSON"),
+        (b"\xff\xfe", 400, "not valid JSON"),
+        (b"[]", 422, "no records"),
+        (b"{}", 422, "exactly one key"),
+        (b'{"records": 5}', 422, "JSON array"),
+        (b"42", 422, "JSON array"),
+        (b'[{"stream":"s","kind":"produce","message_id":"m","ts":NaN}]', 422, "finite"),
+        (b'[{"stream":"s","kind":"produce","message_id":"m","ts":Infinity}]', 422, "finite"),
+    ],
+)
+def test_malformed_bodies(
+    engine: Engine, collector: LiveCollector, body: bytes, status: int, text: str
+) -> None:
+    resp = httpx.post(
+        f"{collector.url}/v1/records", content=body, headers={"content-type": "application/json"}
+    )
+    assert resp.status_code == status
+    assert text in json.dumps(resp.json()["detail"])
+    assert stored(engine) == 0
+
+
+def test_body_over_the_limit_is_413(engine: Engine) -> None:
+    with LiveCollector(engine, ReconcileConfig(), max_body=4096) as live:
+        big = [rec(f"m{i}") for i in range(200)]
+        resp = httpx.post(f"{live.url}/v1/records", json=big)
+        assert resp.status_code == 413
+        assert "4096" in resp.json()["detail"]
+
+        # Chunked upload, no content-length: refused while streaming.
+        def chunks() -> Any:
+            payload = json.dumps(big).encode()
+            for i in range(0, len(payload), 1000):
+                yield payload[i : i + 1000]
+
+        resp = httpx.post(f"{live.url}/v1/records", content=chunks())
+        assert resp.status_code == 413
+        assert stored(engine) == 0
+        assert httpx.post(f"{live.url}/v1/records", json=big[:3]).status_code == 200
+
+
+def test_health_and_readiness(collector: LiveCollector) -> None:
+    assert httpx.get(f"{collector.url}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{collector.url}/readyz").json() == {"status": "ready"}
+
+
+def test_readyz_is_503_when_the_store_is_gone(tmp_path: Any) -> None:
+    db = tmp_path / "gone.db"
+    engine = open_engine(str(db))
+    with LiveCollector(engine, ReconcileConfig()) as live:
+        db.unlink()
+        (tmp_path / "gone.db").mkdir()  # the path now cannot be opened as a database
+        assert httpx.get(f"{live.url}/readyz").status_code == 503
+        resp = httpx.post(f"{live.url}/v1/records", json=[rec("m1")])
+        assert resp.status_code == 503
+    engine.dispose()
+
+
+def test_slis_and_discrepancies_endpoints(engine: Engine, collector: LiveCollector) -> None:
+    batch = [rec(f"m{i}") for i in range(5)]
+    batch += [rec(f"m{i}", "consume") for i in range(3)]  # m3, m4 lost
+    batch += [rec("m0", "consume", ts=T0 + 9)]  # a duplicate
+    batch += [rec("ghost", "consume")]  # unexpected
+    httpx.post(f"{collector.url}/v1/records", json=batch).raise_for_status()
+    reconcile(engine, ReconcileConfig(), now=T0 + 1000)
+
+    (sli,) = httpx.get(f"{collector.url}/v1/slis").json()
+    assert (sli["stream"], sli["group"]) == ("orders", "billing")
+    assert (sli["produced"], sli["delivered"], sli["lost"]) == (5, 3, 2)
+    assert (sli["duplicated"], sli["unexpected"], sli["attempts"]) == (1, 1, 4)
+    assert sli["delivery_success_ratio"] == pytest.approx(0.6)
+    assert sli["loss_ratio"] == pytest.approx(0.4)
+    assert sli["duplicate_ratio"] == pytest.approx(1 / 4)
+    assert sli["latency_p50"] == pytest.approx(1.0)
+    assert httpx.get(f"{collector.url}/v1/slis", params={"group": "nobody"}).json() == []
+
+    def ids(kind: str, **params: Any) -> list[str]:
+        resp = httpx.get(f"{collector.url}/v1/discrepancies", params={"kind": kind, **params})
+        assert resp.status_code == 200
+        return [d["message_id"] for d in resp.json()["ids"]]
+
+    assert ids("lost") == ["m3", "m4"]
+    assert ids("duplicated") == ["m0"]
+    assert ids("unexpected") == ["ghost"]
+    assert ids("lost", stream="payments") == []
+    # Paging with the cursor returns each id once.
+    page = httpx.get(f"{collector.url}/v1/discrepancies", params={"kind": "lost", "limit": 1})
+    assert [d["message_id"] for d in page.json()["ids"]] == ["m3"]
+    rest = httpx.get(
+        f"{collector.url}/v1/discrepancies",
+        params={"kind": "lost", "limit": 1, "after": page.json()["next"]},
+    )
+    assert [d["message_id"] for d in rest.json()["ids"]] == ["m4"]
+
+    assert httpx.get(f"{collector.url}/v1/discrepancies", params={"kind": "x"}).status_code == 422
+    bad_cursor = {"kind": "lost", "after": "nope"}
+    assert httpx.get(f"{collector.url}/v1/discrepancies", params=bad_cursor).status_code == 422
+    assert httpx.get(f"{collector.url}/v1/discrepancies").status_code == 422
+
+
+def test_inbox_is_drained_by_reconcile(engine: Engine, collector: LiveCollector) -> None:
+    httpx.post(f"{collector.url}/v1/records", json=[rec("m1"), rec("m1", "consume")])
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(inbox)).scalar_one() == 1
+    reconcile(engine, ReconcileConfig(), now=T0 + 1000)
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(inbox)).scalar_one() == 0

@@ -1,0 +1,188 @@
+"""The `msgtally` command, run as a user runs it: a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ingest import open_engine, parse_batch, write_batch
+from msgtally.server import free_port
+
+T0 = 1_700_000_000.0
+SUBCOMMANDS = ("serve", "reconcile", "report", "demo")
+
+
+def run(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "msgtally.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"msgtally {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
+    return proc
+
+
+def test_every_command_has_help(tmp_path: Path) -> None:
+    out = run("--help", cwd=tmp_path).stdout
+    for name in SUBCOMMANDS:
+        assert name in out
+        sub = run(name, "--help", cwd=tmp_path).stdout
+        assert f"usage: msgtally {name}" in sub
+    assert "msgtally.db" in run("report", "--help", cwd=tmp_path).stdout
+
+
+def _history(db: str) -> None:
+    engine = open_engine(db)
+    records: list[dict[str, Any]] = [
+        {"stream": "orders", "kind": "produce", "message_id": f"m{i}", "ts": T0} for i in range(4)
+    ]
+    records += [
+        {
+            "stream": "orders",
+            "kind": "consume",
+            "message_id": f"m{i}",
+            "group": "billing",
+            "ts": T0 + 1 + i,
+        }
+        for i in range(3)
+    ]
+    write_batch(engine, parse_batch(records))
+    engine.dispose()
+
+
+def test_reconcile_now_then_report(tmp_path: Path) -> None:
+    db = str(tmp_path / "s.db")
+    _history(db)
+    # Before the deadline nothing is classified.
+    run("reconcile", "--db", db, "--now", str(T0 + 100), cwd=tmp_path)
+    assert json.loads(run("report", "--db", db, "--json", cwd=tmp_path).stdout) == []
+    assert "no SLIs yet" in run("report", "--db", db, cwd=tmp_path).stdout
+
+    run("reconcile", "--db", db, "--now", str(T0 + 400), cwd=tmp_path)
+    (row,) = json.loads(run("report", "--db", db, "--json", cwd=tmp_path).stdout)
+    assert (row["stream"], row["group"]) == ("orders", "billing")
+    assert (row["produced"], row["delivered"], row["lost"], row["duplicated"]) == (4, 3, 1, 0)
+    assert row["delivery_success_ratio"] == 0.75
+    assert row["loss_ratio"] == 0.25
+    assert row["duplicate_ratio"] == 0.0
+    assert row["retry_ratio"] == 0.0
+    assert (row["latency_p50"], row["latency_p90"], row["latency_p99"]) == (2.0, 3.0, 3.0)
+    for name in ("late", "recovered", "unexpected", "retried", "attempts", "dead_lettered"):
+        assert name in row
+
+    table = run("report", "--db", db, cwd=tmp_path).stdout
+    assert "orders" in table and "billing" in table and "75.00%" in table
+
+
+def test_stream_deadline_flag(tmp_path: Path) -> None:
+    db = str(tmp_path / "s.db")
+    _history(db)
+    # With a 1.5 s deadline only m0 (latency 1 s) is delivered in time.
+    run(
+        "reconcile",
+        "--db",
+        db,
+        "--stream-deadline",
+        "orders=1.5",
+        "--now",
+        str(T0 + 100),
+        cwd=tmp_path,
+    )
+    (row,) = json.loads(run("report", "--db", db, "--json", cwd=tmp_path).stdout)
+    assert (row["delivered"], row["lost"], row["late"]) == (1, 3, 2)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("reconcile", "--deadline", "-5"),
+        ("reconcile", "--stream-deadline", "orders"),
+        ("reconcile", "--stream-deadline", "orders=0"),
+        ("serve", "--port", "99999"),
+    ],
+)
+def test_bad_settings_are_refused(tmp_path: Path, args: tuple[str, ...]) -> None:
+    proc = run(*args, cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert "msgtally" in proc.stderr
+
+
+def test_serve_ingests_and_reconciles(tmp_path: Path) -> None:
+    port = free_port()
+    db = str(tmp_path / "served.db")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "msgtally.cli",
+            "serve",
+            "--db",
+            db,
+            "--port",
+            str(port),
+            "--interval",
+            "0.2",
+            "--settle",
+            "0",
+            "--deadline",
+            "1",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        now = time.time() - 5  # already past its 1 s deadline
+        body = [
+            {"stream": "s", "kind": "produce", "message_id": "a", "ts": now},
+            {"stream": "s", "kind": "produce", "message_id": "b", "ts": now},
+            {"stream": "s", "kind": "consume", "message_id": "a", "group": "g", "ts": now + 0.5},
+        ]
+        assert httpx.post(f"{url}/v1/records", json=body).status_code == 200
+        for _ in range(100):
+            slis = httpx.get(f"{url}/v1/slis").json()
+            if slis:
+                break
+            time.sleep(0.1)
+        assert [(s["produced"], s["delivered"], s["lost"]) for s in slis] == [(2, 1, 1)]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+
+
+def test_demo_measures_exactly_what_it_injected(tmp_path: Path) -> None:
+    proc = run("demo", "--ids", "3000", "--seed", "11", cwd=tmp_path)
+    assert "MISMATCH" not in proc.stdout
+    assert proc.stdout.count(": match") == 4
+    assert "msgtally serve --db msgtally-demo.db" in proc.stdout
+    assert (tmp_path / "msgtally-demo.db").exists()
+    # Run again: the demo recreates its own file.
+    run("demo", "--ids", "500", cwd=tmp_path)
+    # It refuses to clobber a store it did not make.
+    other = tmp_path / "mine.db"
+    other.write_bytes(b"")
+    os.chmod(other, 0o644)
+    refused = run("demo", "--db", str(other), cwd=tmp_path, check=False)
+    assert refused.returncode != 0
+    assert "was not made by the demo" in refused.stderr
