@@ -102,13 +102,21 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
-    from reconcile import reconcile
+    from reconcile import PassResult, reconcile
 
     engine = open_engine(settings.db)
     config = settings.reconcile_config()
     while True:
         started = time.monotonic()
-        result = reconcile(engine, config, args.now)
+
+        def progress(part: PassResult) -> None:
+            if part.batches:
+                print(
+                    f"  slice: {part.records} records, {part.classified} classified",
+                    file=sys.stderr,
+                )
+
+        result = reconcile(engine, config, args.now, on_slice=progress)
         print(
             f"reconciled {result.records} records in {result.batches} batches: "
             f"{result.classified} ids classified, {result.updated} updated "

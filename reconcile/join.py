@@ -12,7 +12,7 @@ the slice, and history stays on disk.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,14 +88,24 @@ def _add_on_conflict(
     conn.execute(stmt)
 
 
-def reconcile(engine: Engine, config: ReconcileConfig, now: float | None = None) -> PassResult:
-    """Process everything ingested so far, in slices; classify what is due at `now`."""
+def reconcile(
+    engine: Engine,
+    config: ReconcileConfig,
+    now: float | None = None,
+    on_slice: Callable[[PassResult], None] | None = None,
+) -> PassResult:
+    """Process everything ingested so far, in slices; classify what is due at `now`.
+
+    `on_slice` is told after each committed slice (progress on a long backlog).
+    """
     total = PassResult(0, 0, 0, 0, 0)
     while True:
         result = reconcile_slice(engine, config, time.time() if now is None else now)
         if result is None:  # another reconciler holds the lease
             return total
         total = total + result
+        if on_slice is not None:
+            on_slice(result)
         if result.batches == 0:
             return total
 
