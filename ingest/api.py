@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from .schema import RecordError, parse_batch
+from .schema import RecordError, parse_body
 from .writer import IngestResult, write_batch
 
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
@@ -48,11 +48,11 @@ def _decode_and_store(engine: Engine, body: bytes) -> IngestResult:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise HTTPException(400, f"body: not valid JSON ({exc})") from None
     try:
-        batch = parse_batch(payload)
+        batch = parse_body(payload)
     except RecordError as exc:
         raise HTTPException(422, {"field": exc.field, "reason": exc.reason}) from None
     try:
-        return write_batch(engine, batch)
+        return write_batch(engine, batch.records, batch.drops)
     except SQLAlchemyError as exc:
         # Nothing of the batch is stored (one transaction); the shim retries.
         raise HTTPException(503, f"store unavailable: {type(exc).__name__}") from None

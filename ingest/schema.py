@@ -145,17 +145,71 @@ def validate_record(obj: Any, index: int = 0) -> Record:
     )
 
 
-def parse_batch(payload: Any) -> list[Record]:
-    """A decoded request body: a JSON array of records, or {"records": [...]}."""
+class DropReport(NamedTuple):
+    """A shim's running total of records it dropped before sending them."""
+
+    source: str
+    stream: str
+    kind: str
+    group: str
+    total: int
+
+
+class Batch(NamedTuple):
+    records: list[Record]
+    drops: list[DropReport]
+
+
+_BODY_KEYS = frozenset({"records", "source", "dropped"})
+
+
+def _drop_report(obj: Any, index: int, source: str) -> DropReport:
+    where = f"dropped[{index}]"
+    if not isinstance(obj, dict):
+        raise RecordError(where, f"must be an object, got {type(obj).__name__}")
+    unknown = obj.keys() - {"stream", "kind", "group", "total"}
+    if unknown:
+        raise RecordError(f"{where}.{sorted(unknown)[0]}", "unknown field")
+    stream = _text(obj, "stream", where, required=True, limit=MAX_TEXT_LENGTH)
+    kind = obj.get("kind")
+    if kind not in KINDS:
+        raise RecordError(f"{where}.kind", f"must be 'produce' or 'consume', got {kind!r}")
+    group = obj.get("group", "")
+    if type(group) is not str or len(group) > MAX_TEXT_LENGTH:
+        raise RecordError(f"{where}.group", "must be a string of at most 256 characters")
+    total = _int(obj, "total", where, 0)
+    if total is None:
+        raise RecordError(f"{where}.total", "field required")
+    return DropReport(source, stream, kind, group, total)  # type: ignore[arg-type]
+
+
+def parse_body(payload: Any) -> Batch:
+    """A decoded request body: a JSON array of records, or an object with
+    `records` and, from the shims, `source` and `dropped` (drop totals)."""
+    drops: list[DropReport] = []
     if isinstance(payload, dict):
-        if set(payload) != {"records"}:
-            raise RecordError("body", "an object body must have exactly one key, 'records'")
+        unknown = payload.keys() - _BODY_KEYS
+        if unknown or "records" not in payload:
+            raise RecordError(
+                "body", "an object body needs 'records' (and may have 'source', 'dropped')"
+            )
+        raw_drops = payload.get("dropped", [])
+        if raw_drops:
+            source = _text(payload, "source", "body", required=True, limit=MAX_TEXT_LENGTH)
+            if not isinstance(raw_drops, list):
+                raise RecordError("dropped", "must be a list")
+            drops = [_drop_report(d, i, source) for i, d in enumerate(raw_drops)]  # type: ignore[arg-type]
         payload = payload["records"]
     if not isinstance(payload, list):
         raise RecordError("body", 'must be a JSON array of records or {"records": [...]}')
-    if not payload:
+    if not payload and not drops:
         raise RecordError("body", "no records")
-    return [validate_record(obj, i) for i, obj in enumerate(payload)]
+    return Batch([validate_record(obj, i) for i, obj in enumerate(payload)], drops)
+
+
+def parse_batch(payload: Any) -> list[Record]:
+    """The records of a decoded request body (see parse_body)."""
+    return parse_body(payload).records
 
 
 def record_to_json(record: Record) -> dict[str, Any]:

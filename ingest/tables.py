@@ -154,6 +154,19 @@ latency_buckets = Table(
     PrimaryKeyConstraint("stream", "grp", "le"),
 )
 
+# What each shim instance (`source`) dropped before sending: running totals,
+# so a resent report cannot count twice. Measurement loss, shown beside the SLIs.
+shim_drops = Table(
+    "shim_drops",
+    metadata,
+    Column("source", String(256), nullable=False),
+    Column("stream", String(256), nullable=False),
+    Column("kind", String(8), nullable=False),
+    Column("grp", String(256), nullable=False),
+    Column("total", BigInteger, nullable=False),
+    PrimaryKeyConstraint("source", "stream", "kind", "grp"),
+)
+
 # Small key/value facts: last reconcile pass, schema version.
 meta = Table(
     "meta",

@@ -13,11 +13,12 @@ import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Engine, insert
+from sqlalchemy import Connection, Engine, case, insert
+from sqlalchemy.dialects import postgresql, sqlite
 
 from .db import write_tx
-from .schema import Record
-from .tables import inbox
+from .schema import DropReport, Record
+from .tables import inbox, shim_drops
 
 _COLUMNS = (
     "stream, message_id, rkey, kind, grp, ts, attempt, outcome, "
@@ -80,18 +81,52 @@ def _open_batches(conn: Connection, records: Sequence[Record], now: float) -> di
     return batch_of
 
 
-def write_batch(engine: Engine, records: Sequence[Record]) -> IngestResult:
+def write_batch(
+    engine: Engine, records: Sequence[Record], drops: Sequence[DropReport] = ()
+) -> IngestResult:
     """Store a batch atomically; returns how many were new and how many repeats."""
-    if not records:
+    if not records and not drops:
         return IngestResult(0, 0)
+    inserted = 0
     with write_tx(engine) as conn:
-        batch_of = _open_batches(conn, records, time.time())
-        rows = _rows(records, batch_of)
-        if conn.dialect.name == "postgresql":
-            inserted = _copy_insert(conn, rows)
-        else:
-            inserted = conn.exec_driver_sql(_SQLITE_INSERT, rows).rowcount
+        if records:
+            batch_of = _open_batches(conn, records, time.time())
+            rows = _rows(records, batch_of)
+            if conn.dialect.name == "postgresql":
+                inserted = _copy_insert(conn, rows)
+            else:
+                inserted = conn.exec_driver_sql(_SQLITE_INSERT, rows).rowcount
+        if drops:
+            _store_drops(conn, drops)
     return IngestResult(inserted, len(records) - inserted)
+
+
+def _store_drops(conn: Connection, drops: Sequence[DropReport]) -> None:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(shim_drops)
+    # Totals only grow; an old report arriving late must not lower them.
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["source", "stream", "kind", "grp"],
+        set_={
+            "total": case(
+                (stmt.excluded.total > shim_drops.c.total, stmt.excluded.total),
+                else_=shim_drops.c.total,
+            )
+        },
+    )
+    conn.execute(
+        stmt,
+        [
+            {
+                "source": d.source,
+                "stream": d.stream,
+                "kind": d.kind,
+                "grp": d.group,
+                "total": d.total,
+            }
+            for d in drops
+        ],
+    )
 
 
 def _copy_insert(conn: Connection, rows: list[tuple[object, ...]]) -> int:

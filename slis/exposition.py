@@ -21,7 +21,7 @@ from sqlalchemy import Engine, func, select
 from ingest.tables import inbox, latency_buckets, meta, tallies
 from reconcile.config import bucket_label
 
-from .query import read_in_flight
+from .query import read_drops, read_in_flight
 
 LABELS = ("stream", "group")
 # tally column -> (metric name without _total, help)
@@ -57,6 +57,7 @@ class StoreCollector(Collector):
             rows = conn.execute(select(tallies).where(tallies.c.grp != "")).mappings().all()
             bucket_rows = conn.execute(select(latency_buckets)).all()
             in_flight = read_in_flight(conn)
+            drops = read_drops(conn)
             backlog = conn.execute(select(func.coalesce(func.sum(inbox.c.n), 0))).scalar_one()
             last = conn.execute(select(meta.c.value).where(meta.c.key == "last_pass_at"))
             last_pass = last.scalar_one_or_none()
@@ -85,6 +86,15 @@ class StoreCollector(Collector):
                 buckets.append((le, cumulative))
             hist.add_metric(key, buckets, float(row["latency_sum"]))
         yield hist
+
+        dropped = CounterMetricFamily(
+            "msgtally_records_dropped",
+            "Records the shims dropped before sending: measurement loss, not message loss.",
+            labels=(*LABELS, "kind"),
+        )
+        for (stream, kind, grp), n in sorted(drops.items()):
+            dropped.add_metric((stream, grp, kind), n)
+        yield dropped
 
         flight = GaugeMetricFamily(
             "msgtally_messages_in_flight",

@@ -54,6 +54,9 @@ class SLI:
     latency_p50: float | None
     latency_p90: float | None
     latency_p99: float | None
+    # Records the shims dropped before sending (measurement loss, not message
+    # loss): the stream's produce drops plus this group's consume drops.
+    records_dropped: int = 0
 
     @property
     def delivery_success_ratio(self) -> float | None:

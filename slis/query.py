@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, func, select, tuple_
 
-from ingest.tables import groups, outcomes, pending, records, tallies
+from ingest.tables import groups, outcomes, pending, records, shim_drops, tallies
 from reconcile.counts import LOST, NOGROUP, RECOVERED, UNEXPECTED
 
 from .model import COUNT_FIELDS, QUANTILES, SLI, nearest_rank
@@ -29,6 +29,21 @@ def _quantiles(conn: Connection, stream: str, group: str, n: int) -> dict[str, f
     }
 
 
+def read_drops(conn: Connection) -> dict[tuple[str, str, str], int]:
+    """Records dropped by the shims, per (stream, kind, group), over all shims."""
+    d = shim_drops
+    query = select(d.c.stream, d.c.kind, d.c.grp, func.sum(d.c.total)).group_by(
+        d.c.stream, d.c.kind, d.c.grp
+    )
+    return {(s, k, g): int(n) for s, k, g, n in conn.execute(query)}
+
+
+def _dropped_for(drops: dict[tuple[str, str, str], int], stream: str, group: str) -> int:
+    return sum(
+        n for (s, k, g), n in drops.items() if s == stream and (k == "produce" or g == group)
+    )
+
+
 def read_slis(conn: Connection, stream: str | None = None, group: str | None = None) -> list[SLI]:
     """Every (stream, group) with a tally, filtered by stream and group if given."""
     t = tallies
@@ -38,6 +53,7 @@ def read_slis(conn: Connection, stream: str | None = None, group: str | None = N
     if group is not None:
         query = query.where(t.c.grp == group)
     out = []
+    drops = read_drops(conn)
     for row in conn.execute(query).mappings().all():
         n = int(row["latency_count"])
         fields: dict[str, Any] = {f: int(row[f]) for f in COUNT_FIELDS}
@@ -48,6 +64,7 @@ def read_slis(conn: Connection, stream: str | None = None, group: str | None = N
                 group=row["grp"],
                 latency_count=n,
                 latency_sum=float(row["latency_sum"]),
+                records_dropped=_dropped_for(drops, row["stream"], row["grp"]),
                 **fields,
             )
         )

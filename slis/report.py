@@ -20,6 +20,7 @@ _COLUMNS = (
     ("unexpected", "unexp"),
     ("recovered", "recov"),
     ("consume_errors", "errors"),
+    ("records_dropped", "dropped"),
     ("delivery_success_ratio", "success"),
     ("duplicate_ratio", "dup%"),
     ("latency_p50", "p50"),

@@ -1,0 +1,397 @@
+"""The shim services add: count, trace and ship every produced and consumed id.
+
+    tally = Tally(stream="orders", collector_url="http://collector:8410")
+    headers = tally.produced(order.id)           # put these in the message
+    ...
+    with tally.processing(msg.id, group="billing", attempt=n, headers=msg.headers):
+        handle(msg)                              # ok, or error if it raises
+
+Every call is cheap (a pre-bound counter, an optional span, a deque append)
+and never raises into the host: bad arguments are counted as dropped records
+and logged, and the collector being down only fills a bounded buffer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import secrets
+import socket
+import time
+import weakref
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
+from typing import Any
+
+from opentelemetry.trace import Status, StatusCode, TracerProvider
+from prometheus_client import REGISTRY, CollectorRegistry, Counter
+
+from .schema import MAX_ID_LENGTH
+from .shipper import DropKey, Shipper
+from .tracing import MessagingTracer, span_ids
+
+log = logging.getLogger("msgtally.sdk")
+
+MESSAGE_ID_HEADER = "msgtally-message-id"
+DEFAULT_COLLECTOR = "http://127.0.0.1:8410"
+
+
+class _Metrics:
+    """The msgtally_sdk_* counters of one registry (created once per registry)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.produced = Counter(
+            "msgtally_sdk_produced",
+            "Messages reported produced, by outcome.",
+            ("stream", "outcome"),
+            registry=registry,
+        )
+        self.consumed = Counter(
+            "msgtally_sdk_consumed",
+            "Messages reported consumed, by group and outcome.",
+            ("stream", "group", "outcome"),
+            registry=registry,
+        )
+        self.shipped = Counter(
+            "msgtally_sdk_records_shipped",
+            "Records the collector accepted.",
+            registry=registry,
+        )
+        self.dropped = Counter(
+            "msgtally_sdk_records_dropped",
+            "Records dropped before reaching the collector (measurement loss).",
+            ("stream", "kind", "group"),
+            registry=registry,
+        )
+
+
+_metrics: weakref.WeakKeyDictionary[CollectorRegistry, _Metrics] = weakref.WeakKeyDictionary()
+
+
+def _metrics_for(registry: CollectorRegistry) -> _Metrics:
+    found = _metrics.get(registry)
+    if found is None:
+        found = _metrics[registry] = _Metrics(registry)
+    return found
+
+
+def _instance_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class Delivery:
+    """What a consumer handler can say about the message it is processing."""
+
+    __slots__ = ("outcome",)
+
+    def __init__(self) -> None:
+        self.outcome = "ok"
+
+    def dead_letter(self) -> None:
+        """Mark the message as sent to the dead-letter queue."""
+        self.outcome = "dead_letter"
+
+    def failed(self) -> None:
+        """Mark processing as failed without raising (it will be redelivered)."""
+        self.outcome = "error"
+
+
+class Tally:
+    """Producer and consumer shim for one service; thread-safe, fork-safe."""
+
+    def __init__(
+        self,
+        stream: str | None = None,
+        collector_url: str = DEFAULT_COLLECTOR,
+        *,
+        system: str = "generic",
+        producer: str | None = None,
+        registry: CollectorRegistry | None = None,
+        tracer_provider: TracerProvider | None = None,
+        tracing: bool = True,
+        batch_size: int = 500,
+        flush_interval: float = 1.0,
+        max_buffer: int = 100_000,
+        timeout: float = 5.0,
+    ) -> None:
+        self.stream = stream
+        self._metrics = _metrics_for(registry or REGISTRY)
+        self._tracer = MessagingTracer(tracer_provider, system) if tracing else None
+        self._named_producer = producer
+        self._produced_children: dict[tuple[str, str], Any] = {}
+        self._consumed_children: dict[tuple[str, str, str], Any] = {}
+        self._new_identity()
+        self.shipper = Shipper(
+            collector_url,
+            source=self.instance,
+            batch_size=batch_size,
+            flush_interval=flush_interval,
+            max_buffer=max_buffer,
+            timeout=timeout,
+            on_drop=self._count_drop,
+            on_shipped=self._metrics.shipped.inc,
+        )
+        _tallies.add(self)
+
+    def _new_identity(self) -> None:
+        # Record ids are instance:n, unique without a uuid per call (cheaper).
+        self.instance = _instance_id()
+        self.producer = self._named_producer or self.instance
+        self._record_n = itertools.count(1)
+        self._seq = itertools.count(1)
+
+    def _count_drop(self, key: DropKey, n: int) -> None:
+        self._metrics.dropped.labels(*key).inc(n)
+
+    def _stream(self, stream: str | None) -> str | None:
+        s = stream or self.stream
+        return s if s and len(s) <= 256 else None
+
+    def _reject(self, stream: str | None, kind: str, group: str, why: str) -> None:
+        log.warning("msgtally: %s record not sent: %s", kind, why)
+        self._count_drop((stream or "", kind, group), 1)
+
+    # -- producer side ----------------------------------------------------
+
+    def produced(
+        self,
+        message_id: str,
+        *,
+        stream: str | None = None,
+        attempt: int = 1,
+        outcome: str = "ok",
+        headers: MutableMapping[str, str] | None = None,
+        ts: float | None = None,
+    ) -> MutableMapping[str, str]:
+        """Report a send (`ok`: the broker acknowledged; `error`: indeterminate).
+
+        Returns the headers to send with the message (message id and W3C trace
+        context), `headers` itself when given.
+        """
+        out: MutableMapping[str, str] = {} if headers is None else headers
+        s = self._stream(stream)
+        if s is None or not _valid_id(message_id) or outcome not in ("ok", "error"):
+            self._reject(s, "produce", "", f"bad stream, message id or outcome {outcome!r}")
+            return out
+        out[MESSAGE_ID_HEADER] = message_id
+        trace_id = span_id = None
+        if self._tracer is not None:
+            span = self._tracer.send(s, message_id, out)
+            trace_id, span_id = span_ids(span)
+            if outcome != "ok":
+                span.set_status(Status(StatusCode.ERROR))
+            span.end()
+        self._emit_produce(s, message_id, attempt, outcome, trace_id, span_id, ts)
+        return out
+
+    def _emit_produce(
+        self,
+        s: str,
+        message_id: str,
+        attempt: int,
+        outcome: str,
+        trace_id: str | None,
+        span_id: str | None,
+        ts: float | None,
+    ) -> None:
+        child = self._produced_children.get((s, outcome))
+        if child is None:
+            child = self._produced_children[(s, outcome)] = self._metrics.produced.labels(
+                s, outcome
+            )
+        child.inc()
+        self.shipper.put(
+            (
+                s,
+                "produce",
+                message_id,
+                time.time() if ts is None else ts,
+                "",
+                attempt if type(attempt) is int and attempt >= 1 else 1,
+                outcome,
+                self.producer,
+                next(self._seq),
+                trace_id,
+                span_id,
+                f"{self.instance}:{next(self._record_n)}",
+            )
+        )
+
+    @contextmanager
+    def sending(
+        self, message_id: str, *, stream: str | None = None, attempt: int = 1
+    ) -> Iterator[MutableMapping[str, str]]:
+        """Wrap a publish: yields the headers to send; an exception means the
+        send is indeterminate (`error`), and is re-raised."""
+        headers: dict[str, str] = {}
+        s = self._stream(stream)
+        span = None
+        if self._tracer is not None and s is not None and _valid_id(message_id):
+            span = self._tracer.send(s, message_id, headers)
+        headers[MESSAGE_ID_HEADER] = message_id
+        outcome = "ok"
+        try:
+            yield headers
+        except BaseException:
+            outcome = "error"
+            raise
+        finally:
+            if s is None or not _valid_id(message_id):
+                self._reject(s, "produce", "", "bad stream or message id")
+            else:
+                trace_id = span_id = None
+                if span is not None:
+                    trace_id, span_id = span_ids(span)
+                    if outcome != "ok":
+                        span.set_status(Status(StatusCode.ERROR))
+                    span.end()
+                self._emit_produce(s, message_id, attempt, outcome, trace_id, span_id, None)
+
+    # -- consumer side ----------------------------------------------------
+
+    def consumed(
+        self,
+        message_id: str,
+        *,
+        group: str,
+        stream: str | None = None,
+        attempt: int = 1,
+        outcome: str = "ok",
+        headers: MutableMapping[str, str] | None = None,
+        ts: float | None = None,
+    ) -> None:
+        """Report a delivery and its processing result: ok, error or dead_letter."""
+        s = self._stream(stream)
+        if not self._consume_ok(s, message_id, group, outcome):
+            return
+        assert s is not None
+        trace_id = span_id = None
+        if self._tracer is not None:
+            span = self._tracer.process(s, message_id, group, attempt, headers)
+            trace_id, span_id = span_ids(span)
+            if outcome != "ok":
+                span.set_status(Status(StatusCode.ERROR))
+            span.end()
+        self._emit_consume(s, message_id, group, attempt, outcome, trace_id, span_id, ts)
+
+    def _consume_ok(self, s: str | None, message_id: str, group: str, outcome: str) -> bool:
+        if (
+            s is None
+            or not _valid_id(message_id)
+            or not isinstance(group, str)
+            or not 0 < len(group) <= 256
+            or outcome not in ("ok", "error", "dead_letter")
+        ):
+            g = group if isinstance(group, str) else ""
+            self._reject(s, "consume", g, f"bad stream, message id, group or outcome {outcome!r}")
+            return False
+        return True
+
+    def _emit_consume(
+        self,
+        s: str,
+        message_id: str,
+        group: str,
+        attempt: int,
+        outcome: str,
+        trace_id: str | None,
+        span_id: str | None,
+        ts: float | None,
+    ) -> None:
+        key = (s, group, outcome)
+        child = self._consumed_children.get(key)
+        if child is None:
+            child = self._consumed_children[key] = self._metrics.consumed.labels(*key)
+        child.inc()
+        self.shipper.put(
+            (
+                s,
+                "consume",
+                message_id,
+                time.time() if ts is None else ts,
+                group,
+                attempt if type(attempt) is int and attempt >= 1 else 1,
+                outcome,
+                None,
+                None,
+                trace_id,
+                span_id,
+                f"{self.instance}:{next(self._record_n)}",
+            )
+        )
+
+    @contextmanager
+    def processing(
+        self,
+        message_id: str,
+        *,
+        group: str,
+        stream: str | None = None,
+        attempt: int = 1,
+        headers: MutableMapping[str, str] | None = None,
+    ) -> Iterator[Delivery]:
+        """Wrap a handler: `ok` when it returns, `error` when it raises (re-raised),
+        `dead_letter` when it calls `delivery.dead_letter()`."""
+        delivery = Delivery()
+        s = self._stream(stream)
+        valid = self._consume_ok(s, message_id, group, "ok")
+        span = None
+        if valid and self._tracer is not None:
+            assert s is not None
+            span = self._tracer.process(s, message_id, group, attempt, headers)
+        try:
+            yield delivery
+        except BaseException as exc:
+            delivery.outcome = "error"
+            if span is not None:
+                span.record_exception(exc)
+            raise
+        finally:
+            if valid:
+                assert s is not None
+                trace_id = span_id = None
+                if span is not None:
+                    trace_id, span_id = span_ids(span)
+                    if delivery.outcome != "ok":
+                        span.set_status(Status(StatusCode.ERROR))
+                    span.end()
+                self._emit_consume(
+                    s, message_id, group, attempt, delivery.outcome, trace_id, span_id, None
+                )
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every record so far reached the collector (or was dropped)."""
+        return self.shipper.flush(timeout)
+
+    def close(self, timeout: float = 5.0) -> bool:
+        """Flush and stop shipping. Also runs at interpreter exit."""
+        return self.shipper.close(timeout)
+
+    def __enter__(self) -> Tally:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _after_fork(self) -> None:
+        self._new_identity()
+        self.shipper.source = self.instance
+
+
+def _valid_id(message_id: object) -> bool:
+    return type(message_id) is str and 0 < len(message_id) <= MAX_ID_LENGTH
+
+
+_tallies: weakref.WeakSet[Tally] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for tally in list(_tallies):
+        tally._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,247 @@
+"""Shipping records from a service to the collector, without ever hurting it.
+
+The caller's side is one lock and one deque append. A daemon thread sends
+batches (by size and by time), retries with exponential backoff and jitter,
+and keeps the buffer bounded: when it is full the oldest record is dropped and
+counted. Drop totals travel with the next batch that gets through, so the
+collector can tell measurement loss from message loss. Resends carry the same
+record ids, so the collector stores them once.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import random
+import threading
+import weakref
+from collections import Counter, deque
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from .schema import FIELDS
+
+log = logging.getLogger("msgtally.shipper")
+
+# A record on its way: the tuple of schema.FIELDS, in that order.
+Row = tuple[Any, ...]
+DropKey = tuple[str, str, str]  # stream, kind, group
+_STREAM, _KIND, _GROUP = 0, 1, 4
+
+_RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+class Shipper:
+    """A bounded buffer of records and the thread that sends them."""
+
+    def __init__(
+        self,
+        collector_url: str,
+        *,
+        source: str,
+        batch_size: int = 500,
+        flush_interval: float = 1.0,
+        max_buffer: int = 100_000,
+        timeout: float = 5.0,
+        backoff_base: float = 0.2,
+        backoff_max: float = 30.0,
+        on_drop: Callable[[DropKey, int], None] | None = None,
+        on_shipped: Callable[[int], None] | None = None,
+    ) -> None:
+        if batch_size < 1 or max_buffer < batch_size:
+            raise ValueError(
+                f"batch_size {batch_size} and max_buffer {max_buffer}: need "
+                "1 <= batch_size <= max_buffer"
+            )
+        self.url = collector_url.rstrip("/") + "/v1/records"
+        self.source = source
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.max_buffer = max_buffer
+        self.timeout = timeout
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self._on_drop = on_drop
+        self._on_shipped = on_shipped
+        self._init_state()
+        _register(self)
+
+    def _init_state(self) -> None:
+        self._lock = threading.Lock()
+        self._buffer: deque[Row] = deque()
+        self._wake = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self.dropped: Counter[DropKey] = Counter()
+        self._reported: Counter[DropKey] = Counter()
+        self.shipped = 0
+
+    # -- the caller's side ------------------------------------------------
+
+    def put(self, row: Row) -> None:
+        """Queue one record; never blocks on I/O, never raises."""
+        with self._lock:
+            if self._closed:
+                self._drop_locked(row)
+                return
+            if len(self._buffer) >= self.max_buffer:
+                self._drop_locked(self._buffer.popleft())
+            self._buffer.append(row)
+            self._idle.clear()
+            full = len(self._buffer) >= self.batch_size
+            if self._thread is None:
+                self._start_locked()
+        if full:
+            self._wake.set()
+
+    def _drop_locked(self, row: Row) -> None:
+        key = (row[_STREAM], row[_KIND], row[_GROUP])
+        self.dropped[key] += 1
+        if self._on_drop is not None:
+            self._on_drop(key, 1)
+
+    def _start_locked(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="msgtally-shipper", daemon=True)
+        self._thread.start()
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything queued so far is sent (or dropped); True if so."""
+        self._wake.set()
+        return self._idle.wait(timeout)
+
+    def close(self, timeout: float = 5.0) -> bool:
+        """Flush what is queued (up to `timeout`), then stop; later puts are dropped."""
+        flushed = self.flush(timeout)
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+        self._wake.set()
+        if thread is not None:
+            thread.join(timeout)
+        if not flushed:
+            with self._lock:
+                while self._buffer:
+                    self._drop_locked(self._buffer.popleft())
+        return flushed
+
+    # -- the thread -------------------------------------------------------
+
+    def _take(self) -> list[Row]:
+        with self._lock:
+            n = min(self.batch_size, len(self._buffer))
+            return [self._buffer.popleft() for _ in range(n)]
+
+    def _run(self) -> None:
+        client = httpx.Client(timeout=self.timeout)
+        pending: list[Row] = []
+        failures = 0
+        try:
+            while True:
+                if not pending:
+                    pending = self._take()
+                if not pending and self._drops_unreported():
+                    # Nothing to send but news of drops: report them on their own.
+                    self._send(client, [])
+                if not pending:
+                    self._idle.set()
+                    if self._closed:
+                        return
+                    self._wake.wait(self.flush_interval)
+                    self._wake.clear()
+                    continue
+                if self._send(client, pending):
+                    pending, failures = [], 0
+                    continue
+                if self._closed:  # shutting down and the collector is away: count, stop
+                    with self._lock:
+                        for row in [*pending, *self._buffer]:
+                            self._drop_locked(row)
+                        self._buffer.clear()
+                    self._idle.set()
+                    return
+                failures += 1
+                # Full jitter: spreads a fleet of shims after a collector outage.
+                delay = random.uniform(0, min(self.backoff_max, self.backoff_base * 2**failures))
+                self._wake.wait(delay)
+                self._wake.clear()
+        finally:
+            client.close()
+
+    def _drops_unreported(self) -> bool:
+        with self._lock:
+            return self.dropped != self._reported
+
+    def _body(self, rows: list[Row]) -> tuple[bytes, Counter[DropKey]]:
+        records = []
+        for row in rows:
+            rec = {k: v for k, v in zip(FIELDS, row, strict=True) if v is not None}
+            if rec.get("group") == "":
+                del rec["group"]
+            records.append(rec)
+        with self._lock:
+            snapshot = Counter(self.dropped)
+        body: dict[str, Any] = {"records": records, "source": self.source}
+        if snapshot:
+            body["dropped"] = [
+                {"stream": s, "kind": k, "group": g, "total": n}
+                for (s, k, g), n in snapshot.items()
+            ]
+        return json.dumps(body).encode(), snapshot
+
+    def _send(self, client: httpx.Client, rows: list[Row]) -> bool:
+        """True when the batch is done with (stored, or refused for good)."""
+        body, drops = self._body(rows)
+        try:
+            resp = client.post(self.url, content=body, headers={"content-type": "application/json"})
+        except httpx.HTTPError as exc:
+            log.debug("collector unreachable: %s", exc)
+            return False
+        if resp.status_code == 200:
+            with self._lock:
+                self._reported = drops
+            self.shipped += len(rows)
+            if self._on_shipped is not None:
+                self._on_shipped(len(rows))
+            return True
+        if resp.status_code in _RETRY_STATUS:
+            return False
+        # 4xx: the batch itself is refused; resending would not help.
+        log.warning(
+            "collector refused %d records: %s %s", len(rows), resp.status_code, resp.text[:500]
+        )
+        with self._lock:
+            for row in rows:
+                self._drop_locked(row)
+        return True
+
+    def _after_fork(self) -> None:
+        # The parent's records and thread stay with the parent.
+        self._init_state()
+
+
+_shippers: weakref.WeakSet[Shipper] = weakref.WeakSet()
+
+
+def _register(shipper: Shipper) -> None:
+    _shippers.add(shipper)
+
+
+def _close_all() -> None:
+    for shipper in list(_shippers):
+        shipper.close(timeout=5.0)
+
+
+def _after_fork_in_child() -> None:
+    for shipper in list(_shippers):
+        shipper._after_fork()
+
+
+atexit.register(_close_all)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
