@@ -1,0 +1,7 @@
+"""Broker adapters: wrap publish and consume of a client library with a Tally.
+
+Each adapter puts the message id and the W3C trace context in the message's
+headers or properties, reads them back on the consumer side (falling back to
+the broker's own id), and maps the broker's redelivery information to the
+delivery attempt.
+"""
