@@ -1,0 +1,104 @@
+"""The SLO spec as plain data: what an SRE declares once per service.
+
+Loaders (`slis.specload` for `msgtally/v1`, `slis.openslo` for OpenSLO) build
+these objects; `alerts` turns them into Prometheus rules.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+
+VERSION = "msgtally/v1"
+DEFAULT_PERIOD = "30d"
+# The `group` label value of an SLO over every consumer group of its stream.
+ALL_GROUPS = "*"
+# Label names the rules set themselves: a spec may not set them.
+RESERVED_LABELS = frozenset(
+    {"slo", "sli", "service", "stream", "group", "severity", "burn_window", "alertname", "le"}
+)
+
+_PERIOD = re.compile(r"^([1-9][0-9]*)([dh])$")
+_UNIT_SECONDS = {"d": 86_400, "h": 3_600}
+
+
+class SLIKind(StrEnum):
+    """What counts as an error, and out of what."""
+
+    DELIVERY = "delivery"  # lost / produced
+    DUPLICATES = "duplicates"  # duplicated / (delivered + late + recovered + duplicated)
+    LATENCY = "latency"  # deliveries slower than the threshold / deliveries
+    RETRIES = "retries"  # retried / produced
+
+
+@dataclass(frozen=True)
+class Period:
+    """An SLO period: a whole number of days or hours, e.g. `30d`, `12h`."""
+
+    seconds: int
+    text: str
+
+    @classmethod
+    def parse(cls, text: str) -> Period:
+        match = _PERIOD.match(text)
+        if not match:
+            raise ValueError(
+                f"period has value {text!r}. Must be a whole number of days or hours, "
+                "e.g. 30d, 28d, 7d, 12h."
+            )
+        return cls(int(match[1]) * _UNIT_SECONDS[match[2]], text)
+
+
+def _frozen(mapping: Mapping[str, str] | None) -> Mapping[str, str]:
+    return MappingProxyType(dict(mapping or {}))
+
+
+@dataclass(frozen=True)
+class Notify:
+    """Extra labels and annotations of one severity's alerts; `disable` drops them."""
+
+    labels: Mapping[str, str] = field(default_factory=lambda: _frozen(None))
+    annotations: Mapping[str, str] = field(default_factory=lambda: _frozen(None))
+    disable: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "labels", _frozen(self.labels))
+        object.__setattr__(self, "annotations", _frozen(self.annotations))
+
+
+@dataclass(frozen=True)
+class Alerting:
+    page: Notify = field(default_factory=Notify)
+    ticket: Notify = field(default_factory=Notify)
+    runbook: str | None = None
+    disable: bool = False
+
+
+@dataclass(frozen=True)
+class SLO:
+    name: str
+    stream: str
+    sli: SLIKind
+    objective: float  # percent, 0 < objective < 100
+    group: str | None = None  # None: every group of the stream
+    threshold: float | None = None  # seconds; latency only
+    description: str | None = None
+    alerting: Alerting = field(default_factory=Alerting)
+
+    @property
+    def group_label(self) -> str:
+        return self.group if self.group is not None else ALL_GROUPS
+
+
+@dataclass(frozen=True)
+class Spec:
+    service: str
+    slos: tuple[SLO, ...]
+    period: Period = field(default_factory=lambda: Period.parse(DEFAULT_PERIOD))
+    labels: Mapping[str, str] = field(default_factory=lambda: _frozen(None))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "labels", _frozen(self.labels))
