@@ -1,0 +1,82 @@
+"""PromQL for each SLI kind: the error ratio over a window, from counter increases.
+
+Every ratio is `errors / (events > 0)`: when nothing happened in the window
+the comparison drops the denominator and the rule gives no sample, never NaN
+or +Inf, so a quiet night does not spoil a long window. Each window is its
+own increase over the raw counters, never an average of shorter ratios.
+"""
+
+from __future__ import annotations
+
+import json
+
+from reconcile.config import bucket_label
+from slis.exposition import COUNTERS, LATENCY
+from slis.spec import SLO, SLIKind
+
+
+def _counter(column: str) -> str:
+    return COUNTERS[column][0] + "_total"
+
+
+PRODUCED = _counter("produced")
+# Ok deliveries: the denominator of the duplicate ratio (ARCHITECTURE.md).
+OK_DELIVERIES = tuple(_counter(c) for c in ("delivered", "late", "recovered", "duplicated"))
+
+
+def quote(value: str) -> str:
+    """A PromQL string literal (JSON's escaping is a subset PromQL reads)."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def matchers(slo: SLO, *extra: str) -> str:
+    """`stream="orders",group="billing"`; without a group, every group of the stream."""
+    parts = [f"stream={quote(slo.stream)}"]
+    if slo.group is not None:
+        parts.append(f"group={quote(slo.group)}")
+    return ",".join([*parts, *extra])
+
+
+def le_matcher(threshold: float) -> str:
+    """The bucket of a threshold as the collector writes it (`2.5`, `1.0`).
+
+    A whole number also matches its short form (`1`), which is how Prometheus
+    3 normalises `le` of classic histograms.
+    """
+    label = bucket_label(threshold)
+    if threshold == int(threshold):
+        short = str(int(threshold))
+        return f'le=~"{short}|{short}\\\\.0"'
+    return f"le={quote(label)}"
+
+
+def _increase(selector: str, window: str) -> str:
+    return f"sum(increase({selector}[{window}]))"
+
+
+def error_ratio(slo: SLO, window: str) -> str:
+    """The SLO's error ratio over `window`; no sample when there were no events."""
+    m = matchers(slo)
+    if slo.sli is SLIKind.DELIVERY:
+        errors = _increase(f"{_counter('lost')}{{{m}}}", window)
+        events = _increase(f"{PRODUCED}{{{m}}}", window)
+    elif slo.sli is SLIKind.RETRIES:
+        errors = _increase(f"{_counter('retried')}{{{m}}}", window)
+        events = _increase(f"{PRODUCED}{{{m}}}", window)
+    elif slo.sli is SLIKind.DUPLICATES:
+        names = "|".join(n.removeprefix("msgtally_messages_") for n in OK_DELIVERIES)
+        names = names.replace("_total", "")
+        errors = _increase(f"{_counter('duplicated')}{{{m}}}", window)
+        events = _increase(f'{{__name__=~"msgtally_messages_({names})_total",{m}}}', window)
+    else:
+        assert slo.threshold is not None
+        count = _increase(f"{LATENCY}_count{{{m}}}", window)
+        fast = _increase(f"{LATENCY}_bucket{{{matchers(slo, le_matcher(slo.threshold))}}}", window)
+        errors = f"({count} - {fast})"
+        events = count
+    return f"{errors}\n/\n({events} > 0)"
+
+
+def presence(slo: SLO) -> str:
+    """The series whose absence means the SLI is not measured at all."""
+    return f"{PRODUCED}{{{matchers(slo)}}}"

@@ -1,0 +1,231 @@
+"""`promtool test rules` files that prove the generated alerts, from the same window table.
+
+For each SLO and burn-rate tier, two test groups feed the SLO's counters at a
+constant error ratio of 1 % above and 1 % below the tier's threshold
+(`factor * error budget`) and check, at the end of the tier's long window
+plus its short one, the exact set of `MsgtallyErrorBudgetBurn` alerts: the
+tier fires above and not below, and every other tier fires exactly when the
+same ratio is over its own threshold. A quiet file proves that counters that
+do not move fire nothing, and that missing counters fire `MsgtallySLIAbsent`.
+
+One file per tier (its evaluation interval fits its windows) and one quiet
+file; `rule_files` points at the rule file relative to the test files.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from reconcile.config import bucket_label
+from slis.budget import error_budget
+from slis.spec import SLO, SLIKind, Spec
+
+from .promql import PRODUCED, quote
+from .rules import ABSENT_ALERT, BURN_ALERT, absent_alert, burn_alert, num, sli_labels
+from .windows import Window, format_duration, scale
+
+EVENTS = 1_000_000  # events per sample step: fine enough for a 1 % margin at any budget
+MARGIN = 0.01  # "just above" and "just below": 1 % off the threshold
+STEPS_PER_SHORT = 5  # samples within the shortest window of a file
+_LABELS_TEMPLATE = re.compile(r"\{\{\s*\$labels\.([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}")
+TestFile = dict[str, Any]
+
+
+def _series_labels(slo: SLO) -> dict[str, str]:
+    return {"stream": slo.stream, "group": slo.group or "any-group"}
+
+
+def _selector(name: str, labels: Mapping[str, str]) -> str:
+    inner = ",".join(f"{k}={quote(v)}" for k, v in labels.items())
+    return f"{name}{{{inner}}}"
+
+
+def input_series(slo: SLO, errors: int, steps: int) -> list[dict[str, str]]:
+    """The SLO's counters growing by EVENTS per step, `errors` of them bad."""
+    labels = _series_labels(slo)
+    good = EVENTS - errors
+
+    def series(name: str, per_step: int, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        return {
+            "series": _selector(name, {**labels, **(extra or {})}),
+            "values": f"0+{per_step}x{steps}",
+        }
+
+    if slo.sli is SLIKind.DELIVERY:
+        return [series(PRODUCED, EVENTS), series("msgtally_messages_lost_total", errors)]
+    if slo.sli is SLIKind.RETRIES:
+        return [series(PRODUCED, EVENTS), series("msgtally_messages_retried_total", errors)]
+    if slo.sli is SLIKind.DUPLICATES:
+        return [
+            series("msgtally_messages_delivered_total", good),
+            series("msgtally_messages_duplicated_total", errors),
+        ]
+    assert slo.threshold is not None
+    return [
+        series("msgtally_delivery_latency_seconds_count", EVENTS),
+        series(
+            "msgtally_delivery_latency_seconds_bucket", good, {"le": bucket_label(slo.threshold)}
+        ),
+    ]
+
+
+def errors_for(slo: SLO, w: Window, above: bool) -> int:
+    """Bad events per step that put the error ratio 1 % above (or below) the tier's threshold."""
+    threshold = w.factor * error_budget(slo.objective) * EVENTS
+    errors = math.ceil(threshold * (1 + MARGIN)) if above else math.floor(threshold * (1 - MARGIN))
+    if not 0 < errors <= EVENTS or (errors > threshold) != above:
+        raise ValueError(f"SLO {slo.name}: cannot burn {'above' if above else 'below'} {w.factor}x")
+    return errors
+
+
+def _expand(text: str, labels: Mapping[str, str]) -> str:
+    """What Prometheus makes of an annotation: only `{{ $labels.NAME }}` is predictable."""
+    out = _LABELS_TEMPLATE.sub(lambda m: labels.get(m[1], ""), text)
+    if "{{" in out:
+        raise ValueError(
+            f"annotation {text!r}: promtool tests can only predict {{{{ $labels.NAME }}}} "
+            "templates; write the tests by hand or drop the template"
+        )
+    return out
+
+
+def _expected(rule: Mapping[str, Any], series_labels: Mapping[str, str]) -> dict[str, Any]:
+    labels = {**series_labels, **rule["labels"]}
+    return {
+        "exp_labels": labels,
+        "exp_annotations": {k: _expand(v, labels) for k, v in rule["annotations"].items()},
+    }
+
+
+def _matches(other: SLO, slo: SLO) -> bool:
+    """Does `other` read the series generated for `slo`?"""
+    return (
+        other.sli is slo.sli
+        and other.stream == slo.stream
+        and other.group in (None, _series_labels(slo)["group"])
+        and other.threshold == slo.threshold
+    )
+
+
+def _enabled(slo: SLO, w: Window) -> bool:
+    a = slo.alerting
+    return not a.disable and not (a.page.disable if w.severity == "page" else a.ticket.disable)
+
+
+def burn_alerts_at(spec: Spec, slo: SLO, windows: tuple[Window, ...], ratio: float) -> list[Any]:
+    """Every burn alert that fires when `slo`'s series burn at a constant error ratio."""
+    out = []
+    for other in spec.slos:
+        if not _matches(other, slo):
+            continue
+        for w in windows:
+            if _enabled(other, w) and ratio > w.factor * error_budget(other.objective):
+                out.append(_expected(burn_alert(spec, other, w), sli_labels(spec, other)))
+    return out
+
+
+def _interval(windows: tuple[Window, ...]) -> int:
+    return max(1, min(w.short for w in windows) // STEPS_PER_SHORT)
+
+
+def tier_tests(spec: Spec, w: Window, windows: tuple[Window, ...]) -> list[dict[str, Any]]:
+    interval = _interval((w,))
+    eval_at = w.long + w.short
+    steps = eval_at // interval
+    tests = []
+    for slo in spec.slos:
+        if not _enabled(slo, w):
+            continue
+        for above in (True, False):
+            errors = errors_for(slo, w, above)
+            side = "above" if above else "below"
+            tests.append(
+                {
+                    "name": f"{slo.name}: {side} {num(w.factor)}x over {w.long_text} "
+                    f"and {w.short_text} ({w.severity})",
+                    "interval": format_duration(interval),
+                    "input_series": input_series(slo, errors, steps),
+                    "alert_rule_test": [
+                        {
+                            "eval_time": format_duration(eval_at),
+                            "alertname": BURN_ALERT,
+                            "exp_alerts": burn_alerts_at(spec, slo, windows, errors / EVENTS),
+                        }
+                    ],
+                }
+            )
+    return tests
+
+
+def quiet_tests(spec: Spec, windows: tuple[Window, ...]) -> list[dict[str, Any]]:
+    interval = _interval(windows)
+    eval_at = 2 * max(w.short for w in windows)
+    steps = eval_at // interval
+    flat = [
+        {"series": s["series"], "values": f"1000+0x{steps}"}
+        for slo in spec.slos
+        for s in input_series(slo, 1, 1)
+    ]
+    flat = list({s["series"]: s for s in flat}.values())
+    absent_at = 2 * interval + max(
+        (_seconds(absent_alert(spec, s, windows)["for"]) for s in spec.slos), default=0
+    )
+    absent = [
+        _expected(absent_alert(spec, s, windows), {}) for s in spec.slos if not s.alerting.disable
+    ]
+    return [
+        {
+            "name": "zero traffic: counters that do not move fire nothing",
+            "interval": format_duration(interval),
+            "input_series": flat,
+            "alert_rule_test": [
+                {"eval_time": format_duration(eval_at), "alertname": name, "exp_alerts": []}
+                for name in (BURN_ALERT, ABSENT_ALERT)
+            ],
+        },
+        {
+            "name": "no counters at all: every SLO's SLI is absent",
+            "interval": format_duration(interval),
+            "input_series": [],
+            "alert_rule_test": [
+                {
+                    "eval_time": format_duration(absent_at),
+                    "alertname": BURN_ALERT,
+                    "exp_alerts": [],
+                },
+                {
+                    "eval_time": format_duration(absent_at),
+                    "alertname": ABSENT_ALERT,
+                    "exp_alerts": absent,
+                },
+            ],
+        },
+    ]
+
+
+def _seconds(duration: str) -> int:
+    units = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
+    return sum(int(n) * units[u] for n, u in re.findall(r"(\d+)([dhms])", duration))
+
+
+def generate_tests(spec: Spec, rule_file: str) -> dict[str, TestFile]:
+    """File name -> `promtool test rules` file, for the rules of `spec` at `rule_file`."""
+    windows = scale(spec.period.seconds)
+    files: dict[str, TestFile] = {}
+    for w in windows:
+        tests = tier_tests(spec, w, windows)
+        if tests:
+            files[f"{spec.service}.{w.severity}-{w.long_text}.test.yml"] = {
+                "rule_files": [rule_file],
+                "evaluation_interval": format_duration(_interval((w,))),
+                "tests": tests,
+            }
+    files[f"{spec.service}.quiet.test.yml"] = {
+        "rule_files": [rule_file],
+        "evaluation_interval": format_duration(_interval(windows)),
+        "tests": quiet_tests(spec, windows),
+    }
+    return files

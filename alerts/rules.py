@@ -1,0 +1,184 @@
+"""Generate Prometheus rules from an SLO spec: pure, returns plain data.
+
+Per SLO, one rule group `msgtally-<service>-<slo>`, in evaluation order:
+- `msgtally:sli_error:ratio_rate<window>` for every window the alerts use and
+  for the whole period;
+- metadata: objective, error budget, period, period burn rate and remaining
+  budget;
+- `MsgtallyErrorBudgetBurn` once per burn-rate tier (labels `severity`,
+  `burn_window`) and `MsgtallySLIAbsent`.
+One group, not three: rules of a group run in order, so an alert always reads
+the recordings of the same evaluation, whatever the evaluation interval.
+Every series carries `service`, `slo`, `sli`, `stream`, `group` and the
+spec's labels, so alerts and dashboards select one SLO by `service` and `slo`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from slis.budget import error_budget, objective_ratio
+from slis.spec import SLO, Spec
+
+from .promql import error_ratio, presence, quote
+from .windows import Window, format_duration, rule_windows, scale
+
+BURN_ALERT = "MsgtallyErrorBudgetBurn"
+ABSENT_ALERT = "MsgtallySLIAbsent"
+SLI_RECORD = "msgtally:sli_error:ratio_rate"
+
+Rule = dict[str, Any]
+Group = dict[str, Any]
+
+
+def num(value: float) -> str:
+    """A number as PromQL and YAML show it best: 14.4, 6, 0.001."""
+    text = repr(float(value))
+    return text.removesuffix(".0")
+
+
+def sli_labels(spec: Spec, slo: SLO) -> dict[str, str]:
+    """The labels of every series of one SLO."""
+    return {
+        "service": spec.service,
+        "slo": slo.name,
+        "sli": slo.sli.value,
+        "stream": slo.stream,
+        "group": slo.group_label,
+        **dict(sorted(spec.labels.items())),
+    }
+
+
+def _select(spec: Spec, slo: SLO) -> str:
+    return f"{{service={quote(spec.service)},slo={quote(slo.name)}}}"
+
+
+def sli_rules(spec: Spec, slo: SLO, windows: tuple[Window, ...]) -> list[Rule]:
+    return [
+        {
+            "record": f"{SLI_RECORD}{format_duration(w)}",
+            "expr": error_ratio(slo, format_duration(w)),
+            "labels": sli_labels(spec, slo),
+        }
+        for w in rule_windows(windows, spec.period.seconds)
+    ]
+
+
+def meta_rules(spec: Spec, slo: SLO) -> list[Rule]:
+    labels = sli_labels(spec, slo)
+    budget = num(error_budget(slo.objective))
+    period = f"{SLI_RECORD}{spec.period.text}{_select(spec, slo)}"
+    burn = f"msgtally:slo_period_burn_rate:ratio{_select(spec, slo)}"
+    return [
+        {
+            "record": "msgtally:slo_objective:ratio",
+            "expr": f"vector({num(objective_ratio(slo.objective))})",
+            "labels": labels,
+        },
+        {
+            "record": "msgtally:slo_error_budget:ratio",
+            "expr": f"vector({budget})",
+            "labels": labels,
+        },
+        {
+            "record": "msgtally:slo_period:seconds",
+            "expr": f"vector({spec.period.seconds})",
+            "labels": labels,
+        },
+        {
+            "record": "msgtally:slo_period_burn_rate:ratio",
+            "expr": f"{period} / {budget}",
+            "labels": labels,
+        },
+        {
+            "record": "msgtally:slo_error_budget_remaining:ratio",
+            "expr": f"1 - {burn}",
+            "labels": labels,
+        },
+    ]
+
+
+def _what(spec: Spec, slo: SLO) -> str:
+    group = f"group {slo.group}" if slo.group is not None else "every group"
+    sli = slo.sli.value + (f" over {num(slo.threshold)}s" if slo.threshold is not None else "")
+    return (
+        f"SLO {slo.name} of {spec.service} ({sli} on stream {slo.stream}, {group}; "
+        f"objective {num(slo.objective)}% over {spec.period.text})"
+    )
+
+
+def burn_alert(spec: Spec, slo: SLO, w: Window) -> Rule:
+    budget = num(error_budget(slo.objective))
+    limit = f"({num(w.factor)} * {budget})"
+    sel = _select(spec, slo)
+    notify = slo.alerting.page if w.severity == "page" else slo.alerting.ticket
+    annotations = {
+        "summary": f"{slo.name}: error budget burning over {num(w.factor)}x "
+        f"({w.long_text} and {w.short_text})",
+        "description": (f"{slo.description} " if slo.description else "")
+        + f"{_what(spec, slo)}: the error ratio is above {num(w.factor)} times the budget "
+        f"over {w.long_text} and {w.short_text}; at this rate {num(w.share * 100)}% of the "
+        f"budget is spent in {w.long_text}.",
+    }
+    if slo.alerting.runbook:
+        annotations["runbook_url"] = slo.alerting.runbook
+    annotations.update(notify.annotations)
+    return {
+        "alert": BURN_ALERT,
+        "expr": f"{SLI_RECORD}{w.long_text}{sel} > {limit}\n"
+        f"and\n{SLI_RECORD}{w.short_text}{sel} > {limit}",
+        "labels": {"severity": w.severity, "burn_window": w.long_text, **notify.labels},
+        "annotations": annotations,
+    }
+
+
+def absent_for(windows: tuple[Window, ...]) -> str:
+    """How long the SLI may be missing before the ticket: twice the fastest short window."""
+    return format_duration(2 * min(w.short for w in windows))
+
+
+def absent_alert(spec: Spec, slo: SLO, windows: tuple[Window, ...]) -> Rule:
+    annotations = {
+        "summary": f"{slo.name}: no SLI ({presence(slo).split('{')[0]} is absent)",
+        "description": f"{_what(spec, slo)}: the collector exposes no "
+        f"{presence(slo)}; the SLO is not measured and its alerts cannot fire.",
+    }
+    if slo.alerting.runbook:
+        annotations["runbook_url"] = slo.alerting.runbook
+    annotations.update(slo.alerting.ticket.annotations)
+    return {
+        "alert": ABSENT_ALERT,
+        "expr": f"absent({presence(slo)})",
+        "for": absent_for(windows),
+        "labels": {**sli_labels(spec, slo), "severity": "ticket", **slo.alerting.ticket.labels},
+        "annotations": annotations,
+    }
+
+
+def alert_rules(spec: Spec, slo: SLO, windows: tuple[Window, ...]) -> list[Rule]:
+    a = slo.alerting
+    if a.disable:
+        return []
+    rules = [
+        burn_alert(spec, slo, w)
+        for w in windows
+        if not (a.page.disable if w.severity == "page" else a.ticket.disable)
+    ]
+    return [*rules, absent_alert(spec, slo, windows)]
+
+
+def generate(spec: Spec) -> dict[str, list[Group]]:
+    """The rule file of a spec, as plain data ready for YAML."""
+    windows = scale(spec.period.seconds)
+    longs = [w.long for w in windows]
+    if len(set(longs)) != len(longs):
+        raise ValueError(f"period {spec.period.text} gives two tiers the same window")
+    groups: list[Group] = []
+    for slo in spec.slos:
+        rules = [
+            *sli_rules(spec, slo, windows),
+            *meta_rules(spec, slo),
+            *alert_rules(spec, slo, windows),
+        ]
+        groups.append({"name": f"msgtally-{spec.service}-{slo.name}", "rules": rules})
+    return {"groups": groups}
