@@ -1,4 +1,4 @@
-"""The `msgtally` command: serve, reconcile, report, demo."""
+"""The `msgtally` command: serve, reconcile, report, demo, check, alerts."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from ingest.db import DEFAULT_DB_URL, open_engine
 
+from . import slo_commands
 from .settings import Settings
 
 
@@ -56,6 +57,9 @@ def _add_reconcile(p: argparse.ArgumentParser) -> None:
         type=float,
         help="seconds past a deadline before an id is classified, for ingest lag (default 10)",
     )
+    slo_commands.add_buckets(
+        p, "--latency-buckets", "bounds of the latency histogram; include every SLO threshold"
+    )
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -64,6 +68,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
+    if getattr(args, "latency_buckets", None):
+        overrides["latency_buckets"] = args.latency_buckets
     if getattr(args, "no_reconcile", False):
         overrides["reconcile"] = False
     if getattr(args, "stream_deadline", None):
@@ -216,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     p.add_argument("--ids", type=int, default=20_000, help="messages per stream (default 20000)")
     p.set_defaults(func=cmd_demo)
+
+    slo_commands.register(sub)
     return parser
 
 

@@ -1,0 +1,133 @@
+"""`msgtally check SPEC` and `msgtally alerts SPEC`: the SLO spec at the command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from slis.spec import Spec
+from slis.specload import read_spec_file
+from slis.yamldoc import SpecError
+
+from .settings import Settings
+
+
+def parse_buckets(text: str) -> list[float]:
+    """`0.1,0.5,2.5` -> [0.1, 0.5, 2.5] (seconds, strictly increasing)."""
+    try:
+        bounds = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of seconds"
+        ) from None
+    if not bounds or bounds != sorted(set(bounds)):
+        raise argparse.ArgumentTypeError(f"{text!r}: bucket bounds must be strictly increasing")
+    return bounds
+
+
+def add_buckets(p: argparse.ArgumentParser, flag: str, what: str) -> None:
+    p.add_argument(
+        flag,
+        dest="latency_buckets",
+        type=parse_buckets,
+        metavar="S[,S...]",
+        help=f"{what} (comma-separated seconds; default: MSGTALLY_LATENCY_BUCKETS or "
+        "0.005,...,300)",
+    )
+
+
+def _load(args: argparse.Namespace, settings: Settings) -> Spec:
+    return read_spec_file(args.spec, buckets=settings.latency_buckets)
+
+
+def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        spec = _load(args, settings)
+    except OSError as exc:
+        print(f"msgtally check: {exc}", file=sys.stderr)
+        return 1
+    except SpecError as exc:
+        for problem in exc.problems:
+            print(f"{args.spec}: {problem}")
+        print(f"{len(exc.problems)} problem(s)", file=sys.stderr)
+        return 1
+    print(
+        f"{args.spec}: ok ({len(spec.slos)} SLOs, service {spec.service}, "
+        f"period {spec.period.text})"
+    )
+    return 0
+
+
+def cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
+    from alerts.alertmanager import render_alertmanager
+    from alerts.promtests import generate_tests
+    from alerts.render import dump, render_rules
+    from alerts.rules import generate
+
+    try:
+        spec = _load(args, settings)
+    except OSError as exc:
+        print(f"msgtally alerts: {exc}", file=sys.stderr)
+        return 1
+    except SpecError as exc:
+        for problem in exc.problems:
+            print(f"{args.spec}: {problem}", file=sys.stderr)
+        return 1
+    text = render_rules(generate(spec), spec.service)
+    if args.tests and not args.output:
+        print(
+            "msgtally alerts: --tests needs -o/--output (the tests load the rule file)",
+            file=sys.stderr,
+        )
+        return 2
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    if args.alertmanager:
+        Path(args.alertmanager).write_text(render_alertmanager(spec), encoding="utf-8")
+    if args.tests:
+        directory = Path(args.tests)
+        directory.mkdir(parents=True, exist_ok=True)
+        rule_file = os.path.relpath(Path(args.output).resolve(), directory.resolve())
+        for name, data in generate_tests(spec, rule_file).items():
+            (directory / name).write_text(dump(data), encoding="utf-8")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `check` and `alerts` to the `msgtally` command."""
+    p = sub.add_parser(
+        "check",
+        help="validate an SLO spec",
+        description="Validate an SLO spec (msgtally/v1 or OpenSLO) and print every problem "
+        "with its line, SLO and field. Exit code 1 on any problem.",
+    )
+    p.add_argument("spec", metavar="SPEC", help="the SLO spec (YAML)")
+    add_buckets(p, "--buckets", "the collector's latency histogram bounds, for latency thresholds")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser(
+        "alerts",
+        help="generate Prometheus recording and burn-rate alert rules from an SLO spec",
+        description="Generate one Prometheus rule file from an SLO spec: error-ratio "
+        "recording rules per window, SLO metadata, multi-window multi-burn-rate alerts "
+        "(MsgtallyErrorBudgetBurn) and MsgtallySLIAbsent.",
+    )
+    p.add_argument("spec", metavar="SPEC", help="the SLO spec (YAML)")
+    p.add_argument("-o", "--output", metavar="FILE", help="rule file to write (default: stdout)")
+    p.add_argument(
+        "--alertmanager",
+        metavar="FILE",
+        help="also write an Alertmanager config whose inhibit rule lets a page silence the "
+        "ticket of the same SLO",
+    )
+    p.add_argument(
+        "--tests",
+        metavar="DIR",
+        help="also write `promtool test rules` files proving every alert tier (needs -o)",
+    )
+    add_buckets(p, "--buckets", "the collector's latency histogram bounds, for latency thresholds")
+    p.set_defaults(func=cmd_alerts)
