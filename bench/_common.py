@@ -1,0 +1,563 @@
+"""Shared pieces of the benchmarks: the synthetic workload and its ground truth,
+fast store loaders, a fresh PostgreSQL database, a collector process, a
+per-statement SQL timer and an RSS sampler.
+
+Not part of the package: the scripts in bench/ import it as a sibling module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+import random
+import resource
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+
+from ingest.tables import TALLY_FIELDS
+
+STREAMS = ("orders", "payments", "shipments", "emails")
+GROUPS = ("billing", "analytics")
+DEADLINE = 300.0  # ReconcileConfig's default: the generator's late/lost cases rely on it
+PG_ADMIN_URL = os.environ.get(
+    "MSGTALLY_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+T_START = 1_700_000_000.0
+
+# (stream, message_id, kind, grp, ts, attempt, outcome): what the join reads.
+Rec = tuple[str, str, str, str, float, int, str]
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def fmt_rate(n: float, seconds: float) -> str:
+    return f"{n / seconds:,.0f}/s" if seconds > 0 else "inf/s"
+
+
+# ---------------------------------------------------------------------------
+# The workload and its ground truth
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Workload:
+    """Produced ids with injected loss, duplicates, retries, dead letters, lateness.
+
+    Per id: one produce (2% retried: error then ok; 0.2% indeterminate: error
+    only). Per id and group (both groups consume every stream): 1% lost (no
+    consume), 0.1% late (consumed after the deadline), 0.1% dead-lettered
+    (error, then dead_letter), 1% consume retry (error, then ok), and 0.5% of
+    delivered ones duplicated (a second ok delivery). 0.05% extra ids are
+    consumed but never produced (unexpected).
+    """
+
+    ids: int
+    seed: int = 1
+    first_id: int = 0  # ids are numbered from here (a second load continues)
+    spacing: float = 0.001  # seconds between two produced ids
+    id_order: str = "random"  # random: uuid4-like ids; sequential: time-ordered ids
+    with_record_id: bool = False  # records carry a shim record_id (+ producer, seq)
+    p_indeterminate: float = 0.002
+    p_produce_retry: float = 0.02
+    p_lost: float = 0.01
+    p_late: float = 0.001
+    p_dead_letter: float = 0.001
+    p_consume_retry: float = 0.01
+    p_dup: float = 0.005
+    p_unexpected: float = 0.0005
+    expected: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
+    n_records: int = 0
+    last_ts: float = 0.0
+
+    def now_after_deadlines(self, settle: float = 10.0) -> float:
+        return self.last_ts + DEADLINE + settle + 60.0
+
+    def records(self) -> Iterator[tuple[Rec, str | None]]:
+        """Yield (record, record_id or None); fills `expected` as it goes."""
+        rnd = random.Random(self.seed * 1_000_003 + self.first_id)
+        rand = rnd.random
+        getbits = rnd.getrandbits
+        exp = {
+            (s, g): {f: 0 for f in (*TALLY_FIELDS, "latency_sum")} for s in STREAMS for g in GROUPS
+        }
+        self.expected = exp  # type: ignore[assignment]
+        n_rec = 0
+        last_ts = 0.0
+        ns = len(STREAMS)
+        cut_indet = self.p_indeterminate
+        cut_pretry = cut_indet + self.p_produce_retry
+        cut_lost = self.p_lost
+        cut_late = cut_lost + self.p_late
+        cut_dl = cut_late + self.p_dead_letter
+        cut_cretry = cut_dl + self.p_consume_retry
+        random_ids = self.id_order == "random"
+        rid = self.with_record_id
+
+        def mid_of(i: int) -> str:
+            if random_ids:
+                h = f"{getbits(128):032x}"
+                return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-a{h[17:20]}-{h[20:]}"
+            return f"{i:012x}-0000-4000-a000-{i * 2654435761 % (1 << 48):012x}"
+
+        for i in range(self.first_id, self.first_id + self.ids):
+            stream = STREAMS[i % ns]
+            mid = mid_of(i)
+            t0 = T_START + i * self.spacing
+            u = rand()
+            if u < cut_indet:
+                produce: list[tuple[float, int, str]] = [(t0, 1, "error")]
+                acked = False
+            elif u < cut_pretry:
+                produce = [(t0, 1, "error"), (t0 + 0.25, 2, "ok")]
+                acked = True
+            else:
+                produce = [(t0, 1, "ok")]
+                acked = True
+            p_max = len(produce)
+            for ts, att, out in produce:
+                yield ((stream, mid, "produce", "", ts, att, out),
+                       f"{mid}/p{att}" if rid else None)
+                n_rec += 1
+            for g in GROUPS:
+                v = rand()
+                lat = min(rnd.expovariate(5.0), 60.0) + 0.002
+                if v < cut_lost:
+                    consumes: list[tuple[float, int, str]] = []
+                elif v < cut_late:
+                    consumes = [(t0 + DEADLINE + 1.0 + rand() * 10.0, 1, "ok")]
+                elif v < cut_dl:
+                    consumes = [(t0 + lat, 1, "error"), (t0 + lat + 0.5, 2, "dead_letter")]
+                elif v < cut_cretry:
+                    consumes = [(t0 + lat, 1, "error"), (t0 + lat + 0.5, 2, "ok")]
+                else:
+                    consumes = [(t0 + lat, 1, "ok")]
+                if consumes and consumes[-1][2] == "ok" and v >= cut_late and rand() < self.p_dup:
+                    # A redelivery (Kafka-style re-read: attempt 1 again, later ts).
+                    consumes.append((consumes[-1][0] + 1.0 + rand(), 1, "ok"))
+                for k, (ts, att, out) in enumerate(consumes):
+                    yield ((stream, mid, "consume", g, ts, att, out),
+                           f"{mid}/{g}/{k}" if rid else None)
+                    n_rec += 1
+                    last_ts = max(last_ts, ts)
+                # Ground truth, straight from ARCHITECTURE.md's table.
+                t = exp[(stream, g)]
+                ok_ts = [ts for ts, _, out in consumes if out == "ok"]
+                in_time = any(ts <= t0 + DEADLINE for ts in ok_ts)
+                if acked:
+                    t["produced"] += 1
+                    if in_time:
+                        t["delivered"] += 1
+                    else:
+                        t["lost"] += 1
+                        if ok_ts:
+                            t["late"] += 1
+                    if any(out == "dead_letter" for _, _, out in consumes):
+                        t["dead_lettered"] += 1
+                    if ok_ts:
+                        t["latency_count"] += 1
+                        t["latency_sum"] += min(ok_ts) - t0
+                elif ok_ts:
+                    t["recovered"] += 1
+                if len(ok_ts) > 1:
+                    t["duplicated"] += len(ok_ts) - 1
+                if max([p_max, *(att for _, att, _ in consumes)]) > 1:
+                    t["retried"] += 1
+                t["attempts"] += len(consumes)
+                t["consume_errors"] += sum(1 for _, _, out in consumes if out == "error")
+            last_ts = max(last_ts, t0 + 0.25)
+            if rand() < self.p_unexpected:  # an id consumed, never produced
+                umid = "u-" + mid_of(i)
+                for g in GROUPS:
+                    ts = t0 + 0.1
+                    yield ((stream, umid, "consume", g, ts, 1, "ok"),
+                           f"{umid}/{g}" if rid else None)
+                    n_rec += 1
+                    exp[(stream, g)]["unexpected"] += 1
+        self.n_records = n_rec
+        self.last_ts = last_ts
+
+
+def rkey_of(rec: Rec, record_id: str | None, producer: str | None = None,
+            seq: int | None = None) -> str:
+    """ingest.writer.record_key without building a Record (same digest)."""
+    if record_id is not None:
+        return "r" + record_id
+    _, _, kind, grp, ts, attempt, outcome = rec
+    canon = (f"{kind}\x1f{grp}\x1f{ts!r}\x1f{attempt}\x1f{outcome}\x1f"
+             f"{producer}\x1f{seq}\x1fNone\x1fNone")
+    return "h" + hashlib.blake2b(canon.encode(), digest_size=16).hexdigest()
+
+
+def chunks(it: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    buf: list[Any] = []
+    for x in it:
+        buf.append(x)
+        if len(buf) >= size:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+# ---------------------------------------------------------------------------
+# Loading a store fast (not what is measured)
+# ---------------------------------------------------------------------------
+
+_COLS = ("stream, message_id, rkey, kind, grp, ts, attempt, outcome, "
+         "producer, seq, trace_id, span_id, record_id, batch")
+
+
+def _row(rec: Rec, record_id: str | None, batch: int) -> tuple[Any, ...]:
+    s, m, k, g, ts, a, o = rec
+    return (s, m, rkey_of(rec, record_id), k, g, ts, a, o, None, None, None, None,
+            record_id, batch)
+
+
+def load_sqlite(engine: Engine, workload: Workload, chunk: int = 10_000,
+                first_batch: int | None = None) -> float:
+    """Write the workload like write_batch does (records + inbox rows), only faster:
+    raw executemany, synchronous=OFF and a big cache on the loading connection.
+
+    With `first_batch`, inbox ids are numbered from there instead of by SQLite
+    (which restarts at max(id) + 1, so at 1 once the reconciler emptied the inbox)."""
+    from ingest.writer import _SQLITE_INSERT
+
+    started = time.perf_counter()
+    raw = engine.raw_connection()
+    try:
+        dbapi: Any = raw.driver_connection
+        dbapi.execute("PRAGMA synchronous=OFF")
+        dbapi.execute("PRAGMA cache_size=-524288")  # 512 MiB, this connection only
+        n = 0
+        next_log = time.monotonic() + 10
+        for part in chunks(workload.records(), chunk):
+            dbapi.execute("BEGIN IMMEDIATE")
+            counts: dict[str, int] = defaultdict(int)
+            for rec, _ in part:
+                counts[rec[0]] += 1
+            batch_of = {}
+            for stream, k in counts.items():
+                if first_batch is None:
+                    cur = dbapi.execute(
+                        "INSERT INTO inbox (stream, n, received_at) VALUES (?, ?, ?)",
+                        (stream, k, time.time()),
+                    )
+                else:
+                    cur = dbapi.execute(
+                        "INSERT INTO inbox (id, stream, n, received_at) VALUES (?, ?, ?, ?)",
+                        (first_batch, stream, k, time.time()),
+                    )
+                    first_batch += 1
+                batch_of[stream] = cur.lastrowid
+            dbapi.executemany(_SQLITE_INSERT, [_row(r, rid, batch_of[r[0]]) for r, rid in part])
+            dbapi.execute("COMMIT")
+            n += len(part)
+            if time.monotonic() > next_log:
+                log(f"  loaded {n:,} records ({fmt_rate(n, time.perf_counter() - started)})")
+                next_log = time.monotonic() + 10
+        dbapi.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        raw.close()
+    return time.perf_counter() - started
+
+
+def psycopg_url(url: str) -> str:
+    """A libpq URL from a SQLAlchemy one."""
+    return "postgresql://" + url.split("://", 1)[1]
+
+
+def load_pg(url: str, workload: Workload, chunk: int = 10_000) -> float:
+    """COPY the workload into records, with inbox rows like write_batch; then ANALYZE."""
+    import psycopg
+
+    started = time.perf_counter()
+    n = 0
+    next_log = time.monotonic() + 10
+    with psycopg.connect(psycopg_url(url)) as conn:
+        for part in chunks(workload.records(), chunk):
+            counts: dict[str, int] = defaultdict(int)
+            for rec, _ in part:
+                counts[rec[0]] += 1
+            batch_of = {}
+            with conn.cursor() as cur:
+                for stream, k in counts.items():
+                    cur.execute(
+                        "INSERT INTO inbox (stream, n, received_at) VALUES (%s, %s, %s) "
+                        "RETURNING id", (stream, k, time.time()),
+                    )
+                    batch_of[stream] = cur.fetchone()[0]  # type: ignore[index]
+                with cur.copy(f"COPY records ({_COLS}) FROM STDIN") as copy:
+                    for rec, rid in part:
+                        copy.write_row(_row(rec, rid, batch_of[rec[0]]))
+            conn.commit()
+            n += len(part)
+            if time.monotonic() > next_log:
+                log(f"  loaded {n:,} records ({fmt_rate(n, time.perf_counter() - started)})")
+                next_log = time.monotonic() + 10
+        conn.autocommit = True
+        conn.execute("VACUUM ANALYZE records")
+        conn.execute("ANALYZE inbox")
+    return time.perf_counter() - started
+
+
+@contextlib.contextmanager
+def pg_database(prefix: str = "msgtally_bench") -> Iterator[str]:
+    """A fresh PostgreSQL database (SQLAlchemy URL), dropped afterwards."""
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextlib.contextmanager
+def scratch_dir(keep: str | None = None) -> Iterator[Path]:
+    if keep:
+        p = Path(keep)
+        p.mkdir(parents=True, exist_ok=True)
+        yield p
+        return
+    with tempfile.TemporaryDirectory(prefix="msgtally-bench-") as d:
+        yield Path(d)
+
+
+# ---------------------------------------------------------------------------
+# Checking the tallies
+# ---------------------------------------------------------------------------
+
+
+def read_tallies(engine: Engine) -> dict[tuple[str, str], dict[str, float]]:
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT * FROM tallies WHERE grp <> ''")).mappings().all()
+    return {(r["stream"], r["grp"]): dict(r) for r in rows}
+
+
+def compare_tallies(
+    expected: dict[tuple[str, str], dict[str, float]],
+    got: dict[tuple[str, str], dict[str, float]],
+) -> list[str]:
+    """Differences, empty when every counter matches (latency_sum to 1e-6 relative)."""
+    problems = []
+    for key in sorted(set(expected) | set(got)):
+        e, g = expected.get(key), got.get(key)
+        if e is None or g is None:
+            problems.append(f"{key}: expected {'no row' if e is None else 'a row'}")
+            continue
+        for f, ev in e.items():
+            gv = g.get(f)
+            if gv is None:
+                problems.append(f"{key} {f}: missing")
+            elif f == "latency_sum":
+                if not math.isclose(float(gv), ev, rel_tol=1e-6, abs_tol=1e-6):
+                    problems.append(f"{key} {f}: expected {ev:.6f}, got {float(gv):.6f}")
+            elif int(gv) != ev:
+                problems.append(f"{key} {f}: expected {ev}, got {gv}")
+    return problems
+
+
+def total_of(tallies: dict[tuple[str, str], dict[str, float]]) -> dict[str, float]:
+    out: dict[str, float] = defaultdict(float)
+    for t in tallies.values():
+        for f, v in t.items():
+            if isinstance(v, (int, float)):
+                out[f] += v
+    return dict(out)
+
+
+# ---------------------------------------------------------------------------
+# Timing each SQL statement of a pass
+# ---------------------------------------------------------------------------
+
+
+def _label(sql: str) -> str:
+    return " ".join(sql.split())
+
+
+class StatementTimer:
+    """Wall time per distinct SQL text, via the engine's cursor events."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+        self._start: dict[int, float] = {}
+        self.engine = engine
+        event.listen(engine, "before_cursor_execute", self._before)
+        event.listen(engine, "after_cursor_execute", self._after)
+        event.listen(engine, "commit", self._commit_before)
+
+    def _before(self, conn: Any, cursor: Any, stmt: str, *_: Any) -> None:
+        self._start[id(conn)] = time.perf_counter()
+
+    def _after(self, conn: Any, cursor: Any, stmt: str, *_: Any) -> None:
+        t = self.totals[_label(stmt)]
+        t[0] += time.perf_counter() - self._start.pop(id(conn), time.perf_counter())
+        t[1] += 1
+
+    def _commit_before(self, conn: Any) -> None:
+        self._commit_start = time.perf_counter()
+
+    def close(self) -> None:
+        event.remove(self.engine, "before_cursor_execute", self._before)
+        event.remove(self.engine, "after_cursor_execute", self._after)
+        event.remove(self.engine, "commit", self._commit_before)
+
+    def report(self, total: float, top: int = 12, names: dict[str, str] | None = None) -> str:
+        items = sorted(self.totals.items(), key=lambda kv: -kv[1][0])
+        summed = sum(v[0] for v in self.totals.values())
+        lines = [f"  {'seconds':>8} {'share':>6} {'calls':>5}  statement"]
+        for sql, (secs, calls) in items[:top]:
+            name = next((n for k, n in (names or {}).items() if sql.startswith(k)), "")
+            label = f"[{name}] " if name else ""
+            lines.append(f"  {secs:8.2f} {secs / total:6.1%} {int(calls):5d}  {label}{sql[:110]}")
+        rest = sum(v[0] for _, v in items[top:])
+        lines.append(f"  {rest:8.2f} {rest / total:6.1%}        (other {len(items) - top} "
+                     "statements)" if len(items) > top else "")
+        lines.append(f"  {total - summed:8.2f} {(total - summed) / total:6.1%}        "
+                     "outside statements (commit, Python, SQL compilation)")
+        return "\n".join(x for x in lines if x)
+
+
+# ---------------------------------------------------------------------------
+# Memory
+# ---------------------------------------------------------------------------
+
+
+def vm_hwm_bytes() -> int:
+    """Peak RSS of this process image (VmHWM): unlike ru_maxrss, not inherited
+    from the parent across fork and exec."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def maxrss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class RssSampler:
+    """Peak RSS of this process, sampled every `interval` seconds in a thread."""
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self.interval = interval
+        self.peak = rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, rss_bytes())
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_bytes())
+
+
+def machine_busy() -> tuple[int, int]:
+    """(busy, total) jiffies over every CPU, from /proc/stat."""
+    with open("/proc/stat") as f:
+        parts = [int(x) for x in f.readline().split()[1:]]
+    idle = parts[3] + parts[4]  # idle + iowait
+    total = sum(parts[:8])
+    return total - idle, total
+
+
+def mib(n: float) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+# ---------------------------------------------------------------------------
+# A collector in its own process
+# ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class CollectorProcess:
+    """`msgtally serve --no-reconcile` in a child process (its own GIL)."""
+
+    def __init__(self, db_url: str, log_path: Path, wrap: Sequence[str] = ()) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.cmd = [*wrap, sys.executable, "-m", "msgtally.cli", "serve", "--no-reconcile",
+                    "--db", db_url, "--port", str(self.port), "--max-body", str(256 * 2**20)]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> CollectorProcess:
+        import httpx
+
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        with httpx.Client() as client:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"collector exited: see {self.log_path}:\n"
+                                       + self.log_path.read_text()[-2000:])
+                try:
+                    if client.get(self.url + "/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("collector did not start in 30 s")
+                time.sleep(0.05)
+        return self
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the collector so far (from /proc)."""
+        assert self.proc is not None
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            return float("nan")
+        tick = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(2)  # SIGINT: uvicorn shuts down cleanly
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
