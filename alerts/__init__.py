@@ -2,7 +2,7 @@
 
 from .alertmanager import alertmanager_config, inhibit_rules, render_alertmanager
 from .promtests import generate_tests
-from .render import render_rules
+from .render import render_rules, render_tests
 from .rules import ABSENT_ALERT, BURN_ALERT, SLI_RECORD, generate
 from .windows import TIERS, Tier, Window, format_duration, scale
 
@@ -20,5 +20,6 @@ __all__ = [
     "inhibit_rules",
     "render_alertmanager",
     "render_rules",
+    "render_tests",
     "scale",
 ]

@@ -64,10 +64,10 @@ def error_ratio(slo: SLO, window: str) -> str:
         errors = _increase(f"{_counter('retried')}{{{m}}}", window)
         events = _increase(f"{PRODUCED}{{{m}}}", window)
     elif slo.sli is SLIKind.DUPLICATES:
-        names = "|".join(n.removeprefix("msgtally_messages_") for n in OK_DELIVERIES)
-        names = names.replace("_total", "")
         errors = _increase(f"{_counter('duplicated')}{{{m}}}", window)
-        events = _increase(f'{{__name__=~"msgtally_messages_({names})_total",{m}}}', window)
+        # One sum per counter: increase() drops the names, so a regex over
+        # __name__ would give series with the same labels.
+        events = " + ".join(_increase(f"{name}{{{m}}}", window) for name in OK_DELIVERIES)
     else:
         assert slo.threshold is not None
         count = _increase(f"{LATENCY}_count{{{m}}}", window)

@@ -61,6 +61,8 @@ def input_series(slo: SLO, errors: int, steps: int) -> list[dict[str, str]]:
     if slo.sli is SLIKind.DUPLICATES:
         return [
             series("msgtally_messages_delivered_total", good),
+            series("msgtally_messages_late_total", 0),
+            series("msgtally_messages_recovered_total", 0),
             series("msgtally_messages_duplicated_total", errors),
         ]
     assert slo.threshold is not None
@@ -167,7 +169,7 @@ def quiet_tests(spec: Spec, windows: tuple[Window, ...]) -> list[dict[str, Any]]
     flat = [
         {"series": s["series"], "values": f"1000+0x{steps}"}
         for slo in spec.slos
-        for s in input_series(slo, 1, 1)
+        for s in [*input_series(slo, 1, 1), {"series": _selector(PRODUCED, _series_labels(slo))}]
     ]
     flat = list({s["series"]: s for s in flat}.values())
     absent_at = 2 * interval + max(

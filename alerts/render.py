@@ -46,3 +46,8 @@ def render_rules(data: dict[str, Any], service: str) -> str:
     if not data.get("groups"):
         raise ValueError("no rules to render: the spec has no SLOs")
     return header("alerts", service) + dump(data)
+
+
+def render_tests(data: dict[str, Any], service: str) -> str:
+    """A `promtool test rules` file."""
+    return header("alerts --tests", service) + dump(data)

@@ -127,7 +127,15 @@ def burn_alert(spec: Spec, slo: SLO, w: Window) -> Rule:
         "alert": BURN_ALERT,
         "expr": f"{SLI_RECORD}{w.long_text}{sel} > {limit}\n"
         f"and\n{SLI_RECORD}{w.short_text}{sel} > {limit}",
-        "labels": {"severity": w.severity, "burn_window": w.long_text, **notify.labels},
+        # service and slo come with the recordings too; stated here so that each
+        # rule of the file is unique (promtool's lint) and reads on its own.
+        "labels": {
+            "severity": w.severity,
+            "burn_window": w.long_text,
+            "service": spec.service,
+            "slo": slo.name,
+            **notify.labels,
+        },
         "annotations": annotations,
     }
 

@@ -63,7 +63,7 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
     from alerts.alertmanager import render_alertmanager
     from alerts.promtests import generate_tests
-    from alerts.render import dump, render_rules
+    from alerts.render import render_rules, render_tests
     from alerts.rules import generate
 
     try:
@@ -93,7 +93,7 @@ def cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
         directory.mkdir(parents=True, exist_ok=True)
         rule_file = os.path.relpath(Path(args.output).resolve(), directory.resolve())
         for name, data in generate_tests(spec, rule_file).items():
-            (directory / name).write_text(dump(data), encoding="utf-8")
+            (directory / name).write_text(render_tests(data, spec.service), encoding="utf-8")
     return 0
 
 

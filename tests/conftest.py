@@ -88,3 +88,18 @@ class LiveCollector(BackgroundServer):
 def collector(engine: Engine) -> Iterator[LiveCollector]:
     with LiveCollector(engine, ReconcileConfig()) as live:
         yield live
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        default=False,
+        help="rewrite the generated files under examples/ instead of comparing with them",
+    )
+
+
+@pytest.fixture
+def update_golden(request: pytest.FixtureRequest) -> bool:
+    """True under `pytest --update-golden`: golden tests write instead of compare."""
+    return bool(request.config.getoption("--update-golden"))

@@ -1,0 +1,328 @@
+"""Rule generation: table tests per step, the exact render, golden files under examples/."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+import alerts
+import slis
+from alerts import generate, render_rules, scale
+from alerts.promql import error_ratio, le_matcher, matchers
+from alerts.rules import alert_rules, meta_rules, sli_rules
+from alerts.windows import LADDER, format_duration, rule_windows, snap
+from slis import SLO, Alerting, Notify, Period, SLIKind, Spec, load_spec, read_spec_file
+from tests.slo_examples import EXAMPLES, generated_tests_dir, outputs, spec_files, stem
+
+DAY, HOUR = 86_400, 3_600
+
+
+def table(period: str) -> list[tuple[str, float, str, str]]:
+    return [
+        (w.severity, w.factor, w.long_text, w.short_text)
+        for w in scale(Period.parse(period).seconds)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("period", "expected"),
+    [
+        # The SRE Workbook's table.
+        ("30d", [("page", 14.4, "1h", "5m"), ("page", 6.0, "6h", "30m"),
+                 ("ticket", 3.0, "1d", "2h"), ("ticket", 1.0, "3d", "6h")]),
+        # Same windows as 30d (56m snaps to 1h), factors for 28 days.
+        ("28d", [("page", 13.44, "1h", "5m"), ("page", 5.6, "6h", "30m"),
+                 ("ticket", 2.8, "1d", "2h"), ("ticket", 0.9333333333, "3d", "6h")]),
+        ("7d", [("page", 13.44, "15m", "1m"), ("page", 8.4, "1h", "5m"),
+                ("ticket", 2.8, "6h", "30m"), ("ticket", 0.9333333333, "18h", "2h")]),
+        # A 12h period alerts on a 1-minute fast-burn window.
+        ("12h", [("page", 14.4, "1m", "5s"), ("page", 6.0, "6m", "30s"),
+                 ("ticket", 3.6, "20m", "2m"), ("ticket", 1.2, "1h", "5m")]),
+    ],
+)  # fmt: skip
+def test_window_table_per_period(period: str, expected: list[tuple[str, float, str, str]]) -> None:
+    assert table(period) == expected
+
+
+@pytest.mark.parametrize("period", ["1h", "12h", "1d", "7d", "14d", "28d", "30d", "90d", "365d"])
+def test_every_tier_keeps_its_share_of_the_budget(period: str) -> None:
+    seconds = Period.parse(period).seconds
+    windows = scale(seconds)
+    assert [w.share for w in windows] == [0.02, 0.05, 0.10, 0.10]
+    for w in windows:
+        assert w.factor * w.long / seconds == pytest.approx(w.share, rel=1e-9)
+        assert w.short < w.long
+    assert len({w.long for w in windows}) == 4
+
+
+@pytest.mark.parametrize(
+    ("seconds", "snapped"),
+    [(56 * 60, HOUR), (84 * 60, HOUR), (14 * 60, 900), (75, 60), (0.2, 1), (5.6 * HOUR, 6 * HOUR),
+     (16.8 * HOUR, 18 * HOUR), (2.8 * DAY, 3 * DAY), (DAY, DAY)],
+)  # fmt: skip
+def test_snap_to_readable_durations(seconds: float, snapped: int) -> None:
+    assert snap(seconds) == snapped
+    assert snapped in LADDER
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(1, "1s"), (300, "5m"), (5400, "1h30m"), (DAY, "1d"), (30 * DAY, "30d"), (DAY + 61, "1d1m1s")],
+)
+def test_format_duration(seconds: int, text: str) -> None:
+    assert format_duration(seconds) == text
+
+
+def test_recording_windows_are_the_alerts_and_the_period() -> None:
+    seconds = 30 * DAY
+    assert [format_duration(w) for w in rule_windows(scale(seconds), seconds)] == [
+        "5m", "30m", "1h", "2h", "6h", "1d", "3d", "30d"
+    ]  # fmt: skip
+
+
+def slo(**kw: object) -> SLO:
+    base: dict[str, object] = {
+        "name": "o",
+        "stream": "orders",
+        "group": "billing",
+        "sli": SLIKind.DELIVERY,
+        "objective": 99.9,
+    }
+    base.update(kw)
+    return SLO(**base)  # type: ignore[arg-type]
+
+
+S = 'stream="orders",group="billing"'
+
+
+@pytest.mark.parametrize(
+    ("kind", "extra", "expected"),
+    [
+        (SLIKind.DELIVERY, {},
+         f"sum(increase(msgtally_messages_lost_total{{{S}}}[5m]))\n/\n"
+         f"(sum(increase(msgtally_messages_produced_total{{{S}}}[5m])) > 0)"),
+        (SLIKind.RETRIES, {},
+         f"sum(increase(msgtally_messages_retried_total{{{S}}}[5m]))\n/\n"
+         f"(sum(increase(msgtally_messages_produced_total{{{S}}}[5m])) > 0)"),
+        (SLIKind.DUPLICATES, {},
+         f"sum(increase(msgtally_messages_duplicated_total{{{S}}}[5m]))\n/\n"
+         f"(sum(increase(msgtally_messages_delivered_total{{{S}}}[5m])) + "
+         f"sum(increase(msgtally_messages_late_total{{{S}}}[5m])) + "
+         f"sum(increase(msgtally_messages_recovered_total{{{S}}}[5m])) + "
+         f"sum(increase(msgtally_messages_duplicated_total{{{S}}}[5m])) > 0)"),
+        (SLIKind.LATENCY, {"threshold": 2.5},
+         f"(sum(increase(msgtally_delivery_latency_seconds_count{{{S}}}[5m])) - "
+         f'sum(increase(msgtally_delivery_latency_seconds_bucket{{{S},le="2.5"}}[5m])))\n/\n'
+         f"(sum(increase(msgtally_delivery_latency_seconds_count{{{S}}}[5m])) > 0)"),
+    ],
+)  # fmt: skip
+def test_error_ratio_per_sli_kind(kind: SLIKind, extra: dict[str, float], expected: str) -> None:
+    assert error_ratio(slo(sli=kind, **extra), "5m") == expected
+
+
+def test_every_ratio_guards_its_denominator() -> None:
+    for kind in SLIKind:
+        expr = error_ratio(slo(sli=kind, threshold=1.0), "1h")
+        assert expr.endswith("[1h])) > 0)")
+        assert "avg_over_time" not in expr
+
+
+def test_group_omitted_aggregates_every_group_of_the_stream() -> None:
+    s = slo(group=None)
+    assert matchers(s) == 'stream="orders"'
+    assert s.group_label == "*"
+    spec = Spec(service="svc", slos=(s,))
+    for rule in sli_rules(spec, s, scale(spec.period.seconds)):
+        assert rule["labels"]["group"] == "*"
+        assert "group=" not in rule["expr"]
+
+
+@pytest.mark.parametrize(
+    ("threshold", "matcher"),
+    [(2.5, 'le="2.5"'), (1.0, 'le=~"1|1\\\\.0"'), (300.0, 'le=~"300|300\\\\.0"'),
+     (0.005, 'le="0.005"')],
+)  # fmt: skip
+def test_le_matcher_follows_the_collector(threshold: float, matcher: str) -> None:
+    assert le_matcher(threshold) == matcher
+
+
+def test_label_values_are_escaped() -> None:
+    s = slo(stream='we"ird\\name')
+    assert matchers(s).startswith('stream="we\\"ird\\\\name"')
+
+
+def test_meta_rules() -> None:
+    spec = Spec(service="svc", slos=(slo(),), labels={"team": "t"})
+    rules = {r["record"]: r["expr"] for r in meta_rules(spec, spec.slos[0])}
+    assert rules == {
+        "msgtally:slo_objective:ratio": "vector(0.999)",
+        "msgtally:slo_error_budget:ratio": "vector(0.001)",
+        "msgtally:slo_period:seconds": "vector(2592000)",
+        "msgtally:slo_period_burn_rate:ratio": (
+            'msgtally:sli_error:ratio_rate30d{service="svc",slo="o"} / 0.001'
+        ),
+        "msgtally:slo_error_budget_remaining:ratio": (
+            '1 - msgtally:slo_period_burn_rate:ratio{service="svc",slo="o"}'
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    ("alerting", "expected"),
+    [
+        (Alerting(), ["page 1h", "page 6h", "ticket 1d", "ticket 3d", "absent"]),
+        (Alerting(page=Notify(disable=True)), ["ticket 1d", "ticket 3d", "absent"]),
+        (Alerting(ticket=Notify(disable=True)), ["page 1h", "page 6h", "absent"]),
+        (Alerting(disable=True), []),
+    ],
+)
+def test_alert_rules_per_alerting_options(alerting: Alerting, expected: list[str]) -> None:
+    s = slo(alerting=alerting)
+    spec = Spec(service="svc", slos=(s,))
+    got = [
+        f"{r['labels']['severity']} {r['labels']['burn_window']}"
+        if r["alert"] == alerts.BURN_ALERT
+        else "absent"
+        for r in alert_rules(spec, s, scale(spec.period.seconds))
+    ]
+    assert got == expected
+
+
+def test_burn_alert_labels_annotations_and_no_for() -> None:
+    s = slo(
+        alerting=Alerting(
+            page=Notify(labels={"route": "pager"}, annotations={"summary": "mine"}),
+            runbook="https://rb",
+        )
+    )
+    spec = Spec(service="svc", slos=(s,))
+    page = alert_rules(spec, s, scale(spec.period.seconds))[0]
+    assert page["labels"] == {
+        "severity": "page",
+        "burn_window": "1h",
+        "service": "svc",
+        "slo": "o",
+        "route": "pager",
+    }
+    assert page["annotations"]["summary"] == "mine"
+    assert page["annotations"]["runbook_url"] == "https://rb"
+    assert "for" not in page
+    assert page["expr"] == (
+        'msgtally:sli_error:ratio_rate1h{service="svc",slo="o"} > (14.4 * 0.001)\n'
+        "and\n"
+        'msgtally:sli_error:ratio_rate5m{service="svc",slo="o"} > (14.4 * 0.001)'
+    )
+    absent = alert_rules(spec, s, scale(spec.period.seconds))[-1]
+    assert (
+        absent["expr"]
+        == 'absent(msgtally_messages_produced_total{stream="orders",group="billing"})'
+    )
+    assert absent["for"] == "10m"
+    assert absent["labels"]["severity"] == "ticket"
+
+
+MINIMAL = """\
+version: msgtally/v1
+service: svc
+period: 12h
+slos:
+  - {name: o, stream: orders, group: billing, sli: delivery, objective: 99}
+"""
+
+
+def test_render_exact() -> None:
+    text = render_rules(generate(load_spec(MINIMAL)), "svc")
+    lines = text.splitlines()
+    assert lines[0] == (
+        "# Code generated by msgtally alerts from the SLO spec of service 'svc'. DO NOT EDIT."
+    )
+    assert lines[1:16] == [
+        "groups:",
+        "- name: msgtally-svc-o",
+        "  rules:",
+        "  - record: msgtally:sli_error:ratio_rate5s",
+        "    expr: |-",
+        '      sum(increase(msgtally_messages_lost_total{stream="orders",group="billing"}[5s]))',
+        "      /",
+        '      (sum(increase(msgtally_messages_produced_total{stream="orders",group="billing"}'
+        "[5s])) > 0)",
+        "    labels:",
+        "      service: svc",
+        "      slo: o",
+        "      sli: delivery",
+        "      stream: orders",
+        "      group: billing",
+        "  - record: msgtally:sli_error:ratio_rate30s",
+    ]
+    assert "&id" not in text and "*id" not in text
+    assert yaml.safe_load(text) == generate(load_spec(MINIMAL))
+    records = [r.get("record") for r in generate(load_spec(MINIMAL))["groups"][0]["rules"]]
+    assert records[:9] == [
+        f"msgtally:sli_error:ratio_rate{w}"
+        for w in ("5s", "30s", "1m", "2m", "5m", "6m", "20m", "1h", "12h")
+    ]
+
+
+def test_render_refuses_an_empty_rule_set() -> None:
+    with pytest.raises(ValueError, match="no rules"):
+        render_rules({"groups": []}, "svc")
+
+
+def test_openslo_gives_the_same_rules_as_the_native_spec() -> None:
+    native = read_spec_file(EXAMPLES / "inventory-28d.yml")
+    openslo = read_spec_file(EXAMPLES / "inventory-28d.openslo.yml")
+    assert openslo == native
+    assert render_rules(generate(openslo), "inventory") == render_rules(
+        generate(native), "inventory"
+    )
+
+
+@pytest.mark.parametrize("spec_path", spec_files(), ids=stem)
+def test_golden_files(spec_path: Path, update_golden: bool) -> None:
+    """examples/<spec>.yml -> the generated files beside it; regenerate: --update-golden."""
+    expected = outputs(spec_path)
+    if update_golden:
+        for old in generated_tests_dir(spec_path).glob("*.test.yml"):
+            old.unlink()
+        for path, text in expected.items():
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+    for path, text in expected.items():
+        assert path.exists(), f"{path} missing: run pytest --update-golden"
+        assert path.read_text(encoding="utf-8") == text, (
+            f"{path.name} drifted from the generator: run pytest --update-golden and review"
+        )
+    extra = set(generated_tests_dir(spec_path).glob("*")) - set(expected)
+    assert not extra, f"stale generated files: {sorted(extra)}"
+
+
+def test_every_rule_file_in_the_repo_is_generated() -> None:
+    """No hand-written rule files: every YAML with `groups:` is a golden output."""
+    root = EXAMPLES.parent
+    tracked = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.yml", "*.yaml"],
+        cwd=root, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    generated = {p for spec in spec_files() for p in outputs(spec)}
+    for name in tracked:
+        path = root / name
+        if not path.exists():
+            continue
+        text = path.read_text(encoding="utf-8")
+        if text.startswith("groups:") or "\ngroups:" in text:
+            assert path in generated, f"{name} looks like a hand-written rule file"
+            assert text.startswith("# Code generated by msgtally")
+
+
+@pytest.mark.parametrize("module", [slis, alerts])
+def test_public_names(module: object) -> None:
+    names = module.__all__  # type: ignore[attr-defined]
+    assert len(names) == len(set(names))
+    for name in names:
+        assert hasattr(module, name)
+    public = {n for n in vars(module) if not n.startswith("_")}
+    submodules = {n for n in public if type(getattr(module, n)).__name__ == "module"}
+    assert public - submodules - {"annotations"} == set(names)
