@@ -1,0 +1,428 @@
+"""The Redis Streams adapter end to end: the real Redis on 127.0.0.1:6379, a real
+collector, faults that really happen in a consumer group (entries left pending
+by a consumer that dies, XAUTOCLAIM by another, XACK-then-crash, a producer
+resend, a dead-letter stream), and SLIs that must equal what the test itself
+observed at the handlers and in Redis.
+
+The message id also travels in a `body` field, so the test knows which message
+a handler got without trusting the adapter's field parsing.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+from prometheus_client import CollectorRegistry
+from sqlalchemy import Engine
+
+from ingest.adapters.redis_streams import (
+    DEAD_LETTER_ENTRY,
+    DEAD_LETTER_OF,
+    DELIVERY_COUNT,
+    AckPolicy,
+    Handled,
+    StreamConsumer,
+    StreamEntry,
+    StreamProducer,
+    message_id_of,
+)
+from ingest.db import open_engine
+from ingest.sdk import MESSAGE_ID_HEADER, Delivery, Tally
+from reconcile import ReconcileConfig, reconcile
+from tests.conftest import LiveCollector, service_unavailable
+
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+CONFIG = ReconcileConfig(deadline=5.0, settle=0)
+GROUP = "billing"
+IDLE_MS = 500  # how long an entry sits pending before another consumer claims it
+
+
+# -- fixtures and helpers ------------------------------------------------------
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Engine]:
+    eng = open_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def live(store: Engine) -> Iterator[LiveCollector]:
+    with LiveCollector(store, CONFIG) as collector:
+        yield collector
+
+
+def client() -> redis.Redis:
+    """A service's own connection; closing it with entries pending is the crash."""
+    return redis.Redis(REDIS_HOST, REDIS_PORT, socket_timeout=5)
+
+
+@pytest.fixture
+def key() -> Iterator[str]:
+    """A unique stream key with its group; deleted (with its dead-letter stream) after."""
+    name = f"msgtally:test:{uuid.uuid4().hex[:12]}"
+    with client() as r:
+        try:
+            r.ping()
+        except redis.RedisError as exc:
+            service_unavailable(f"Redis at {REDIS_HOST}:{REDIS_PORT} unreachable: {exc}")
+        r.xgroup_create(name, GROUP, id="0", mkstream=True)
+        try:
+            yield name
+        finally:
+            r.delete(name, f"{name}:dead-letter")
+
+
+def make_tally(live: LiveCollector, provider: TracerProvider | None = None) -> Tally:
+    return Tally(
+        collector_url=live.url,
+        system="redis",
+        registry=CollectorRegistry(),
+        tracer_provider=provider,
+        tracing=provider is not None,
+        flush_interval=0.05,
+    )
+
+
+@dataclass
+class Observed:
+    """What the test saw, independently of the shim: the oracle for the SLIs."""
+
+    produced: list[str] = field(default_factory=list)
+    produce_attempts: Counter[str] = field(default_factory=Counter)
+    deliveries: list[tuple[str, int, str]] = field(default_factory=list)  # id, attempt, outcome
+
+    def note(self, handled: list[Handled], r: redis.Redis, key: str) -> list[Handled]:
+        """Record each delivery under the id read from the entry's body field."""
+        for h in handled:
+            [(_, fields)] = r.xrange(key, h.entry_id, h.entry_id) or [(None, {})]
+            body = fields.get(b"body", b"").decode() or h.message_id
+            self.deliveries.append((body, h.attempt, h.outcome))
+        return handled
+
+    def expected(self) -> dict[str, int]:
+        ok = Counter(m for m, _, o in self.deliveries if o == "ok")
+        top = Counter(self.produce_attempts)
+        for m, attempt, _ in self.deliveries:
+            top[m] = max(top[m], attempt)
+        produced = set(self.produced)
+        return {
+            "produced": len(produced),
+            "delivered": sum(1 for m in produced if ok[m]),
+            "lost": sum(1 for m in produced if not ok[m]),
+            "duplicated": sum(n - 1 for n in ok.values()),
+            "retried": sum(1 for m in top if top[m] > 1),
+            "attempts": len(self.deliveries),
+            "dead_lettered": len({m for m, _, o in self.deliveries if o == "dead_letter"}),
+            "consume_errors": sum(1 for _, _, o in self.deliveries if o == "error"),
+            "unexpected": 0,
+        }
+
+
+def produce(producer: StreamProducer, key: str, n: int, obs: Observed) -> list[str]:
+    ids = [f"m{i:02d}-{uuid.uuid4().hex[:8]}" for i in range(n)]
+    for mid in ids:
+        producer.add(key, {"body": mid}, message_id=mid)
+        obs.produced.append(mid)
+        obs.produce_attempts[mid] = 1
+    return ids
+
+
+def handler_of(
+    fail: Callable[[str, int], bool] = lambda m, n: False,
+    dead: Callable[[str], bool] = lambda m: False,
+) -> Callable[[StreamEntry, Delivery], None]:
+    def handle(entry: StreamEntry, delivery: Delivery) -> None:
+        mid = entry.fields[b"body"].decode()
+        if dead(mid):
+            delivery.dead_letter()
+        elif fail(mid, entry.attempt):
+            raise RuntimeError(f"cannot process {mid} yet")
+
+    return handle
+
+
+def consumer(
+    r: redis.Redis, tally: Tally, key: str, name: str, ack: AckPolicy = "after", **kw: Any
+) -> StreamConsumer:
+    handler = handler_of(**kw.pop("faults", {}))
+    return StreamConsumer(r, tally, key, GROUP, name, handler, ack=ack, **kw)
+
+
+def pending(key: str) -> int:
+    with client() as r:
+        return int(r.xpending(key, GROUP)["pending"])
+
+
+def collector_figures(
+    live: LiveCollector, store: Engine, tallies: list[Tally], stream: str
+) -> dict[str, Any]:
+    """Flush the shims, reconcile past every deadline, read the collector's SLIs."""
+    for tally in tallies:
+        assert tally.flush(10)
+        tally.close()
+    reconcile(store, CONFIG, now=time.time() + 60)
+    rows = httpx.get(f"{live.url}/v1/slis", params={"stream": stream}).json()
+    assert [r["group"] for r in rows] == [GROUP]
+    return dict(rows[0])
+
+
+def discrepancies(live: LiveCollector, stream: str, kind: str) -> list[str]:
+    body = httpx.get(
+        f"{live.url}/v1/discrepancies", params={"stream": stream, "group": GROUP, "kind": kind}
+    ).json()
+    return sorted(d["message_id"] for d in body["ids"])
+
+
+def assert_figures(got: dict[str, Any], expected: dict[str, int]) -> None:
+    assert {k: got[k] for k in expected} == expected
+
+
+# -- the tests -------------------------------------------------------------------
+
+
+def test_crashed_consumer_entries_are_claimed_retries_and_duplicates(
+    live: LiveCollector, store: Engine, key: str
+) -> None:
+    """12 ids. Consumer a reads 5, fails on 2, processes 3 and dies before any XACK.
+    Consumer b reads the rest, then XAUTOCLAIMs a's 5 entries (delivery count 2):
+    the 3 processed ones are duplicates, all 5 are retries. One id is XADDed twice
+    by its producer (Redis does not de-duplicate): one more duplicate."""
+    obs = Observed()
+    p_tally, c_tally = make_tally(live), make_tally(live)
+    with client() as rp:
+        producer = StreamProducer(rp, p_tally)
+        ids = produce(producer, key, 12, obs)
+        producer.add(key, {"body": ids[8]}, message_id=ids[8], attempt=2)  # the resend
+        obs.produce_attempts[ids[8]] = 2
+        assert rp.xlen(key) == 13
+
+    failing = {ids[0], ids[1]}
+    with client() as ra:  # leaving the block closes the connection: the crash
+        a = consumer(
+            ra, c_tally, key, "a", ack="manual", faults={"fail": lambda m, n: m in failing}
+        )
+        first = obs.note(a.read(count=5), ra, key)
+    assert [(h.message_id, h.attempt) for h in first] == [(m, 1) for m in ids[:5]]
+    assert [h.outcome for h in first] == ["error", "error", "ok", "ok", "ok"]
+    assert pending(key) == 5
+
+    with client() as rb:
+        b = consumer(rb, c_tally, key, "b")
+        obs.note(b.read(count=100), rb, key)
+        assert b.claim(IDLE_MS) == []  # not idle long enough yet: a might still be alive
+        time.sleep(IDLE_MS / 1000 + 0.05)
+        claimed = obs.note(b.claim(IDLE_MS), rb, key)
+        assert b.claim(0) == [] and b.read() == []
+    assert [(h.message_id, h.attempt, h.outcome) for h in claimed] == [
+        (m, 2, "ok") for m in ids[:5]
+    ]
+    assert pending(key) == 0
+
+    expected = obs.expected()
+    assert expected == {
+        "produced": 12,
+        "delivered": 12,
+        "lost": 0,
+        "duplicated": 4,  # 3 processed by a, redelivered to b; 1 resent by the producer
+        "retried": 6,  # 5 claimed + 1 resent
+        "attempts": 18,
+        "dead_lettered": 0,
+        "consume_errors": 2,
+        "unexpected": 0,
+    }
+    got = collector_figures(live, store, [p_tally, c_tally], key)
+    assert_figures(got, expected)
+    assert discrepancies(live, key, "duplicated") == sorted([*ids[2:5], ids[8]])
+
+
+def test_xack_before_processing_then_crash_loses(
+    live: LiveCollector, store: Engine, key: str
+) -> None:
+    """ack="before": XACK, then the handler fails on 3 of 10 ids. Nothing is left
+    pending, so no other consumer can claim them: 3 lost."""
+    obs = Observed()
+    p_tally, c_tally = make_tally(live), make_tally(live)
+    with client() as rp:
+        ids = produce(StreamProducer(rp, p_tally), key, 10, obs)
+    crash = set(ids[2:8:2])
+    with client() as ra:
+        a = consumer(ra, c_tally, key, "a", ack="before", faults={"fail": lambda m, n: m in crash})
+        obs.note(a.read(count=100), ra, key)
+    assert pending(key) == 0
+    with client() as rb:
+        b = consumer(rb, c_tally, key, "b")
+        assert b.claim(0) == [] and b.read() == []
+
+    expected = obs.expected()
+    assert expected == {
+        "produced": 10,
+        "delivered": 7,
+        "lost": 3,
+        "duplicated": 0,
+        "retried": 0,
+        "attempts": 10,
+        "dead_lettered": 0,
+        "consume_errors": 3,
+        "unexpected": 0,
+    }
+    got = collector_figures(live, store, [p_tally, c_tally], key)
+    assert_figures(got, expected)
+    assert discrepancies(live, key, "lost") == sorted(crash)
+
+
+def test_dead_letter_stream_after_max_deliveries(
+    live: LiveCollector, store: Engine, key: str
+) -> None:
+    """max_deliveries=3. 2 poison ids fail on deliveries 1, 2 (claimed) and 3: moved
+    to the dead-letter stream. 1 id is dead-lettered by its handler at once. One
+    id kills 3 consumers before any report (raw XREADGROUP / XAUTOCLAIM, then the
+    connection closes): claimed a 4th time, it is moved without running the
+    handler. Each of the 4 is reported dead_letter and sits in the dead-letter
+    stream with its message id and delivery count."""
+    obs = Observed()
+    p_tally, c_tally = make_tally(live), make_tally(live)
+    with client() as rp:
+        producer = StreamProducer(rp, p_tally)
+        [crasher] = produce(producer, key, 1, obs)
+    with client() as r1:  # dies after reading
+        assert len(r1.xreadgroup(GROUP, "crash-1", {key: ">"}, count=1)[0][1]) == 1
+    for name in ("crash-2", "crash-3"):  # each claims it, then dies
+        with client() as rn:
+            assert len(rn.xautoclaim(key, GROUP, name, 0, count=1)[1]) == 1
+    with client() as rp:
+        ids = produce(producer, key, 8, obs)
+    poison, dead = set(ids[1:3]), {ids[5]}
+
+    faults = {"fail": lambda m, n: m in poison, "dead": lambda m: m in dead}
+    with client() as rw:
+        w = consumer(rw, c_tally, key, "w", max_deliveries=3, faults=faults)
+        rounds = [obs.note(w.read(count=100), rw, key)]
+        for _ in range(3):
+            rounds.append(obs.note(w.claim(0), rw, key))
+        dlq = rw.xrange(f"{key}:dead-letter")
+    assert [sorted((h.message_id, h.attempt, h.outcome) for h in r) for r in rounds[1:]] == [
+        sorted([(crasher, 4, "dead_letter"), *((m, 2, "error") for m in poison)]),
+        sorted((m, 3, "dead_letter") for m in poison),
+        [],
+    ]
+    assert pending(key) == 0
+    moved = {
+        f[MESSAGE_ID_HEADER.encode()].decode(): (
+            f[DEAD_LETTER_OF.encode()].decode(),
+            int(f[DELIVERY_COUNT.encode()]),
+            f[b"body"].decode(),
+        )
+        for _, f in dlq
+    }
+    assert moved == {
+        crasher: (key, 4, crasher),
+        **{m: (key, 3, m) for m in poison},
+        **{m: (key, 1, m) for m in dead},
+    }
+    assert all(f[DEAD_LETTER_ENTRY.encode()] for _, f in dlq)
+
+    expected = obs.expected()
+    assert expected == {
+        "produced": 9,
+        "delivered": 5,
+        "lost": 4,  # dead-lettered ids were never delivered ok
+        "duplicated": 0,
+        "retried": 3,  # the crasher (4 deliveries) and the 2 poison ids
+        "attempts": 13,
+        "dead_lettered": 4,
+        "consume_errors": 4,
+        "unexpected": 0,
+    }
+    got = collector_figures(live, store, [p_tally, c_tally], key)
+    assert_figures(got, expected)
+    assert discrepancies(live, key, "dead_lettered") == sorted({crasher} | poison | dead)
+    assert discrepancies(live, key, "lost") == sorted({crasher} | poison | dead)
+
+
+def test_trace_context_fallback_id_restart_and_failed_add(
+    live: LiveCollector, store: Engine, key: str
+) -> None:
+    """Both deliveries of a traced entry link to the producer span through the
+    `traceparent` field; an entry XADDed without the adapter is reported under
+    its entry id; a consumer restarted under the same name gets its pending
+    entries back with recover() (delivery count 2); an XADD Redis refuses is
+    reported error and re-raised."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    p_tally, c_tally = make_tally(live, provider), make_tally(live, provider)
+    wrong_type = f"{key}:not-a-stream"
+    with client() as rp:
+        producer = StreamProducer(rp, p_tally)
+        traced_entry = producer.add(key, {"body": "traced"})
+        raw_entry = rp.xadd(key, {"body": "raw"}).decode()  # a producer without msgtally
+        rp.set(wrong_type, "x")
+        try:
+            with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+                producer.add(wrong_type, {"body": "x"}, message_id="m-refused")
+        finally:
+            rp.delete(wrong_type)
+        [(_, fields), _] = rp.xrange(key)
+    mid = fields[MESSAGE_ID_HEADER.encode()].decode()
+    assert len(mid) == 32 and fields[b"traceparent"].startswith(b"00-")
+    assert message_id_of(raw_entry, {b"body": b"raw"}) == raw_entry
+
+    with client() as r1:  # fails both, then the service restarts
+        c = consumer(r1, c_tally, key, "c", faults={"fail": lambda m, n: n == 1})
+        first = c.read()
+    with client() as r2:
+        c = consumer(r2, c_tally, key, "c")
+        assert c.read() == []
+        second = c.recover()
+        assert c.recover() == []
+    assert [(h.entry_id, h.message_id, h.attempt, h.outcome) for h in first + second] == [
+        (traced_entry, mid, 1, "error"),
+        (raw_entry, raw_entry, 1, "error"),
+        (traced_entry, mid, 2, "ok"),
+        (raw_entry, raw_entry, 2, "ok"),
+    ]
+    assert pending(key) == 0
+
+    assert p_tally.flush(10) and c_tally.flush(10)
+    spans = exporter.get_finished_spans()
+    [send] = [
+        s
+        for s in spans
+        if s.kind == SpanKind.PRODUCER and s.attributes["messaging.message.id"] == mid
+    ]
+    procs = [s for s in spans if s.kind == SpanKind.CONSUMER]
+    traced = [s for s in procs if s.attributes["messaging.message.id"] == mid]
+    assert [s.attributes["messaging.message.delivery_count"] for s in traced] == [1, 2]
+    for s in traced:
+        assert s.attributes["messaging.system"] == "redis"
+        assert s.attributes["messaging.consumer.group.name"] == GROUP
+        assert [(ln.context.trace_id, ln.context.span_id) for ln in s.links] == [
+            (send.context.trace_id, send.context.span_id)
+        ]
+    assert fields[b"traceparent"].decode().split("-")[1] == format(send.context.trace_id, "032x")
+    assert all(s.links == () for s in procs if s.attributes["messaging.message.id"] == raw_entry)
+    [refused] = [s for s in spans if s.attributes["messaging.message.id"] == "m-refused"]
+    assert refused.status.status_code == StatusCode.ERROR
+    provider.shutdown()
+
+    got = collector_figures(live, store, [p_tally, c_tally], key)
+    assert_figures(
+        got,
+        {"produced": 1, "delivered": 1, "lost": 0, "retried": 1, "attempts": 2, "unexpected": 1},
+    )
+    assert discrepancies(live, key, "unexpected") == [raw_entry]
