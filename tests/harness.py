@@ -1,0 +1,154 @@
+"""Driving the store under test: ingest, reconcile, read figures; compare with the oracle."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+
+from ingest.db import write_tx
+from ingest.schema import Record
+from ingest.tables import metadata
+from ingest.writer import IngestResult, write_batch
+from reconcile import ReconcileConfig, reconcile
+from slis.query import read_discrepancies, read_slis
+from tests.oracle import COUNT_NAMES, ID_KINDS, GroupOutcome, nearest_rank
+
+T = 1_700_000_000.0  # a base time; histories are offsets from it
+
+Figures = dict[tuple[str, str], dict[str, Any]]
+QUANTILES = (("latency_p50", 0.50), ("latency_p90", 0.90), ("latency_p99", 0.99))
+
+
+def produce(
+    stream: str,
+    mid: str,
+    at: float,
+    *,
+    outcome: str = "ok",
+    attempt: int = 1,
+    record_id: str | None = None,
+) -> Record:
+    return Record(stream, "produce", mid, T + at, "", attempt, outcome, record_id=record_id)
+
+
+def consume(
+    stream: str,
+    mid: str,
+    group: str,
+    at: float,
+    *,
+    outcome: str = "ok",
+    attempt: int = 1,
+    record_id: str | None = None,
+) -> Record:
+    return Record(stream, "consume", mid, T + at, group, attempt, outcome, record_id=record_id)
+
+
+def ingest(engine: Engine, records: Sequence[Record]) -> IngestResult:
+    return write_batch(engine, list(records))
+
+
+def run(engine: Engine, config: ReconcileConfig, at: float) -> None:
+    """One reconcile pass at T + at."""
+    reconcile(engine, config, T + at)
+
+
+def wipe(engine: Engine) -> None:
+    """Empty every store table: a fresh store for the next example."""
+    with write_tx(engine) as conn:
+        for table in reversed(metadata.sorted_tables):
+            conn.execute(table.delete())
+
+
+def figures(engine: Engine) -> Figures:
+    """read_slis as {(stream, group): {count..., latency_count, latency_sum, p50, p90, p99}}."""
+    with engine.connect() as conn:
+        slis = read_slis(conn)
+    out: Figures = {}
+    for s in slis:
+        row: dict[str, Any] = {name: getattr(s, name) for name in COUNT_NAMES}
+        row["latency_count"] = s.latency_count
+        row["latency_sum"] = s.latency_sum
+        for name, _ in QUANTILES:
+            row[name] = getattr(s, name)
+        out[(s.stream, s.group)] = row
+    return out
+
+
+def discrepancy_ids(engine: Engine, kind: str) -> dict[tuple[str, str], set[str]]:
+    """Every id of one discrepancy report, per (stream, group), paged through."""
+    out: dict[tuple[str, str], set[str]] = {}
+    after: tuple[str, str, str] | None = None
+    with engine.connect() as conn:
+        while True:
+            rows = read_discrepancies(conn, kind=kind, after=after, limit=50)
+            for row in rows:
+                ids = out.setdefault((row["stream"], row["group"]), set())
+                assert row["message_id"] not in ids, f"{kind}: {row} reported twice"
+                ids.add(row["message_id"])
+            if len(rows) < 50:
+                return out
+            last = rows[-1]
+            after = (last["stream"], last["message_id"], last["group"])
+
+
+def expected_figures(outcome: GroupOutcome) -> dict[str, Any]:
+    row: dict[str, Any] = dict(outcome.counts)
+    lat = outcome.latencies
+    row["latency_count"] = len(lat)
+    row["latency_sum"] = math.fsum(lat)
+    for name, q in QUANTILES:
+        row[name] = nearest_rank(lat, q)
+    return row
+
+
+def assert_figures(got: Figures, want: Mapping[tuple[str, str], GroupOutcome]) -> None:
+    """The store's figures equal the oracle's, (stream, group) by (stream, group).
+
+    A (stream, group) the store has no row for must count nothing in the oracle.
+    """
+    for key in got:
+        assert key in want, f"store reports {key} that is not an expected group: {got[key]}"
+    problems = []
+    for key, outcome in sorted(want.items()):
+        exp = expected_figures(outcome)
+        if key not in got:
+            if not outcome.is_empty():
+                problems.append(f"{key}: missing from read_slis, expected {exp}")
+            continue
+        row = got[key]
+        diff = {
+            name: (row[name], exp[name])
+            for name in (*COUNT_NAMES, "latency_count")
+            if row[name] != exp[name]
+        }
+        if row["latency_sum"] != pytest.approx(exp["latency_sum"], abs=1e-6):
+            diff["latency_sum"] = (row["latency_sum"], exp["latency_sum"])
+        for name, _ in QUANTILES:
+            if exp[name] is None or row[name] is None:
+                if exp[name] is not row[name]:
+                    diff[name] = (row[name], exp[name])
+            elif row[name] != pytest.approx(exp[name], abs=1e-6):
+                diff[name] = (row[name], exp[name])
+        if diff:
+            problems.append(f"{key}: (got, expected) {diff}")
+    assert not problems, "\n".join(problems)
+
+
+def assert_discrepancies(engine: Engine, want: Mapping[tuple[str, str], GroupOutcome]) -> None:
+    """Every discrepancy report names exactly the oracle's ids."""
+    problems = []
+    for kind in ID_KINDS:
+        got = discrepancy_ids(engine, kind)
+        expected = {key: o.ids[kind] for key, o in want.items() if o.ids[kind]}
+        if got != expected:
+            problems.append(f"{kind}: got {got}, expected {expected}")
+    assert not problems, "\n".join(problems)
+
+
+def last_ts(records: Iterable[Record]) -> float:
+    return max(r.ts for r in records)
