@@ -24,7 +24,7 @@ from slis.budget import error_budget
 from slis.spec import SLO, SLIKind, Spec
 
 from .promql import PRODUCED, quote
-from .rules import ABSENT_ALERT, BURN_ALERT, absent_alert, burn_alert, num, sli_labels
+from .rules import ABSENT_ALERT, BURN_ALERT, SLI_RECORD, absent_alert, burn_alert, num, sli_labels
 from .windows import Window, format_duration, scale
 
 EVENTS = 1_000_000  # events per sample step: fine enough for a 1 % margin at any budget
@@ -74,12 +74,19 @@ def input_series(slo: SLO, errors: int, steps: int) -> list[dict[str, str]]:
     ]
 
 
-def errors_for(slo: SLO, w: Window, above: bool) -> int:
-    """Bad events per step that put the error ratio 1 % above (or below) the tier's threshold."""
+def errors_for(slo: SLO, w: Window, above: bool) -> int | None:
+    """Bad events per step that put the error ratio 1 % above (or below) the tier's threshold.
+
+    None above a threshold of 100 % errors or more (a 90 % objective cannot burn
+    at 14.4x): such a tier can never fire, and all errors is tested below it.
+    """
     threshold = w.factor * error_budget(slo.objective) * EVENTS
-    errors = math.ceil(threshold * (1 + MARGIN)) if above else math.floor(threshold * (1 - MARGIN))
-    if not 0 < errors <= EVENTS or (errors > threshold) != above:
-        raise ValueError(f"SLO {slo.name}: cannot burn {'above' if above else 'below'} {w.factor}x")
+    if above:
+        errors = math.ceil(threshold * (1 + MARGIN))
+        return errors if errors <= EVENTS else None
+    errors = min(EVENTS, math.floor(threshold * (1 - MARGIN)))
+    if errors <= 0:
+        raise ValueError(f"SLO {slo.name}: the budget is too small to burn below {w.factor}x")
     return errors
 
 
@@ -143,6 +150,8 @@ def tier_tests(spec: Spec, w: Window, windows: tuple[Window, ...]) -> list[dict[
             continue
         for above in (True, False):
             errors = errors_for(slo, w, above)
+            if errors is None:
+                continue
             side = "above" if above else "below"
             tests.append(
                 {
@@ -163,8 +172,10 @@ def tier_tests(spec: Spec, w: Window, windows: tuple[Window, ...]) -> list[dict[
 
 
 def quiet_tests(spec: Spec, windows: tuple[Window, ...]) -> list[dict[str, Any]]:
-    interval = _interval(windows)
-    eval_at = 2 * max(w.short for w in windows)
+    # Two or three samples in the shortest window are enough to prove that a
+    # counter that does not move gives no sample, in every window.
+    interval = max(1, min(w.short for w in windows) * 2 // 5)
+    eval_at = max(w.short for w in windows)
     steps = eval_at // interval
     flat = [
         {"series": s["series"], "values": f"1000+0x{steps}"}
@@ -186,6 +197,14 @@ def quiet_tests(spec: Spec, windows: tuple[Window, ...]) -> list[dict[str, Any]]
             "alert_rule_test": [
                 {"eval_time": format_duration(eval_at), "alertname": name, "exp_alerts": []}
                 for name in (BURN_ALERT, ABSENT_ALERT)
+            ],
+            # No traffic is no sample: never NaN, never +Inf, in any window.
+            "promql_expr_test": [
+                {
+                    "expr": f'{{__name__=~"{SLI_RECORD}.+"}}',
+                    "eval_time": format_duration(eval_at),
+                    "exp_samples": [],
+                }
             ],
         },
         {
@@ -227,7 +246,7 @@ def generate_tests(spec: Spec, rule_file: str) -> dict[str, TestFile]:
             }
     files[f"{spec.service}.quiet.test.yml"] = {
         "rule_files": [rule_file],
-        "evaluation_interval": format_duration(_interval(windows)),
+        "evaluation_interval": quiet_tests(spec, windows)[0]["interval"],
         "tests": quiet_tests(spec, windows),
     }
     return files

@@ -90,7 +90,8 @@ def read_native(doc: Doc, buckets: Sequence[float]) -> tuple[Spec | None, list[P
             r.slo = None
             if slo is not None:
                 slos.append(slo)
-        check_unique(r, [s.name for s in slos], [("slos", i, "name") for i in range(len(raw))])
+        names = [i.get("name") if isinstance(i, dict) else None for i in raw]
+        check_unique(r, names, [("slos", i, "name") for i in range(len(raw))])
     if r.problems or service is None or period is None:
         return None, r.problems
     return Spec(service=service, period=period, labels=labels, slos=tuple(slos)), r.problems
@@ -105,9 +106,11 @@ def read_period(r: FieldReader, m: dict[str, Any], key: str, path: Path) -> Peri
         return None
 
 
-def check_unique(r: FieldReader, names: list[str], paths: list[Path]) -> None:
+def check_unique(r: FieldReader, names: list[Any], paths: list[Path]) -> None:
     seen: set[str] = set()
     for name, path in zip(names, paths, strict=False):
+        if not isinstance(name, str):
+            continue
         if name in seen:
             r.slo = name
             r.problem(path, f"SLO name {name!r} is used twice; names must be unique")
@@ -116,6 +119,8 @@ def check_unique(r: FieldReader, names: list[str], paths: list[Path]) -> None:
 
 
 def _read_slo(r: FieldReader, item: Any, path: Path, buckets: Sequence[float]) -> SLO | None:
+    named = item.get("name") if isinstance(item, dict) else None
+    r.slo = named if isinstance(named, str) else None
     m = r.mapping(item, path, _SLO, required=("name", "stream", "sli", "objective"))
     if m is None:
         return None

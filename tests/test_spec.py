@@ -1,0 +1,258 @@
+"""The SLO spec: loading, every problem with its place, OpenSLO, `msgtally check`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from slis import SLO, Alerting, Notify, Period, SLIKind, SpecError, check_spec, load_spec
+from slis.yamldoc import Problem
+from tests.slo_examples import EXAMPLES
+
+VALID = """\
+version: msgtally/v1
+service: checkout
+period: 30d
+labels: {team: payments}
+slos:
+  - name: orders-delivery      # unique; becomes the `slo` label
+    stream: orders
+    group: billing
+    sli: delivery
+    objective: 99.9
+  - name: orders-latency
+    stream: orders
+    group: billing
+    sli: latency
+    threshold: 2.5
+    objective: 99
+    alerting:
+      page: {labels: {route: pager}, annotations: {summary: "..."}}
+      ticket: {labels: {route: slack}}
+      runbook: https://runbooks.example/orders
+"""
+
+
+def test_the_issue_example_loads() -> None:
+    spec = load_spec(VALID)
+    assert spec.service == "checkout"
+    assert spec.period == Period(30 * 86_400, "30d")
+    assert spec.labels == {"team": "payments"}
+    assert spec.slos[0] == SLO(
+        name="orders-delivery", stream="orders", group="billing", sli=SLIKind.DELIVERY,
+        objective=99.9,
+    )  # fmt: skip
+    assert spec.slos[1].threshold == 2.5
+    assert spec.slos[1].alerting == Alerting(
+        page=Notify(labels={"route": "pager"}, annotations={"summary": "..."}),
+        ticket=Notify(labels={"route": "slack"}),
+        runbook="https://runbooks.example/orders",
+    )
+
+
+def test_defaults() -> None:
+    spec = load_spec(
+        "version: msgtally/v1\nservice: s\nslos:\n"
+        "  - {name: a, stream: o, sli: retries, objective: 95}\n"
+    )
+    assert spec.period.text == "30d"
+    assert spec.slos[0].group is None
+    assert spec.slos[0].group_label == "*"
+    assert spec.slos[0].alerting == Alerting()
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("30d", 2_592_000), ("28d", 2_419_200), ("7d", 604_800), ("12h", 43_200),
+                          ("1h", 3_600), ("90d", 7_776_000)]
+)  # fmt: skip
+def test_periods(text: str, seconds: int) -> None:
+    assert Period.parse(text).seconds == seconds
+
+
+@pytest.mark.parametrize("text", ["30", "0d", "1.5d", "30m", "1w", "d", "-1d", "30 d"])
+def test_bad_periods(text: str) -> None:
+    with pytest.raises(ValueError, match="whole number of days or hours"):
+        Period.parse(text)
+
+
+BAD = """\
+version: msgtally/v2
+service: checkout
+period: 30m
+labels: {team: payments, slo: x, 9bad: y}
+slos:
+  - name: a
+    stream: orders
+    sli: delivery
+    objective: 100
+  - name: b
+    stream: orders
+    sli: latency
+    threshold: 2.4
+    objective: 99
+  - name: a
+    stream: orders
+    sli: retries
+    threshold: 1
+    objective: 99
+    colour: blue
+  - name: c
+    sli: speed
+    objective: "high"
+    alerting:
+      page: {labels: {severity: x}}
+      disable: "yes"
+"""
+
+
+def test_every_problem_with_line_slo_and_field() -> None:
+    got = {(p.line, p.slo, p.field) for p in check_spec(BAD)}
+    assert got == {
+        (1, None, "version"),
+        (3, None, "period"),
+        (4, None, "labels.slo"),
+        (4, None, "labels.9bad"),
+        (9, "a", "slos[0].objective"),
+        (13, "b", "slos[1].threshold"),
+        (18, "a", "slos[2].threshold"),
+        (20, "a", "slos[2].colour"),
+        (15, "a", "slos[2].name"),
+        (21, "c", "slos[3]"),  # missing stream
+        (22, "c", "slos[3].sli"),
+        (23, "c", "slos[3].objective"),
+        (25, "c", "slos[3].alerting.page.labels.severity"),
+        (26, "c", "slos[3].alerting.disable"),
+    }
+
+
+def test_problem_messages_say_what_is_wrong() -> None:
+    by_field = {p.field: p.message for p in check_spec(BAD)}
+    assert "Must be 'msgtally/v1'" in by_field["version"]
+    assert "is not a percentage above 0 and below 100" in by_field["slos[0].objective"]
+    assert by_field["slos[1].threshold"].startswith(
+        "2.4 s is not a bucket bound of the collector's latency histogram (bounds: 0.005, 0.01,"
+    )
+    assert "2.5, 5.0" in by_field["slos[1].threshold"]
+    assert by_field["slos[2].threshold"] == "only for sli latency, not retries"
+    assert "used twice" in by_field["slos[2].name"]
+    assert by_field["slos[2].colour"].startswith("unknown field (known: alerting, description,")
+    assert "delivery, duplicates, latency, retries" in by_field["slos[3].sli"]
+    assert "reserved" in by_field["labels.slo"]
+    assert (
+        str(Problem(13, "slos[1].threshold", "x", "b")) == "line 13: slo 'b': slos[1].threshold: x"
+    )
+
+
+def test_threshold_valid_with_the_collectors_own_buckets() -> None:
+    text = VALID.replace("threshold: 2.5", "threshold: 2.4")
+    assert [p.field for p in check_spec(text)] == ["slos[1].threshold"]
+    assert check_spec(text, buckets=(0.5, 2.4, 10.0)) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "line"),
+    [
+        ("", "(document)", 1),
+        ("version: msgtally/v1\nservice: [unclosed\n", "(yaml)", 3),
+        ("- a\n- b\n", "(document)", 1),
+        ("version: msgtally/v1\nservice: s\nservice: t\nslos: []\n", "service", 3),
+        ("version: msgtally/v1\nservice: s\nslos: []\n", "slos", 3),
+        ("version: msgtally/v1\nservice: s\nslos: [{}]\n---\nx: 1\n", "(document)", 5),
+    ],
+)
+def test_malformed_files(text: str, field: str, line: int) -> None:
+    problems = check_spec(text)
+    assert problems, text
+    assert (problems[0].field, problems[0].line) == (field, line)
+
+
+def test_spec_error_lists_every_problem() -> None:
+    with pytest.raises(SpecError) as info:
+        load_spec(BAD, source="bad.yml")
+    assert len(info.value.problems) == 14
+    assert "bad.yml: line 13: slo 'b': slos[1].threshold:" in str(info.value)
+
+
+def test_openslo_equivalent_of_native() -> None:
+    native = (EXAMPLES / "inventory-28d.yml").read_text()
+    openslo = (EXAMPLES / "inventory-28d.openslo.yml").read_text()
+    assert load_spec(openslo) == load_spec(native)
+
+
+OPENSLO_BAD = """\
+apiVersion: openslo/v1
+kind: SLO
+metadata: {name: x}
+spec:
+  service: s
+  budgetingMethod: Timeslices
+  timeWindow: [{duration: 1M, isRolling: false}]
+  indicator:
+    spec:
+      ratioMetric:
+        counter: true
+        bad: {metricSource: {type: Prometheus, spec: {query: 'up{job="x"}'}}}
+        total: {metricSource: {type: Prometheus, spec: {query: 'up'}}}
+  objectives: [{target: 99.9}]
+---
+apiVersion: openslo/v1
+kind: AlertPolicy
+"""
+
+
+def test_openslo_problems() -> None:
+    got = {(p.line, p.field) for p in check_spec(OPENSLO_BAD)}
+    assert got == {
+        (6, "spec.budgetingMethod"),
+        (7, "spec.timeWindow[0]"),
+        (7, "spec.timeWindow[0].duration"),
+        (10, "spec.indicator.spec.ratioMetric"),
+        (14, "spec.objectives[0].target"),
+        (17, "kind"),  # the second document
+    }
+
+
+CLI = [sys.executable, "-m", "msgtally.cli"]
+
+
+def test_check_command(tmp_path: Path) -> None:
+    good, bad = tmp_path / "good.yml", tmp_path / "bad.yml"
+    good.write_text(VALID)
+    bad.write_text(BAD)
+    ok = subprocess.run([*CLI, "check", str(good)], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "ok (2 SLOs, service checkout, period 30d)" in ok.stdout
+    out = subprocess.run([*CLI, "check", str(bad)], capture_output=True, text=True)
+    assert out.returncode == 1
+    lines = out.stdout.splitlines()
+    assert len(lines) == 14
+    assert f"{bad}: line 13: slo 'b': slos[1].threshold: 2.4 s is not a bucket bound" in out.stdout
+    custom = subprocess.run(
+        [*CLI, "check", str(good), "--buckets", "1,2"], capture_output=True, text=True
+    )
+    assert custom.returncode == 1
+    assert "(bounds: 1.0, 2.0)" in custom.stdout
+    missing = subprocess.run([*CLI, "check", str(tmp_path / "no.yml")], capture_output=True)
+    assert missing.returncode == 1
+
+
+def test_slo_commands_have_help() -> None:
+    for name in ("check", "alerts"):
+        out = subprocess.run([*CLI, name, "--help"], capture_output=True, text=True, check=True)
+        assert f"usage: msgtally {name}" in out.stdout
+        assert "--buckets" in out.stdout
+    for name in ("serve", "reconcile"):
+        out = subprocess.run([*CLI, name, "--help"], capture_output=True, text=True, check=True)
+        assert "--latency-buckets" in out.stdout
+
+
+def test_latency_buckets_flag_reaches_the_settings() -> None:
+    from msgtally.cli import _settings, build_parser
+
+    args = build_parser().parse_args(["serve", "--latency-buckets", "0.5,2.4,10"])
+    assert _settings(args).reconcile_config().latency_buckets == (0.5, 2.4, 10.0)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--latency-buckets", "2,1"])
