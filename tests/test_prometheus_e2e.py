@@ -1,0 +1,144 @@
+"""End to end: a real Prometheus scrapes a real collector and fires the generated page alert.
+
+A 12h SLO period scales the fast-burn windows to 1m and 5s, so Prometheus
+(scrape and rule evaluation every second) can see a budget burn within
+seconds. One stream loses half its messages, the other none: the page fires
+for the lossy one only.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+from sqlalchemy import Engine
+
+from alerts import generate, render_rules
+from ingest.db import open_engine
+from msgtally.server import free_port
+from reconcile import ReconcileConfig
+from slis import load_spec
+from tests.conftest import LiveCollector, service_unavailable
+
+SPEC = """\
+version: msgtally/v1
+service: e2e
+period: 12h
+slos:
+  - {name: lossy-delivery, stream: lossy, group: workers, sli: delivery, objective: 99}
+  - {name: clean-delivery, stream: clean, group: workers, sli: delivery, objective: 99}
+"""
+WAIT = 150.0  # seconds, at most, for the page to fire
+
+
+def _traffic(url: str, stop: threading.Event) -> None:
+    """Both streams, current timestamps; every other id of `lossy` is never consumed."""
+    ids = itertools.count()
+    with httpx.Client(base_url=url, timeout=10) as client:
+        while not stop.is_set():
+            now = time.time()
+            records: list[dict[str, Any]] = []
+            for stream in ("lossy", "clean"):
+                for _ in range(20):
+                    mid = f"m{next(ids)}"
+                    records.append({"stream": stream, "kind": "produce", "message_id": mid,
+                                    "ts": now})  # fmt: skip
+                    if stream == "clean" or int(mid[1:]) % 2:
+                        records.append({"stream": stream, "kind": "consume", "message_id": mid,
+                                        "group": "workers", "ts": now + 0.01})  # fmt: skip
+            client.post("/v1/records", json=records).raise_for_status()
+            stop.wait(0.2)
+
+
+def _start_prometheus(
+    binary: str, tmp: Path, target: str, rules: Path, log: IO[bytes]
+) -> tuple[Any, str]:
+    port = free_port()
+    config = tmp / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        f"rule_files: [{rules}]\n"
+        "scrape_configs:\n"
+        f"  - {{job_name: msgtally, static_configs: [{{targets: ['{target}']}}]}}\n"
+    )
+    proc = subprocess.Popen(
+        [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+        stdout=subprocess.DEVNULL, stderr=log,
+    )  # fmt: skip
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _alerts(api: str) -> list[dict[str, Any]]:
+    body = httpx.get(f"{api}/api/v1/alerts", timeout=5).json()
+    alerts: list[dict[str, Any]] = body["data"]["alerts"]
+    return [a for a in alerts if a["labels"]["alertname"] == "MsgtallyErrorBudgetBurn"]
+
+
+def test_page_fires_for_the_lossy_stream_only(tmp_path: Path) -> None:
+    binary = shutil.which("prometheus")
+    if binary is None:
+        service_unavailable("prometheus not installed (Debian package prometheus)")
+    assert binary is not None
+    rules = tmp_path / "rules.yml"
+    spec = load_spec(SPEC)
+    rules.write_text(render_rules(generate(spec), spec.service))
+
+    engine: Engine = open_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    stop = threading.Event()
+    config = ReconcileConfig(deadline=1.0, settle=0.0)
+    with (
+        open(tmp_path / "prometheus.log", "wb") as log_file,
+        LiveCollector(engine, config, reconcile_interval=0.25) as collector,
+    ):
+        traffic = threading.Thread(target=_traffic, args=(collector.url, stop), daemon=True)
+        traffic.start()
+        target = collector.url.removeprefix("http://")
+        proc, api = _start_prometheus(binary, tmp_path, target, rules, log_file)
+        try:
+            fired: list[dict[str, Any]] = []
+            deadline = time.monotonic() + WAIT
+            while time.monotonic() < deadline and proc.poll() is None:
+                try:
+                    burning = _alerts(api)
+                except httpx.HTTPError:
+                    burning = []  # not up yet
+                fired = [
+                    a for a in burning
+                    if a["state"] == "firing" and a["labels"]["severity"] == "page"
+                    and a["labels"]["slo"] == "lossy-delivery"
+                ]  # fmt: skip
+                if fired:
+                    break
+                time.sleep(0.5)
+            log = (tmp_path / "prometheus.log").read_text()
+            assert proc.poll() is None, f"prometheus exited: {log}"
+            assert fired, f"no page for the lossy stream within {WAIT:.0f}s: {_alerts(api)}"
+            assert {a["labels"]["burn_window"] for a in fired} <= {"1m", "6m"}
+            assert fired[0]["labels"]["stream"] == "lossy"
+            # The clean stream is measured (its ratio is 0) and nothing burns for it.
+            query = 'msgtally:sli_error:ratio_rate1m{slo="clean-delivery"}'
+            clean: list[float] = []
+            until = time.monotonic() + 30
+            while not clean and time.monotonic() < until:
+                result = httpx.get(f"{api}/api/v1/query", params={"query": query}).json()
+                clean = [float(r["value"][1]) for r in result["data"]["result"]]
+                time.sleep(0.5)
+            assert clean == [0.0]
+            assert not [a for a in _alerts(api) if a["labels"]["slo"] == "clean-delivery"]
+        finally:
+            stop.set()
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            traffic.join(15)
+    engine.dispose()
