@@ -13,7 +13,7 @@ from typing import Any
 from reconcile.config import DEFAULT_BUCKETS, bucket_label
 
 from .fields import FieldReader
-from .spec import DEFAULT_PERIOD, SLO, VERSION, Alerting, Notify, Period, SLIKind, Spec
+from .spec import ALL_GROUPS, DEFAULT_PERIOD, SLO, VERSION, Alerting, Notify, Period, SLIKind, Spec
 from .yamldoc import Doc, Path, Problem, SpecError, parse_documents
 
 _TOP = ("version", "service", "period", "labels", "slos")
@@ -128,6 +128,9 @@ def _read_slo(r: FieldReader, item: Any, path: Path, buckets: Sequence[float]) -
     r.slo = name
     stream = r.string(m, "stream", path)
     group = r.string(m, "group", path)
+    if group == ALL_GROUPS:
+        r.problem((*path, "group"), f"{ALL_GROUPS!r} stands for every group: omit the field")
+        group = None
     sli = read_sli(r, m.get("sli"), (*path, "sli")) if "sli" in m else None
     objective = r.number(m, "objective", path)
     threshold = r.number(m, "threshold", path)

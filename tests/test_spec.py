@@ -256,3 +256,10 @@ def test_latency_buckets_flag_reaches_the_settings() -> None:
     assert _settings(args).reconcile_config().latency_buckets == (0.5, 2.4, 10.0)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--latency-buckets", "2,1"])
+
+
+def test_group_star_is_reserved() -> None:
+    text = VALID.replace(
+        "    group: billing\n    sli: delivery", '    group: "*"\n    sli: delivery'
+    )
+    assert [(p.line, p.field) for p in check_spec(text)] == [(8, "slos[0].group")]
