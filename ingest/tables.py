@@ -64,6 +64,9 @@ inbox = Table(
     Column("stream", String(256), nullable=False),
     Column("n", Integer, nullable=False),
     Column("received_at", Double, nullable=False),
+    # Ids are never reused: records keep their batch id forever, and a reused
+    # id would hand old records to the reconciler again.
+    sqlite_autoincrement=True,
 )
 
 # Ids seen but not classified yet: the ids in flight. `base` is the time the

@@ -39,9 +39,10 @@ def record_key(r: Record) -> str:
     """What makes two records the same: the shim's record_id, else every field."""
     if r.record_id is not None:
         return "r" + r.record_id
-    canon = (
-        f"{r.kind}\x1f{r.group}\x1f{r.ts!r}\x1f{r.attempt}\x1f{r.outcome}\x1f"
-        f"{r.producer}\x1f{r.seq}\x1f{r.trace_id}\x1f{r.span_id}"
+    # repr of the tuple is unambiguous (strings quoted and escaped, None apart
+    # from "None"), unlike joining the fields with a separator.
+    canon = repr(
+        (r.kind, r.group, r.ts, r.attempt, r.outcome, r.producer, r.seq, r.trace_id, r.span_id)
     )
     return "h" + hashlib.blake2b(canon.encode(), digest_size=16).hexdigest()
 
