@@ -70,6 +70,11 @@ def _text(obj: dict[str, Any], key: str, where: str, *, required: bool, limit: i
         raise RecordError(f"{where}.{key}", "must not be empty")
     if len(value) > limit:
         raise RecordError(f"{where}.{key}", f"longer than {limit} characters ({len(value)})")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise RecordError(f"{where}.{key}", "not valid Unicode (a lone surrogate)") from None
     return value
 
 

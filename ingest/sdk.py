@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import secrets
 import socket
 import time
 import weakref
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -144,13 +145,25 @@ class Tally:
     def _count_drop(self, key: DropKey, n: int) -> None:
         self._metrics.dropped.labels(*key).inc(n)
 
-    def _stream(self, stream: str | None) -> str | None:
-        s = stream or self.stream
-        return s if s and len(s) <= 256 else None
-
-    def _reject(self, stream: str | None, kind: str, group: str, why: str) -> None:
+    def _reject(self, stream: object, kind: str, group: object, why: str) -> None:
         log.warning("msgtally: %s record not sent: %s", kind, why)
-        self._count_drop((stream or "", kind, group), 1)
+        s = stream if _text_ok(stream) else ""
+        g = group if _text_ok(group) else ""
+        self._count_drop((s, kind, g), 1)  # type: ignore[arg-type]
+
+    def _problem(self, s: object, message_id: object, ts: object) -> str | None:
+        """Why a record cannot be sent, or None. Checked here, because one bad
+        record would make the collector refuse its whole batch. (A bad attempt
+        number is not a reason: the record is kept with attempt 1.)"""
+        if not _text_ok(s):
+            return f"stream {s!r} is not a non-empty UTF-8 string of at most 256 characters"
+        if not _text_ok(message_id):
+            return f"message id {message_id!r} is not a non-empty UTF-8 string of <= 256 chars"
+        if ts is not None and not (
+            isinstance(ts, int | float) and type(ts) is not bool and math.isfinite(ts) and ts >= 0
+        ):
+            return f"ts {ts!r} is not a finite, non-negative unix time"
+        return None
 
     # -- producer side ----------------------------------------------------
 
@@ -169,16 +182,19 @@ class Tally:
         Returns the headers to send with the message (message id and W3C trace
         context), `headers` itself when given.
         """
-        out: MutableMapping[str, str] = {} if headers is None else headers
-        s = self._stream(stream)
-        if s is None or not _valid_id(message_id) or outcome not in ("ok", "error"):
-            self._reject(s, "produce", "", f"bad stream, message id or outcome {outcome!r}")
+        out = headers if isinstance(headers, MutableMapping) else {}
+        s = stream or self.stream
+        why = self._problem(s, message_id, ts)
+        if why is None and outcome not in ("ok", "error"):
+            why = f"outcome {outcome!r} is not ok or error"
+        if why is not None:
+            self._reject(s, "produce", "", why)
             return out
+        assert isinstance(s, str)
         out[MESSAGE_ID_HEADER] = message_id
         trace_id = span_id = None
         if self._tracer is not None:
-            span = self._tracer.send(s, message_id, out)
-            trace_id, span_id = span_ids(span)
+            span, trace_id, span_id = self._tracer.send(s, message_id, out)
             if outcome != "ok":
                 span.set_status(Status(StatusCode.ERROR))
             span.end()
@@ -206,9 +222,9 @@ class Tally:
                 s,
                 "produce",
                 message_id,
-                time.time() if ts is None else ts,
+                time.time() if ts is None else float(ts),
                 "",
-                attempt if type(attempt) is int and attempt >= 1 else 1,
+                _attempt(attempt),
                 outcome,
                 self.producer,
                 next(self._seq),
@@ -225,11 +241,14 @@ class Tally:
         """Wrap a publish: yields the headers to send; an exception means the
         send is indeterminate (`error`), and is re-raised."""
         headers: dict[str, str] = {}
-        s = self._stream(stream)
-        span = None
-        if self._tracer is not None and s is not None and _valid_id(message_id):
-            span = self._tracer.send(s, message_id, headers)
-        headers[MESSAGE_ID_HEADER] = message_id
+        s = stream or self.stream
+        why = self._problem(s, message_id, None)
+        span = trace_id = span_id = None
+        if why is None:
+            assert isinstance(s, str)
+            headers[MESSAGE_ID_HEADER] = message_id
+            if self._tracer is not None:
+                span, trace_id, span_id = self._tracer.send(s, message_id, headers)
         outcome = "ok"
         try:
             yield headers
@@ -237,12 +256,11 @@ class Tally:
             outcome = "error"
             raise
         finally:
-            if s is None or not _valid_id(message_id):
-                self._reject(s, "produce", "", "bad stream or message id")
+            if why is not None:
+                self._reject(s, "produce", "", why)
             else:
-                trace_id = span_id = None
+                assert isinstance(s, str)
                 if span is not None:
-                    trace_id, span_id = span_ids(span)
                     if outcome != "ok":
                         span.set_status(Status(StatusCode.ERROR))
                     span.end()
@@ -258,33 +276,39 @@ class Tally:
         stream: str | None = None,
         attempt: int = 1,
         outcome: str = "ok",
-        headers: MutableMapping[str, str] | None = None,
+        headers: Mapping[str, Any] | None = None,
         ts: float | None = None,
     ) -> None:
         """Report a delivery and its processing result: ok, error or dead_letter."""
-        s = self._stream(stream)
-        if not self._consume_ok(s, message_id, group, outcome):
+        s = stream or self.stream
+        if not self._consume_ok(s, message_id, group, outcome, attempt, ts):
             return
-        assert s is not None
+        assert isinstance(s, str)
         trace_id = span_id = None
         if self._tracer is not None:
-            span = self._tracer.process(s, message_id, group, attempt, headers)
+            span = self._tracer.process(s, message_id, group, _attempt(attempt), _mapping(headers))
             trace_id, span_id = span_ids(span)
             if outcome != "ok":
                 span.set_status(Status(StatusCode.ERROR))
             span.end()
         self._emit_consume(s, message_id, group, attempt, outcome, trace_id, span_id, ts)
 
-    def _consume_ok(self, s: str | None, message_id: str, group: str, outcome: str) -> bool:
-        if (
-            s is None
-            or not _valid_id(message_id)
-            or not isinstance(group, str)
-            or not 0 < len(group) <= 256
-            or outcome not in ("ok", "error", "dead_letter")
-        ):
-            g = group if isinstance(group, str) else ""
-            self._reject(s, "consume", g, f"bad stream, message id, group or outcome {outcome!r}")
+    def _consume_ok(
+        self,
+        s: object,
+        message_id: object,
+        group: object,
+        outcome: object,
+        attempt: object,
+        ts: object,
+    ) -> bool:
+        why = self._problem(s, message_id, ts)
+        if why is None and not _text_ok(group):
+            why = f"group {group!r} is not a non-empty UTF-8 string of at most 256 characters"
+        if why is None and outcome not in ("ok", "error", "dead_letter"):
+            why = f"outcome {outcome!r} is not ok, error or dead_letter"
+        if why is not None:
+            self._reject(s, "consume", group, why)
             return False
         return True
 
@@ -309,9 +333,9 @@ class Tally:
                 s,
                 "consume",
                 message_id,
-                time.time() if ts is None else ts,
+                time.time() if ts is None else float(ts),
                 group,
-                attempt if type(attempt) is int and attempt >= 1 else 1,
+                _attempt(attempt),
                 outcome,
                 None,
                 None,
@@ -329,17 +353,17 @@ class Tally:
         group: str,
         stream: str | None = None,
         attempt: int = 1,
-        headers: MutableMapping[str, str] | None = None,
+        headers: Mapping[str, Any] | None = None,
     ) -> Iterator[Delivery]:
         """Wrap a handler: `ok` when it returns, `error` when it raises (re-raised),
         `dead_letter` when it calls `delivery.dead_letter()`."""
         delivery = Delivery()
-        s = self._stream(stream)
-        valid = self._consume_ok(s, message_id, group, "ok")
+        s = stream or self.stream
+        valid = self._consume_ok(s, message_id, group, "ok", attempt, None)
         span = None
         if valid and self._tracer is not None:
-            assert s is not None
-            span = self._tracer.process(s, message_id, group, attempt, headers)
+            assert isinstance(s, str)
+            span = self._tracer.process(s, message_id, group, _attempt(attempt), _mapping(headers))
         try:
             yield delivery
         except BaseException as exc:
@@ -349,7 +373,7 @@ class Tally:
             raise
         finally:
             if valid:
-                assert s is not None
+                assert isinstance(s, str)
                 trace_id = span_id = None
                 if span is not None:
                     trace_id, span_id = span_ids(span)
@@ -381,8 +405,29 @@ class Tally:
         self.shipper.source = self.instance
 
 
-def _valid_id(message_id: object) -> bool:
-    return type(message_id) is str and 0 < len(message_id) <= MAX_ID_LENGTH
+_MAX_INT = 2**63 - 1
+
+
+def _text_ok(value: object) -> bool:
+    """A non-empty string of at most 256 characters that UTF-8 can encode
+    (a lone surrogate cannot be stored, and would stall the shipper)."""
+    if type(value) is not str or not 0 < len(value) <= MAX_ID_LENGTH:
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _attempt(attempt: object) -> int:
+    return attempt if type(attempt) is int and 1 <= attempt <= _MAX_INT else 1
+
+
+def _mapping(headers: object) -> Mapping[str, Any] | None:
+    return headers if isinstance(headers, Mapping) else None
 
 
 _tallies: weakref.WeakSet[Tally] = weakref.WeakSet()

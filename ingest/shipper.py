@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import random
+import re
 import threading
 import weakref
 from collections import Counter, deque
@@ -93,8 +94,11 @@ class Shipper:
             if len(self._buffer) >= self.max_buffer:
                 self._drop_locked(self._buffer.popleft())
             self._buffer.append(row)
-            self._idle.clear()
-            full = len(self._buffer) >= self.batch_size
+            if self._idle.is_set():
+                self._idle.clear()
+            # Wake the thread once, when a batch fills: not on every call, which
+            # would cost every caller and cut the thread's backoff short.
+            full = len(self._buffer) == self.batch_size
             if self._thread is None:
                 self._start_locked()
         if full:
@@ -155,8 +159,9 @@ class Shipper:
                     self._wake.wait(self.flush_interval)
                     self._wake.clear()
                     continue
-                if self._send(client, pending):
-                    pending, failures = [], 0
+                left = self._send(client, pending)
+                if left is not None:
+                    pending, failures = left, 0
                     continue
                 if self._closed:  # shutting down and the collector is away: count, stop
                     with self._lock:
@@ -194,37 +199,56 @@ class Shipper:
             ]
         return json.dumps(body).encode(), snapshot
 
-    def _send(self, client: httpx.Client, rows: list[Row]) -> bool:
-        """True when the batch is done with (stored, or refused for good)."""
+    def _send(self, client: httpx.Client, rows: list[Row]) -> list[Row] | None:
+        """Send a batch: None to retry it later, else what is left to send now."""
         body, drops = self._body(rows)
         try:
             resp = client.post(self.url, content=body, headers={"content-type": "application/json"})
         except httpx.HTTPError as exc:
             log.debug("collector unreachable: %s", exc)
-            return False
+            return None
         if resp.status_code == 200:
             with self._lock:
                 self._reported = drops
             self.shipped += len(rows)
             if self._on_shipped is not None:
                 self._on_shipped(len(rows))
-            return True
+            return []
         if resp.status_code in _RETRY_STATUS:
-            return False
-        # 4xx: the batch itself is refused; resending would not help.
+            return None
+        # Refused for good. When the collector names one bad record, drop only
+        # that one and send the rest again; else the batch cannot be sent.
+        bad = _bad_index(resp, len(rows))
         log.warning(
-            "collector refused %d records: %s %s", len(rows), resp.status_code, resp.text[:500]
+            "collector refused %s: %s %s",
+            "a record" if bad is not None else f"{len(rows)} records",
+            resp.status_code,
+            resp.text[:500],
         )
+        dropped = [rows[bad]] if bad is not None else rows
         with self._lock:
-            for row in rows:
+            for row in dropped:
                 self._drop_locked(row)
-        return True
+        return [*rows[:bad], *rows[bad + 1 :]] if bad is not None else []
 
     def _after_fork(self) -> None:
         # The parent's records and thread stay with the parent.
         self._init_state()
 
 
+def _bad_index(resp: httpx.Response, n: int) -> int | None:
+    """The index of the record a 422 names (`records[i].field`), if any."""
+    try:
+        field = resp.json()["detail"]["field"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    match = _RECORD_FIELD.match(field) if isinstance(field, str) else None
+    if match is None or int(match.group(1)) >= n:
+        return None
+    return int(match.group(1))
+
+
+_RECORD_FIELD = re.compile(r"records\[(\d+)\]")
 _shippers: weakref.WeakSet[Shipper] = weakref.WeakSet()
 
 

@@ -6,11 +6,10 @@ from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.context import Context
-from opentelemetry.trace import Link, SpanKind, TracerProvider
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags, TracerProvider
 
-_PROPAGATOR = TraceContextTextMapPropagator()
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
 
 # Semantic-convention attribute names (messaging, v1.26+).
 SYSTEM = "messaging.system"
@@ -22,15 +21,22 @@ DELIVERY_COUNT = "messaging.message.delivery_count"
 
 
 class MessagingTracer:
-    """Starts PRODUCER (send) and CONSUMER (process) spans for one system."""
+    """Starts PRODUCER (send) and CONSUMER (process) spans for one system.
+
+    The W3C traceparent is written and read here directly, not through the
+    propagator API: the same hex ids go into the record, and it is the
+    cheapest correct way on a per-message path.
+    """
 
     def __init__(self, provider: TracerProvider | None, system: str) -> None:
         provider = provider or trace.get_tracer_provider()
         self._tracer = provider.get_tracer("msgtally")
         self.system = system
 
-    def send(self, stream: str, message_id: str, headers: MutableMapping[str, str]) -> Any:
-        """A started PRODUCER span; its context is written into `headers`."""
+    def send(
+        self, stream: str, message_id: str, headers: MutableMapping[str, str]
+    ) -> tuple[Any, str | None, str | None]:
+        """A started PRODUCER span and its hex ids; its context goes into `headers`."""
         span = self._tracer.start_span(
             f"send {stream}",
             kind=SpanKind.PRODUCER,
@@ -41,8 +47,14 @@ class MessagingTracer:
                 OPERATION_TYPE: "send",
             },
         )
-        _PROPAGATOR.inject(headers, context=trace.set_span_in_context(span))
-        return span
+        ctx = span.get_span_context()
+        if not ctx.is_valid:
+            return span, None, None
+        trace_hex, span_hex = format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
+        headers[TRACEPARENT] = f"00-{trace_hex}-{span_hex}-{ctx.trace_flags:02x}"
+        if ctx.trace_state:
+            headers[TRACESTATE] = ctx.trace_state.to_header()
+        return span, trace_hex, span_hex
 
     def process(
         self,
@@ -50,28 +62,41 @@ class MessagingTracer:
         message_id: str,
         group: str,
         attempt: int,
-        headers: Mapping[str, str] | None,
+        headers: Mapping[str, Any] | None,
     ) -> Any:
         """A started CONSUMER span, linked to the producer's span from `headers`."""
-        links = []
-        if headers:
-            ctx: Context = _PROPAGATOR.extract(headers)
-            parent = trace.get_current_span(ctx).get_span_context()
-            if parent.is_valid:
-                links.append(Link(parent))
+        parent = parse_traceparent(headers.get(TRACEPARENT)) if headers else None
+        attributes: dict[str, Any] = {
+            SYSTEM: self.system,
+            DESTINATION: stream,
+            MESSAGE_ID: message_id,
+            OPERATION_TYPE: "process",
+            CONSUMER_GROUP: group,
+            DELIVERY_COUNT: attempt,
+        }
         return self._tracer.start_span(
             f"process {stream}",
             kind=SpanKind.CONSUMER,
-            links=links,
-            attributes={
-                SYSTEM: self.system,
-                DESTINATION: stream,
-                MESSAGE_ID: message_id,
-                OPERATION_TYPE: "process",
-                CONSUMER_GROUP: group,
-                DELIVERY_COUNT: attempt,
-            },
+            links=(Link(parent),) if parent is not None else None,
+            attributes=attributes,
         )
+
+
+def parse_traceparent(value: object) -> SpanContext | None:
+    """The remote span context of a W3C traceparent, or None if it is not one."""
+    if type(value) is not str or len(value) != 55:
+        return None
+    version, trace_hex, span_hex, flags = value.split("-") if value.count("-") == 3 else ("",) * 4
+    if version == "ff" or len(version) != 2 or len(trace_hex) != 32 or len(span_hex) != 16:
+        return None
+    try:
+        trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
+        trace_flags = TraceFlags(int(flags, 16))
+    except ValueError:
+        return None
+    if not trace_id or not span_id:
+        return None
+    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=trace_flags)
 
 
 def span_ids(span: Any) -> tuple[str | None, str | None]:
