@@ -10,6 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from .ingest_metrics import IngestMetrics, ingest_metrics
 from .schema import RecordError, parse_body
 from .writer import IngestResult, write_batch
 
@@ -24,6 +25,13 @@ def get_engine(request: Request) -> Engine:
 
 
 EngineDep = Annotated[Engine, Depends(get_engine)]
+
+
+def get_metrics(request: Request) -> IngestMetrics:
+    return ingest_metrics(request.app.state)
+
+
+MetricsDep = Annotated[IngestMetrics, Depends(get_metrics)]
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -59,11 +67,16 @@ def _decode_and_store(engine: Engine, body: bytes) -> IngestResult:
 
 
 @router.post("/v1/records")
-async def post_records(request: Request, engine: EngineDep) -> dict[str, int]:
+async def post_records(request: Request, engine: EngineDep, metrics: MetricsDep) -> dict[str, int]:
     """Store a batch of delivery records atomically; repeats are ignored and counted."""
     limit: int = getattr(request.app.state, "max_body", DEFAULT_MAX_BODY)
-    body = await _read_body(request, limit)
-    result = await run_in_threadpool(_decode_and_store, engine, body)
+    try:
+        body = await _read_body(request, limit)
+        result = await run_in_threadpool(_decode_and_store, engine, body)
+    except HTTPException as exc:
+        metrics.rejected(exc.status_code)
+        raise
+    metrics.stored(result.accepted, result.ignored)
     return {"accepted": result.accepted, "ignored": result.ignored}
 
 

@@ -14,6 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ingest.api import DEFAULT_MAX_BODY
 from ingest.api import router as ingest_router
+from ingest.ingest_metrics import ingest_metrics
 from reconcile import ReconcileConfig, reconcile
 from slis.api import router as slis_router
 from slis.exposition import StoreCollector
@@ -73,6 +74,7 @@ def create_app(
     app = FastAPI(title="msgtally collector", version="0.1.0", lifespan=lifespan)
     app.state.engine = engine
     app.state.registry = registry
+    ingest_metrics(app.state)  # the ingest counters, at 0 from the first scrape
     app.state.max_body = max_body
     app.include_router(ingest_router)
     app.include_router(slis_router)
