@@ -8,7 +8,6 @@ Not part of the package: the scripts in bench/ import it as a sibling module.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import os
 import random
@@ -44,6 +43,18 @@ Rec = tuple[str, str, str, str, float, int, str]
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+Timing = tuple[float, float]  # (wall seconds, CPU seconds of this process)
+
+
+def clock() -> Timing:
+    return time.perf_counter(), time.process_time()
+
+
+def since(start: Timing) -> Timing:
+    wall, cpu = clock()
+    return wall - start[0], cpu - start[1]
 
 
 def fmt_rate(n: float, seconds: float) -> str:
@@ -193,15 +204,13 @@ class Workload:
         self.last_ts = last_ts
 
 
-def rkey_of(rec: Rec, record_id: str | None, producer: str | None = None,
-            seq: int | None = None) -> str:
-    """ingest.writer.record_key without building a Record (same digest)."""
-    if record_id is not None:
-        return "r" + record_id
-    _, _, kind, grp, ts, attempt, outcome = rec
-    canon = (f"{kind}\x1f{grp}\x1f{ts!r}\x1f{attempt}\x1f{outcome}\x1f"
-             f"{producer}\x1f{seq}\x1fNone\x1fNone")
-    return "h" + hashlib.blake2b(canon.encode(), digest_size=16).hexdigest()
+def rkey_of(rec: Rec, record_id: str | None) -> str:
+    """The rkey the collector stores for this record (ingest.writer.record_key)."""
+    from ingest.schema import Record
+    from ingest.writer import record_key
+
+    stream, mid, kind, grp, ts, attempt, outcome = rec
+    return record_key(Record(stream, kind, mid, ts, grp, attempt, outcome, record_id=record_id))
 
 
 def chunks(it: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -229,13 +238,9 @@ def _row(rec: Rec, record_id: str | None, batch: int) -> tuple[Any, ...]:
             record_id, batch)
 
 
-def load_sqlite(engine: Engine, workload: Workload, chunk: int = 10_000,
-                first_batch: int | None = None) -> float:
+def load_sqlite(engine: Engine, workload: Workload, chunk: int = 10_000) -> float:
     """Write the workload like write_batch does (records + inbox rows), only faster:
-    raw executemany, synchronous=OFF and a big cache on the loading connection.
-
-    With `first_batch`, inbox ids are numbered from there instead of by SQLite
-    (which restarts at max(id) + 1, so at 1 once the reconciler emptied the inbox)."""
+    raw executemany, synchronous=OFF and a big cache on the loading connection."""
     from ingest.writer import _SQLITE_INSERT
 
     started = time.perf_counter()
@@ -253,17 +258,10 @@ def load_sqlite(engine: Engine, workload: Workload, chunk: int = 10_000,
                 counts[rec[0]] += 1
             batch_of = {}
             for stream, k in counts.items():
-                if first_batch is None:
-                    cur = dbapi.execute(
-                        "INSERT INTO inbox (stream, n, received_at) VALUES (?, ?, ?)",
-                        (stream, k, time.time()),
-                    )
-                else:
-                    cur = dbapi.execute(
-                        "INSERT INTO inbox (id, stream, n, received_at) VALUES (?, ?, ?, ?)",
-                        (first_batch, stream, k, time.time()),
-                    )
-                    first_batch += 1
+                cur = dbapi.execute(
+                    "INSERT INTO inbox (stream, n, received_at) VALUES (?, ?, ?)",
+                    (stream, k, time.time()),
+                )
                 batch_of[stream] = cur.lastrowid
             dbapi.executemany(_SQLITE_INSERT, [_row(r, rid, batch_of[r[0]]) for r, rid in part])
             dbapi.execute("COMMIT")

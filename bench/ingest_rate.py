@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     print("server cpu = collector CPU seconds / wall seconds (1.00 = one core busy); "
           f"machine = busy share of all {os.cpu_count()} cores (client, collector, database)")
     print(f"  {'store':<10} {'batch':>6} {'clients':>7} {'HTTP rec/s':>12} {'ref rec/s':>12} "
-          f"{'ratio':>6}  {'in-process':>10} {'ratio':>6}  {'server cpu':>10}  goal")
+          f"{'ratio':>6}  {'in-process':>10} {'ratio':>6}  {'server cpu':>10} {'machine':>7}  goal")
     for r in results:
         http_rate = len(recs) / r["seconds"]
         ref_rate = len(recs) / r["ref"]

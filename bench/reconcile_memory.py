@@ -80,12 +80,12 @@ def child_reconcile(db: str, now: float, trace: bool) -> int:
     if trace:
         tracemalloc.start()
     with RssSampler() as sampler:
-        started = time.perf_counter()
+        started, cpu0 = time.perf_counter(), time.process_time()
         result = reconcile(engine, config, now=now, **kwargs)
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu0
     traced = tracemalloc.get_traced_memory()[1] if trace else None
     print(json.dumps({
-        "seconds": elapsed, "records": result.records, "classified": result.classified,
+        "seconds": elapsed, "cpu": cpu, "records": result.records, "classified": result.classified,
         "updated": result.updated, "hwm": vm_hwm_bytes(), "maxrss": maxrss_bytes(),
         "rss_before": base_rss, "rss_peak_sampled": sampler.peak, "traced_peak": traced,
         "slices": slices,
@@ -93,20 +93,13 @@ def child_reconcile(db: str, now: float, trace: bool) -> int:
     return 0
 
 
-def child_load(db: str, ids: int, seed: int, first_id: int, keep_batch_ids: bool) -> int:
+def child_load(db: str, ids: int, seed: int, first_id: int) -> int:
     """Load a workload; print its record count, `now` and the injected counts."""
-    from sqlalchemy import text
-
     from ingest.db import open_engine
 
     engine = open_engine(f"sqlite:///{db}")
-    first_batch = None
-    if keep_batch_ids:
-        with engine.connect() as conn:
-            first_batch = int(conn.execute(
-                text("SELECT coalesce(max(batch), 0) + 1 FROM records")).scalar_one())
     w = Workload(ids=ids, seed=seed, first_id=first_id)
-    seconds = load_sqlite(engine, w, first_batch=first_batch)
+    seconds = load_sqlite(engine, w)
     engine.dispose()
     print(json.dumps({
         "seconds": seconds, "n_records": w.n_records, "now": w.now_after_deadlines(),
@@ -152,10 +145,6 @@ def main(argv: list[str] | None = None) -> int:
                     help="ids ingested into the largest store after its first pass, then "
                     "reconciled again (default 1000000; 0 skips)")
     ap.add_argument("--seed", type=int, default=3, help="workload seed (default 3)")
-    ap.add_argument("--fresh-batch-ids", action="store_true",
-                    help="number the second load's inbox rows after every batch id already "
-                    "in records (what AUTOINCREMENT would do), instead of letting SQLite "
-                    "reuse ids once the inbox is empty")
     ap.add_argument("--no-tracemalloc", action="store_true",
                     help="RSS only (tracemalloc slows Python allocations a little)")
     ap.add_argument("--keep", metavar="DIR", help="keep the stores in DIR")
@@ -169,18 +158,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.child_reconcile:
         return child_reconcile(args.child_reconcile, args.now, args.tracemalloc)
     if args.child_load:
-        return child_load(args.child_load, args.ids, args.seed, args.first_id,
-                          args.fresh_batch_ids)
+        return child_load(args.child_load, args.ids, args.seed, args.first_id)
 
     sizes = [int(x) for x in args.sizes.split(",")]
     trace = ["--tracemalloc"] if not args.no_tracemalloc else []
     load_start = os.getloadavg()[0]
     rows: list[dict[str, Any]] = []
 
-    def load(db: Path, ids: int, seed: int, first_id: int, fresh_ids: bool) -> dict[str, Any]:
-        extra = ["--fresh-batch-ids"] if fresh_ids else []
+    def load(db: Path, ids: int, seed: int, first_id: int) -> dict[str, Any]:
         m = _child("--child-load", str(db), "--ids", str(ids), "--seed", str(seed),
-                   "--first-id", str(first_id), *extra)
+                   "--first-id", str(first_id))
         m["expected"] = {(s, g): t for s, g, t in m["expected"]}
         return m
 
@@ -190,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             for suffix in ("", "-wal", "-shm"):
                 Path(str(db) + suffix).unlink(missing_ok=True)
             log(f"loading {n:,} ids (child process) ...")
-            ld = load(db, n, args.seed, 0, False)
+            ld = load(db, n, args.seed, 0)
             log(f"loaded {ld['n_records']:,} records in {ld['seconds']:.0f}s; "
                 "reconcile in a child process ...")
             m = _child("--child-reconcile", str(db), "--now", repr(ld["now"]), *trace)
@@ -199,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"  {m['seconds']:.1f}s, peak RSS {mib(m['hwm'])}, tallies {m['check']}")
             if i == len(sizes) - 1 and args.more:
                 log(f"ingesting {args.more:,} more ids into the reconciled store ...")
-                ld2 = load(db, args.more, args.seed + 1, n, args.fresh_batch_ids)
+                ld2 = load(db, args.more, args.seed + 1, n)
                 log("second pass in a child process ...")
                 m2 = _child("--child-reconcile", str(db), "--now", repr(ld2["now"]), *trace)
                 m2.update(label=f"+{args.more:,} ids on {n:,} done", ids=args.more,
@@ -211,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     print("=== reconcile_memory: SQLite, one reconcile pass per fresh child process ===")
     print(f"driver RSS {mib(rss_bytes())}; load average at start {load_start:.2f} on "
           f"{os.cpu_count()} cores (other work on the machine skews times, not memory)")
-    print(f"  {'pass':<28} {'records':>10} {'seconds':>7} {'ids/s':>7} {'RSS before':>10} "
+    print(f"  {'pass':<28} {'records':>10} {'seconds':>7} {'cpu s':>6} {'ids/s':>7} "
+          f"{'RSS before':>10} "
           f"{'peak RSS':>10} {'peak-before':>11} {'sampled':>10} {'ru_maxrss':>10} "
           f"{'tracemalloc':>11} {'full slices first/last, empty':>29}")
     for m in rows:
@@ -221,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         empty = [sec for n_rec, sec in m["slices"] if n_rec == 0]
         sl_txt += f" {empty[-1]:.2f}s" if empty else " -"
         print(f"  {m['label']:<28} {m['records']:>10,} {m['seconds']:>7.1f} "
-              f"{m['ids'] / m['seconds']:>7,.0f} {mib(m['rss_before']):>10} "
+              f"{m['cpu']:>6.1f} {m['ids'] / m['seconds']:>7,.0f} {mib(m['rss_before']):>10} "
               f"{mib(m['hwm']):>10} {mib(m['hwm'] - m['rss_before']):>11} "
               f"{mib(m['rss_peak_sampled']):>10} {mib(m['maxrss']):>10} "
               f"{traced:>11} {sl_txt:>29}")
@@ -236,12 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     if rows and rows[-1]["label"].startswith("+"):
         a, b = first[-1], rows[-1]
         growth = b["hwm"] / a["hwm"]
-        slower = (b["seconds"] / b["ids"]) / (a["seconds"] / a["ids"])
+        slower = (b["cpu"] / b["ids"]) / (a["cpu"] / a["ids"])
         print(f"second pass ({b['ids']:,} new ids on {a['ids']:,} classified) vs first pass: "
               f"peak RSS ratio {growth:.2f} -> "
-              f"{'flat' if growth <= FLAT else 'GROWS with history'}; time per id ratio "
-              f"{slower:.2f} -> {'flat' if slower <= FLAT else 'GROWS with history'}"
-              f"{'' if args.fresh_batch_ids else ' (inbox ids reused: see --fresh-batch-ids)'}")
+              f"{'flat' if growth <= FLAT else 'GROWS with history'}; CPU time per id ratio "
+              f"{slower:.2f} -> {'flat' if slower <= FLAT else 'GROWS with history'}")
     print("full slices first/last: seconds of the first and the last slice of >= 200,000 "
           "records (budget 250,000); empty: the closing slice, no new record")
     return 0
