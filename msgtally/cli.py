@@ -1,4 +1,4 @@
-"""The `msgtally` command: serve, reconcile, report, demo, check, alerts."""
+"""The `msgtally` command: serve, reconcile, report, demo, check, alerts, dashboards."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`msgtally check SPEC` and `msgtally alerts SPEC`: the SLO spec at the command line."""
+"""`msgtally check`, `alerts` and `dashboards`: the SLO spec at the command line."""
 
 from __future__ import annotations
 
@@ -97,8 +97,33 @@ def cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_dashboards(args: argparse.Namespace, settings: Settings) -> int:
+    from dashboards import generate, render_dashboard
+
+    try:
+        spec = _load(args, settings)
+    except OSError as exc:
+        print(f"msgtally dashboards: {exc}", file=sys.stderr)
+        return 1
+    except SpecError as exc:
+        for problem in exc.problems:
+            print(f"{args.spec}: {problem}", file=sys.stderr)
+        return 1
+    directory = Path(args.output)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, data in generate(spec).items():
+            path = directory / f"{name}.json"
+            path.write_text(render_dashboard(data), encoding="utf-8")
+            print(f"{path}: {data['title']} ({len(data['panels'])} panels)")
+    except OSError as exc:
+        print(f"msgtally dashboards: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `check` and `alerts` to the `msgtally` command."""
+    """Add `check`, `alerts` and `dashboards` to the `msgtally` command."""
     p = sub.add_parser(
         "check",
         help="validate an SLO spec",
@@ -131,3 +156,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     add_buckets(p, "--buckets", "the collector's latency histogram bounds, for latency thresholds")
     p.set_defaults(func=cmd_alerts)
+
+    p = sub.add_parser(
+        "dashboards",
+        help="generate Grafana dashboards (executive, on-call, debug) from an SLO spec",
+        description="Generate three Grafana dashboards (JSON, schemaVersion 42) from an SLO "
+        "spec: executive.json, oncall.json and debug.json, with a Prometheus data source "
+        "variable, stream and group variables and links between them. SLO panels read the "
+        "recording rules of `msgtally alerts`: load those rules in the same Prometheus.",
+    )
+    p.add_argument("spec", metavar="SPEC", help="the SLO spec (YAML)")
+    p.add_argument(
+        "-o", "--output", metavar="DIR", required=True, help="directory to write the JSON files to"
+    )
+    add_buckets(p, "--buckets", "the collector's latency histogram bounds, for latency thresholds")
+    p.set_defaults(func=cmd_dashboards)

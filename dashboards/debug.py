@@ -1,0 +1,137 @@
+"""The debug dashboard: latency, attempts, duplicates and retries per group, the collector."""
+
+from __future__ import annotations
+
+from slis.spec import SLIKind, Spec
+
+from . import queries as q
+from .panels import Format, Kind, Panel, Row, Target
+
+TITLE = "Debug"
+WHAT = (
+    "End-to-end latency, attempts per message, duplicates and retries per group, unexpected "
+    "and recovered ids, and the collector itself: ingest rate, rejected requests, reconcile lag."
+)
+QUANTILES = (0.5, 0.9, 0.99)
+
+
+def rows(spec: Spec) -> list[Row]:
+    pair = "{{stream}} / {{group}}"
+    return [
+        (
+            Panel(
+                Kind.TIMESERIES,
+                "End-to-end latency percentiles",
+                "First ok consume minus first produce of each id, from the "
+                "msgtally_delivery_latency_seconds histogram (interpolated within buckets).",
+                "s",
+                tuple(
+                    Target(q.latency_quantile(quantile), f"{pair} p{quantile * 100:g}")
+                    for quantile in QUANTILES
+                ),
+                width=12,
+                min=0,
+            ),
+            Panel(
+                Kind.HEATMAP,
+                "End-to-end latency distribution",
+                "Ids per second by latency bucket, every selected stream and group.",
+                "s",
+                (Target(q.latency_heatmap(), "{{le}}", format=Format.HEATMAP),),
+                width=12,
+            ),
+        ),
+        (
+            Panel(
+                Kind.TIMESERIES,
+                "Delivery attempts per message",
+                "Consume records (every delivery attempt) / produced ids: 1 when every message "
+                "is delivered once.",
+                "short",
+                (Target(q.attempts_per_message(q.RATE), pair),),
+                width=8,
+                min=0,
+                decimals=2,
+            ),
+            Panel(
+                Kind.TIMESERIES,
+                "Duplicate and retry ratio by group",
+                "Duplicate deliveries / ok deliveries, and retried ids / produced ids.",
+                "percentunit",
+                (
+                    Target(q.sli_ratio(SLIKind.DUPLICATES, q.RATE), f"{pair} duplicates"),
+                    Target(q.sli_ratio(SLIKind.RETRIES, q.RATE), f"{pair} retries"),
+                ),
+                width=8,
+                min=0,
+            ),
+            Panel(
+                Kind.TIMESERIES,
+                "Unexpected and recovered ids",
+                "Unexpected: consumed, never produced (a producer without a shim, or dropped "
+                "produce records). Recovered: every produce indeterminate, consumed anyway.",
+                "cps",
+                (
+                    Target(
+                        q.tally(q.counter("unexpected"), q.RATE, fn="rate"), f"{pair} unexpected"
+                    ),
+                    Target(q.tally(q.counter("recovered"), q.RATE, fn="rate"), f"{pair} recovered"),
+                ),
+                width=8,
+                min=0,
+            ),
+        ),
+        (
+            Panel(
+                Kind.TIMESERIES,
+                "Collector ingest rate",
+                "Records of committed batches per second, every collector: accepted (stored) "
+                "or ignored (a repeat a shim resent).",
+                "cps",
+                (Target(q.ingest_records(), "{{result}}"),),
+                width=8,
+                min=0,
+            ),
+            Panel(
+                Kind.TIMESERIES,
+                "Rejected requests",
+                "POST /v1/records requests refused, nothing of them stored, by reason: "
+                "malformed (400), too_large (413), invalid (422), store_unavailable (503: "
+                "the shims retry).",
+                "reqps",
+                (Target(q.ingest_rejected(), "{{reason}}"),),
+                width=8,
+                min=0,
+            ),
+            Panel(
+                Kind.TIMESERIES,
+                "Messages in flight",
+                "Produced ids not yet delivered whose deadline has not passed.",
+                "short",
+                (Target(q.in_flight(), pair),),
+                width=8,
+                min=0,
+            ),
+        ),
+        (
+            Panel(
+                Kind.TIMESERIES,
+                "Reconcile lag",
+                "Seconds since the last reconcile pass finished: figures are at most this old "
+                "(plus the deadline and settle time of each id).",
+                "s",
+                (Target(q.reconcile_lag(), "since the last pass"),),
+                width=12,
+                min=0,
+            ),
+            Panel(
+                Kind.TIMESERIES,
+                "Reconcile backlog",
+                "Records ingested and not yet reconciled.",
+                "short",
+                (Target(q.reconcile_backlog(), "records"),),
+                width=12,
+                min=0,
+            ),
+        ),
+    ]

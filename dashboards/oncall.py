@@ -1,0 +1,113 @@
+"""The on-call dashboard: what burns now, where messages go missing, what is not real loss."""
+
+from __future__ import annotations
+
+from alerts.rules import num
+from alerts.windows import Window, scale
+from slis.spec import Spec
+
+from . import queries as q
+from .panels import GREEN, RED, Format, Kind, Panel, Row, Step, Target
+
+TITLE = "On-call"
+WHAT = (
+    "Live delivery success, burn rate per alert tier against its threshold, firing alerts, "
+    "where messages are lost, processing failures and dead letters, and records the shims "
+    "dropped (measurement loss, not message loss)."
+)
+LIVE = "5m"
+BURN_UNIT = "suffix:x"
+
+
+def _burn(spec: Spec, w: Window) -> Panel:
+    factor = num(w.factor)
+    return Panel(
+        Kind.TIMESERIES,
+        f"Burn rate, {w.severity} over {w.long_text} and {w.short_text} (fires above {factor}x)",
+        f"Each SLO's error ratio over {w.long_text} and {w.short_text} divided by its error "
+        f"budget, from the alert rules' recordings (msgtally:sli_error:ratio_rate{w.long_text}, "
+        f"_rate{w.short_text}). MsgtallyErrorBudgetBurn severity={w.severity} fires when both "
+        f"are above {factor}: at that rate {num(w.share * 100)}% of the budget goes in "
+        f"{w.long_text}.",
+        BURN_UNIT,
+        (
+            Target(q.burn_rate(spec, w.long_text), f"{{{{slo}}}} {w.long_text}"),
+            Target(q.burn_rate(spec, w.short_text), f"{{{{slo}}}} {w.short_text}"),
+        ),
+        width=12,
+        thresholds=(Step(None, GREEN), Step(w.factor, RED)),
+        threshold_lines=True,
+        min=0,
+    )
+
+
+def rows(spec: Spec) -> list[Row]:
+    burns = [_burn(spec, w) for w in scale(spec.period.seconds)]
+    pair = "{{stream}} / {{group}}"
+    return [
+        (
+            Panel(
+                Kind.STAT,
+                f"Delivery success ({LIVE}) by stream",
+                f"Delivered / produced ids over the last {LIVE}, every selected group of the "
+                "stream added up. Ids are classified at their deadline: this lags by it.",
+                "percentunit",
+                (Target(q.delivery_success(LIVE), "{{stream}}"),),
+                width=8,
+                decimals=2,
+            ),
+            Panel(
+                Kind.TABLE,
+                "Firing alerts",
+                "MsgtallyErrorBudgetBurn and MsgtallySLIAbsent alerts of this service now "
+                "firing, from Prometheus's ALERTS series.",
+                "none",
+                (Target(q.firing_alerts(spec), instant=True, format=Format.TABLE),),
+                width=16,
+                hide_columns=("Time", "Value", "__name__", "alertstate"),
+            ),
+        ),
+        *[tuple(burns[i : i + 2]) for i in range(0, len(burns), 2)],
+        (
+            Panel(
+                Kind.BARGAUGE,
+                "Top streams and groups by lost messages",
+                "Ids lost over the dashboard's time range, the ten worst (stream, group) pairs. "
+                "The ids: GET /v1/discrepancies?kind=lost on the collector.",
+                "short",
+                (Target(q.top_lost(), pair, instant=True),),
+                width=8,
+                min=0,
+            ),
+            Panel(
+                Kind.TIMESERIES,
+                "Processing failures and dead letters",
+                "Consume records with outcome error (the consumer failed to process), and "
+                "produced ids dead-lettered, per second.",
+                "cps",
+                (
+                    Target(
+                        q.tally(q.counter("consume_errors"), q.RATE, fn="rate"), f"{pair} failed"
+                    ),
+                    Target(
+                        q.tally(q.counter("dead_lettered"), q.RATE, fn="rate"),
+                        f"{pair} dead-lettered",
+                    ),
+                ),
+                width=8,
+                min=0,
+            ),
+            Panel(
+                Kind.TIMESERIES,
+                "Records dropped by the shims",
+                "Measurement loss, not message loss: records the shims dropped before sending "
+                "them (buffer full, collector unreachable). Their ids may show as lost or "
+                "unexpected without any message being lost: check here before chasing a loss. "
+                "Produce drops (no group) count for every group.",
+                "cps",
+                (Target(q.dropped(), "{{stream}} {{kind}} {{group}}"),),
+                width=8,
+                min=0,
+            ),
+        ),
+    ]

@@ -1,0 +1,184 @@
+"""The PromQL of every dashboard panel: pure strings, from the same definitions as the rules.
+
+Grafana fills in `$stream` and `$group` (multi-select, with All) and
+`$__rate_interval`, `$__range`, `$__interval`.
+
+Grouping by stream and group works for any number of label sets, where
+Sloth's boards assume one series per SLI:
+- the collector's tallies are read from the store, so every collector
+  behind a load balancer exposes the same series: `max by (stream, group)`
+  first keeps one series per pair whatever `instance` or `pod` labels the
+  scrape added, then `sum by (stream)` adds up the groups of a stream;
+- SLO panels read the recording rules (one series per SLO) through `max by
+  (slo, stream, group)` on both sides of every division, so external labels
+  or a second Prometheus never leave a side unmatched or many-to-many;
+- an SLO over every group of its stream carries `group="*"`: SLO panels
+  match `$group` or `*`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from alerts.promql import OK_DELIVERIES, PRODUCED, quote
+from alerts.rules import ABSENT_ALERT, BURN_ALERT, SLI_RECORD
+from slis.exposition import COUNTERS, LATENCY
+from slis.spec import ALL_GROUPS, SLIKind, Spec
+
+RATE = "$__rate_interval"
+RANGE = "$__range"
+INTERVAL = "$__interval"
+# The recording rules of alerts.rules.meta_rules that the dashboards read.
+BUDGET_RECORD = "msgtally:slo_error_budget:ratio"
+REMAINING_RECORD = "msgtally:slo_error_budget_remaining:ratio"
+
+PAIR = ("stream", "group")
+STREAM = ("stream",)
+SLO_LABELS = ("slo", "stream", "group")
+# Tally series of the selected streams and groups.
+TALLY = 'stream=~"$stream",group=~"$group"'
+# Shim drop totals of produce records carry no group (group=""): they count for every group.
+DROPS = 'stream=~"$stream",group=~"$group|"'
+DROPPED = "msgtally_records_dropped_total"
+INGEST_RECORDS = "msgtally_ingest_records_total"
+INGEST_REJECTED = "msgtally_ingest_rejected_total"
+IN_FLIGHT = "msgtally_messages_in_flight"
+BACKLOG = "msgtally_reconcile_backlog_records"
+LAST_PASS = "msgtally_reconcile_last_pass_timestamp_seconds"
+
+
+def counter(column: str) -> str:
+    """`lost` -> `msgtally_messages_lost_total`."""
+    return COUNTERS[column][0] + "_total"
+
+
+# Errors and events of each ratio, as the alert rules count them (alerts.promql).
+RATIOS: dict[SLIKind, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    SLIKind.DELIVERY: ((counter("lost"),), (PRODUCED,)),
+    SLIKind.DUPLICATES: ((counter("duplicated"),), OK_DELIVERIES),
+    SLIKind.RETRIES: ((counter("retried"),), (PRODUCED,)),
+}
+
+
+def _by(labels: Sequence[str]) -> str:
+    return ", ".join(labels)
+
+
+def pair_tally(name: str, window: str, fn: str = "increase", by: Sequence[str] = PAIR) -> str:
+    """One series per (stream, group): a tally counter, deduplicated over collectors."""
+    return f"max by ({_by(by)}) ({fn}({name}{{{TALLY}}}[{window}]))"
+
+
+def tally(name: str, window: str, by: Sequence[str] = PAIR, fn: str = "increase") -> str:
+    """A tally counter's increase (or rate) per `by`, each (stream, group) counted once."""
+    pair = pair_tally(name, window, fn)
+    return pair if tuple(by) == PAIR else f"sum by ({_by(by)}) ({pair})"
+
+
+def ratio(
+    errors: Sequence[str], events: Sequence[str], window: str, by: Sequence[str] = PAIR
+) -> str:
+    """sum(errors) / (sum(events) > 0) per `by`: no traffic gives no sample, never NaN."""
+    num = " + ".join(tally(name, window, by) for name in errors)
+    den = " + ".join(tally(name, window, by) for name in events)
+    if len(errors) > 1:
+        num = f"({num})"
+    return f"{num}\n/\n({den} > 0)"
+
+
+def sli_ratio(kind: SLIKind, window: str, by: Sequence[str] = PAIR) -> str:
+    """The error ratio of an SLI kind (not latency) per stream or pair."""
+    errors, events = RATIOS[kind]
+    return ratio(errors, events, window, by)
+
+
+def delivery_success(window: str, by: Sequence[str] = STREAM) -> str:
+    """delivered / produced (ARCHITECTURE.md's delivery_success_ratio)."""
+    return ratio((counter("delivered"),), (PRODUCED,), window, by)
+
+
+def attempts_per_message(window: str) -> str:
+    return ratio((counter("attempts"),), (PRODUCED,), window, PAIR)
+
+
+def top_lost(n: int = 10) -> str:
+    return f"topk({n}, {pair_tally(counter('lost'), RANGE)})"
+
+
+# --- SLO panels: the recording rules of the alert rules ---------------------------
+
+
+def slo_matchers(spec: Spec) -> str:
+    """One service's SLOs on the selected streams and groups (or over every group)."""
+    every = "\\\\" + ALL_GROUPS  # the regex \* as a PromQL string
+    return f'service={quote(spec.service)},stream=~"$stream",group=~"$group|{every}"'
+
+
+def slo_series(record: str, spec: Spec) -> str:
+    return f"max by ({_by(SLO_LABELS)}) ({record}{{{slo_matchers(spec)}}})"
+
+
+def budget_remaining(spec: Spec) -> str:
+    return slo_series(REMAINING_RECORD, spec)
+
+
+def slo_attainment(spec: Spec, window: str) -> str:
+    """1 - the SLO's error ratio over `window` (a window the rules record)."""
+    return f"1 - {slo_series(SLI_RECORD + window, spec)}"
+
+
+def burn_rate(spec: Spec, window: str) -> str:
+    """The SLO's error ratio over `window` in units of its error budget."""
+    return (
+        f"{slo_series(SLI_RECORD + window, spec)}\n"
+        f"/ on ({_by(SLO_LABELS)})\n"
+        f"{slo_series(BUDGET_RECORD, spec)}"
+    )
+
+
+def firing_alerts(spec: Spec) -> str:
+    return (
+        f'ALERTS{{alertstate="firing",alertname=~"{BURN_ALERT}|{ABSENT_ALERT}",'
+        f"{slo_matchers(spec)}}}"
+    )
+
+
+# --- latency ---------------------------------------------------------------------
+
+
+def latency_quantile(q: float) -> str:
+    buckets = pair_tally(f"{LATENCY}_bucket", RATE, "rate", (*PAIR, "le"))
+    return f"histogram_quantile({q:g}, {buckets})"
+
+
+def latency_heatmap() -> str:
+    buckets = pair_tally(f"{LATENCY}_bucket", RATE, "rate", (*PAIR, "le"))
+    return f"sum by (le) ({buckets})"
+
+
+# --- measurement and the collector ----------------------------------------------
+
+
+def dropped() -> str:
+    return f"max by (stream, group, kind) (rate({DROPPED}{{{DROPS}}}[{RATE}]))"
+
+
+def ingest_records() -> str:
+    """Per collector process: summed over collectors."""
+    return f"sum by (result) (rate({INGEST_RECORDS}[{RATE}]))"
+
+
+def ingest_rejected() -> str:
+    return f"sum by (reason) (rate({INGEST_REJECTED}[{RATE}]))"
+
+
+def reconcile_lag() -> str:
+    return f"time() - max({LAST_PASS})"
+
+
+def reconcile_backlog() -> str:
+    return f"max({BACKLOG})"
+
+
+def in_flight() -> str:
+    return f"max by (stream, group) ({IN_FLIGHT}{{{TALLY}}})"
