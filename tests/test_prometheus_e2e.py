@@ -9,22 +9,20 @@ for the lossy one only.
 from __future__ import annotations
 
 import itertools
-import shutil
-import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 from sqlalchemy import Engine
 
 from alerts import generate, render_rules
 from ingest.db import open_engine
-from msgtally.server import free_port
 from reconcile import ReconcileConfig
 from slis import load_spec
-from tests.conftest import LiveCollector, service_unavailable
+from tests.conftest import LiveCollector
+from tests.promserver import prometheus_binary, start_prometheus, stop_prometheus
 
 SPEC = """\
 version: msgtally/v1
@@ -56,25 +54,6 @@ def _traffic(url: str, stop: threading.Event) -> None:
             stop.wait(0.2)
 
 
-def _start_prometheus(
-    binary: str, tmp: Path, target: str, rules: Path, log: IO[bytes]
-) -> tuple[Any, str]:
-    port = free_port()
-    config = tmp / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        f"rule_files: [{rules}]\n"
-        "scrape_configs:\n"
-        f"  - {{job_name: msgtally, static_configs: [{{targets: ['{target}']}}]}}\n"
-    )
-    proc = subprocess.Popen(
-        [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        stdout=subprocess.DEVNULL, stderr=log,
-    )  # fmt: skip
-    return proc, f"http://127.0.0.1:{port}"
-
-
 def _alerts(api: str) -> list[dict[str, Any]]:
     body = httpx.get(f"{api}/api/v1/alerts", timeout=5).json()
     alerts: list[dict[str, Any]] = body["data"]["alerts"]
@@ -82,10 +61,7 @@ def _alerts(api: str) -> list[dict[str, Any]]:
 
 
 def test_page_fires_for_the_lossy_stream_only(tmp_path: Path) -> None:
-    binary = shutil.which("prometheus")
-    if binary is None:
-        service_unavailable("prometheus not installed (Debian package prometheus)")
-    assert binary is not None
+    binary = prometheus_binary()
     rules = tmp_path / "rules.yml"
     spec = load_spec(SPEC)
     rules.write_text(render_rules(generate(spec), spec.service))
@@ -100,7 +76,7 @@ def test_page_fires_for_the_lossy_stream_only(tmp_path: Path) -> None:
         traffic = threading.Thread(target=_traffic, args=(collector.url, stop), daemon=True)
         traffic.start()
         target = collector.url.removeprefix("http://")
-        proc, api = _start_prometheus(binary, tmp_path, target, rules, log_file)
+        proc, api = start_prometheus(binary, tmp_path, target, rules, log_file)
         try:
             fired: list[dict[str, Any]] = []
             deadline = time.monotonic() + WAIT
@@ -134,11 +110,6 @@ def test_page_fires_for_the_lossy_stream_only(tmp_path: Path) -> None:
             assert not [a for a in _alerts(api) if a["labels"]["slo"] == "clean-delivery"]
         finally:
             stop.set()
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_prometheus(proc)
             traffic.join(15)
     engine.dispose()
