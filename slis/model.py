@@ -6,19 +6,10 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-COUNT_FIELDS = (
-    "produced",
-    "delivered",
-    "lost",
-    "late",
-    "recovered",
-    "unexpected",
-    "duplicated",
-    "retried",
-    "attempts",
-    "dead_lettered",
-    "consume_errors",
-)
+from ingest.tables import TALLY_FIELDS
+
+# The counts of a tally row (latency_count is the histogram's, not an outcome).
+COUNT_FIELDS = tuple(f for f in TALLY_FIELDS if f != "latency_count")
 QUANTILES = (("latency_p50", 0.50), ("latency_p90", 0.90), ("latency_p99", 0.99))
 
 
