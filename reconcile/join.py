@@ -52,6 +52,7 @@ from ingest.tables import (
 from . import counts as C
 from . import scratch as S
 from .config import ReconcileConfig, bucket_label
+from .driving import driving_join
 
 _LOCK_KEY = 0x6D7367746C6C79  # "msgtlly": one reconciler at a time per database
 
@@ -152,6 +153,7 @@ def _take_batches(conn: Connection, budget: int) -> tuple[int, int]:
         n_records += n
     if taken:
         conn.execute(insert(S.t_batch), taken)
+        _analyze(conn, S.t_batch)
     return len(taken), n_records
 
 
@@ -177,8 +179,9 @@ def _analyze(conn: Connection, *tables: Any) -> None:
 def _run(conn: Connection, config: ReconcileConfig, now: float) -> PassResult:
     horizon = now - config.settle  # ids whose deadline is at or before this are due
     n_batches, n_records = _take_batches(conn, config.budget)
-    r, b = records, S.t_batch
-    new_records = select(r).join(b, r.c.batch == b.c.id).subquery("nr")
+    r = records
+    # IN (scratch) rather than a join: SQLite then walks the batch index.
+    new_records = select(r).where(r.c.batch.in_(select(S.t_batch.c.id))).subquery("nr")
 
     # Groups seen consuming for the first time join the expected groups.
     conn.execute(
@@ -223,7 +226,7 @@ def _run(conn: Connection, config: ReconcileConfig, now: float) -> PassResult:
             select(
                 r.c.stream, r.c.message_id, func.max(is_ok), func.min(r.c.ts), func.max(r.c.attempt)
             )
-            .select_from(cand.join(r, on_cand))
+            .select_from(driving_join(cand, r, on_cand))
             .where(r.c.kind == "produce")
             .group_by(r.c.stream, r.c.message_id),
         )
@@ -258,7 +261,7 @@ def _run(conn: Connection, config: ReconcileConfig, now: float) -> PassResult:
             literal(1),
         )
         .select_from(
-            cand.join(r, on_cand).outerjoin(
+            driving_join(cand, r, on_cand).outerjoin(
                 tp, and_(tp.c.stream == r.c.stream, tp.c.message_id == r.c.message_id)
             )
         )
@@ -267,6 +270,7 @@ def _run(conn: Connection, config: ReconcileConfig, now: float) -> PassResult:
     )
     agg_cols = [c.name for c in S.t_agg.c]
     conn.execute(insert(S.t_agg).from_select(agg_cols, consumed))
+    _analyze(conn, S.t_agg)  # the owed-rows insert below anti-joins against it
 
     # Produced ids owe a row to every expected group, consumed or not; on a
     # stream no group has consumed yet, a placeholder row keeps them in view.
@@ -416,14 +420,13 @@ def _apply(conn: Connection, config: ReconcileConfig, now: float) -> None:
     )
 
     # Processing failures are counted per record, from the new records only.
-    r, b = records, S.t_batch
+    r = records
     _add_on_conflict(
         conn,
         tallies,
         ("stream", "grp"),
         select(r.c.stream, r.c.grp, func.count())
-        .select_from(r.join(b, r.c.batch == b.c.id))
-        .where(r.c.kind == "consume", r.c.outcome == "error")
+        .where(r.c.batch.in_(select(S.t_batch.c.id)), r.c.kind == "consume", r.c.outcome == "error")
         .group_by(r.c.stream, r.c.grp),
         ["stream", "grp", "consume_errors"],
     )
