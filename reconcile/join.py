@@ -219,54 +219,73 @@ def _run(conn: Connection, config: ReconcileConfig, now: float) -> PassResult:
     on_cand = and_(r.c.stream == cand.c.stream, r.c.message_id == cand.c.message_id)
     is_ok = case((r.c.outcome == "ok", 1), else_=0)
 
+    # Every record of the candidates, read once: one row per (id, group), the
+    # produce side under group "" (a consume always has a group).
+    conn.execute(
+        insert(S.t_rec).from_select(
+            [c.name for c in S.t_rec.c],
+            select(
+                r.c.stream,
+                r.c.message_id,
+                r.c.grp,
+                func.count(),
+                func.sum(is_ok),
+                func.min(r.c.ts),
+                func.min(case((r.c.outcome == "ok", r.c.ts), else_=null())),
+                func.max(case((r.c.outcome == "dead_letter", 1), else_=0)),
+                func.max(r.c.attempt),
+            )
+            .select_from(driving_join(cand, r, on_cand))
+            .group_by(r.c.stream, r.c.message_id, r.c.grp),
+        )
+    )
+    rec = S.t_rec
+
     # Produce side per id.
     conn.execute(
         insert(S.t_p).from_select(
             ["stream", "message_id", "acked", "t0", "max_attempt"],
             select(
-                r.c.stream, r.c.message_id, func.max(is_ok), func.min(r.c.ts), func.max(r.c.attempt)
-            )
-            .select_from(driving_join(cand, r, on_cand))
-            .where(r.c.kind == "produce")
-            .group_by(r.c.stream, r.c.message_id),
+                rec.c.stream,
+                rec.c.message_id,
+                case((rec.c.ok > 0, 1), else_=0),
+                rec.c.first_ts,
+                rec.c.max_attempt,
+            ).where(rec.c.grp == ""),
         )
     )
     _analyze(conn, S.t_p)
 
-    # Consume side per id and group, with the produce side beside it.
+    # Consume side per id and group, with the produce side beside it. Delivered
+    # in time <=> the first ok consume is at or before the deadline.
     tp = S.t_p.alias("tp")
-    in_time = and_(r.c.outcome == "ok", r.c.ts <= tp.c.t0 + _deadline(r.c.stream, config))
-    p_any = case((tp.c.t0.is_not(None), 1), else_=0)
-    first_c = func.min(r.c.ts)
+    in_time = rec.c.first_ok <= tp.c.t0 + _deadline(rec.c.stream, config)
     consumed = (
         select(
-            r.c.stream,
-            r.c.message_id,
-            r.c.grp,
-            func.max(p_any),
-            func.coalesce(func.max(tp.c.acked), 0),
-            func.min(tp.c.t0),
-            func.coalesce(func.min(tp.c.t0), first_c),
-            func.count(),
-            func.sum(is_ok),
-            func.sum(case((in_time, 1), else_=0)),
-            func.min(case((r.c.outcome == "ok", r.c.ts), else_=null())),
-            func.max(case((r.c.outcome == "dead_letter", 1), else_=0)),
-            func.max(
-                case(
-                    (func.coalesce(tp.c.max_attempt, 0) > r.c.attempt, tp.c.max_attempt),
-                    else_=r.c.attempt,
-                )
+            rec.c.stream,
+            rec.c.message_id,
+            rec.c.grp,
+            case((tp.c.t0.is_not(None), 1), else_=0),
+            func.coalesce(tp.c.acked, 0),
+            tp.c.t0,
+            func.coalesce(tp.c.t0, rec.c.first_ts),
+            rec.c.n,
+            rec.c.ok,
+            case((in_time, 1), else_=0),
+            rec.c.first_ok,
+            rec.c.dl,
+            case(
+                (func.coalesce(tp.c.max_attempt, 0) > rec.c.max_attempt, tp.c.max_attempt),
+                else_=rec.c.max_attempt,
             ),
             literal(1),
         )
         .select_from(
-            driving_join(cand, r, on_cand).outerjoin(
-                tp, and_(tp.c.stream == r.c.stream, tp.c.message_id == r.c.message_id)
+            rec.outerjoin(
+                tp, and_(tp.c.stream == rec.c.stream, tp.c.message_id == rec.c.message_id)
             )
         )
-        .where(r.c.kind == "consume")
-        .group_by(r.c.stream, r.c.message_id, r.c.grp)
+        .where(rec.c.grp != "")
     )
     agg_cols = [c.name for c in S.t_agg.c]
     conn.execute(insert(S.t_agg).from_select(agg_cols, consumed))

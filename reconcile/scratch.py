@@ -38,6 +38,19 @@ t_deadline = _temp(
 t_cand = _temp(
     "t_cand", *_key("stream", "message_id"), PrimaryKeyConstraint("stream", "message_id")
 )
+# The candidates' records, aggregated once per (id, group); group "" holds the
+# produce side.
+t_rec = _temp(
+    "t_rec",
+    *_key("stream", "message_id", "grp"),
+    Column("n", Integer, nullable=False),
+    Column("ok", Integer, nullable=False),
+    Column("first_ts", Double, nullable=False),
+    Column("first_ok", Double),
+    Column("dl", SmallInteger, nullable=False),
+    Column("max_attempt", Integer, nullable=False),
+    PrimaryKeyConstraint("stream", "message_id", "grp"),
+)
 # Produce side per id.
 t_p = _temp(
     "t_p",
@@ -88,7 +101,7 @@ t_new = _temp(
     PrimaryKeyConstraint("stream", "message_id", "grp"),
 )
 STATE_COLUMNS = tuple(name for name, _, _ in _STATE)
-ALL = (t_batch, t_deadline, t_cand, t_p, t_agg, t_new)
+ALL = (t_batch, t_deadline, t_cand, t_rec, t_p, t_agg, t_new)
 
 
 def create_all(conn: Connection) -> None:
