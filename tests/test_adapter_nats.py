@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import nats
 import pytest
 from nats.aio.client import Client as NATS
@@ -46,12 +45,10 @@ from ingest.adapters.nats import (
 )
 from ingest.db import open_engine
 from ingest.sdk import MESSAGE_ID_HEADER, Delivery, Tally
-from reconcile import ReconcileConfig, reconcile
+from tests.adapter_support import CONFIG, GROUP, assert_figures, collector_figures, discrepancies
 from tests.conftest import LiveCollector, service_unavailable
 
 NATS_URL = "nats://127.0.0.1:4222"
-CONFIG = ReconcileConfig(deadline=5.0, settle=0)
-GROUP = "billing"
 ACK_WAIT = 1.0
 
 
@@ -168,30 +165,6 @@ class Observed:
             "consume_errors": sum(1 for _, _, o in self.deliveries if o == "error"),
             "unexpected": 0,
         }
-
-
-def collector_figures(
-    live: LiveCollector, store: Engine, tallies: list[Tally], stream: str
-) -> dict[str, Any]:
-    """Flush the shims, reconcile past every deadline, read the collector's SLIs."""
-    for tally in tallies:
-        assert tally.flush(10)
-        tally.close()
-    reconcile(store, CONFIG, now=time.time() + 60)
-    rows = httpx.get(f"{live.url}/v1/slis", params={"stream": stream}).json()
-    assert [r["group"] for r in rows] == [GROUP]
-    return dict(rows[0])
-
-
-def discrepancies(live: LiveCollector, stream: str, kind: str) -> list[str]:
-    body = httpx.get(
-        f"{live.url}/v1/discrepancies", params={"stream": stream, "group": GROUP, "kind": kind}
-    ).json()
-    return sorted(d["message_id"] for d in body["ids"])
-
-
-def assert_figures(got: dict[str, Any], expected: dict[str, int]) -> None:
-    assert {k: got[k] for k in expected} == expected
 
 
 def recorder(observed: Observed, wrapped: JetStreamHandler) -> Callable[[Msg], Awaitable[str]]:

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import redis
 from opentelemetry.sdk.trace import TracerProvider
@@ -41,12 +40,10 @@ from ingest.adapters.redis_streams import (
 )
 from ingest.db import open_engine
 from ingest.sdk import MESSAGE_ID_HEADER, Delivery, Tally
-from reconcile import ReconcileConfig, reconcile
+from tests.adapter_support import CONFIG, GROUP, assert_figures, collector_figures, discrepancies
 from tests.conftest import LiveCollector, service_unavailable
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
-CONFIG = ReconcileConfig(deadline=5.0, settle=0)
-GROUP = "billing"
 IDLE_MS = 500  # how long an entry sits pending before another consumer claims it
 
 
@@ -166,30 +163,6 @@ def consumer(
 def pending(key: str) -> int:
     with client() as r:
         return int(r.xpending(key, GROUP)["pending"])
-
-
-def collector_figures(
-    live: LiveCollector, store: Engine, tallies: list[Tally], stream: str
-) -> dict[str, Any]:
-    """Flush the shims, reconcile past every deadline, read the collector's SLIs."""
-    for tally in tallies:
-        assert tally.flush(10)
-        tally.close()
-    reconcile(store, CONFIG, now=time.time() + 60)
-    rows = httpx.get(f"{live.url}/v1/slis", params={"stream": stream}).json()
-    assert [r["group"] for r in rows] == [GROUP]
-    return dict(rows[0])
-
-
-def discrepancies(live: LiveCollector, stream: str, kind: str) -> list[str]:
-    body = httpx.get(
-        f"{live.url}/v1/discrepancies", params={"stream": stream, "group": GROUP, "kind": kind}
-    ).json()
-    return sorted(d["message_id"] for d in body["ids"])
-
-
-def assert_figures(got: dict[str, Any], expected: dict[str, int]) -> None:
-    assert {k: got[k] for k in expected} == expected
 
 
 # -- the tests -------------------------------------------------------------------
