@@ -12,47 +12,37 @@ the slice, and history stays on disk.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import (
     Connection,
     Engine,
-    Select,
     and_,
     case,
-    delete,
     exists,
     func,
     insert,
     literal,
     null,
     select,
-    true,
     union,
-    update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.sql.expression import ColumnElement
 
 from ingest.db import write_tx
 from ingest.tables import (
-    TALLY_FIELDS,
     groups,
     inbox,
-    latency_buckets,
-    meta,
     outcomes,
     pending,
     records,
-    tallies,
 )
 
-from . import counts as C
 from . import scratch as S
-from .config import ReconcileConfig, bucket_label
+from .config import ReconcileConfig
 from .driving import driving_join
+from .sqlparts import analyze, deadline_of, upsert
+from .verdicts import apply, classify
 
 _LOCK_KEY = 0x6D7367746C6C79  # "msgtlly": one reconciler at a time per database
 
@@ -70,23 +60,6 @@ class PassResult:
 
     def astuple(self) -> tuple[int, int, int, int, int]:
         return (self.batches, self.records, self.candidates, self.classified, self.updated)
-
-
-def _upsert(conn: Connection, table: Any) -> Any:
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table)
-
-
-def _add_on_conflict(
-    conn: Connection, table: Any, key: Sequence[str], sel: Select[Any], names: Sequence[str]
-) -> None:
-    """INSERT ... SELECT that adds to existing counters: tallies and buckets."""
-    stmt = _upsert(conn, table).from_select(list(names), sel)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=list(key),
-        set_={n: table.c[n] + stmt.excluded[n] for n in names if n not in key},
-    )
-    conn.execute(stmt)
 
 
 def reconcile(
@@ -134,7 +107,7 @@ def _sync_config(conn: Connection, config: ReconcileConfig) -> None:
         for g in gs
     ]
     if rows:
-        conn.execute(_upsert(conn, groups).on_conflict_do_nothing(), rows)
+        conn.execute(upsert(conn, groups).on_conflict_do_nothing(), rows)
     if config.stream_deadlines:
         conn.execute(
             insert(S.t_deadline),
@@ -153,27 +126,8 @@ def _take_batches(conn: Connection, budget: int) -> tuple[int, int]:
         n_records += n
     if taken:
         conn.execute(insert(S.t_batch), taken)
-        _analyze(conn, S.t_batch)
+        analyze(conn, S.t_batch)
     return len(taken), n_records
-
-
-def _deadline(stream_col: Any, config: ReconcileConfig) -> ColumnElement[Any]:
-    if not config.stream_deadlines:  # the common case needs no lookup per row
-        return literal(config.deadline)
-    return func.coalesce(
-        select(S.t_deadline.c.deadline)
-        .where(S.t_deadline.c.stream == stream_col)
-        .scalar_subquery(),
-        literal(config.deadline),
-    )
-
-
-def _analyze(conn: Connection, *tables: Any) -> None:
-    # Temporary tables are never analysed by autovacuum; without statistics
-    # PostgreSQL plans the joins below as if they were tiny.
-    if conn.dialect.name == "postgresql":
-        for t in tables:
-            conn.exec_driver_sql(f"ANALYZE {t.name}")
 
 
 def _run(conn: Connection, config: ReconcileConfig, now: float) -> PassResult:
@@ -185,7 +139,7 @@ def _run(conn: Connection, config: ReconcileConfig, now: float) -> PassResult:
 
     # Groups seen consuming for the first time join the expected groups.
     conn.execute(
-        _upsert(conn, groups)
+        upsert(conn, groups)
         .from_select(
             ["stream", "grp", "first_ts", "settled"],
             select(new_records.c.stream, new_records.c.grp, func.min(new_records.c.ts), literal(0))
@@ -206,13 +160,13 @@ def _run(conn: Connection, config: ReconcileConfig, now: float) -> PassResult:
             union(
                 select(new_records.c.stream, new_records.c.message_id),
                 select(p.c.stream, p.c.message_id).where(
-                    p.c.base + _deadline(p.c.stream, config) <= horizon
+                    p.c.base + deadline_of(p.c.stream, config) <= horizon
                 ),
                 select(o.c.stream, o.c.message_id).where(o.c.p_any == 1, o.c.stream.in_(unsettled)),
             ),
         )
     )
-    _analyze(conn, S.t_cand)
+    analyze(conn, S.t_cand)
     n_cand = conn.execute(select(func.count()).select_from(S.t_cand)).scalar_one()
 
     cand = S.t_cand
@@ -254,12 +208,12 @@ def _run(conn: Connection, config: ReconcileConfig, now: float) -> PassResult:
             ).where(rec.c.grp == ""),
         )
     )
-    _analyze(conn, S.t_p)
+    analyze(conn, S.t_p)
 
     # Consume side per id and group, with the produce side beside it. Delivered
     # in time <=> the first ok consume is at or before the deadline.
     tp = S.t_p.alias("tp")
-    in_time = rec.c.first_ok <= tp.c.t0 + _deadline(rec.c.stream, config)
+    in_time = rec.c.first_ok <= tp.c.t0 + deadline_of(rec.c.stream, config)
     consumed = (
         select(
             rec.c.stream,
@@ -289,7 +243,7 @@ def _run(conn: Connection, config: ReconcileConfig, now: float) -> PassResult:
     )
     agg_cols = [c.name for c in S.t_agg.c]
     conn.execute(insert(S.t_agg).from_select(agg_cols, consumed))
-    _analyze(conn, S.t_agg)  # the owed-rows insert below anti-joins against it
+    analyze(conn, S.t_agg)  # the owed-rows insert below anti-joins against it
 
     # Produced ids owe a row to every expected group, consumed or not; on a
     # stream no group has consumed yet, a placeholder row keeps them in view.
@@ -324,179 +278,8 @@ def _run(conn: Connection, config: ReconcileConfig, now: float) -> PassResult:
         else:
             src = src.select_from(tp.join(g, g.c.stream == tp.c.stream)).where(where)
         conn.execute(insert(S.t_agg).from_select(agg_cols, src))
-    _analyze(conn, S.t_agg)
+    analyze(conn, S.t_agg)
 
-    classified, updated = _classify(conn, config, horizon)
-    _apply(conn, config, now)
+    classified, updated = classify(conn, config, horizon)
+    apply(conn, config, now)
     return PassResult(n_batches, n_records, int(n_cand), classified, updated)
-
-
-def _classify(conn: Connection, config: ReconcileConfig, horizon: float) -> tuple[int, int]:
-    """Fill t_new: rows due now (classified) and rows classified before (updated)."""
-    a, o = S.t_agg, outcomes
-    deadline = a.c.base + _deadline(a.c.stream, config)
-    joined = a.outerjoin(
-        o, and_(o.c.stream == a.c.stream, o.c.message_id == a.c.message_id, o.c.grp == a.c.grp)
-    )
-    max_attempt = case((o.c.max_attempt > a.c.max_attempt, o.c.max_attempt), else_=a.c.max_attempt)
-    old = [o.c[name] for name in S.STATE_COLUMNS if name not in ("t0", "deadline")]
-    old_names = ["o_" + name for name in S.STATE_COLUMNS if name not in ("t0", "deadline")]
-    key = [a.c.stream, a.c.message_id, a.c.grp]
-    names = ["stream", "message_id", "grp", *S.STATE_COLUMNS, *old_names]
-
-    fresh = (
-        select(
-            *key,
-            C.classify(
-                p_any=a.c.p_any == 1,
-                acked=a.c.acked,
-                ok=a.c.ok,
-                ok_in_time=a.c.ok_in_time,
-                has_group=a.c.has_group,
-            ),
-            a.c.acked,
-            a.c.p_any,
-            case((and_(a.c.acked == 1, a.c.ok_in_time == 0, a.c.ok > 0), 1), else_=0),
-            a.c.t0,
-            deadline,
-            a.c.n,
-            a.c.ok,
-            a.c.max_attempt,
-            a.c.dl,
-            C.first_latency(a.c.acked, null(), a.c.ok, a.c.first_ok, a.c.t0),
-            *[null() for _ in old],
-        )
-        .select_from(joined)
-        .where(o.c.stream.is_(None), deadline <= horizon)
-    )
-    conn.execute(insert(S.t_new).from_select(names, fresh))
-
-    later = (
-        select(
-            *key,
-            C.advance_cls(o.c.cls, a.c.ok),
-            o.c.acked,
-            o.c.p_any,
-            C.advance_late(o.c.cls, o.c.late, a.c.ok),
-            o.c.t0,
-            o.c.deadline,
-            a.c.n,
-            a.c.ok,
-            max_attempt,
-            a.c.dl,
-            C.first_latency(o.c.acked, o.c.latency, a.c.ok, a.c.first_ok, o.c.t0),
-            *old,
-        )
-        .select_from(joined)
-        .where(o.c.stream.is_not(None))
-    )
-    conn.execute(insert(S.t_new).from_select(names, later))
-    # rowcount of INSERT ... SELECT is not reliable across drivers: count instead.
-    n = S.t_new
-    row = conn.execute(select(func.count(), func.count(n.c.o_cls)).select_from(n)).one()
-    return int(row[0]) - int(row[1]), int(row[1])
-
-
-def _state(t: Any, prefix: str) -> C.State:
-    return C.State(**{f: t.c[prefix + f] for f in C.State.__dataclass_fields__})
-
-
-def _apply(conn: Connection, config: ReconcileConfig, now: float) -> None:
-    """Move tallies and buckets, write the new states, settle pending and inbox."""
-    n = S.t_new
-    new, old = C.counts(_state(n, "")), C.counts(_state(n, "o_"))
-    counted = n.c.grp != ""
-    deltas = [func.sum(new[f] - old[f]) for f in TALLY_FIELDS if f != "consume_errors"]
-    fresh_latency = and_(n.c.latency.is_not(None), n.c.o_latency.is_(None))
-    tally_names = [f for f in TALLY_FIELDS if f != "consume_errors"]
-    _add_on_conflict(
-        conn,
-        tallies,
-        ("stream", "grp"),
-        select(
-            n.c.stream,
-            n.c.grp,
-            *deltas,
-            func.coalesce(func.sum(case((fresh_latency, n.c.latency), else_=0.0)), 0.0),
-        )
-        .where(counted)
-        .group_by(n.c.stream, n.c.grp),
-        ["stream", "grp", *tally_names, "latency_sum"],
-    )
-
-    bounds = config.latency_buckets
-    le = case(
-        *((n.c.latency <= b, literal(bucket_label(b))) for b in bounds), else_=literal("+Inf")
-    )
-    _add_on_conflict(
-        conn,
-        latency_buckets,
-        ("stream", "grp", "le"),
-        select(n.c.stream, n.c.grp, le, func.count())
-        .where(counted, fresh_latency)
-        .group_by(n.c.stream, n.c.grp, le),
-        ["stream", "grp", "le", "count"],
-    )
-
-    # Processing failures are counted per record, from the new records only.
-    r = records
-    _add_on_conflict(
-        conn,
-        tallies,
-        ("stream", "grp"),
-        select(r.c.stream, r.c.grp, func.count())
-        .where(r.c.batch.in_(select(S.t_batch.c.id)), r.c.kind == "consume", r.c.outcome == "error")
-        .group_by(r.c.stream, r.c.grp),
-        ["stream", "grp", "consume_errors"],
-    )
-
-    # Write the states: new rows, and old rows whose state changed.
-    o = outcomes
-    changed = (
-        n.c.o_cls.is_(None)
-        | (n.c.cls != n.c.o_cls)
-        | (n.c.late != n.c.o_late)
-        | (n.c.n != n.c.o_n)
-        | (n.c.ok != n.c.o_ok)
-        | (n.c.max_attempt != n.c.o_max_attempt)
-        | (n.c.dl != n.c.o_dl)
-        | (n.c.latency.is_not(None) & n.c.o_latency.is_(None))
-    )
-    cols = ["stream", "message_id", "grp", *S.STATE_COLUMNS]
-    stmt = _upsert(conn, o).from_select(
-        [*cols, "classified_at"],
-        select(*[n.c[c] for c in cols], literal(now)).where(true(), changed),
-    )
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["stream", "message_id", "grp"],
-        set_={c: stmt.excluded[c] for c in S.STATE_COLUMNS},
-    )
-    conn.execute(stmt)
-
-    # Pending: the candidates' rows that are still unclassified, earliest base.
-    cand, a, p = S.t_cand, S.t_agg, pending
-    conn.execute(
-        delete(p).where(
-            exists().where(cand.c.stream == p.c.stream, cand.c.message_id == p.c.message_id)
-        )
-    )
-    conn.execute(
-        insert(p).from_select(
-            ["stream", "message_id", "base", "acked"],
-            select(a.c.stream, a.c.message_id, func.min(a.c.base), func.max(a.c.acked))
-            .where(
-                ~exists().where(
-                    o.c.stream == a.c.stream, o.c.message_id == a.c.message_id, o.c.grp == a.c.grp
-                )
-            )
-            .group_by(a.c.stream, a.c.message_id),
-        )
-    )
-
-    conn.execute(update(groups).where(groups.c.settled == 0).values(settled=1))
-    conn.execute(delete(inbox).where(inbox.c.id.in_(select(S.t_batch.c.id))))
-    conn.execute(
-        _upsert(conn, meta)
-        .values(key="last_pass_at", value=repr(now))
-        .on_conflict_do_update(index_elements=["key"], set_={"value": repr(now)})
-    )
