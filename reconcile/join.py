@@ -134,17 +134,32 @@ def _run(conn: Connection, config: ReconcileConfig, now: float) -> PassResult:
     horizon = now - config.settle  # ids whose deadline is at or before this are due
     n_batches, n_records = _take_batches(conn, config.budget)
     r = records
-    # IN (scratch) rather than a join: SQLite then walks the batch index.
-    new_records = select(r).where(r.c.batch.in_(select(S.t_batch.c.id))).subquery("nr")
+    # The slice's new records, read once (IN (scratch) rather than a join:
+    # SQLite then walks the batch index), summarised per (id, group).
+    conn.execute(
+        insert(S.t_seen).from_select(
+            [c.name for c in S.t_seen.c],
+            select(
+                r.c.stream,
+                r.c.message_id,
+                r.c.grp,
+                func.min(r.c.ts),
+                func.sum(case((and_(r.c.kind == "consume", r.c.outcome == "error"), 1), else_=0)),
+            )
+            .where(r.c.batch.in_(select(S.t_batch.c.id)))
+            .group_by(r.c.stream, r.c.message_id, r.c.grp),
+        )
+    )
+    seen = S.t_seen
 
     # Groups seen consuming for the first time join the expected groups.
     conn.execute(
         upsert(conn, groups)
         .from_select(
             ["stream", "grp", "first_ts", "settled"],
-            select(new_records.c.stream, new_records.c.grp, func.min(new_records.c.ts), literal(0))
-            .where(new_records.c.kind == "consume")
-            .group_by(new_records.c.stream, new_records.c.grp),
+            select(seen.c.stream, seen.c.grp, func.min(seen.c.first_ts), literal(0))
+            .where(seen.c.grp != "")
+            .group_by(seen.c.stream, seen.c.grp),
         )
         .on_conflict_do_nothing()
     )
@@ -158,7 +173,7 @@ def _run(conn: Connection, config: ReconcileConfig, now: float) -> PassResult:
         insert(S.t_cand).from_select(
             ["stream", "message_id"],
             union(
-                select(new_records.c.stream, new_records.c.message_id),
+                select(seen.c.stream, seen.c.message_id),
                 select(p.c.stream, p.c.message_id).where(
                     p.c.base + deadline_of(p.c.stream, config) <= horizon
                 ),

@@ -33,6 +33,14 @@ t_batch = _temp("t_batch", Column("id", BigInteger, primary_key=True))
 t_deadline = _temp(
     "t_deadline", Column("stream", String(256), primary_key=True), Column("deadline", Double)
 )
+# The slice's new records per (id, group): first ts, consume errors.
+t_seen = _temp(
+    "t_seen",
+    *_key("stream", "message_id", "grp"),
+    Column("first_ts", Double, nullable=False),
+    Column("errors", Integer, nullable=False),
+    PrimaryKeyConstraint("stream", "message_id", "grp"),
+)
 # The (stream, message id) keys this pass looks at: new records, due pending
 # ids, and the history of a stream that gained a group.
 t_cand = _temp(
@@ -101,7 +109,7 @@ t_new = _temp(
     PrimaryKeyConstraint("stream", "message_id", "grp"),
 )
 STATE_COLUMNS = tuple(name for name, _, _ in _STATE)
-ALL = (t_batch, t_deadline, t_cand, t_rec, t_p, t_agg, t_new)
+ALL = (t_batch, t_deadline, t_seen, t_cand, t_rec, t_p, t_agg, t_new)
 
 
 def create_all(conn: Connection) -> None:

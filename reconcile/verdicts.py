@@ -28,7 +28,6 @@ from ingest.tables import (
     meta,
     outcomes,
     pending,
-    records,
     tallies,
 )
 
@@ -146,14 +145,14 @@ def apply(conn: Connection, config: ReconcileConfig, now: float) -> None:
     )
 
     # Processing failures are counted per record, from the new records only.
-    r = records
+    seen = S.t_seen
     add_on_conflict(
         conn,
         tallies,
         ("stream", "grp"),
-        select(r.c.stream, r.c.grp, func.count())
-        .where(r.c.batch.in_(select(S.t_batch.c.id)), r.c.kind == "consume", r.c.outcome == "error")
-        .group_by(r.c.stream, r.c.grp),
+        select(seen.c.stream, seen.c.grp, func.sum(seen.c.errors))
+        .where(seen.c.errors > 0)
+        .group_by(seen.c.stream, seen.c.grp),
         ["stream", "grp", "consume_errors"],
     )
 
