@@ -73,6 +73,3 @@ def write_tx(engine: Engine) -> Iterator[Connection]:
         with conn.begin():
             yield conn
 
-
-def is_postgres(conn: Connection | Engine) -> bool:
-    return conn.dialect.name == "postgresql"

@@ -8,6 +8,7 @@ cheaper. Every error names the record's index, the field and the reason.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 MAX_ID_LENGTH = 256
@@ -217,8 +218,9 @@ def parse_batch(payload: Any) -> list[Record]:
     return parse_body(payload).records
 
 
-def record_to_json(record: Record) -> dict[str, Any]:
-    """The wire form of a record, without absent optional fields."""
+def record_to_json(record: Sequence[Any]) -> dict[str, Any]:
+    """The wire form of a record (a Record, or a tuple in FIELDS order),
+    without absent optional fields."""
     out: dict[str, Any] = {}
     for key, value in zip(FIELDS, record, strict=True):
         if value is None or (key == "group" and not value):

@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from .schema import FIELDS
+from .schema import record_to_json
 
 log = logging.getLogger("msgtally.shipper")
 
@@ -183,12 +183,7 @@ class Shipper:
             return self.dropped != self._reported
 
     def _body(self, rows: list[Row]) -> tuple[bytes, Counter[DropKey]]:
-        records = []
-        for row in rows:
-            rec = {k: v for k, v in zip(FIELDS, row, strict=True) if v is not None}
-            if rec.get("group") == "":
-                del rec["group"]
-            records.append(rec)
+        records = [record_to_json(row) for row in rows]
         with self._lock:
             snapshot = Counter(self.dropped)
         body: dict[str, Any] = {"records": records, "source": self.source}
