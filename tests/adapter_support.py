@@ -29,11 +29,25 @@ def collector_figures(
     return dict(rows[0])
 
 
+def sli_of(url: str, stream: str, group: str) -> dict[str, Any]:
+    """The collector's one SLI row for (stream, group)."""
+    resp = httpx.get(f"{url}/v1/slis", params={"stream": stream, "group": group})
+    resp.raise_for_status()
+    (sli,) = resp.json()
+    return dict(sli)
+
+
+def discrepancy_ids(url: str, stream: str, group: str, kind: str) -> list[str]:
+    """The message ids the collector reports for one discrepancy kind, sorted."""
+    resp = httpx.get(
+        f"{url}/v1/discrepancies", params={"stream": stream, "group": group, "kind": kind}
+    )
+    resp.raise_for_status()
+    return sorted(d["message_id"] for d in resp.json()["ids"])
+
+
 def discrepancies(live: LiveCollector, stream: str, kind: str) -> list[str]:
-    body = httpx.get(
-        f"{live.url}/v1/discrepancies", params={"stream": stream, "group": GROUP, "kind": kind}
-    ).json()
-    return sorted(d["message_id"] for d in body["ids"])
+    return discrepancy_ids(live.url, stream, GROUP, kind)
 
 
 def assert_figures(got: dict[str, Any], expected: dict[str, int]) -> None:

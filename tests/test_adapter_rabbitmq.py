@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pika
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -32,6 +31,7 @@ from ingest.adapters.rabbitmq import RabbitPublisher, Received, body_id, tallied
 from ingest.db import open_engine
 from ingest.sdk import MESSAGE_ID_HEADER, Tally
 from reconcile import ReconcileConfig, reconcile
+from tests.adapter_support import discrepancy_ids, sli_of
 from tests.conftest import LiveCollector, service_unavailable
 
 PARAMS = pika.ConnectionParameters(
@@ -56,18 +56,11 @@ class Env:
         """Flush the shim, reconcile past every deadline, read the collector's SLIs."""
         assert self.tally.flush(15), "shim did not flush"
         reconcile(self.engine, ReconcileConfig(deadline=5, settle=0), now=time.time() + 60)
-        resp = httpx.get(f"{self.live.url}/v1/slis", params={"stream": stream, "group": group})
-        resp.raise_for_status()
-        (sli,) = resp.json()
+        sli = sli_of(self.live.url, stream, group)
         return {k: sli[k] for k in (*FIGURES, "unexpected", "recovered")}
 
     def discrepancies(self, stream: str, group: str, kind: str) -> set[str]:
-        resp = httpx.get(
-            f"{self.live.url}/v1/discrepancies",
-            params={"stream": stream, "group": group, "kind": kind},
-        )
-        resp.raise_for_status()
-        return {row["message_id"] for row in resp.json()["ids"]}
+        return set(discrepancy_ids(self.live.url, stream, group, kind))
 
 
 @pytest.fixture
