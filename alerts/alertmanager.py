@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from slis.spec import Spec
+from msgtally.slis.spec import Spec
 
 from .rules import ABSENT_ALERT, BURN_ALERT
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 
-from reconcile.config import bucket_label
-from slis.exposition import COUNTERS, LATENCY
-from slis.spec import SLO, SLIKind
+from msgtally.reconcile.config import bucket_label
+from msgtally.slis.exposition import COUNTERS, LATENCY
+from msgtally.slis.spec import SLO, SLIKind
 
 
 def _counter(column: str) -> str:
@@ -20,7 +20,7 @@ def _counter(column: str) -> str:
 
 
 PRODUCED = _counter("produced")
-# Ok deliveries: the denominator of the duplicate ratio (ARCHITECTURE.md).
+# Ok deliveries: the denominator of the duplicate ratio (docs/definitions.md).
 OK_DELIVERIES = tuple(_counter(c) for c in ("delivered", "late", "recovered", "duplicated"))
 
 

@@ -19,9 +19,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from reconcile.config import bucket_label
-from slis.budget import error_budget
-from slis.spec import SLO, SLIKind, Spec
+from msgtally.reconcile.config import bucket_label
+from msgtally.slis.budget import error_budget
+from msgtally.slis.spec import SLO, SLIKind, Spec
 
 from .promql import PRODUCED, quote
 from .rules import ABSENT_ALERT, BURN_ALERT, SLI_RECORD, absent_alert, burn_alert, num, sli_labels

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from slis.budget import error_budget, objective_ratio
-from slis.spec import SLO, Spec
+from msgtally.slis.budget import error_budget, objective_ratio
+from msgtally.slis.spec import SLO, Spec
 
 from .promql import error_ratio, presence, quote
 from .windows import Window, format_duration, rule_windows, scale

@@ -27,7 +27,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
 
-from ingest.tables import TALLY_FIELDS
+from msgtally.ingest.tables import TALLY_FIELDS
 
 STREAMS = ("orders", "payments", "shipments", "emails")
 GROUPS = ("billing", "analytics")
@@ -166,7 +166,7 @@ class Workload:
                            f"{mid}/{g}/{k}" if rid else None)
                     n_rec += 1
                     last_ts = max(last_ts, ts)
-                # Ground truth, straight from ARCHITECTURE.md's table.
+                # Ground truth, straight from the outcome table of docs/definitions.md.
                 t = exp[(stream, g)]
                 ok_ts = [ts for ts, _, out in consumes if out == "ok"]
                 in_time = any(ts <= t0 + DEADLINE for ts in ok_ts)
@@ -205,9 +205,9 @@ class Workload:
 
 
 def rkey_of(rec: Rec, record_id: str | None) -> str:
-    """The rkey the collector stores for this record (ingest.writer.record_key)."""
-    from ingest.schema import Record
-    from ingest.writer import record_key
+    """The rkey the collector stores for this record (msgtally.ingest.writer.record_key)."""
+    from msgtally.ingest.schema import Record
+    from msgtally.ingest.writer import record_key
 
     stream, mid, kind, grp, ts, attempt, outcome = rec
     return record_key(Record(stream, kind, mid, ts, grp, attempt, outcome, record_id=record_id))
@@ -241,7 +241,7 @@ def _row(rec: Rec, record_id: str | None, batch: int) -> tuple[Any, ...]:
 def load_sqlite(engine: Engine, workload: Workload, chunk: int = 10_000) -> float:
     """Write the workload like write_batch does (records + inbox rows), only faster:
     raw executemany, synchronous=OFF and a big cache on the loading connection."""
-    from ingest.writer import _SQLITE_INSERT
+    from msgtally.ingest.writer import _SQLITE_INSERT
 
     started = time.perf_counter()
     raw = engine.raw_connection()

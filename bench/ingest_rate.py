@@ -9,7 +9,7 @@ and waits for every 200.
 
 The reference, in the same run, on a fresh store of the same schema, with the
 same batches each committed on its own (a 200 means committed):
-  SQLite      ingest.db.open_engine (same pragmas: WAL, synchronous=FULL) and
+  SQLite      msgtally.ingest.db.open_engine (same pragmas: WAL, synchronous=FULL) and
               executemany of writer.py's INSERT with precomputed row tuples;
   PostgreSQL  COPY of the same precomputed rows into the records table.
 ratio = HTTP records/s / reference records/s; goal >= 0.7.
@@ -52,7 +52,7 @@ from _common import (
     scratch_dir,
 )
 
-from ingest.db import open_engine
+from msgtally.ingest.db import open_engine
 
 GOAL = 0.7
 _COLS = ("stream, message_id, rkey, kind, grp, ts, attempt, outcome, "
@@ -135,7 +135,7 @@ def reference(backend: str, url: str, warm: list[list[tuple[Any, ...]]],
                 write(rows)
             return time.perf_counter() - started
 
-    from ingest.writer import _SQLITE_INSERT
+    from msgtally.ingest.writer import _SQLITE_INSERT
 
     engine = open_engine(url)  # the collector's pragmas: WAL, synchronous=FULL
     raw = engine.raw_connection()
@@ -265,7 +265,7 @@ def summarize_profile(path: Path) -> list[tuple[str, int]]:
 
 def in_process(backend: str, tmp: Path, bodies: list[bytes], warm: list[bytes]) -> float:
     """The collector's own decode-validate-store function, called directly: no HTTP."""
-    from ingest.api import _decode_and_store
+    from msgtally.ingest.api import _decode_and_store
 
     with fresh_store(backend, tmp, "inproc") as url:
         engine = open_engine(url)

@@ -1,5 +1,5 @@
 """Peak memory of the reconcile process: bounded by the slice and the ids in
-flight, never by history (ARCHITECTURE.md, "Scale").
+flight, never by history (docs/design.md, "Scale").
 
 1. For each --sizes N: a fresh SQLite store with N produced ids (~3 records
    each, loaded by a child process), then
@@ -56,8 +56,8 @@ def child_reconcile(db: str, now: float, trace: bool) -> int:
     """Run one reconcile pass; print one JSON line with the measurements."""
     import tracemalloc
 
-    from ingest.db import open_engine
-    from reconcile import ReconcileConfig, reconcile
+    from msgtally.ingest.db import open_engine
+    from msgtally.reconcile import ReconcileConfig, reconcile
 
     engine = open_engine(f"sqlite:///{db}")
     config = ReconcileConfig()
@@ -95,7 +95,7 @@ def child_reconcile(db: str, now: float, trace: bool) -> int:
 
 def child_load(db: str, ids: int, seed: int, first_id: int) -> int:
     """Load a workload; print its record count, `now` and the injected counts."""
-    from ingest.db import open_engine
+    from msgtally.ingest.db import open_engine
 
     engine = open_engine(f"sqlite:///{db}")
     w = Workload(ids=ids, seed=seed, first_id=first_id)
@@ -126,7 +126,7 @@ def merged(*expected: dict[Any, dict[str, float]]) -> dict[Any, dict[str, float]
 
 
 def check(db: Path, expected: dict[Any, dict[str, float]]) -> str:
-    from ingest.db import open_engine
+    from msgtally.ingest.db import open_engine
 
     engine = open_engine(f"sqlite:///{db}")
     problems = compare_tallies(expected, read_tallies(engine))

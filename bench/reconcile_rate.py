@@ -14,7 +14,7 @@ ids/s over the reference's ids/s; above 1 means the reconcile is faster):
             DB-API cursor.
   duckdb    DuckDB in memory, data already loaded: produced ids LEFT JOIN consumed
             ids GROUP BY (the simple join), and the same query extended to every
-            tally of ARCHITECTURE.md (checked against the ground truth too).
+            tally of docs/definitions.md (checked against the ground truth too).
   counter   Python dict/Counter join of the fetched rows (produced x consumed ok).
 The reconcile's tallies are checked against the counts injected by the generator.
 
@@ -53,9 +53,9 @@ from _common import (
 )
 from sqlalchemy import Engine, select
 
-from ingest.db import open_engine
-from ingest.tables import records
-from reconcile import ReconcileConfig, reconcile
+from msgtally.ingest.db import open_engine
+from msgtally.ingest.tables import records
+from msgtally.reconcile import ReconcileConfig, reconcile
 
 GOAL_SELECT = 0.5
 SELECT_COLS = "stream, message_id, kind, grp, ts, attempt, outcome"
@@ -72,7 +72,7 @@ LEFT JOIN c ON c.stream = p.stream AND c.message_id = p.message_id AND c.grp = g
 GROUP BY p.stream, g.grp
 """
 
-# Every tally of ARCHITECTURE.md's outcome table, the deadline being 300 s.
+# Every tally of the outcome table of docs/definitions.md, the deadline being 300 s.
 # "some ok ts <= deadline" is "the earliest ok ts <= deadline".
 DUCKDB_FULL = """
 WITH p AS (

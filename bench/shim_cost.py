@@ -58,8 +58,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.trace import Link, SpanKind
 from prometheus_client import CollectorRegistry, Counter
 
-from ingest import tracing as tr
-from ingest.sdk import Tally
+from msgtally.ingest import tracing as tr
+from msgtally.ingest.sdk import Tally
 
 GOAL_RATIO = 1.5
 GOAL_UNTRACED_NS = 2000

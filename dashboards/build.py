@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from alerts.promql import PRODUCED, quote
-from slis.spec import Spec
+from msgtally.alerts.promql import PRODUCED, quote
+from msgtally.slis.spec import Spec
 
 from . import debug, executive, oncall
 from .panels import Format, Kind, Panel, Row, Target, check_rows

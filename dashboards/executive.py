@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from slis.spec import SLIKind, Spec
+from msgtally.slis.spec import SLIKind, Spec
 
 from . import queries as q
 from .panels import GREEN, ORANGE, RED, Kind, Panel, Row, Step, Target

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from alerts.rules import num
-from alerts.windows import Window, scale
-from slis.spec import Spec
+from msgtally.alerts.rules import num
+from msgtally.alerts.windows import Window, scale
+from msgtally.slis.spec import Spec
 
 from . import queries as q
 from .panels import GREEN, RED, Format, Kind, Panel, Row, Step, Target

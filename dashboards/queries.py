@@ -20,15 +20,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from alerts.promql import OK_DELIVERIES, PRODUCED, quote
-from alerts.rules import ABSENT_ALERT, BURN_ALERT, SLI_RECORD
-from slis.exposition import COUNTERS, LATENCY
-from slis.spec import ALL_GROUPS, SLIKind, Spec
+from msgtally.alerts.promql import OK_DELIVERIES, PRODUCED, quote
+from msgtally.alerts.rules import ABSENT_ALERT, BURN_ALERT, SLI_RECORD
+from msgtally.slis.exposition import COUNTERS, LATENCY
+from msgtally.slis.spec import ALL_GROUPS, SLIKind, Spec
 
 RATE = "$__rate_interval"
 RANGE = "$__range"
 INTERVAL = "$__interval"
-# The recording rules of alerts.rules.meta_rules that the dashboards read.
+# The recording rules of msgtally.alerts.rules.meta_rules that the dashboards read.
 BUDGET_RECORD = "msgtally:slo_error_budget:ratio"
 REMAINING_RECORD = "msgtally:slo_error_budget_remaining:ratio"
 
@@ -52,7 +52,7 @@ def counter(column: str) -> str:
     return COUNTERS[column][0] + "_total"
 
 
-# Errors and events of each ratio, as the alert rules count them (alerts.promql).
+# Errors and events of each ratio, as the alert rules count them (msgtally.alerts.promql).
 RATIOS: dict[SLIKind, tuple[tuple[str, ...], tuple[str, ...]]] = {
     SLIKind.DELIVERY: ((counter("lost"),), (PRODUCED,)),
     SLIKind.DUPLICATES: ((counter("duplicated"),), OK_DELIVERIES),
@@ -93,7 +93,7 @@ def sli_ratio(kind: SLIKind, window: str, by: Sequence[str] = PAIR) -> str:
 
 
 def delivery_success(window: str, by: Sequence[str] = STREAM) -> str:
-    """delivered / produced (ARCHITECTURE.md's delivery_success_ratio)."""
+    """delivered / produced (docs/definitions.md, delivery_success_ratio)."""
     return ratio((counter("delivered"),), (PRODUCED,), window, by)
 
 

@@ -1,20 +1,7 @@
-"""Delivery records in: schema, store, write path and the collector's ingest API."""
+"""Delivery records in: the record contract, the shim and its adapters, and the
+collector's write path.
 
-from .db import DEFAULT_DB_FILE, DEFAULT_DB_URL, open_engine, write_tx
-from .schema import Record, RecordError, parse_batch, record_to_json, validate_record
-from .writer import IngestResult, record_key, write_batch
-
-__all__ = [
-    "DEFAULT_DB_FILE",
-    "DEFAULT_DB_URL",
-    "IngestResult",
-    "Record",
-    "RecordError",
-    "open_engine",
-    "parse_batch",
-    "record_key",
-    "record_to_json",
-    "validate_record",
-    "write_batch",
-    "write_tx",
-]
+Importing this package loads nothing: the shim (`msgtally.ingest.sdk`) must stay
+light for the services that embed it, so the collector's modules (store, write
+path, HTTP endpoints) are imported by name where they are used.
+"""

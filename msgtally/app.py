@@ -12,12 +12,12 @@ from prometheus_client.registry import CollectorRegistry
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from ingest.api import DEFAULT_MAX_BODY
-from ingest.api import router as ingest_router
-from ingest.ingest_metrics import ingest_metrics
-from reconcile import ReconcileConfig, reconcile
-from slis.api import router as slis_router
-from slis.exposition import StoreCollector
+from msgtally.ingest.api import DEFAULT_MAX_BODY
+from msgtally.ingest.api import router as ingest_router
+from msgtally.ingest.ingest_metrics import ingest_metrics
+from msgtally.reconcile import ReconcileConfig, reconcile
+from msgtally.slis.api import router as slis_router
+from msgtally.slis.exposition import StoreCollector
 
 log = logging.getLogger("msgtally")
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from ingest.db import DEFAULT_DB_URL, open_engine
+from msgtally.ingest.db import DEFAULT_DB_URL, open_engine
 
 from . import slo_commands
 from .settings import Settings
@@ -108,7 +108,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
-    from reconcile import PassResult, reconcile
+    from msgtally.reconcile import PassResult, reconcile
 
     engine = open_engine(settings.db)
     config = settings.reconcile_config()
@@ -135,8 +135,8 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
-    from slis.query import read_slis
-    from slis.report import render_table
+    from msgtally.slis.query import read_slis
+    from msgtally.slis.report import render_table
 
     engine = open_engine(settings.db)
     with engine.connect() as conn:

@@ -17,12 +17,12 @@ from pathlib import Path
 import httpx
 from sqlalchemy import select
 
-from ingest.db import open_engine
-from ingest.tables import meta
-from reconcile import ReconcileConfig, reconcile
-from slis.model import SLI
-from slis.query import read_slis
-from slis.report import render_table
+from msgtally.ingest.db import open_engine
+from msgtally.ingest.tables import meta
+from msgtally.reconcile import ReconcileConfig, reconcile
+from msgtally.slis.model import SLI
+from msgtally.slis.query import read_slis
+from msgtally.slis.report import render_table
 
 from .app import create_app
 from .server import BackgroundServer

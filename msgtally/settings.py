@@ -8,9 +8,9 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ingest.api import DEFAULT_MAX_BODY
-from ingest.db import DEFAULT_DB_URL
-from reconcile.config import (
+from msgtally.ingest.api import DEFAULT_MAX_BODY
+from msgtally.ingest.db import DEFAULT_DB_URL
+from msgtally.reconcile.config import (
     DEFAULT_BUCKETS,
     DEFAULT_BUDGET,
     DEFAULT_DEADLINE,

@@ -2,7 +2,7 @@
 
 Pure: a seed in, delivery records and the expected figures out. Every fault
 is drawn per message, written as the records a shim would send, and counted
-in the truth exactly as ARCHITECTURE.md defines the outcome.
+in the truth exactly as docs/definitions.md defines the outcome.
 """
 
 from __future__ import annotations

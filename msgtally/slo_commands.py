@@ -7,9 +7,9 @@ import os
 import sys
 from pathlib import Path
 
-from slis.spec import Spec
-from slis.specload import read_spec_file
-from slis.yamldoc import SpecError
+from msgtally.slis.spec import Spec
+from msgtally.slis.specload import read_spec_file
+from msgtally.slis.yamldoc import SpecError
 
 from .settings import Settings
 
@@ -61,10 +61,10 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
-    from alerts.alertmanager import render_alertmanager
-    from alerts.promtests import generate_tests
-    from alerts.render import render_rules, render_tests
-    from alerts.rules import generate
+    from msgtally.alerts.alertmanager import render_alertmanager
+    from msgtally.alerts.promtests import generate_tests
+    from msgtally.alerts.render import render_rules, render_tests
+    from msgtally.alerts.rules import generate
 
     try:
         spec = _load(args, settings)
@@ -98,7 +98,7 @@ def cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_dashboards(args: argparse.Namespace, settings: Settings) -> int:
-    from dashboards import generate, render_dashboard
+    from msgtally.dashboards import generate, render_dashboard
 
     try:
         spec = _load(args, settings)

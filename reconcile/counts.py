@@ -1,4 +1,4 @@
-"""The outcome definitions of ARCHITECTURE.md as SQL expressions.
+"""The outcome definitions of docs/definitions.md as SQL expressions.
 
 Each classified (stream, message id, group) row counts for a vector of
 outcomes; the tallies move by count(new state) - count(old state), so records

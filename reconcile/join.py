@@ -29,8 +29,8 @@ from sqlalchemy import (
     union,
 )
 
-from ingest.db import write_tx
-from ingest.tables import (
+from msgtally.ingest.db import write_tx
+from msgtally.ingest.tables import (
     groups,
     inbox,
     outcomes,

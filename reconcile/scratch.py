@@ -14,7 +14,7 @@ from sqlalchemy import (
     Table,
 )
 
-from ingest.tables import Double
+from msgtally.ingest.tables import Double
 
 scratch = MetaData()
 

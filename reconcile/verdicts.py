@@ -20,7 +20,7 @@ from sqlalchemy import (
     update,
 )
 
-from ingest.tables import (
+from msgtally.ingest.tables import (
     TALLY_FIELDS,
     groups,
     inbox,

@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from ingest.api import EngineDep
+from msgtally.ingest.api import EngineDep
 
 from .query import DISCREPANCY_KINDS, read_discrepancies, read_slis
 

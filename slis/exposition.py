@@ -18,8 +18,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 
-from ingest.tables import inbox, latency_buckets, meta, tallies
-from reconcile.config import bucket_label
+from msgtally.ingest.tables import inbox, latency_buckets, meta, tallies
+from msgtally.reconcile.config import bucket_label
 
 from .query import read_drops, read_in_flight
 

@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ingest.tables import TALLY_FIELDS
+from msgtally.ingest.tables import TALLY_FIELDS
 
 # The counts of a tally row (latency_count is the histogram's, not an outcome).
 COUNT_FIELDS = tuple(f for f in TALLY_FIELDS if f != "latency_count")

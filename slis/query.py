@@ -6,8 +6,8 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, func, select, tuple_
 
-from ingest.tables import groups, outcomes, pending, records, shim_drops, tallies
-from reconcile.counts import LOST, NOGROUP, RECOVERED, UNEXPECTED
+from msgtally.ingest.tables import groups, outcomes, pending, records, shim_drops, tallies
+from msgtally.reconcile.counts import LOST, NOGROUP, RECOVERED, UNEXPECTED
 
 from .model import COUNT_FIELDS, QUANTILES, SLI, nearest_rank
 

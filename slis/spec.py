@@ -1,6 +1,6 @@
 """The SLO spec as plain data: what an SRE declares once per service.
 
-Loaders (`slis.specload` for `msgtally/v1`, `slis.openslo` for OpenSLO) build
+Loaders (`msgtally.slis.specload` for `msgtally/v1`, `msgtally.slis.openslo` for OpenSLO) build
 these objects; `alerts` turns them into Prometheus rules.
 """
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path as FilePath
 from typing import Any
 
-from reconcile.config import DEFAULT_BUCKETS, bucket_label
+from msgtally.reconcile.config import DEFAULT_BUCKETS, bucket_label
 
 from .fields import FieldReader
 from .spec import ALL_GROUPS, DEFAULT_PERIOD, SLO, VERSION, Alerting, Notify, Period, SLIKind, Spec

@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 from sqlalchemy import Engine
 
-from ingest.sdk import Tally
-from reconcile import ReconcileConfig, reconcile
+from msgtally.ingest.sdk import Tally
+from msgtally.reconcile import ReconcileConfig, reconcile
 from tests.conftest import LiveCollector
 
 CONFIG = ReconcileConfig(deadline=5.0, settle=0)

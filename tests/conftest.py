@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
-from ingest.db import open_engine
 from msgtally.app import create_app
+from msgtally.ingest.db import open_engine
+from msgtally.reconcile import ReconcileConfig
 from msgtally.server import BackgroundServer
-from reconcile import ReconcileConfig
 
 PG_ADMIN_URL = os.environ.get(
     "MSGTALLY_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from ingest.db import write_tx
-from ingest.schema import Record
-from ingest.tables import metadata
-from ingest.writer import IngestResult, write_batch
-from reconcile import ReconcileConfig, reconcile
-from slis.query import read_discrepancies, read_slis
+from msgtally.ingest.db import write_tx
+from msgtally.ingest.schema import Record
+from msgtally.ingest.tables import metadata
+from msgtally.ingest.writer import IngestResult, write_batch
+from msgtally.reconcile import ReconcileConfig, reconcile
+from msgtally.slis.query import read_discrepancies, read_slis
 from tests.oracle import COUNT_NAMES, ID_KINDS, GroupOutcome, nearest_rank
 
 T = 1_700_000_000.0  # a base time; histories are offsets from it

@@ -1,4 +1,4 @@
-"""A plain Python oracle for the outcome definitions of ARCHITECTURE.md.
+"""A plain Python oracle for the outcome definitions of docs/definitions.md.
 
 Written from "The delivery record" and "Outcomes of an id", not from the SQL:
 records in, per (stream, group) counts, sorted latencies and discrepancy ids
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ingest.schema import Record
+from msgtally.ingest.schema import Record
 
 DEFAULT_DEADLINE = 300.0
 
@@ -80,7 +80,7 @@ def expected_groups_of(
 def outcome_of_id(
     produces: list[Record], consumes: list[Record], deadline_seconds: float
 ) -> dict[str, object]:
-    """One message id on one stream for one group: the table of ARCHITECTURE.md."""
+    """One message id on one stream for one group: the table of docs/definitions.md."""
     P = produces
     A = [r for r in P if r.outcome == "ok"]
     C = consumes

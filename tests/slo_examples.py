@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alerts import generate, generate_tests, render_alertmanager, render_rules
-from alerts.render import render_tests
-from slis import read_spec_file
+from msgtally.alerts import generate, generate_tests, render_alertmanager, render_rules
+from msgtally.alerts.render import render_tests
+from msgtally.slis import read_spec_file
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 GENERATED = (".rules.yml", ".alertmanager.yml")

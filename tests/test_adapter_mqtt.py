@@ -30,7 +30,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from prometheus_client import CollectorRegistry
 
-from ingest.adapters.mqtt import (
+from msgtally.ingest.adapters.mqtt import (
     ENVELOPE_MAGIC,
     MqttPublisher,
     Received,
@@ -38,9 +38,9 @@ from ingest.adapters.mqtt import (
     tallied,
     unwrap,
 )
-from ingest.db import open_engine
-from ingest.sdk import MESSAGE_ID_HEADER, Tally
-from reconcile import ReconcileConfig, reconcile
+from msgtally.ingest.db import open_engine
+from msgtally.ingest.sdk import MESSAGE_ID_HEADER, Tally
+from msgtally.reconcile import ReconcileConfig, reconcile
 from tests.adapter_support import discrepancy_ids, sli_of
 from tests.conftest import LiveCollector, service_unavailable
 

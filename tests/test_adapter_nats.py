@@ -35,7 +35,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 
-from ingest.adapters.nats import (
+from msgtally.ingest.adapters.nats import (
     NATS_MSG_ID,
     AckPolicy,
     JetStreamHandler,
@@ -43,8 +43,8 @@ from ingest.adapters.nats import (
     attempt_of,
     message_id_of,
 )
-from ingest.db import open_engine
-from ingest.sdk import MESSAGE_ID_HEADER, Delivery, Tally
+from msgtally.ingest.db import open_engine
+from msgtally.ingest.sdk import MESSAGE_ID_HEADER, Delivery, Tally
 from tests.adapter_support import CONFIG, GROUP, assert_figures, collector_figures, discrepancies
 from tests.conftest import LiveCollector, service_unavailable
 

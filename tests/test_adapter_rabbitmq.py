@@ -27,10 +27,10 @@ from opentelemetry.trace import SpanKind
 from pika.exceptions import AMQPConnectionError, UnroutableError
 from prometheus_client import CollectorRegistry
 
-from ingest.adapters.rabbitmq import RabbitPublisher, Received, body_id, tallied
-from ingest.db import open_engine
-from ingest.sdk import MESSAGE_ID_HEADER, Tally
-from reconcile import ReconcileConfig, reconcile
+from msgtally.ingest.adapters.rabbitmq import RabbitPublisher, Received, body_id, tallied
+from msgtally.ingest.db import open_engine
+from msgtally.ingest.sdk import MESSAGE_ID_HEADER, Tally
+from msgtally.reconcile import ReconcileConfig, reconcile
 from tests.adapter_support import discrepancy_ids, sli_of
 from tests.conftest import LiveCollector, service_unavailable
 

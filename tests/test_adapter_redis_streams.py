@@ -27,7 +27,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 
-from ingest.adapters.redis_streams import (
+from msgtally.ingest.adapters.redis_streams import (
     DEAD_LETTER_ENTRY,
     DEAD_LETTER_OF,
     DELIVERY_COUNT,
@@ -38,8 +38,8 @@ from ingest.adapters.redis_streams import (
     StreamProducer,
     message_id_of,
 )
-from ingest.db import open_engine
-from ingest.sdk import MESSAGE_ID_HEADER, Delivery, Tally
+from msgtally.ingest.db import open_engine
+from msgtally.ingest.sdk import MESSAGE_ID_HEADER, Delivery, Tally
 from tests.adapter_support import CONFIG, GROUP, assert_figures, collector_figures, discrepancies
 from tests.conftest import LiveCollector, service_unavailable
 

@@ -32,18 +32,18 @@ from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine, select
 
-from ingest.adapters.webhooks import (
+from msgtally.ingest.adapters.webhooks import (
     AsyncWebhookSender,
     TallyDependency,
     TallyMiddleware,
     WebhookDelivery,
     WebhookSender,
 )
-from ingest.db import open_engine
-from ingest.sdk import Tally
-from ingest.tables import records
+from msgtally.ingest.db import open_engine
+from msgtally.ingest.sdk import Tally
+from msgtally.ingest.tables import records
+from msgtally.reconcile import ReconcileConfig, reconcile
 from msgtally.server import BackgroundServer, free_port
-from reconcile import ReconcileConfig, reconcile
 from tests.conftest import LiveCollector
 
 GROUP = "receiver"
@@ -306,7 +306,7 @@ def test_webhooks_end_to_end(store: Engine) -> None:
         "retried": 3,
         "attempts": 9,
     }
-    # Dead-lettered ids are also lost (ARCHITECTURE: produced, no ok consume).
+    # Dead-lettered ids are also lost (docs/definitions.md: produced, no ok consume).
     assert figures("dlq") == {
         **zero,
         "produced": 6,

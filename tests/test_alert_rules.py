@@ -8,13 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-import alerts
-import slis
-from alerts import generate, render_rules, scale
-from alerts.promql import error_ratio, le_matcher, matchers
-from alerts.rules import alert_rules, meta_rules, sli_rules
-from alerts.windows import LADDER, format_duration, rule_windows, snap
-from slis import SLO, Alerting, Notify, Period, SLIKind, Spec, load_spec, read_spec_file
+from msgtally import alerts, slis
+from msgtally.alerts import generate, render_rules, scale
+from msgtally.alerts.promql import error_ratio, le_matcher, matchers
+from msgtally.alerts.rules import alert_rules, meta_rules, sli_rules
+from msgtally.alerts.windows import LADDER, format_duration, rule_windows, snap
+from msgtally.slis import SLO, Alerting, Notify, Period, SLIKind, Spec, load_spec, read_spec_file
 from tests.slo_examples import EXAMPLES, generated_tests_dir, outputs, spec_files, stem
 
 DAY, HOUR = 86_400, 3_600

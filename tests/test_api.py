@@ -9,9 +9,9 @@ import httpx
 import pytest
 from sqlalchemy import Engine, func, select
 
-from ingest.db import open_engine
-from ingest.tables import inbox, records
-from reconcile import ReconcileConfig, reconcile
+from msgtally.ingest.db import open_engine
+from msgtally.ingest.tables import inbox, records
+from msgtally.reconcile import ReconcileConfig, reconcile
 from tests.conftest import LiveCollector
 
 T0 = 1_700_000_000.0

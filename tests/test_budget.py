@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from slis import burn_factor, burn_rate, error_budget, objective_ratio, remaining_budget
-from slis.budget import budget_share
+from msgtally.slis import burn_factor, burn_rate, error_budget, objective_ratio, remaining_budget
+from msgtally.slis.budget import budget_share
 
 DAY, HOUR = 86_400, 3_600
 

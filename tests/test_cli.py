@@ -14,7 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-from ingest import open_engine, parse_batch, write_batch
+from msgtally.ingest.db import open_engine
+from msgtally.ingest.schema import parse_batch
+from msgtally.ingest.writer import write_batch
 from msgtally.server import free_port
 
 T0 = 1_700_000_000.0

@@ -9,9 +9,10 @@ from typing import Any
 import httpx
 from sqlalchemy import Engine
 
-from ingest import parse_batch, write_batch
-from reconcile import ReconcileConfig, reconcile
-from slis.query import read_slis
+from msgtally.ingest.schema import parse_batch
+from msgtally.ingest.writer import write_batch
+from msgtally.reconcile import ReconcileConfig, reconcile
+from msgtally.slis.query import read_slis
 from tests.conftest import LiveCollector
 
 T0 = 1_700_000_000.0

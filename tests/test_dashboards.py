@@ -14,16 +14,16 @@ import httpx
 import pytest
 from sqlalchemy import Engine
 
-import dashboards
-from alerts import generate as generate_rules
-from alerts.windows import scale
-from dashboards import BOARDS, generate, render_dashboard, sdk, uid
-from dashboards import queries as q
-from dashboards.build import regex_escape
-from dashboards.panels import GRID_WIDTH, Kind, Panel, Target, check_rows
+from msgtally import dashboards
+from msgtally.alerts import generate as generate_rules
+from msgtally.alerts.windows import scale
 from msgtally.cli import main
-from reconcile import ReconcileConfig, reconcile
-from slis import SLIKind, load_spec, read_spec_file
+from msgtally.dashboards import BOARDS, generate, render_dashboard, sdk, uid
+from msgtally.dashboards import queries as q
+from msgtally.dashboards.build import regex_escape
+from msgtally.dashboards.panels import GRID_WIDTH, Kind, Panel, Target, check_rows
+from msgtally.reconcile import ReconcileConfig, reconcile
+from msgtally.slis import SLIKind, load_spec, read_spec_file
 from tests.conftest import LiveCollector
 from tests.slo_examples import EXAMPLES, spec_files, stem
 
@@ -372,10 +372,10 @@ def test_the_sdk_warns_at_import_and_dashboards_silences_exactly_that() -> None:
     bare = _python("import grafana_foundation_sdk.builders.dashboard")
     assert bare.returncode != 0
     assert "DeprecationWarning: Prefer using dashboardv2.Dashboard instead." in bare.stderr
-    assert _python("import dashboards.build").returncode == 0
+    assert _python("import msgtally.dashboards.build").returncode == 0
     # The filter does not outlive the import: other deprecations still raise.
     other = _python(
-        "import warnings, dashboards.build\n"
+        "import warnings, msgtally.dashboards.build\n"
         "warnings.warn('Prefer using dashboardv2.Dashboard instead.', DeprecationWarning)"
     )
     assert other.returncode != 0

@@ -30,12 +30,12 @@ import httpx
 import pytest
 from sqlalchemy import Engine
 
-from alerts import generate as generate_rules
-from alerts import render_rules
-from dashboards import generate
-from ingest.db import open_engine
-from reconcile import ReconcileConfig
-from slis import load_spec
+from msgtally.alerts import generate as generate_rules
+from msgtally.alerts import render_rules
+from msgtally.dashboards import generate
+from msgtally.ingest.db import open_engine
+from msgtally.reconcile import ReconcileConfig
+from msgtally.slis import load_spec
 from tests.conftest import LiveCollector
 from tests.promserver import Prometheus
 

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from ingest.schema import Record, parse_batch
-from reconcile import ReconcileConfig
-from slis.query import read_discrepancies, read_slis
+from msgtally.ingest.schema import Record, parse_batch
+from msgtally.reconcile import ReconcileConfig
+from msgtally.slis.query import read_discrepancies, read_slis
 from tests.harness import (
     QUANTILES,
     T,

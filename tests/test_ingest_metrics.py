@@ -9,10 +9,10 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 
-from ingest.db import open_engine
 from msgtally.app import create_app
+from msgtally.ingest.db import open_engine
+from msgtally.reconcile import ReconcileConfig
 from msgtally.server import BackgroundServer
-from reconcile import ReconcileConfig
 from tests.conftest import LiveCollector
 
 T0 = 1_700_000_000.0

@@ -17,10 +17,10 @@ from typing import Any
 import httpx
 from sqlalchemy import Engine
 
-from alerts import generate, render_rules
-from ingest.db import open_engine
-from reconcile import ReconcileConfig
-from slis import load_spec
+from msgtally.alerts import generate, render_rules
+from msgtally.ingest.db import open_engine
+from msgtally.reconcile import ReconcileConfig
+from msgtally.slis import load_spec
 from tests.conftest import LiveCollector
 from tests.promserver import prometheus_binary, start_prometheus, stop_prometheus
 

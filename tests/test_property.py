@@ -10,7 +10,7 @@
   never go down, figures stay consistent with each other and with the
   discrepancy reports, and a resend of everything changes nothing.
 
-Each example empties the fixture's store first (ingest.tables.metadata), so
+Each example empties the fixture's store first (msgtally.ingest.tables.metadata), so
 one database serves every example, on SQLite and on PostgreSQL.
 """
 
@@ -24,10 +24,10 @@ from hypothesis import HealthCheck, Phase, given, note, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine
 
-from ingest.schema import Record
-from reconcile import ReconcileConfig, reconcile
-from reconcile.config import DEFAULT_BUDGET
-from slis.query import read_discrepancies
+from msgtally.ingest.schema import Record
+from msgtally.reconcile import ReconcileConfig, reconcile
+from msgtally.reconcile.config import DEFAULT_BUDGET
+from msgtally.slis.query import read_discrepancies
 from tests.harness import (
     Figures,
     T,

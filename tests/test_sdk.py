@@ -1,4 +1,4 @@
-"""The shim (ingest.sdk.Tally) against a real collector on a real socket, no mocks.
+"""The shim (msgtally.ingest.sdk.Tally) against a real collector on a real socket, no mocks.
 
 What every call records (the stored rows and the SLIs they add up to), the
 msgtally_sdk_* counters, the OpenTelemetry spans and their links, bad
@@ -27,10 +27,10 @@ from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine, select
 
-from ingest.db import open_engine
-from ingest.sdk import MESSAGE_ID_HEADER, Tally
-from ingest.tables import records
-from reconcile import ReconcileConfig, reconcile
+from msgtally.ingest.db import open_engine
+from msgtally.ingest.sdk import MESSAGE_ID_HEADER, Tally
+from msgtally.ingest.tables import records
+from msgtally.reconcile import ReconcileConfig, reconcile
 from tests.conftest import LiveCollector
 
 CONFIG = ReconcileConfig(deadline=5.0, settle=0.0)

@@ -28,9 +28,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ingest.db import open_engine
-from ingest.sdk import MESSAGE_ID_HEADER, Tally
 from msgtally.app import create_app
+from msgtally.ingest.db import open_engine
+from msgtally.ingest.sdk import MESSAGE_ID_HEADER, Tally
 from msgtally.server import BackgroundServer, free_port
 from tests.conftest import LiveCollector
 from tests.test_sdk import CONFIG, figures, samples, settle_and_read, stored, total, unique
@@ -346,7 +346,7 @@ def test_close_flushes_what_is_queued_then_drops_and_counts(store: Engine) -> No
 _EXITING_SERVICE = textwrap.dedent(
     """
     import sys
-    from ingest.sdk import Tally
+    from msgtally.ingest.sdk import Tally
 
     tally = Tally(sys.argv[1], collector_url=sys.argv[2], tracing=False,
                   flush_interval=3600, batch_size=100_000, max_buffer=100_000)

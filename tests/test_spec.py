@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from slis import SLO, Alerting, Notify, Period, SLIKind, SpecError, check_spec, load_spec
-from slis.yamldoc import Problem
+from msgtally.slis import SLO, Alerting, Notify, Period, SLIKind, SpecError, check_spec, load_spec
+from msgtally.slis.yamldoc import Problem
 from tests.slo_examples import EXAMPLES
 
 VALID = """\

@@ -1,4 +1,5 @@
-"""Every case of the shared outcome vectors, through the store and through the oracle."""
+"""Every case of the outcome vectors (tests/vectors/outcomes.json), through the store
+and through the oracle."""
 
 from __future__ import annotations
 
@@ -9,13 +10,13 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from ingest.schema import Record, parse_batch
-from ingest.writer import write_batch
-from reconcile import ReconcileConfig, reconcile
+from msgtally.ingest.schema import Record, parse_batch
+from msgtally.ingest.writer import write_batch
+from msgtally.reconcile import ReconcileConfig, reconcile
 from tests.harness import QUANTILES, figures
 from tests.oracle import COUNT_NAMES, nearest_rank, oracle
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "outcomes.json"
+VECTORS = Path(__file__).resolve().parent / "vectors" / "outcomes.json"
 CASES: list[dict[str, Any]] = json.loads(VECTORS.read_text())["cases"]
 # The counts a vector states; consume_errors is not among them.
 VECTOR_COUNTS = tuple(name for name in COUNT_NAMES if name != "consume_errors")
@@ -86,8 +87,8 @@ def test_vector_through_the_oracle(case: dict[str, Any]) -> None:
 
 
 def test_nearest_rank_agrees_with_the_model() -> None:
-    """The oracle's quantile and slis.model's index pick the same value."""
-    from slis.model import nearest_rank as model_rank
+    """The oracle's quantile and msgtally.slis.model's index pick the same value."""
+    from msgtally.slis.model import nearest_rank as model_rank
 
     for n in range(1, 120):
         values = [float(i) for i in range(n)]
