@@ -11,10 +11,10 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from .ingest_metrics import IngestMetrics, ingest_metrics
+from .limits import DEFAULT_MAX_BODY
+from .problems import problem
 from .schema import RecordError, parse_body
 from .writer import IngestResult, write_batch
-
-DEFAULT_MAX_BODY = 8 * 1024 * 1024
 
 router = APIRouter()
 
@@ -37,33 +37,33 @@ MetricsDep = Annotated[IngestMetrics, Depends(get_metrics)]
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, f"body: larger than the limit of {limit} bytes ({declared})")
+        raise problem(413, "body", f"larger than the limit of {limit} bytes ({declared})")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:  # a chunked body has no content-length to refuse early
-            raise HTTPException(413, f"body: larger than the limit of {limit} bytes")
+            raise problem(413, "body", f"larger than the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 
 
 def _decode_and_store(engine: Engine, body: bytes) -> IngestResult:
     if not body.strip():
-        raise HTTPException(400, "body: empty; send a JSON array of records")
+        raise problem(400, "body", "empty; send a JSON array of records")
     try:
         payload: Any = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HTTPException(400, f"body: not valid JSON ({exc})") from None
+        raise problem(400, "body", f"not valid JSON ({exc})") from None
     try:
         batch = parse_body(payload)
     except RecordError as exc:
-        raise HTTPException(422, {"field": exc.field, "reason": exc.reason}) from None
+        raise problem(422, exc.field, exc.reason) from None
     try:
         return write_batch(engine, batch.records, batch.drops)
     except SQLAlchemyError as exc:
         # Nothing of the batch is stored (one transaction); the shim retries.
-        raise HTTPException(503, f"store unavailable: {type(exc).__name__}") from None
+        raise problem(503, None, f"store unavailable: {type(exc).__name__}") from None
 
 
 @router.post("/v1/records")
@@ -93,5 +93,5 @@ def readyz(engine: EngineDep) -> dict[str, str]:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
     except SQLAlchemyError as exc:
-        raise HTTPException(503, f"store unavailable: {type(exc).__name__}") from None
+        raise problem(503, None, f"store unavailable: {type(exc).__name__}") from None
     return {"status": "ready"}

@@ -4,42 +4,83 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.pool import NullPool
 
+from .store_url import DEFAULT_DB_URL, normalize_url
 from .tables import metadata
 
-DEFAULT_DB_FILE = "msgtally.db"
-DEFAULT_DB_URL = f"sqlite:///{DEFAULT_DB_FILE}"
+
+class StoreError(Exception):
+    """The store cannot be opened: one line that says which store and why."""
 
 
-def normalize_url(url: str) -> str:
-    """Accept a bare file path for SQLite and plain postgresql:// URLs."""
-    if "://" not in url:
-        return f"sqlite:///{url}"
-    if url.startswith(("postgresql://", "postgres://")):
-        return "postgresql+psycopg://" + url.split("://", 1)[1]
-    return url
+def _parse(url: str) -> URL:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise StoreError(
+            f"{url!r} is not a store: give a SQLite file path or a postgresql:// URL"
+        ) from None
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise StoreError(
+            f"{parsed.get_backend_name()!r} stores are not supported: "
+            "give a SQLite file path or a postgresql:// URL"
+        )
+    return parsed
+
+
+def _check_sqlite_file(parsed: URL, create: bool) -> None:
+    if not parsed.database or parsed.database == ":memory:":
+        return
+    path = Path(parsed.database)
+    if not create and not path.exists():
+        raise StoreError(f"no store at {path}: nothing was ingested there (check --db)")
+    if create and not path.parent.exists():
+        raise StoreError(f"cannot create the store {path}: folder {path.parent} does not exist")
+
+
+def _first_line(exc: DBAPIError) -> str:
+    text = str(exc.orig).strip() or type(exc.orig).__name__
+    return text.splitlines()[0]
 
 
 def open_engine(url: str = DEFAULT_DB_URL, *, create: bool = True) -> Engine:
-    """An engine with the pragmas and transaction mode msgtally relies on."""
+    """An engine with the pragmas and transaction mode msgtally relies on.
+
+    `create` makes the store and its tables when missing; without it (the
+    read-only commands) a store that does not exist is a StoreError, and
+    nothing is created. Every failure to open the store is a StoreError.
+    """
     url = normalize_url(url)
-    parsed = make_url(url)
+    parsed = _parse(url)
     kwargs: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
+        _check_sqlite_file(parsed, create)
         # One connection per use: SQLite connections are cheap, and a pool of
         # them pinned to threads only adds surprises under FastAPI's threadpool.
         kwargs["poolclass"] = NullPool
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 60}
-    engine = create_engine(url, **kwargs)
+    try:
+        engine = create_engine(url, **kwargs)
+    except (NoSuchModuleError, ImportError) as exc:
+        raise StoreError(f"cannot use the store {url!r}: {exc}") from None
     if engine.dialect.name == "sqlite":
         _sqlite_setup(engine)
-    if create:
-        metadata.create_all(engine)
+    shown = engine.url.render_as_string(hide_password=True)
+    try:
+        if create:
+            metadata.create_all(engine)
+        elif not inspect(engine).has_table("tallies"):
+            raise StoreError(f"{shown} is not a msgtally store (it has no msgtally tables)")
+    except DBAPIError as exc:
+        engine.dispose()
+        raise StoreError(f"cannot open the store {shown}: {_first_line(exc)}") from None
     return engine
 
 

@@ -11,8 +11,8 @@ import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-MAX_ID_LENGTH = 256
-MAX_TEXT_LENGTH = 256
+from .limits import MAX_ID_LENGTH, MAX_TEXT_LENGTH
+
 KINDS = ("produce", "consume")
 OUTCOMES = ("ok", "error", "dead_letter")
 FIELDS = (

@@ -28,13 +28,15 @@ from typing import Any
 from opentelemetry.trace import Status, StatusCode, TracerProvider
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
-from .schema import MAX_ID_LENGTH
+from .limits import MAX_ID_LENGTH
 from .shipper import DropKey, Shipper
 from .tracing import MessagingTracer, span_ids
 
 log = logging.getLogger("msgtally.sdk")
 
 MESSAGE_ID_HEADER = "msgtally-message-id"
+# The stream (or group) under which a record with an unusable name is counted dropped.
+INVALID_NAME = "(invalid)"
 DEFAULT_COLLECTOR = "http://127.0.0.1:8410"
 
 
@@ -147,9 +149,11 @@ class Tally:
 
     def _reject(self, stream: object, kind: str, group: object, why: str) -> None:
         log.warning("msgtally: %s record not sent: %s", kind, why)
-        s = stream if _text_ok(stream) else ""
-        g = group if _text_ok(group) else ""
-        self._count_drop((s, kind, g), 1)  # type: ignore[arg-type]
+        # Names that cannot be sent are reported under a placeholder, so that
+        # the collector still learns that a record was dropped.
+        s = stream if _text_ok(stream) else INVALID_NAME
+        g = "" if kind == "produce" else group if _text_ok(group) else INVALID_NAME
+        self.shipper.count_drop((s, kind, g))  # type: ignore[arg-type]
 
     def _problem(self, s: object, message_id: object, ts: object) -> str | None:
         """Why a record cannot be sent, or None. Checked here, because one bad

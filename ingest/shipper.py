@@ -104,8 +104,20 @@ class Shipper:
         if full:
             self._wake.set()
 
+    def count_drop(self, key: DropKey) -> None:
+        """Count a record that was dropped before it was queued (a bad call):
+        its total reaches the collector like the buffer's drops."""
+        with self._lock:
+            self._count_locked(key)
+            self._idle.clear()  # flush() waits until the collector knows
+            if self._thread is None and not self._closed:
+                self._start_locked()
+        self._wake.set()
+
     def _drop_locked(self, row: Row) -> None:
-        key = (row[_STREAM], row[_KIND], row[_GROUP])
+        self._count_locked((row[_STREAM], row[_KIND], row[_GROUP]))
+
+    def _count_locked(self, key: DropKey) -> None:
         self.dropped[key] += 1
         if self._on_drop is not None:
             self._on_drop(key, 1)

@@ -12,9 +12,10 @@ from prometheus_client.registry import CollectorRegistry
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from msgtally.ingest.api import DEFAULT_MAX_BODY
+from msgtally.ingest import problems
 from msgtally.ingest.api import router as ingest_router
 from msgtally.ingest.ingest_metrics import ingest_metrics
+from msgtally.ingest.limits import DEFAULT_MAX_BODY
 from msgtally.reconcile import ReconcileConfig, reconcile
 from msgtally.slis.api import router as slis_router
 from msgtally.slis.exposition import StoreCollector
@@ -82,6 +83,7 @@ def create_app(
     app.state.registry = registry
     ingest_metrics(app.state)  # the ingest counters, at 0 from the first scrape
     app.state.max_body = max_body
+    problems.install(app)
     app.include_router(ingest_router)
     app.include_router(slis_router)
     return app

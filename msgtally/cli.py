@@ -3,18 +3,35 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import socket
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 
-from pydantic import ValidationError
-
-from msgtally.ingest.db import DEFAULT_DB_URL, open_engine
+from msgtally import __version__
+from msgtally.ingest.store_url import DEFAULT_DB_URL
 
 from . import slo_commands
-from .settings import Settings
+from .errors import CommandError
+
+# Where a missing module comes from: the extra that installs it.
+_EXTRAS = {
+    "fastapi": "collector",
+    "starlette": "collector",
+    "uvicorn": "collector",
+    "sqlalchemy": "collector",
+    "psycopg": "collector",
+    "pydantic": "collector",
+    "pydantic_settings": "slo",
+    "yaml": "slo",
+    "grafana_foundation_sdk": "slo",
+}
+
+
 
 
 def _kv(text: str) -> tuple[str, str]:
@@ -62,33 +79,29 @@ def _add_reconcile(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    overrides: dict[str, object] = {}
-    for name in ("db", "host", "port", "deadline", "settle", "interval", "max_body"):
-        value = getattr(args, name, None)
-        if value is not None:
-            overrides[name] = value
-    if getattr(args, "latency_buckets", None):
-        overrides["latency_buckets"] = args.latency_buckets
-    if getattr(args, "no_reconcile", False):
-        overrides["reconcile"] = False
-    if getattr(args, "stream_deadline", None):
-        overrides["stream_deadlines"] = {s: float(v) for s, v in args.stream_deadline}
-    if getattr(args, "expect", None):
-        expected: dict[str, list[str]] = {}
-        for stream, groups in args.expect:
-            expected.setdefault(stream, []).extend(g for g in groups.split(",") if g)
-        overrides["expected_groups"] = expected
-    settings = Settings(**overrides)  # type: ignore[arg-type]
-    settings.reconcile_config()  # validates buckets and deadlines up front
-    return settings
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind before saying "listening": a busy port is an error, not a log line."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return sock
 
 
-def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .app import create_app
+    from msgtally.ingest.db import open_engine
 
+    from .app import create_app
+    from .settings import settings_from_args
+
+    settings = settings_from_args(args)
+    sock = _listen(settings.host, settings.port)
     engine = open_engine(settings.db)
     app = create_app(
         engine,
@@ -103,13 +116,20 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         f"reconcile: {loop})",
         file=sys.stderr,
     )
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    server = uvicorn.Server(uvicorn.Config(app, log_level="info"))
+    # Ctrl-C or SIGINT: uvicorn has shut down cleanly by the time it re-raises.
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run(sockets=[sock])
     return 0
 
 
-def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from msgtally.ingest.db import open_engine
     from msgtally.reconcile import PassResult, reconcile
 
+    from .settings import settings_from_args
+
+    settings = settings_from_args(args)
     engine = open_engine(settings.db)
     config = settings.reconcile_config()
     while True:
@@ -134,13 +154,24 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
         time.sleep(settings.interval)
 
 
-def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_report(args: argparse.Namespace) -> int:
+    from msgtally.ingest.db import open_engine
     from msgtally.slis.query import read_slis
     from msgtally.slis.report import render_table
 
-    engine = open_engine(settings.db)
+    from .settings import settings_from_args
+
+    settings = settings_from_args(args)
+    engine = open_engine(settings.db, create=False)  # a report never makes a store
     with engine.connect() as conn:
-        slis = read_slis(conn, args.stream, args.group)
+        everything = read_slis(conn)
+    slis = [
+        s
+        for s in everything
+        if args.stream in (None, s.stream) and args.group in (None, s.group)
+    ]
+    if not slis and (args.stream is not None or args.group is not None):
+        raise CommandError(_no_such(args, everything))
     if args.json:
         print(json.dumps([s.to_json() for s in slis], indent=2))
     else:
@@ -148,7 +179,19 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+def _no_such(args: argparse.Namespace, slis: Sequence[object]) -> str:
+    """Which filter matched nothing, and what there is instead."""
+    pairs = sorted({(s.stream, s.group) for s in slis})  # type: ignore[attr-defined]
+    if not pairs:
+        return "no figures yet for any stream (nothing reconciled)"
+    if args.stream is not None and all(args.stream != stream for stream, _ in pairs):
+        streams = ", ".join(sorted({stream for stream, _ in pairs}))
+        return f"no figures for stream {args.stream!r} (streams with figures: {streams})"
+    groups = ", ".join(g for st, g in pairs if args.stream in (None, st))
+    return f"no figures for group {args.group!r} (groups: {groups})"
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     return run_demo(db=args.db or "msgtally-demo.db", seed=args.seed, ids=args.ids)
@@ -160,7 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Message delivery SLIs: joins produced and consumed message ids into "
         "delivered, lost, duplicated, retried, unexpected and latency figures.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log more; show tracebacks of errors"
+    )
+    parser.add_argument("--version", action="version", version=f"msgtally {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
@@ -227,6 +273,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _known_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean "the user can fix this", each printed as one line."""
+    known: list[type[BaseException]] = [CommandError]
+    try:
+        from msgtally.ingest.db import StoreError
+
+        known.append(StoreError)
+    except ImportError:  # no collector extra: no store either
+        pass
+    try:
+        from .settings import SettingsError
+
+        known.append(SettingsError)
+    except ImportError:
+        pass
+    return tuple(known)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -235,11 +299,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        settings = _settings(args)
-    except (ValidationError, ValueError) as exc:
-        print(f"msgtally: invalid settings: {exc}", file=sys.stderr)
-        return 2
-    code: int = args.func(args, settings)
+        code: int = args.func(args)
+        return code
+    except ModuleNotFoundError as exc:
+        extra = _EXTRAS.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        return _fail(
+            args,
+            exc,
+            f"needs the {extra} extra ({exc.name} is not installed): "
+            f"pip install 'msgtally[{extra}]'",
+            1,
+        )
+    except _known_errors() as exc:
+        return _fail(args, exc, str(exc), getattr(exc, "code", 1))
+    except KeyboardInterrupt:
+        return 130
+
+
+def _fail(args: argparse.Namespace, exc: BaseException, message: str, code: int) -> int:
+    """One line on stderr, naming the command; the traceback only with -v."""
+    if args.verbose:
+        traceback.print_exception(exc)
+    print(f"msgtally {args.command}: {message}", file=sys.stderr)
     return code
 
 

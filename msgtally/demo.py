@@ -16,8 +16,9 @@ from pathlib import Path
 
 import httpx
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
-from msgtally.ingest.db import open_engine
+from msgtally.ingest.db import StoreError, open_engine
 from msgtally.ingest.tables import meta
 from msgtally.reconcile import ReconcileConfig, reconcile
 from msgtally.slis.model import SLI
@@ -32,19 +33,19 @@ from .simulate import FLOWS, OUTCOME_FIELDS, batches, simulate
 def _fresh_db(path: Path) -> None:
     """Recreate the demo file, but never clobber a store the demo did not make."""
     if path.exists():
-        engine = open_engine(str(path), create=False)
+        made_by_demo = None
         try:
+            engine = open_engine(str(path), create=False)
             with engine.connect() as conn:
                 made_by_demo = conn.execute(
                     select(meta.c.value).where(meta.c.key == "demo")
                 ).scalar_one_or_none()
-        except Exception:
-            made_by_demo = None
-        engine.dispose()
+            engine.dispose()
+        except (StoreError, SQLAlchemyError):
+            pass  # not a store at all: not the demo's either
         if made_by_demo is None:
-            raise SystemExit(
-                f"msgtally demo: {path} exists and was not made by the demo; "
-                "pass --db with a new file name"
+            raise StoreError(
+                f"{path} exists and was not made by the demo; pass --db with a new file name"
             )
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)

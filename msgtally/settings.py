@@ -5,11 +5,13 @@ Read from MSGTALLY_* environment variables; command-line flags override them.
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+import argparse
+
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from msgtally.ingest.api import DEFAULT_MAX_BODY
-from msgtally.ingest.db import DEFAULT_DB_URL
+from msgtally.ingest.limits import DEFAULT_MAX_BODY
+from msgtally.ingest.store_url import DEFAULT_DB_URL
 from msgtally.reconcile.config import (
     DEFAULT_BUCKETS,
     DEFAULT_BUDGET,
@@ -52,3 +54,42 @@ class Settings(BaseSettings):
             latency_buckets=tuple(self.latency_buckets),
             budget=self.budget,
         )
+
+
+class SettingsError(ValueError):
+    """Settings that cannot be used; the message names every bad one, in one line."""
+
+    code = 2
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """The environment's settings, overridden by the flags a command was given."""
+    overrides: dict[str, object] = {}
+    for name in ("db", "host", "port", "deadline", "settle", "interval", "max_body"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    if getattr(args, "latency_buckets", None):
+        overrides["latency_buckets"] = args.latency_buckets
+    if getattr(args, "no_reconcile", False):
+        overrides["reconcile"] = False
+    if getattr(args, "stream_deadline", None):
+        overrides["stream_deadlines"] = {s: float(v) for s, v in args.stream_deadline}
+    if getattr(args, "expect", None):
+        expected: dict[str, list[str]] = {}
+        for stream, groups in args.expect:
+            expected.setdefault(stream, []).extend(g for g in groups.split(",") if g)
+        overrides["expected_groups"] = expected
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+        settings.reconcile_config()  # validates buckets and deadlines up front
+    except ValidationError as exc:
+        problems = [
+            f"--{str(e['loc'][0]).replace('_', '-') if e['loc'] else 'settings'}: "
+            f"{e['msg'].lower()} (got {e['input']!r})"
+            for e in exc.errors()
+        ]
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None
+    except ValueError as exc:
+        raise SettingsError(f"invalid settings: {exc}") from None
+    return settings

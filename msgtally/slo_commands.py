@@ -6,12 +6,12 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
 
-from msgtally.slis.spec import Spec
-from msgtally.slis.specload import read_spec_file
-from msgtally.slis.yamldoc import SpecError
+from .errors import CommandError
 
-from .settings import Settings
+if TYPE_CHECKING:
+    from msgtally.slis.spec import Spec
 
 
 def parse_buckets(text: str) -> list[float]:
@@ -38,21 +38,30 @@ def add_buckets(p: argparse.ArgumentParser, flag: str, what: str) -> None:
     )
 
 
-def _load(args: argparse.Namespace, settings: Settings) -> Spec:
-    return read_spec_file(args.spec, buckets=settings.latency_buckets)
+def _load(args: argparse.Namespace, problems_to: TextIO) -> Spec:
+    """The spec, or every problem printed (one per line) and a CommandError."""
+    from msgtally.slis.specload import read_spec_file
+    from msgtally.slis.yamldoc import SpecError
 
+    from .settings import settings_from_args
 
-def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
+    buckets = settings_from_args(args).latency_buckets
     try:
-        spec = _load(args, settings)
+        return read_spec_file(args.spec, buckets=buckets)
     except OSError as exc:
-        print(f"msgtally check: {exc}", file=sys.stderr)
-        return 1
+        raise CommandError(f"cannot read {args.spec}: {exc.strerror}") from None
     except SpecError as exc:
         for problem in exc.problems:
-            print(f"{args.spec}: {problem}")
-        print(f"{len(exc.problems)} problem(s)", file=sys.stderr)
-        return 1
+            print(f"{args.spec}: {problem}", file=problems_to)
+        raise CommandError(f"{len(exc.problems)} problem(s) in {args.spec}") from None
+
+
+def _wrote(path: Path, what: str) -> None:
+    print(f"wrote {path} ({what})", file=sys.stderr)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    spec = _load(args, sys.stdout)  # the problems are what `check` is asked for
     print(
         f"{args.spec}: ok ({len(spec.slos)} SLOs, service {spec.service}, "
         f"period {spec.period.text})"
@@ -60,65 +69,52 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_alerts(args: argparse.Namespace) -> int:
     from msgtally.alerts.alertmanager import render_alertmanager
     from msgtally.alerts.promtests import generate_tests
     from msgtally.alerts.render import render_rules, render_tests
     from msgtally.alerts.rules import generate
 
-    try:
-        spec = _load(args, settings)
-    except OSError as exc:
-        print(f"msgtally alerts: {exc}", file=sys.stderr)
-        return 1
-    except SpecError as exc:
-        for problem in exc.problems:
-            print(f"{args.spec}: {problem}", file=sys.stderr)
-        return 1
-    text = render_rules(generate(spec), spec.service)
     if args.tests and not args.output:
-        print(
-            "msgtally alerts: --tests needs -o/--output (the tests load the rule file)",
-            file=sys.stderr,
-        )
-        return 2
-    if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
-    else:
-        sys.stdout.write(text)
-    if args.alertmanager:
-        Path(args.alertmanager).write_text(render_alertmanager(spec), encoding="utf-8")
-    if args.tests:
-        directory = Path(args.tests)
-        directory.mkdir(parents=True, exist_ok=True)
-        rule_file = os.path.relpath(Path(args.output).resolve(), directory.resolve())
-        for name, data in generate_tests(spec, rule_file).items():
-            (directory / name).write_text(render_tests(data, spec.service), encoding="utf-8")
+        raise CommandError("--tests needs -o/--output (the tests load the rule file)", code=2)
+    spec = _load(args, sys.stderr)
+    rules = generate(spec)
+    text = render_rules(rules, spec.service)
+    try:
+        if args.output:
+            Path(args.output).write_text(text, encoding="utf-8")
+            _wrote(Path(args.output), f"{len(rules['groups'])} rule groups")
+        else:
+            sys.stdout.write(text)
+        if args.alertmanager:
+            Path(args.alertmanager).write_text(render_alertmanager(spec), encoding="utf-8")
+            _wrote(Path(args.alertmanager), "Alertmanager inhibit rules")
+        if args.tests:
+            directory = Path(args.tests)
+            directory.mkdir(parents=True, exist_ok=True)
+            rule_file = os.path.relpath(Path(args.output).resolve(), directory.resolve())
+            tests = generate_tests(spec, rule_file)
+            for name, data in tests.items():
+                (directory / name).write_text(render_tests(data, spec.service), encoding="utf-8")
+            _wrote(directory, f"{len(tests)} promtool test files")
+    except OSError as exc:
+        raise CommandError(f"cannot write {exc.filename}: {exc.strerror}") from None
     return 0
 
 
-def cmd_dashboards(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_dashboards(args: argparse.Namespace) -> int:
     from msgtally.dashboards import generate, render_dashboard
 
-    try:
-        spec = _load(args, settings)
-    except OSError as exc:
-        print(f"msgtally dashboards: {exc}", file=sys.stderr)
-        return 1
-    except SpecError as exc:
-        for problem in exc.problems:
-            print(f"{args.spec}: {problem}", file=sys.stderr)
-        return 1
+    spec = _load(args, sys.stderr)
     directory = Path(args.output)
     try:
         directory.mkdir(parents=True, exist_ok=True)
         for name, data in generate(spec).items():
             path = directory / f"{name}.json"
             path.write_text(render_dashboard(data), encoding="utf-8")
-            print(f"{path}: {data['title']} ({len(data['panels'])} panels)")
+            _wrote(path, f"{data['title']}, {len(data['panels'])} panels")
     except OSError as exc:
-        print(f"msgtally dashboards: {exc}", file=sys.stderr)
-        return 1
+        raise CommandError(f"cannot write {exc.filename}: {exc.strerror}") from None
     return 0
 
 

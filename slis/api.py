@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from msgtally.ingest.api import EngineDep
+from msgtally.ingest.problems import problem
 
 from .query import DISCREPANCY_KINDS, read_discrepancies, read_slis
 
@@ -35,19 +38,14 @@ def get_discrepancies(
 ) -> dict[str, Any]:
     """The reconciliation report: the ids behind a discrepancy count."""
     if kind not in DISCREPANCY_KINDS:
-        raise HTTPException(422, {"field": "kind", "reason": f"must be one of {DISCREPANCY_KINDS}"})
-    cursor: tuple[str, str, str] | None = None
-    if after is not None:
-        parts = after.split("\x1f")
-        if len(parts) != 3:
-            raise HTTPException(422, {"field": "after", "reason": "not a cursor from this API"})
-        cursor = (parts[0], parts[1], parts[2])
+        raise problem(422, "kind", f"must be one of {', '.join(DISCREPANCY_KINDS)}")
+    cursor = None if after is None else decode_cursor(after)
     with engine.connect() as conn:
         ids = read_discrepancies(
             conn, kind=kind, stream=stream, group=group, after=cursor, limit=limit
         )
     last = ids[-1] if len(ids) == limit else None
-    nxt = "\x1f".join((last["stream"], last["message_id"], last["group"])) if last else None
+    nxt = encode_cursor((last["stream"], last["message_id"], last["group"])) if last else None
     return {"kind": kind, "stream": stream, "group": group, "ids": ids, "next": nxt}
 
 
@@ -56,3 +54,19 @@ def metrics(request: Request) -> Response:
     """Prometheus exposition of the tallies."""
     registry: CollectorRegistry = request.app.state.registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def encode_cursor(key: tuple[str, str, str]) -> str:
+    """An opaque page cursor, safe to paste into a URL: base64url of the last key."""
+    raw = json.dumps(key, ensure_ascii=False, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(text: str) -> tuple[str, str, str]:
+    try:
+        key = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    except ValueError:
+        key = None
+    if not (isinstance(key, list) and len(key) == 3 and all(isinstance(k, str) for k in key)):
+        raise problem(422, "after", "not a cursor from this API (use the `next` of a page)")
+    return (key[0], key[1], key[2])

@@ -57,7 +57,7 @@ def pg_url() -> Iterator[str]:
         admin.dispose()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """Every store test runs on the embedded SQLite file and on PostgreSQL."""
     if request.param == "sqlite":

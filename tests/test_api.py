@@ -131,7 +131,7 @@ def test_body_over_the_limit_is_413(engine: Engine) -> None:
         big = [rec(f"m{i}") for i in range(200)]
         resp = httpx.post(f"{live.url}/v1/records", json=big)
         assert resp.status_code == 413
-        assert "4096" in resp.json()["detail"]
+        assert "4096" in resp.json()["detail"]["reason"]
 
         # Chunked upload, no content-length: refused while streaming.
         def chunks() -> Any:
@@ -211,3 +211,61 @@ def test_inbox_is_drained_by_reconcile(engine: Engine, collector: LiveCollector)
     reconcile(engine, ReconcileConfig(), now=T0 + 1000)
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(inbox)).scalar_one() == 0
+
+
+def test_every_error_answer_has_one_shape(collector: LiveCollector) -> None:
+    url = collector.url
+    small = {"content-type": "application/json"}
+    answers = {
+        "empty body": httpx.post(f"{url}/v1/records", content=b"", headers=small),
+        "bad JSON": httpx.post(f"{url}/v1/records", content=b"[{", headers=small),
+        "bad record": httpx.post(f"{url}/v1/records", json=[rec("m", ts=-1)]),
+        "unknown route": httpx.get(f"{url}/v1/nothing"),
+        "wrong method": httpx.delete(f"{url}/v1/records"),
+        "bad query type": httpx.get(f"{url}/v1/discrepancies?kind=lost&limit=many"),
+        "missing query": httpx.get(f"{url}/v1/discrepancies"),
+        "unknown kind": httpx.get(f"{url}/v1/discrepancies?kind=x"),
+        "bad cursor": httpx.get(f"{url}/v1/discrepancies?kind=lost&after=%1F"),
+    }
+    fields = {}
+    for name, resp in answers.items():
+        assert 400 <= resp.status_code < 500, name
+        assert set(resp.json()) == {"detail"}, name
+        detail = resp.json()["detail"]
+        assert set(detail) == {"field", "reason"}, name
+        assert isinstance(detail["reason"], str) and detail["reason"], name
+        fields[name] = detail["field"]
+    assert fields == {
+        "empty body": "body",
+        "bad JSON": "body",
+        "bad record": "records[0].ts",
+        "unknown route": None,
+        "wrong method": None,
+        "bad query type": "limit",
+        "missing query": "kind",
+        "unknown kind": "kind",
+        "bad cursor": "after",
+    }
+
+
+def test_the_page_cursor_is_opaque_and_url_safe(engine: Engine, collector: LiveCollector) -> None:
+    # Ids with characters that break naive cursors: separators, slashes, unicode.
+    odd = ["a\x1fb", "c/d?e=f&g", "h i+j", "ünï"]
+    batch = [rec(m) for m in odd] + [rec("seen", "consume")]  # the group is expected
+    httpx.post(f"{collector.url}/v1/records", json=batch).raise_for_status()
+    reconcile(engine, ReconcileConfig(), now=T0 + 1000)
+    seen, after = [], None
+    while True:
+        params: dict[str, Any] = {"kind": "lost", "limit": 1}
+        if after is not None:
+            params["after"] = after
+        page = httpx.get(f"{collector.url}/v1/discrepancies", params=params).json()
+        seen += [d["message_id"] for d in page["ids"]]
+        after = page["next"]
+        if after is None:
+            break
+        assert set(after) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+        # Pasted into a URL by hand (no encoding), it still works.
+        raw = httpx.get(f"{collector.url}/v1/discrepancies?kind=lost&limit=1&after={after}")
+        assert raw.status_code == 200
+    assert sorted(seen) == sorted(odd)

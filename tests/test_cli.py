@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -107,18 +108,83 @@ def test_stream_deadline_flag(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "args",
+    ("args", "code", "says"),
     [
-        ("reconcile", "--deadline", "-5"),
-        ("reconcile", "--stream-deadline", "orders"),
-        ("reconcile", "--stream-deadline", "orders=0"),
-        ("serve", "--port", "99999"),
+        (("reconcile", "--deadline", "-5"), 2, "--deadline: input should be greater than 0"),
+        (("reconcile", "--stream-deadline", "orders"), 2, "'orders' is not NAME=VALUE"),
+        (("reconcile", "--stream-deadline", "orders=0"), 2, "deadline of stream 'orders'"),
+        (("serve", "--port", "99999"), 2, "--port: input should be less than or equal to 65535"),
+        (("report",), 1, "no store at msgtally.db"),
+        (("report", "--db", "nosuch/x.db"), 1, "no store at nosuch/x.db"),
+        (("serve", "--db", "nosuch/x.db"), 1, "folder nosuch does not exist"),
+        (("reconcile", "--db", "mysql://u@h/db"), 1, "'mysql' stores are not supported"),
+        (
+            ("report", "--db", "postgresql://postgres@127.0.0.1:1/x"),
+            1,
+            "cannot open the store postgresql+psycopg://postgres@127.0.0.1:1/x",
+        ),
+        (("check", "nosuch.yml"), 1, "cannot read nosuch.yml"),
     ],
 )
-def test_bad_settings_are_refused(tmp_path: Path, args: tuple[str, ...]) -> None:
+def test_a_failure_is_one_line_naming_the_problem(
+    tmp_path: Path, args: tuple[str, ...], code: int, says: str
+) -> None:
     proc = run(*args, cwd=tmp_path, check=False)
-    assert proc.returncode == 2
-    assert "msgtally" in proc.stderr
+    assert proc.returncode == code
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 or lines[0].startswith("usage:"), proc.stderr
+    assert says in lines[-1]
+    assert lines[-1].startswith(f"msgtally {args[0]}")
+    assert "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing created on the way
+
+
+def test_verbose_shows_the_traceback(tmp_path: Path) -> None:
+    proc = run("-v", "report", "--db", "postgresql://postgres@127.0.0.1:1/x", cwd=tmp_path,
+               check=False)  # fmt: skip
+    assert proc.returncode == 1
+    assert "Traceback" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("msgtally report: cannot open")
+
+
+def test_report_never_creates_a_store_and_names_unknown_filters(tmp_path: Path) -> None:
+    db = str(tmp_path / "s.db")
+    _history(db)
+    run("reconcile", "--db", db, "--now", str(T0 + 400), cwd=tmp_path)
+    nosuch = run("report", "--db", db, "--stream", "nosuch", cwd=tmp_path, check=False)
+    assert nosuch.returncode == 1
+    assert "no figures for stream 'nosuch' (streams with figures: orders)" in nosuch.stderr
+    nogroup = run("report", "--db", db, "--group", "nog", cwd=tmp_path, check=False)
+    assert nogroup.returncode == 1
+    assert "no figures for group 'nog' (groups: billing)" in nogroup.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".db") == ["s.db"]
+
+
+def test_version(tmp_path: Path) -> None:
+    from msgtally import __version__
+
+    assert run("--version", cwd=tmp_path).stdout.strip() == f"msgtally {__version__}"
+
+
+def test_a_busy_port_is_an_error_before_anything_listens(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = run("serve", "--db", str(tmp_path / "s.db"), "--port", str(port), cwd=tmp_path,
+                   check=False)  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == f"msgtally serve: cannot listen on 127.0.0.1:{port}: " \
+        "Address already in use"  # fmt: skip
+
+
+def test_commands_that_write_files_say_what_they_wrote(tmp_path: Path) -> None:
+    spec = Path(__file__).resolve().parents[1] / "examples" / "checkout.yml"
+    rules = run("alerts", str(spec), "-o", "rules.yml", "--tests", "t", cwd=tmp_path)
+    assert rules.stdout == ""
+    assert "wrote rules.yml (" in rules.stderr and "wrote t (" in rules.stderr
+    boards = run("dashboards", str(spec), "-o", "boards", cwd=tmp_path)
+    assert "wrote boards/executive.json (" in boards.stderr
 
 
 def test_serve_ingests_and_reconciles(tmp_path: Path) -> None:

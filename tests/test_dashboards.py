@@ -341,7 +341,7 @@ def test_cli_writes_the_three_dashboards(
     assert main(["dashboards", str(spec), "-o", str(tmp_path / "out")]) == 0
     written = {p.name: p.read_text() for p in (tmp_path / "out").iterdir()}
     assert written == {p.name: text for p, text in outputs(spec).items()}
-    assert "executive.json" in capsys.readouterr().out
+    assert "executive.json" in capsys.readouterr().err
 
 
 def test_cli_reports_a_bad_spec(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

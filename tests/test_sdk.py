@@ -31,6 +31,7 @@ from msgtally.ingest.db import open_engine
 from msgtally.ingest.sdk import MESSAGE_ID_HEADER, Tally
 from msgtally.ingest.tables import records
 from msgtally.reconcile import ReconcileConfig, reconcile
+from msgtally.slis.query import read_drops
 from tests.conftest import LiveCollector
 
 CONFIG = ReconcileConfig(deadline=5.0, settle=0.0)
@@ -396,6 +397,12 @@ def test_bad_arguments_never_raise_and_are_counted(store: Engine) -> None:
         tally.close()
         no_stream.close()
     assert total(registry, "msgtally_sdk_records_dropped_total") == len(calls)
+    # The collector learns of every drop too, names it could not take included.
+    with store.connect() as conn:
+        drops = read_drops(conn)
+    assert sum(drops.values()) == len(calls)
+    assert drops[("(invalid)", "produce", "")] == 3  # stream too long (2), none at all
+    assert drops[("bad-args", "consume", "(invalid)")] == 4  # empty, None, long, int
     assert sorted(r["message_id"] for r in rows) == sorted(
         [f"good-{i}" for i in range(len(calls))] + ["coerced-0", "coerced-str", "coerced-bool"]
     )

@@ -250,10 +250,11 @@ def test_slo_commands_have_help() -> None:
 
 
 def test_latency_buckets_flag_reaches_the_settings() -> None:
-    from msgtally.cli import _settings, build_parser
+    from msgtally.cli import build_parser
+    from msgtally.settings import settings_from_args
 
     args = build_parser().parse_args(["serve", "--latency-buckets", "0.5,2.4,10"])
-    assert _settings(args).reconcile_config().latency_buckets == (0.5, 2.4, 10.0)
+    assert settings_from_args(args).reconcile_config().latency_buckets == (0.5, 2.4, 10.0)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--latency-buckets", "2,1"])
 
