@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.pool import NullPool
@@ -76,7 +77,7 @@ def open_engine(url: str = DEFAULT_DB_URL, *, create: bool = True) -> Engine:
     try:
         if create:
             metadata.create_all(engine)
-        elif not inspect(engine).has_table("tallies"):
+        elif not inspect(engine).has_table("log"):
             raise StoreError(f"{shown} is not a msgtally store (it has no msgtally tables)")
     except DBAPIError as exc:
         engine.dispose()
@@ -104,6 +105,12 @@ def _sqlite_setup(engine: Engine) -> None:
         # then writes can fail with SQLITE_BUSY_SNAPSHOT, which no timeout retries.
         mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
         conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def upsert(conn: Connection, table: Any) -> Any:
+    """INSERT ... ON CONFLICT for the connection's dialect."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
 
 
 @contextmanager

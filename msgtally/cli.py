@@ -125,33 +125,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
     from msgtally.ingest.db import open_engine
-    from msgtally.reconcile import PassResult, reconcile
+    from msgtally.reconcile import TickResult, reconcile
 
+    from .app import EngineLoop
     from .settings import settings_from_args
 
     settings = settings_from_args(args)
     engine = open_engine(settings.db)
     config = settings.reconcile_config()
-    while True:
-        started = time.monotonic()
+    if args.loop:
+        loop = EngineLoop(engine, config, settings.interval)
+        shown = engine.url.render_as_string(hide_password=True)
+        print(f"msgtally engine on {shown}", file=sys.stderr)
+        loop.start()
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                time.sleep(3600)
+        loop.stop()
+        return 0
+    started = time.monotonic()
 
-        def progress(part: PassResult) -> None:
-            if part.batches:
-                print(
-                    f"  slice: {part.records} records, {part.classified} classified",
-                    file=sys.stderr,
-                )
+    def progress(part: TickResult) -> None:
+        print(f"  applied {part.records} records, {part.judged} verdicts", file=sys.stderr)
 
-        result = reconcile(engine, config, args.now, on_slice=progress)
-        print(
-            f"reconciled {result.records} records in {result.batches} batches: "
-            f"{result.classified} ids classified, {result.updated} updated "
-            f"({time.monotonic() - started:.2f}s)",
-            file=sys.stderr,
-        )
-        if not args.loop:
-            return 0
-        time.sleep(settings.interval)
+    result = reconcile(engine, config, args.now, on_tick=progress)
+    print(
+        f"reconciled {result.records} records ({result.batches} log rows): "
+        f"{result.judged} verdicts ({time.monotonic() - started:.2f}s)",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -283,9 +286,11 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     except ImportError:  # no collector extra: no store either
         pass
     try:
+        from msgtally.reconcile import LeaseHeld
+
         from .settings import SettingsError
 
-        known.append(SettingsError)
+        known += [SettingsError, LeaseHeld]
     except ImportError:
         pass
     return tuple(known)

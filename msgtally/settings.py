@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     port: int = Field(default=8410, ge=0, le=65535)
     max_body: int = Field(default=DEFAULT_MAX_BODY, ge=1024)
     reconcile: bool = True
-    interval: float = Field(default=5.0, gt=0)
+    interval: float = Field(default=0.5, gt=0)
     deadline: float = Field(default=DEFAULT_DEADLINE, gt=0)
     settle: float = Field(default=DEFAULT_SETTLE, ge=0)
     stream_deadlines: dict[str, float] = Field(default_factory=dict)

@@ -18,7 +18,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 
-from msgtally.ingest.tables import inbox, latency_buckets, meta, tallies
+from msgtally.ingest.tables import latency_buckets, log_pending, meta, tallies
 from msgtally.reconcile.config import bucket_label
 
 from .query import read_drops, read_in_flight
@@ -58,7 +58,9 @@ class StoreCollector(Collector):
             bucket_rows = conn.execute(select(latency_buckets)).all()
             in_flight = read_in_flight(conn)
             drops = read_drops(conn)
-            backlog = conn.execute(select(func.coalesce(func.sum(inbox.c.n), 0))).scalar_one()
+            backlog = conn.execute(
+                select(func.coalesce(func.sum(log_pending.c.n), 0))
+            ).scalar_one()
             last = conn.execute(select(meta.c.value).where(meta.c.key == "last_pass_at"))
             last_pass = last.scalar_one_or_none()
 
