@@ -1530,7 +1530,8 @@ static PyObject *Engine_install(Engine *E, PyObject *rows) {
     Py_RETURN_NONE;
 }
 
-/* apply(body, received_at): folds a log body into the state; early verdicts. */
+/* apply(body, received_at): folds a log body into the state. Verdicts wait for
+ * advance(), so that every body of a tick is in before any of them. */
 static PyObject *Engine_apply(Engine *E, PyObject *args) {
     PyObject *body;
     double received_at;
@@ -1540,7 +1541,6 @@ static PyObject *Engine_apply(Engine *E, PyObject *args) {
     Cursor c = {view.buf, (const uint8_t *)view.buf + view.len};
     uint32_t n;
     if (open_body(&c, &n)) { PyBuffer_Release(&view); return bad_body(); }
-    E->ntouched = 0;
     for (uint32_t i = 0; i < n; i++) {
         Rec r;
         if (read_record(&c, &r)) { PyBuffer_Release(&view); return bad_body(); }
@@ -1551,20 +1551,22 @@ static PyObject *Engine_apply(Engine *E, PyObject *args) {
         }
     }
     PyBuffer_Release(&view);
-    for (size_t t = 0; t < E->ntouched; t++) {
-        uint32_t idx = E->touched[t];
-        if (E->pool[idx] && judge_early(E, idx)) return PyErr_Occurred() ? NULL : PyErr_NoMemory();
-    }
-    E->ntouched = 0;
     return PyLong_FromUnsignedLong(n);
 }
 
-/* advance(now, receipt_watermark): judges and evicts what is due. An id is due
+/* advance(now, receipt_watermark): early verdicts for the ids applied since the
+ * last advance, then judges and evicts what is due. An id is due
  * once `now` passed its deadline + settle and the receipt watermark passed its
  * first receipt + settle. */
 static PyObject *Engine_advance(Engine *E, PyObject *args) {
     double now, watermark;
     if (!PyArg_ParseTuple(args, "dd", &now, &watermark)) return NULL;
+    /* early verdicts for the ids the tick touched */
+    for (size_t t = 0; t < E->ntouched; t++) {
+        uint32_t idx = E->touched[t];
+        if (E->pool[idx] && judge_early(E, idx)) return PyErr_Occurred() ? NULL : PyErr_NoMemory();
+    }
+    E->ntouched = 0;
     Heap *rh = &E->receipt_heap;
     /* ids waiting on the receipt watermark go back to the due heap */
     while (rh->n && rh->items[0].due <= watermark) {
