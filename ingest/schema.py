@@ -13,6 +13,7 @@ record is accepted or refused the same way whatever the store.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Annotated, Literal, NamedTuple
 
 import msgspec
@@ -94,24 +95,48 @@ _decoder = msgspec.json.Decoder(list[Record] | _Envelope)
 _PATH = re.compile(r"^(?P<reason>.*) - at `\$(?P<path>[^`]*)`$", re.S)
 _MISSING = re.compile(r"^Object missing required field `(?P<name>[^`]+)`$")
 _UNKNOWN = re.compile(r"^Object contains unknown field `(?P<name>[^`]+)`$")
+_TYPES = {"str": "a string", "int": "an integer", "float": "a number", "object": "an object",
+          "array": "an array", "null": "null", "bool": "a boolean"}  # fmt: skip
+# msgspec's wording -> the contract's, for the refusals a sender meets most.
+_REASONS: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...] = (
+    (re.compile(r"^Expected `(\w+)`, got `(\w+)`$"),
+     lambda m: f"must be {_TYPES.get(m[1], m[1])}, got {_TYPES.get(m[2], m[2])}"),
+    (re.compile(r"^Expected `str` of length >= 1$"), lambda m: "must not be empty"),
+    (re.compile(r"^Expected `str` of length <= (\d+)$"),
+     lambda m: f"longer than {m[1]} characters"),
+    (re.compile(r"^Expected `(?:int|float)` >= (\S+)$"), lambda m: f"must be at least {m[1]}"),
+    (re.compile(r"^Expected `(?:int|float)` <= (\S+)$"), lambda m: f"must be at most {m[1]}"),
+    (re.compile(r"^Expected `str` matching regex '\^\[0-9a-fA-F\]\{(\d+)\}\$'$"),
+     lambda m: f"must be {m[1]} hexadecimal characters"),
+    (re.compile(r"^Invalid enum value (.*)$"),
+     lambda m: f"must be one of ok, error, dead_letter (a consume outcome), got {m[1]}"),
+    (re.compile(r"^Number out of range$"), lambda m: "number out of range"),
+)  # fmt: skip
+
+
+def _plain(reason: str) -> str:
+    for pattern, say in _REASONS:
+        match = pattern.match(reason)
+        if match is not None:
+            return say(match)
+    return reason
 
 
 def _located(exc: msgspec.ValidationError) -> RecordError:
     """msgspec's `reason - at $[3].ts` as records[3].ts and a plain reason."""
     match = _PATH.match(str(exc))
-    if match is None:
-        return RecordError("body", str(exc))
-    path, reason = match["path"], match["reason"]
-    path = "records" + path if path.startswith("[") else path.lstrip(".") or "body"
+    path, reason = (match["path"], match["reason"]) if match else ("", str(exc))
+    path = "records" + path if path.startswith("[") else path.lstrip(".")
     for pattern, plain in ((_MISSING, "field required"), (_UNKNOWN, "unknown field")):
         named = pattern.match(reason)
         if named is not None:
             if plain == "unknown field" and named["name"] == "group":
                 plain = "only consume records carry a group"
-            return RecordError(f"{path}.{named['name']}", plain)
+            return RecordError(f"{path}.{named['name']}" if path else named["name"], plain)
+    path = path or "body"
     if path.endswith(".kind") and reason.startswith("Invalid value"):
         reason = f"must be 'produce' or 'consume', got {reason.split(' ', 2)[2]}"
-    return RecordError(path, reason)
+    return RecordError(path, _plain(reason))
 
 
 def parse_body(body: bytes) -> Batch:

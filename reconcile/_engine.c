@@ -1014,6 +1014,17 @@ static double entry_due(Engine *E, Entry *e) {
     return isfinite(pending) ? pending : last + E->remember;
 }
 
+/* The receipt watermark an entry waits for: settle past the first receipt of
+ * the id before a verdict, and `remember` more before it is forgotten (a shim
+ * resending a batch of old records must still find them). */
+static double receipt_due(Engine *E, Entry *e) {
+    if (e->flags & E_LOADED) return -INFINITY;
+    int pending = (e->flags & E_PANY) ? owes_verdict(E, e) : 0;
+    Slot *ss = slots_of(e);
+    for (uint16_t k = 0; k < e->nslots && !pending; k++) pending = ss[k].cls == CLS_PENDING;
+    return e->r0 + E->settle + (pending ? 0 : E->remember);
+}
+
 static int schedule(Engine *E, uint32_t idx) {
     Entry *e = E->pool[idx];
     return heap_push(&E->due_heap, entry_due(E, e), idx, e->gen);
@@ -1032,8 +1043,9 @@ static void evict(Engine *E, uint32_t idx) {
     E->evicted++;
 }
 
-/* Judges whatever of an entry is due at `now`; evicts it when nothing is left. */
-static int judge_due(Engine *E, uint32_t idx, double now) {
+/* Judges whatever of an entry is due at `now`; forgets it when nothing is left
+ * and both clocks passed its `remember`. */
+static int judge_due(Engine *E, uint32_t idx, double now, double watermark) {
     Entry *e = E->pool[idx];
     double D = deadline_of(E, e->sid) + E->settle;
     if (e->flags & E_PANY) {
@@ -1057,15 +1069,12 @@ static int judge_due(Engine *E, uint32_t idx, double now) {
         }
     }
     e = E->pool[idx];
-    int pending = 0;
-    Slot *ss = slots_of(e);
-    for (uint16_t k = 0; k < e->nslots; k++) pending |= ss[k].cls == CLS_PENDING;
-    if (!pending && entry_due(E, e) <= now) {
-        if ((e->flags & E_DIRTY) && emit_verdicts(E, e)) return -1;
-        evict(E, idx);
-        return 0;
-    }
-    return schedule(E, idx);
+    if (entry_due(E, e) > now) return schedule(E, idx);
+    double rd = receipt_due(E, e);
+    if (rd > watermark) return heap_push(&E->receipt_heap, rd, idx, e->gen);
+    if ((e->flags & E_DIRTY) && emit_verdicts(E, e)) return -1;
+    evict(E, idx);
+    return 0;
 }
 
 /* Early verdicts: a group with an in-time ok delivery of an acknowledged id. */
@@ -1583,11 +1592,12 @@ static PyObject *Engine_advance(Engine *E, PyObject *args) {
         double due = entry_due(E, e);
         if (t.due > due) continue; /* stale: an earlier timer was set since */
         if (due > now) { if (schedule(E, t.idx)) return PyErr_NoMemory(); continue; }
-        if (e->r0 + E->settle > watermark) {
-            if (heap_push(rh, e->r0 + E->settle, t.idx, e->gen)) return PyErr_NoMemory();
+        double rd = receipt_due(E, e);
+        if (rd > watermark) {
+            if (heap_push(rh, rd, t.idx, e->gen)) return PyErr_NoMemory();
             continue;
         }
-        if (judge_due(E, t.idx, now)) return PyErr_Occurred() ? NULL : PyErr_NoMemory();
+        if (judge_due(E, t.idx, now, watermark)) return PyErr_Occurred() ? NULL : PyErr_NoMemory();
     }
     Py_RETURN_NONE;
 }

@@ -61,8 +61,8 @@ class StoreCollector(Collector):
             backlog = conn.execute(
                 select(func.coalesce(func.sum(log_pending.c.n), 0))
             ).scalar_one()
-            last = conn.execute(select(meta.c.value).where(meta.c.key == "last_pass_at"))
-            last_pass = last.scalar_one_or_none()
+            facts = dict(conn.execute(select(meta.c.key, meta.c.value)).all())
+        last_pass = facts.get("last_pass_at")
 
         for column, (name, doc) in COUNTERS.items():
             family = CounterMetricFamily(name, doc, labels=LABELS)
@@ -106,6 +106,16 @@ class StoreCollector(Collector):
         for stream, grp, n in in_flight:
             flight.add_metric((stream, grp), n)
         yield flight
+        applied = int(facts.get("records_applied", 0))
+        repeated = int(facts.get("records_repeated", 0))
+        engine_records = CounterMetricFamily(
+            "msgtally_reconcile_records",
+            "Records the engine applied: new, or a repeat of one it had (a resend).",
+            labels=("result",),
+        )
+        engine_records.add_metric(("new",), applied - repeated)
+        engine_records.add_metric(("repeat",), repeated)
+        yield engine_records
         yield GaugeMetricFamily(
             "msgtally_reconcile_backlog_records",
             "Records ingested and not yet reconciled.",

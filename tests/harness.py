@@ -9,15 +9,23 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
+from msgtally.ingest import logbody
 from msgtally.ingest.db import write_tx
-from msgtally.ingest.schema import Batch, parse_batch
-from msgtally.ingest.tables import meta, metadata
-from msgtally.ingest.wire import record_to_json
+from msgtally.ingest.schema import Batch, Produce, parse_batch
+from msgtally.ingest.tables import log, meta, metadata
+from msgtally.ingest.wire import FIELDS, record_to_json
 from msgtally.ingest.writer import write_batch
 from msgtally.reconcile import ReconcileConfig, reconcile
 from msgtally.slis.query import read_discrepancies, read_slis
 from msgtally.slis.sketch import RELATIVE_ERROR
-from tests.oracle import COUNT_NAMES, ID_KINDS, GroupOutcome, Record, nearest_rank
+from tests.oracle import (
+    COUNT_NAMES,
+    ID_KINDS,
+    GroupOutcome,
+    Record,
+    nearest_rank,
+    same_record_key,
+)
 
 T = 1_700_000_000.0  # a base time; histories are offsets from it
 
@@ -54,6 +62,26 @@ def ingest(engine: Engine, records: Sequence[Record], received_at: float | None 
     """Log the records as one accepted request (through the contract's validation)."""
     validated = parse_batch([record_to_json(r) for r in records])
     return write_batch(engine, Batch(validated, [], None), received_at)
+
+
+def logged(engine: Engine, stream: str | None = None) -> list[dict[str, Any]]:
+    """Every distinct record the collector logged, sorted: a record sent twice is
+    one (by the contract's rule, as the oracle applies it). `group` is "" for
+    produces; hex ids as the sender wrote them."""
+    with engine.connect() as conn:
+        bodies = [bytes(b) for (b,) in conn.execute(select(log.c.body).order_by(log.c.id))]
+    seen: set[tuple[object, ...]] = set()
+    out = []
+    for body in bodies:
+        for rec in logbody.decode(body):
+            fields = {name: getattr(rec, name, None) for name in FIELDS if name != "kind"}
+            fields["group"] = fields["group"] or ""
+            r = Record(kind="produce" if isinstance(rec, Produce) else "consume", **fields)
+            if (stream is not None and r.stream != stream) or same_record_key(r) in seen:
+                continue
+            seen.add(same_record_key(r))
+            out.append(r._asdict())
+    return sorted(out, key=lambda d: (d["stream"], d["message_id"], d["kind"], d["ts"]))
 
 
 def repeats(engine: Engine) -> int:
