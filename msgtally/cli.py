@@ -72,7 +72,14 @@ def _add_reconcile(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--settle",
         type=float,
-        help="seconds past a deadline before an id is classified, for ingest lag (default 10)",
+        help="seconds past a deadline (and past an id's first receipt) before an id is "
+        "judged, for ingest lag (default 10)",
+    )
+    p.add_argument(
+        "--remember",
+        type=float,
+        help="seconds a judged id stays in memory after its deadline + settle, so that "
+        "late records and resends find it (default 600)",
     )
     slo_commands.add_buckets(
         p, "--latency-buckets", "bounds of the latency histogram; include every SLO threshold"
@@ -227,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="ingest only; run `msgtally reconcile --loop` elsewhere",
     )
-    p.add_argument("--interval", type=float, help="seconds between reconcile passes (default 5)")
+    p.add_argument("--interval", type=float, help="seconds between engine ticks (default 0.5)")
     p.add_argument("--max-body", type=int, help="largest request body in bytes (default 8 MiB)")
     p.set_defaults(func=cmd_serve)
 

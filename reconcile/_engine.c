@@ -676,11 +676,14 @@ static void counts_of(const Entry *e, const Slot *s, int64_t out[N_TALLY]) {
     out[T_LATENCY_COUNT] = (s->flags & SL_LATENCY) != 0;
 }
 
+/* Whether a verdict is kept in the store: every one but the plain delivery (in
+ * time, once, never dead-lettered, never retried), so that an id found again
+ * there is known whole: a group without a row was delivered plainly. */
 static int is_discrepant(const Entry *e, const Slot *s) {
     if (s->cls == CLS_PENDING) return 0;
     if (s->cls != CLS_DELIVERED) return 1;
-    (void)e;
-    return (s->flags & (SL_LATE | SL_DL)) || ((s->flags & SL_PANY) && s->ok > 1);
+    uint32_t max_attempt = s->max_attempt > e->p_max_attempt ? s->max_attempt : e->p_max_attempt;
+    return (s->flags & (SL_LATE | SL_DL)) || ((s->flags & SL_PANY) && s->ok > 1) || max_attempt > 1;
 }
 
 /* Adds after - before to the pair's tallies. */
@@ -872,7 +875,8 @@ static PyObject *verdict_row(Engine *E, Entry *e, Slot *s) {
     if (!stream || !group) { Py_XDECREF(stream); Py_XDECREF(group); return NULL; }
     uint32_t max_attempt = s->max_attempt > e->p_max_attempt ? s->max_attempt : e->p_max_attempt;
     PyObject *t0 = (s->flags & SL_PANY) && isfinite(e->t0) ? PyFloat_FromDouble(e->t0) : (Py_INCREF(Py_None), Py_None);
-    PyObject *lat = (s->flags & SL_LATENCY) ? PyFloat_FromDouble(s->latency) : (Py_INCREF(Py_None), Py_None);
+    PyObject *lat = (s->flags & SL_LATENCY) && !isnan(s->latency) ? PyFloat_FromDouble(s->latency)
+                                                                   : (Py_INCREF(Py_None), Py_None);
     PyObject *row = Py_BuildValue(
         "(NNNsiiiNdIIIiN)", stream, PyUnicode_DecodeUTF8(id_of(e), e->idlen, "surrogatepass"), group,
         CLS_NAMES[s->cls], (s->flags & SL_ACKED) != 0, (s->flags & SL_PANY) != 0, (s->flags & SL_LATE) != 0,
@@ -1474,6 +1478,7 @@ static int cls_from_name(const char *s) {
 static PyObject *Engine_install(Engine *E, PyObject *rows) {
     PyObject *seq = PySequence_Fast(rows, "rows must be a sequence");
     if (!seq) return NULL;
+    size_t first_touched = E->ntouched;
     for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
         const char *stream, *mid, *group, *cls;
         Py_ssize_t sn, mn, gn;
@@ -1506,7 +1511,7 @@ static PyObject *Engine_install(Engine *E, PyObject *rows) {
             e->sid = (uint32_t)sid;
             e->t0 = INFINITY;
             e->r0 = -INFINITY;
-            e->flags = E_PERSISTED | E_T0_FROZEN | E_LOADED;
+            e->flags = E_PERSISTED | E_LOADED;
             memcpy(id_of(e), mid, mn);
             idx = entry_insert(E, e, j);
             if (idx < 0 || schedule(E, (uint32_t)idx)) { Py_DECREF(seq); return PyErr_NoMemory(); }
@@ -1520,6 +1525,7 @@ static PyObject *Engine_install(Engine *E, PyObject *rows) {
         if (acked) e->flags |= E_ACKED;
         if (t0o != Py_None) {
             e->t0 = PyFloat_AsDouble(t0o);
+            e->flags |= E_T0_FROZEN; /* a verdict used it */
             s->first_ts = e->t0;
         } else {
             s->first_ts = deadline - deadline_of(E, (uint32_t)sid);
@@ -1529,13 +1535,30 @@ static PyObject *Engine_install(Engine *E, PyObject *rows) {
         s->ok = ok;
         s->max_attempt = max_attempt;
         s->flags = (acked ? SL_ACKED : 0) | (pany ? SL_PANY : 0) | (late ? SL_LATE : 0) | (dl ? SL_DL : 0);
-        if (lato != Py_None) {
+        if (lato != Py_None || (acked && ok > 0)) { /* an acknowledged delivery had its latency */
             s->flags |= SL_LATENCY;
-            s->latency = PyFloat_AsDouble(lato);
+            s->latency = lato != Py_None ? PyFloat_AsDouble(lato) : NAN;
         }
-        if (PyErr_Occurred()) { Py_DECREF(seq); return NULL; }
+        if (PyErr_Occurred() || touch(E, (uint32_t)idx)) { Py_DECREF(seq); return PyErr_Occurred() ? NULL : PyErr_NoMemory(); }
     }
     Py_DECREF(seq);
+    /* An expected group without a row had the plain delivery (see is_discrepant). */
+    for (size_t t = first_touched; t < E->ntouched; t++) {
+        uint32_t idx = E->touched[t];
+        Entry *e = E->pool[idx];
+        if (!(e->flags & E_ACKED)) continue;
+        StreamInfo *si = &E->sinfo[e->sid];
+        for (uint32_t g = 0; g < si->n; g++) {
+            if (find_slot(E->pool[idx], si->gids[g])) continue;
+            Slot *s = add_slot(E, idx, si->gids[g]);
+            if (!s) return PyErr_NoMemory();
+            s->cls = CLS_DELIVERED;
+            s->n = s->ok = s->max_attempt = 1;
+            s->first_ts = s->first_ok = E->pool[idx]->t0;
+            s->flags = SL_ACKED | SL_PANY | SL_LATENCY;
+            s->latency = NAN; /* observed then, not known now; never observed again */
+        }
+    }
     Py_RETURN_NONE;
 }
 
