@@ -37,12 +37,16 @@ static inline uint64_t mix64(uint64_t x) {
     return x;
 }
 
+/* One multiply and one shift per 8 bytes, a full mix at the end: ids are
+ * short, and this runs for every record. Not meant to resist a crafted input:
+ * a sender can only make its own records look alike. */
 static uint64_t hash_bytes(const uint8_t *p, size_t n, uint64_t seed) {
-    uint64_t h = mix64(seed ^ (0x9E3779B97F4A7C15ULL * (n + 1)));
+    uint64_t h = seed ^ (0x9E3779B97F4A7C15ULL * (n + 1));
     while (n >= 8) {
         uint64_t v;
         memcpy(&v, p, 8);
-        h = mix64(h ^ v) * 0x9E3779B97F4A7C15ULL;
+        h = (h ^ v) * 0x9E3779B97F4A7C15ULL;
+        h ^= h >> 29;
         p += 8;
         n -= 8;
     }
@@ -204,9 +208,20 @@ static int mp_skip(Cursor *c, int depth) {
 }
 
 static int field_of(const Str *key) {
-    for (int f = 0; f < N_FIELDS; f++)
-        if (strlen(FIELD_NAMES[f]) == key->n && memcmp(FIELD_NAMES[f], key->s, key->n) == 0) return f;
-    return -1;
+    int f;
+    switch (key->n) { /* the names differ by length, but for a few */
+        case 2: f = F_TS; break;
+        case 3: f = F_SEQ; break;
+        case 4: f = F_KIND; break;
+        case 5: f = F_GROUP; break;
+        case 6: f = F_STREAM; break;
+        case 7: f = key->s[0] == 'a' ? F_ATTEMPT : key->s[0] == 'o' ? F_OUTCOME : F_SPAN_ID; break;
+        case 8: f = key->s[0] == 'p' ? F_PRODUCER : F_TRACE_ID; break;
+        case 9: f = F_RECORD_ID; break;
+        case 10: f = F_MESSAGE_ID; break;
+        default: return -1;
+    }
+    return memcmp(FIELD_NAMES[f], key->s, key->n) == 0 ? f : -1;
 }
 
 static int read_record(Cursor *c, Rec *r) {
@@ -265,34 +280,34 @@ static int outcome_of(const Str *s) {
 }
 
 /* What makes two records of one id the same: the record id when set, else
- * every field (hex ids compared without case, as the contract says). */
+ * every field (hex ids compared without case, as the contract says). The
+ * fields are laid out in one buffer, each with its length, and hashed once. */
 static uint64_t fingerprint(const Rec *r) {
     const Str *rid = &r->text[F_RECORD_ID];
     if (!rid->nil) return hash_bytes(rid->s, rid->n, 0x7265636F72646964ULL);
-    uint64_t h = 0x6669656C64730000ULL;
-    static const int text_fields[] = {F_KIND, F_GROUP, F_OUTCOME, F_PRODUCER};
-    for (size_t k = 0; k < sizeof text_fields / sizeof text_fields[0]; k++) {
-        const Str *s = &r->text[text_fields[k]];
-        h = s->nil ? hash_u64(0xA5A5, h) : hash_bytes(s->s, s->n, h);
-    }
-    for (int f = F_TRACE_ID; f <= F_SPAN_ID; f++) {
-        const Str *s = &r->text[f];
-        if (s->nil) { h = hash_u64(0x5A5A, h); continue; }
-        uint8_t low[32];
-        uint32_t n = s->n > 32 ? 32 : s->n;
-        for (uint32_t k = 0; k < n; k++) {
-            uint8_t ch = s->s[k];
-            low[k] = (ch >= 'A' && ch <= 'F') ? (uint8_t)(ch + 32) : ch;
+    static const int fields[] = {F_KIND, F_GROUP, F_OUTCOME, F_PRODUCER, F_TRACE_ID, F_SPAN_ID};
+    uint8_t buf[sizeof fields / sizeof fields[0] * (4 + 1024) + 32];
+    size_t n = 0;
+    for (size_t k = 0; k < sizeof fields / sizeof fields[0]; k++) {
+        const Str *s = &r->text[fields[k]];
+        uint32_t len = s->nil ? 0xFFFFFFFFu : s->n;
+        if (!s->nil && len > 1024) len = 1024; /* the contract caps text at 256 characters */
+        memcpy(buf + n, &len, 4);
+        n += 4;
+        if (s->nil) continue;
+        int hex = fields[k] == F_TRACE_ID || fields[k] == F_SPAN_ID;
+        for (uint32_t i = 0; i < len; i++) {
+            uint8_t ch = s->s[i];
+            buf[n++] = (hex && ch >= 'A' && ch <= 'F') ? (uint8_t)(ch + 32) : ch;
         }
-        h = hash_bytes(low, n, h);
     }
-    uint64_t tsbits;
     double ts = r->ts == 0.0 ? 0.0 : r->ts; /* -0.0 and 0.0 are one value */
-    memcpy(&tsbits, &ts, 8);
-    h = hash_u64(tsbits, h);
-    h = hash_u64((uint64_t)r->attempt, h);
-    h = hash_u64(r->has_seq ? (uint64_t)r->seq : 0xFFFFFFFFFFFFFFFFULL, h ^ (uint64_t)r->has_seq);
-    return h;
+    uint64_t tail[3] = {0, (uint64_t)r->attempt, r->has_seq ? (uint64_t)r->seq : 0};
+    memcpy(&tail[0], &ts, 8);
+    memcpy(buf + n, tail, sizeof tail);
+    n += sizeof tail;
+    buf[n++] = (uint8_t)r->has_seq;
+    return hash_bytes(buf, n, 0x6669656C64730000ULL);
 }
 
 /* ------------------------------------------------------------ dictionaries */
@@ -414,6 +429,7 @@ typedef struct {
     uint32_t p_max_attempt;
     uint32_t gen;
     uint32_t sid;
+    uint32_t idx; /* in the pool */
     uint16_t nslots, slot_cap, nfp, fp_cap;
     uint16_t idlen;
     uint8_t flags;
@@ -484,7 +500,7 @@ typedef struct {
     Entry **pool;
     uint32_t *free_idx;
     uint32_t pool_n, pool_cap, nfree;
-    uint32_t *table; /* pool index + 1 */
+    Entry **table; /* open addressing by hash; NULL empty */
     uint32_t mask, live;
     size_t entry_bytes;
     Heap due_heap, receipt_heap;
@@ -501,6 +517,12 @@ typedef struct {
     /* counters */
     uint64_t records, repeats, judged, evicted;
     /* touched entries in the current apply, for early verdicts */
+    /* records of ids that have a verdict in the store and are not in memory:
+     * applied once the store's rows are installed (apply_deferred) */
+    Rec *deferred;
+    double *deferred_at;
+    size_t ndeferred, deferred_cap;
+    PyObject *deferred_bodies; /* keeps the bodies the records point into alive */
     uint32_t *touched;
     size_t ntouched, touched_cap;
     /* backfill scratch */
@@ -707,11 +729,11 @@ static inline uint64_t key_hash(uint32_t sid, const uint8_t *id, uint32_t n) {
 
 static int table_grow(Engine *E) {
     uint32_t mask = E->mask * 2 + 1;
-    uint32_t *t = calloc((size_t)mask + 1, sizeof(uint32_t));
+    Entry **t = calloc((size_t)mask + 1, sizeof(Entry *));
     if (!t) return -1;
     for (uint32_t i = 0; i <= E->mask; i++) {
         if (!E->table[i]) continue;
-        uint32_t j = (uint32_t)E->pool[E->table[i] - 1]->hash & mask;
+        uint32_t j = (uint32_t)E->table[i]->hash & mask;
         while (t[j]) j = (j + 1) & mask;
         t[j] = E->table[i];
     }
@@ -725,7 +747,7 @@ static int table_grow(Engine *E) {
 static uint32_t table_find(Engine *E, uint32_t sid, const uint8_t *id, uint32_t n, uint64_t h, int *found) {
     uint32_t j = (uint32_t)h & E->mask;
     while (E->table[j]) {
-        Entry *e = E->pool[E->table[j] - 1];
+        Entry *e = E->table[j];
         if (e->hash == h && e->sid == sid && e->idlen == n && memcmp(id_of(e), id, n) == 0) {
             *found = 1;
             return j;
@@ -738,14 +760,14 @@ static uint32_t table_find(Engine *E, uint32_t sid, const uint8_t *id, uint32_t 
 
 static void table_remove_at(Engine *E, uint32_t j) {
     /* backward-shift deletion keeps linear probing chains intact */
-    E->table[j] = 0;
+    E->table[j] = NULL;
     uint32_t k = (j + 1) & E->mask;
     while (E->table[k]) {
-        uint32_t home = (uint32_t)E->pool[E->table[k] - 1]->hash & E->mask;
+        uint32_t home = (uint32_t)E->table[k]->hash & E->mask;
         int move = (j <= k) ? (home <= j || home > k) : (home <= j && home > k);
         if (move) {
             E->table[j] = E->table[k];
-            E->table[k] = 0;
+            E->table[k] = NULL;
             j = k;
         }
         k = (k + 1) & E->mask;
@@ -783,8 +805,9 @@ static int64_t entry_insert(Engine *E, Entry *e, uint32_t j) {
     }
     static uint32_t gen_counter = 0;
     e->gen = ++gen_counter;
+    e->idx = idx;
     E->pool[idx] = e;
-    E->table[j] = idx + 1;
+    E->table[j] = e;
     E->live++;
     E->entry_bytes += entry_size(e->slot_cap, e->fp_cap, e->idlen);
     if (E->live * 10 > (E->mask + 1) * 7) {
@@ -806,6 +829,9 @@ static Entry *entry_resize(Engine *E, uint32_t idx, uint16_t slot_cap, uint16_t 
     memcpy(fps_of(e), fps_of(old), old->nfp * 8);
     memcpy(id_of(e), id_of(old), old->idlen);
     E->entry_bytes += entry_size(slot_cap, fp_cap, old->idlen) - entry_size(old->slot_cap, old->fp_cap, old->idlen);
+    int found;
+    uint32_t j = table_find(E, e->sid, (const uint8_t *)id_of(e), e->idlen, e->hash, &found);
+    if (found) E->table[j] = e;
     free(old);
     E->pool[idx] = e;
     return e;
@@ -1145,20 +1171,38 @@ static int touch(Engine *E, uint32_t idx) {
     return 0;
 }
 
-/* Folds one record into its entry. */
-static int apply_record(Engine *E, const Rec *r, double received_at) {
-    int64_t sid = stream_index(E, &r->text[F_STREAM]);
-    if (sid < 0) return -1;
-    const Str *mid = &r->text[F_MESSAGE_ID];
-    uint64_t h = key_hash((uint32_t)sid, mid->s, mid->n);
+/* Where a record's id is: its stream, key hash and table position. */
+typedef struct {
+    int64_t sid;
+    uint64_t h;
+    uint32_t j;
     int found;
-    uint32_t j = table_find(E, (uint32_t)sid, mid->s, mid->n, h, &found);
+} Place;
+
+static int place_of(Engine *E, const Rec *r, Place *at) {
+    at->sid = stream_index(E, &r->text[F_STREAM]);
+    if (at->sid < 0) return -1;
+    const Str *mid = &r->text[F_MESSAGE_ID];
+    at->h = key_hash((uint32_t)at->sid, mid->s, mid->n);
+    at->j = table_find(E, (uint32_t)at->sid, mid->s, mid->n, at->h, &at->found);
+    return 0;
+}
+
+/* Folds one record into its entry (found at `at`). */
+static int apply_record(Engine *E, const Rec *r, double received_at, const Place *at) {
+    int64_t sid = at->sid;
+    const Str *mid = &r->text[F_MESSAGE_ID];
+    uint64_t h = at->h;
+    int found = at->found;
+    uint32_t j = at->j;
     int64_t idx;
     if (found) {
-        idx = E->table[j] - 1;
+        idx = E->table[j]->idx;
     } else {
         if (mid->n > 65535) return -1;
-        Entry *e = entry_alloc(0, 2, (uint16_t)mid->n);
+        /* room for the usual: a slot per expected group, a produce and a consume each */
+        uint16_t groups = (uint16_t)(E->sinfo[sid].n < 8 ? E->sinfo[sid].n : 8);
+        Entry *e = entry_alloc(groups, (uint16_t)(1 + (groups ? groups : 1)), (uint16_t)mid->n);
         if (!e) return -1;
         e->hash = h;
         e->sid = (uint32_t)sid;
@@ -1256,6 +1300,9 @@ static void Engine_dealloc(Engine *E) {
     free(E->pair_table);
     free(E->dirty);
     free(E->touched);
+    free(E->deferred);
+    free(E->deferred_at);
+    Py_XDECREF(E->deferred_bodies);
     free(E->bounds);
     for (uint32_t i = 0; i < E->sinfo_cap; i++) free(E->sinfo[i].gids);
     free(E->sinfo);
@@ -1287,7 +1334,7 @@ static int Engine_init(Engine *E, PyObject *args, PyObject *kw) {
     E->sketch_gamma_log = log(SKETCH_GAMMA);
     if (dict_init(&E->streams) || dict_init(&E->groups)) { PyErr_NoMemory(); return -1; }
     E->mask = 1023;
-    E->table = calloc(E->mask + 1, sizeof(uint32_t));
+    E->table = calloc(E->mask + 1, sizeof(Entry *));
     E->known_mask = 1023;
     E->known = calloc(E->known_mask + 1, 8);
     E->pair_mask = 63;
@@ -1418,55 +1465,6 @@ static PyObject *Engine_expect(Engine *E, PyObject *args) {
     return PyBool_FromLong(added);
 }
 
-/* probe(bodies) -> [(stream, message_id)]: ids named in these bodies that are
- * not in memory and have a persisted verdict: load them before applying. */
-static PyObject *Engine_probe(Engine *E, PyObject *bodies) {
-    PyObject *seq = PySequence_Fast(bodies, "bodies must be a sequence");
-    if (!seq) return NULL;
-    PyObject *out = PyList_New(0);
-    PyObject *seen = PySet_New(NULL);
-    if (!out || !seen) goto fail;
-    if (E->known_n == 0) goto done;
-    for (Py_ssize_t b = 0; b < PySequence_Fast_GET_SIZE(seq); b++) {
-        Py_buffer view;
-        if (get_body(PySequence_Fast_GET_ITEM(seq, b), &view)) goto fail;
-        Cursor c = {view.buf, (const uint8_t *)view.buf + view.len};
-        uint32_t n;
-        if (open_body(&c, &n)) { PyBuffer_Release(&view); bad_body(); goto fail; }
-        for (uint32_t i = 0; i < n; i++) {
-            Rec r;
-            if (read_record(&c, &r)) { PyBuffer_Release(&view); bad_body(); goto fail; }
-            int64_t sid = dict_get(&E->streams, r.text[F_STREAM].s, r.text[F_STREAM].n, 0);
-            if (sid < 0) continue;
-            const Str *mid = &r.text[F_MESSAGE_ID];
-            uint64_t h = key_hash((uint32_t)sid, mid->s, mid->n);
-            int found;
-            table_find(E, (uint32_t)sid, mid->s, mid->n, h, &found);
-            if (found || !known_has(E, h)) continue;
-            PyObject *key = Py_BuildValue("(NN)", dict_str(&E->streams, (uint32_t)sid),
-                                          PyUnicode_DecodeUTF8((const char *)mid->s, mid->n, "surrogatepass"));
-            if (!key) { PyBuffer_Release(&view); goto fail; }
-            int has = PySet_Contains(seen, key);
-            if (!has && (PySet_Add(seen, key) || PyList_Append(out, key))) {
-                Py_DECREF(key);
-                PyBuffer_Release(&view);
-                goto fail;
-            }
-            Py_DECREF(key);
-        }
-        PyBuffer_Release(&view);
-    }
-done:
-    Py_DECREF(seq);
-    Py_DECREF(seen);
-    return out;
-fail:
-    Py_DECREF(seq);
-    Py_XDECREF(seen);
-    Py_XDECREF(out);
-    return NULL;
-}
-
 static int cls_from_name(const char *s) {
     for (int k = 1; k <= CLS_NONE; k++)
         if (strcmp(s, CLS_NAMES[k]) == 0) return k;
@@ -1503,7 +1501,7 @@ static PyObject *Engine_install(Engine *E, PyObject *rows) {
         uint32_t j = table_find(E, (uint32_t)sid, (const uint8_t *)mid, (uint32_t)mn, h, &found);
         int64_t idx;
         if (found) {
-            idx = E->table[j] - 1;
+            idx = E->table[j]->idx;
         } else {
             Entry *e = entry_alloc(0, 2, (uint16_t)mn);
             if (!e) { Py_DECREF(seq); return PyErr_NoMemory(); }
@@ -1562,28 +1560,82 @@ static PyObject *Engine_install(Engine *E, PyObject *rows) {
     Py_RETURN_NONE;
 }
 
+
+static int defer(Engine *E, const Rec *r, double received_at, PyObject *body) {
+    if (E->ndeferred == E->deferred_cap) {
+        size_t cap = E->deferred_cap ? E->deferred_cap * 2 : 256;
+        Rec *d = realloc(E->deferred, cap * sizeof(Rec));
+        if (!d) return -1;
+        E->deferred = d;
+        double *at = realloc(E->deferred_at, cap * sizeof(double));
+        if (!at) return -1;
+        E->deferred_at = at;
+        E->deferred_cap = cap;
+    }
+    E->deferred[E->ndeferred] = *r;
+    E->deferred_at[E->ndeferred++] = received_at;
+    if (!E->deferred_bodies && !(E->deferred_bodies = PyList_New(0))) return -1;
+    Py_ssize_t nb = PyList_GET_SIZE(E->deferred_bodies);
+    if (nb && PyList_GET_ITEM(E->deferred_bodies, nb - 1) == body) return 0;
+    return PyList_Append(E->deferred_bodies, body);
+}
+
 /* apply(body, received_at): folds a log body into the state. Verdicts wait for
- * advance(), so that every body of a tick is in before any of them. */
+ * advance(), so that every body of a tick is in before any of them. Records of
+ * forgotten ids with a stored verdict wait for deferred_keys / install /
+ * apply_deferred. The body must be immutable (bytes). */
 static PyObject *Engine_apply(Engine *E, PyObject *args) {
     PyObject *body;
     double received_at;
-    if (!PyArg_ParseTuple(args, "Od", &body, &received_at)) return NULL;
-    Py_buffer view;
-    if (get_body(body, &view)) return NULL;
-    Cursor c = {view.buf, (const uint8_t *)view.buf + view.len};
+    if (!PyArg_ParseTuple(args, "Sd", &body, &received_at)) return NULL;
+    Cursor c = {(const uint8_t *)PyBytes_AS_STRING(body),
+                (const uint8_t *)PyBytes_AS_STRING(body) + PyBytes_GET_SIZE(body)};
     uint32_t n;
-    if (open_body(&c, &n)) { PyBuffer_Release(&view); return bad_body(); }
+    if (open_body(&c, &n)) return bad_body();
     for (uint32_t i = 0; i < n; i++) {
         Rec r;
-        if (read_record(&c, &r)) { PyBuffer_Release(&view); return bad_body(); }
-        if (apply_record(E, &r, received_at)) {
-            PyBuffer_Release(&view);
-            if (!PyErr_Occurred()) PyErr_NoMemory();
-            return NULL;
+        Place at;
+        if (read_record(&c, &r)) return bad_body();
+        if (place_of(E, &r, &at)) return PyErr_NoMemory();
+        /* an id not in memory whose verdict is in the store waits to be loaded */
+        int forgotten = !at.found && E->known_n && known_has(E, at.h);
+        int failed = forgotten ? defer(E, &r, received_at, body) : apply_record(E, &r, received_at, &at);
+        if (failed) return PyErr_Occurred() ? NULL : PyErr_NoMemory();
+    }
+    return PyLong_FromUnsignedLong(n);
+}
+
+/* deferred_keys() -> [(stream, message_id)]: the forgotten ids to load. */
+static PyObject *Engine_deferred_keys(Engine *E, PyObject *Py_UNUSED(ignored)) {
+    PyObject *out = PyList_New(0), *seen = PySet_New(NULL);
+    for (size_t i = 0; out && seen && i < E->ndeferred; i++) {
+        const Rec *r = &E->deferred[i];
+        PyObject *key = Py_BuildValue("(s#s#)", r->text[F_STREAM].s, (Py_ssize_t)r->text[F_STREAM].n,
+                                      r->text[F_MESSAGE_ID].s, (Py_ssize_t)r->text[F_MESSAGE_ID].n);
+        int bad = !key;
+        if (!bad) {
+            int has = PySet_Contains(seen, key);
+            bad = has < 0 || (!has && (PySet_Add(seen, key) || PyList_Append(out, key)));
+        }
+        Py_XDECREF(key);
+        if (bad) Py_CLEAR(out);
+    }
+    Py_XDECREF(seen);
+    return out;
+}
+
+/* apply_deferred() -> n: the waiting records, now that their ids are installed. */
+static PyObject *Engine_apply_deferred(Engine *E, PyObject *Py_UNUSED(ignored)) {
+    size_t n = E->ndeferred;
+    for (size_t i = 0; i < n; i++) {
+        Place at; /* looked up again: install() or an earlier record made the entry */
+        if (place_of(E, &E->deferred[i], &at) || apply_record(E, &E->deferred[i], E->deferred_at[i], &at)) {
+            return PyErr_Occurred() ? NULL : PyErr_NoMemory();
         }
     }
-    PyBuffer_Release(&view);
-    return PyLong_FromUnsignedLong(n);
+    E->ndeferred = 0;
+    Py_CLEAR(E->deferred_bodies);
+    return PyLong_FromSize_t(n);
 }
 
 /* advance(now, receipt_watermark): early verdicts for the ids applied since the
@@ -2093,7 +2145,9 @@ static PyMethodDef Engine_methods[] = {
     {"expected", (PyCFunction)Engine_expected, METH_NOARGS, "expected() -> {stream: [group]}"},
     {"new_groups", (PyCFunction)Engine_new_groups, METH_O, "new_groups(bodies) -> [(stream, group)]"},
     {"expect", (PyCFunction)Engine_expect, METH_VARARGS, "expect(stream, group) -> bool"},
-    {"probe", (PyCFunction)Engine_probe, METH_O, "probe(bodies) -> [(stream, message_id)] to load"},
+    {"deferred_keys", (PyCFunction)Engine_deferred_keys, METH_NOARGS,
+     "deferred_keys() -> [(stream, message_id)] to load before apply_deferred()"},
+    {"apply_deferred", (PyCFunction)Engine_apply_deferred, METH_NOARGS, "apply_deferred() -> records"},
     {"install", (PyCFunction)Engine_install, METH_O, "install(verdict rows)"},
     {"apply", (PyCFunction)Engine_apply, METH_VARARGS, "apply(body, received_at) -> records"},
     {"advance", (PyCFunction)Engine_advance, METH_VARARGS, "advance(now, receipt_watermark)"},

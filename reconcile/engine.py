@@ -204,13 +204,14 @@ class Reconciler:
         return TickResult(len(batch), sum(t[2] for t in taken), stats["judged"] - before["judged"])
 
     def _fold(self, batch: Sequence[_Row], now: float, watermark: float) -> None:
-        """Load forgotten ids the batch names, apply it, judge what is due."""
-        keys = self.core.probe([r.body for r in batch])
+        """Apply the batch, loading the forgotten ids it names; judge what is due."""
+        for row in batch:
+            self.core.apply(row.body, row.received_at)
+        keys = self.core.deferred_keys()
         if keys:
             with self.store.connect() as conn:
                 self.core.install(load_verdicts(conn, keys))
-        for row in batch:
-            self.core.apply(row.body, row.received_at)
+            self.core.apply_deferred()
         self.core.advance(now, watermark)
 
     def catch_up(

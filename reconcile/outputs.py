@@ -79,17 +79,39 @@ def write_pairs(conn: Connection, pairs: Iterable[Pair], buckets: Sequence[float
     _add(conn, latency_sketch, ("stream", "grp", "bin"), bin_rows)
 
 
+_COLUMNS = ", ".join(VERDICT_COLUMNS)
+_UPSERT = (
+    "ON CONFLICT (stream, message_id, grp) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in VERDICT_COLUMNS[3:])
+)
+
+
 def write_verdicts(conn: Connection, rows: Sequence[Sequence[Any]]) -> None:
+    """Upsert verdict rows, as the engine gives them (VERDICT_COLUMNS order).
+
+    Straight to the driver: a backlog can judge hundreds of thousands of
+    discrepant ids in one tick, and building statements row by row would cost
+    more than the engine did.
+    """
     if not rows:
         return
     # A row may appear twice in one tick (changed twice): the last one wins.
-    latest = {(r[0], r[1], r[2]): r for r in rows}
-    stmt = upsert(conn, verdicts)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["stream", "message_id", "grp"],
-        set_={c: stmt.excluded[c] for c in VERDICT_COLUMNS[3:]},
-    )
-    conn.execute(stmt, [dict(zip(VERDICT_COLUMNS, r, strict=True)) for r in latest.values()])
+    latest = list({(r[0], r[1], r[2]): tuple(r) for r in rows}.values())
+    if conn.dialect.name != "postgresql":
+        marks = ", ".join("?" * len(VERDICT_COLUMNS))
+        conn.exec_driver_sql(
+            f"INSERT INTO verdicts ({_COLUMNS}) VALUES ({marks}) {_UPSERT}", latest
+        )
+        return
+    dbapi: Any = conn.connection.dbapi_connection
+    with dbapi.cursor() as cur:
+        cur.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS _verdicts (LIKE verdicts) ON COMMIT DELETE ROWS"
+        )
+        with cur.copy(f"COPY _verdicts ({_COLUMNS}) FROM STDIN") as copy:
+            for row in latest:
+                copy.write_row(row)
+        cur.execute(f"INSERT INTO verdicts ({_COLUMNS}) SELECT {_COLUMNS} FROM _verdicts {_UPSERT}")
 
 
 def write_in_flight(conn: Connection, counts: Mapping[tuple[str, str], int]) -> None:
