@@ -11,7 +11,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import QueuePool
 
 from .store_url import DEFAULT_DB_URL, normalize_url
 from .tables import metadata
@@ -63,9 +63,10 @@ def open_engine(url: str = DEFAULT_DB_URL, *, create: bool = True) -> Engine:
     kwargs: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
         _check_sqlite_file(parsed, create)
-        # One connection per use: SQLite connections are cheap, and a pool of
-        # them pinned to threads only adds surprises under FastAPI's threadpool.
-        kwargs["poolclass"] = NullPool
+        # Pooled: opening a connection (file, schema, pragmas) costs more than a
+        # batch's insert. Each connection is used by one thread at a time.
+        kwargs["poolclass"] = QueuePool
+        kwargs["pool_size"] = 8
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 60}
     try:
         engine = create_engine(url, **kwargs)

@@ -86,10 +86,6 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         loop = EngineLoop(engine, config, reconcile_interval) if reconcile_interval else None
-        # SQLite checkpoints the WAL whenever its last connection closes; with a
-        # connection per request that is every request. One idle connection held
-        # for the collector's life keeps checkpoints to SQLite's own schedule.
-        anchor = engine.connect() if engine.dialect.name == "sqlite" else None
         if loop:
             loop.start()
         try:
@@ -97,8 +93,6 @@ def create_app(
         finally:
             if loop:
                 loop.stop()
-            if anchor is not None:
-                anchor.close()
 
     app = FastAPI(title="msgtally collector", version="0.1.0", lifespan=lifespan)
     app.state.engine = engine

@@ -1592,16 +1592,27 @@ static PyObject *Engine_apply(Engine *E, PyObject *args) {
                 (const uint8_t *)PyBytes_AS_STRING(body) + PyBytes_GET_SIZE(body)};
     uint32_t n;
     if (open_body(&c, &n)) return bad_body();
-    for (uint32_t i = 0; i < n; i++) {
+    int failed = 0, bad = 0;
+    /* No Python object is touched but to defer a record: the collector's
+     * threads run while the engine folds a body. */
+    Py_BEGIN_ALLOW_THREADS
+    for (uint32_t i = 0; i < n && !failed && !bad; i++) {
         Rec r;
         Place at;
-        if (read_record(&c, &r)) return bad_body();
-        if (place_of(E, &r, &at)) return PyErr_NoMemory();
+        if (read_record(&c, &r)) { bad = 1; break; }
+        if (place_of(E, &r, &at)) { failed = 1; break; }
         /* an id not in memory whose verdict is in the store waits to be loaded */
-        int forgotten = !at.found && E->known_n && known_has(E, at.h);
-        int failed = forgotten ? defer(E, &r, received_at, body) : apply_record(E, &r, received_at, &at);
-        if (failed) return PyErr_Occurred() ? NULL : PyErr_NoMemory();
+        if (!at.found && E->known_n && known_has(E, at.h)) {
+            Py_BLOCK_THREADS
+            failed = defer(E, &r, received_at, body);
+            Py_UNBLOCK_THREADS
+        } else {
+            failed = apply_record(E, &r, received_at, &at);
+        }
     }
+    Py_END_ALLOW_THREADS
+    if (bad) return bad_body();
+    if (failed) return PyErr_Occurred() ? NULL : PyErr_NoMemory();
     return PyLong_FromUnsignedLong(n);
 }
 

@@ -30,7 +30,13 @@ from sqlalchemy import Connection, Engine, delete, func, select
 from msgtally.ingest.db import upsert, write_tx
 from msgtally.ingest.tables import checkpoint, log, log_pending, ticks
 
-from . import _engine
+try:
+    from . import _engine
+except ImportError as exc:  # the C extension is optional at install: say what to do
+    raise ImportError(
+        "msgtally's reconcile engine (a C extension) was not built: install a C compiler "
+        "and the Python headers, then reinstall msgtally[collector]"
+    ) from exc
 from .config import ReconcileConfig
 from .lease import Lease
 from .outputs import load_verdicts, write_in_flight, write_meta, write_pairs, write_verdicts

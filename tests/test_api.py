@@ -173,6 +173,7 @@ def test_readyz_is_503_when_the_store_is_gone(tmp_path: Any) -> None:
     with LiveCollector(engine, ReconcileConfig()) as live:
         db.unlink()
         (tmp_path / "gone.db").mkdir()  # the path now cannot be opened as a database
+        engine.dispose()  # and the open connections are gone with it
         assert httpx.get(f"{live.url}/readyz").status_code == 503
         resp = httpx.post(f"{live.url}/v1/records", json=[rec("m1")])
         assert resp.status_code == 503

@@ -97,6 +97,7 @@ def test_a_store_that_is_down_counts_as_store_unavailable(tmp_path: Any) -> None
     with BackgroundServer(app) as live:
         db.unlink()
         db.mkdir()  # the path now cannot be opened as a database
+        engine.dispose()  # and the open connections are gone with it
         assert httpx.post(f"{live.url}/v1/records", json=[rec("m1")]).status_code == 503
     engine.dispose()
     # /metrics cannot read the tallies from a store that is gone: read the ingest counters.
