@@ -57,6 +57,18 @@ static uint64_t hash_bytes(const uint8_t *p, size_t n, uint64_t seed) {
 
 static inline uint64_t hash_u64(uint64_t v, uint64_t seed) { return mix64(seed ^ mix64(v + 0x632BE59BD9B4E019ULL)); }
 
+/* Room for one more item in a growable array (doubling from `first`). */
+static int grow(void *items_ptr, size_t *cap, size_t n, size_t size, size_t first) {
+    void **items = (void **)items_ptr;
+    if (n < *cap) return 0;
+    size_t new_cap = *cap ? *cap * 2 : first;
+    void *p = realloc(*items, new_cap * size);
+    if (!p) return -1;
+    *items = p;
+    *cap = new_cap;
+    return 0;
+}
+
 /* ------------------------------------------------------------- log bodies */
 /* A log body is msgpack: [1, [record, ...]], each record a map from the field
  * names of msgtally.ingest.schema to their values, as msgspec encodes the
@@ -84,18 +96,26 @@ typedef struct {
     const uint8_t *p, *end;
 } Cursor;
 
-static int mp_array(Cursor *c, uint32_t *n) {
+static uint64_t be(const uint8_t *p, int n) {
+    uint64_t v = 0;
+    for (int i = 0; i < n; i++) v = (v << 8) | p[i];
+    return v;
+}
+
+/* The size of a container: fix form (`fix` in the high nibble), 16 or 32 bits. */
+static int mp_size(Cursor *c, uint8_t fix, uint8_t code16, uint32_t *n) {
     if (c->p >= c->end) return -1;
     uint8_t b = *c->p++;
-    if ((b & 0xf0) == 0x90) { *n = b & 0x0f; return 0; }
-    if (b == 0xdc && c->end - c->p >= 2) { *n = ((uint32_t)c->p[0] << 8) | c->p[1]; c->p += 2; return 0; }
-    if (b == 0xdd && c->end - c->p >= 4) {
-        *n = ((uint32_t)c->p[0] << 24) | ((uint32_t)c->p[1] << 16) | ((uint32_t)c->p[2] << 8) | c->p[3];
-        c->p += 4;
-        return 0;
-    }
-    return -1;
+    if ((b & 0xf0) == fix) { *n = b & 0x0f; return 0; }
+    int len = b == code16 ? 2 : b == code16 + 1 ? 4 : 0;
+    if (!len || c->end - c->p < len) return -1;
+    *n = (uint32_t)be(c->p, len);
+    c->p += len;
+    return 0;
 }
+
+static int mp_array(Cursor *c, uint32_t *n) { return mp_size(c, 0x90, 0xdc, n); }
+static int mp_map(Cursor *c, uint32_t *n) { return mp_size(c, 0x80, 0xde, n); }
 
 static int mp_str(Cursor *c, Str *s) {
     if (c->p >= c->end) return -1;
@@ -104,23 +124,17 @@ static int mp_str(Cursor *c, Str *s) {
     s->nil = 0;
     if (b == 0xc0) { s->nil = 1; s->s = NULL; s->n = 0; return 0; }
     if ((b & 0xe0) == 0xa0) n = b & 0x1f;
-    else if (b == 0xd9 && c->end - c->p >= 1) { n = c->p[0]; c->p += 1; }
-    else if (b == 0xda && c->end - c->p >= 2) { n = ((uint32_t)c->p[0] << 8) | c->p[1]; c->p += 2; }
-    else if (b == 0xdb && c->end - c->p >= 4) {
-        n = ((uint32_t)c->p[0] << 24) | ((uint32_t)c->p[1] << 16) | ((uint32_t)c->p[2] << 8) | c->p[3];
-        c->p += 4;
-    } else return -1;
+    else {
+        int len = b == 0xd9 ? 1 : b == 0xda ? 2 : b == 0xdb ? 4 : 0;
+        if (!len || c->end - c->p < len) return -1;
+        n = (uint32_t)be(c->p, len);
+        c->p += len;
+    }
     if ((size_t)(c->end - c->p) < n) return -1;
     s->s = c->p;
     s->n = n;
     c->p += n;
     return 0;
-}
-
-static uint64_t be(const uint8_t *p, int n) {
-    uint64_t v = 0;
-    for (int i = 0; i < n; i++) v = (v << 8) | p[i];
-    return v;
 }
 
 /* An integer, a float or nil (*nil set). Floats are returned in *d, ints in *i. */
@@ -168,19 +182,6 @@ static int mp_number(Cursor *c, int64_t *i, double *d, int *is_float, int *nil) 
         *i = (int64_t)v;
     }
     return 0;
-}
-
-static int mp_map(Cursor *c, uint32_t *n) {
-    if (c->p >= c->end) return -1;
-    uint8_t b = *c->p++;
-    if ((b & 0xf0) == 0x80) { *n = b & 0x0f; return 0; }
-    if (b == 0xde && c->end - c->p >= 2) { *n = ((uint32_t)c->p[0] << 8) | c->p[1]; c->p += 2; return 0; }
-    if (b == 0xdf && c->end - c->p >= 4) {
-        *n = ((uint32_t)c->p[0] << 24) | ((uint32_t)c->p[1] << 16) | ((uint32_t)c->p[2] << 8) | c->p[3];
-        c->p += 4;
-        return 0;
-    }
-    return -1;
 }
 
 /* Skips one value of any type: fields a newer writer added. */
@@ -481,7 +482,7 @@ typedef struct {
 
 typedef struct {
     uint32_t *gids;
-    uint32_t n, cap;
+    size_t n, cap;
     double deadline;
 } StreamInfo;
 
@@ -537,13 +538,7 @@ static inline double deadline_of(Engine *E, uint32_t sid) { return E->sinfo[sid]
 /* ----------------------------------------------------------------- heaps */
 
 static int heap_push(Heap *h, double due, uint32_t idx, uint32_t gen) {
-    if (h->n == h->cap) {
-        size_t cap = h->cap ? h->cap * 2 : 1024;
-        Timer *t = realloc(h->items, cap * sizeof(Timer));
-        if (!t) return -1;
-        h->items = t;
-        h->cap = cap;
-    }
+    if (grow(&h->items, &h->cap, h->n, sizeof(Timer), 1024)) return -1;
     size_t i = h->n++;
     while (i) {
         size_t p = (i - 1) / 2;
@@ -881,13 +876,7 @@ static int mark_dirty(Engine *E, uint32_t idx) {
     Entry *e = E->pool[idx];
     if (e->flags & E_DIRTY) return 0;
     e->flags |= E_DIRTY;
-    if (E->ndirty == E->dirty_cap) {
-        size_t cap = E->dirty_cap ? E->dirty_cap * 2 : 256;
-        uint64_t *d = realloc(E->dirty, cap * 8);
-        if (!d) return -1;
-        E->dirty = d;
-        E->dirty_cap = cap;
-    }
+    if (grow(&E->dirty, &E->dirty_cap, E->ndirty, 8, 256)) return -1;
     E->dirty[E->ndirty++] = ((uint64_t)idx << 32) | e->gen;
     return 0;
 }
@@ -1148,25 +1137,13 @@ static int64_t stream_index(Engine *E, const Str *s) {
 static int expect_group(Engine *E, uint32_t sid, uint32_t gid) {
     StreamInfo *si = &E->sinfo[sid];
     if (stream_expects(si, gid)) return 0;
-    if (si->n == si->cap) {
-        uint32_t cap = si->cap ? si->cap * 2 : 4;
-        uint32_t *g = realloc(si->gids, cap * sizeof(uint32_t));
-        if (!g) return -1;
-        si->gids = g;
-        si->cap = cap;
-    }
+    if (grow(&si->gids, &si->cap, si->n, sizeof(uint32_t), 4)) return -1;
     si->gids[si->n++] = gid;
     return 1;
 }
 
 static int touch(Engine *E, uint32_t idx) {
-    if (E->ntouched == E->touched_cap) {
-        size_t cap = E->touched_cap ? E->touched_cap * 2 : 4096;
-        uint32_t *t = realloc(E->touched, cap * sizeof(uint32_t));
-        if (!t) return -1;
-        E->touched = t;
-        E->touched_cap = cap;
-    }
+    if (grow(&E->touched, &E->touched_cap, E->ntouched, sizeof(uint32_t), 4096)) return -1;
     E->touched[E->ntouched++] = idx;
     return 0;
 }
@@ -2017,7 +1994,8 @@ static PyObject *Engine_dumps(Engine *E, PyObject *Py_UNUSED(ignored)) {
     for (uint32_t sid = 0; sid < E->streams.n; sid++) {
         StreamInfo *si = &E->sinfo[sid];
         PUT(&o, si->deadline);
-        PUT(&o, si->n);
+        uint32_t n = (uint32_t)si->n;
+        PUT(&o, n);
         out_put(&o, si->gids, si->n * sizeof(uint32_t));
     }
     PUT(&o, E->records);
