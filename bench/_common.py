@@ -1,6 +1,6 @@
 """Shared pieces of the benchmarks: the synthetic workload and its ground truth,
-fast store loaders, a fresh PostgreSQL database, a collector process, a
-per-statement SQL timer and an RSS sampler.
+the workload as wire records and as log bodies, a fresh PostgreSQL database,
+a collector process and an RSS sampler.
 
 Not part of the package: the scripts in bench/ import it as a sibling module.
 """
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, text
 
 from msgtally.ingest.tables import TALLY_FIELDS
 
@@ -204,15 +204,6 @@ class Workload:
         self.last_ts = last_ts
 
 
-def rkey_of(rec: Rec, record_id: str | None) -> str:
-    """The rkey the collector stores for this record (msgtally.ingest.writer.record_key)."""
-    from msgtally.ingest.schema import Record
-    from msgtally.ingest.writer import record_key
-
-    stream, mid, kind, grp, ts, attempt, outcome = rec
-    return record_key(Record(stream, kind, mid, ts, grp, attempt, outcome, record_id=record_id))
-
-
 def chunks(it: Iterable[Any], size: int) -> Iterator[list[Any]]:
     buf: list[Any] = []
     for x in it:
@@ -225,93 +216,38 @@ def chunks(it: Iterable[Any], size: int) -> Iterator[list[Any]]:
 
 
 # ---------------------------------------------------------------------------
-# Loading a store fast (not what is measured)
+# The workload as the collector takes it
 # ---------------------------------------------------------------------------
 
-_COLS = ("stream, message_id, rkey, kind, grp, ts, attempt, outcome, "
-         "producer, seq, trace_id, span_id, record_id, batch")
+
+def wire(rec: Rec, record_id: str | None) -> dict[str, Any]:
+    """A record as a shim sends it (JSON object)."""
+    stream, mid, kind, grp, ts, attempt, outcome = rec
+    out: dict[str, Any] = {"stream": stream, "kind": kind, "message_id": mid, "ts": ts,
+                           "attempt": attempt, "outcome": outcome}  # fmt: skip
+    if grp:
+        out["group"] = grp
+    if record_id is not None:
+        out["record_id"] = record_id
+    return out
 
 
-def _row(rec: Rec, record_id: str | None, batch: int) -> tuple[Any, ...]:
-    s, m, k, g, ts, a, o = rec
-    return (s, m, rkey_of(rec, record_id), k, g, ts, a, o, None, None, None, None,
-            record_id, batch)
+def log_bodies(workload: Workload, batch: int) -> list[bytes]:
+    """The workload as the log holds it (msgtally.ingest.logbody), `batch` records a body."""
+    from msgtally.ingest import logbody
+    from msgtally.ingest.schema import Consume, Produce
 
-
-def load_sqlite(engine: Engine, workload: Workload, chunk: int = 10_000) -> float:
-    """Write the workload like write_batch does (records + inbox rows), only faster:
-    raw executemany, synchronous=OFF and a big cache on the loading connection."""
-    from msgtally.ingest.writer import _SQLITE_INSERT
-
-    started = time.perf_counter()
-    raw = engine.raw_connection()
-    try:
-        dbapi: Any = raw.driver_connection
-        dbapi.execute("PRAGMA synchronous=OFF")
-        dbapi.execute("PRAGMA cache_size=-524288")  # 512 MiB, this connection only
-        n = 0
-        next_log = time.monotonic() + 10
-        for part in chunks(workload.records(), chunk):
-            dbapi.execute("BEGIN IMMEDIATE")
-            counts: dict[str, int] = defaultdict(int)
-            for rec, _ in part:
-                counts[rec[0]] += 1
-            batch_of = {}
-            for stream, k in counts.items():
-                cur = dbapi.execute(
-                    "INSERT INTO inbox (stream, n, received_at) VALUES (?, ?, ?)",
-                    (stream, k, time.time()),
-                )
-                batch_of[stream] = cur.lastrowid
-            dbapi.executemany(_SQLITE_INSERT, [_row(r, rid, batch_of[r[0]]) for r, rid in part])
-            dbapi.execute("COMMIT")
-            n += len(part)
-            if time.monotonic() > next_log:
-                log(f"  loaded {n:,} records ({fmt_rate(n, time.perf_counter() - started)})")
-                next_log = time.monotonic() + 10
-        dbapi.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    finally:
-        raw.close()
-    return time.perf_counter() - started
-
-
-def psycopg_url(url: str) -> str:
-    """A libpq URL from a SQLAlchemy one."""
-    return "postgresql://" + url.split("://", 1)[1]
-
-
-def load_pg(url: str, workload: Workload, chunk: int = 10_000) -> float:
-    """COPY the workload into records, with inbox rows like write_batch; then ANALYZE."""
-    import psycopg
-
-    started = time.perf_counter()
-    n = 0
-    next_log = time.monotonic() + 10
-    with psycopg.connect(psycopg_url(url)) as conn:
-        for part in chunks(workload.records(), chunk):
-            counts: dict[str, int] = defaultdict(int)
-            for rec, _ in part:
-                counts[rec[0]] += 1
-            batch_of = {}
-            with conn.cursor() as cur:
-                for stream, k in counts.items():
-                    cur.execute(
-                        "INSERT INTO inbox (stream, n, received_at) VALUES (%s, %s, %s) "
-                        "RETURNING id", (stream, k, time.time()),
-                    )
-                    batch_of[stream] = cur.fetchone()[0]  # type: ignore[index]
-                with cur.copy(f"COPY records ({_COLS}) FROM STDIN") as copy:
-                    for rec, rid in part:
-                        copy.write_row(_row(rec, rid, batch_of[rec[0]]))
-            conn.commit()
-            n += len(part)
-            if time.monotonic() > next_log:
-                log(f"  loaded {n:,} records ({fmt_rate(n, time.perf_counter() - started)})")
-                next_log = time.monotonic() + 10
-        conn.autocommit = True
-        conn.execute("VACUUM ANALYZE records")
-        conn.execute("ANALYZE inbox")
-    return time.perf_counter() - started
+    out = []
+    for part in chunks(workload.records(), batch):
+        records = [
+            Produce(stream=s, message_id=m, ts=ts, attempt=a, outcome=o, record_id=rid)
+            if k == "produce"
+            else Consume(stream=s, message_id=m, ts=ts, attempt=a, outcome=o, group=g,
+                         record_id=rid)
+            for (s, m, k, g, ts, a, o), rid in part
+        ]
+        out.append(logbody.encode(records))  # type: ignore[arg-type]
+    return out
 
 
 @contextlib.contextmanager
@@ -347,7 +283,7 @@ def scratch_dir(keep: str | None = None) -> Iterator[Path]:
 
 def read_tallies(engine: Engine) -> dict[tuple[str, str], dict[str, float]]:
     with engine.connect() as conn:
-        rows = conn.execute(text("SELECT * FROM tallies WHERE grp <> ''")).mappings().all()
+        rows = conn.execute(text("SELECT * FROM tallies")).mappings().all()
     return {(r["stream"], r["grp"]): dict(r) for r in rows}
 
 
@@ -381,58 +317,6 @@ def total_of(tallies: dict[tuple[str, str], dict[str, float]]) -> dict[str, floa
             if isinstance(v, (int, float)):
                 out[f] += v
     return dict(out)
-
-
-# ---------------------------------------------------------------------------
-# Timing each SQL statement of a pass
-# ---------------------------------------------------------------------------
-
-
-def _label(sql: str) -> str:
-    return " ".join(sql.split())
-
-
-class StatementTimer:
-    """Wall time per distinct SQL text, via the engine's cursor events."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
-        self._start: dict[int, float] = {}
-        self.engine = engine
-        event.listen(engine, "before_cursor_execute", self._before)
-        event.listen(engine, "after_cursor_execute", self._after)
-        event.listen(engine, "commit", self._commit_before)
-
-    def _before(self, conn: Any, cursor: Any, stmt: str, *_: Any) -> None:
-        self._start[id(conn)] = time.perf_counter()
-
-    def _after(self, conn: Any, cursor: Any, stmt: str, *_: Any) -> None:
-        t = self.totals[_label(stmt)]
-        t[0] += time.perf_counter() - self._start.pop(id(conn), time.perf_counter())
-        t[1] += 1
-
-    def _commit_before(self, conn: Any) -> None:
-        self._commit_start = time.perf_counter()
-
-    def close(self) -> None:
-        event.remove(self.engine, "before_cursor_execute", self._before)
-        event.remove(self.engine, "after_cursor_execute", self._after)
-        event.remove(self.engine, "commit", self._commit_before)
-
-    def report(self, total: float, top: int = 12, names: dict[str, str] | None = None) -> str:
-        items = sorted(self.totals.items(), key=lambda kv: -kv[1][0])
-        summed = sum(v[0] for v in self.totals.values())
-        lines = [f"  {'seconds':>8} {'share':>6} {'calls':>5}  statement"]
-        for sql, (secs, calls) in items[:top]:
-            name = next((n for k, n in (names or {}).items() if sql.startswith(k)), "")
-            label = f"[{name}] " if name else ""
-            lines.append(f"  {secs:8.2f} {secs / total:6.1%} {int(calls):5d}  {label}{sql[:110]}")
-        rest = sum(v[0] for _, v in items[top:])
-        lines.append(f"  {rest:8.2f} {rest / total:6.1%}        (other {len(items) - top} "
-                     "statements)" if len(items) > top else "")
-        lines.append(f"  {total - summed:8.2f} {(total - summed) / total:6.1%}        "
-                     "outside statements (commit, Python, SQL compilation)")
-        return "\n".join(x for x in lines if x)
 
 
 # ---------------------------------------------------------------------------
@@ -508,13 +392,16 @@ def free_port() -> int:
 
 
 class CollectorProcess:
-    """`msgtally serve --no-reconcile` in a child process (its own GIL)."""
+    """`msgtally serve` in a child process (its own GIL); ingest only by default."""
 
-    def __init__(self, db_url: str, log_path: Path, wrap: Sequence[str] = ()) -> None:
+    def __init__(
+        self, db_url: str, log_path: Path, wrap: Sequence[str] = (), args: Sequence[str] = (
+            "--no-reconcile",)
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        self.cmd = [*wrap, sys.executable, "-m", "msgtally.cli", "serve", "--no-reconcile",
+        self.cmd = [*wrap, sys.executable, "-m", "msgtally.cli", "serve", *args,
                     "--db", db_url, "--port", str(self.port), "--max-body", str(256 * 2**20)]
         self.proc: subprocess.Popen[bytes] | None = None
 

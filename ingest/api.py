@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
-from typing import Annotated, Any
+from typing import Annotated
 
+import msgspec
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Engine, text
@@ -14,7 +14,7 @@ from .ingest_metrics import IngestMetrics, ingest_metrics
 from .limits import DEFAULT_MAX_BODY
 from .problems import problem
 from .schema import RecordError, parse_body
-from .writer import IngestResult, write_batch
+from .writer import write_batch
 
 router = APIRouter()
 
@@ -48,19 +48,17 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _decode_and_store(engine: Engine, body: bytes) -> IngestResult:
+def _decode_and_store(engine: Engine, body: bytes) -> int:
     if not body.strip():
         raise problem(400, "body", "empty; send a JSON array of records")
     try:
-        payload: Any = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        batch = parse_body(body)
+    except msgspec.DecodeError as exc:
         raise problem(400, "body", f"not valid JSON ({exc})") from None
-    try:
-        batch = parse_body(payload)
     except RecordError as exc:
         raise problem(422, exc.field, exc.reason) from None
     try:
-        return write_batch(engine, batch.records, batch.drops)
+        return write_batch(engine, batch)
     except SQLAlchemyError as exc:
         # Nothing of the batch is stored (one transaction); the shim retries.
         raise problem(503, None, f"store unavailable: {type(exc).__name__}") from None
@@ -68,16 +66,17 @@ def _decode_and_store(engine: Engine, body: bytes) -> IngestResult:
 
 @router.post("/v1/records")
 async def post_records(request: Request, engine: EngineDep, metrics: MetricsDep) -> dict[str, int]:
-    """Store a batch of delivery records atomically; repeats are ignored and counted."""
+    """Log a batch of delivery records atomically. A 200 means it is committed;
+    a record sent again (a shim's resend) is logged again and counted once."""
     limit: int = getattr(request.app.state, "max_body", DEFAULT_MAX_BODY)
     try:
         body = await _read_body(request, limit)
-        result = await run_in_threadpool(_decode_and_store, engine, body)
+        accepted = await run_in_threadpool(_decode_and_store, engine, body)
     except HTTPException as exc:
         metrics.rejected(exc.status_code)
         raise
-    metrics.stored(result.accepted, result.ignored)
-    return {"accepted": result.accepted, "ignored": result.ignored}
+    metrics.accepted(accepted)
+    return {"accepted": accepted}
 
 
 @router.get("/healthz")

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import QueuePool
 
 from .store_url import DEFAULT_DB_URL, normalize_url
 from .tables import metadata
@@ -62,9 +63,10 @@ def open_engine(url: str = DEFAULT_DB_URL, *, create: bool = True) -> Engine:
     kwargs: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
         _check_sqlite_file(parsed, create)
-        # One connection per use: SQLite connections are cheap, and a pool of
-        # them pinned to threads only adds surprises under FastAPI's threadpool.
-        kwargs["poolclass"] = NullPool
+        # Pooled: opening a connection (file, schema, pragmas) costs more than a
+        # batch's insert. Each connection is used by one thread at a time.
+        kwargs["poolclass"] = QueuePool
+        kwargs["pool_size"] = 8
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 60}
     try:
         engine = create_engine(url, **kwargs)
@@ -76,7 +78,7 @@ def open_engine(url: str = DEFAULT_DB_URL, *, create: bool = True) -> Engine:
     try:
         if create:
             metadata.create_all(engine)
-        elif not inspect(engine).has_table("tallies"):
+        elif not inspect(engine).has_table("log"):
             raise StoreError(f"{shown} is not a msgtally store (it has no msgtally tables)")
     except DBAPIError as exc:
         engine.dispose()
@@ -104,6 +106,12 @@ def _sqlite_setup(engine: Engine) -> None:
         # then writes can fail with SQLITE_BUSY_SNAPSHOT, which no timeout retries.
         mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
         conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def upsert(conn: Connection, table: Any) -> Any:
+    """INSERT ... ON CONFLICT for the connection's dialect."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
 
 
 @contextmanager

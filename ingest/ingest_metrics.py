@@ -1,7 +1,7 @@
 """The collector's own ingest counters, in the app's registry (GET /metrics).
 
-- `msgtally_ingest_records_total{result}`: records of committed batches,
-  `accepted` (stored) or `ignored` (a repeat of a stored record).
+- `msgtally_ingest_records_total{result="accepted"}`: records of committed
+  batches (a resent record is logged again; the engine counts it once).
 - `msgtally_ingest_rejected_total{reason}`: POST /v1/records requests
   refused, nothing of them stored: `malformed` (400: empty or not JSON),
   `too_large` (413), `invalid` (422: a record breaks the contract),
@@ -20,7 +20,6 @@ from typing import Any
 from prometheus_client import Counter
 from prometheus_client.registry import CollectorRegistry
 
-RESULTS = ("accepted", "ignored")
 # HTTP status of a refused request -> the `reason` label.
 REASONS = {400: "malformed", 413: "too_large", 422: "invalid", 503: "store_unavailable"}
 OTHER = "other"
@@ -33,7 +32,7 @@ class IngestMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         records = Counter(
             "msgtally_ingest_records",
-            "Records of committed batches: accepted (stored) or ignored (a repeat).",
+            "Records of committed batches (logged; the engine counts a resent one once).",
             ["result"],
             registry=registry,
         )
@@ -44,12 +43,10 @@ class IngestMetrics:
             registry=registry,
         )
         self._accepted = records.labels("accepted")
-        self._ignored = records.labels("ignored")
         self._rejected = {reason: rejected.labels(reason) for reason in (*REASONS.values(), OTHER)}
 
-    def stored(self, accepted: int, ignored: int) -> None:
-        self._accepted.inc(accepted)
-        self._ignored.inc(ignored)
+    def accepted(self, n: int) -> None:
+        self._accepted.inc(n)
 
     def rejected(self, status: int) -> None:
         self._rejected[REASONS.get(status, OTHER)].inc()

@@ -7,3 +7,5 @@ limits the collector enforces, without loading the collector.
 MAX_ID_LENGTH = 256  # message_id, in characters
 MAX_TEXT_LENGTH = 256  # stream, group, producer, record_id, source
 DEFAULT_MAX_BODY = 8 * 1024 * 1024  # bytes of one POST /v1/records body
+MAX_TS = 1e10  # unix seconds: the year 2286; beyond is a unit mistake (ms, us)
+MAX_DROP_TOTAL = 2**40  # one shim's running total; many summed stay far below 2**63

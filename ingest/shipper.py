@@ -24,11 +24,11 @@ from typing import Any
 
 import httpx
 
-from .schema import record_to_json
+from .wire import record_to_json
 
 log = logging.getLogger("msgtally.shipper")
 
-# A record on its way: the tuple of schema.FIELDS, in that order.
+# A record on its way: the tuple of wire.FIELDS, in that order.
 Row = tuple[Any, ...]
 DropKey = tuple[str, str, str]  # stream, kind, group
 _STREAM, _KIND, _GROUP = 0, 1, 4

@@ -1,9 +1,9 @@
 """The store's tables (SQLAlchemy Core), shared by ingest, reconcile and slis.
 
-Every table that grows with traffic is keyed by (stream, message_id, ...),
-so the same schema can be distributed by message id (Citus) and the join
-stays local to a shard. Flags are small integers, not booleans, so that the
-same SUM/MAX expressions run on SQLite and PostgreSQL.
+Two kinds of tables. The log is what ingest acknowledged: append-only, one
+row per accepted request, never rewritten. Everything else is what the
+engine made of the log, written in one transaction per engine tick, so the
+figures a reader sees always belong to one position in the log.
 """
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ from sqlalchemy import (
     BigInteger,
     Column,
     Float,
-    Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     SmallInteger,
     String,
     Table,
+    Text,
 )
 from sqlalchemy.dialects.postgresql import DOUBLE_PRECISION
 
@@ -28,96 +29,50 @@ metadata = MetaData()
 # the variant only makes the DDL explicit.
 Double = Float(53).with_variant(DOUBLE_PRECISION(), "postgresql")
 # SQLite autoincrement needs INTEGER PRIMARY KEY (the rowid alias).
-BatchId = BigInteger().with_variant(Integer(), "sqlite")
+LogId = BigInteger().with_variant(Integer(), "sqlite")
 
-# Every record ever accepted; (stream, message_id, rkey) makes ingest idempotent.
-# rkey is "r" + record_id when the shim set one, else "h" + a digest of every field.
-records = Table(
-    "records",
+# Every accepted request body, re-encoded (msgtally.ingest.logbody). A 2xx
+# answer means its row is committed. Ids are never reused.
+log = Table(
+    "log",
     metadata,
-    Column("stream", String(256), nullable=False),
-    Column("message_id", String(256), nullable=False),
-    Column("rkey", String(260), nullable=False),
-    Column("kind", String(8), nullable=False),
-    Column("grp", String(256), nullable=False),
-    Column("ts", Double, nullable=False),
-    Column("attempt", Integer, nullable=False),
-    Column("outcome", String(12), nullable=False),
-    Column("producer", String(256)),
-    Column("seq", BigInteger),
-    Column("trace_id", String(32)),
-    Column("span_id", String(16)),
-    Column("record_id", String(256)),
-    Column("batch", BigInteger, nullable=False),
-    PrimaryKeyConstraint("stream", "message_id", "rkey"),
-    Index("records_batch", "batch"),
-    sqlite_with_rowid=False,
-)
-
-# One row per (ingest request, stream): what the reconciler has not seen yet.
-# Rows become visible with their records, in one commit, so a reconciler never
-# misses a batch that commits out of order; it deletes them once processed.
-inbox = Table(
-    "inbox",
-    metadata,
-    Column("id", BatchId, primary_key=True, autoincrement=True),
-    Column("stream", String(256), nullable=False),
-    Column("n", Integer, nullable=False),
+    Column("id", LogId, primary_key=True, autoincrement=True),
     Column("received_at", Double, nullable=False),
-    # Ids are never reused: records keep their batch id forever, and a reused
-    # id would hand old records to the reconciler again.
+    Column("n", Integer, nullable=False),
+    Column("body", LargeBinary, nullable=False),
     sqlite_autoincrement=True,
 )
 
-# Ids seen but not classified yet: the ids in flight. `base` is the time the
-# deadline counts from (first produce, or first consume for an unproduced id).
-pending = Table(
-    "pending",
+# Log rows the engine has not applied yet. Written with the log row, deleted by
+# the tick that applies it: a row that commits late (several collectors on
+# PostgreSQL) is never skipped.
+log_pending = Table(
+    "log_pending",
     metadata,
-    Column("stream", String(256), nullable=False),
-    Column("message_id", String(256), nullable=False),
-    Column("base", Double, nullable=False),
-    Column("acked", SmallInteger, nullable=False),
-    PrimaryKeyConstraint("stream", "message_id"),
-    Index("pending_due", "stream", "base"),
-    sqlite_with_rowid=False,
-)
-
-# One row per classified (stream, message id, group): its class and what has
-# been counted for it, so records that arrive later only add what is new.
-outcomes = Table(
-    "outcomes",
-    metadata,
-    Column("stream", String(256), nullable=False),
-    Column("message_id", String(256), nullable=False),
-    Column("grp", String(256), nullable=False),
-    # delivered | lost | recovered | unexpected | none (indeterminate, unconsumed)
-    Column("cls", String(12), nullable=False),
-    Column("acked", SmallInteger, nullable=False),
-    Column("p_any", SmallInteger, nullable=False),
-    Column("late", SmallInteger, nullable=False),
-    Column("t0", Double),
-    Column("deadline", Double, nullable=False),
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("received_at", Double, nullable=False),
     Column("n", Integer, nullable=False),
-    Column("ok", Integer, nullable=False),
-    Column("max_attempt", Integer, nullable=False),
-    Column("dl", SmallInteger, nullable=False),
-    Column("latency", Double),
-    Column("classified_at", Double, nullable=False),
-    PrimaryKeyConstraint("stream", "message_id", "grp"),
-    sqlite_with_rowid=False,
 )
 
-# The groups expected to receive each stream: seen consuming, or configured.
-# `settled` is 0 until a pass has counted the stream's history for the group.
-groups = Table(
-    "groups",
+# The ticks since the last checkpoint: which log rows each applied, and its
+# clocks. Recovery replays them on top of the checkpoint.
+ticks = Table(
+    "ticks",
     metadata,
-    Column("stream", String(256), nullable=False),
-    Column("grp", String(256), nullable=False),
-    Column("first_ts", Double),
-    Column("settled", SmallInteger, nullable=False),
-    PrimaryKeyConstraint("stream", "grp"),
+    Column("tick", BigInteger, primary_key=True, autoincrement=False),
+    Column("log_ids", Text, nullable=False),
+    Column("now", Double, nullable=False),
+    Column("watermark", Double, nullable=False),
+)
+
+# The engine's whole state at one tick (msgtally.reconcile._engine dumps()).
+checkpoint = Table(
+    "checkpoint",
+    metadata,
+    Column("id", SmallInteger, primary_key=True, autoincrement=False),
+    Column("tick", BigInteger, nullable=False),
+    Column("taken_at", Double, nullable=False),
+    Column("body", LargeBinary, nullable=False),
 )
 
 TALLY_FIELDS = (
@@ -157,6 +112,53 @@ latency_buckets = Table(
     PrimaryKeyConstraint("stream", "grp", "le"),
 )
 
+# The latency sketch per (stream, group): count per bin (msgtally.slis.sketch).
+latency_sketch = Table(
+    "latency_sketch",
+    metadata,
+    Column("stream", String(256), nullable=False),
+    Column("grp", String(256), nullable=False),
+    Column("bin", Integer, nullable=False),
+    Column("count", BigInteger, nullable=False),
+    PrimaryKeyConstraint("stream", "grp", "bin"),
+)
+
+# The verdict of every (stream, id, group) of an id that counts for a
+# discrepancy (lost, late, duplicated, unexpected, dead-lettered, recovered,
+# or indeterminate and unconsumed): the reconciliation report, and the state
+# the engine reloads when records for such an id arrive after it forgot it.
+verdicts = Table(
+    "verdicts",
+    metadata,
+    Column("stream", String(256), nullable=False),
+    Column("message_id", String(256), nullable=False),
+    Column("grp", String(256), nullable=False),
+    # delivered | lost | recovered | unexpected | none (indeterminate, unconsumed)
+    Column("cls", String(12), nullable=False),
+    Column("acked", SmallInteger, nullable=False),
+    Column("p_any", SmallInteger, nullable=False),
+    Column("late", SmallInteger, nullable=False),
+    Column("t0", Double),
+    Column("deadline", Double, nullable=False),
+    Column("n", BigInteger, nullable=False),
+    Column("ok", BigInteger, nullable=False),
+    Column("max_attempt", BigInteger, nullable=False),
+    Column("dl", SmallInteger, nullable=False),
+    Column("latency", Double),
+    PrimaryKeyConstraint("stream", "message_id", "grp"),
+)
+
+# Acknowledged ids not yet delivered nor judged, per (stream, group), as of the
+# last tick: the consumer-lag view.
+in_flight = Table(
+    "in_flight",
+    metadata,
+    Column("stream", String(256), nullable=False),
+    Column("grp", String(256), nullable=False),
+    Column("n", BigInteger, nullable=False),
+    PrimaryKeyConstraint("stream", "grp"),
+)
+
 # What each shim instance (`source`) dropped before sending: running totals,
 # so a resent report cannot count twice. Measurement loss, shown beside the SLIs.
 shim_drops = Table(
@@ -170,7 +172,7 @@ shim_drops = Table(
     PrimaryKeyConstraint("source", "stream", "kind", "grp"),
 )
 
-# Small key/value facts: last reconcile pass, schema version.
+# Small key/value facts: the last tick, engine counters, the demo's mark.
 meta = Table(
     "meta",
     metadata,

@@ -4,32 +4,39 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from prometheus_client.registry import CollectorRegistry
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
 from msgtally.ingest import problems
 from msgtally.ingest.api import router as ingest_router
 from msgtally.ingest.ingest_metrics import ingest_metrics
 from msgtally.ingest.limits import DEFAULT_MAX_BODY
-from msgtally.reconcile import ReconcileConfig, reconcile
+from msgtally.reconcile import LeaseHeld, ReconcileConfig, Reconciler
 from msgtally.slis.api import router as slis_router
 from msgtally.slis.exposition import StoreCollector
 
 log = logging.getLogger("msgtally")
 
 
-class ReconcileLoop:
-    """Runs reconcile passes every `interval` seconds in a background thread."""
+class EngineLoop:
+    """The reconcile engine in a background thread of the collector.
+
+    It takes the store's lease, ticks every `interval` seconds (at once while
+    a backlog lasts), checkpoints, and stands by while another engine holds
+    the lease. A failed tick throws the in-memory state away: the next one
+    rebuilds it from the store, which holds nothing half-written.
+    """
 
     def __init__(self, engine: Engine, config: ReconcileConfig, interval: float) -> None:
-        self._engine, self._config, self._interval = engine, config, interval
+        self._store, self._config, self._interval = engine, config, interval
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="msgtally-reconcile", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="msgtally-engine", daemon=True)
+        self.reconciler: Reconciler | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -40,13 +47,28 @@ class ReconcileLoop:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            wait = self._interval
             try:
-                result = reconcile(self._engine, self._config)
-                if result.records or result.classified:
-                    log.info("reconciled %s", result)
-            except SQLAlchemyError:  # the store is down: say so, try again next tick
-                log.exception("reconcile pass failed")
-            self._stop.wait(self._interval)
+                if self.reconciler is None:
+                    self.reconciler = Reconciler(self._store, self._config).open()
+                result = self.reconciler.tick(time.time())
+                if result.records >= self._config.budget:
+                    wait = 0  # a backlog: keep going
+            except LeaseHeld:
+                wait = 5.0  # stand by
+            except Exception:
+                log.exception("engine tick failed; rebuilding the state from the store")
+                self._drop(checkpoint=False)
+            self._stop.wait(wait)
+        self._drop(checkpoint=True)
+
+    def _drop(self, *, checkpoint: bool) -> None:
+        reconciler, self.reconciler = self.reconciler, None
+        if reconciler is not None:
+            try:
+                reconciler.close(checkpoint=checkpoint)
+            except Exception:
+                log.exception("engine close failed")
 
 
 def create_app(
@@ -63,11 +85,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        loop = ReconcileLoop(engine, config, reconcile_interval) if reconcile_interval else None
-        # SQLite checkpoints the WAL whenever its last connection closes; with a
-        # connection per request that is every request. One idle connection held
-        # for the collector's life keeps checkpoints to SQLite's own schedule.
-        anchor = engine.connect() if engine.dialect.name == "sqlite" else None
+        loop = EngineLoop(engine, config, reconcile_interval) if reconcile_interval else None
         if loop:
             loop.start()
         try:
@@ -75,8 +93,6 @@ def create_app(
         finally:
             if loop:
                 loop.stop()
-            if anchor is not None:
-                anchor.close()
 
     app = FastAPI(title="msgtally collector", version="0.1.0", lifespan=lifespan)
     app.state.engine = engine

@@ -72,7 +72,14 @@ def _add_reconcile(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--settle",
         type=float,
-        help="seconds past a deadline before an id is classified, for ingest lag (default 10)",
+        help="seconds past a deadline (and past an id's first receipt) before an id is "
+        "judged, for ingest lag (default 10)",
+    )
+    p.add_argument(
+        "--remember",
+        type=float,
+        help="seconds a judged id stays in memory after its deadline + settle, so that "
+        "late records and resends find it (default 600)",
     )
     slo_commands.add_buckets(
         p, "--latency-buckets", "bounds of the latency histogram; include every SLO threshold"
@@ -125,33 +132,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
     from msgtally.ingest.db import open_engine
-    from msgtally.reconcile import PassResult, reconcile
+    from msgtally.reconcile import TickResult, reconcile
 
+    from .app import EngineLoop
     from .settings import settings_from_args
 
     settings = settings_from_args(args)
     engine = open_engine(settings.db)
     config = settings.reconcile_config()
-    while True:
-        started = time.monotonic()
+    if args.loop:
+        loop = EngineLoop(engine, config, settings.interval)
+        shown = engine.url.render_as_string(hide_password=True)
+        print(f"msgtally engine on {shown}", file=sys.stderr)
+        loop.start()
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                time.sleep(3600)
+        loop.stop()
+        return 0
+    started = time.monotonic()
 
-        def progress(part: PassResult) -> None:
-            if part.batches:
-                print(
-                    f"  slice: {part.records} records, {part.classified} classified",
-                    file=sys.stderr,
-                )
+    def progress(part: TickResult) -> None:
+        print(f"  applied {part.records} records, {part.judged} verdicts", file=sys.stderr)
 
-        result = reconcile(engine, config, args.now, on_slice=progress)
-        print(
-            f"reconciled {result.records} records in {result.batches} batches: "
-            f"{result.classified} ids classified, {result.updated} updated "
-            f"({time.monotonic() - started:.2f}s)",
-            file=sys.stderr,
-        )
-        if not args.loop:
-            return 0
-        time.sleep(settings.interval)
+    result = reconcile(engine, config, args.now, on_tick=progress)
+    print(
+        f"reconciled {result.records} records ({result.batches} log rows): "
+        f"{result.judged} verdicts ({time.monotonic() - started:.2f}s)",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -224,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="ingest only; run `msgtally reconcile --loop` elsewhere",
     )
-    p.add_argument("--interval", type=float, help="seconds between reconcile passes (default 5)")
+    p.add_argument("--interval", type=float, help="seconds between engine ticks (default 0.5)")
     p.add_argument("--max-body", type=int, help="largest request body in bytes (default 8 MiB)")
     p.set_defaults(func=cmd_serve)
 
@@ -283,9 +293,11 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     except ImportError:  # no collector extra: no store either
         pass
     try:
+        from msgtally.reconcile import LeaseHeld
+
         from .settings import SettingsError
 
-        known.append(SettingsError)
+        known += [SettingsError, LeaseHeld]
     except ImportError:
         pass
     return tuple(known)

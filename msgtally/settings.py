@@ -16,6 +16,7 @@ from msgtally.reconcile.config import (
     DEFAULT_BUCKETS,
     DEFAULT_BUDGET,
     DEFAULT_DEADLINE,
+    DEFAULT_REMEMBER,
     DEFAULT_SETTLE,
     ReconcileConfig,
 )
@@ -29,9 +30,10 @@ class Settings(BaseSettings):
     port: int = Field(default=8410, ge=0, le=65535)
     max_body: int = Field(default=DEFAULT_MAX_BODY, ge=1024)
     reconcile: bool = True
-    interval: float = Field(default=5.0, gt=0)
+    interval: float = Field(default=0.5, gt=0)
     deadline: float = Field(default=DEFAULT_DEADLINE, gt=0)
     settle: float = Field(default=DEFAULT_SETTLE, ge=0)
+    remember: float = Field(default=DEFAULT_REMEMBER, ge=0)
     stream_deadlines: dict[str, float] = Field(default_factory=dict)
     expected_groups: dict[str, list[str]] = Field(default_factory=dict)
     latency_buckets: list[float] = Field(default_factory=lambda: list(DEFAULT_BUCKETS))
@@ -51,6 +53,7 @@ class Settings(BaseSettings):
             stream_deadlines=dict(self.stream_deadlines),
             expected_groups={s: tuple(g) for s, g in self.expected_groups.items()},
             settle=self.settle,
+            remember=self.remember,
             latency_buckets=tuple(self.latency_buckets),
             budget=self.budget,
         )
@@ -65,7 +68,7 @@ class SettingsError(ValueError):
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """The environment's settings, overridden by the flags a command was given."""
     overrides: dict[str, object] = {}
-    for name in ("db", "host", "port", "deadline", "settle", "interval", "max_body"):
+    for name in ("db", "host", "port", "deadline", "settle", "remember", "interval", "max_body"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value

@@ -1,14 +1,16 @@
-"""The join of produced and consumed ids, and the classification of every id."""
+"""The reconcile engine: produced and consumed ids joined into verdicts and tallies."""
 
 from .config import DEFAULT_BUCKETS, DEFAULT_DEADLINE, DEFAULT_SETTLE, ReconcileConfig
-from .join import PassResult, reconcile, reconcile_slice
+from .engine import Reconciler, TickResult, reconcile
+from .lease import LeaseHeld
 
 __all__ = [
     "DEFAULT_BUCKETS",
     "DEFAULT_DEADLINE",
     "DEFAULT_SETTLE",
-    "PassResult",
+    "LeaseHeld",
     "ReconcileConfig",
+    "Reconciler",
+    "TickResult",
     "reconcile",
-    "reconcile_slice",
 ]

@@ -27,6 +27,9 @@ DEFAULT_BUCKETS = (
     120.0,
     300.0,
 )
+# How long a judged id stays in memory after its deadline + settle, so that a
+# late record (a redelivery, a retry) still moves its figures by what it changes.
+DEFAULT_REMEMBER = 600.0
 # Records per reconcile transaction: keeps the write lock short and the
 # scratch tables bounded, whatever the backlog.
 DEFAULT_BUDGET = 250_000
@@ -38,6 +41,7 @@ class ReconcileConfig:
     stream_deadlines: Mapping[str, float] = field(default_factory=dict)
     expected_groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     settle: float = DEFAULT_SETTLE
+    remember: float = DEFAULT_REMEMBER
     latency_buckets: tuple[float, ...] = DEFAULT_BUCKETS
     budget: int = DEFAULT_BUDGET
 
@@ -45,8 +49,10 @@ class ReconcileConfig:
         _positive("deadline", self.deadline)
         for stream, seconds in self.stream_deadlines.items():
             _positive(f"stream_deadlines[{stream!r}]", seconds)
-        if not math.isfinite(self.settle) or self.settle < 0:
-            raise ValueError(f"settle has value {self.settle!r}. Must be >= 0 seconds.")
+        for name in ("settle", "remember"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} has value {value!r}. Must be >= 0 seconds.")
         bounds = self.latency_buckets
         if not bounds or any(not math.isfinite(b) for b in bounds):
             raise ValueError("latency_buckets must be a non-empty list of finite numbers.")

@@ -18,7 +18,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 
-from msgtally.ingest.tables import inbox, latency_buckets, meta, tallies
+from msgtally.ingest.tables import latency_buckets, log_pending, meta, tallies
 from msgtally.reconcile.config import bucket_label
 
 from .query import read_drops, read_in_flight
@@ -58,9 +58,11 @@ class StoreCollector(Collector):
             bucket_rows = conn.execute(select(latency_buckets)).all()
             in_flight = read_in_flight(conn)
             drops = read_drops(conn)
-            backlog = conn.execute(select(func.coalesce(func.sum(inbox.c.n), 0))).scalar_one()
-            last = conn.execute(select(meta.c.value).where(meta.c.key == "last_pass_at"))
-            last_pass = last.scalar_one_or_none()
+            backlog = conn.execute(
+                select(func.coalesce(func.sum(log_pending.c.n), 0))
+            ).scalar_one()
+            facts = dict(conn.execute(select(meta.c.key, meta.c.value)).all())
+        last_pass = facts.get("last_pass_at")
 
         for column, (name, doc) in COUNTERS.items():
             family = CounterMetricFamily(name, doc, labels=LABELS)
@@ -104,6 +106,16 @@ class StoreCollector(Collector):
         for stream, grp, n in in_flight:
             flight.add_metric((stream, grp), n)
         yield flight
+        applied = int(facts.get("records_applied", 0))
+        repeated = int(facts.get("records_repeated", 0))
+        engine_records = CounterMetricFamily(
+            "msgtally_reconcile_records",
+            "Records the engine applied: new, or a repeat of one it had (a resend).",
+            labels=("result",),
+        )
+        engine_records.add_metric(("new",), applied - repeated)
+        engine_records.add_metric(("repeat",), repeated)
+        yield engine_records
         yield GaugeMetricFamily(
             "msgtally_reconcile_backlog_records",
             "Records ingested and not yet reconciled.",

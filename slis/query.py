@@ -1,4 +1,9 @@
-"""Reading the SLIs and the reconciliation report out of the store."""
+"""Reading the SLIs and the reconciliation report out of the store.
+
+Every read costs what it shows, not what was stored: the tallies, the
+latency sketch and the verdicts of discrepant ids are kept per (stream,
+group) or per id by the engine, so nothing here scans history.
+"""
 
 from __future__ import annotations
 
@@ -6,27 +11,20 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, func, select, tuple_
 
-from msgtally.ingest.tables import groups, outcomes, pending, records, shim_drops, tallies
-from msgtally.reconcile.counts import LOST, NOGROUP, RECOVERED, UNEXPECTED
+from msgtally.ingest.tables import in_flight, latency_sketch, shim_drops, tallies, verdicts
 
-from .model import COUNT_FIELDS, QUANTILES, SLI, nearest_rank
+from .model import COUNT_FIELDS, QUANTILES, SLI
+from .sketch import quantile
 
 DISCREPANCY_KINDS = ("lost", "late", "duplicated", "unexpected", "dead_lettered", "recovered")
 
 
-def _quantiles(conn: Connection, stream: str, group: str, n: int) -> dict[str, float | None]:
-    if n == 0:
-        return {name: None for name, _ in QUANTILES}
-    o = outcomes
-    base = (
-        select(o.c.latency)
-        .where(o.c.stream == stream, o.c.grp == group, o.c.latency.is_not(None))
-        .order_by(o.c.latency)
-        .limit(1)
-    )
-    return {
-        name: conn.execute(base.offset(nearest_rank(q, n))).scalar_one() for name, q in QUANTILES
-    }
+def _sketches(conn: Connection) -> dict[tuple[str, str], dict[int, int]]:
+    k = latency_sketch
+    out: dict[tuple[str, str], dict[int, int]] = {}
+    for stream, grp, b, n in conn.execute(select(k.c.stream, k.c.grp, k.c.bin, k.c.count)):
+        out.setdefault((stream, grp), {})[int(b)] = int(n)
+    return out
 
 
 def read_drops(conn: Connection) -> dict[tuple[str, str, str], int]:
@@ -47,24 +45,26 @@ def _dropped_for(drops: dict[tuple[str, str, str], int], stream: str, group: str
 def read_slis(conn: Connection, stream: str | None = None, group: str | None = None) -> list[SLI]:
     """Every (stream, group) with a tally, filtered by stream and group if given."""
     t = tallies
-    query = select(t).where(t.c.grp != "").order_by(t.c.stream, t.c.grp)
+    query = select(t).order_by(t.c.stream, t.c.grp)
     if stream is not None:
         query = query.where(t.c.stream == stream)
     if group is not None:
         query = query.where(t.c.grp == group)
-    out = []
     drops = read_drops(conn)
+    sketches = _sketches(conn)
+    out = []
     for row in conn.execute(query).mappings().all():
-        n = int(row["latency_count"])
+        key = (row["stream"], row["grp"])
+        bins = sketches.get(key, {})
         fields: dict[str, Any] = {f: int(row[f]) for f in COUNT_FIELDS}
-        fields.update(_quantiles(conn, row["stream"], row["grp"], n))
+        fields.update({name: quantile(bins, q) for name, q in QUANTILES})
         out.append(
             SLI(
                 stream=row["stream"],
                 group=row["grp"],
-                latency_count=n,
+                latency_count=int(row["latency_count"]),
                 latency_sum=float(row["latency_sum"]),
-                records_dropped=_dropped_for(drops, row["stream"], row["grp"]),
+                records_dropped=_dropped_for(drops, *key),
                 **fields,
             )
         )
@@ -72,15 +72,14 @@ def read_slis(conn: Connection, stream: str | None = None, group: str | None = N
 
 
 def _kind_filter(kind: str) -> Any:
-    o = outcomes
-    counted = o.c.cls != NOGROUP
+    v = verdicts
     return {
-        "lost": o.c.cls == LOST,
-        "late": o.c.late == 1,
-        "duplicated": and_(counted, o.c.p_any == 1, o.c.ok > 1),
-        "unexpected": o.c.cls == UNEXPECTED,
-        "dead_lettered": and_(counted, o.c.acked == 1, o.c.dl == 1),
-        "recovered": o.c.cls == RECOVERED,
+        "lost": v.c.cls == "lost",
+        "late": v.c.late == 1,
+        "duplicated": and_(v.c.p_any == 1, v.c.ok > 1),
+        "unexpected": v.c.cls == "unexpected",
+        "dead_lettered": and_(v.c.acked == 1, v.c.dl == 1),
+        "recovered": v.c.cls == "recovered",
     }[kind]
 
 
@@ -96,15 +95,15 @@ def read_discrepancies(
     """The ids behind a discrepancy count, in key order, `limit` at a time."""
     if kind not in DISCREPANCY_KINDS:
         raise ValueError(f"kind has value {kind!r}. Must be one of {', '.join(DISCREPANCY_KINDS)}.")
-    o = outcomes
-    query = select(o).where(_kind_filter(kind), o.c.grp != "")
+    v = verdicts
+    query = select(v).where(_kind_filter(kind))
     if stream is not None:
-        query = query.where(o.c.stream == stream)
+        query = query.where(v.c.stream == stream)
     if group is not None:
-        query = query.where(o.c.grp == group)
+        query = query.where(v.c.grp == group)
     if after is not None:
-        query = query.where(tuple_(o.c.stream, o.c.message_id, o.c.grp) > tuple_(*after))
-    query = query.order_by(o.c.stream, o.c.message_id, o.c.grp).limit(limit)
+        query = query.where(tuple_(v.c.stream, v.c.message_id, v.c.grp) > tuple_(*after))
+    query = query.order_by(v.c.stream, v.c.message_id, v.c.grp).limit(limit)
     return [
         {
             "stream": row["stream"],
@@ -123,26 +122,6 @@ def read_discrepancies(
 
 
 def read_in_flight(conn: Connection) -> list[tuple[str, str, int]]:
-    """Acknowledged ids, deadline not passed, not yet consumed ok, per expected group.
-
-    Bounded by the ids in flight (the pending table), never by history.
-    """
-    p, g, r = pending, groups, records
-    consumed_ok = (
-        select(r.c.message_id)
-        .where(
-            r.c.stream == p.c.stream,
-            r.c.message_id == p.c.message_id,
-            r.c.kind == "consume",
-            r.c.grp == g.c.grp,
-            r.c.outcome == "ok",
-        )
-        .exists()
-    )
-    query = (
-        select(p.c.stream, g.c.grp, func.count())
-        .select_from(p.join(g, g.c.stream == p.c.stream))
-        .where(p.c.acked == 1, ~consumed_ok)
-        .group_by(p.c.stream, g.c.grp)
-    )
-    return [(s, grp, int(n)) for s, grp, n in conn.execute(query)]
+    """Acknowledged ids not yet delivered nor judged, per expected group (last tick)."""
+    f = in_flight
+    return [(s, g, int(n)) for s, g, n in conn.execute(select(f.c.stream, f.c.grp, f.c.n))]

@@ -11,10 +11,27 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-
-from msgtally.ingest.schema import Record
+from typing import NamedTuple
 
 DEFAULT_DEADLINE = 300.0
+
+
+class Record(NamedTuple):
+    """One produce or consume event, as the tests build histories: the wire
+    fields in their order (msgtally.ingest.wire.FIELDS); group "" for produces."""
+
+    stream: str
+    kind: str
+    message_id: str
+    ts: float
+    group: str = ""
+    attempt: int = 1
+    outcome: str = "ok"
+    producer: str | None = None
+    seq: int | None = None
+    trace_id: str | None = None
+    span_id: str | None = None
+    record_id: str | None = None
 
 COUNT_NAMES = (
     "produced",

@@ -30,7 +30,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from msgtally.ingest.adapters.webhooks import (
     AsyncWebhookSender,
@@ -41,10 +41,10 @@ from msgtally.ingest.adapters.webhooks import (
 )
 from msgtally.ingest.db import open_engine
 from msgtally.ingest.sdk import Tally
-from msgtally.ingest.tables import records
 from msgtally.reconcile import ReconcileConfig, reconcile
 from msgtally.server import BackgroundServer, free_port
 from tests.conftest import LiveCollector
+from tests.harness import logged
 
 GROUP = "receiver"
 CONFIG = ReconcileConfig(deadline=5.0, settle=0.0)
@@ -318,12 +318,7 @@ def test_webhooks_end_to_end(store: Engine) -> None:
     }
     # Fallback id: the Idempotency-Key, consumed but never produced -> unexpected.
     assert figures("plain") == {**zero, "attempts": 0, "unexpected": 1}
-    with store.connect() as conn:
-        rows = conn.execute(
-            select(records.c.message_id, records.c.kind, records.c.outcome).where(
-                records.c.stream == streams["plain"]
-            )
-        ).all()
+    rows = [(r["message_id"], r["kind"], r["outcome"]) for r in logged(store, streams["plain"])]
     assert rows == [(key, "consume", "ok")]
     # No id at all: not reported, counted.
     assert (
@@ -378,12 +373,8 @@ def check_trace_links(
         linked += 1
     assert linked == sum(len(v) for v in by_id.values())  # one consume per attempt here
     # The produce records carry their span's ids.
-    with store.connect() as conn:
-        rows = conn.execute(
-            select(records.c.message_id, records.c.attempt, records.c.span_id).where(
-                records.c.kind == "produce"
-            )
-        ).all()
+    rows = [(r["message_id"], r["attempt"], r["span_id"]) for r in logged(store)
+            if r["kind"] == "produce"]  # fmt: skip
     assert len(rows) == linked
     for mid, attempt, span_id in rows:
         ctx = by_id[mid][attempt - 1].context

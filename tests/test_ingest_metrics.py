@@ -1,4 +1,5 @@
-"""The collector's ingest counters on GET /metrics: records accepted, ignored, requests refused."""
+"""The collector's ingest counters on GET /metrics: records accepted, requests refused;
+and the engine's count of records new and repeated."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from sqlalchemy import Engine
 
 from msgtally.app import create_app
 from msgtally.ingest.db import open_engine
-from msgtally.reconcile import ReconcileConfig
+from msgtally.reconcile import ReconcileConfig, reconcile
 from msgtally.server import BackgroundServer
 from tests.conftest import LiveCollector
 
@@ -40,7 +41,6 @@ def ingest_samples(url: str) -> dict[tuple[str, str], float]:
 
 ZERO = {
     ("msgtally_ingest_records_total", "accepted"): 0.0,
-    ("msgtally_ingest_records_total", "ignored"): 0.0,
     ("msgtally_ingest_rejected_total", "malformed"): 0.0,
     ("msgtally_ingest_rejected_total", "too_large"): 0.0,
     ("msgtally_ingest_rejected_total", "invalid"): 0.0,
@@ -53,17 +53,24 @@ def test_every_series_is_there_at_zero_before_any_traffic(collector: LiveCollect
     assert ingest_samples(collector.url) == ZERO
 
 
-def test_records_accepted_and_ignored(engine: Engine, collector: LiveCollector) -> None:
+def test_records_accepted_then_counted_new_or_repeated(
+    engine: Engine, collector: LiveCollector
+) -> None:
     batch = [rec("m1"), rec("m1", "consume"), rec("m2", record_id="r-2")]
     httpx.post(f"{collector.url}/v1/records", json=batch).raise_for_status()
     again = [*batch, rec("m3")]  # three repeats, one new record
     httpx.post(f"{collector.url}/v1/records", json=again).raise_for_status()
     got = ingest_samples(collector.url)
-    assert got == {
-        **ZERO,
-        ("msgtally_ingest_records_total", "accepted"): 4.0,
-        ("msgtally_ingest_records_total", "ignored"): 3.0,
+    assert got == {**ZERO, ("msgtally_ingest_records_total", "accepted"): 7.0}
+    reconcile(engine, ReconcileConfig(), now=T0 + 1000)
+    text = httpx.get(f"{collector.url}/metrics").text
+    engine_counts = {
+        s.labels["result"]: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "msgtally_reconcile_records_total"
     }
+    assert engine_counts == {"new": 4.0, "repeat": 3.0}
 
 
 def test_refused_requests_by_reason_count_no_records(engine: Engine) -> None:
@@ -90,6 +97,7 @@ def test_a_store_that_is_down_counts_as_store_unavailable(tmp_path: Any) -> None
     with BackgroundServer(app) as live:
         db.unlink()
         db.mkdir()  # the path now cannot be opened as a database
+        engine.dispose()  # and the open connections are gone with it
         assert httpx.post(f"{live.url}/v1/records", json=[rec("m1")]).status_code == 503
     engine.dispose()
     # /metrics cannot read the tallies from a store that is gone: read the ingest counters.

@@ -25,14 +25,14 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from msgtally.ingest.db import open_engine
 from msgtally.ingest.sdk import MESSAGE_ID_HEADER, Tally
-from msgtally.ingest.tables import records
 from msgtally.reconcile import ReconcileConfig, reconcile
 from msgtally.slis.query import read_drops
 from tests.conftest import LiveCollector
+from tests.harness import logged
 
 CONFIG = ReconcileConfig(deadline=5.0, settle=0.0)
 FIELDS = ("produced", "delivered", "lost", "late", "recovered", "unexpected", "duplicated")
@@ -54,27 +54,8 @@ def unique(name: str) -> str:
 
 
 def stored(engine: Engine, stream: str | None = None) -> list[dict[str, Any]]:
-    """The rows of the records table, in insertion-independent order."""
-    r = records
-    query = select(
-        r.c.stream,
-        r.c.kind,
-        r.c.message_id,
-        r.c.grp,
-        r.c.attempt,
-        r.c.outcome,
-        r.c.producer,
-        r.c.seq,
-        r.c.trace_id,
-        r.c.span_id,
-        r.c.record_id,
-        r.c.ts,
-    )
-    if stream is not None:
-        query = query.where(r.c.stream == stream)
-    with engine.connect() as conn:
-        rows = [dict(row) for row in conn.execute(query).mappings()]
-    return sorted(rows, key=lambda d: (d["stream"], d["message_id"], d["kind"], d["ts"]))
+    """The distinct records the collector logged, in insertion-independent order."""
+    return logged(engine, stream)
 
 
 def settle_and_read(engine: Engine, url: str) -> dict[tuple[str, str], dict[str, Any]]:
@@ -184,7 +165,7 @@ def scenario(store: Engine) -> Scenario:
 def test_every_call_stores_the_right_records(scenario: Scenario) -> None:
     s, o = scenario.stream, scenario.other
     got = [
-        (r["stream"], r["kind"], r["message_id"], r["grp"], r["attempt"], r["outcome"])
+        (r["stream"], r["kind"], r["message_id"], r["group"], r["attempt"], r["outcome"])
         for r in scenario.rows
     ]
     assert sorted(got) == sorted(
@@ -295,7 +276,7 @@ def test_spans_follow_the_messaging_conventions(scenario: Scenario) -> None:
         else:
             assert span.kind is SpanKind.CONSUMER
             assert attrs["messaging.operation.type"] == "process"
-            assert attrs["messaging.consumer.group.name"] == row["grp"]
+            assert attrs["messaging.consumer.group.name"] == row["group"]
             assert attrs["messaging.message.delivery_count"] == row["attempt"]
         failed = row["outcome"] != "ok"
         assert (span.status.status_code is StatusCode.ERROR) == failed

@@ -1,0 +1,340 @@
+"""The reconcile engine: the log in, the figures out, one tick at a time.
+
+A tick takes the log rows not applied yet (at most `budget` records), folds
+them into the in-memory state (msgtally.reconcile._engine), judges what is
+due, and writes what changed together with the tick's own record (which log
+rows, at which clocks) in one transaction. Every so often the whole state is
+written as a checkpoint. After a crash, the engine loads the checkpoint and
+replays the ticks recorded since, without writing their figures again: it
+lands on the state the crashed engine had committed, and every figure stays
+exactly what an uninterrupted run gives.
+
+Two clocks drive the verdicts: `now`, for deadlines (the wall clock, or the
+time a batch run is asked to judge at), and the receipt watermark: the
+receipt time of the oldest log row not applied yet. An id is judged only
+when both are `settle` past what concerns it, so a backlog (after an outage)
+is judged as it would have been live.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, Engine, delete, func, select
+
+from msgtally.ingest.db import upsert, write_tx
+from msgtally.ingest.tables import checkpoint, log, log_pending, ticks
+
+try:
+    from . import _engine
+except ImportError as exc:  # the C extension is optional at install: say what to do
+    raise ImportError(
+        "msgtally's reconcile engine (a C extension) was not built: install a C compiler "
+        "and the Python headers, then reinstall msgtally[collector]"
+    ) from exc
+from .config import ReconcileConfig
+from .lease import Lease
+from .outputs import load_verdicts, write_in_flight, write_meta, write_pairs, write_verdicts
+
+log_ = logging.getLogger(__name__)
+
+DEFAULT_CHECKPOINT_EVERY = 60.0  # seconds between checkpoints of a running engine
+
+
+@dataclass(frozen=True)
+class TickResult:
+    batches: int
+    records: int
+    judged: int
+
+    def __add__(self, other: TickResult) -> TickResult:
+        return TickResult(
+            self.batches + other.batches, self.records + other.records, self.judged + other.judged
+        )
+
+
+NOTHING = TickResult(0, 0, 0)
+
+
+@dataclass(frozen=True)
+class _Row:
+    id: int
+    received_at: float
+    body: bytes
+
+
+class Reconciler:
+    """The engine over one store; use `open` (lease, recovery) and `close`."""
+
+    def __init__(
+        self,
+        store: Engine,
+        config: ReconcileConfig,
+        *,
+        checkpoint_every: float = DEFAULT_CHECKPOINT_EVERY,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.checkpoint_every = checkpoint_every
+        self.core = _engine.Engine(
+            config.deadline, config.settle, config.remember, config.latency_buckets
+        )
+        self.tick_no = 0
+        self._lease = Lease(store)
+        self._last_checkpoint = 0.0
+        self._last_in_flight: dict[tuple[str, str], int] | None = None
+
+    # -- life -------------------------------------------------------------
+
+    def open(self) -> Reconciler:
+        """Take the lease, rebuild the state, apply the configuration."""
+        self._lease.acquire()
+        try:
+            self._recover()
+            self.core.configure(self.config.deadline, self.config.settle, self.config.remember)
+            for stream, seconds in self.config.stream_deadlines.items():
+                self.core.set_deadline(stream, seconds)
+            missing = [
+                (stream, group)
+                for stream, groups in self.config.expected_groups.items()
+                for group in groups
+                if group not in self.core.expected().get(stream, ())
+            ]
+            for stream, group in missing:
+                self._backfill(stream, group)
+            # Ticks from here on run with this configuration: a replay must too.
+            self.checkpoint()
+        except BaseException:
+            self._lease.release()
+            raise
+        return self
+
+    def close(self, *, checkpoint: bool = True) -> None:
+        try:
+            if checkpoint and self._lease.held:
+                self.checkpoint()
+        finally:
+            self._lease.release()
+
+    def __enter__(self) -> Reconciler:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close(checkpoint=exc[0] is None)
+
+    # -- recovery -----------------------------------------------------------
+
+    def _recover(self) -> int:
+        with self.store.connect() as conn:
+            saved = conn.execute(select(checkpoint.c.tick, checkpoint.c.body)).first()
+            if saved is not None:
+                self.core.loads(saved.body)
+                self.tick_no = int(saved.tick)
+            rows = conn.execute(
+                select(ticks).where(ticks.c.tick > self.tick_no).order_by(ticks.c.tick)
+            ).all()
+        for row in rows:
+            ids = [int(i) for i in row.log_ids.split(",") if i]
+            with self.store.connect() as conn:
+                batch = _read_log(conn, ids)
+            if self.core.new_groups([r.body for r in batch]):
+                raise RuntimeError(f"tick {row.tick} names a new group: the store is inconsistent")
+            self._fold(batch, row.now, row.watermark)
+            self.core.drain()  # written by the engine that crashed
+            self.tick_no = int(row.tick)
+        if rows:
+            log_.info("replayed %d ticks after checkpoint", len(rows))
+        return len(rows)
+
+    # -- ticks ----------------------------------------------------------------
+
+    def tick(self, now: float, *, final: bool = False) -> TickResult:
+        """Apply at most `budget` records of the log and judge what is due at `now`.
+
+        `final`: nothing more will arrive before `now` (a batch run), so the
+        receipt watermark passes everything once the log is applied.
+        """
+        with self.store.connect() as conn:
+            taken, next_receipt = _take_pending(conn, self.config.budget)
+            batch = _read_log(conn, [t[0] for t in taken])
+        # Nothing left behind: a batch run has everything, a live engine waits for now.
+        last = math.inf if final else now
+        watermark = last if next_receipt is None else min(now, next_receipt)
+        bodies = [r.body for r in batch]
+        for stream, group in self.core.new_groups(bodies):
+            self._backfill(stream, group)
+        before = self.core.stats()
+        self._fold(batch, now, watermark)
+        pairs, rows = self.core.drain()
+        flight = self.core.in_flight()
+        stats = self.core.stats()
+        # A tick changed the state if it applied records or judged or forgot ids:
+        # then recovery must replay it, so it is recorded.
+        changed = bool(batch) or any(stats[k] != before[k] for k in ("judged", "evicted"))
+        if not changed and not pairs and not rows and flight == self._last_in_flight:
+            return NOTHING
+        with write_tx(self.store) as conn:
+            write_pairs(conn, pairs, self.config.latency_buckets)
+            write_verdicts(conn, rows)
+            write_in_flight(conn, flight)
+            if changed:
+                self.tick_no += 1
+                ids = [r.id for r in batch]
+                if ids:
+                    conn.execute(delete(log_pending).where(log_pending.c.id.in_(ids)))
+                conn.execute(
+                    ticks.insert().values(
+                        tick=self.tick_no,
+                        log_ids=",".join(map(str, ids)),
+                        now=now,
+                        watermark=watermark,
+                    )
+                )
+            write_meta(
+                conn,
+                {
+                    "last_pass_at": repr(now),
+                    "records_applied": stats["records"],
+                    "records_repeated": stats["repeats"],
+                    "ids_in_memory": stats["in_memory"],
+                },
+            )
+        self._last_in_flight = flight
+        if time.monotonic() - self._last_checkpoint > self.checkpoint_every:
+            self.checkpoint()
+        return TickResult(len(batch), sum(t[2] for t in taken), stats["judged"] - before["judged"])
+
+    def _fold(self, batch: Sequence[_Row], now: float, watermark: float) -> None:
+        """Apply the batch, loading the forgotten ids it names; judge what is due."""
+        for row in batch:
+            self.core.apply(row.body, row.received_at)
+        keys = self.core.deferred_keys()
+        if keys:
+            with self.store.connect() as conn:
+                self.core.install(load_verdicts(conn, keys))
+            self.core.apply_deferred()
+        self.core.advance(now, watermark)
+
+    def catch_up(
+        self, now: float, *, final: bool = True, on_tick: Callable[[TickResult], None] | None = None
+    ) -> TickResult:
+        """Ticks until the log is applied; then one more to judge what is due."""
+        total = NOTHING
+        while True:
+            result = self.tick(now, final=final)
+            total = total + result
+            if on_tick is not None and result.batches:
+                on_tick(result)
+            if result.batches == 0:
+                return total
+
+    # -- checkpoints and new groups --------------------------------------------
+
+    def checkpoint(self, conn: Connection | None = None) -> None:
+        """Write the whole state; the ticks before it are no longer needed."""
+        body = self.core.dumps()
+        with _tx(self.store, conn) as c:
+            stmt = upsert(c, checkpoint).values(
+                id=1, tick=self.tick_no, taken_at=time.time(), body=body
+            )
+            c.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["id"],
+                    set_={"tick": stmt.excluded.tick, "taken_at": stmt.excluded.taken_at,
+                          "body": stmt.excluded.body},
+                )
+            )  # fmt: skip
+            c.execute(delete(ticks).where(ticks.c.tick <= self.tick_no))
+        self._last_checkpoint = time.monotonic()
+
+    def _backfill(self, stream: str, group: str) -> None:
+        """A group seen for the first time is owed every id produced on its stream.
+
+        Ids in memory get a slot for it; the others are found in the log
+        applied so far. The figures and a checkpoint commit together, so a
+        crash never counts a back-fill twice.
+        """
+        self.core.expect(stream, group)
+        started = time.monotonic()
+        scanned = 0
+        with self.store.connect() as conn:
+            applied = select(log.c.id, log.c.body).where(
+                log.c.id.not_in(select(log_pending.c.id))
+            )
+            for row in conn.execution_options(yield_per=64).execute(applied.order_by(log.c.id)):
+                self.core.backfill_scan(row.body, stream)
+                scanned += 1
+                if scanned % 1000 == 0:
+                    log_.info("back-filling group %r of stream %r: %d log rows", group, stream,
+                              scanned)  # fmt: skip
+        owed = self.core.backfill_finish(stream, group)
+        pairs, rows = self.core.drain()
+        with write_tx(self.store) as conn:
+            write_pairs(conn, pairs, self.config.latency_buckets)
+            write_verdicts(conn, rows)
+            self.checkpoint(conn)
+        if owed or scanned:
+            log_.info(
+                "group %r of stream %r: owed %d earlier ids (%d log rows, %.1fs)",
+                group, stream, owed, scanned, time.monotonic() - started,
+            )  # fmt: skip
+
+
+@contextmanager
+def _tx(store: Engine, conn: Connection | None) -> Iterator[Connection]:
+    if conn is not None:
+        yield conn
+    else:
+        with write_tx(store) as c:
+            yield c
+
+
+Pending = tuple[int, float, int]  # log id, received_at, records
+
+
+def _take_pending(conn: Connection, budget: int) -> tuple[list[Pending], float | None]:
+    """Pending log rows in id order, up to `budget` records (at least one row);
+    and the receipt time of the oldest row left behind (None if none)."""
+    p = log_pending
+    rows = conn.execute(select(p.c.id, p.c.received_at, p.c.n).order_by(p.c.id).limit(10_000))
+    taken: list[Pending] = []
+    total = 0
+    for row in rows:
+        if taken and total + row.n > budget:
+            break
+        taken.append((int(row.id), float(row.received_at), int(row.n)))
+        total += row.n
+    left = select(func.min(p.c.received_at))
+    if taken:
+        left = left.where(p.c.id > taken[-1][0])
+    oldest = conn.execute(left).scalar()
+    return taken, (None if oldest is None else float(oldest))
+
+
+def _read_log(conn: Connection, ids: Sequence[int]) -> list[_Row]:
+    out: dict[int, _Row] = {}
+    for i in range(0, len(ids), 500):
+        chunk = ids[i : i + 500]
+        query = select(log.c.id, log.c.received_at, log.c.body).where(log.c.id.in_(chunk))
+        for row in conn.execute(query):
+            out[int(row.id)] = _Row(int(row.id), float(row.received_at), bytes(row.body))
+    return [out[i] for i in ids]
+
+
+def reconcile(
+    store: Engine,
+    config: ReconcileConfig,
+    now: float | None = None,
+    on_tick: Callable[[TickResult], None] | None = None,
+) -> TickResult:
+    """A batch run: apply the whole log, judge everything due at `now`, checkpoint.
+
+    Raises LeaseHeld when another engine is running on the store.
+    """
+    with Reconciler(store, config) as engine:
+        return engine.catch_up(time.time() if now is None else now, on_tick=on_tick)

@@ -1,0 +1,141 @@
+"""What a tick writes: the engine's drained changes, added to the store.
+
+Tallies, histogram buckets and sketch bins move by the deltas of the tick;
+verdict rows replace the previous state of their (stream, id, group); the
+in-flight gauge is replaced whole. All of it in the tick's transaction.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, delete, select, tuple_
+
+from msgtally.ingest.db import upsert
+from msgtally.ingest.tables import (
+    TALLY_FIELDS,
+    in_flight,
+    latency_buckets,
+    latency_sketch,
+    meta,
+    tallies,
+    verdicts,
+)
+
+from .config import bucket_label
+
+# A drained pair: (stream, group, {tally: delta}, latency_sum, histogram, sketch bins).
+Pair = tuple[str, str, Mapping[str, int], float, Sequence[int], Mapping[int, int]]
+VERDICT_COLUMNS = (
+    "stream",
+    "message_id",
+    "grp",
+    "cls",
+    "acked",
+    "p_any",
+    "late",
+    "t0",
+    "deadline",
+    "n",
+    "ok",
+    "max_attempt",
+    "dl",
+    "latency",
+)
+
+
+def _add(conn: Connection, table: Any, key: Sequence[str], rows: list[dict[str, Any]]) -> None:
+    """INSERT ... ON CONFLICT DO UPDATE SET x = x + excluded.x, for counters."""
+    if not rows:
+        return
+    stmt = upsert(conn, table)
+    values = [name for name in rows[0] if name not in key]
+    stmt = stmt.on_conflict_do_update(
+        index_elements=list(key), set_={n: table.c[n] + stmt.excluded[n] for n in values}
+    )
+    conn.execute(stmt, rows)
+
+
+def write_pairs(conn: Connection, pairs: Iterable[Pair], buckets: Sequence[float]) -> None:
+    labels = [bucket_label(b) for b in (*buckets, math.inf)]
+    tally_rows, bucket_rows, bin_rows = [], [], []
+    for stream, group, counts, latency_sum, hist, bins in pairs:
+        row: dict[str, Any] = {"stream": stream, "grp": group}
+        row.update({name: int(counts.get(name, 0)) for name in TALLY_FIELDS})
+        row["latency_sum"] = latency_sum
+        tally_rows.append(row)
+        bucket_rows += [
+            {"stream": stream, "grp": group, "le": labels[i], "count": n}
+            for i, n in enumerate(hist)
+            if n
+        ]
+        bin_rows += [
+            {"stream": stream, "grp": group, "bin": b, "count": n} for b, n in bins.items() if n
+        ]
+    _add(conn, tallies, ("stream", "grp"), tally_rows)
+    _add(conn, latency_buckets, ("stream", "grp", "le"), bucket_rows)
+    _add(conn, latency_sketch, ("stream", "grp", "bin"), bin_rows)
+
+
+_COLUMNS = ", ".join(VERDICT_COLUMNS)
+_UPSERT = (
+    "ON CONFLICT (stream, message_id, grp) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in VERDICT_COLUMNS[3:])
+)
+
+
+def write_verdicts(conn: Connection, rows: Sequence[Sequence[Any]]) -> None:
+    """Upsert verdict rows, as the engine gives them (VERDICT_COLUMNS order).
+
+    Straight to the driver: a backlog can judge hundreds of thousands of
+    discrepant ids in one tick, and building statements row by row would cost
+    more than the engine did.
+    """
+    if not rows:
+        return
+    # A row may appear twice in one tick (changed twice): the last one wins.
+    latest = list({(r[0], r[1], r[2]): tuple(r) for r in rows}.values())
+    if conn.dialect.name != "postgresql":
+        marks = ", ".join("?" * len(VERDICT_COLUMNS))
+        conn.exec_driver_sql(
+            f"INSERT INTO verdicts ({_COLUMNS}) VALUES ({marks}) {_UPSERT}", latest
+        )
+        return
+    dbapi: Any = conn.connection.dbapi_connection
+    with dbapi.cursor() as cur:
+        cur.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS _verdicts (LIKE verdicts) ON COMMIT DELETE ROWS"
+        )
+        with cur.copy(f"COPY _verdicts ({_COLUMNS}) FROM STDIN") as copy:
+            for row in latest:
+                copy.write_row(row)
+        cur.execute(f"INSERT INTO verdicts ({_COLUMNS}) SELECT {_COLUMNS} FROM _verdicts {_UPSERT}")
+
+
+def write_in_flight(conn: Connection, counts: Mapping[tuple[str, str], int]) -> None:
+    conn.execute(delete(in_flight))
+    if counts:
+        conn.execute(
+            in_flight.insert(), [{"stream": s, "grp": g, "n": n} for (s, g), n in counts.items()]
+        )
+
+
+def write_meta(conn: Connection, facts: Mapping[str, object]) -> None:
+    stmt = upsert(conn, meta)
+    stmt = stmt.on_conflict_do_update(index_elements=["key"], set_={"value": stmt.excluded.value})
+    conn.execute(stmt, [{"key": k, "value": str(v)} for k, v in facts.items()])
+
+
+def load_verdicts(conn: Connection, keys: Sequence[tuple[str, str]]) -> list[tuple[Any, ...]]:
+    """The stored verdict rows of these (stream, message id) keys, for Engine.install."""
+    out: list[tuple[Any, ...]] = []
+    v = verdicts
+    for i in range(0, len(keys), 500):
+        chunk = keys[i : i + 500]
+        query = select(*(v.c[c] for c in VERDICT_COLUMNS)).where(
+            tuple_(v.c.stream, v.c.message_id).in_(chunk)
+        )
+        out += [tuple(row) for row in conn.execute(query)]
+    return out

@@ -1,0 +1,223 @@
+"""The engine's own guarantees: crash and replay, receipt-time settle, forgetting,
+back-fills from the log, the lease. On SQLite and on PostgreSQL.
+
+Histories are offsets from harness.T; `received_at` is set explicitly where the
+receipt time matters, in the same clock as the histories.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, note, settings
+from hypothesis import strategies as st
+from sqlalchemy import Engine
+
+from msgtally.reconcile import LeaseHeld, ReconcileConfig, Reconciler, reconcile
+from tests.harness import (
+    T,
+    assert_discrepancies,
+    assert_figures,
+    consume,
+    discrepancy_ids,
+    figures,
+    ingest,
+    produce,
+    repeats,
+    wipe,
+)
+from tests.oracle import ID_KINDS, Record, oracle
+
+DEFAULT = ReconcileConfig()
+
+
+def snapshot(engine: Engine) -> dict[str, Any]:
+    return {"figures": figures(engine), **{k: discrepancy_ids(engine, k) for k in ID_KINDS}}
+
+
+# --- crash and replay ----------------------------------------------------------------------
+
+STREAMS = ("s1", "s2")
+GROUPS = ("g1", "g2")
+
+
+@st.composite
+def timed_histories(draw: Callable[..., Any]) -> list[tuple[float, list[Record]]]:
+    """Batches of records with the time each arrives (offsets from T), in order."""
+    at = 0.0
+    batches = []
+    n = 0
+    for _ in range(draw(st.integers(1, 8))):
+        at += draw(st.sampled_from((0.5, 5.0, 100.0, 400.0)))
+        batch = []
+        for _ in range(draw(st.integers(1, 6))):
+            n += 1
+            mid = f"m{draw(st.integers(0, 6))}"
+            stream = draw(st.sampled_from(STREAMS))
+            ts = at - draw(st.sampled_from((0.0, 0.5, 2.0, 350.0)))
+            if draw(st.booleans()):
+                batch.append(produce(stream, mid, ts, outcome=draw(
+                    st.sampled_from(("ok", "ok", "error"))), record_id=f"r{n}"))
+            else:
+                batch.append(consume(stream, mid, draw(st.sampled_from(GROUPS)), ts,
+                                     outcome=draw(st.sampled_from(("ok", "ok", "error"))),
+                                     record_id=f"r{n}"))  # fmt: skip
+        if batches and draw(st.booleans()):
+            batch += draw(st.sampled_from(batches))[1][:2]  # a shim's resend
+        batches.append((at, batch))
+    return batches
+
+
+def _run(
+    engine: Engine, config: ReconcileConfig, batches: list[tuple[float, list[Record]]],
+    crashes: set[int], checkpoint_every: float,
+) -> None:
+    """Ingest and tick batch by batch; at each crash point, drop the engine's memory
+    without a checkpoint and start a new one from the store."""
+    live = Reconciler(engine, config, checkpoint_every=checkpoint_every).open()
+    for i, (at, batch) in enumerate(batches):
+        ingest(engine, batch, received_at=T + at)
+        live.tick(T + at)
+        if i in crashes:
+            live.close(checkpoint=False)  # as kill -9: nothing more is written
+            live = Reconciler(engine, config, checkpoint_every=checkpoint_every).open()
+    live.tick(T + batches[-1][0] + 2000, final=True)
+    live.close()
+
+
+def test_a_crash_at_any_tick_gives_the_figures_of_an_uninterrupted_run(engine: Engine) -> None:
+    @settings(
+        max_examples=40 if engine.dialect.name == "sqlite" else 15,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(
+        batches=timed_histories(),
+        crashes=st.sets(st.integers(0, 7)),
+        checkpoint_every=st.sampled_from((0.0, 1e9)),  # after every tick, or never
+        remember=st.sampled_from((0.0, 600.0)),
+    )
+    def check(
+        batches: list[tuple[float, list[Record]]], crashes: set[int], checkpoint_every: float,
+        remember: float,
+    ) -> None:
+        config = ReconcileConfig(remember=remember)
+        note(f"crashes after ticks {sorted(crashes)}, checkpoint_every={checkpoint_every}")
+        wipe(engine)
+        _run(engine, config, batches, set(), checkpoint_every)
+        uninterrupted = snapshot(engine)
+        wipe(engine)
+        _run(engine, config, batches, crashes, checkpoint_every)
+        assert snapshot(engine) == uninterrupted
+
+    check()
+
+
+# --- receipt-time settle -------------------------------------------------------------------
+
+
+def test_a_backlog_after_an_outage_is_judged_as_it_would_have_been_live(
+    engine: Engine,
+) -> None:
+    """Shims send hours of buffered records when the collector comes back: the
+    produce and the consume of an id in batches seconds apart, all long past
+    their deadlines. Nothing is judged before settle past its first receipt."""
+    back = 7200.0  # the collector comes back two hours later
+    produces = [produce("s", f"m{i}", i) for i in range(10)]
+    consumes = [consume("s", f"m{i}", "g", i + 1) for i in range(8)]  # m8, m9 lost
+    with Reconciler(engine, DEFAULT) as live:
+        ingest(engine, produces, received_at=T + back)
+        live.tick(T + back + 1)  # the producers' shim first: nothing is judged lost
+        assert figures(engine).get(("s", "g")) is None
+        ingest(engine, consumes, received_at=T + back + 4)
+        live.tick(T + back + 5)
+        live.tick(T + back + 11)  # settle past the first receipt
+    want = oracle([*produces, *consumes])
+    assert_figures(figures(engine), want)
+    assert_discrepancies(engine, want)
+    assert figures(engine)[("s", "g")]["lost"] == 2
+
+
+def test_without_the_receipt_settle_a_backlog_would_be_misjudged(engine: Engine) -> None:
+    """The same backlog, consumes sent after settle: they come too late, and say so."""
+    with Reconciler(engine, DEFAULT) as live:
+        known = [produce("s", "m0", 0), consume("s", "m0", "g", 1)]  # g receives s
+        ingest(engine, [*known, produce("s", "m1", 0)], received_at=T + 7200)
+        live.tick(T + 7211)
+        ingest(engine, [consume("s", "m1", "g", 1)], received_at=T + 7215)
+        live.tick(T + 7216)
+    row = figures(engine)[("s", "g")]
+    assert (row["produced"], row["lost"], row["late"], row["delivered"]) == (2, 1, 1, 1)
+
+
+# --- forgetting ----------------------------------------------------------------------------
+
+
+def test_what_is_forgotten_and_what_is_found_again(engine: Engine) -> None:
+    config = ReconcileConfig(remember=0)
+    ingest(engine, [
+        produce("s", "lost", 0),
+        produce("s", "ok", 0), consume("s", "ok", "g", 1),
+    ])  # fmt: skip
+    reconcile(engine, config, T + 400)  # judged and forgotten: nothing kept in memory
+    with Reconciler(engine, config) as live:
+        assert live.core.stats()["in_memory"] == 0
+    # Hours later: the lost id is found in the store, the delivered one is not.
+    ingest(engine, [consume("s", "lost", "g", 9000), consume("s", "ok", "g", 9001)])
+    reconcile(engine, config, T + 9500)
+    row = figures(engine)[("s", "g")]
+    assert (row["lost"], row["late"], row["delivered"]) == (1, 1, 1)
+    assert (row["unexpected"], row["duplicated"]) == (1, 0)  # "ok" again: a new id
+    assert discrepancy_ids(engine, "late") == {("s", "g"): {"lost"}}
+    assert discrepancy_ids(engine, "unexpected") == {("s", "g"): {"ok"}}
+
+
+def test_a_resend_is_recognised_while_the_id_is_remembered(engine: Engine) -> None:
+    config = ReconcileConfig(remember=600)
+    batch = [produce("s", "m1", 0, record_id="p"), consume("s", "m1", "g", 1, record_id="c")]
+    with Reconciler(engine, config) as live:
+        ingest(engine, batch, received_at=T + 1)
+        live.tick(T + 2)
+        ingest(engine, batch, received_at=T + 800)  # past deadline + settle, within remember
+        live.tick(T + 801)
+        assert repeats(engine) == 2
+    row = figures(engine)[("s", "g")]
+    assert (row["produced"], row["delivered"], row["attempts"]) == (1, 1, 1)
+
+
+# --- back-fills ----------------------------------------------------------------------------
+
+
+def test_a_new_group_is_owed_ids_the_engine_had_forgotten(engine: Engine) -> None:
+    config = ReconcileConfig(remember=0)
+    history = [
+        produce("s", "a", 0), consume("s", "a", "g1", 1),
+        produce("s", "b", 0, outcome="error"), consume("s", "b", "g1", 2),
+        produce("s", "c", 0),
+    ]  # fmt: skip
+    ingest(engine, history)
+    reconcile(engine, config, T + 400)
+    late_group = [
+        consume("s", "a", "g2", 500), consume("s", "d", "g2", 500), produce("s", "d", 499),
+    ]  # fmt: skip
+    ingest(engine, late_group)
+    reconcile(engine, config, T + 1000)
+    want = oracle([*history, *late_group])
+    assert_figures(figures(engine), want)
+    assert_discrepancies(engine, want)
+    g2 = figures(engine)[("s", "g2")]
+    assert (g2["produced"], g2["delivered"], g2["lost"], g2["late"]) == (3, 1, 2, 1)
+
+
+# --- the lease -----------------------------------------------------------------------------
+
+
+def test_one_engine_per_store(engine: Engine) -> None:
+    with Reconciler(engine, DEFAULT):
+        with pytest.raises(LeaseHeld):
+            Reconciler(engine, DEFAULT).open()
+        with pytest.raises(LeaseHeld):
+            reconcile(engine, DEFAULT)
+    reconcile(engine, DEFAULT)  # released with the first one
