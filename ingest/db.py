@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -114,10 +116,25 @@ def upsert(conn: Connection, table: Any) -> Any:
     return dialect.insert(table)
 
 
+_writers: dict[str, threading.Lock] = {}
+_writers_lock = threading.Lock()
+
+
+def _writer_lock(engine: Engine) -> threading.Lock | None:
+    """SQLite has one writer at a time, and makes the others sleep and poll (1 to
+    100 ms at a time): threads of this process queue on a lock instead, and the
+    next writer starts the moment the last one commits."""
+    if engine.dialect.name != "sqlite":
+        return None
+    with _writers_lock:
+        return _writers.setdefault(str(engine.url.database), threading.Lock())
+
+
 @contextmanager
 def write_tx(engine: Engine) -> Iterator[Connection]:
     """A write transaction: committed on success, rolled back on any error."""
-    with engine.connect() as conn:
+    lock = _writer_lock(engine)
+    with lock or contextlib.nullcontext(), engine.connect() as conn:
         conn = conn.execution_options(sqlite_begin="IMMEDIATE")
         with conn.begin():
             yield conn

@@ -520,6 +520,8 @@ typedef struct {
     /* touched entries in the current apply, for early verdicts */
     /* records of ids that have a verdict in the store and are not in memory:
      * applied once the store's rows are installed (apply_deferred) */
+    Entry **graveyard; /* forgotten entries whose verdicts drain() still writes */
+    size_t ngraveyard, graveyard_cap;
     Rec *deferred;
     double *deferred_at;
     size_t ndeferred, deferred_cap;
@@ -693,14 +695,29 @@ static void counts_of(const Entry *e, const Slot *s, int64_t out[N_TALLY]) {
     out[T_LATENCY_COUNT] = (s->flags & SL_LATENCY) != 0;
 }
 
-/* Whether a verdict is kept in the store: every one but the plain delivery (in
- * time, once, never dead-lettered, never retried), so that an id found again
- * there is known whole: a group without a row was delivered plainly. */
-static int is_discrepant(const Entry *e, const Slot *s) {
+/* Whether a verdict is in the reconciliation report (lost, late, duplicated,
+ * unexpected, dead-lettered, recovered, indeterminate): written to the store
+ * as soon as it is given or changes. */
+static int is_reported(const Slot *s) {
     if (s->cls == CLS_PENDING) return 0;
     if (s->cls != CLS_DELIVERED) return 1;
+    return (s->flags & (SL_LATE | SL_DL)) || ((s->flags & SL_PANY) && s->ok > 1);
+}
+
+/* Whether a verdict is kept in the store once its id is forgotten: every one
+ * but the plain delivery (in time, once, never dead-lettered, never retried),
+ * so that an id found again there is known whole: a group without a row was
+ * delivered plainly. */
+static int is_kept(const Entry *e, const Slot *s) {
     uint32_t max_attempt = s->max_attempt > e->p_max_attempt ? s->max_attempt : e->p_max_attempt;
-    return (s->flags & (SL_LATE | SL_DL)) || ((s->flags & SL_PANY) && s->ok > 1) || max_attempt > 1;
+    return is_reported(s) || (s->cls != CLS_PENDING && max_attempt > 1);
+}
+
+static int any_kept(const Entry *e) {
+    const Slot *ss = (const Slot *)(e + 1);
+    for (uint16_t k = 0; k < e->nslots; k++)
+        if (is_kept(e, &ss[k])) return 1;
+    return 0;
 }
 
 /* Adds after - before to the pair's tallies. */
@@ -899,13 +916,11 @@ static PyObject *verdict_row(Engine *E, Entry *e, Slot *s) {
     return row;
 }
 
-/* Emits the rows of an entry that is (or became) discrepant; marks it known. */
+/* Emits the rows of an entry whose verdicts the store keeps; marks it known. */
 static int emit_verdicts(Engine *E, Entry *e) {
     e->flags &= ~E_DIRTY;
-    int discrepant = (e->flags & E_PERSISTED) != 0;
+    if (!(e->flags & E_PERSISTED) && !any_kept(e)) return 0;
     Slot *ss = slots_of(e);
-    for (uint16_t k = 0; k < e->nslots && !discrepant; k++) discrepant = is_discrepant(e, &ss[k]);
-    if (!discrepant) return 0;
     for (uint16_t k = 0; k < e->nslots; k++) {
         if (ss[k].cls == CLS_PENDING) continue;
         PyObject *row = verdict_row(E, e, &ss[k]);
@@ -970,7 +985,7 @@ static int judge_slot(Engine *E, uint32_t idx, Slot *s) {
         if (!p || observe_latency(E, p, s->latency)) return -1;
     }
     E->judged++;
-    if (is_discrepant(e, s) || (e->flags & E_PERSISTED)) return mark_dirty(E, idx);
+    if (is_reported(s) || (e->flags & E_PERSISTED)) return mark_dirty(E, idx);
     return 0;
 }
 
@@ -994,7 +1009,7 @@ static int advance_slot(Engine *E, uint32_t idx, Slot *s, const int64_t before[N
     }
     int changed = 0;
     for (int k = 0; k < N_TALLY; k++) changed |= before[k] != after[k];
-    if (changed && (is_discrepant(e, s) || (e->flags & E_PERSISTED))) return mark_dirty(E, idx);
+    if (changed && (is_reported(s) || (e->flags & E_PERSISTED))) return mark_dirty(E, idx);
     return 0;
 }
 
@@ -1049,17 +1064,25 @@ static int schedule(Engine *E, uint32_t idx) {
     return heap_push(&E->due_heap, entry_due(E, e), idx, e->gen);
 }
 
-static void evict(Engine *E, uint32_t idx) {
+/* Forgets an entry. One whose verdicts the store must keep waits in the
+ * graveyard until drain() has written them. */
+static int evict(Engine *E, uint32_t idx) {
     Entry *e = E->pool[idx];
     int found;
     uint32_t j = table_find(E, e->sid, (const uint8_t *)id_of(e), e->idlen, e->hash, &found);
     if (found) table_remove_at(E, j);
     E->entry_bytes -= entry_size(e->slot_cap, e->fp_cap, e->idlen);
-    free(e);
+    if ((e->flags & E_DIRTY) || (!(e->flags & E_PERSISTED) && any_kept(e))) {
+        if (grow(&E->graveyard, &E->graveyard_cap, E->ngraveyard, sizeof(Entry *), 256)) return -1;
+        E->graveyard[E->ngraveyard++] = e;
+    } else {
+        free(e);
+    }
     E->pool[idx] = NULL;
     E->free_idx[E->nfree++] = idx;
     E->live--;
     E->evicted++;
+    return 0;
 }
 
 /* Judges whatever of an entry is due at `now`; forgets it when nothing is left
@@ -1091,9 +1114,7 @@ static int judge_due(Engine *E, uint32_t idx, double now, double watermark) {
     if (entry_due(E, e) > now) return schedule(E, idx);
     double rd = receipt_due(E, e);
     if (rd > watermark) return heap_push(&E->receipt_heap, rd, idx, e->gen);
-    if ((e->flags & E_DIRTY) && emit_verdicts(E, e)) return -1;
-    evict(E, idx);
-    return 0;
+    return evict(E, idx);
 }
 
 /* Early verdicts: a group with an in-time ok delivery of an acknowledged id. */
@@ -1277,6 +1298,8 @@ static void Engine_dealloc(Engine *E) {
     free(E->pair_table);
     free(E->dirty);
     free(E->touched);
+    for (size_t i = 0; i < E->ngraveyard; i++) free(E->graveyard[i]);
+    free(E->graveyard);
     free(E->deferred);
     free(E->deferred_at);
     Py_XDECREF(E->deferred_bodies);
@@ -1517,7 +1540,7 @@ static PyObject *Engine_install(Engine *E, PyObject *rows) {
         if (PyErr_Occurred() || touch(E, (uint32_t)idx)) { Py_DECREF(seq); return PyErr_Occurred() ? NULL : PyErr_NoMemory(); }
     }
     Py_DECREF(seq);
-    /* An expected group without a row had the plain delivery (see is_discrepant). */
+    /* An expected group without a row had the plain delivery (see is_kept). */
     for (size_t t = first_touched; t < E->ntouched; t++) {
         uint32_t idx = E->touched[t];
         Entry *e = E->pool[idx];
@@ -1630,13 +1653,12 @@ static PyObject *Engine_apply_deferred(Engine *E, PyObject *Py_UNUSED(ignored)) 
  * last advance, then judges and evicts what is due. An id is due
  * once `now` passed its deadline + settle and the receipt watermark passed its
  * first receipt + settle. */
-static PyObject *Engine_advance(Engine *E, PyObject *args) {
-    double now, watermark;
-    if (!PyArg_ParseTuple(args, "dd", &now, &watermark)) return NULL;
+/* The work of advance(), without Python objects: -1 when out of memory. */
+static int advance(Engine *E, double now, double watermark) {
     /* early verdicts for the ids the tick touched */
     for (size_t t = 0; t < E->ntouched; t++) {
         uint32_t idx = E->touched[t];
-        if (E->pool[idx] && judge_early(E, idx)) return PyErr_Occurred() ? NULL : PyErr_NoMemory();
+        if (E->pool[idx] && judge_early(E, idx)) return -1;
     }
     E->ntouched = 0;
     Heap *rh = &E->receipt_heap;
@@ -1645,7 +1667,7 @@ static PyObject *Engine_advance(Engine *E, PyObject *args) {
         Timer t = heap_pop(rh);
         Entry *e = E->pool[t.idx];
         if (!e || e->gen != t.gen) continue;
-        if (schedule(E, t.idx)) return PyErr_NoMemory();
+        if (schedule(E, t.idx)) return -1;
     }
     Heap *h = &E->due_heap;
     while (h->n && h->items[0].due <= now) {
@@ -1654,14 +1676,28 @@ static PyObject *Engine_advance(Engine *E, PyObject *args) {
         if (!e || e->gen != t.gen) continue;
         double due = entry_due(E, e);
         if (t.due > due) continue; /* stale: an earlier timer was set since */
-        if (due > now) { if (schedule(E, t.idx)) return PyErr_NoMemory(); continue; }
-        double rd = receipt_due(E, e);
-        if (rd > watermark) {
-            if (heap_push(rh, rd, t.idx, e->gen)) return PyErr_NoMemory();
+        if (due > now) {
+            if (schedule(E, t.idx)) return -1;
             continue;
         }
-        if (judge_due(E, t.idx, now, watermark)) return PyErr_Occurred() ? NULL : PyErr_NoMemory();
+        double rd = receipt_due(E, e);
+        if (rd > watermark) {
+            if (heap_push(rh, rd, t.idx, e->gen)) return -1;
+            continue;
+        }
+        if (judge_due(E, t.idx, now, watermark)) return -1;
     }
+    return 0;
+}
+
+static PyObject *Engine_advance(Engine *E, PyObject *args) {
+    double now, watermark;
+    if (!PyArg_ParseTuple(args, "dd", &now, &watermark)) return NULL;
+    int failed;
+    Py_BEGIN_ALLOW_THREADS /* the collector's threads run while the engine judges */
+    failed = advance(E, now, watermark);
+    Py_END_ALLOW_THREADS
+    if (failed) return PyErr_NoMemory();
     Py_RETURN_NONE;
 }
 
@@ -1695,6 +1731,12 @@ static PyObject *Engine_drain(Engine *E, PyObject *Py_UNUSED(ignored)) {
         if (emit_verdicts(E, e)) return NULL;
     }
     E->ndirty = 0;
+    for (size_t i = 0; i < E->ngraveyard; i++) {
+        if (emit_verdicts(E, E->graveyard[i])) return NULL;
+        free(E->graveyard[i]);
+        E->graveyard[i] = NULL;
+    }
+    E->ngraveyard = 0;
     PyObject *pairs = PyList_New(0);
     if (!pairs) return NULL;
     for (uint32_t i = 0; i < E->npairs; i++) {

@@ -174,6 +174,24 @@ def test_what_is_forgotten_and_what_is_found_again(engine: Engine) -> None:
     assert discrepancy_ids(engine, "unexpected") == {("s", "g"): {"ok"}}
 
 
+def test_a_retried_delivery_is_kept_when_forgotten_and_found_whole(engine: Engine) -> None:
+    """Retried is no discrepancy, but a retried id's verdicts are kept at eviction,
+    so that a late record finds it: its duplicate counts as a duplicate."""
+    config = ReconcileConfig(remember=0)
+    ingest(engine, [
+        produce("s", "r", 0), consume("s", "r", "g", 1, outcome="error"),
+        consume("s", "r", "g", 2, attempt=2),
+    ])  # fmt: skip
+    reconcile(engine, config, T + 400)
+    assert discrepancy_ids(engine, "duplicated") == {}  # not in the report
+    ingest(engine, [consume("s", "r", "g", 9000, attempt=3)])
+    reconcile(engine, config, T + 9500)
+    row = figures(engine)[("s", "g")]
+    assert (row["delivered"], row["duplicated"], row["retried"], row["attempts"]) == (1, 1, 1, 3)
+    assert row["unexpected"] == 0
+    assert discrepancy_ids(engine, "duplicated") == {("s", "g"): {"r"}}
+
+
 def test_a_resend_is_recognised_while_the_id_is_remembered(engine: Engine) -> None:
     config = ReconcileConfig(remember=600)
     batch = [produce("s", "m1", 0, record_id="p"), consume("s", "m1", "g", 1, record_id="c")]
