@@ -4,8 +4,9 @@
   batches (a resent record is logged again; the engine counts it once).
 - `msgtally_ingest_rejected_total{reason}`: POST /v1/records requests
   refused, nothing of them stored: `malformed` (400: empty or not JSON),
-  `too_large` (413), `invalid` (422: a record breaks the contract),
-  `store_unavailable` (503: the shim retries).
+  `too_slow` (408: the body did not arrive in time), `too_large` (413),
+  `invalid` (422: a record breaks the contract), `busy` (429: too many bytes
+  in progress; the shim retries), `store_unavailable` (503: the shim retries).
 
 Every label value exists from the start at 0, so `rate()` sees the first
 batch and a collector that never refused anything still shows a flat line.
@@ -21,7 +22,14 @@ from prometheus_client import Counter
 from prometheus_client.registry import CollectorRegistry
 
 # HTTP status of a refused request -> the `reason` label.
-REASONS = {400: "malformed", 413: "too_large", 422: "invalid", 503: "store_unavailable"}
+REASONS = {
+    400: "malformed",
+    408: "too_slow",
+    413: "too_large",
+    422: "invalid",
+    429: "busy",
+    503: "store_unavailable",
+}
 OTHER = "other"
 _CREATE = threading.Lock()
 

@@ -17,9 +17,11 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
-def problem(status: int, field: str | None, reason: str) -> HTTPException:
+def problem(
+    status: int, field: str | None, reason: str, headers: dict[str, str] | None = None
+) -> HTTPException:
     """The exception to raise for an error answer: status, what was wrong, why."""
-    return HTTPException(status, {"field": field, "reason": reason})
+    return HTTPException(status, {"field": field, "reason": reason}, headers=headers)
 
 
 def body(field: str | None, reason: str) -> dict[str, Any]:

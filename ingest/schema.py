@@ -19,14 +19,14 @@ from typing import Annotated, Literal, NamedTuple
 import msgspec
 from msgspec import Meta, Struct
 
-from .limits import MAX_DROP_TOTAL, MAX_ID_LENGTH, MAX_TEXT_LENGTH, MAX_TS
+from .limits import MAX_ATTEMPT, MAX_DROP_TOTAL, MAX_ID_LENGTH, MAX_SEQ, MAX_TEXT_LENGTH, MAX_TS
 from .wire import FIELDS
 
 Text = Annotated[str, Meta(min_length=1, max_length=MAX_TEXT_LENGTH)]
 MessageId = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LENGTH)]
 Ts = Annotated[float, Meta(ge=0, le=MAX_TS)]
-Attempt = Annotated[int, Meta(ge=1, le=2**31 - 1)]
-Seq = Annotated[int, Meta(ge=0, le=2**63 - 1)]
+Attempt = Annotated[int, Meta(ge=1, le=MAX_ATTEMPT)]
+Seq = Annotated[int, Meta(ge=0, le=MAX_SEQ)]
 TraceId = Annotated[str, Meta(pattern="^[0-9a-fA-F]{32}$")]
 SpanId = Annotated[str, Meta(pattern="^[0-9a-fA-F]{16}$")]
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import os
 import secrets
 import socket
@@ -28,7 +27,7 @@ from typing import Any
 from opentelemetry.trace import Status, StatusCode, TracerProvider
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
-from .limits import MAX_ID_LENGTH
+from .limits import MAX_ATTEMPT, MAX_ID_LENGTH, MAX_TEXT_LENGTH, MAX_TS
 from .shipper import DropKey, Shipper
 from .tracing import MessagingTracer, span_ids
 
@@ -117,6 +116,7 @@ class Tally:
         flush_interval: float = 1.0,
         max_buffer: int = 100_000,
         timeout: float = 5.0,
+        token: str | None = None,
     ) -> None:
         self.stream = stream
         self._metrics = _metrics_for(registry or REGISTRY)
@@ -134,6 +134,7 @@ class Tally:
             timeout=timeout,
             on_drop=self._count_drop,
             on_shipped=self._metrics.shipped.inc,
+            token=token,
         )
         _tallies.add(self)
 
@@ -160,13 +161,11 @@ class Tally:
         record would make the collector refuse its whole batch. (A bad attempt
         number is not a reason: the record is kept with attempt 1.)"""
         if not _text_ok(s):
-            return f"stream {s!r} is not a non-empty UTF-8 string of at most 256 characters"
-        if not _text_ok(message_id):
-            return f"message id {message_id!r} is not a non-empty UTF-8 string of <= 256 chars"
-        if ts is not None and not (
-            isinstance(ts, int | float) and type(ts) is not bool and math.isfinite(ts) and ts >= 0
-        ):
-            return f"ts {ts!r} is not a finite, non-negative unix time"
+            return f"stream {s!r} is not {_TEXT}"
+        if not _text_ok(message_id, MAX_ID_LENGTH):
+            return f"message id {message_id!r} is not {_TEXT}"
+        if ts is not None and not _ts_ok(ts):
+            return f"ts {ts!r} is not a unix time in seconds (0 to {MAX_TS:g})"
         return None
 
     # -- producer side ----------------------------------------------------
@@ -308,7 +307,7 @@ class Tally:
     ) -> bool:
         why = self._problem(s, message_id, ts)
         if why is None and not _text_ok(group):
-            why = f"group {group!r} is not a non-empty UTF-8 string of at most 256 characters"
+            why = f"group {group!r} is not {_TEXT}"
         if why is None and outcome not in ("ok", "error", "dead_letter"):
             why = f"outcome {outcome!r} is not ok, error or dead_letter"
         if why is not None:
@@ -409,13 +408,15 @@ class Tally:
         self.shipper.source = self.instance
 
 
-_MAX_INT = 2**63 - 1
+# The contract's limits (msgtally.ingest.limits), checked here because a record
+# the collector would refuse must never enter a batch.
+_TEXT = f"a non-empty UTF-8 string of at most {MAX_TEXT_LENGTH} characters without NUL"
 
 
-def _text_ok(value: object) -> bool:
-    """A non-empty string of at most 256 characters that UTF-8 can encode
-    (a lone surrogate cannot be stored, and would stall the shipper)."""
-    if type(value) is not str or not 0 < len(value) <= MAX_ID_LENGTH:
+def _text_ok(value: object, limit: int = MAX_TEXT_LENGTH) -> bool:
+    """Non-empty, at most `limit` characters, encodable as UTF-8 (a lone
+    surrogate is not), no NUL character (no store holds it in text)."""
+    if type(value) is not str or not 0 < len(value) <= limit or "\x00" in value:
         return False
     if value.isascii():
         return True
@@ -426,8 +427,14 @@ def _text_ok(value: object) -> bool:
     return True
 
 
+def _ts_ok(ts: object) -> bool:
+    # Compared, never converted: float() of a huge int raises OverflowError.
+    return type(ts) in (int, float) and 0 <= ts <= MAX_TS  # type: ignore[operator]
+
+
 def _attempt(attempt: object) -> int:
-    return attempt if type(attempt) is int and 1 <= attempt <= _MAX_INT else 1
+    """The attempt, or 1 when it is not one the contract allows."""
+    return attempt if type(attempt) is int and 1 <= attempt <= MAX_ATTEMPT else 1
 
 
 def _mapping(headers: object) -> Mapping[str, Any] | None:

@@ -33,7 +33,10 @@ Row = tuple[Any, ...]
 DropKey = tuple[str, str, str]  # stream, kind, group
 _STREAM, _KIND, _GROUP = 0, 1, 4
 
-_RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+# Worth sending again: the collector is busy or restarting, or a proxy in front
+# of it could not reach it. Any other answer refuses the batch for good: it is
+# dropped and counted, never retried (one bad record must not stall a shim).
+_RETRY_STATUS = frozenset({408, 425, 429, 502, 503, 504})
 
 
 class Shipper:
@@ -48,10 +51,11 @@ class Shipper:
         flush_interval: float = 1.0,
         max_buffer: int = 100_000,
         timeout: float = 5.0,
-        backoff_base: float = 0.2,
-        backoff_max: float = 30.0,
+        backoff_base: float = 0.05,
+        backoff_max: float = 1.0,
         on_drop: Callable[[DropKey, int], None] | None = None,
         on_shipped: Callable[[int], None] | None = None,
+        token: str | None = None,
     ) -> None:
         if batch_size < 1 or max_buffer < batch_size:
             raise ValueError(
@@ -68,6 +72,9 @@ class Shipper:
         self.backoff_max = backoff_max
         self._on_drop = on_drop
         self._on_shipped = on_shipped
+        self._headers = {"content-type": "application/json"}
+        if token is not None:
+            self._headers["authorization"] = f"Bearer {token}"
         self._init_state()
         _register(self)
 
@@ -154,7 +161,19 @@ class Shipper:
             return [self._buffer.popleft() for _ in range(n)]
 
     def _run(self) -> None:
+        """The shipping loop; it logs and survives anything but the end."""
         client = httpx.Client(timeout=self.timeout)
+        try:
+            while not self._ship(client):
+                log.exception("msgtally shipper: unexpected error; shipping goes on")
+                self._wake.wait(self.backoff_max)
+                self._wake.clear()
+        finally:
+            client.close()
+            self._idle.set()
+
+    def _ship(self, client: httpx.Client) -> bool:
+        """Ships until closed (True); False after an unexpected error."""
         pending: list[Row] = []
         failures = 0
         try:
@@ -167,7 +186,7 @@ class Shipper:
                 if not pending:
                     self._idle.set()
                     if self._closed:
-                        return
+                        return True
                     self._wake.wait(self.flush_interval)
                     self._wake.clear()
                     continue
@@ -181,14 +200,18 @@ class Shipper:
                             self._drop_locked(row)
                         self._buffer.clear()
                     self._idle.set()
-                    return
+                    return True
                 failures += 1
-                # Full jitter: spreads a fleet of shims after a collector outage.
+                # Full jitter spreads a fleet of shims after a collector outage; the
+                # cap (1 s) is far below the settle allowance, so a shim is back
+                # within a second of the collector, before any verdict is given.
                 delay = random.uniform(0, min(self.backoff_max, self.backoff_base * 2**failures))
                 self._wake.wait(delay)
                 self._wake.clear()
-        finally:
-            client.close()
+        except Exception:
+            with self._lock:  # what was being sent goes back in front, nothing is lost
+                self._buffer.extendleft(reversed(pending))
+            return False
 
     def _drops_unreported(self) -> bool:
         with self._lock:
@@ -210,7 +233,7 @@ class Shipper:
         """Send a batch: None to retry it later, else what is left to send now."""
         body, drops = self._body(rows)
         try:
-            resp = client.post(self.url, content=body, headers={"content-type": "application/json"})
+            resp = client.post(self.url, content=body, headers=self._headers)
         except httpx.HTTPError as exc:
             log.debug("collector unreachable: %s", exc)
             return None

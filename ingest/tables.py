@@ -172,6 +172,15 @@ shim_drops = Table(
     PrimaryKeyConstraint("source", "stream", "kind", "grp"),
 )
 
+# Every (stream, group) a record named ("" for produces): a bound on the series.
+names = Table(
+    "names",
+    metadata,
+    Column("stream", String(256), nullable=False),
+    Column("grp", String(256), nullable=False),
+    PrimaryKeyConstraint("stream", "grp"),
+)
+
 # Small key/value facts: the last tick, engine counters, the demo's mark.
 meta = Table(
     "meta",

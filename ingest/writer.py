@@ -15,20 +15,31 @@ from sqlalchemy import Connection, Engine, case, insert
 
 from . import logbody
 from .db import upsert, write_tx
+from .names import NameGuard
 from .schema import Batch, DropReport
 from .tables import log, log_pending, shim_drops
 
 
-def write_batch(engine: Engine, batch: Batch, received_at: float | None = None) -> int:
+def write_batch(
+    engine: Engine,
+    batch: Batch,
+    received_at: float | None = None,
+    guard: NameGuard | None = None,
+) -> int:
     """Store a batch atomically; returns how many records it logged.
 
     `received_at` is when the collector took it (now by default): the engine
-    waits `settle` past the first receipt of an id before judging it.
+    waits `settle` past the first receipt of an id before judging it. With a
+    `guard`, a batch that would name more series than it allows is refused
+    (RecordError), nothing of it stored.
     """
     if not batch.records and not batch.drops:
         return 0
     at = time.time() if received_at is None else received_at
+    admitted: set[tuple[str, str]] = set()
     with write_tx(engine) as conn:
+        if guard is not None:
+            admitted = guard.admit(conn, batch)
         if batch.records:
             body = logbody.encode(batch.records)
             n = len(batch.records)
@@ -39,6 +50,8 @@ def write_batch(engine: Engine, batch: Batch, received_at: float | None = None) 
         if batch.drops:
             assert batch.source is not None  # the schema requires it with drops
             _store_drops(conn, batch.source, batch.drops)
+    if guard is not None:
+        guard.remember(admitted)
     return len(batch.records)
 
 

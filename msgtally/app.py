@@ -14,11 +14,22 @@ from sqlalchemy import Engine
 
 from msgtally.ingest import problems
 from msgtally.ingest.api import router as ingest_router
+from msgtally.ingest.db import checkpoint_wal
 from msgtally.ingest.ingest_metrics import ingest_metrics
-from msgtally.ingest.limits import DEFAULT_MAX_BODY
+from msgtally.ingest.intake import Intake
+from msgtally.ingest.limits import (
+    DEFAULT_MAX_BODY,
+    DEFAULT_MAX_INFLIGHT,
+    DEFAULT_MAX_SERIES,
+    DEFAULT_READ_TIMEOUT,
+)
+from msgtally.ingest.names import NameGuard
 from msgtally.reconcile import LeaseHeld, ReconcileConfig, Reconciler
 from msgtally.slis.api import router as slis_router
 from msgtally.slis.exposition import StoreCollector
+
+from .auth import BearerAuth
+from .health import router as health_router
 
 log = logging.getLogger("msgtally")
 
@@ -32,11 +43,17 @@ class EngineLoop:
     rebuilds it from the store, which holds nothing half-written.
     """
 
+    STALE = 30.0  # seconds without a tick before readiness says so
+
     def __init__(self, engine: Engine, config: ReconcileConfig, interval: float) -> None:
         self._store, self._config, self._interval = engine, config, interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="msgtally-engine", daemon=True)
         self.reconciler: Reconciler | None = None
+        self.state = "starting"  # running | standby | failing
+        self.last_ok = time.monotonic()
+        self.last_error = ""
+        self._last_wal = time.monotonic()
 
     def start(self) -> None:
         self._thread.start()
@@ -45,6 +62,15 @@ class EngineLoop:
         self._stop.set()
         self._thread.join()
 
+    def problem(self) -> str | None:
+        """Why the engine is not doing its work, or None (readiness)."""
+        if not self._thread.is_alive():
+            return "the engine thread is not running"
+        idle = time.monotonic() - self.last_ok
+        if idle > self.STALE:
+            return f"the engine has not completed a tick for {idle:.0f} s ({self.last_error})"
+        return None
+
     def _run(self) -> None:
         while not self._stop.is_set():
             wait = self._interval
@@ -52,11 +78,17 @@ class EngineLoop:
                 if self.reconciler is None:
                     self.reconciler = Reconciler(self._store, self._config).open()
                 result = self.reconciler.tick(time.time())
+                self.state, self.last_ok = "running", time.monotonic()
                 if result.records >= self._config.budget:
                     wait = 0  # a backlog: keep going
+                if time.monotonic() - self._last_wal > 10:
+                    checkpoint_wal(self._store)
+                    self._last_wal = time.monotonic()
             except LeaseHeld:
-                wait = 5.0  # stand by
-            except Exception:
+                self.state, self.last_ok = "standby", time.monotonic()
+                wait = 5.0
+            except Exception as exc:  # any bug: say it, start again from the store
+                self.state, self.last_error = "failing", f"{type(exc).__name__}: {exc}"
                 log.exception("engine tick failed; rebuilding the state from the store")
                 self._drop(checkpoint=False)
             self._stop.wait(wait)
@@ -76,6 +108,11 @@ def create_app(
     config: ReconcileConfig | None = None,
     *,
     max_body: int = DEFAULT_MAX_BODY,
+    max_inflight: int = DEFAULT_MAX_INFLIGHT,
+    read_timeout: float = DEFAULT_READ_TIMEOUT,
+    max_series: int = DEFAULT_MAX_SERIES,
+    token: str | None = None,
+    metrics_open: bool = False,
     reconcile_interval: float | None = None,
 ) -> FastAPI:
     """The collector. With `reconcile_interval`, it also runs the reconcile loop."""
@@ -86,6 +123,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         loop = EngineLoop(engine, config, reconcile_interval) if reconcile_interval else None
+        _app.state.engine_loop = loop
         if loop:
             loop.start()
         try:
@@ -98,8 +136,14 @@ def create_app(
     app.state.engine = engine
     app.state.registry = registry
     ingest_metrics(app.state)  # the ingest counters, at 0 from the first scrape
-    app.state.max_body = max_body
+    app.state.intake = Intake(max_body, max_inflight, read_timeout)
+    app.state.names = NameGuard(max_series)
+    if token is not None:
+        open_paths = {"/healthz", "/metrics"} if metrics_open else {"/healthz"}
+        app.add_middleware(BearerAuth, token=token, open_paths=open_paths)
     problems.install(app)
+    app.state.engine_loop = None
+    app.include_router(health_router)
     app.include_router(ingest_router)
     app.include_router(slis_router)
     return app

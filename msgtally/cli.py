@@ -109,13 +109,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     sock = _listen(settings.host, settings.port)
+    options = settings.collector_options()
     engine = open_engine(settings.db)
-    app = create_app(
-        engine,
-        settings.reconcile_config(),
-        max_body=settings.max_body,
-        reconcile_interval=settings.interval if settings.reconcile else None,
-    )
+    app = create_app(engine, settings.reconcile_config(), **options)
     loop = f"every {settings.interval:g}s" if settings.reconcile else "off"
     print(
         f"msgtally collector on http://{settings.host}:{settings.port} "
@@ -123,6 +119,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"reconcile: {loop})",
         file=sys.stderr,
     )
+    if options["token"] is None:
+        local = settings.host in ("127.0.0.1", "::1", "localhost")
+        print(
+            "no token (--token-file or MSGTALLY_TOKEN): "
+            + ("only this machine can reach it" if local else
+               f"WARNING: anyone who reaches {settings.host}:{settings.port} can post records"),
+            file=sys.stderr,
+        )  # fmt: skip
     server = uvicorn.Server(uvicorn.Config(app, log_level="info"))
     # Ctrl-C or SIGINT: uvicorn has shut down cleanly by the time it re-raises.
     with contextlib.suppress(KeyboardInterrupt):
@@ -236,6 +240,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--interval", type=float, help="seconds between engine ticks (default 0.5)")
     p.add_argument("--max-body", type=int, help="largest request body in bytes (default 8 MiB)")
+    p.add_argument(
+        "--max-inflight",
+        type=int,
+        help="bytes of request bodies held at once before 429 (default 256 MiB)",
+    )
+    p.add_argument(
+        "--read-timeout", type=float, help="seconds for a request body to arrive (default 30)"
+    )
+    p.add_argument(
+        "--max-series",
+        type=int,
+        help="(stream, group) names the store takes before refusing new ones (default 10000)",
+    )
+    p.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="require `Authorization: Bearer <token>` on every endpoint but /healthz "
+        "(or MSGTALLY_TOKEN)",
+    )
+    p.add_argument(
+        "--metrics-open", action="store_true", help="with a token, leave /metrics open"
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(

@@ -6,11 +6,18 @@ Read from MSGTALLY_* environment variables; command-line flags override them.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import Any
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from msgtally.ingest.limits import DEFAULT_MAX_BODY
+from msgtally.ingest.limits import (
+    DEFAULT_MAX_BODY,
+    DEFAULT_MAX_INFLIGHT,
+    DEFAULT_MAX_SERIES,
+    DEFAULT_READ_TIMEOUT,
+)
 from msgtally.ingest.store_url import DEFAULT_DB_URL
 from msgtally.reconcile.config import (
     DEFAULT_BUCKETS,
@@ -29,6 +36,12 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8410, ge=0, le=65535)
     max_body: int = Field(default=DEFAULT_MAX_BODY, ge=1024)
+    max_inflight: int = Field(default=DEFAULT_MAX_INFLIGHT, ge=1024)
+    read_timeout: float = Field(default=DEFAULT_READ_TIMEOUT, gt=0)
+    max_series: int = Field(default=DEFAULT_MAX_SERIES, ge=1)
+    token: str | None = None  # MSGTALLY_TOKEN; --token-file reads it from a file
+    token_file: str | None = None
+    metrics_open: bool = False
     reconcile: bool = True
     interval: float = Field(default=0.5, gt=0)
     deadline: float = Field(default=DEFAULT_DEADLINE, gt=0)
@@ -46,6 +59,32 @@ class Settings(BaseSettings):
             if seconds <= 0:
                 raise ValueError(f"deadline of stream {stream!r} is {seconds}; must be > 0")
         return value
+
+    def bearer_token(self) -> str | None:
+        """The token every request must carry, from the file or the environment."""
+        if self.token_file is None:
+            return self.token or None
+        try:
+            token = Path(self.token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise SettingsError(
+                f"--token-file: cannot read {self.token_file}: {exc.strerror}"
+            ) from None
+        if not token:
+            raise SettingsError(f"--token-file: {self.token_file} is empty")
+        return token
+
+    def collector_options(self) -> dict[str, Any]:
+        """What msgtally.app.create_app takes from the settings."""
+        return {
+            "max_body": self.max_body,
+            "max_inflight": self.max_inflight,
+            "read_timeout": self.read_timeout,
+            "max_series": self.max_series,
+            "token": self.bearer_token(),
+            "metrics_open": self.metrics_open,
+            "reconcile_interval": self.interval if self.reconcile else None,
+        }
 
     def reconcile_config(self) -> ReconcileConfig:
         return ReconcileConfig(
@@ -68,7 +107,10 @@ class SettingsError(ValueError):
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """The environment's settings, overridden by the flags a command was given."""
     overrides: dict[str, object] = {}
-    for name in ("db", "host", "port", "deadline", "settle", "remember", "interval", "max_body"):
+    for name in (
+        "db", "host", "port", "deadline", "settle", "remember", "interval", "max_body",
+        "max_inflight", "read_timeout", "max_series", "token_file",
+    ):  # fmt: skip
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
@@ -76,6 +118,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         overrides["latency_buckets"] = args.latency_buckets
     if getattr(args, "no_reconcile", False):
         overrides["reconcile"] = False
+    if getattr(args, "metrics_open", False):
+        overrides["metrics_open"] = True
     if getattr(args, "stream_deadline", None):
         overrides["stream_deadlines"] = {s: float(v) for s, v in args.stream_deadline}
     if getattr(args, "expect", None):

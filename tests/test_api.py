@@ -164,7 +164,7 @@ def test_body_over_the_limit_is_413(engine: Engine) -> None:
 
 def test_health_and_readiness(collector: LiveCollector) -> None:
     assert httpx.get(f"{collector.url}/healthz").json() == {"status": "ok"}
-    assert httpx.get(f"{collector.url}/readyz").json() == {"status": "ready"}
+    assert httpx.get(f"{collector.url}/readyz").json() == {"status": "ready", "engine": "off"}
 
 
 def test_readyz_is_503_when_the_store_is_gone(tmp_path: Any) -> None:
