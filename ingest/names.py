@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import threading
 
+import msgspec
 from sqlalchemy import Connection, func, select, tuple_
 
 from .db import upsert
 from .limits import DEFAULT_MAX_SERIES
 from .schema import Batch, RecordError, group_of
 from .tables import names
+
+# Where the drop totals of shims go when their names do not fit (one series).
+OVER_LIMIT = "(over the series limit)"
 
 
 class NameGuard:
@@ -26,41 +30,63 @@ class NameGuard:
         self._known: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
-    def admit(self, conn: Connection, batch: Batch) -> set[tuple[str, str]]:
-        """Record the batch's new names in its transaction, or refuse the batch;
-        returns the names to `remember` once the transaction commits."""
+    def admit(self, conn: Connection, batch: Batch) -> tuple[Batch, set[tuple[str, str]]]:
+        """Record the batch's new names in its transaction, or refuse the batch.
+
+        Returns the batch to store (a drop total under a name that does not fit
+        is kept under OVER_LIMIT: a shim's report must not block its records)
+        and the names to `remember` once the transaction commits.
+        """
         wanted = {(r.stream, group_of(r)) for r in batch.records}
         wanted |= {(d.stream, d.group) for d in batch.drops}
         with self._lock:
             new = wanted - self._known
         if not new:
-            return set()
+            return batch, set()
         stored = conn.execute(
             select(names.c.stream, names.c.grp).where(tuple_(names.c.stream, names.c.grp).in_(new))
         ).all()
         new -= {(s, g) for s, g in stored}
         if new:
             count = conn.execute(select(func.count()).select_from(names)).scalar_one()
-            if count + len(new) > self.max_series:
+            records = {(r.stream, group_of(r)) for r in batch.records} & new
+            if count + len(records) > self.max_series:
                 raise self._refusal(batch, new, count)
+            room = self.max_series - count - len(records)
+            fits = set(sorted(new - records)[:room]) | records
+            if fits != new:
+                batch = batch._replace(drops=[
+                    d if (d.stream, d.group) not in new or (d.stream, d.group) in fits
+                    else msgspec.structs.replace(d, stream=OVER_LIMIT, group="")
+                    for d in batch.drops
+                ])  # fmt: skip
+                wanted = (wanted - new) | fits
+                new = fits
             # another collector may be adding the same name right now
             conn.execute(
                 upsert(conn, names).on_conflict_do_nothing(),
                 [{"stream": s, "grp": g} for s, g in new],
             )
-        return wanted
+        return batch, wanted
 
     def remember(self, admitted: set[tuple[str, str]]) -> None:
         with self._lock:
             self._known |= admitted
 
     def _refusal(self, batch: Batch, new: set[tuple[str, str]], count: int) -> RecordError:
+        """Names the first record whose new name does not fit any more."""
         reason = (
             f"a new stream or group, and the collector has {count} of its limit of "
             f"{self.max_series} (--max-series)"
         )
+        room = self.max_series - count
+        fitted: set[tuple[str, str]] = set()
         for i, r in enumerate(batch.records):
-            if (r.stream, group_of(r)) in new:
-                field = "group" if group_of(r) else "stream"
-                return RecordError(f"records[{i}].{field}", reason)
+            name = (r.stream, group_of(r))
+            if name not in new or name in fitted:
+                continue
+            if len(fitted) < room:
+                fitted.add(name)
+                continue
+            return RecordError(f"records[{i}].{'group' if name[1] else 'stream'}", reason)
         return RecordError("dropped", reason)

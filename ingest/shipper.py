@@ -209,8 +209,11 @@ class Shipper:
                 self._wake.wait(delay)
                 self._wake.clear()
         except Exception:
-            with self._lock:  # what was being sent goes back in front, nothing is lost
-                self._buffer.extendleft(reversed(pending))
+            # Whatever broke may be in the batch itself: drop it, counted (the
+            # collector learns of it), rather than fail on it for ever.
+            with self._lock:
+                for row in pending:
+                    self._drop_locked(row)
             return False
 
     def _drops_unreported(self) -> bool:
@@ -246,6 +249,13 @@ class Shipper:
             return []
         if resp.status_code in _RETRY_STATUS:
             return None
+        if _field(resp).startswith(("dropped", "source")):
+            # The drop report, not a record, was refused: give it up (it would be
+            # refused with every batch) and send the records again.
+            log.warning("collector refused the drop report: %s", resp.text[:500])
+            with self._lock:
+                self._reported = drops
+            return rows
         # Refused for good. When the collector names one bad record, drop only
         # that one and send the rest again; else the batch cannot be sent.
         bad = _bad_index(resp, len(rows))
@@ -266,13 +276,18 @@ class Shipper:
         self._init_state()
 
 
-def _bad_index(resp: httpx.Response, n: int) -> int | None:
-    """The index of the record a 422 names (`records[i].field`), if any."""
+def _field(resp: httpx.Response) -> str:
+    """The field an error answer names ("" if none)."""
     try:
         field = resp.json()["detail"]["field"]
     except (ValueError, KeyError, TypeError):
-        return None
-    match = _RECORD_FIELD.match(field) if isinstance(field, str) else None
+        return ""
+    return field if isinstance(field, str) else ""
+
+
+def _bad_index(resp: httpx.Response, n: int) -> int | None:
+    """The index of the record a 422 names (`records[i].field`), if any."""
+    match = _RECORD_FIELD.match(_field(resp))
     if match is None or int(match.group(1)) >= n:
         return None
     return int(match.group(1))

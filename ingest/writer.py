@@ -39,7 +39,7 @@ def write_batch(
     admitted: set[tuple[str, str]] = set()
     with write_tx(engine) as conn:
         if guard is not None:
-            admitted = guard.admit(conn, batch)
+            batch, admitted = guard.admit(conn, batch)
         if batch.records:
             body = logbody.encode(batch.records)
             n = len(batch.records)

@@ -21,6 +21,7 @@ class BackgroundServer:
     """uvicorn serving `app` on 127.0.0.1 until the `with` block ends."""
 
     def __init__(self, app: FastAPI, port: int | None = None) -> None:
+        self.app = app
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(
