@@ -14,10 +14,15 @@ from .ingest_metrics import IngestMetrics, ingest_metrics
 from .intake import Intake
 from .names import NameGuard
 from .problems import problem
-from .schema import RecordError, parse_body
+from .schema import Envelope, Record, RecordError, parse_body
 from .writer import write_batch
 
 router = APIRouter()
+
+# The request body, described for OpenAPI from the types that validate it.
+(_BODY,), BODY_SCHEMAS = msgspec.json.schema_components(
+    [list[Record] | Envelope], ref_template="#/components/schemas/{name}"
+)
 
 
 def get_engine(request: Request) -> Engine:
@@ -57,7 +62,12 @@ def _decode_and_store(engine: Engine, body: bytes, guard: NameGuard) -> int:
         raise problem(503, None, f"store unavailable: {type(exc).__name__}") from None
 
 
-@router.post("/v1/records")
+@router.post(
+    "/v1/records",
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _BODY}}}
+    },
+)
 async def post_records(
     request: Request, engine: EngineDep, metrics: MetricsDep, intake: IntakeDep
 ) -> dict[str, int]:

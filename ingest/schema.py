@@ -70,7 +70,9 @@ class DropReport(Struct, forbid_unknown_fields=True):
     group: Annotated[str, Meta(max_length=MAX_TEXT_LENGTH)] = ""
 
 
-class _Envelope(Struct, forbid_unknown_fields=True):
+class Envelope(Struct, forbid_unknown_fields=True):
+    """A shim's request: its records, its instance name, and its drop totals."""
+
     records: list[Record]
     source: Text | None = None
     dropped: list[DropReport] = []
@@ -91,7 +93,7 @@ class RecordError(ValueError):
         self.reason = reason
 
 
-_decoder = msgspec.json.Decoder(list[Record] | _Envelope)
+_decoder = msgspec.json.Decoder(list[Record] | Envelope)
 _PATH = re.compile(r"^(?P<reason>.*) - at `\$(?P<path>[^`]*)`$", re.S)
 _MISSING = re.compile(r"^Object missing required field `(?P<name>[^`]+)`$")
 _UNKNOWN = re.compile(r"^Object contains unknown field `(?P<name>[^`]+)`$")

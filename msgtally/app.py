@@ -7,12 +7,14 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from prometheus_client.registry import CollectorRegistry
 from sqlalchemy import Engine
 
 from msgtally.ingest import problems
+from msgtally.ingest.api import BODY_SCHEMAS
 from msgtally.ingest.api import router as ingest_router
 from msgtally.ingest.db import checkpoint_wal
 from msgtally.ingest.ingest_metrics import ingest_metrics
@@ -81,7 +83,7 @@ class EngineLoop:
                 self.state, self.last_ok = "running", time.monotonic()
                 if result.records >= self._config.budget:
                     wait = 0  # a backlog: keep going
-                if time.monotonic() - self._last_wal > 10:
+                if time.monotonic() - self._last_wal > 2:
                     checkpoint_wal(self._store)
                     self._last_wal = time.monotonic()
             except LeaseHeld:
@@ -146,4 +148,19 @@ def create_app(
     app.include_router(health_router)
     app.include_router(ingest_router)
     app.include_router(slis_router)
+    _describe_bodies(app)
     return app
+
+
+def _describe_bodies(app: FastAPI) -> None:
+    """Add the record types to the OpenAPI document (POST /v1/records refers to them)."""
+    default = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = default()
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(BODY_SCHEMAS)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -11,17 +11,23 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from msgtally.ingest.api import EngineDep
+from msgtally.ingest.limits import MAX_TEXT_LENGTH
 from msgtally.ingest.problems import problem
 
 from .query import DISCREPANCY_KINDS, read_discrepancies, read_slis
 
 router = APIRouter()
 
+# A stream or group name, as the record contract has them: a name no record can
+# carry (a NUL, too long) is refused here, not handed to the store.
+Name = Annotated[
+    str | None,
+    Query(min_length=1, max_length=MAX_TEXT_LENGTH, pattern="^[^\x00]+$"),
+]
+
 
 @router.get("/v1/slis")
-def get_slis(
-    engine: EngineDep, stream: str | None = None, group: str | None = None
-) -> list[dict[str, Any]]:
+def get_slis(engine: EngineDep, stream: Name = None, group: Name = None) -> list[dict[str, Any]]:
     """Current SLIs per stream and consumer group."""
     with engine.connect() as conn:
         return [s.to_json() for s in read_slis(conn, stream, group)]
@@ -31,8 +37,8 @@ def get_slis(
 def get_discrepancies(
     engine: EngineDep,
     kind: Annotated[str, Query(description=f"one of {', '.join(DISCREPANCY_KINDS)}")],
-    stream: str | None = None,
-    group: str | None = None,
+    stream: Name = None,
+    group: Name = None,
     after: Annotated[str | None, Query(description="the `next` cursor of a previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
 ) -> dict[str, Any]:
@@ -67,6 +73,10 @@ def decode_cursor(text: str) -> tuple[str, str, str]:
         key = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
     except ValueError:
         key = None
-    if not (isinstance(key, list) and len(key) == 3 and all(isinstance(k, str) for k in key)):
+    if not (
+        isinstance(key, list)
+        and len(key) == 3
+        and all(isinstance(k, str) and len(k) <= MAX_TEXT_LENGTH and "\x00" not in k for k in key)
+    ):
         raise problem(422, "after", "not a cursor from this API (use the `next` of a page)")
     return (key[0], key[1], key[2])

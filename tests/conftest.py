@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.pool import NullPool
 
 from msgtally.app import create_app
 from msgtally.ingest.db import open_engine
@@ -34,7 +35,8 @@ def service_unavailable(reason: str) -> None:
 
 
 def _pg_admin() -> Engine:
-    return create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    # A connection per use: a test may restart the server under a pooled one.
+    return create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
 
 
 @pytest.fixture
