@@ -79,7 +79,7 @@ def _add_reconcile(p: argparse.ArgumentParser) -> None:
         "--remember",
         type=float,
         help="seconds a judged id stays in memory after its deadline + settle, so that "
-        "late records and resends find it (default 600)",
+        "late records and resends find it (default 60)",
     )
     slo_commands.add_buckets(
         p, "--latency-buckets", "bounds of the latency histogram; include every SLO threshold"

@@ -438,6 +438,24 @@ typedef struct {
     /* followed by: Slot slots[slot_cap]; uint64_t fps[fp_cap]; char id[idlen] */
 } Entry;
 
+/* A plain delivery in its compact form: an id judged `delivered` for every
+ * expected group, in time and once, never retried nor dead-lettered, needs no
+ * more than this until it is forgotten: its key (two hashes: the id itself is
+ * dropped), t0 and first receipt (when to forget it; the deadline of a group
+ * that appears later), how many of the stream's groups it was delivered to,
+ * and its records' fingerprints (a resend is still recognised). A record that
+ * is not a resend turns it back into an entry (reinflate). */
+typedef struct {
+    uint64_t hash, hash2;
+    double t0, r0;
+    uint32_t sid;
+    uint16_t nfp;
+    uint8_t ngroups, dead;
+    /* followed by uint64_t fps[nfp] */
+} Compact;
+
+static inline uint64_t *cfps(Compact *c) { return (uint64_t *)(c + 1); }
+
 static inline Slot *slots_of(Entry *e) { return (Slot *)(e + 1); }
 static inline uint64_t *fps_of(Entry *e) { return (uint64_t *)(slots_of(e) + e->slot_cap); }
 static inline char *id_of(Entry *e) { return (char *)(fps_of(e) + e->fp_cap); }
@@ -484,6 +502,9 @@ typedef struct {
     uint32_t *gids;
     size_t n, cap;
     double deadline;
+    /* compact entries of the stream in the order they were made: forgotten from the front */
+    Compact **fifo;
+    size_t fifo_head, fifo_n, fifo_cap;
 } StreamInfo;
 
 typedef struct {
@@ -504,6 +525,10 @@ typedef struct {
     Entry **table; /* open addressing by hash; NULL empty */
     uint32_t mask, live;
     size_t entry_bytes;
+    Compact **ctable; /* the compact entries, by hash */
+    uint32_t cmask, clive;
+    size_t compact_bytes;
+    uint64_t compacted;
     Heap due_heap, receipt_heap;
     /* ids with a persisted verdict (discrepant), by key hash */
     uint64_t *known;
@@ -933,6 +958,9 @@ static int emit_verdicts(Engine *E, Entry *e) {
 
 /* ---------------------------------------------------------------- judging */
 
+static int is_plain(Engine *E, Entry *e);
+static int compact(Engine *E, uint32_t idx);
+
 static Slot *find_slot(Entry *e, uint32_t gid) {
     Slot *ss = slots_of(e);
     for (uint16_t k = 0; k < e->nslots; k++)
@@ -1111,6 +1139,7 @@ static int judge_due(Engine *E, uint32_t idx, double now, double watermark) {
         }
     }
     e = E->pool[idx];
+    if (is_plain(E, e)) return compact(E, idx);
     if (entry_due(E, e) > now) return schedule(E, idx);
     double rd = receipt_due(E, e);
     if (rd > watermark) return heap_push(&E->receipt_heap, rd, idx, e->gen);
@@ -1122,11 +1151,188 @@ static int judge_early(Engine *E, uint32_t idx) {
     Entry *e = E->pool[idx];
     if (!(e->flags & E_ACKED)) return 0;
     double limit = e->t0 + deadline_of(E, e->sid);
+    int judged = 0;
     for (uint16_t k = 0; k < E->pool[idx]->nslots; k++) {
         Slot *s = &slots_of(E->pool[idx])[k];
-        if (s->cls == CLS_PENDING && s->first_ok <= limit && judge_slot(E, idx, s)) return -1;
+        if (s->cls == CLS_PENDING && s->first_ok <= limit) {
+            if (judge_slot(E, idx, s)) return -1;
+            judged = 1;
+        }
     }
+    return judged && is_plain(E, E->pool[idx]) ? compact(E, idx) : 0;
+}
+
+/* ------------------------------------------------------------ compact entries */
+
+static inline uint64_t key_hash2(uint32_t sid, const uint8_t *id, uint32_t n) {
+    return hash_bytes(id, n, hash_u64(sid, 0x636F6D70616374ULL));
+}
+
+static int ctable_grow(Engine *E) {
+    uint32_t mask = E->cmask * 2 + 1;
+    Compact **t = calloc((size_t)mask + 1, sizeof(Compact *));
+    if (!t) return -1;
+    for (uint32_t i = 0; i <= E->cmask; i++) {
+        if (!E->ctable[i]) continue;
+        uint32_t j = (uint32_t)E->ctable[i]->hash & mask;
+        while (t[j]) j = (j + 1) & mask;
+        t[j] = E->ctable[i];
+    }
+    free(E->ctable);
+    E->ctable = t;
+    E->cmask = mask;
     return 0;
+}
+
+/* The position of an id's compact entry, or -1. */
+static int64_t compact_find(Engine *E, uint32_t sid, const uint8_t *id, uint32_t n, uint64_t h) {
+    if (!E->clive) return -1;
+    uint32_t j = (uint32_t)h & E->cmask;
+    uint64_t h2 = 0;
+    int have_h2 = 0;
+    while (E->ctable[j]) {
+        Compact *c = E->ctable[j];
+        if (c->hash == h && c->sid == sid) {
+            if (!have_h2) { h2 = key_hash2(sid, id, n); have_h2 = 1; }
+            if (c->hash2 == h2) return j;
+        }
+        j = (j + 1) & E->cmask;
+    }
+    return -1;
+}
+
+static void compact_remove_at(Engine *E, uint32_t j) {
+    E->ctable[j] = NULL;
+    uint32_t k = (j + 1) & E->cmask;
+    while (E->ctable[k]) {
+        uint32_t home = (uint32_t)E->ctable[k]->hash & E->cmask;
+        int move = (j <= k) ? (home <= j || home > k) : (home <= j && home > k);
+        if (move) {
+            E->ctable[j] = E->ctable[k];
+            E->ctable[k] = NULL;
+            j = k;
+        }
+        k = (k + 1) & E->cmask;
+    }
+    E->clive--;
+}
+
+static int compact_insert(Engine *E, Compact *c) {
+    uint32_t j = (uint32_t)c->hash & E->cmask;
+    while (E->ctable[j]) j = (j + 1) & E->cmask;
+    E->ctable[j] = c;
+    E->clive++;
+    E->compact_bytes += sizeof(Compact) + (size_t)c->nfp * 8;
+    if (E->clive * 10 > (E->cmask + 1) * 7 && ctable_grow(E)) return -1;
+    StreamInfo *si = &E->sinfo[c->sid];
+    if (si->fifo_head > 1024 && si->fifo_head * 2 > si->fifo_n) { /* reuse the front's room */
+        memmove(si->fifo, si->fifo + si->fifo_head, (si->fifo_n - si->fifo_head) * sizeof(Compact *));
+        si->fifo_n -= si->fifo_head;
+        si->fifo_head = 0;
+    }
+    if (grow(&si->fifo, &si->fifo_cap, si->fifo_n, sizeof(Compact *), 256)) return -1;
+    si->fifo[si->fifo_n++] = c;
+    return 0;
+}
+
+/* Whether an entry is a plain delivery for every expected group of its stream. */
+static int is_plain(Engine *E, Entry *e) {
+    if ((e->flags & (E_PANY | E_ACKED)) != (E_PANY | E_ACKED)) return 0;
+    if (e->flags & (E_PERSISTED | E_DIRTY | E_LOADED) || e->p_max_attempt > 1) return 0;
+    StreamInfo *si = &E->sinfo[e->sid];
+    if (!si->n || si->n > 255 || e->nslots != si->n) return 0;
+    Slot *ss = slots_of(e);
+    for (uint16_t k = 0; k < e->nslots; k++) {
+        Slot *sl = &ss[k];
+        if (sl->cls != CLS_DELIVERED || sl->ok != 1 || sl->max_attempt > 1 || (sl->flags & (SL_LATE | SL_DL)))
+            return 0;
+    }
+    return 1;
+}
+
+/* Turns a plain delivery into its compact form: the entry leaves memory. */
+static int compact(Engine *E, uint32_t idx) {
+    Entry *e = E->pool[idx];
+    Compact *c = malloc(sizeof(Compact) + (size_t)e->nfp * 8);
+    if (!c) return -1;
+    c->hash = e->hash;
+    c->hash2 = key_hash2(e->sid, (const uint8_t *)id_of(e), e->idlen);
+    c->t0 = e->t0;
+    c->r0 = e->r0;
+    c->sid = e->sid;
+    c->nfp = e->nfp;
+    c->ngroups = (uint8_t)E->sinfo[e->sid].n;
+    c->dead = 0;
+    memcpy(cfps(c), fps_of(e), (size_t)e->nfp * 8);
+    int found;
+    uint32_t j = table_find(E, e->sid, (const uint8_t *)id_of(e), e->idlen, e->hash, &found);
+    if (found) table_remove_at(E, j);
+    E->entry_bytes -= entry_size(e->slot_cap, e->fp_cap, e->idlen);
+    free(e);
+    E->pool[idx] = NULL;
+    E->free_idx[E->nfree++] = idx;
+    E->live--;
+    E->compacted++;
+    return compact_insert(E, c);
+}
+
+/* An entry again, for a compact id that a record (not a resend) names: its
+ * first `ngroups` groups had the plain delivery; groups expected since owe
+ * their verdicts. Returns the pool index, or -1. */
+static int64_t reinflate(Engine *E, uint32_t cj, const Str *mid) {
+    Compact *c = E->ctable[cj];
+    StreamInfo *si = &E->sinfo[c->sid];
+    Entry *e = entry_alloc((uint16_t)si->n, (uint16_t)(c->nfp + 2), (uint16_t)mid->n);
+    if (!e) return -1;
+    e->hash = c->hash;
+    e->sid = c->sid;
+    e->t0 = c->t0;
+    e->r0 = c->r0;
+    e->flags = E_PANY | E_ACKED | E_T0_FROZEN;
+    memcpy(id_of(e), mid->s, mid->n);
+    memcpy(fps_of(e), cfps(c), (size_t)c->nfp * 8);
+    e->nfp = c->nfp;
+    for (uint8_t g = 0; g < c->ngroups && g < si->n; g++) {
+        Slot *sl = &slots_of(e)[e->nslots++];
+        memset(sl, 0, sizeof *sl);
+        sl->gid = (uint16_t)si->gids[g];
+        sl->cls = CLS_DELIVERED;
+        sl->n = sl->ok = sl->max_attempt = 1;
+        sl->first_ts = sl->first_ok = c->t0;
+        sl->flags = SL_ACKED | SL_PANY | SL_LATENCY;
+        sl->latency = NAN; /* observed then, not kept */
+    }
+    E->compact_bytes -= sizeof(Compact) + (size_t)c->nfp * 8;
+    compact_remove_at(E, cj);
+    c->dead = 1; /* freed when the stream's FIFO reaches it */
+    int found;
+    uint32_t j = table_find(E, e->sid, mid->s, mid->n, e->hash, &found);
+    int64_t idx = entry_insert(E, e, j);
+    if (idx < 0 || schedule(E, (uint32_t)idx)) return -1;
+    return idx;
+}
+
+/* Forgets the compact entries whose time has come, front first, stream by stream. */
+static void expire_compacts(Engine *E, double now, double watermark) {
+    for (uint32_t sid = 0; sid < E->streams.n; sid++) {
+        StreamInfo *si = &E->sinfo[sid];
+        double wait = si->deadline + E->settle + E->remember;
+        while (si->fifo_head < si->fifo_n) {
+            Compact *c = si->fifo[si->fifo_head];
+            if (!c->dead) {
+                if (c->t0 + wait > now || c->r0 + E->settle + E->remember > watermark) break;
+                /* found by pointer: the id itself is gone */
+                uint32_t k = (uint32_t)c->hash & E->cmask;
+                while (E->ctable[k] && E->ctable[k] != c) k = (k + 1) & E->cmask;
+                if (E->ctable[k] == c) compact_remove_at(E, k);
+                E->compact_bytes -= sizeof(Compact) + (size_t)c->nfp * 8;
+                E->evicted++;
+            }
+            free(c);
+            si->fifo[si->fifo_head++] = NULL;
+        }
+        if (si->fifo_head == si->fifo_n) si->fifo_head = si->fifo_n = 0;
+    }
 }
 
 /* ---------------------------------------------------------------- applying */
@@ -1194,7 +1400,22 @@ static int apply_record(Engine *E, const Rec *r, double received_at, const Place
     int found = at->found;
     uint32_t j = at->j;
     int64_t idx;
-    if (found) {
+    int64_t cj = found ? -1 : compact_find(E, (uint32_t)sid, mid->s, mid->n, h);
+    if (cj >= 0) {
+        /* a plain delivery in compact form: a resend changes nothing */
+        uint64_t fp = fingerprint(r);
+        Compact *c = E->ctable[cj];
+        for (uint16_t k = 0; k < c->nfp; k++) {
+            if (cfps(c)[k] == fp) {
+                E->records++;
+                E->repeats++;
+                return 0;
+            }
+        }
+        idx = reinflate(E, (uint32_t)cj, mid);
+        if (idx < 0) return -1;
+        found = 1;
+    } else if (found) {
         idx = E->table[j]->idx;
     } else {
         if (mid->n > 65535) return -1;
@@ -1304,7 +1525,13 @@ static void Engine_dealloc(Engine *E) {
     free(E->deferred_at);
     Py_XDECREF(E->deferred_bodies);
     free(E->bounds);
-    for (uint32_t i = 0; i < E->sinfo_cap; i++) free(E->sinfo[i].gids);
+    for (uint32_t i = 0; i < E->sinfo_cap; i++) {
+        StreamInfo *si = &E->sinfo[i];
+        for (size_t k = si->fifo_head; k < si->fifo_n; k++) free(si->fifo[k]);
+        free(si->fifo);
+        free(si->gids);
+    }
+    free(E->ctable);
     free(E->sinfo);
     bf_reset(E);
     dict_free(&E->streams);
@@ -1335,12 +1562,17 @@ static int Engine_init(Engine *E, PyObject *args, PyObject *kw) {
     if (dict_init(&E->streams) || dict_init(&E->groups)) { PyErr_NoMemory(); return -1; }
     E->mask = 1023;
     E->table = calloc(E->mask + 1, sizeof(Entry *));
+    E->cmask = 1023;
+    E->ctable = calloc(E->cmask + 1, sizeof(Compact *));
     E->known_mask = 1023;
     E->known = calloc(E->known_mask + 1, 8);
     E->pair_mask = 63;
     E->pair_table = calloc(E->pair_mask + 1, sizeof(uint32_t));
     E->verdicts = PyList_New(0);
-    if (!E->table || !E->known || !E->pair_table || !E->verdicts) { PyErr_NoMemory(); return -1; }
+    if (!E->table || !E->ctable || !E->known || !E->pair_table || !E->verdicts) {
+        PyErr_NoMemory();
+        return -1;
+    }
     return 0;
 }
 
@@ -1687,6 +1919,7 @@ static int advance(Engine *E, double now, double watermark) {
         }
         if (judge_due(E, t.idx, now, watermark)) return -1;
     }
+    expire_compacts(E, now, watermark);
     return 0;
 }
 
@@ -1831,11 +2064,15 @@ static PyObject *Engine_stats(Engine *E, PyObject *Py_UNUSED(ignored)) {
     size_t table = (size_t)(E->mask + 1) * sizeof(uint32_t);
     size_t pool = (size_t)E->pool_cap * (sizeof(Entry *) + sizeof(uint32_t));
     size_t heaps = (E->due_heap.cap + E->receipt_heap.cap) * sizeof(Timer);
-    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:I,s:n,s:n,s:I}", "records", (unsigned long long)E->records, "repeats",
-                         (unsigned long long)E->repeats, "judged", (unsigned long long)E->judged, "evicted",
-                         (unsigned long long)E->evicted, "in_memory", E->live,
-                         "entry_bytes", (Py_ssize_t)E->entry_bytes, "index_bytes", (Py_ssize_t)(table + pool + heaps),
-                         "known", E->known_n);
+    size_t ctable = (size_t)(E->cmask + 1) * sizeof(Compact *), fifos = 0;
+    for (uint32_t sid = 0; sid < E->streams.n; sid++) fifos += E->sinfo[sid].fifo_cap * sizeof(Compact *);
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:I,s:n,s:n,s:I,s:I,s:n,s:n,s:K}", "records",
+                         (unsigned long long)E->records, "repeats", (unsigned long long)E->repeats, "judged",
+                         (unsigned long long)E->judged, "evicted", (unsigned long long)E->evicted, "in_memory",
+                         E->live, "entry_bytes", (Py_ssize_t)E->entry_bytes, "index_bytes",
+                         (Py_ssize_t)(table + pool + heaps), "known", E->known_n, "compact", E->clive,
+                         "compact_bytes", (Py_ssize_t)E->compact_bytes, "compact_index_bytes",
+                         (Py_ssize_t)(ctable + fifos), "compacted", (unsigned long long)E->compacted);
 }
 
 /* ------------------------------------------------------------ backfill */
@@ -1866,6 +2103,8 @@ static int bf_add(Engine *E, uint32_t sid, const Rec *r) {
     int found;
     table_find(E, sid, mid->s, mid->n, h, &found);
     if (found) return 0; /* in memory: expect() took care of it */
+    int64_t cj = compact_find(E, sid, mid->s, mid->n, h);
+    if (cj >= 0) return reinflate(E, (uint32_t)cj, mid) < 0 ? -1 : 0; /* it owes the group now */
     uint32_t j = (uint32_t)h & E->bf_mask;
     Entry *e = NULL;
     while (E->bf_table[j]) {
@@ -2064,6 +2303,16 @@ static PyObject *Engine_dumps(Engine *E, PyObject *Py_UNUSED(ignored)) {
         out_put(&o, fps_of(e), e->nfp * 8);
         out_put(&o, id_of(e), e->idlen);
     }
+    PUT(&o, E->clive);
+    for (uint32_t sid = 0; sid < E->streams.n; sid++) { /* in FIFO order, to keep it */
+        StreamInfo *si = &E->sinfo[sid];
+        for (size_t k = si->fifo_head; k < si->fifo_n; k++) {
+            Compact *c = si->fifo[k];
+            if (c->dead) continue;
+            out_put(&o, c, sizeof(Compact));
+            out_put(&o, cfps(c), (size_t)c->nfp * 8);
+        }
+    }
     if (o.failed) { free(o.buf); return PyErr_NoMemory(); }
     PyObject *bytes = PyBytes_FromStringAndSize((const char *)o.buf, (Py_ssize_t)o.n);
     free(o.buf);
@@ -2137,6 +2386,18 @@ static PyObject *Engine_loads(Engine *E, PyObject *arg) {
         if (found) { free(e); goto bad; }
         int64_t idx = entry_insert(E, e, j);
         if (idx < 0 || schedule(E, (uint32_t)idx)) goto bad;
+    }
+    uint32_t compacts;
+    GET(&in, compacts);
+    for (uint32_t i = 0; i < compacts && !in.failed; i++) {
+        Compact hdr;
+        GET(&in, hdr);
+        if (in.failed || hdr.sid >= E->streams.n) goto bad;
+        Compact *c = malloc(sizeof(Compact) + (size_t)hdr.nfp * 8);
+        if (!c) goto bad;
+        *c = hdr;
+        in_get(&in, cfps(c), (size_t)hdr.nfp * 8);
+        if (in.failed || compact_insert(E, c)) { free(c); goto bad; }
     }
     if (in.failed || in.p != in.end) goto bad;
     PyBuffer_Release(&view);

@@ -29,7 +29,7 @@ DEFAULT_BUCKETS = (
 )
 # How long a judged id stays in memory after its deadline + settle, so that a
 # late record (a redelivery, a retry) still moves its figures by what it changes.
-DEFAULT_REMEMBER = 600.0
+DEFAULT_REMEMBER = 60.0
 # Records per reconcile transaction: keeps the write lock short and the
 # scratch tables bounded, whatever the backlog.
 DEFAULT_BUDGET = 250_000

@@ -202,6 +202,9 @@ class Reconciler:
                     "records_applied": stats["records"],
                     "records_repeated": stats["repeats"],
                     "ids_in_memory": stats["in_memory"],
+                    "ids_compact": stats["compact"],
+                    "engine_bytes": stats["entry_bytes"] + stats["index_bytes"]
+                    + stats["compact_bytes"] + stats["compact_index_bytes"],
                 },
             )
         self._last_in_flight = flight

@@ -34,6 +34,8 @@ from tests.harness import (
 from tests.oracle import COUNT_NAMES, ID_KINDS, Record, nearest_rank, oracle
 
 DEFAULT = ReconcileConfig()
+# Late records after a verdict, not forgetting, are what some tests look at.
+REMEMBERING = ReconcileConfig(remember=3600)
 
 
 def counts(**given: int) -> dict[str, int]:
@@ -297,7 +299,7 @@ def test_late_arrivals_after_classification(engine: Engine) -> None:
         consume("s", "e", "g", 0),                                       # unexpected
         produce("s", "f", 0, outcome="error"), consume("s", "f", "g", 3),  # recovered
     ])
-    run(engine, DEFAULT, 400)
+    run(engine, REMEMBERING, 400)
     before = dict(produced=3, delivered=1, lost=2, recovered=1, unexpected=1, attempts=3,
                   consume_errors=1)
     assert_row(engine, "s", "g", [1], **before)
@@ -312,7 +314,7 @@ def test_late_arrivals_after_classification(engine: Engine) -> None:
         produce("s", "e", 480),                             # too late to change the class
         produce("s", "f", 490),                             # too late to make it produced
     ])
-    run(engine, DEFAULT, 600)
+    run(engine, REMEMBERING, 600)
     assert_row(engine, "s", "g", [1, 450], produced=3, delivered=1, lost=2, late=1,
                recovered=2, unexpected=1, duplicated=1, retried=2, attempts=7,
                dead_lettered=1, consume_errors=1)
@@ -328,7 +330,7 @@ def test_late_arrivals_after_classification(engine: Engine) -> None:
 
     # a second late ok consume of the late id: one more duplicate, latency unchanged
     ingest(engine, [consume("s", "b", "g", 700), consume("s", "c", "g", 710, outcome="error")])
-    run(engine, DEFAULT, 800)
+    run(engine, REMEMBERING, 800)
     assert_row(engine, "s", "g", [1, 450], produced=3, delivered=1, lost=2, late=1,
                recovered=2, unexpected=1, duplicated=2, retried=2, attempts=9,
                dead_lettered=1, consume_errors=2)
@@ -336,10 +338,10 @@ def test_late_arrivals_after_classification(engine: Engine) -> None:
 
 def test_late_produce_retry_after_classification_sets_retried(engine: Engine) -> None:
     ingest(engine, [produce("s", "a", 0), consume("s", "a", "g", 1)])
-    run(engine, DEFAULT, 400)
+    run(engine, REMEMBERING, 400)
     assert_row(engine, "s", "g", [1], produced=1, delivered=1, attempts=1)
     ingest(engine, [produce("s", "a", 420, attempt=2)])
-    run(engine, DEFAULT, 500)
+    run(engine, REMEMBERING, 500)
     assert_row(engine, "s", "g", [1], produced=1, delivered=1, retried=1, attempts=1)
 
 
