@@ -69,6 +69,43 @@ static int grow(void *items_ptr, size_t *cap, size_t n, size_t size, size_t firs
     return 0;
 }
 
+/* Open addressing with linear probing, for the two tables of ids (entries,
+ * compact entries): arrays of pointers to structs whose first member is their
+ * 64-bit hash; NULL is an empty place. */
+static inline uint64_t hash_of(const void *item) { return *(const uint64_t *)item; }
+
+static int ptable_grow(void ***table, uint32_t *mask) {
+    uint32_t new_mask = *mask * 2 + 1;
+    void **t = calloc((size_t)new_mask + 1, sizeof(void *));
+    if (!t) return -1;
+    for (uint32_t i = 0; i <= *mask; i++) {
+        if (!(*table)[i]) continue;
+        uint32_t j = (uint32_t)hash_of((*table)[i]) & new_mask;
+        while (t[j]) j = (j + 1) & new_mask;
+        t[j] = (*table)[i];
+    }
+    free(*table);
+    *table = t;
+    *mask = new_mask;
+    return 0;
+}
+
+/* Backward-shift deletion keeps the probing chains intact. */
+static void ptable_remove_at(void **table, uint32_t mask, uint32_t j) {
+    table[j] = NULL;
+    uint32_t k = (j + 1) & mask;
+    while (table[k]) {
+        uint32_t home = (uint32_t)hash_of(table[k]) & mask;
+        int move = (j <= k) ? (home <= j || home > k) : (home <= j && home > k);
+        if (move) {
+            table[j] = table[k];
+            table[k] = NULL;
+            j = k;
+        }
+        k = (k + 1) & mask;
+    }
+}
+
 /* ------------------------------------------------------------- log bodies */
 /* A log body is msgpack: [1, [record, ...]], each record a map from the field
  * names of msgtally.ingest.schema to their values, as msgspec encodes the
@@ -522,10 +559,10 @@ typedef struct {
     Entry **pool;
     uint32_t *free_idx;
     uint32_t pool_n, pool_cap, nfree;
-    Entry **table; /* open addressing by hash; NULL empty */
+    void **table; /* the entries (ptable_*) */
     uint32_t mask, live;
     size_t entry_bytes;
-    Compact **ctable; /* the compact entries, by hash */
+    void **ctable; /* the compact entries (ptable_*) */
     uint32_t cmask, clive;
     size_t compact_bytes;
     uint64_t compacted;
@@ -764,21 +801,7 @@ static inline uint64_t key_hash(uint32_t sid, const uint8_t *id, uint32_t n) {
     return hash_bytes(id, n, hash_u64(sid, 0x6B6579));
 }
 
-static int table_grow(Engine *E) {
-    uint32_t mask = E->mask * 2 + 1;
-    Entry **t = calloc((size_t)mask + 1, sizeof(Entry *));
-    if (!t) return -1;
-    for (uint32_t i = 0; i <= E->mask; i++) {
-        if (!E->table[i]) continue;
-        uint32_t j = (uint32_t)E->table[i]->hash & mask;
-        while (t[j]) j = (j + 1) & mask;
-        t[j] = E->table[i];
-    }
-    free(E->table);
-    E->table = t;
-    E->mask = mask;
-    return 0;
-}
+static int table_grow(Engine *E) { return ptable_grow(&E->table, &E->mask); }
 
 /* The table position of an id, or where it would go (*found says which). */
 static uint32_t table_find(Engine *E, uint32_t sid, const uint8_t *id, uint32_t n, uint64_t h, int *found) {
@@ -795,21 +818,7 @@ static uint32_t table_find(Engine *E, uint32_t sid, const uint8_t *id, uint32_t 
     return j;
 }
 
-static void table_remove_at(Engine *E, uint32_t j) {
-    /* backward-shift deletion keeps linear probing chains intact */
-    E->table[j] = NULL;
-    uint32_t k = (j + 1) & E->mask;
-    while (E->table[k]) {
-        uint32_t home = (uint32_t)E->table[k]->hash & E->mask;
-        int move = (j <= k) ? (home <= j || home > k) : (home <= j && home > k);
-        if (move) {
-            E->table[j] = E->table[k];
-            E->table[k] = NULL;
-            j = k;
-        }
-        k = (k + 1) & E->mask;
-    }
-}
+static void table_remove_at(Engine *E, uint32_t j) { ptable_remove_at(E->table, E->mask, j); }
 
 static Entry *entry_alloc(uint16_t slot_cap, uint16_t fp_cap, uint16_t idlen) {
     Entry *e = malloc(entry_size(slot_cap, fp_cap, idlen));
@@ -1168,21 +1177,7 @@ static inline uint64_t key_hash2(uint32_t sid, const uint8_t *id, uint32_t n) {
     return hash_bytes(id, n, hash_u64(sid, 0x636F6D70616374ULL));
 }
 
-static int ctable_grow(Engine *E) {
-    uint32_t mask = E->cmask * 2 + 1;
-    Compact **t = calloc((size_t)mask + 1, sizeof(Compact *));
-    if (!t) return -1;
-    for (uint32_t i = 0; i <= E->cmask; i++) {
-        if (!E->ctable[i]) continue;
-        uint32_t j = (uint32_t)E->ctable[i]->hash & mask;
-        while (t[j]) j = (j + 1) & mask;
-        t[j] = E->ctable[i];
-    }
-    free(E->ctable);
-    E->ctable = t;
-    E->cmask = mask;
-    return 0;
-}
+static int ctable_grow(Engine *E) { return ptable_grow(&E->ctable, &E->cmask); }
 
 /* The position of an id's compact entry, or -1. */
 static int64_t compact_find(Engine *E, uint32_t sid, const uint8_t *id, uint32_t n, uint64_t h) {
@@ -1202,18 +1197,7 @@ static int64_t compact_find(Engine *E, uint32_t sid, const uint8_t *id, uint32_t
 }
 
 static void compact_remove_at(Engine *E, uint32_t j) {
-    E->ctable[j] = NULL;
-    uint32_t k = (j + 1) & E->cmask;
-    while (E->ctable[k]) {
-        uint32_t home = (uint32_t)E->ctable[k]->hash & E->cmask;
-        int move = (j <= k) ? (home <= j || home > k) : (home <= j && home > k);
-        if (move) {
-            E->ctable[j] = E->ctable[k];
-            E->ctable[k] = NULL;
-            j = k;
-        }
-        k = (k + 1) & E->cmask;
-    }
+    ptable_remove_at(E->ctable, E->cmask, j);
     E->clive--;
 }
 
@@ -1416,7 +1400,7 @@ static int apply_record(Engine *E, const Rec *r, double received_at, const Place
         if (idx < 0) return -1;
         found = 1;
     } else if (found) {
-        idx = E->table[j]->idx;
+        idx = ((Entry *)E->table[j])->idx;
     } else {
         if (mid->n > 65535) return -1;
         /* room for the usual: a slot per expected group, a produce and a consume each */
@@ -1733,7 +1717,7 @@ static PyObject *Engine_install(Engine *E, PyObject *rows) {
         uint32_t j = table_find(E, (uint32_t)sid, (const uint8_t *)mid, (uint32_t)mn, h, &found);
         int64_t idx;
         if (found) {
-            idx = E->table[j]->idx;
+            idx = ((Entry *)E->table[j])->idx;
         } else {
             Entry *e = entry_alloc(0, 2, (uint16_t)mn);
             if (!e) { Py_DECREF(seq); return PyErr_NoMemory(); }
