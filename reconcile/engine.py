@@ -129,7 +129,7 @@ class Reconciler:
 
     # -- recovery -----------------------------------------------------------
 
-    def _recover(self) -> int:
+    def _recover(self) -> None:
         with self.store.connect() as conn:
             saved = conn.execute(select(checkpoint.c.tick, checkpoint.c.body)).first()
             if saved is not None:
@@ -149,7 +149,6 @@ class Reconciler:
             self.tick_no = int(row.tick)
         if rows:
             log_.info("replayed %d ticks after checkpoint", len(rows))
-        return len(rows)
 
     # -- ticks ----------------------------------------------------------------
 
