@@ -13,9 +13,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-GAMMA = 1.01 / 0.99  # relative accuracy (GAMMA - 1) / (GAMMA + 1) = 0.01
-OFFSET = 100_000  # as msgtally.reconcile._engine: bin 0 is zero itself, -b mirrors b
 RELATIVE_ERROR = 0.01
+GAMMA = (1 + RELATIVE_ERROR) / (1 - RELATIVE_ERROR)  # as msgtally.reconcile._engine
+OFFSET = 100_000  # as msgtally.reconcile._engine: bin 0 is zero itself, -b mirrors b
 
 
 def bin_value(b: int) -> float:
@@ -27,10 +27,6 @@ def bin_value(b: int) -> float:
     return value if b > 0 else -value
 
 
-def _order(b: int) -> float:
-    return bin_value(b)
-
-
 def quantile(bins: Mapping[int, int], q: float) -> float | None:
     """The nearest-rank q-quantile of the sketched latencies; None if there are none."""
     total = sum(bins.values())
@@ -38,8 +34,8 @@ def quantile(bins: Mapping[int, int], q: float) -> float | None:
         return None
     rank = max(1, math.ceil(q * total))
     seen = 0
-    for b in sorted(bins, key=_order):
+    for b in sorted(bins, key=bin_value):
         seen += bins[b]
         if seen >= rank:
             return bin_value(b)
-    return bin_value(max(bins, key=_order))
+    return bin_value(max(bins, key=bin_value))
