@@ -46,11 +46,11 @@ class Intake:
     @asynccontextmanager
     async def body(self, request: Request) -> AsyncIterator[bytes]:
         """The whole body, its bytes counted until the `with` block ends."""
-        declared = request.headers.get("content-length")
+        declared = request.headers.get("content-length", "")
         limit = self.max_body
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        reserved = int(declared) if declared.isdigit() else 0
+        if reserved > limit:
             raise problem(413, "body", f"larger than the limit of {limit} bytes ({declared})")
-        reserved = int(declared) if declared is not None and declared.isdigit() else 0
         self._reserve(reserved)
         try:
             chunks: list[bytes] = []

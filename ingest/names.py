@@ -37,8 +37,8 @@ class NameGuard:
         is kept under OVER_LIMIT: a shim's report must not block its records)
         and the names to `remember` once the transaction commits.
         """
-        wanted = {(r.stream, group_of(r)) for r in batch.records}
-        wanted |= {(d.stream, d.group) for d in batch.drops}
+        of_records = {(r.stream, group_of(r)) for r in batch.records}
+        wanted = of_records | {(d.stream, d.group) for d in batch.drops}
         with self._lock:
             new = wanted - self._known
         if not new:
@@ -49,7 +49,7 @@ class NameGuard:
         new -= {(s, g) for s, g in stored}
         if new:
             count = conn.execute(select(func.count()).select_from(names)).scalar_one()
-            records = {(r.stream, group_of(r)) for r in batch.records} & new
+            records = of_records & new
             if count + len(records) > self.max_series:
                 raise self._refusal(batch, new, count)
             room = self.max_series - count - len(records)

@@ -25,8 +25,6 @@ FIELDS = (
     "span_id",
     "record_id",
 )
-KINDS = ("produce", "consume")
-OUTCOMES = ("ok", "error", "dead_letter")
 
 
 def record_to_json(record: Sequence[Any]) -> dict[str, Any]:

@@ -13,6 +13,8 @@ from collections.abc import Collection
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from msgtally.ingest import problems
+
 
 class BearerAuth:
     def __init__(self, app: ASGIApp, token: str, open_paths: Collection[str]) -> None:
@@ -29,7 +31,7 @@ class BearerAuth:
             await self.app(scope, receive, send)
             return
         reason = "a bearer token is required" if not given else "the token is not valid"
-        body = json.dumps({"detail": {"field": "authorization", "reason": reason}}).encode()
+        body = json.dumps(problems.body("authorization", reason)).encode()
         await send({
             "type": "http.response.start",
             "status": 401,

@@ -32,8 +32,6 @@ _EXTRAS = {
 }
 
 
-
-
 def _kv(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key or not value:
