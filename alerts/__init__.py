@@ -3,13 +3,10 @@
 from .alertmanager import alertmanager_config, inhibit_rules, render_alertmanager
 from .promtests import generate_tests
 from .render import render_rules, render_tests
-from .rules import ABSENT_ALERT, BURN_ALERT, SLI_RECORD, generate
+from .rules import generate
 from .windows import TIERS, Tier, Window, format_duration, scale
 
 __all__ = [
-    "ABSENT_ALERT",
-    "BURN_ALERT",
-    "SLI_RECORD",
     "TIERS",
     "Tier",
     "Window",

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from msgtally.names import ABSENT_ALERT, BURN_ALERT
 from msgtally.slis.spec import Spec
-
-from .rules import ABSENT_ALERT, BURN_ALERT
 
 RECEIVER = "msgtally-default"
 

@@ -10,18 +10,10 @@ from __future__ import annotations
 
 import json
 
-from msgtally.reconcile.config import bucket_label
-from msgtally.slis.exposition import COUNTERS, LATENCY
-from msgtally.slis.spec import SLO, SLIKind
+from msgtally.names import INDICATORS, RatioIndicator, bucket_label, counter
+from msgtally.slis.spec.model import SLO
 
-
-def _counter(column: str) -> str:
-    return COUNTERS[column][0] + "_total"
-
-
-PRODUCED = _counter("produced")
-# Ok deliveries: the denominator of the duplicate ratio (docs/definitions.md).
-OK_DELIVERIES = tuple(_counter(c) for c in ("delivered", "late", "recovered", "duplicated"))
+PRODUCED = counter("produced")
 
 
 def quote(value: str) -> str:
@@ -57,21 +49,19 @@ def _increase(selector: str, window: str) -> str:
 def error_ratio(slo: SLO, window: str) -> str:
     """The SLO's error ratio over `window`; no sample when there were no events."""
     m = matchers(slo)
-    if slo.sli is SLIKind.DELIVERY:
-        errors = _increase(f"{_counter('lost')}{{{m}}}", window)
-        events = _increase(f"{PRODUCED}{{{m}}}", window)
-    elif slo.sli is SLIKind.RETRIES:
-        errors = _increase(f"{_counter('retried')}{{{m}}}", window)
-        events = _increase(f"{PRODUCED}{{{m}}}", window)
-    elif slo.sli is SLIKind.DUPLICATES:
-        errors = _increase(f"{_counter('duplicated')}{{{m}}}", window)
+    ind = INDICATORS[slo.sli]
+    if isinstance(ind, RatioIndicator):
         # One sum per counter: increase() drops the names, so a regex over
         # __name__ would give series with the same labels.
-        events = " + ".join(_increase(f"{name}{{{m}}}", window) for name in OK_DELIVERIES)
+        errors = " + ".join(_increase(f"{counter(c)}{{{m}}}", window) for c in ind.errors)
+        if len(ind.errors) > 1:
+            errors = f"({errors})"
+        events = " + ".join(_increase(f"{counter(c)}{{{m}}}", window) for c in ind.total)
     else:
         assert slo.threshold is not None
-        count = _increase(f"{LATENCY}_count{{{m}}}", window)
-        fast = _increase(f"{LATENCY}_bucket{{{matchers(slo, le_matcher(slo.threshold))}}}", window)
+        count = _increase(f"{ind.histogram}_count{{{m}}}", window)
+        le = le_matcher(slo.threshold)
+        fast = _increase(f"{ind.histogram}_bucket{{{matchers(slo, le)}}}", window)
         errors = f"({count} - {fast})"
         events = count
     return f"{errors}\n/\n({events} > 0)"

@@ -19,12 +19,20 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from msgtally.reconcile.config import bucket_label
-from msgtally.slis.budget import error_budget
-from msgtally.slis.spec import SLO, SLIKind, Spec
+from msgtally.names import (
+    ABSENT_ALERT,
+    BURN_ALERT,
+    INDICATORS,
+    SLI_RECORD,
+    RatioIndicator,
+    bucket_label,
+    counter,
+)
+from msgtally.slis.spec.budget import error_budget
+from msgtally.slis.spec.model import SLO, Spec
 
 from .promql import PRODUCED, quote
-from .rules import ABSENT_ALERT, BURN_ALERT, SLI_RECORD, absent_alert, burn_alert, num, sli_labels
+from .rules import absent_alert, burn_alert, num, sli_labels
 from .windows import Window, format_duration, scale
 
 EVENTS = 1_000_000  # events per sample step: fine enough for a 1 % margin at any budget
@@ -54,24 +62,28 @@ def input_series(slo: SLO, errors: int, steps: int) -> list[dict[str, str]]:
             "values": f"0+{per_step}x{steps}",
         }
 
-    if slo.sli is SLIKind.DELIVERY:
-        return [series(PRODUCED, EVENTS), series("msgtally_messages_lost_total", errors)]
-    if slo.sli is SLIKind.RETRIES:
-        return [series(PRODUCED, EVENTS), series("msgtally_messages_retried_total", errors)]
-    if slo.sli is SLIKind.DUPLICATES:
-        return [
-            series("msgtally_messages_delivered_total", good),
-            series("msgtally_messages_late_total", 0),
-            series("msgtally_messages_recovered_total", 0),
-            series("msgtally_messages_duplicated_total", errors),
-        ]
+    ind = INDICATORS[slo.sli]
+    if isinstance(ind, RatioIndicator):
+        return [series(counter(c), n) for c, n in _ratio_steps(ind, errors).items()]
     assert slo.threshold is not None
     return [
-        series("msgtally_delivery_latency_seconds_count", EVENTS),
-        series(
-            "msgtally_delivery_latency_seconds_bucket", good, {"le": bucket_label(slo.threshold)}
-        ),
+        series(f"{ind.histogram}_count", EVENTS),
+        series(f"{ind.histogram}_bucket", good, {"le": bucket_label(slo.threshold)}),
     ]
+
+
+def _ratio_steps(ind: RatioIndicator, errors: int) -> dict[str, int]:
+    """Per-step increase of each counter of a ratio: EVENTS in total, `errors` of them bad.
+
+    The first error counter takes the errors, the first other total counter
+    the rest (all of the events when errors are not part of the total).
+    """
+    steps = dict.fromkeys(ind.total, 0)
+    rest = [c for c in ind.total if c not in ind.errors]
+    steps[rest[0]] = EVENTS - errors if ind.errors[0] in ind.total else EVENTS
+    steps |= {c: 0 for c in ind.errors if c not in steps}
+    steps[ind.errors[0]] = errors
+    return steps
 
 
 def errors_for(slo: SLO, w: Window, above: bool) -> int | None:

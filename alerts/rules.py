@@ -17,15 +17,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from msgtally.slis.budget import error_budget, objective_ratio
-from msgtally.slis.spec import SLO, Spec
+from msgtally.names import (
+    ABSENT_ALERT,
+    BUDGET_RECORD,
+    BURN_ALERT,
+    OBJECTIVE_RECORD,
+    PERIOD_BURN_RECORD,
+    PERIOD_RECORD,
+    REMAINING_RECORD,
+    SLI_RECORD,
+)
+from msgtally.slis.spec.budget import error_budget, objective_ratio
+from msgtally.slis.spec.model import SLO, Spec
 
 from .promql import error_ratio, presence, quote
 from .windows import Window, format_duration, rule_windows, scale
-
-BURN_ALERT = "MsgtallyErrorBudgetBurn"
-ABSENT_ALERT = "MsgtallySLIAbsent"
-SLI_RECORD = "msgtally:sli_error:ratio_rate"
 
 Rule = dict[str, Any]
 Group = dict[str, Any]
@@ -68,30 +74,30 @@ def meta_rules(spec: Spec, slo: SLO) -> list[Rule]:
     labels = sli_labels(spec, slo)
     budget = num(error_budget(slo.objective))
     period = f"{SLI_RECORD}{spec.period.text}{_select(spec, slo)}"
-    burn = f"msgtally:slo_period_burn_rate:ratio{_select(spec, slo)}"
+    burn = f"{PERIOD_BURN_RECORD}{_select(spec, slo)}"
     return [
         {
-            "record": "msgtally:slo_objective:ratio",
+            "record": OBJECTIVE_RECORD,
             "expr": f"vector({num(objective_ratio(slo.objective))})",
             "labels": labels,
         },
         {
-            "record": "msgtally:slo_error_budget:ratio",
+            "record": BUDGET_RECORD,
             "expr": f"vector({budget})",
             "labels": labels,
         },
         {
-            "record": "msgtally:slo_period:seconds",
+            "record": PERIOD_RECORD,
             "expr": f"vector({spec.period.seconds})",
             "labels": labels,
         },
         {
-            "record": "msgtally:slo_period_burn_rate:ratio",
+            "record": PERIOD_BURN_RECORD,
             "expr": f"{period} / {budget}",
             "labels": labels,
         },
         {
-            "record": "msgtally:slo_error_budget_remaining:ratio",
+            "record": REMAINING_RECORD,
             "expr": f"1 - {burn}",
             "labels": labels,
         },

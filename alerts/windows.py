@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from msgtally.slis.budget import burn_factor
+from msgtally.slis.spec.budget import burn_factor
 
 BASE_PERIOD = 30 * 86_400
 SHORT_DIVISOR = 12  # the short window is 1/12 of the long one (5m of 1h, 2h of 1d ...)

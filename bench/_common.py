@@ -27,7 +27,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, text
 
-from msgtally.ingest.tables import TALLY_FIELDS
+from msgtally.names import TALLY_FIELDS
 
 STREAMS = ("orders", "payments", "shipments", "emails")
 GROUPS = ("billing", "analytics")

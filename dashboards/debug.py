@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from msgtally.slis.spec import SLIKind, Spec
+from msgtally.names import SLIKind, counter
+from msgtally.slis.spec import Spec
 
 from . import queries as q
 from .panels import Format, Kind, Panel, Row, Target
@@ -73,9 +74,9 @@ def rows(spec: Spec) -> list[Row]:
                 "cps",
                 (
                     Target(
-                        q.tally(q.counter("unexpected"), q.RATE, fn="rate"), f"{pair} unexpected"
+                        q.tally(counter("unexpected"), q.RATE, fn="rate"), f"{pair} unexpected"
                     ),
-                    Target(q.tally(q.counter("recovered"), q.RATE, fn="rate"), f"{pair} recovered"),
+                    Target(q.tally(counter("recovered"), q.RATE, fn="rate"), f"{pair} recovered"),
                 ),
                 width=8,
                 min=0,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from msgtally.slis.spec import SLIKind, Spec
+from msgtally.names import SLIKind, counter
+from msgtally.slis.spec import Spec
 
 from . import queries as q
 from .panels import GREEN, ORANGE, RED, Kind, Panel, Row, Step, Target
@@ -104,7 +105,7 @@ def rows(spec: Spec) -> list[Row]:
                 "short",
                 tuple(
                     Target(
-                        q.tally(q.counter(column), q.INTERVAL, by_stream),
+                        q.tally(counter(column), q.INTERVAL, by_stream),
                         f"{{{{stream}}}} {column}",
                     )
                     for column in ("lost", "duplicated", "unexpected")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from msgtally.alerts.rules import num
 from msgtally.alerts.windows import Window, scale
+from msgtally.names import counter
 from msgtally.slis.spec import Spec
 
 from . import queries as q
@@ -87,10 +88,10 @@ def rows(spec: Spec) -> list[Row]:
                 "cps",
                 (
                     Target(
-                        q.tally(q.counter("consume_errors"), q.RATE, fn="rate"), f"{pair} failed"
+                        q.tally(counter("consume_errors"), q.RATE, fn="rate"), f"{pair} failed"
                     ),
                     Target(
-                        q.tally(q.counter("dead_lettered"), q.RATE, fn="rate"),
+                        q.tally(counter("dead_lettered"), q.RATE, fn="rate"),
                         f"{pair} dead-lettered",
                     ),
                 ),

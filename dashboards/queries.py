@@ -20,18 +20,30 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from msgtally.alerts.promql import OK_DELIVERIES, PRODUCED, quote
-from msgtally.alerts.rules import ABSENT_ALERT, BURN_ALERT, SLI_RECORD
-from msgtally.slis.exposition import COUNTERS, LATENCY
-from msgtally.slis.spec import ALL_GROUPS, SLIKind, Spec
+from msgtally.alerts.promql import PRODUCED, quote
+from msgtally.names import (
+    ABSENT_ALERT,
+    BACKLOG,
+    BUDGET_RECORD,
+    BURN_ALERT,
+    IN_FLIGHT,
+    INDICATORS,
+    INGEST_RECORDS,
+    INGEST_REJECTED,
+    LAST_PASS,
+    LATENCY,
+    RECORDS_DROPPED,
+    REMAINING_RECORD,
+    SLI_RECORD,
+    RatioIndicator,
+    SLIKind,
+    counter,
+)
+from msgtally.slis.spec.model import ALL_GROUPS, Spec
 
 RATE = "$__rate_interval"
 RANGE = "$__range"
 INTERVAL = "$__interval"
-# The recording rules of msgtally.alerts.rules.meta_rules that the dashboards read.
-BUDGET_RECORD = "msgtally:slo_error_budget:ratio"
-REMAINING_RECORD = "msgtally:slo_error_budget_remaining:ratio"
-
 PAIR = ("stream", "group")
 STREAM = ("stream",)
 SLO_LABELS = ("slo", "stream", "group")
@@ -39,25 +51,6 @@ SLO_LABELS = ("slo", "stream", "group")
 TALLY = 'stream=~"$stream",group=~"$group"'
 # Shim drop totals of produce records carry no group (group=""): they count for every group.
 DROPS = 'stream=~"$stream",group=~"$group|"'
-DROPPED = "msgtally_records_dropped_total"
-INGEST_RECORDS = "msgtally_ingest_records_total"
-INGEST_REJECTED = "msgtally_ingest_rejected_total"
-IN_FLIGHT = "msgtally_messages_in_flight"
-BACKLOG = "msgtally_reconcile_backlog_records"
-LAST_PASS = "msgtally_reconcile_last_pass_timestamp_seconds"
-
-
-def counter(column: str) -> str:
-    """`lost` -> `msgtally_messages_lost_total`."""
-    return COUNTERS[column][0] + "_total"
-
-
-# Errors and events of each ratio, as the alert rules count them (msgtally.alerts.promql).
-RATIOS: dict[SLIKind, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    SLIKind.DELIVERY: ((counter("lost"),), (PRODUCED,)),
-    SLIKind.DUPLICATES: ((counter("duplicated"),), OK_DELIVERIES),
-    SLIKind.RETRIES: ((counter("retried"),), (PRODUCED,)),
-}
 
 
 def _by(labels: Sequence[str]) -> str:
@@ -87,14 +80,21 @@ def ratio(
 
 
 def sli_ratio(kind: SLIKind, window: str, by: Sequence[str] = PAIR) -> str:
-    """The error ratio of an SLI kind (not latency) per stream or pair."""
-    errors, events = RATIOS[kind]
-    return ratio(errors, events, window, by)
+    """The error ratio of an SLI kind (not latency) per stream or pair, as the rules count it."""
+    ind = INDICATORS[kind]
+    assert isinstance(ind, RatioIndicator), f"{kind} is not a ratio of counters"
+    return ratio(_series(ind.errors), _series(ind.total), window, by)
+
+
+def _series(columns: Sequence[str]) -> tuple[str, ...]:
+    return tuple(counter(c) for c in columns)
 
 
 def delivery_success(window: str, by: Sequence[str] = STREAM) -> str:
     """delivered / produced (docs/definitions.md, delivery_success_ratio)."""
-    return ratio((counter("delivered"),), (PRODUCED,), window, by)
+    ind = INDICATORS[SLIKind.DELIVERY]
+    assert isinstance(ind, RatioIndicator)
+    return ratio(_series(ind.good), _series(ind.total), window, by)
 
 
 def attempts_per_message(window: str) -> str:
@@ -160,16 +160,16 @@ def latency_heatmap() -> str:
 
 
 def dropped() -> str:
-    return f"max by (stream, group, kind) (rate({DROPPED}{{{DROPS}}}[{RATE}]))"
+    return f"max by (stream, group, kind) (rate({RECORDS_DROPPED}_total{{{DROPS}}}[{RATE}]))"
 
 
 def ingest_records() -> str:
     """Per collector process: summed over collectors."""
-    return f"sum by (result) (rate({INGEST_RECORDS}[{RATE}]))"
+    return f"sum by (result) (rate({INGEST_RECORDS}_total[{RATE}]))"
 
 
 def ingest_rejected() -> str:
-    return f"sum by (reason) (rate({INGEST_REJECTED}[{RATE}]))"
+    return f"sum by (reason) (rate({INGEST_REJECTED}_total[{RATE}]))"
 
 
 def reconcile_lag() -> str:

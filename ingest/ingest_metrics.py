@@ -21,6 +21,8 @@ from typing import Any
 from prometheus_client import Counter
 from prometheus_client.registry import CollectorRegistry
 
+from msgtally.names import INGEST_RECORDS, INGEST_REJECTED
+
 # HTTP status of a refused request -> the `reason` label.
 REASONS = {
     400: "malformed",
@@ -39,13 +41,13 @@ class IngestMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         records = Counter(
-            "msgtally_ingest_records",
+            INGEST_RECORDS,
             "Records of committed batches (logged; the engine counts a resent one once).",
             ["result"],
             registry=registry,
         )
         rejected = Counter(
-            "msgtally_ingest_rejected",
+            INGEST_REJECTED,
             "POST /v1/records requests refused, nothing of them stored, by reason.",
             ["reason"],
             registry=registry,

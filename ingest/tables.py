@@ -23,6 +23,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import DOUBLE_PRECISION
 
+from msgtally.names import TALLY_FIELDS
+
 metadata = MetaData()
 
 # Float(53) is a double on both dialects; PostgreSQL's plain FLOAT would do too,
@@ -75,20 +77,6 @@ checkpoint = Table(
     Column("body", LargeBinary, nullable=False),
 )
 
-TALLY_FIELDS = (
-    "produced",
-    "delivered",
-    "lost",
-    "late",
-    "recovered",
-    "unexpected",
-    "duplicated",
-    "retried",
-    "attempts",
-    "dead_lettered",
-    "consume_errors",
-    "latency_count",
-)
 
 # The running totals per (stream, group): what /metrics and the SLIs read.
 tallies = Table(
@@ -112,7 +100,7 @@ latency_buckets = Table(
     PrimaryKeyConstraint("stream", "grp", "le"),
 )
 
-# The latency sketch per (stream, group): count per bin (msgtally.slis.sketch).
+# The latency sketch per (stream, group): count per bin (msgtally.slis.read.sketch).
 latency_sketch = Table(
     "latency_sketch",
     metadata,

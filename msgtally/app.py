@@ -27,8 +27,8 @@ from msgtally.ingest.limits import (
 )
 from msgtally.ingest.names import NameGuard
 from msgtally.reconcile import LeaseHeld, ReconcileConfig, Reconciler
-from msgtally.slis.api import router as slis_router
-from msgtally.slis.exposition import StoreCollector
+from msgtally.slis.read.api import router as slis_router
+from msgtally.slis.read.exposition import StoreCollector
 
 from .auth import BearerAuth
 from .health import router as health_router

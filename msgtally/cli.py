@@ -168,8 +168,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from msgtally.ingest.db import open_engine
-    from msgtally.slis.query import read_slis
-    from msgtally.slis.report import render_table
+    from msgtally.slis.read.query import read_slis
+    from msgtally.slis.read.report import render_table
 
     from .settings import settings_from_args
 

@@ -21,9 +21,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from msgtally.ingest.db import StoreError, open_engine
 from msgtally.ingest.tables import meta
 from msgtally.reconcile import ReconcileConfig, reconcile
-from msgtally.slis.model import SLI
-from msgtally.slis.query import read_slis
-from msgtally.slis.report import render_table
+from msgtally.slis.read.figures import SLI
+from msgtally.slis.read.query import read_slis
+from msgtally.slis.read.report import render_table
 
 from .app import create_app
 from .server import BackgroundServer

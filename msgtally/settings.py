@@ -19,8 +19,8 @@ from msgtally.ingest.limits import (
     DEFAULT_READ_TIMEOUT,
 )
 from msgtally.ingest.store_url import DEFAULT_DB_URL
+from msgtally.names import DEFAULT_BUCKETS
 from msgtally.reconcile.config import (
-    DEFAULT_BUCKETS,
     DEFAULT_BUDGET,
     DEFAULT_DEADLINE,
     DEFAULT_REMEMBER,

@@ -40,8 +40,8 @@ def add_buckets(p: argparse.ArgumentParser, flag: str, what: str) -> None:
 
 def _load(args: argparse.Namespace, problems_to: TextIO) -> Spec:
     """The spec, or every problem printed (one per line) and a CommandError."""
-    from msgtally.slis.specload import read_spec_file
-    from msgtally.slis.yamldoc import SpecError
+    from msgtally.slis.spec.load import read_spec_file
+    from msgtally.slis.spec.yamldoc import SpecError
 
     from .settings import settings_from_args
 

@@ -6,27 +6,12 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from msgtally.names import DEFAULT_BUCKETS
+
 DEFAULT_DEADLINE = 300.0
 # Ingest lag allowance: an id is classified `settle` seconds after its deadline,
 # so a shim's last batch (flushed every second or so) is in before the verdict.
 DEFAULT_SETTLE = 10.0
-DEFAULT_BUCKETS = (
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    120.0,
-    300.0,
-)
 # How long a judged id stays in memory after its deadline + settle, so that a
 # late record (a redelivery, a retry) still moves its figures by what it changes.
 DEFAULT_REMEMBER = 60.0
@@ -68,8 +53,3 @@ class ReconcileConfig:
 def _positive(name: str, value: float) -> None:
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} has value {value!r}. Must be a positive number of seconds.")
-
-
-def bucket_label(bound: float) -> str:
-    """The `le` label of a bucket bound, as Prometheus clients write it."""
-    return "+Inf" if bound == math.inf else repr(float(bound))

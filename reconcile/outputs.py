@@ -15,7 +15,6 @@ from sqlalchemy import Connection, delete, select, tuple_
 
 from msgtally.ingest.db import upsert
 from msgtally.ingest.tables import (
-    TALLY_FIELDS,
     in_flight,
     latency_buckets,
     latency_sketch,
@@ -23,8 +22,7 @@ from msgtally.ingest.tables import (
     tallies,
     verdicts,
 )
-
-from .config import bucket_label
+from msgtally.names import TALLY_FIELDS, bucket_label
 
 # A drained pair: (stream, group, {tally: delta}, latency_sum, histogram, sketch bins).
 Pair = tuple[str, str, Mapping[str, int], float, Sequence[int], Mapping[int, int]]

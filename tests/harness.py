@@ -16,8 +16,8 @@ from msgtally.ingest.tables import log, meta, metadata
 from msgtally.ingest.wire import FIELDS, record_to_json
 from msgtally.ingest.writer import write_batch
 from msgtally.reconcile import ReconcileConfig, reconcile
-from msgtally.slis.query import read_discrepancies, read_slis
-from msgtally.slis.sketch import RELATIVE_ERROR
+from msgtally.slis.read.query import read_discrepancies, read_slis
+from msgtally.slis.read.sketch import RELATIVE_ERROR
 from tests.oracle import (
     COUNT_NAMES,
     ID_KINDS,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from msgtally.alerts import generate, generate_tests, render_alertmanager, render_rules
 from msgtally.alerts.render import render_tests
-from msgtally.slis import read_spec_file
+from msgtally.slis.spec import read_spec_file
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 GENERATED = (".rules.yml", ".alertmanager.yml")

@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 from msgtally.ingest.schema import Batch, parse_batch
 from msgtally.ingest.writer import write_batch
 from msgtally.reconcile import LeaseHeld, ReconcileConfig, reconcile
-from msgtally.slis.query import read_slis
+from msgtally.slis.read.query import read_slis
 from tests.conftest import LiveCollector
 
 T0 = 1_700_000_000.0

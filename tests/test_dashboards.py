@@ -22,8 +22,9 @@ from msgtally.dashboards import BOARDS, generate, render_dashboard, sdk, uid
 from msgtally.dashboards import queries as q
 from msgtally.dashboards.build import regex_escape
 from msgtally.dashboards.panels import GRID_WIDTH, Kind, Panel, Target, check_rows
+from msgtally.names import SLIKind
 from msgtally.reconcile import ReconcileConfig, reconcile
-from msgtally.slis import SLIKind, load_spec, read_spec_file
+from msgtally.slis.spec import load_spec, read_spec_file
 from tests.conftest import LiveCollector
 from tests.slo_examples import EXAMPLES, spec_files, stem
 

@@ -35,7 +35,7 @@ from msgtally.alerts import render_rules
 from msgtally.dashboards import generate
 from msgtally.ingest.db import open_engine
 from msgtally.reconcile import ReconcileConfig
-from msgtally.slis import load_spec
+from msgtally.slis.spec import load_spec
 from tests.conftest import LiveCollector
 from tests.promserver import Prometheus
 

@@ -19,7 +19,7 @@ from msgtally.ingest.db import open_engine
 from msgtally.ingest.sdk import Tally
 from msgtally.reconcile import ReconcileConfig
 from msgtally.server import BackgroundServer, free_port
-from msgtally.slis.query import read_drops
+from msgtally.slis.read.query import read_drops
 from tests.conftest import LiveCollector
 from tests.harness import logged
 

@@ -20,7 +20,7 @@ from sqlalchemy import Engine
 from msgtally.alerts import generate, render_rules
 from msgtally.ingest.db import open_engine
 from msgtally.reconcile import ReconcileConfig
-from msgtally.slis import load_spec
+from msgtally.slis.spec import load_spec
 from tests.conftest import LiveCollector
 from tests.promserver import prometheus_binary, start_prometheus, stop_prometheus
 

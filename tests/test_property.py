@@ -27,7 +27,7 @@ from sqlalchemy import Engine
 
 from msgtally.reconcile import ReconcileConfig, reconcile
 from msgtally.reconcile.config import DEFAULT_BUDGET
-from msgtally.slis.query import read_discrepancies
+from msgtally.slis.read.query import read_discrepancies
 from tests.harness import (
     Figures,
     T,

@@ -30,7 +30,7 @@ from sqlalchemy import Engine
 from msgtally.ingest.db import open_engine
 from msgtally.ingest.sdk import MESSAGE_ID_HEADER, Tally
 from msgtally.reconcile import ReconcileConfig, reconcile
-from msgtally.slis.query import read_drops
+from msgtally.slis.read.query import read_drops
 from tests.conftest import LiveCollector
 from tests.harness import logged
 

@@ -1,7 +1,7 @@
 """The reader's sketch bins are the engine's: same growth factor, same offset."""
 
 from msgtally.reconcile import _engine
-from msgtally.slis import sketch
+from msgtally.slis.read import sketch
 
 
 def test_reader_and_engine_agree_on_the_bins() -> None:

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from msgtally.slis import SLO, Alerting, Notify, Period, SLIKind, SpecError, check_spec, load_spec
-from msgtally.slis.yamldoc import Problem
+from msgtally.names import SLIKind
+from msgtally.slis.spec import SLO, Alerting, Notify, Period, SpecError, check_spec, load_spec
+from msgtally.slis.spec.yamldoc import Problem
 from tests.slo_examples import EXAMPLES
 
 VALID = """\

@@ -81,8 +81,8 @@ def test_vector_through_the_oracle(case: dict[str, Any]) -> None:
 
 
 def test_nearest_rank_agrees_with_the_model() -> None:
-    """The oracle's quantile and msgtally.slis.model's index pick the same value."""
-    from msgtally.slis.model import nearest_rank as model_rank
+    """The oracle's quantile and msgtally.slis.read.figures's index pick the same value."""
+    from msgtally.slis.read.figures import nearest_rank as model_rank
 
     for n in range(1, 120):
         values = [float(i) for i in range(n)]

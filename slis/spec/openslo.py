@@ -2,15 +2,15 @@
 
 Supported: rolling time windows, the Occurrences budgeting method, one
 objective (`target` ratio or `targetPercent`), and an inline indicator whose
-`ratioMetric` is a Prometheus query over msgtally's own metrics:
+`ratioMetric` is a Prometheus query over msgtally's own metrics, in the terms
+of `msgtally.names.INDICATORS`:
 
-- delivery: bad `msgtally_messages_lost_total` (or good `..._delivered_total`),
-  total `msgtally_messages_produced_total`;
-- duplicates: bad `..._duplicated_total`, total `..._delivered_total +
-  ..._late_total + ..._recovered_total + ..._duplicated_total`;
+- a ratio SLI: `bad` is the sum of its error counters (or `good` the sum of
+  its good ones, where it has them), `total` the sum of its total counters,
+  e.g. delivery: bad `msgtally_messages_lost_total`, total
+  `msgtally_messages_produced_total`;
 - latency: good `msgtally_delivery_latency_seconds_bucket{le="T"}`, total
-  `msgtally_delivery_latency_seconds_count`;
-- retries: bad `..._retried_total`, total `..._produced_total`.
+  `msgtally_delivery_latency_seconds_count`.
 
 Each selector matches `stream="S"` and, optionally, `group="G"`. Documents of
 kind `Service` are accepted and ignored; anything else is a problem.
@@ -23,30 +23,38 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
-from .exposition import COUNTERS, LATENCY
+from msgtally.names import INDICATORS, RatioIndicator, SLIKind, counter
+
+from .checks import check_slo, check_unique, read_period
 from .fields import FieldReader
-from .spec import SLO, SLIKind, Spec
-from .specload import check_slo, check_unique, read_period
+from .model import SLO, Spec
 from .yamldoc import Doc, Path, Problem
 
 API_VERSION = "openslo/v1"
 
 
-def _counter(column: str) -> str:
-    return COUNTERS[column][0] + "_total"
+Ratio = tuple[str, frozenset[str], frozenset[str]]
 
 
-_OK_DELIVERIES = frozenset(_counter(c) for c in ("delivered", "late", "recovered", "duplicated"))
-# (good or bad, numerator names, total names) -> SLI kind
-_RATIOS: dict[tuple[str, frozenset[str], frozenset[str]], SLIKind] = {
-    ("bad", frozenset({_counter("lost")}), frozenset({_counter("produced")})): SLIKind.DELIVERY,
-    ("good", frozenset({_counter("delivered")}), frozenset({_counter("produced")})): (
-        SLIKind.DELIVERY
-    ),
-    ("bad", frozenset({_counter("duplicated")}), _OK_DELIVERIES): SLIKind.DUPLICATES,
-    ("bad", frozenset({_counter("retried")}), frozenset({_counter("produced")})): SLIKind.RETRIES,
-    ("good", frozenset({LATENCY + "_bucket"}), frozenset({LATENCY + "_count"})): SLIKind.LATENCY,
-}
+def _counters(columns: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(counter(c) for c in columns)
+
+
+def _ratios() -> dict[Ratio, SLIKind]:
+    """(good or bad, numerator series, total series) -> the SLI kind they measure."""
+    out: dict[Ratio, SLIKind] = {}
+    for kind, ind in INDICATORS.items():
+        if isinstance(ind, RatioIndicator):
+            out["bad", _counters(ind.errors), _counters(ind.total)] = kind
+            if ind.good:
+                out["good", _counters(ind.good), _counters(ind.total)] = kind
+        else:
+            bucket, count = ind.histogram + "_bucket", ind.histogram + "_count"
+            out["good", frozenset({bucket}), frozenset({count})] = kind
+    return out
+
+
+_RATIOS = _ratios()
 _SELECTOR = re.compile(r"\s*([a-zA-Z_:][a-zA-Z0-9_:]*)\s*(?:\{([^}]*)\})?\s*(\+|$)")
 _MATCHER = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*(?:,|$)')
 _WEEKS = re.compile(r"^([1-9][0-9]*)w$")
@@ -256,8 +264,8 @@ def _read_indicator(
     if kind is None:
         r.problem(
             path,
-            "is not one of msgtally's SLIs (delivery, duplicates, latency, retries: "
-            "see the module doc of slis/openslo.py)",
+            f"is not one of msgtally's SLIs ({', '.join(SLIKind)}: "
+            "the README's table of SLI kinds)",
         )
         return none
     matchers = [m for _, m in num + total]

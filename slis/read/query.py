@@ -12,8 +12,9 @@ from typing import Any
 from sqlalchemy import Connection, and_, func, select, tuple_
 
 from msgtally.ingest.tables import in_flight, latency_sketch, shim_drops, tallies, verdicts
+from msgtally.names import COUNT_FIELDS
 
-from .model import COUNT_FIELDS, QUANTILES, SLI
+from .figures import QUANTILES, SLI
 from .sketch import quantile
 
 DISCREPANCY_KINDS = ("lost", "late", "duplicated", "unexpected", "dead_lettered", "recovered")

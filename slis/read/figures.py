@@ -6,10 +6,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from msgtally.ingest.tables import TALLY_FIELDS
+from msgtally.names import INDICATORS, RatioIndicator, SLIKind
 
-# The counts of a tally row (latency_count is the histogram's, not an outcome).
-COUNT_FIELDS = tuple(f for f in TALLY_FIELDS if f != "latency_count")
 QUANTILES = (("latency_p50", 0.50), ("latency_p90", 0.90), ("latency_p99", 0.99))
 
 
@@ -49,25 +47,18 @@ class SLI:
     # loss): the stream's produce drops plus this group's consume drops.
     records_dropped: int = 0
 
-    @property
-    def delivery_success_ratio(self) -> float | None:
-        return ratio(self.delivered, self.produced)
+    def _sum(self, columns: tuple[str, ...]) -> int:
+        return sum(int(getattr(self, c)) for c in columns)
 
-    @property
-    def loss_ratio(self) -> float | None:
-        return ratio(self.lost, self.produced)
-
-    @property
-    def duplicate_ratio(self) -> float | None:
-        ok_deliveries = self.delivered + self.late + self.recovered + self.duplicated
-        return ratio(self.duplicated, ok_deliveries)
-
-    @property
-    def retry_ratio(self) -> float | None:
-        return ratio(self.retried, self.produced)
+    def ratios(self) -> dict[str, float | None]:
+        """delivery_success_ratio, then each ratio SLI's errors / total (msgtally.names)."""
+        delivery = INDICATORS[SLIKind.DELIVERY]
+        assert isinstance(delivery, RatioIndicator)
+        out = {"delivery_success_ratio": ratio(self._sum(delivery.good), self._sum(delivery.total))}
+        for ind in INDICATORS.values():
+            if isinstance(ind, RatioIndicator):
+                out[ind.ratio] = ratio(self._sum(ind.errors), self._sum(ind.total))
+        return out
 
     def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        for name in ("delivery_success_ratio", "loss_ratio", "duplicate_ratio", "retry_ratio"):
-            out[name] = getattr(self, name)
-        return out
+        return {**asdict(self), **self.ratios()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .model import SLI
+from .figures import SLI
 
 _COLUMNS = (
     ("stream", "stream"),
@@ -43,7 +43,8 @@ def render_table(slis: Sequence[SLI]) -> str:
     if not slis:
         return "no SLIs yet: nothing reconciled (ingest records, then run `msgtally reconcile`)"
     header = [title for _, title in _COLUMNS]
-    body = [[_cell(name, getattr(s, name)) for name, _ in _COLUMNS] for s in slis]
+    rows = [s.to_json() for s in slis]
+    body = [[_cell(name, row[name]) for name, _ in _COLUMNS] for row in rows]
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:

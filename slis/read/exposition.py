@@ -19,26 +19,20 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 
 from msgtally.ingest.tables import latency_buckets, log_pending, meta, tallies
-from msgtally.reconcile.config import bucket_label
+from msgtally.names import (
+    BACKLOG,
+    COUNTERS,
+    IN_FLIGHT,
+    LAST_PASS,
+    LATENCY,
+    RECONCILE_RECORDS,
+    RECORDS_DROPPED,
+    bucket_label,
+)
 
 from .query import read_drops, read_in_flight
 
 LABELS = ("stream", "group")
-# tally column -> (metric name without _total, help)
-COUNTERS = {
-    "produced": ("msgtally_messages_produced", "Message ids acknowledged by the broker."),
-    "delivered": ("msgtally_messages_delivered", "Produced ids consumed ok by the deadline."),
-    "lost": ("msgtally_messages_lost", "Produced ids not consumed ok by the deadline."),
-    "late": ("msgtally_messages_late", "Lost ids consumed ok after the deadline."),
-    "duplicated": ("msgtally_messages_duplicated", "Ok deliveries beyond the first."),
-    "retried": ("msgtally_messages_retried", "Ids sent or delivered more than once."),
-    "attempts": ("msgtally_delivery_attempts", "Delivery attempts (consume records)."),
-    "dead_lettered": ("msgtally_messages_dead_lettered", "Produced ids dead-lettered."),
-    "unexpected": ("msgtally_messages_unexpected", "Ids consumed but never produced."),
-    "recovered": ("msgtally_messages_recovered", "Indeterminate produces consumed anyway."),
-    "consume_errors": ("msgtally_consume_errors", "Consume records with outcome error."),
-}
-LATENCY = "msgtally_delivery_latency_seconds"
 
 
 def _le_value(label: str) -> float:
@@ -90,7 +84,7 @@ class StoreCollector(Collector):
         yield hist
 
         dropped = CounterMetricFamily(
-            "msgtally_records_dropped",
+            RECORDS_DROPPED,
             "Records the shims dropped before sending: measurement loss, not message loss.",
             labels=(*LABELS, "kind"),
         )
@@ -99,7 +93,7 @@ class StoreCollector(Collector):
         yield dropped
 
         flight = GaugeMetricFamily(
-            "msgtally_messages_in_flight",
+            IN_FLIGHT,
             "Produced ids not yet delivered whose deadline has not passed.",
             labels=LABELS,
         )
@@ -109,7 +103,7 @@ class StoreCollector(Collector):
         applied = int(facts.get("records_applied", 0))
         repeated = int(facts.get("records_repeated", 0))
         engine_records = CounterMetricFamily(
-            "msgtally_reconcile_records",
+            RECONCILE_RECORDS,
             "Records the engine applied: new, or a repeat of one it had (a resend).",
             labels=("result",),
         )
@@ -117,13 +111,13 @@ class StoreCollector(Collector):
         engine_records.add_metric(("repeat",), repeated)
         yield engine_records
         yield GaugeMetricFamily(
-            "msgtally_reconcile_backlog_records",
+            BACKLOG,
             "Records ingested and not yet reconciled.",
             value=int(backlog),
         )
         if last_pass is not None:
             yield GaugeMetricFamily(
-                "msgtally_reconcile_last_pass_timestamp_seconds",
+                LAST_PASS,
                 "The time a reconcile pass last finished (its `now`).",
                 value=float(last_pass),
             )

@@ -7,7 +7,7 @@ import re
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from .spec import RESERVED_LABELS
+from .model import RESERVED_LABELS
 from .yamldoc import Doc, Path, Problem, dotted
 
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")

@@ -1,7 +1,7 @@
 """The SLO spec as plain data: what an SRE declares once per service.
 
-Loaders (`msgtally.slis.specload` for `msgtally/v1`, `msgtally.slis.openslo` for OpenSLO) build
-these objects; `alerts` turns them into Prometheus rules.
+The loaders (`native` for `msgtally/v1`, `openslo` for OpenSLO) build these
+objects; `msgtally.alerts` and `msgtally.dashboards` turn them into rules and boards.
 """
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from types import MappingProxyType
+
+from msgtally.names import SLIKind
 
 VERSION = "msgtally/v1"
 DEFAULT_PERIOD = "30d"
@@ -23,15 +24,6 @@ RESERVED_LABELS = frozenset(
 
 _PERIOD = re.compile(r"^([1-9][0-9]*)([dh])$")
 _UNIT_SECONDS = {"d": 86_400, "h": 3_600}
-
-
-class SLIKind(StrEnum):
-    """What counts as an error, and out of what."""
-
-    DELIVERY = "delivery"  # lost / produced
-    DUPLICATES = "duplicates"  # duplicated / (delivered + late + recovered + duplicated)
-    LATENCY = "latency"  # deliveries slower than the threshold / deliveries
-    RETRIES = "retries"  # retried / produced
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,4 @@
+"""The collector's read side: SLI figures from the store, /v1/slis, /metrics, the report.
+
+Modules are imported by name where they are used (SQLAlchemy, FastAPI).
+"""

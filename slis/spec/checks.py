@@ -1,0 +1,97 @@
+"""The checks every spec loader shares: period, unique names, SLI kind, objective, threshold.
+
+Each loader (native, OpenSLO) reads its own format and calls these, so a
+value is accepted or refused the same way whatever format it came in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from msgtally.names import SLIKind, bucket_label
+
+from .fields import FieldReader
+from .model import DEFAULT_PERIOD, SLO, Alerting, Period
+from .yamldoc import Path
+
+
+def read_period(r: FieldReader, m: dict[str, Any], key: str, path: Path) -> Period | None:
+    text = m.get(key, DEFAULT_PERIOD)
+    try:
+        return Period.parse(text if isinstance(text, str) else repr(text))
+    except ValueError as exc:
+        r.problem((*path, key), str(exc))
+        return None
+
+
+def check_unique(r: FieldReader, names: list[Any], paths: list[Path]) -> None:
+    seen: set[str] = set()
+    for name, path in zip(names, paths, strict=False):
+        if not isinstance(name, str):
+            continue
+        if name in seen:
+            r.slo = name
+            r.problem(path, f"SLO name {name!r} is used twice; names must be unique")
+            r.slo = None
+        seen.add(name)
+
+
+def read_sli(r: FieldReader, value: Any, path: Path) -> SLIKind | None:
+    try:
+        return SLIKind(value)
+    except ValueError:
+        r.problem(path, f"has value {value!r}. Must be one of: {', '.join(SLIKind)}.")
+        return None
+
+
+def check_slo(
+    r: FieldReader,
+    path: Path,
+    buckets: Sequence[float],
+    *,
+    name: str | None,
+    stream: str | None,
+    group: str | None,
+    sli: SLIKind | None,
+    objective: float | None,
+    threshold: float | None,
+    threshold_given: bool,
+    description: str | None = None,
+    alerting: Alerting | None = None,
+    threshold_path: Path | None = None,
+) -> SLO | None:
+    """The checks every loader shares: objective range, latency threshold vs buckets."""
+    threshold_path = threshold_path or (*path, "threshold")
+    if objective is not None and not 0 < objective < 100:
+        r.problem((*path, "objective"), f"{objective:g} is not a percentage above 0 and below 100")
+        objective = None
+    if sli is SLIKind.LATENCY:
+        if not threshold_given:
+            r.problem(path, "missing required field 'threshold' (seconds) for sli latency")
+        elif threshold is not None and threshold not in buckets:
+            r.problem(
+                threshold_path,
+                f"{threshold:g} s is not a bucket bound of the collector's latency histogram "
+                f"(bounds: {', '.join(bucket_label(b) for b in buckets)}); add it to the "
+                "collector's buckets (msgtally serve --latency-buckets) and pass the same "
+                "--buckets here",
+            )
+            threshold = None
+    elif threshold_given and sli is not None:
+        r.problem(threshold_path, f"only for sli latency, not {sli.value}")
+        threshold = None
+    if name is None or stream is None or sli is None or objective is None:
+        return None
+    if sli is SLIKind.LATENCY and threshold is None:
+        return None
+    return SLO(
+        name=name,
+        stream=stream,
+        group=group,
+        sli=sli,
+        objective=objective,
+        threshold=threshold if sli is SLIKind.LATENCY else None,
+        description=description,
+        alerting=alerting or Alerting(),
+    )
