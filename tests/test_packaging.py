@@ -78,3 +78,23 @@ def test_a_service_with_its_own_ingest_and_alerts_packages_can_use_msgtally(
     theirs, ours = proc.stdout.splitlines()
     assert theirs.split() == [f"service:{n}" for n in SERVICE_PACKAGES]
     assert ours.split() == ["msgtally.ingest.sdk", "msgtally.app", "msgtally.alerts.rules"]
+
+
+def test_generating_rules_and_dashboards_never_imports_the_store(tmp_path: Path) -> None:
+    # What `msgtally[slo]` installs must be enough: check, alerts and dashboards.
+    code = (
+        "import sys, json\n"
+        "from msgtally.slis.spec import load_spec\n"
+        "from msgtally.alerts import generate, generate_tests, render_rules\n"
+        "from msgtally.dashboards import generate as boards\n"
+        "import msgtally.slo_commands\n"
+        "spec = load_spec('version: msgtally/v1\\nservice: s\\nslos:\\n"
+        "  - {name: d, stream: orders, sli: delivery, objective: 99.9}\\n')\n"
+        "render_rules(generate(spec), 's'); generate_tests(spec, 'rules.yml'); boards(spec)\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    proc = _python(code, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    loaded = {name.split(".")[0] for name in json.loads(proc.stdout)}
+    store = {"sqlalchemy", "psycopg", "fastapi", "starlette", "uvicorn", "msgspec"}
+    assert loaded.isdisjoint(store), sorted(loaded & store)
