@@ -31,7 +31,7 @@ from .limits import MAX_ATTEMPT, MAX_ID_LENGTH, MAX_TEXT_LENGTH, MAX_TS
 from .shipper import DropKey, Shipper
 from .tracing import MessagingTracer, span_ids
 
-log = logging.getLogger("msgtally.sdk")
+log = logging.getLogger(__name__)
 
 MESSAGE_ID_HEADER = "msgtally-message-id"
 # The stream (or group) under which a record with an unusable name is counted dropped.

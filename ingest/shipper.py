@@ -24,14 +24,14 @@ from typing import Any
 
 import httpx
 
-from .wire import record_to_json
+from .wire import FIELDS, record_to_json
 
-log = logging.getLogger("msgtally.shipper")
+log = logging.getLogger(__name__)
 
 # A record on its way: the tuple of wire.FIELDS, in that order.
 Row = tuple[Any, ...]
 DropKey = tuple[str, str, str]  # stream, kind, group
-_STREAM, _KIND, _GROUP = 0, 1, 4
+_STREAM, _KIND, _GROUP = (FIELDS.index(name) for name in ("stream", "kind", "group"))
 
 # Worth sending again: the collector is busy or restarting, or a proxy in front
 # of it could not reach it. Any other answer refuses the batch for good: it is
