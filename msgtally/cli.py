@@ -26,7 +26,7 @@ _EXTRAS = {
     "sqlalchemy": "collector",
     "psycopg": "collector",
     "pydantic": "collector",
-    "pydantic_settings": "slo",
+    "pydantic_settings": "collector",
     "yaml": "slo",
     "grafana_foundation_sdk": "slo",
 }

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING
+
+from msgtally.names import DEFAULT_BUCKETS
 
 from .errors import CommandError
+
+# The collector's setting, read here without the collector's settings (its extra).
+BUCKETS_ENV = "MSGTALLY_LATENCY_BUCKETS"
 
 if TYPE_CHECKING:
     from msgtally.slis.spec import Spec
@@ -22,9 +28,36 @@ def parse_buckets(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a comma-separated list of seconds"
         ) from None
+    return _increasing(bounds, text)
+
+
+def _increasing(bounds: list[float], text: str) -> list[float]:
     if not bounds or bounds != sorted(set(bounds)):
         raise argparse.ArgumentTypeError(f"{text!r}: bucket bounds must be strictly increasing")
     return bounds
+
+
+def spec_buckets(args: argparse.Namespace) -> tuple[float, ...]:
+    """The latency bounds a spec's thresholds must be among: --buckets, else
+    MSGTALLY_LATENCY_BUCKETS (a JSON list, as the collector reads it), else the default."""
+    if args.latency_buckets:
+        return tuple(args.latency_buckets)
+    raw = os.environ.get(BUCKETS_ENV)
+    if raw is None:
+        return DEFAULT_BUCKETS
+    try:
+        bounds = json.loads(raw)
+        if not isinstance(bounds, list) or not all(
+            type(b) in (int, float) for b in bounds
+        ):
+            raise ValueError
+        return tuple(_increasing([float(b) for b in bounds], raw))
+    except (ValueError, argparse.ArgumentTypeError):
+        raise CommandError(
+            f"{BUCKETS_ENV}={raw!r}: must be a JSON list of strictly increasing seconds, "
+            "e.g. [0.1,0.5,2.5]",
+            code=2,
+        ) from None
 
 
 def add_buckets(p: argparse.ArgumentParser, flag: str, what: str) -> None:
@@ -38,21 +71,18 @@ def add_buckets(p: argparse.ArgumentParser, flag: str, what: str) -> None:
     )
 
 
-def _load(args: argparse.Namespace, problems_to: TextIO) -> Spec:
-    """The spec, or every problem printed (one per line) and a CommandError."""
+def _load(args: argparse.Namespace) -> Spec:
+    """The spec, or every problem printed to stderr (one per line) and a CommandError."""
     from msgtally.slis.spec.load import read_spec_file
     from msgtally.slis.spec.yamldoc import SpecError
 
-    from .settings import settings_from_args
-
-    buckets = settings_from_args(args).latency_buckets
     try:
-        return read_spec_file(args.spec, buckets=buckets)
+        return read_spec_file(args.spec, buckets=spec_buckets(args))
     except OSError as exc:
         raise CommandError(f"cannot read {args.spec}: {exc.strerror}") from None
     except SpecError as exc:
         for problem in exc.problems:
-            print(f"{args.spec}: {problem}", file=problems_to)
+            print(f"{args.spec}: {problem}", file=sys.stderr)
         raise CommandError(f"{len(exc.problems)} problem(s) in {args.spec}") from None
 
 
@@ -61,7 +91,7 @@ def _wrote(path: Path, what: str) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    spec = _load(args, sys.stdout)  # the problems are what `check` is asked for
+    spec = _load(args)
     print(
         f"{args.spec}: ok ({len(spec.slos)} SLOs, service {spec.service}, "
         f"period {spec.period.text})"
@@ -77,7 +107,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 
     if args.tests and not args.output:
         raise CommandError("--tests needs -o/--output (the tests load the rule file)", code=2)
-    spec = _load(args, sys.stderr)
+    spec = _load(args)
     rules = generate(spec)
     text = render_rules(rules, spec.service)
     try:
@@ -105,7 +135,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 def cmd_dashboards(args: argparse.Namespace) -> int:
     from msgtally.dashboards import generate, render_dashboard
 
-    spec = _load(args, sys.stderr)
+    spec = _load(args)
     directory = Path(args.output)
     try:
         directory.mkdir(parents=True, exist_ok=True)

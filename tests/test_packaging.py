@@ -23,6 +23,7 @@ COLLECTOR_ONLY = (
     "grafana_foundation_sdk",
 )
 SERVICE_PACKAGES = ("ingest", "alerts", "slis", "reconcile", "dashboards")
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "checkout.yml"
 
 
 def _python(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -91,10 +92,12 @@ def test_generating_rules_and_dashboards_never_imports_the_store(tmp_path: Path)
         "spec = load_spec('version: msgtally/v1\\nservice: s\\nslos:\\n"
         "  - {name: d, stream: orders, sli: delivery, objective: 99.9}\\n')\n"
         "render_rules(generate(spec), 's'); generate_tests(spec, 'rules.yml'); boards(spec)\n"
+        "from msgtally.cli import main\n"
+        f"assert main(['check', {str(EXAMPLE)!r}]) == 0\n"
         "print(json.dumps(sorted(sys.modules)))\n"
     )
     proc = _python(code, tmp_path)
     assert proc.returncode == 0, proc.stderr
-    loaded = {name.split(".")[0] for name in json.loads(proc.stdout)}
-    store = {"sqlalchemy", "psycopg", "fastapi", "starlette", "uvicorn", "msgspec"}
+    loaded = {name.split(".")[0] for name in json.loads(proc.stdout.splitlines()[-1])}
+    store = {"sqlalchemy", "psycopg", "fastapi", "starlette", "uvicorn", "msgspec", "pydantic"}
     assert loaded.isdisjoint(store), sorted(loaded & store)

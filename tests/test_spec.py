@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -228,14 +229,27 @@ def test_check_command(tmp_path: Path) -> None:
     assert "ok (2 SLOs, service checkout, period 30d)" in ok.stdout
     out = subprocess.run([*CLI, "check", str(bad)], capture_output=True, text=True)
     assert out.returncode == 1
-    lines = out.stdout.splitlines()
-    assert len(lines) == 14
-    assert f"{bad}: line 13: slo 'b': slos[1].threshold: 2.4 s is not a bucket bound" in out.stdout
+    assert out.stdout == ""  # every problem goes to stderr, as for `alerts` and `dashboards`
+    *problems, summary = out.stderr.splitlines()
+    assert len(problems) == 14
+    assert summary.endswith(f"14 problem(s) in {bad}")
+    assert f"{bad}: line 13: slo 'b': slos[1].threshold: 2.4 s is not a bucket bound" in out.stderr
     custom = subprocess.run(
         [*CLI, "check", str(good), "--buckets", "1,2"], capture_output=True, text=True
     )
     assert custom.returncode == 1
-    assert "(bounds: 1.0, 2.0)" in custom.stdout
+    assert "(bounds: 1.0, 2.0)" in custom.stderr
+    # the collector's own setting, as `msgtally serve` reads it
+    env = {**os.environ, "MSGTALLY_LATENCY_BUCKETS": "[1, 2.4]"}
+    from_env = subprocess.run([*CLI, "check", str(bad)], capture_output=True, text=True, env=env)
+    assert "line 13: slo 'b': slos[1].threshold" not in from_env.stderr  # 2.4 s is a bound
+    from_env = subprocess.run([*CLI, "check", str(good)], capture_output=True, text=True, env=env)
+    assert "2.5 s is not a bucket bound" in from_env.stderr
+    assert "(bounds: 1.0, 2.4)" in from_env.stderr
+    env["MSGTALLY_LATENCY_BUCKETS"] = "[2, 1]"
+    refused = subprocess.run([*CLI, "check", str(good)], capture_output=True, text=True, env=env)
+    assert refused.returncode == 2
+    assert "MSGTALLY_LATENCY_BUCKETS='[2, 1]': must be a JSON list" in refused.stderr
     missing = subprocess.run([*CLI, "check", str(tmp_path / "no.yml")], capture_output=True)
     assert missing.returncode == 1
 

@@ -1,0 +1,42 @@
+"""The names table: every part that restates it agrees with it."""
+
+from __future__ import annotations
+
+from msgtally.alerts.promtests import EVENTS, _ratio_steps
+from msgtally.ingest.tables import tallies
+from msgtally.names import (
+    COUNT_FIELDS,
+    COUNTERS,
+    INDICATORS,
+    TALLY_FIELDS,
+    LatencyIndicator,
+    RatioIndicator,
+    SLIKind,
+)
+from msgtally.reconcile import _engine
+
+
+def test_every_sli_kind_has_one_indicator_over_known_counts() -> None:
+    assert set(INDICATORS) == set(SLIKind)
+    for ind in INDICATORS.values():
+        if isinstance(ind, RatioIndicator):
+            for column in (*ind.errors, *ind.total, *ind.good):
+                assert column in COUNTERS, column
+        else:
+            assert isinstance(ind, LatencyIndicator)
+
+
+def test_the_engine_and_the_store_keep_the_same_counts() -> None:
+    assert _engine.TALLY_FIELDS == TALLY_FIELDS
+    assert set(COUNTERS) == set(COUNT_FIELDS)
+    assert set(TALLY_FIELDS) <= set(tallies.c.keys())
+
+
+def test_generated_promtool_series_hold_the_ratio_of_each_kind() -> None:
+    for ind in INDICATORS.values():
+        if not isinstance(ind, RatioIndicator):
+            continue
+        steps = _ratio_steps(ind, 7)
+        errors = sum(steps[c] for c in ind.errors)
+        total = sum(steps[c] for c in ind.total)
+        assert (errors, total) == (7, EVENTS), ind
