@@ -10,9 +10,9 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from .cardinality import NameGuard
 from .ingest_metrics import IngestMetrics, ingest_metrics
 from .intake import Intake
-from .names import NameGuard
 from .problems import problem
 from .schema import Envelope, Record, RecordError, parse_body
 from .writer import write_batch

@@ -14,8 +14,8 @@ import time
 from sqlalchemy import Connection, Engine, case, insert
 
 from . import logbody
+from .cardinality import NameGuard
 from .db import upsert, write_tx
-from .names import NameGuard
 from .schema import Batch, DropReport
 from .tables import log, log_pending, shim_drops
 

@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 from msgtally.ingest import problems
 from msgtally.ingest.api import BODY_SCHEMAS
 from msgtally.ingest.api import router as ingest_router
+from msgtally.ingest.cardinality import NameGuard
 from msgtally.ingest.db import checkpoint_wal
 from msgtally.ingest.ingest_metrics import ingest_metrics
 from msgtally.ingest.intake import Intake
@@ -25,7 +26,6 @@ from msgtally.ingest.limits import (
     DEFAULT_MAX_SERIES,
     DEFAULT_READ_TIMEOUT,
 )
-from msgtally.ingest.names import NameGuard
 from msgtally.reconcile import LeaseHeld, ReconcileConfig, Reconciler
 from msgtally.slis.read.api import router as slis_router
 from msgtally.slis.read.exposition import StoreCollector
