@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from msgtally.names import COUNT_FIELDS
+
 DEFAULT_DEADLINE = 300.0
 
 
@@ -33,19 +35,7 @@ class Record(NamedTuple):
     span_id: str | None = None
     record_id: str | None = None
 
-COUNT_NAMES = (
-    "produced",
-    "delivered",
-    "lost",
-    "late",
-    "recovered",
-    "unexpected",
-    "duplicated",
-    "retried",
-    "attempts",
-    "dead_lettered",
-    "consume_errors",
-)
+COUNT_NAMES = COUNT_FIELDS  # the names are the contract; the logic below is independent
 # The kinds of discrepancy report an id can appear in (per stream and group).
 ID_KINDS = ("lost", "late", "duplicated", "unexpected", "dead_lettered", "recovered")
 
