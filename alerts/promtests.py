@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import math
 import re
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
 from msgtally.names import (
     ABSENT_ALERT,
     BURN_ALERT,
+    CONTRACT_ALERT,
     INDICATORS,
     SLI_RECORD,
     RatioIndicator,
@@ -29,8 +31,10 @@ from msgtally.names import (
     counter,
 )
 from msgtally.slis.spec.budget import error_budget
-from msgtally.slis.spec.model import SLO, Spec
+from msgtally.slis.spec.model import SLO, Contract, Spec
+from msgtally.slis.spec.semantics import BREACH_COUNTS, FORBIDS, Breach
 
+from .contracts import breach_alert
 from .promql import PRODUCED, quote
 from .rules import absent_alert, burn_alert, num, sli_labels
 from .windows import Window, format_duration, scale
@@ -38,7 +42,10 @@ from .windows import Window, format_duration, scale
 EVENTS = 1_000_000  # events per sample step: fine enough for a 1 % margin at any budget
 MARGIN = 0.01  # "just above" and "just below": 1 % off the threshold
 STEPS_PER_SHORT = 5  # samples within the shortest window of a file
-_LABELS_TEMPLATE = re.compile(r"\{\{\s*\$labels\.([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}")
+# `{{ $labels.NAME }}`, `{{ $labels.NAME | urlquery }}` and `{{ $value }}`.
+_TEMPLATE = re.compile(
+    r"\{\{\s*(?:\$labels\.([a-zA-Z_][a-zA-Z0-9_]*)(\s*\|\s*urlquery)?|\$value)\s*\}\}"
+)
 TestFile = dict[str, Any]
 
 
@@ -102,22 +109,36 @@ def errors_for(slo: SLO, w: Window, above: bool) -> int | None:
     return errors
 
 
-def _expand(text: str, labels: Mapping[str, str]) -> str:
-    """What Prometheus makes of an annotation: only `{{ $labels.NAME }}` is predictable."""
-    out = _LABELS_TEMPLATE.sub(lambda m: labels.get(m[1], ""), text)
+def _expand(text: str, labels: Mapping[str, str], value: float | None = None) -> str:
+    """What Prometheus makes of an annotation: labels (Go's urlquery is quote_plus) and,
+    where the test knows it, the value."""
+
+    def one(m: re.Match[str]) -> str:
+        if m[1] is None:
+            if value is None:
+                raise ValueError(f"annotation {text!r}: this test cannot predict $value")
+            return num(value)
+        label = labels.get(m[1], "")
+        return urllib.parse.quote_plus(label) if m[2] else label
+
+    out = _TEMPLATE.sub(one, text)
     if "{{" in out:
         raise ValueError(
             f"annotation {text!r}: promtool tests can only predict {{{{ $labels.NAME }}}} "
-            "templates; write the tests by hand or drop the template"
+            "and {{{{ $value }}}} templates; write the tests by hand or drop the template"
         )
     return out
 
 
-def _expected(rule: Mapping[str, Any], series_labels: Mapping[str, str]) -> dict[str, Any]:
+def _expected(
+    rule: Mapping[str, Any], series_labels: Mapping[str, str], value: float | None = None
+) -> dict[str, Any]:
     labels = {**series_labels, **rule["labels"]}
     return {
         "exp_labels": labels,
-        "exp_annotations": {k: _expand(v, labels) for k, v in rule["annotations"].items()},
+        "exp_annotations": {
+            k: _expand(v, labels, value) for k, v in rule["annotations"].items()
+        },
     }
 
 
@@ -256,9 +277,78 @@ def generate_tests(spec: Spec, rule_file: str) -> dict[str, TestFile]:
                 "evaluation_interval": format_duration(_interval((w,))),
                 "tests": tests,
             }
-    files[f"{spec.service}.quiet.test.yml"] = {
-        "rule_files": [rule_file],
-        "evaluation_interval": quiet_tests(spec, windows)[0]["interval"],
-        "tests": quiet_tests(spec, windows),
-    }
+    if spec.slos:
+        files[f"{spec.service}.quiet.test.yml"] = {
+            "rule_files": [rule_file],
+            "evaluation_interval": quiet_tests(spec, windows)[0]["interval"],
+            "tests": quiet_tests(spec, windows),
+        }
+    if spec.contracts:
+        files[f"{spec.service}.contracts.test.yml"] = {
+            "rule_files": [rule_file],
+            "evaluation_interval": "1m",
+            "tests": contract_tests(spec),
+        }
     return files
+
+
+def _contract_labels(spec: Spec, contract: Contract) -> dict[str, str]:
+    """Series a contract covers: its group, or a group of the stream without its own."""
+    if contract.group is not None:
+        return {"stream": contract.stream, "group": contract.group}
+    group = "any-group"
+    while group in spec.own_groups(contract.stream):
+        group += "-other"
+    return {"stream": contract.stream, "group": group}
+
+
+def contract_tests(spec: Spec) -> list[dict[str, Any]]:
+    """Per contract, one loss and one duplicate (minute 11): the forbidden one pages at
+    once with its count and stops when the window has passed; the allowed one never
+    fires; counters that do not move fire nothing."""
+    tests: list[dict[str, Any]] = []
+    idle: list[dict[str, str]] = []
+    for contract in spec.contracts:
+        labels = _contract_labels(spec, contract)
+        for breach in Breach:
+            forbidden = breach in FORBIDS[contract.semantics]
+            expected = [_expected(breach_alert(spec, contract, breach), labels, 1)]
+            series = [
+                {
+                    "series": _selector(counter(BREACH_COUNTS[b]), labels),
+                    "values": "0x10 1x10" if b is breach else "0x20",
+                }
+                for b in Breach
+            ]
+            tests.append(
+                {
+                    "name": f"{labels['stream']} / {labels['group']} "
+                    f"({contract.semantics.value}): one {breach.value} "
+                    + ("pages" if forbidden else "is allowed"),
+                    "interval": "1m",
+                    "input_series": series,
+                    "alert_rule_test": [
+                        {
+                            "eval_time": "11m",
+                            "alertname": CONTRACT_ALERT,
+                            "exp_alerts": expected if forbidden else [],
+                        },
+                        {"eval_time": "16m", "alertname": CONTRACT_ALERT, "exp_alerts": []},
+                    ],
+                }
+            )
+        idle += [
+            {"series": _selector(counter(BREACH_COUNTS[b]), labels), "values": "7+0x20"}
+            for b in Breach
+        ]
+    tests.append(
+        {
+            "name": "idle streams: breach counters that do not move fire nothing",
+            "interval": "1m",
+            "input_series": idle,
+            "alert_rule_test": [
+                {"eval_time": "11m", "alertname": CONTRACT_ALERT, "exp_alerts": []}
+            ],
+        }
+    )
+    return tests

@@ -30,6 +30,8 @@ from msgtally.names import (
 from msgtally.slis.spec.budget import error_budget, objective_ratio
 from msgtally.slis.spec.model import SLO, Spec
 
+from .contracts import GROUP_NAME as CONTRACT_GROUP
+from .contracts import contract_rules
 from .promql import error_ratio, presence, quote
 from .windows import Window, format_duration, rule_windows, scale
 
@@ -195,4 +197,8 @@ def generate(spec: Spec) -> dict[str, list[Group]]:
             *alert_rules(spec, slo, windows),
         ]
         groups.append({"name": f"msgtally-{spec.service}-{slo.name}", "rules": rules})
+    if spec.contracts:
+        groups.append(
+            {"name": CONTRACT_GROUP.format(service=spec.service), "rules": contract_rules(spec)}
+        )
     return {"groups": groups}

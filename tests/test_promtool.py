@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from msgtally.slis.spec import read_spec_file
 from tests.conftest import service_unavailable
 from tests.slo_examples import EXAMPLES, generated_tests_dir, spec_files, stem
 
@@ -45,7 +46,8 @@ def distinct_rules() -> list[Path]:
 def test_promtool_test_rules(spec: Path) -> None:
     directory = generated_tests_dir(spec)
     files = sorted(p.name for p in directory.glob("*.test.yml"))
-    assert len(files) == 5  # four tiers and the quiet file
+    # four tiers and the quiet file, and the contracts file where the spec has contracts
+    assert len(files) == 5 + bool(read_spec_file(spec).contracts)
     out = run(tool("promtool"), "test", "rules", *files, cwd=directory)
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.count("SUCCESS") == len(files)
@@ -68,17 +70,22 @@ def test_amtool_check_config(spec: Path) -> None:
         (("(1 * 0.001)", "(0.9 * 0.001)"), "checkout.ticket-3d.test.yml"),
         # No guard on the denominator: zero traffic gives NaN, the quiet test notices.
         ((" > 0)", ")"), "checkout.quiet.test.yml"),
+        # A contract that lets one breach through: the contract tests notice.
+        (("offset 5m)\n      > 0", "offset 5m)\n      > 1"), "payments.contracts.test.yml"),
+        # A stream-wide contract that forgets a group's own: its allowed loss would page.
+        ((',group!="notifier"', ""), "payments.contracts.test.yml"),
     ],
 )
 def test_generated_tests_catch_a_broken_rule(
     change: tuple[str, str], test_file: str, tmp_path: Path
 ) -> None:
     """The promtool tests are a proof only if they fail on wrong rules."""
-    rules = (EXAMPLES / "checkout.rules.yml").read_text()
+    name = test_file.split(".")[0]
+    rules = (EXAMPLES / f"{name}.rules.yml").read_text()
     assert change[0] in rules
-    (tmp_path / "checkout.rules.yml").write_text(rules.replace(change[0], change[1]))
+    (tmp_path / f"{name}.rules.yml").write_text(rules.replace(change[0], change[1]))
     (tmp_path / "t").mkdir()
-    test = (EXAMPLES / "checkout.tests" / test_file).read_text()
+    test = (EXAMPLES / f"{name}.tests" / test_file).read_text()
     (tmp_path / "t" / test_file).write_text(test)
     out = run(tool("promtool"), "test", "rules", test_file, cwd=tmp_path / "t")
     assert out.returncode != 0

@@ -7,13 +7,16 @@ value is accepted or refused the same way whatever format it came in.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from enum import StrEnum
+from typing import Any, TypeVar
 
 from msgtally.names import SLIKind, bucket_label
 
 from .fields import FieldReader
-from .model import DEFAULT_PERIOD, SLO, Alerting, Period
+from .model import DEFAULT_PERIOD, SLO, Alerting, Contract, Period
 from .yamldoc import Path
+
+E = TypeVar("E", bound=StrEnum)
 
 
 def read_period(r: FieldReader, m: dict[str, Any], key: str, path: Path) -> Period | None:
@@ -37,11 +40,12 @@ def check_unique(r: FieldReader, names: list[Any], paths: list[Path]) -> None:
         seen.add(name)
 
 
-def read_sli(r: FieldReader, value: Any, path: Path) -> SLIKind | None:
+def read_choice(r: FieldReader, choices: type[E], value: Any, path: Path) -> E | None:
+    """One of an enum's values (SLI kind, semantics), or a problem listing them."""
     try:
-        return SLIKind(value)
+        return choices(value)
     except ValueError:
-        r.problem(path, f"has value {value!r}. Must be one of: {', '.join(SLIKind)}.")
+        r.problem(path, f"has value {value!r}. Must be one of: {', '.join(choices)}.")
         return None
 
 
@@ -95,3 +99,28 @@ def check_slo(
         description=description,
         alerting=alerting or Alerting(),
     )
+
+
+def check_contracts(
+    r: FieldReader, contracts: Sequence[Contract], paths: Sequence[Path], slo_streams: set[str]
+) -> None:
+    """One contract per (stream, group); with SLOs, only on a stream they measure (a typo
+    there would leave a contract that never fires)."""
+    seen: dict[tuple[str, str | None], Path] = {}
+    for contract, path in zip(contracts, paths, strict=True):
+        key = (contract.stream, contract.group)
+        where = f"group {contract.group!r}" if contract.group else "every group"
+        if key in seen:
+            first = r.doc.line(seen[key])
+            r.problem(
+                path,
+                f"stream {contract.stream!r}, {where}: a second contract (the first is at "
+                f"line {first}); one contract per stream and group",
+            )
+        seen.setdefault(key, path)
+        if slo_streams and contract.stream not in slo_streams:
+            r.problem(
+                (*path, "stream"),
+                f"stream {contract.stream!r} is not measured by any SLO of this spec "
+                f"(streams: {', '.join(sorted(slo_streams))})",
+            )

@@ -13,6 +13,8 @@ from types import MappingProxyType
 
 from msgtally.names import SLIKind
 
+from .semantics import Semantics
+
 VERSION = "msgtally/v1"
 DEFAULT_PERIOD = "30d"
 # The `group` label value of an SLO over every consumer group of its stream.
@@ -86,11 +88,38 @@ class SLO:
 
 
 @dataclass(frozen=True)
+class Contract:
+    """The delivery semantics a stream (or one of its groups) promises."""
+
+    stream: str
+    semantics: Semantics
+    group: str | None = None  # None: every group of the stream without its own contract
+
+    @property
+    def group_label(self) -> str:
+        return self.group if self.group is not None else ALL_GROUPS
+
+
+@dataclass(frozen=True)
 class Spec:
     service: str
     slos: tuple[SLO, ...]
     period: Period = field(default_factory=lambda: Period.parse(DEFAULT_PERIOD))
     labels: Mapping[str, str] = field(default_factory=lambda: _frozen(None))
+    contracts: tuple[Contract, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", _frozen(self.labels))
+
+    def contract_for(self, stream: str, group: str) -> Contract | None:
+        """A group's own contract, else its stream's, else None."""
+        on_stream = [c for c in self.contracts if c.stream == stream]
+        own = [c for c in on_stream if c.group == group]
+        wide = [c for c in on_stream if c.group is None]
+        for contract in (*own, *wide):
+            return contract
+        return None
+
+    def own_groups(self, stream: str) -> tuple[str, ...]:
+        """The groups of `stream` with a contract of their own."""
+        return tuple(c.group for c in self.contracts if c.stream == stream and c.group)

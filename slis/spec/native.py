@@ -5,23 +5,29 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .checks import check_slo, check_unique, read_period, read_sli
+from msgtally.names import SLIKind
+
+from .checks import check_contracts, check_slo, check_unique, read_choice, read_period
 from .fields import FieldReader
-from .model import ALL_GROUPS, SLO, VERSION, Alerting, Notify, Spec
+from .model import ALL_GROUPS, SLO, VERSION, Alerting, Contract, Notify, Spec
+from .semantics import Semantics
 from .yamldoc import Doc, Path, Problem
 
-_TOP = ("version", "service", "period", "labels", "slos")
+_TOP = ("version", "service", "period", "labels", "slos", "contracts")
 _SLO = ("name", "stream", "group", "sli", "objective", "threshold", "description", "alerting")
 _ALERTING = ("page", "ticket", "runbook", "disable")
 _NOTIFY = ("labels", "annotations", "disable")
+_CONTRACT = ("stream", "group", "semantics")
 
 
 def read_native(doc: Doc, buckets: Sequence[float]) -> tuple[Spec | None, list[Problem]]:
     """A `msgtally/v1` document -> (Spec, problems); Spec is None when there are problems."""
     r = FieldReader(doc)
-    top = r.mapping(doc.data, (), _TOP, required=("version", "service", "slos"))
+    top = r.mapping(doc.data, (), _TOP, required=("version", "service"))
     if top is None:
         return None, r.problems
+    if "slos" not in top and "contracts" not in top:
+        r.problem((), "needs 'slos', 'contracts' or both")
     version = top.get("version")
     if "version" in top and version != VERSION:
         r.problem(("version",), f"has value {version!r}. Must be {VERSION!r}.")
@@ -40,9 +46,42 @@ def read_native(doc: Doc, buckets: Sequence[float]) -> tuple[Spec | None, list[P
                 slos.append(slo)
         names = [i.get("name") if isinstance(i, dict) else None for i in raw]
         check_unique(r, names, [("slos", i, "name") for i in range(len(raw))])
+    contracts = _read_contracts(r, top, {slo.stream for slo in slos})
     if r.problems or service is None or period is None:
         return None, r.problems
-    return Spec(service=service, period=period, labels=labels, slos=tuple(slos)), r.problems
+    spec = Spec(
+        service=service, period=period, labels=labels, slos=tuple(slos), contracts=contracts
+    )
+    return spec, r.problems
+
+
+def _read_contracts(
+    r: FieldReader, top: dict[str, Any], slo_streams: set[str]
+) -> tuple[Contract, ...]:
+    if "contracts" not in top:
+        return ()
+    raw = top["contracts"]
+    if not isinstance(raw, list) or not raw:
+        r.problem(("contracts",), "must be a non-empty list of contracts")
+        return ()
+    contracts: list[Contract] = []
+    paths: list[Path] = []
+    for i, item in enumerate(raw):
+        path: Path = ("contracts", i)
+        m = r.mapping(item, path, _CONTRACT, required=("stream", "semantics"))
+        if m is None:
+            continue
+        stream = r.string(m, "stream", path)
+        group = r.string(m, "group", path)
+        if group == ALL_GROUPS:
+            r.problem((*path, "group"), f"{ALL_GROUPS!r} stands for every group: omit the field")
+            continue
+        semantics = read_choice(r, Semantics, m.get("semantics"), (*path, "semantics"))
+        if stream is not None and semantics is not None:
+            contracts.append(Contract(stream=stream, group=group, semantics=semantics))
+            paths.append(path)
+    check_contracts(r, contracts, paths, slo_streams)
+    return tuple(contracts)
 
 
 def _read_slo(r: FieldReader, item: Any, path: Path, buckets: Sequence[float]) -> SLO | None:
@@ -58,7 +97,7 @@ def _read_slo(r: FieldReader, item: Any, path: Path, buckets: Sequence[float]) -
     if group == ALL_GROUPS:
         r.problem((*path, "group"), f"{ALL_GROUPS!r} stands for every group: omit the field")
         group = None
-    sli = read_sli(r, m.get("sli"), (*path, "sli")) if "sli" in m else None
+    sli = read_choice(r, SLIKind, m.get("sli"), (*path, "sli")) if "sli" in m else None
     objective = r.number(m, "objective", path)
     threshold = r.number(m, "threshold", path)
     description = r.string(m, "description", path)
