@@ -29,6 +29,7 @@ from msgtally.ingest.limits import (
 from msgtally.reconcile import LeaseHeld, ReconcileConfig, Reconciler
 from msgtally.slis.read.api import router as slis_router
 from msgtally.slis.read.exposition import StoreCollector
+from msgtally.slis.spec.model import Spec
 
 from .auth import BearerAuth
 from .health import router as health_router
@@ -116,8 +117,10 @@ def create_app(
     token: str | None = None,
     metrics_open: bool = False,
     reconcile_interval: float | None = None,
+    spec: Spec | None = None,
 ) -> FastAPI:
-    """The collector. With `reconcile_interval`, it also runs the reconcile loop."""
+    """The collector. With `reconcile_interval`, it also runs the reconcile loop; with
+    an SLO `spec`, its SLIs carry the delivery contracts the spec declares."""
     config = config or ReconcileConfig()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StoreCollector(engine, config.latency_buckets))
@@ -136,6 +139,7 @@ def create_app(
 
     app = FastAPI(title="msgtally collector", version="0.1.0", lifespan=lifespan)
     app.state.engine = engine
+    app.state.spec = spec
     app.state.registry = registry
     ingest_metrics(app.state)  # the ingest counters, at 0 from the first scrape
     app.state.intake = Intake(max_body, max_inflight, read_timeout)

@@ -11,12 +11,18 @@ import sys
 import time
 import traceback
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from msgtally import __version__
 from msgtally.ingest.store_url import DEFAULT_DB_URL
 
 from . import slo_commands
 from .errors import CommandError
+
+if TYPE_CHECKING:
+    from msgtally.slis.spec.model import Spec
+
+    from .settings import Settings
 
 # Where a missing module comes from: the extra that installs it.
 _EXTRAS = {
@@ -45,6 +51,21 @@ def _add_db(p: argparse.ArgumentParser) -> None:
         help=f"store URL or SQLite file path (default: MSGTALLY_DB or {DEFAULT_DB_URL}); "
         "PostgreSQL: postgresql+psycopg://user@host/dbname",
     )
+
+
+def _add_spec(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--spec",
+        metavar="FILE",
+        help="an SLO spec whose delivery contracts to show beside the figures "
+        "(default: MSGTALLY_SPEC)",
+    )
+
+
+def _spec(settings: Settings) -> Spec | None:
+    if settings.spec is None:
+        return None
+    return slo_commands.load_spec_file(settings.spec, settings.latency_buckets)
 
 
 def _add_reconcile(p: argparse.ArgumentParser) -> None:
@@ -108,8 +129,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     sock = _listen(settings.host, settings.port)
     options = settings.collector_options()
+    spec = _spec(settings)
     engine = open_engine(settings.db)
-    app = create_app(engine, settings.reconcile_config(), **options)
+    app = create_app(engine, settings.reconcile_config(), spec=spec, **options)
     loop = f"every {settings.interval:g}s" if settings.reconcile else "off"
     print(
         f"msgtally collector on http://{settings.host}:{settings.port} "
@@ -168,15 +190,17 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from msgtally.ingest.db import open_engine
+    from msgtally.slis.read.figures import with_contracts
     from msgtally.slis.read.query import read_slis
     from msgtally.slis.read.report import render_table
 
     from .settings import settings_from_args
 
     settings = settings_from_args(args)
+    spec = _spec(settings)
     engine = open_engine(settings.db, create=False)  # a report never makes a store
     with engine.connect() as conn:
-        everything = read_slis(conn)
+        everything = with_contracts(read_slis(conn), spec)
     slis = [
         s
         for s in everything
@@ -229,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_db(p)
     _add_reconcile(p)
+    _add_spec(p)
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8410)")
     p.add_argument(
@@ -285,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print the SLIs per stream and consumer group.",
     )
     _add_db(p)
+    _add_spec(p)
     p.add_argument("--json", action="store_true", help="a JSON list of objects")
     p.add_argument("--stream", help="only this stream")
     p.add_argument("--group", help="only this consumer group")

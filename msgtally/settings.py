@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     max_series: int = Field(default=DEFAULT_MAX_SERIES, ge=1)
     token: str | None = None  # MSGTALLY_TOKEN; --token-file reads it from a file
     token_file: str | None = None
+    spec: str | None = None  # an SLO spec whose delivery contracts the SLIs show
     metrics_open: bool = False
     reconcile: bool = True
     interval: float = Field(default=0.5, gt=0)
@@ -109,7 +110,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     overrides: dict[str, object] = {}
     for name in (
         "db", "host", "port", "deadline", "settle", "remember", "interval", "max_body",
-        "max_inflight", "read_timeout", "max_series", "token_file",
+        "max_inflight", "read_timeout", "max_series", "token_file", "spec",
     ):  # fmt: skip
         value = getattr(args, name, None)
         if value is not None:

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -71,19 +72,23 @@ def add_buckets(p: argparse.ArgumentParser, flag: str, what: str) -> None:
     )
 
 
-def _load(args: argparse.Namespace) -> Spec:
+def load_spec_file(path: str, buckets: Sequence[float]) -> Spec:
     """The spec, or every problem printed to stderr (one per line) and a CommandError."""
     from msgtally.slis.spec.load import read_spec_file
     from msgtally.slis.spec.yamldoc import SpecError
 
     try:
-        return read_spec_file(args.spec, buckets=spec_buckets(args))
+        return read_spec_file(path, buckets=buckets)
     except OSError as exc:
-        raise CommandError(f"cannot read {args.spec}: {exc.strerror}") from None
+        raise CommandError(f"cannot read {path}: {exc.strerror}") from None
     except SpecError as exc:
         for problem in exc.problems:
-            print(f"{args.spec}: {problem}", file=sys.stderr)
-        raise CommandError(f"{len(exc.problems)} problem(s) in {args.spec}") from None
+            print(f"{path}: {problem}", file=sys.stderr)
+        raise CommandError(f"{len(exc.problems)} problem(s) in {path}") from None
+
+
+def _load(args: argparse.Namespace) -> Spec:
+    return load_spec_file(args.spec, spec_buckets(args))
 
 
 def _wrote(path: Path, what: str) -> None:

@@ -11,6 +11,8 @@ import pytest
 
 from msgtally.names import SLIKind
 from msgtally.slis.spec import SLO, Alerting, Notify, Period, SpecError, check_spec, load_spec
+from msgtally.slis.spec.model import Contract
+from msgtally.slis.spec.semantics import Semantics
 from msgtally.slis.spec.yamldoc import Problem
 from tests.slo_examples import EXAMPLES
 
@@ -279,3 +281,82 @@ def test_group_star_is_reserved() -> None:
         "    group: billing\n    sli: delivery", '    group: "*"\n    sli: delivery'
     )
     assert [(p.line, p.field) for p in check_spec(text)] == [(8, "slos[0].group")]
+
+
+CONTRACTS = """\
+version: msgtally/v1
+service: payments
+slos:
+  - {name: d, stream: payments, sli: delivery, objective: 99.9}
+  - {name: l, stream: ledger, sli: delivery, objective: 99}
+contracts:
+  - stream: payments
+    semantics: exactly-once
+  - stream: ledger
+    semantics: at-least-once
+  - stream: ledger
+    group: notifier
+    semantics: at-most-once
+"""
+
+
+def test_contracts_load_and_the_most_specific_applies() -> None:
+    spec = load_spec(CONTRACTS)
+    assert spec.contracts == (
+        Contract("payments", Semantics.EXACTLY_ONCE),
+        Contract("ledger", Semantics.AT_LEAST_ONCE),
+        Contract("ledger", Semantics.AT_MOST_ONCE, group="notifier"),
+    )
+    assert spec.contract_for("payments", "billing") == spec.contracts[0]
+    assert spec.contract_for("ledger", "archive") == spec.contracts[1]
+    assert spec.contract_for("ledger", "notifier") == spec.contracts[2]
+    assert spec.contract_for("clicks", "any") is None
+    assert spec.own_groups("ledger") == ("notifier",)
+
+
+def test_a_spec_of_contracts_alone_is_valid() -> None:
+    spec = load_spec(
+        "version: msgtally/v1\nservice: s\ncontracts:\n"
+        "  - {stream: orders, semantics: at-least-once}\n"
+    )
+    assert (spec.slos, spec.contracts) == ((), (Contract("orders", Semantics.AT_LEAST_ONCE),))
+    assert check_spec("version: msgtally/v1\nservice: s\n")[0].message == (
+        "needs 'slos', 'contracts' or both"
+    )
+
+
+BAD_CONTRACTS = """\
+version: msgtally/v1
+service: payments
+slos:
+  - {name: d, stream: payments, sli: delivery, objective: 99.9}
+contracts:
+  - stream: payments
+    semantics: exactly-once
+  - stream: paymnets
+    semantics: at-least-once
+  - stream: payments
+    semantics: exactly-once
+  - stream: payments
+    group: "*"
+    semantics: at-most-once
+  - stream: payments
+    semantics: once
+    colour: red
+  - semantics: at-most-once
+"""
+
+
+def test_every_contract_problem_with_line_and_field() -> None:
+    got = {(p.line, p.field): p.message for p in check_spec(BAD_CONTRACTS)}
+    assert got == {
+        (8, "contracts[1].stream"): "stream 'paymnets' is not measured by any SLO of this "
+        "spec (streams: payments)",
+        (10, "contracts[2]"): "stream 'payments', every group: a second contract (the first "
+        "is at line 6); one contract per stream and group",
+        (13, "contracts[3].group"): "'*' stands for every group: omit the field",
+        (16, "contracts[4].semantics"): "has value 'once'. Must be one of: at-most-once, "
+        "at-least-once, exactly-once.",
+        (17, "contracts[4].colour"): "unknown field (known: group, semantics, stream)",
+        (18, "contracts[5]"): "missing required field 'stream'",
+    }

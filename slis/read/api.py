@@ -14,6 +14,7 @@ from msgtally.ingest.api import EngineDep
 from msgtally.ingest.limits import MAX_TEXT_LENGTH
 from msgtally.ingest.problems import problem
 
+from .figures import with_contracts
 from .query import DISCREPANCY_KINDS, read_discrepancies, read_slis
 
 router = APIRouter()
@@ -27,10 +28,14 @@ Name = Annotated[
 
 
 @router.get("/v1/slis")
-def get_slis(engine: EngineDep, stream: Name = None, group: Name = None) -> list[dict[str, Any]]:
-    """Current SLIs per stream and consumer group."""
+def get_slis(
+    request: Request, engine: EngineDep, stream: Name = None, group: Name = None
+) -> list[dict[str, Any]]:
+    """Current SLIs per stream and consumer group, with the contract the collector's
+    SLO spec (`serve --spec`) declares for each."""
     with engine.connect() as conn:
-        return [s.to_json() for s in read_slis(conn, stream, group)]
+        slis = read_slis(conn, stream, group)
+    return [s.to_json() for s in with_contracts(slis, request.app.state.spec)]
 
 
 @router.get("/v1/discrepancies")

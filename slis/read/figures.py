@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from msgtally.names import INDICATORS, RatioIndicator, SLIKind
+from msgtally.names import COUNT_FIELDS, INDICATORS, RatioIndicator, SLIKind
+from msgtally.slis.spec.model import Spec
+from msgtally.slis.spec.semantics import Semantics, breaches, observed_semantics
 
 QUANTILES = (("latency_p50", 0.50), ("latency_p90", 0.90), ("latency_p99", 0.99))
 
@@ -46,6 +49,8 @@ class SLI:
     # Records the shims dropped before sending (measurement loss, not message
     # loss): the stream's produce drops plus this group's consume drops.
     records_dropped: int = 0
+    # The delivery semantics the SLO spec declares for this stream and group, if any.
+    contract: Semantics | None = None
 
     def _sum(self, columns: tuple[str, ...]) -> int:
         return sum(int(getattr(self, c)) for c in columns)
@@ -60,5 +65,34 @@ class SLI:
                 out[ind.ratio] = ratio(self._sum(ind.errors), self._sum(ind.total))
         return out
 
+    def _counts(self) -> dict[str, int]:
+        return {c: int(getattr(self, c)) for c in COUNT_FIELDS}
+
+    def observed_semantics(self) -> str | None:
+        """The strongest semantics these figures keep (None before anything is produced)."""
+        return observed_semantics(self._counts())
+
+    def contract_breaches(self) -> dict[str, int] | None:
+        """Each breach the declared contract forbids, with its count (0: kept)."""
+        if self.contract is None:
+            return None
+        return {b.value: n for b, n in breaches(self.contract, self._counts()).items()}
+
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), **self.ratios()}
+        return {
+            **asdict(self),
+            **self.ratios(),
+            "observed_semantics": self.observed_semantics(),
+            "contract_breaches": self.contract_breaches(),
+        }
+
+
+def with_contracts(slis: Sequence[SLI], spec: Spec | None) -> list[SLI]:
+    """The figures with the contract the spec declares for each stream and group."""
+    if spec is None:
+        return list(slis)
+    out = []
+    for s in slis:
+        contract = spec.contract_for(s.stream, s.group)
+        out.append(replace(s, contract=contract.semantics if contract else None))
+    return out

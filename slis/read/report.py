@@ -25,6 +25,8 @@ _COLUMNS = (
     ("duplicate_ratio", "dup%"),
     ("latency_p50", "p50"),
     ("latency_p99", "p99"),
+    ("observed_semantics", "observed"),
+    ("contract", "contract"),
 )
 
 
@@ -44,6 +46,9 @@ def render_table(slis: Sequence[SLI]) -> str:
         return "no SLIs yet: nothing reconciled (ingest records, then run `msgtally reconcile`)"
     header = [title for _, title in _COLUMNS]
     rows = [s.to_json() for s in slis]
+    for row in rows:
+        if row["contract"] is not None and any(row["contract_breaches"].values()):
+            row["contract"] = f"{row['contract']} BREACHED"
     body = [[_cell(name, row[name]) for name, _ in _COLUMNS] for row in rows]
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
 
