@@ -4,12 +4,16 @@ A breach is not a budget to burn: one lost id on an at-least-once stream,
 one duplicated delivery on an at-most-once one, pages. Per contract and
 forbidden breach, one `MsgtallyDeliveryContractBreach` rule:
 
-    max by (stream, group) (COUNT{sel}) - max by (stream, group) (COUNT{sel} offset 5m) > 0
+    NOW - BEFORE > 0  or  NOW > 0 unless BEFORE
+    NOW = max by (stream, group) (COUNT{sel}), BEFORE = the same `offset 5m`
 
 The difference, not `increase()`, so the value is the exact count of breaches
 in the window (the tallies are read from the store: they never reset, and
-collectors behind a load balancer expose the same values, hence `max`). A
-stream-wide contract leaves out the groups that have their own. What the
+collectors behind a load balancer expose the same values, hence `max`). The
+second half pages for a series younger than the window that already counts
+breaches: a (stream, group) whose first verdicts are losses, or a Prometheus
+that starts scraping a stream with breaches in its history (they page once).
+A stream-wide contract leaves out the groups that have their own. What the
 contract allows, and an idle stream, never fire.
 """
 
@@ -43,10 +47,9 @@ def selector(spec: Spec, contract: Contract) -> str:
 
 def breach_expr(spec: Spec, contract: Contract, breach: Breach) -> str:
     series = f"{counter(BREACH_COUNTS[breach])}{{{selector(spec, contract)}}}"
-    return (
-        f"max by (stream, group) ({series})\n"
-        f"- max by (stream, group) ({series} offset {WINDOW})\n> 0"
-    )
+    now = f"max by (stream, group) ({series})"
+    before = f"max by (stream, group) ({series} offset {WINDOW})"
+    return f"{now} - {before} > 0\nor\n{now} > 0 unless {before}"
 
 
 def breach_alert(spec: Spec, contract: Contract, breach: Breach) -> Rule:

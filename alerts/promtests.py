@@ -305,7 +305,8 @@ def _contract_labels(spec: Spec, contract: Contract) -> dict[str, str]:
 def contract_tests(spec: Spec) -> list[dict[str, Any]]:
     """Per contract, one loss and one duplicate (minute 11): the forbidden one pages at
     once with its count and stops when the window has passed; the allowed one never
-    fires; counters that do not move fire nothing."""
+    fires; a series first seen with a forbidden breach pages too; counters that do
+    not move fire nothing."""
     tests: list[dict[str, Any]] = []
     idle: list[dict[str, str]] = []
     for contract in spec.contracts:
@@ -337,6 +338,21 @@ def contract_tests(spec: Spec) -> list[dict[str, Any]]:
                     ],
                 }
             )
+            if forbidden:
+                young = [{**s, "values": "_x5 " + s["values"].split(" ")[-1]} for s in series]
+                tests.append(
+                    {
+                        "name": f"{labels['stream']} / {labels['group']} "
+                        f"({contract.semantics.value}): first seen with a {breach.value}",
+                        "interval": "1m",
+                        "input_series": young,
+                        "alert_rule_test": [
+                            {"eval_time": "8m", "alertname": CONTRACT_ALERT,
+                             "exp_alerts": expected},
+                            {"eval_time": "12m", "alertname": CONTRACT_ALERT, "exp_alerts": []},
+                        ],
+                    }
+                )  # fmt: skip
         idle += [
             {"series": _selector(counter(BREACH_COUNTS[b]), labels), "values": "7+0x20"}
             for b in Breach

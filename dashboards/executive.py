@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from msgtally.names import SLIKind, counter
 from msgtally.slis.spec import Spec
+from msgtally.slis.spec.semantics import FORBIDS
 
 from . import queries as q
 from .panels import GREEN, ORANGE, RED, Kind, Panel, Row, Step, Target
@@ -115,4 +116,38 @@ def rows(spec: Spec) -> list[Row]:
                 interval="1m",
             ),
         ),
+        *_contracts(spec),
+    ]
+
+
+def _contracts(spec: Spec) -> list[Row]:
+    """Each declared contract's state: the breaches it forbids, over the range shown."""
+    if not spec.contracts:
+        return []
+    targets = tuple(
+        Target(
+            q.contract_breaches(spec, c, breach),
+            f"{c.stream} / {c.group_label} {c.semantics.value}: {breach.value}",
+            instant=True,
+        )
+        for c in spec.contracts
+        for breach in FORBIDS[c.semantics]
+    )
+    return [
+        (
+            Panel(
+                Kind.STAT,
+                "Delivery contracts",
+                "Breaches of each declared delivery contract over the range shown: ids lost "
+                "on an at-least-once or exactly-once stream, duplicate deliveries on an "
+                "at-most-once or exactly-once one (each pages: MsgtallyDeliveryContractBreach). "
+                "0: kept. A group's own contract overrides its stream's (*).",
+                "short",
+                targets,
+                width=24,
+                height=6,
+                thresholds=(Step(None, GREEN), Step(0.001, RED)),
+                decimals=0,
+            ),
+        )
     ]

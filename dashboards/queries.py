@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from msgtally.alerts.contracts import selector
 from msgtally.alerts.promql import PRODUCED, quote
 from msgtally.names import (
     ABSENT_ALERT,
@@ -39,7 +40,8 @@ from msgtally.names import (
     SLIKind,
     counter,
 )
-from msgtally.slis.spec.model import ALL_GROUPS, Spec
+from msgtally.slis.spec.model import ALL_GROUPS, Contract, Spec
+from msgtally.slis.spec.semantics import BREACH_COUNTS, Breach
 
 RATE = "$__rate_interval"
 RANGE = "$__range"
@@ -141,6 +143,16 @@ def firing_alerts(spec: Spec) -> str:
         f'ALERTS{{alertstate="firing",alertname=~"{BURN_ALERT}|{ABSENT_ALERT}",'
         f"{slo_matchers(spec)}}}"
     )
+
+
+# --- delivery contracts ------------------------------------------------------------
+
+
+def contract_breaches(spec: Spec, contract: Contract, breach: Breach) -> str:
+    """Breaches of one contract over the dashboard's range, on every group it covers
+    (the series of its alert rule: msgtally.alerts.contracts)."""
+    series = f"{counter(BREACH_COUNTS[breach])}{{{selector(spec, contract)}}}"
+    return f"sum(max by (stream, group) (increase({series}[{RANGE}])))"
 
 
 # --- latency ---------------------------------------------------------------------

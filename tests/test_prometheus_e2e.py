@@ -1,4 +1,4 @@
-"""End to end: a real Prometheus scrapes a real collector and fires the generated page alert.
+"""End to end: a real Prometheus scrapes a real collector and fires the generated page alerts.
 
 A 12h SLO period scales the fast-burn windows to 1m and 5s, so Prometheus
 (scrape and rule evaluation every second) can see a budget burn within
@@ -8,6 +8,7 @@ for the lossy one only.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
@@ -54,10 +55,10 @@ def _traffic(url: str, stop: threading.Event) -> None:
             stop.wait(0.2)
 
 
-def _alerts(api: str) -> list[dict[str, Any]]:
+def _alerts(api: str, name: str = "MsgtallyErrorBudgetBurn") -> list[dict[str, Any]]:
     body = httpx.get(f"{api}/api/v1/alerts", timeout=5).json()
     alerts: list[dict[str, Any]] = body["data"]["alerts"]
-    return [a for a in alerts if a["labels"]["alertname"] == "MsgtallyErrorBudgetBurn"]
+    return [a for a in alerts if a["labels"]["alertname"] == name]
 
 
 def test_page_fires_for_the_lossy_stream_only(tmp_path: Path) -> None:
@@ -108,6 +109,81 @@ def test_page_fires_for_the_lossy_stream_only(tmp_path: Path) -> None:
                 time.sleep(0.5)
             assert clean == [0.0]
             assert not [a for a in _alerts(api) if a["labels"]["slo"] == "clean-delivery"]
+        finally:
+            stop.set()
+            stop_prometheus(proc)
+            traffic.join(15)
+    engine.dispose()
+
+
+CONTRACTS = """\
+version: msgtally/v1
+service: e2e
+contracts:
+  - {stream: pay, semantics: exactly-once}
+  - {stream: feed, semantics: at-least-once}
+"""
+
+
+def _duplicating(url: str, stop: threading.Event) -> None:
+    """Both streams delivered in full; one id of `pay` and every tenth of `feed` twice."""
+    ids = itertools.count()
+    with httpx.Client(base_url=url, timeout=10) as client:
+        while not stop.is_set():
+            now = time.time()
+            records: list[dict[str, Any]] = []
+            for stream in ("pay", "feed"):
+                for _ in range(10):
+                    n = next(ids)
+                    twice = (stream == "pay" and n == 200) or (stream == "feed" and n % 10 == 0)
+                    records.append({"stream": stream, "kind": "produce", "message_id": f"m{n}",
+                                    "ts": now})  # fmt: skip
+                    for k in range(1 + twice):
+                        records.append({"stream": stream, "kind": "consume", "message_id": f"m{n}",
+                                        "group": "workers", "ts": now + 0.01 + k})  # fmt: skip
+            client.post("/v1/records", json=records).raise_for_status()
+            stop.wait(0.2)
+
+
+def test_one_duplicate_on_an_exactly_once_stream_pages(tmp_path: Path) -> None:
+    binary = prometheus_binary()
+    rules = tmp_path / "rules.yml"
+    spec = load_spec(CONTRACTS)
+    rules.write_text(render_rules(generate(spec), spec.service))
+    engine: Engine = open_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    stop = threading.Event()
+    with (
+        open(tmp_path / "prometheus.log", "wb") as log_file,
+        LiveCollector(engine, ReconcileConfig(deadline=1.0, settle=0.0), reconcile_interval=0.25)
+        as collector,
+    ):
+        traffic = threading.Thread(target=_duplicating, args=(collector.url, stop), daemon=True)
+        traffic.start()
+        proc, api = start_prometheus(
+            binary, tmp_path, collector.url.removeprefix("http://"), rules, log_file
+        )
+        try:
+            fired: list[dict[str, Any]] = []
+            deadline = time.monotonic() + WAIT
+            while not fired and time.monotonic() < deadline and proc.poll() is None:
+                with contextlib.suppress(httpx.HTTPError):  # not up yet
+                    fired = _alerts(api, "MsgtallyDeliveryContractBreach")
+                time.sleep(0.5)
+            assert fired, f"no contract page within {WAIT:.0f}s"
+            (page,) = fired
+            assert page["state"] == "firing"
+            assert {k: page["labels"][k] for k in ("stream", "group", "semantics", "breach")} == {
+                "stream": "pay", "group": "workers", "semantics": "exactly-once",
+                "breach": "duplicate",
+            }  # fmt: skip
+            assert page["labels"]["severity"] == "page"
+            assert float(page["value"]) == 1.0  # the exact count, not an extrapolation
+            assert "kind=duplicated&stream=pay&group=workers" in page["annotations"]["description"]
+            # feed duplicates all the time, which at-least-once allows: never a page.
+            time.sleep(3)
+            assert [a["labels"]["stream"] for a in _alerts(api, page["labels"]["alertname"])] == [
+                "pay"
+            ]
         finally:
             stop.set()
             stop_prometheus(proc)

@@ -71,7 +71,9 @@ def test_amtool_check_config(spec: Path) -> None:
         # No guard on the denominator: zero traffic gives NaN, the quiet test notices.
         ((" > 0)", ")"), "checkout.quiet.test.yml"),
         # A contract that lets one breach through: the contract tests notice.
-        (("offset 5m)\n      > 0", "offset 5m)\n      > 1"), "payments.contracts.test.yml"),
+        (("offset 5m) > 0\n", "offset 5m) > 1\n"), "payments.contracts.test.yml"),
+        # A contract blind to series younger than its window: the young-series tests notice.
+        (("\n      or\n", "\n      and\n"), "payments.contracts.test.yml"),
         # A stream-wide contract that forgets a group's own: its allowed loss would page.
         ((',group!="notifier"', ""), "payments.contracts.test.yml"),
     ],
