@@ -38,7 +38,7 @@ class Outcome:
 
     logged: int = 0  # records committed
     spans: Counter[str] = field(default_factory=Counter)  # RECORDED, REJECTED, mapping.IGNORED
-    refusals: list[str] = field(default_factory=list)  # one line per rejected span
+    refusals: list[tuple[int, str]] = field(default_factory=list)  # (span's place, why)
 
     @property
     def rejected(self) -> int:
@@ -48,7 +48,7 @@ class Outcome:
         """partial_success.error_message: empty when no span was rejected."""
         if not self.refusals:
             return ""
-        shown = "; ".join(self.refusals[:MAX_REASONS])
+        shown = "; ".join(line for _, line in sorted(self.refusals)[:MAX_REASONS])
         more = len(self.refusals) - MAX_REASONS
         tail = f"; and {more} more" if more > 0 else ""
         return f"{len(self.refusals)} spans rejected: {shown}{tail}"
@@ -56,6 +56,7 @@ class Outcome:
 
 @dataclass
 class _Span:
+    place: int  # in the request, counted over all its spans
     where: str
     mapped: Mapped
     records: list[Record] = field(default_factory=list)
@@ -65,23 +66,28 @@ def _where(path: str, span: Span) -> str:
     return f"{path} (span {span.trace_id.hex()}/{span.span_id.hex()})"
 
 
-def _refusal(span: _Span, exc: RecordError) -> str:
+def _refuse(outcome: Outcome, span: _Span, exc: RecordError) -> None:
     """A contract refusal of a span's record, named by the attribute it came from."""
+    outcome.spans[REJECTED] += 1
     match = _INDEX.match(exc.field)
     if match is None:
-        return f"{span.where}: {exc.field}: {exc.reason}"
-    sources = span.mapped.sources[int(match[1])]
-    return f"{span.where}: {sources.get(match[2], match[2])}: {exc.reason}"
+        line = f"{span.where}: {exc.field}: {exc.reason}"
+    else:
+        sources = span.mapped.sources[int(match[1])]
+        line = f"{span.where}: {sources.get(match[2], match[2])}: {exc.reason}"
+    outcome.refusals.append((span.place, line))
 
 
 def map_request(request: ExportTraceServiceRequest, outcome: Outcome) -> list[_Span]:
     """The spans that map to records; the others are counted in `outcome`."""
     spans: list[_Span] = []
+    place = 0
     for i, resource_spans in enumerate(request.resource_spans):
         service = service_name(resource_spans.resource)
         for j, scope_spans in enumerate(resource_spans.scope_spans):
             scope = scope_spans.scope.name
             for k, span in enumerate(scope_spans.spans):
+                place += 1
                 mapped = map_span(span, scope, service)
                 if isinstance(mapped, Ignored):
                     outcome.spans[mapped.reason] += 1
@@ -89,9 +95,9 @@ def map_request(request: ExportTraceServiceRequest, outcome: Outcome) -> list[_S
                 where = _where(f"resourceSpans[{i}].scopeSpans[{j}].spans[{k}]", span)
                 if isinstance(mapped, Refused):
                     outcome.spans[REJECTED] += 1
-                    outcome.refusals.append(f"{where}: {mapped.reason}")
+                    outcome.refusals.append((place, f"{where}: {mapped.reason}"))
                     continue
-                spans.append(_Span(where, mapped))
+                spans.append(_Span(place, where, mapped))
     return spans
 
 
@@ -108,8 +114,7 @@ def _check(spans: list[_Span], outcome: Outcome) -> list[_Span]:
             try:
                 span.records = parse_batch(span.mapped.records)
             except RecordError as exc:
-                outcome.spans[REJECTED] += 1
-                outcome.refusals.append(_refusal(span, exc))
+                _refuse(outcome, span, exc)
                 continue
             kept.append(span)
         return kept
@@ -149,9 +154,7 @@ def _store(
                 if index is None:
                     kept.append(span)
                     continue
-                outcome.spans[REJECTED] += 1
-                named = RecordError(f"records[{index}].{match[2]}", exc.reason)
-                outcome.refusals.append(_refusal(span, named))
+                _refuse(outcome, span, RecordError(f"records[{index}].{match[2]}", exc.reason))
             spans = kept
             continue
         outcome.spans[RECORDED] += len(spans)
