@@ -289,7 +289,7 @@ def test_a_record_from_a_span_is_judged_as_on_v1_records(
         assert direct.status_code == 422
         detail = direct.json()["detail"]
         field = detail["field"].removeprefix("records[0].")
-        source = mapped.sources[0][field]
+        source = mapped.source(0, field)
         where = f"resourceSpans[0].scopeSpans[0].spans[0] (span {s.trace_id.hex()}/" \
             f"{s.span_id.hex()})"  # fmt: skip
         assert rejected == 1

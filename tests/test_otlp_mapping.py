@@ -234,5 +234,6 @@ def test_wrong_types_pass_to_the_contract_with_their_source() -> None:
     mapped = map_span(span({**SEND, "msgtally.attempt": "3"}, CONSUMER), "app", "svc")
     assert isinstance(mapped, Mapped)
     assert mapped.records[0]["attempt"] == "3"  # refused by the contract: must be an integer
-    assert mapped.sources[0]["attempt"] == "msgtally.attempt"
-    assert mapped.sources[0]["group"] == "resource service.name"
+    assert mapped.source(0, "attempt") == "msgtally.attempt"
+    assert mapped.source(0, "group") == "resource service.name"
+    assert mapped.source(0, "message_id") == "messaging.message.id"

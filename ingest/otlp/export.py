@@ -54,16 +54,27 @@ class Outcome:
         return f"{len(self.refusals)} spans rejected: {shown}{tail}"
 
 
-@dataclass
 class _Span:
-    place: int  # in the request, counted over all its spans
-    where: str
-    mapped: Mapped
-    records: list[Record] = field(default_factory=list)
+    """A span that maps to records, and what the contract made of them."""
+
+    __slots__ = ("mapped", "path", "place", "records", "span")
+
+    def __init__(self, place: int, path: tuple[int, int, int], span: Span, mapped: Mapped) -> None:
+        self.place = place  # in the request, counted over all its spans
+        self.path = path  # resourceSpans, scopeSpans, spans
+        self.span = span
+        self.mapped = mapped
+        self.records: list[Record] = []
+
+    @property
+    def where(self) -> str:
+        return _where(self.path, self.span)
 
 
-def _where(path: str, span: Span) -> str:
-    return f"{path} (span {span.trace_id.hex()}/{span.span_id.hex()})"
+def _where(path: tuple[int, int, int], span: Span) -> str:
+    i, j, k = path
+    return f"resourceSpans[{i}].scopeSpans[{j}].spans[{k}] " \
+        f"(span {span.trace_id.hex()}/{span.span_id.hex()})"  # fmt: skip
 
 
 def _refuse(outcome: Outcome, span: _Span, exc: RecordError) -> None:
@@ -73,8 +84,7 @@ def _refuse(outcome: Outcome, span: _Span, exc: RecordError) -> None:
     if match is None:
         line = f"{span.where}: {exc.field}: {exc.reason}"
     else:
-        sources = span.mapped.sources[int(match[1])]
-        line = f"{span.where}: {sources.get(match[2], match[2])}: {exc.reason}"
+        line = f"{span.where}: {span.mapped.source(int(match[1]), match[2])}: {exc.reason}"
     outcome.refusals.append((span.place, line))
 
 
@@ -92,12 +102,12 @@ def map_request(request: ExportTraceServiceRequest, outcome: Outcome) -> list[_S
                 if isinstance(mapped, Ignored):
                     outcome.spans[mapped.reason] += 1
                     continue
-                where = _where(f"resourceSpans[{i}].scopeSpans[{j}].spans[{k}]", span)
                 if isinstance(mapped, Refused):
                     outcome.spans[REJECTED] += 1
+                    where = _where((i, j, k), span)
                     outcome.refusals.append((place, f"{where}: {mapped.reason}"))
                     continue
-                spans.append(_Span(place, where, mapped))
+                spans.append(_Span(place, (i, j, k), span, mapped))
     return spans
 
 
