@@ -56,13 +56,15 @@ def media_type(content_type: str | None) -> str:
     return media
 
 
+def compressed(encoding: str) -> bool:
+    """Whether a Content-Encoding says the body is compressed."""
+    return encoding.strip().lower() not in ("", "identity")
+
+
 def inflate(body: bytes, encoding: str, limit: int) -> Iterator[bytes]:
-    """The body decompressed, STEP bytes at a time (the caller counts them):
-    413 past `limit` bytes, so that a small bomb cannot take the memory."""
+    """A compressed body decompressed, STEP bytes at a time (the caller counts
+    them): 413 past `limit` bytes, so that a small bomb cannot take the memory."""
     name = encoding.strip().lower()
-    if name in ("", "identity"):
-        yield body
-        return
     wbits = _WBITS.get(name)
     if wbits is None:
         raise problem(415, "content-encoding", f"{name} is not supported; use gzip or deflate")

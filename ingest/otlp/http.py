@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from ..api import EngineDep, IntakeDep, MetricsDep
-from .decode import JSON, PROTOBUF, answer, inflate, media_type, status_body
+from .decode import JSON, PROTOBUF, answer, compressed, inflate, media_type, status_body
 from .export import export_body
 from .metrics import OtlpMetrics
 
@@ -42,7 +42,7 @@ _BODY = {
 async def decompressed(raw: bytes, encoding: str, limit: int, take: Callable[[int], None]) -> bytes:
     """The body decompressed on the event loop a step at a time, each step
     counted (`take`) before the next: memory stays within the budget."""
-    if encoding.strip().lower() in ("", "identity"):
+    if not compressed(encoding):
         return raw  # counted as it was read
     chunks = []
     for chunk in inflate(raw, encoding, limit):
