@@ -111,6 +111,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     sock = _listen(settings.host, settings.port)
     if settings.otlp_grpc:  # the gRPC server binds once serving; say it is busy now
+        if settings.otlp_grpc_port == settings.port != 0:
+            sock.close()
+            raise CommandError(f"--otlp-grpc-port {settings.port} is the HTTP port (--port)")
         try:
             _listen(settings.host, settings.otlp_grpc_port).close()
         except CommandError as exc:

@@ -212,3 +212,16 @@ def test_a_busy_grpc_port_is_an_error_before_anything_listens(tmp_path: Path) ->
     assert proc.returncode == 1
     assert err.strip() == f"msgtally serve: cannot listen on 127.0.0.1:{port}: " \
         "Address already in use (OTLP/gRPC: --otlp-grpc-port, --no-otlp-grpc)"  # fmt: skip
+
+
+def test_the_grpc_port_cannot_be_the_http_port(tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.run(
+        [sys.executable, "-m", "msgtally.cli", "serve", "--db", str(tmp_path / "s.db"),
+         "--port", str(port), "--otlp-grpc-port", str(port)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        f"msgtally serve: --otlp-grpc-port {port} is the HTTP port (--port)"
+    )
