@@ -399,10 +399,12 @@ class CollectorProcess:
             "--no-reconcile",)
     ) -> None:
         self.port = free_port()
+        self.grpc_port = free_port()  # OTLP/gRPC
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.cmd = [*wrap, sys.executable, "-m", "msgtally.cli", "serve", *args,
-                    "--db", db_url, "--port", str(self.port), "--max-body", str(256 * 2**20)]
+                    "--db", db_url, "--port", str(self.port), "--max-body", str(256 * 2**20),
+                    "--otlp-grpc-port", str(self.grpc_port)]
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> CollectorProcess:

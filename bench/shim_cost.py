@@ -298,7 +298,7 @@ def profile(tp: TracerProvider) -> None:
     tally.shipper.put(row)  # starts the (idle) thread
     attrs4 = {tr.SYSTEM: SYSTEM, tr.DESTINATION: STREAM, tr.MESSAGE_ID: "m", tr.OPERATION_TYPE: "s"}
     attrs5 = {**attrs4, tr.CONSUMER_GROUP: GROUP}
-    attrs6 = {**attrs5, tr.DELIVERY_COUNT: 1}
+    attrs6 = {**attrs5, tr.ATTEMPT: 1}
     parent = span.get_span_context()
     pieces: list[tuple[str, Callable[[], object]]] = [
         (

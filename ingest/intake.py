@@ -10,8 +10,8 @@ stalled senders cannot hold memory for ever.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 from fastapi import Request
 
@@ -72,3 +72,19 @@ class Intake:
             yield b"".join(chunks)
         finally:
             self.inflight -= reserved
+
+    @contextmanager
+    def held(self) -> Iterator[Callable[[int], None]]:
+        """`take(n)` counts n more bytes (a body as it is decompressed, a gRPC
+        message) until the `with` block ends; past the budget it raises 429."""
+        taken = 0
+
+        def take(n: int) -> None:
+            nonlocal taken
+            self._reserve(n)
+            taken += n
+
+        try:
+            yield take
+        finally:
+            self.inflight -= taken

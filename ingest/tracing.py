@@ -17,7 +17,10 @@ DESTINATION = "messaging.destination.name"
 MESSAGE_ID = "messaging.message.id"
 OPERATION_TYPE = "messaging.operation.type"
 CONSUMER_GROUP = "messaging.consumer.group.name"
-DELIVERY_COUNT = "messaging.message.delivery_count"
+# msgtally's own (no convention defines a delivery attempt for every system);
+# the collector's OTLP mapping reads both (README, "OTLP traces in").
+ATTEMPT = "msgtally.attempt"
+OUTCOME = "msgtally.outcome"
 
 
 class MessagingTracer:
@@ -72,7 +75,7 @@ class MessagingTracer:
             MESSAGE_ID: message_id,
             OPERATION_TYPE: "process",
             CONSUMER_GROUP: group,
-            DELIVERY_COUNT: attempt,
+            ATTEMPT: attempt,
         }
         return self._tracer.start_span(
             f"process {stream}",

@@ -26,12 +26,15 @@ from msgtally.ingest.limits import (
     DEFAULT_MAX_SERIES,
     DEFAULT_READ_TIMEOUT,
 )
+from msgtally.ingest.otlp.grpc_server import OtlpGrpc
+from msgtally.ingest.otlp.http import router as otlp_router
+from msgtally.ingest.otlp.metrics import OtlpMetrics
 from msgtally.reconcile import LeaseHeld, ReconcileConfig, Reconciler
 from msgtally.slis.read.api import router as slis_router
 from msgtally.slis.read.exposition import StoreCollector
 from msgtally.slis.spec.model import Spec
 
-from .auth import BearerAuth
+from .auth import BearerAuth, bearer_check
 from .health import router as health_router
 
 log = logging.getLogger("msgtally")
@@ -117,16 +120,24 @@ def create_app(
     token: str | None = None,
     metrics_open: bool = False,
     reconcile_interval: float | None = None,
+    otlp_grpc: tuple[str, int] | None = None,
     spec: Spec | None = None,
 ) -> FastAPI:
-    """The collector. With `reconcile_interval`, it also runs the reconcile loop; with
-    an SLO `spec`, its SLIs carry the delivery contracts the spec declares."""
+    """The collector. With `reconcile_interval`, it also runs the reconcile loop;
+    with `otlp_grpc` (host, port), the OTLP/gRPC server (app.state.otlp_grpc.port);
+    with an SLO `spec`, its SLIs carry the delivery contracts the spec declares."""
     config = config or ReconcileConfig()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StoreCollector(engine, config.latency_buckets))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        grpc_server = None
+        if otlp_grpc is not None:  # made here: grpc.aio belongs to the serving loop
+            grpc_server = OtlpGrpc(_app.state, bearer_check(token) if token else None)
+            port = await grpc_server.start(*otlp_grpc)
+            log.info("OTLP/gRPC on %s:%d", otlp_grpc[0], port)
+        _app.state.otlp_grpc = grpc_server
         loop = EngineLoop(engine, config, reconcile_interval) if reconcile_interval else None
         _app.state.engine_loop = loop
         if loop:
@@ -134,6 +145,8 @@ def create_app(
         try:
             yield
         finally:
+            if grpc_server:
+                await grpc_server.stop()
             if loop:
                 loop.stop()
 
@@ -144,6 +157,7 @@ def create_app(
     ingest_metrics(app.state)  # the ingest counters, at 0 from the first scrape
     app.state.intake = Intake(max_body, max_inflight, read_timeout)
     app.state.names = NameGuard(max_series)
+    app.state.otlp_metrics = OtlpMetrics(registry)
     if token is not None:
         open_paths = {"/healthz", "/metrics"} if metrics_open else {"/healthz"}
         app.add_middleware(BearerAuth, token=token, open_paths=open_paths)
@@ -151,6 +165,7 @@ def create_app(
     app.state.engine_loop = None
     app.include_router(health_router)
     app.include_router(ingest_router)
+    app.include_router(otlp_router)
     app.include_router(slis_router)
     _describe_bodies(app)
     return app

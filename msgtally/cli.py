@@ -31,6 +31,9 @@ _EXTRAS = {
     "uvicorn": "collector",
     "sqlalchemy": "collector",
     "psycopg": "collector",
+    "grpc": "collector",
+    "google": "collector",  # protobuf
+    "opentelemetry": "collector",  # opentelemetry-proto (the api is always there)
     "pydantic": "collector",
     "pydantic_settings": "collector",
     "yaml": "slo",
@@ -128,15 +131,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     sock = _listen(settings.host, settings.port)
+    if settings.otlp_grpc:  # the gRPC server binds once serving; say it is busy now
+        if settings.otlp_grpc_port == settings.port != 0:
+            sock.close()
+            raise CommandError(f"--otlp-grpc-port {settings.port} is the HTTP port (--port)")
+        try:
+            _listen(settings.host, settings.otlp_grpc_port).close()
+        except CommandError as exc:
+            sock.close()
+            raise CommandError(f"{exc} (OTLP/gRPC: --otlp-grpc-port, --no-otlp-grpc)") from None
     options = settings.collector_options()
     spec = _spec(settings)
     engine = open_engine(settings.db)
     app = create_app(engine, settings.reconcile_config(), spec=spec, **options)
     loop = f"every {settings.interval:g}s" if settings.reconcile else "off"
+    grpc = f"{settings.host}:{settings.otlp_grpc_port}" if settings.otlp_grpc else "off"
     print(
         f"msgtally collector on http://{settings.host}:{settings.port} "
         f"(store: {engine.url.render_as_string(hide_password=True)}, "
-        f"reconcile: {loop})",
+        f"reconcile: {loop}, OTLP: /v1/traces and gRPC {grpc})",
         file=sys.stderr,
     )
     if options["token"] is None:
@@ -151,6 +164,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Ctrl-C or SIGINT: uvicorn has shut down cleanly by the time it re-raises.
     with contextlib.suppress(KeyboardInterrupt):
         server.run(sockets=[sock])
+    if not server.started:  # uvicorn logged why (the application did not start)
+        raise CommandError("the collector did not start (see above)")
     return 0
 
 
@@ -248,14 +263,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "serve",
         help="run the collector (and its reconcile loop)",
-        description="Run the collector: POST /v1/records, GET /v1/slis, "
-        "/v1/discrepancies, /metrics, /healthz, /readyz.",
+        description="Run the collector: POST /v1/records, POST /v1/traces (OTLP/HTTP), "
+        "GET /v1/slis, /v1/discrepancies, /metrics, /healthz, /readyz; and OTLP/gRPC.",
     )
     _add_db(p)
     _add_reconcile(p)
     _add_spec(p)
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8410)")
+    p.add_argument(
+        "--otlp-grpc-port", type=int, metavar="PORT", help="OTLP/gRPC port (default 4317)"
+    )
+    p.add_argument(
+        "--no-otlp-grpc",
+        action="store_true",
+        help="no OTLP/gRPC server (OTLP/HTTP stays on POST /v1/traces)",
+    )
     p.add_argument(
         "--no-reconcile",
         action="store_true",

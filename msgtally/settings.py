@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     db: str = DEFAULT_DB_URL
     host: str = "127.0.0.1"
     port: int = Field(default=8410, ge=0, le=65535)
+    otlp_grpc: bool = True
+    otlp_grpc_port: int = Field(default=4317, ge=0, le=65535)
     max_body: int = Field(default=DEFAULT_MAX_BODY, ge=1024)
     max_inflight: int = Field(default=DEFAULT_MAX_INFLIGHT, ge=1024)
     read_timeout: float = Field(default=DEFAULT_READ_TIMEOUT, gt=0)
@@ -85,6 +87,7 @@ class Settings(BaseSettings):
             "token": self.bearer_token(),
             "metrics_open": self.metrics_open,
             "reconcile_interval": self.interval if self.reconcile else None,
+            "otlp_grpc": (self.host, self.otlp_grpc_port) if self.otlp_grpc else None,
         }
 
     def reconcile_config(self) -> ReconcileConfig:
@@ -110,7 +113,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     overrides: dict[str, object] = {}
     for name in (
         "db", "host", "port", "deadline", "settle", "remember", "interval", "max_body",
-        "max_inflight", "read_timeout", "max_series", "token_file", "spec",
+        "max_inflight", "read_timeout", "max_series", "token_file", "spec", "otlp_grpc_port",
     ):  # fmt: skip
         value = getattr(args, name, None)
         if value is not None:
@@ -121,6 +124,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         overrides["reconcile"] = False
     if getattr(args, "metrics_open", False):
         overrides["metrics_open"] = True
+    if getattr(args, "no_otlp_grpc", False):
+        overrides["otlp_grpc"] = False
     if getattr(args, "stream_deadline", None):
         overrides["stream_deadlines"] = {s: float(v) for s, v in args.stream_deadline}
     if getattr(args, "expect", None):

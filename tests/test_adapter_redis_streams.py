@@ -380,7 +380,7 @@ def test_trace_context_fallback_id_restart_and_failed_add(
     ]
     procs = [s for s in spans if s.kind == SpanKind.CONSUMER]
     traced = [s for s in procs if s.attributes["messaging.message.id"] == mid]
-    assert [s.attributes["messaging.message.delivery_count"] for s in traced] == [1, 2]
+    assert [s.attributes["msgtally.attempt"] for s in traced] == [1, 2]
     for s in traced:
         assert s.attributes["messaging.system"] == "redis"
         assert s.attributes["messaging.consumer.group.name"] == GROUP

@@ -364,7 +364,7 @@ def check_trace_links(
         if mid not in by_id:  # the Idempotency-Key request had no producer
             assert mid.startswith("idem-") and not span.links
             continue
-        attempt = int(str(span.attributes["messaging.message.delivery_count"]))
+        attempt = int(str(span.attributes["msgtally.attempt"]))
         producer = by_id[mid][attempt - 1].context
         assert producer is not None
         assert [(link.context.trace_id, link.context.span_id) for link in span.links] == [

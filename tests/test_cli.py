@@ -207,6 +207,8 @@ def test_serve_ingests_and_reconciles(tmp_path: Path) -> None:
             "0",
             "--deadline",
             "1",
+            "--otlp-grpc-port",
+            "0",
         ],
         cwd=tmp_path,
         stdout=subprocess.PIPE,

@@ -27,7 +27,8 @@ class Collector:
     def __init__(self, db: Path, port: int) -> None:
         self.url = f"http://127.0.0.1:{port}"
         cmd = [sys.executable, "-m", "msgtally.cli", "serve", "--db", str(db), "--port",
-               str(port), "--deadline", "2", "--settle", "0.5", "--interval", "0.05"]  # fmt: skip
+               str(port), "--deadline", "2", "--settle", "0.5", "--interval", "0.05",
+               "--otlp-grpc-port", "0"]  # fmt: skip
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         for _ in range(300):
             try:

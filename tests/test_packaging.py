@@ -21,6 +21,8 @@ COLLECTOR_ONLY = (
     "psycopg",
     "yaml",
     "grafana_foundation_sdk",
+    "grpc",
+    "google",  # protobuf
 )
 SERVICE_PACKAGES = ("ingest", "alerts", "slis", "reconcile", "dashboards")
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "checkout.yml"

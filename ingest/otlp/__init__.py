@@ -1,0 +1,7 @@
+"""OpenTelemetry traces in, delivery records out (README, "OTLP traces in").
+
+`mapping` turns messaging spans into records (pure), `decode` reads OTLP
+request bodies, `export` validates and stores what one request maps to, and
+`http` and `grpc_server` are the two ways in: POST /v1/traces and
+TraceService/Export.
+"""
