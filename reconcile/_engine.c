@@ -107,9 +107,12 @@ static void ptable_remove_at(void **table, uint32_t mask, uint32_t j) {
 }
 
 /* ------------------------------------------------------------- log bodies */
-/* A log body is msgpack: [1, [record, ...]], each record a map from the field
- * names of msgtally.ingest.schema to their values, as msgspec encodes the
- * validated records (fields at their default are left out). */
+/* A log body is msgpack: [2, marks, [record, ...]] (msgtally.ingest.logbody),
+ * each record a map from the field names of msgtally.ingest.schema to their
+ * values, as msgspec encodes the validated records (fields at their default
+ * are left out); marks is nil, or the sender's sequence marks, each
+ * [producer, stream, kind, group, last]. Bodies of version 1, [1, [record,
+ * ...]], have no marks. */
 
 enum { F_STREAM, F_KIND, F_MESSAGE_ID, F_TS, F_GROUP, F_ATTEMPT, F_OUTCOME, F_PRODUCER, F_SEQ,
        F_TRACE_ID, F_SPAN_ID, F_RECORD_ID, N_FIELDS };
@@ -296,14 +299,27 @@ static int read_record(Cursor *c, Rec *r) {
     return 0;
 }
 
-/* Opens a body; *count is its number of records. */
-static int open_body(Cursor *c, uint32_t *count) {
+/* Opens a body at its records; *count is their number. With `marks`, it is
+ * set to the body's marks (an array), or marks->p to NULL when the body has
+ * none: its records' seqs are not checked. */
+static int open_body(Cursor *c, uint32_t *count, Cursor *marks) {
     uint32_t n;
     int64_t version;
     double d;
     int isf, nil;
-    if (mp_array(c, &n) || n != 2) return -1;
-    if (mp_number(c, &version, &d, &isf, &nil) || isf || nil || version != 1) return -1;
+    if (marks) marks->p = NULL;
+    if (mp_array(c, &n) || (n != 2 && n != 3)) return -1;
+    if (mp_number(c, &version, &d, &isf, &nil) || isf || nil || version != n - 1) return -1;
+    if (version == 2) {
+        if (c->p >= c->end) return -1;
+        if (*c->p == 0xc0) {
+            c->p++;
+        } else {
+            Cursor at = *c;
+            if (mp_skip(c, 0)) return -1;
+            if (marks) { marks->p = at.p; marks->end = c->p; }
+        }
+    }
     return mp_array(c, count);
 }
 
@@ -544,6 +560,26 @@ typedef struct {
     size_t fifo_head, fifo_n, fifo_cap;
 } StreamInfo;
 
+/* A run of seqs of one sequence not seen yet: missing once it stays open for
+ * `settle` on the receipt clock. */
+typedef struct {
+    uint64_t lo, hi;
+    double opened; /* receipt time of the body that showed it */
+} Hole;
+
+/* One sequence: a producer's records of one (stream, kind, group), numbered
+ * from 1. What it has seen is [1, hw] but its holes; a hole declared missing
+ * is forgotten, so memory is its open holes, not its history. */
+typedef struct {
+    uint64_t hw;       /* every seq from 1 to hw was given to a record */
+    Hole *holes;       /* open, by seq (and so by opened time) */
+    int64_t undrained; /* declared missing since the last drain */
+    uint32_t pid, sid, nholes, hole_cap;
+    uint32_t timer; /* the token of its live timer in hole_heap, 0 if none */
+    uint16_t gid;   /* a consume's group (0 for a produce) */
+    uint8_t kind, dirty;
+} SeqKey;
+
 typedef struct {
     PyObject_HEAD
     /* configuration */
@@ -595,6 +631,20 @@ typedef struct {
     uint32_t bf_mask, bf_n;
     Entry **bf_entries;
     uint32_t bf_cap;
+    /* sequences (measurement loss): producer names, the sequences and their
+     * table (index + 1, 0 empty), the timers of their first open holes (on
+     * the receipt clock), the ones with missing records not drained yet */
+    Dict producers;
+    SeqKey *seqs;
+    size_t nseqs, seqs_cap;
+    uint32_t *seq_table, seq_mask;
+    uint32_t seq_last; /* the sequence of the last record checked, + 1 */
+    uint32_t seq_tokens;
+    Heap hole_heap;
+    uint32_t *seq_dirty;
+    size_t nseq_dirty, seq_dirty_cap;
+    uint64_t missing, open_holes; /* records declared missing; holes open now */
+    size_t hole_slots;            /* room for holes, every sequence */
 } Engine;
 
 static inline double deadline_of(Engine *E, uint32_t sid) { return E->sinfo[sid].deadline; }
@@ -1482,6 +1532,245 @@ static int apply_record(Engine *E, const Rec *r, double received_at, const Place
     return touch(E, (uint32_t)idx);
 }
 
+/* ------------------------------------------------------------- sequences */
+/* Measurement loss, found rather than guessed: a sender that numbers its
+ * records from 1 per (producer, stream, kind, group) shows every record it
+ * never delivered as a hole in its numbering, the tail too once its
+ * high-water mark (the body's marks) says how far it numbered. A hole is
+ * declared missing when it is still open `settle` after the receipt of the
+ * body that showed it, so that a batch reordered in flight is not counted.
+ * The count only grows: a record that comes after its hole was declared is
+ * counted in the tallies as any other, and the hole stays missing. */
+
+static inline int same_name(const Dict *d, uint32_t i, const Str *s) {
+    return d->lens[i] == s->n && memcmp(d->names[i], s->s, s->n) == 0;
+}
+
+static inline uint64_t seq_hash(uint32_t pid, uint32_t sid, uint32_t gid, int kind) {
+    return hash_u64(((uint64_t)pid << 32) | sid, hash_u64(((uint64_t)gid << 1) | (uint64_t)kind, 0x736571));
+}
+
+static int seq_table_grow(Engine *E) {
+    uint32_t mask = E->seq_mask * 2 + 1;
+    uint32_t *t = calloc((size_t)mask + 1, sizeof(uint32_t));
+    if (!t) return -1;
+    for (size_t i = 0; i < E->nseqs; i++) {
+        SeqKey *k = &E->seqs[i];
+        uint32_t j = (uint32_t)seq_hash(k->pid, k->sid, k->gid, k->kind) & mask;
+        while (t[j]) j = (j + 1) & mask;
+        t[j] = (uint32_t)i + 1;
+    }
+    free(E->seq_table);
+    E->seq_table = t;
+    E->seq_mask = mask;
+    return 0;
+}
+
+/* The index of a sequence, added when new; -1 on memory failure. */
+static int64_t seq_index(Engine *E, uint32_t pid, uint32_t sid, uint32_t gid, int kind) {
+    uint32_t j = (uint32_t)seq_hash(pid, sid, gid, kind) & E->seq_mask;
+    while (E->seq_table[j]) {
+        SeqKey *k = &E->seqs[E->seq_table[j] - 1];
+        if (k->pid == pid && k->sid == sid && k->gid == gid && k->kind == kind) return E->seq_table[j] - 1;
+        j = (j + 1) & E->seq_mask;
+    }
+    if (E->nseqs >= UINT32_MAX - 1 || grow(&E->seqs, &E->seqs_cap, E->nseqs, sizeof(SeqKey), 64)) return -1;
+    SeqKey *k = &E->seqs[E->nseqs];
+    memset(k, 0, sizeof *k);
+    k->pid = pid;
+    k->sid = sid;
+    k->gid = (uint16_t)gid;
+    k->kind = (uint8_t)kind;
+    E->seq_table[j] = (uint32_t)++E->nseqs;
+    if (E->nseqs * 2 > E->seq_mask && seq_table_grow(E)) return -1;
+    return (int64_t)E->nseqs - 1;
+}
+
+/* The sequence of (producer, stream, kind, group): -1 on memory failure,
+ * -2 for one that cannot be (a consume without a usable group). */
+static int64_t seq_find(Engine *E, const Str *producer, uint32_t sid, int kind, const Str *group) {
+    if (kind == K_CONSUME && group->nil) return -2;
+    if (E->seq_last) { /* most often the sequence of the record before */
+        SeqKey *k = &E->seqs[E->seq_last - 1];
+        if (k->sid == sid && k->kind == kind && same_name(&E->producers, k->pid, producer) &&
+            (kind == K_PRODUCE || same_name(&E->groups, k->gid, group)))
+            return E->seq_last - 1;
+    }
+    int64_t pid = dict_get(&E->producers, producer->s, producer->n, 1);
+    int64_t gid = kind == K_CONSUME ? dict_get(&E->groups, group->s, group->n, 1) : 0;
+    if (pid < 0 || gid < 0) return -1;
+    if (gid > 65535) return -2;
+    int64_t i = seq_index(E, (uint32_t)pid, sid, (uint32_t)gid, kind);
+    if (i >= 0) E->seq_last = (uint32_t)i + 1;
+    return i;
+}
+
+static int seq_timer(Engine *E, uint32_t ki, double due) {
+    if (!++E->seq_tokens) ++E->seq_tokens; /* 0 means none */
+    E->seqs[ki].timer = E->seq_tokens;
+    return heap_push(&E->hole_heap, due, ki, E->seq_tokens);
+}
+
+/* Room for one more hole. */
+static int hole_room(Engine *E, SeqKey *k) {
+    if (k->nholes < k->hole_cap) return 0;
+    size_t cap = k->hole_cap;
+    if (cap >= UINT32_MAX / 2 || grow(&k->holes, &cap, k->nholes, sizeof(Hole), 2)) return -1;
+    E->hole_slots += cap - k->hole_cap;
+    k->hole_cap = (uint32_t)cap;
+    return 0;
+}
+
+static void hole_remove(Engine *E, SeqKey *k, uint32_t i, uint32_t n) {
+    memmove(k->holes + i, k->holes + i + n, (k->nholes - i - n) * sizeof(Hole));
+    k->nholes -= n;
+    E->open_holes -= n;
+    if (!k->nholes) { /* memory is what is open */
+        E->hole_slots -= k->hole_cap;
+        free(k->holes);
+        k->holes = NULL;
+        k->hole_cap = 0;
+    }
+}
+
+/* Opens [lo, hi], above every open hole of the sequence, shown at `at`. */
+static int hole_open(Engine *E, uint32_t ki, uint64_t lo, uint64_t hi, double at) {
+    SeqKey *k = &E->seqs[ki];
+    /* never before an earlier hole: holes by seq stay in the order they are due */
+    if (k->nholes && k->holes[k->nholes - 1].opened > at) at = k->holes[k->nholes - 1].opened;
+    if (hole_room(E, k)) return -1;
+    k->holes[k->nholes++] = (Hole){lo, hi, at};
+    E->open_holes++;
+    return k->timer ? 0 : seq_timer(E, ki, at + E->settle);
+}
+
+/* A record numbered `seq` of the sequence, received at `at`. */
+static int seq_see(Engine *E, uint32_t ki, uint64_t seq, double at) {
+    SeqKey *k = &E->seqs[ki];
+    if (seq == 0) return 0; /* numbering starts at 1: 0 is never missing */
+    if (seq > k->hw) {
+        uint64_t from = k->hw + 1;
+        k->hw = seq;
+        return seq > from ? hole_open(E, ki, from, seq - 1, at) : 0;
+    }
+    uint32_t lo = 0, hi = k->nholes; /* the first hole that ends at or after seq */
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (k->holes[mid].hi < seq) lo = mid + 1;
+        else hi = mid;
+    }
+    if (lo == k->nholes || k->holes[lo].lo > seq) return 0; /* seen, or declared already */
+    Hole *h = &k->holes[lo];
+    if (h->lo == h->hi) {
+        hole_remove(E, k, lo, 1);
+    } else if (seq == h->lo) {
+        h->lo++;
+    } else if (seq == h->hi) {
+        h->hi--;
+    } else { /* split in two, both shown when the whole was */
+        if (hole_room(E, k)) return -1;
+        h = &k->holes[lo];
+        memmove(h + 2, h + 1, (k->nholes - lo - 1) * sizeof(Hole));
+        h[1] = (Hole){seq + 1, h->hi, h->opened};
+        h->hi = seq - 1;
+        k->nholes++;
+        E->open_holes++;
+    }
+    return 0;
+}
+
+/* A high-water mark: every seq up to `last` was given to a record. */
+static int seq_mark(Engine *E, uint32_t ki, uint64_t last, double at) {
+    SeqKey *k = &E->seqs[ki];
+    if (last <= k->hw) return 0;
+    uint64_t from = k->hw + 1;
+    k->hw = last;
+    return hole_open(E, ki, from, last, at);
+}
+
+/* Checks a record's seq, if its body is from a sender that numbers per sequence. */
+static int seq_record(Engine *E, const Rec *r, uint32_t sid, double at) {
+    if (!r->has_seq || r->text[F_PRODUCER].nil || r->seq < 0) return 0;
+    int64_t ki = seq_find(E, &r->text[F_PRODUCER], sid, kind_of(&r->text[F_KIND]), &r->text[F_GROUP]);
+    if (ki == -2) return 0;
+    return ki < 0 ? -1 : seq_see(E, (uint32_t)ki, (uint64_t)r->seq, at);
+}
+
+/* Applies a body's marks: 0, -1 out of memory, -2 not a body. */
+static int seq_marks(Engine *E, Cursor *c, double at) {
+    uint32_t n;
+    if (mp_array(c, &n)) return -2;
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t m;
+        Str producer, stream, kind, group;
+        int64_t last;
+        double d;
+        int isf, nil;
+        if (mp_array(c, &m) || m != 5 || mp_str(c, &producer) || mp_str(c, &stream) || mp_str(c, &kind) ||
+            mp_str(c, &group) || mp_number(c, &last, &d, &isf, &nil))
+            return -2;
+        if (producer.nil || stream.nil || kind.nil || group.nil || isf || nil) return -2;
+        if (last <= 0) continue;
+        int64_t sid = stream_index(E, &stream);
+        if (sid < 0) return -1;
+        int64_t ki = seq_find(E, &producer, (uint32_t)sid, kind_of(&kind), &group);
+        if (ki == -2) continue;
+        if (ki < 0 || seq_mark(E, (uint32_t)ki, (uint64_t)last, at)) return -1;
+    }
+    return 0;
+}
+
+/* Declares missing the holes open for `settle` as of the receipt watermark. */
+static int seq_advance(Engine *E, double watermark) {
+    Heap *h = &E->hole_heap;
+    while (h->n && h->items[0].due <= watermark) {
+        Timer t = heap_pop(h);
+        SeqKey *k = &E->seqs[t.idx];
+        if (k->timer != t.gen) continue; /* stale: the sequence has a later timer */
+        k->timer = 0;
+        uint32_t due = 0;
+        uint64_t n = 0;
+        for (; due < k->nholes && k->holes[due].opened + E->settle <= watermark; due++) {
+            uint64_t size = k->holes[due].hi - k->holes[due].lo + 1;
+            n = size > UINT64_MAX - n ? UINT64_MAX : n + size;
+        }
+        if (due) {
+            hole_remove(E, k, 0, due);
+            if (n > (uint64_t)(INT64_MAX - k->undrained)) n = (uint64_t)(INT64_MAX - k->undrained);
+            k->undrained += (int64_t)n;
+            E->missing = n > UINT64_MAX - E->missing ? UINT64_MAX : E->missing + n;
+            if (!k->dirty) {
+                if (grow(&E->seq_dirty, &E->seq_dirty_cap, E->nseq_dirty, sizeof(uint32_t), 64)) return -1;
+                E->seq_dirty[E->nseq_dirty++] = t.idx;
+                k->dirty = 1;
+            }
+        }
+        if (k->nholes && seq_timer(E, t.idx, k->holes[0].opened + E->settle)) return -1;
+    }
+    return 0;
+}
+
+/* The missing records drained: {(stream, kind, group): n}, every producer added up. */
+static PyObject *seq_drain(Engine *E) {
+    PyObject *out = PyDict_New();
+    for (size_t i = 0; out && i < E->nseq_dirty; i++) {
+        SeqKey *k = &E->seqs[E->seq_dirty[i]];
+        k->dirty = 0;
+        PyObject *key = Py_BuildValue("(NsN)", dict_str(&E->streams, k->sid), k->kind == K_CONSUME ? "consume" : "produce",
+                                      k->kind == K_CONSUME ? dict_str(&E->groups, k->gid) : PyUnicode_FromString(""));
+        PyObject *n = key ? PyLong_FromLongLong(k->undrained) : NULL;
+        PyObject *had = n ? PyDict_GetItemWithError(out, key) : NULL;
+        PyObject *sum = had ? PyNumber_Add(had, n) : (n && !PyErr_Occurred() ? (Py_INCREF(n), n) : NULL);
+        if (!sum || PyDict_SetItem(out, key, sum)) Py_CLEAR(out);
+        Py_XDECREF(sum);
+        Py_XDECREF(n);
+        Py_XDECREF(key);
+        k->undrained = 0;
+    }
+    E->nseq_dirty = 0;
+    return out;
+}
+
 /* ================================================================ Python API */
 
 static PyObject *EngineError;
@@ -1520,6 +1809,12 @@ static void Engine_dealloc(Engine *E) {
     bf_reset(E);
     dict_free(&E->streams);
     dict_free(&E->groups);
+    for (size_t i = 0; i < E->nseqs; i++) free(E->seqs[i].holes);
+    free(E->seqs);
+    free(E->seq_table);
+    free(E->hole_heap.items);
+    free(E->seq_dirty);
+    dict_free(&E->producers);
     Py_XDECREF(E->verdicts);
     Py_TYPE(E)->tp_free((PyObject *)E);
 }
@@ -1543,7 +1838,12 @@ static int Engine_init(Engine *E, PyObject *args, PyObject *kw) {
     E->default_deadline = deadline;
     E->settle = settle;
     E->sketch_gamma_log = log(SKETCH_GAMMA);
-    if (dict_init(&E->streams) || dict_init(&E->groups)) { PyErr_NoMemory(); return -1; }
+    if (dict_init(&E->streams) || dict_init(&E->groups) || dict_init(&E->producers)) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    E->seq_mask = 63;
+    E->seq_table = calloc(E->seq_mask + 1, sizeof(uint32_t));
     E->mask = 1023;
     E->table = calloc(E->mask + 1, sizeof(Entry *));
     E->cmask = 1023;
@@ -1553,7 +1853,7 @@ static int Engine_init(Engine *E, PyObject *args, PyObject *kw) {
     E->pair_mask = 63;
     E->pair_table = calloc(E->pair_mask + 1, sizeof(uint32_t));
     E->verdicts = PyList_New(0);
-    if (!E->table || !E->ctable || !E->known || !E->pair_table || !E->verdicts) {
+    if (!E->table || !E->ctable || !E->known || !E->pair_table || !E->verdicts || !E->seq_table) {
         PyErr_NoMemory();
         return -1;
     }
@@ -1625,7 +1925,7 @@ static PyObject *Engine_new_groups(Engine *E, PyObject *bodies) {
         if (get_body(PySequence_Fast_GET_ITEM(seq, b), &view)) goto fail;
         Cursor c = {view.buf, (const uint8_t *)view.buf + view.len};
         uint32_t n;
-        if (open_body(&c, &n)) { PyBuffer_Release(&view); bad_body(); goto fail; }
+        if (open_body(&c, &n, NULL)) { PyBuffer_Release(&view); bad_body(); goto fail; }
         for (uint32_t i = 0; i < n; i++) {
             Rec r;
             if (read_record(&c, &r)) { PyBuffer_Release(&view); bad_body(); goto fail; }
@@ -1807,7 +2107,8 @@ static PyObject *Engine_apply(Engine *E, PyObject *args) {
     Cursor c = {(const uint8_t *)PyBytes_AS_STRING(body),
                 (const uint8_t *)PyBytes_AS_STRING(body) + PyBytes_GET_SIZE(body)};
     uint32_t n;
-    if (open_body(&c, &n)) return bad_body();
+    Cursor marks;
+    if (open_body(&c, &n, &marks)) return bad_body();
     int failed = 0, bad = 0;
     /* No Python object is touched but to defer a record: the collector's
      * threads run while the engine folds a body. */
@@ -1817,6 +2118,8 @@ static PyObject *Engine_apply(Engine *E, PyObject *args) {
         Place at;
         if (read_record(&c, &r)) { bad = 1; break; }
         if (place_of(E, &r, &at)) { failed = 1; break; }
+        /* the seq is checked whatever becomes of the record (a resend, deferred) */
+        if (marks.p && seq_record(E, &r, (uint32_t)at.sid, received_at)) { failed = 1; break; }
         /* an id not in memory whose verdict is in the store waits to be loaded */
         if (!at.found && E->known_n && known_has(E, at.h)) {
             Py_BLOCK_THREADS
@@ -1825,6 +2128,11 @@ static PyObject *Engine_apply(Engine *E, PyObject *args) {
         } else {
             failed = apply_record(E, &r, received_at, &at);
         }
+    }
+    if (marks.p && !failed && !bad) {
+        int m = seq_marks(E, &marks, received_at);
+        failed = m == -1;
+        bad = m == -2;
     }
     Py_END_ALLOW_THREADS
     if (bad) return bad_body();
@@ -1904,7 +2212,7 @@ static int advance(Engine *E, double now, double watermark) {
         if (judge_due(E, t.idx, now, watermark)) return -1;
     }
     expire_compacts(E, now, watermark);
-    return 0;
+    return seq_advance(E, watermark);
 }
 
 static PyObject *Engine_advance(Engine *E, PyObject *args) {
@@ -1938,8 +2246,9 @@ static PyObject *bins_dict(Pair *p) {
     return d;
 }
 
-/* drain() -> (pairs, verdicts): what changed since the last drain.
- * pairs: [(stream, group, {tally: delta}, latency_sum, histogram, sketch bins)]. */
+/* drain() -> (pairs, verdicts, missing): what changed since the last drain.
+ * pairs: [(stream, group, {tally: delta}, latency_sum, histogram, sketch bins)];
+ * missing: {(stream, kind, group): records declared missing}. */
 static PyObject *Engine_drain(Engine *E, PyObject *Py_UNUSED(ignored)) {
     for (size_t i = 0; i < E->ndirty; i++) {
         uint32_t idx = (uint32_t)(E->dirty[i] >> 32), gen = (uint32_t)E->dirty[i];
@@ -1977,10 +2286,12 @@ static PyObject *Engine_drain(Engine *E, PyObject *Py_UNUSED(ignored)) {
         binmap_clear(&p->bins);
         p->dirty = 0;
     }
+    PyObject *missing = seq_drain(E);
+    if (!missing) goto fail;
     PyObject *verdicts = E->verdicts;
     E->verdicts = PyList_New(0);
-    if (!E->verdicts) { E->verdicts = verdicts; goto fail; }
-    return Py_BuildValue("(NN)", pairs, verdicts);
+    if (!E->verdicts) { E->verdicts = verdicts; Py_DECREF(missing); goto fail; }
+    return Py_BuildValue("(NNN)", pairs, verdicts, missing);
 fail:
     Py_DECREF(pairs);
     return NULL;
@@ -2050,13 +2361,22 @@ static PyObject *Engine_stats(Engine *E, PyObject *Py_UNUSED(ignored)) {
     size_t heaps = (E->due_heap.cap + E->receipt_heap.cap) * sizeof(Timer);
     size_t ctable = (size_t)(E->cmask + 1) * sizeof(Compact *), fifos = 0;
     for (uint32_t sid = 0; sid < E->streams.n; sid++) fifos += E->sinfo[sid].fifo_cap * sizeof(Compact *);
-    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:I,s:n,s:n,s:I,s:I,s:n,s:n,s:K}", "records",
+    size_t seq_bytes = E->seqs_cap * sizeof(SeqKey) + (size_t)(E->seq_mask + 1) * sizeof(uint32_t) +
+                       E->hole_heap.cap * sizeof(Timer) + E->hole_slots * sizeof(Hole);
+    PyObject *out = Py_BuildValue("{s:K,s:K,s:K,s:K,s:I,s:n,s:n,s:I,s:I,s:n,s:n,s:K}", "records",
                          (unsigned long long)E->records, "repeats", (unsigned long long)E->repeats, "judged",
                          (unsigned long long)E->judged, "evicted", (unsigned long long)E->evicted, "in_memory",
                          E->live, "entry_bytes", (Py_ssize_t)E->entry_bytes, "index_bytes",
                          (Py_ssize_t)(table + pool + heaps), "known", E->known_n, "compact", E->clive,
                          "compact_bytes", (Py_ssize_t)E->compact_bytes, "compact_index_bytes",
                          (Py_ssize_t)(ctable + fifos), "compacted", (unsigned long long)E->compacted);
+    PyObject *more = out ? Py_BuildValue("{s:K,s:n,s:K,s:n}", "records_missing", (unsigned long long)E->missing,
+                                         "sequences", (Py_ssize_t)E->nseqs, "open_holes",
+                                         (unsigned long long)E->open_holes, "sequence_bytes", (Py_ssize_t)seq_bytes)
+                       : NULL;
+    if (!more || PyDict_Update(out, more)) Py_CLEAR(out);
+    Py_XDECREF(more);
+    return out;
 }
 
 /* ------------------------------------------------------------ backfill */
@@ -2145,7 +2465,7 @@ static PyObject *Engine_backfill_scan(Engine *E, PyObject *args) {
     if (get_body(body, &view)) return NULL;
     Cursor c = {view.buf, (const uint8_t *)view.buf + view.len};
     uint32_t n;
-    if (open_body(&c, &n)) { PyBuffer_Release(&view); return bad_body(); }
+    if (open_body(&c, &n, NULL)) { PyBuffer_Release(&view); return bad_body(); }
     long produced = 0;
     for (uint32_t i = 0; i < n; i++) {
         Rec r;
@@ -2224,7 +2544,9 @@ static void in_get(In *in, void *p, size_t n) {
 }
 #define GET(in, v) in_get((in), &(v), sizeof(v))
 
-static const uint64_t CHECKPOINT_MAGIC = 0x3174706B636D746DULL; /* "mtmckpt1" */
+static const uint64_t CHECKPOINT_MAGIC = 0x3274706B636D746DULL; /* "mtmckpt2" */
+/* Written before sequences were checked: the same but for them. */
+static const uint64_t CHECKPOINT_MAGIC_1 = 0x3174706B636D746DULL; /* "mtmckpt1" */
 
 static void put_dict(Out *o, Dict *d) {
     PUT(o, d->n);
@@ -2297,21 +2619,75 @@ static PyObject *Engine_dumps(Engine *E, PyObject *Py_UNUSED(ignored)) {
             out_put(&o, cfps(c), (size_t)c->nfp * 8);
         }
     }
+    put_dict(&o, &E->producers);
+    PUT(&o, E->missing);
+    uint64_t nseqs = E->nseqs;
+    PUT(&o, nseqs);
+    for (size_t i = 0; i < E->nseqs; i++) {
+        SeqKey *k = &E->seqs[i];
+        PUT(&o, k->pid);
+        PUT(&o, k->sid);
+        PUT(&o, k->gid);
+        PUT(&o, k->kind);
+        PUT(&o, k->hw);
+        PUT(&o, k->nholes);
+        out_put(&o, k->holes, k->nholes * sizeof(Hole));
+    }
     if (o.failed) { free(o.buf); return PyErr_NoMemory(); }
     PyObject *bytes = PyBytes_FromStringAndSize((const char *)o.buf, (Py_ssize_t)o.n);
     free(o.buf);
     return bytes;
 }
 
+/* The sequences of a checkpoint, their timers set again. */
+static int get_sequences(Engine *E, In *in) {
+    uint64_t nseqs;
+    if (get_dict(in, &E->producers)) return -1;
+    GET(in, E->missing);
+    GET(in, nseqs);
+    for (uint64_t i = 0; i < nseqs && !in->failed; i++) {
+        SeqKey k;
+        memset(&k, 0, sizeof k);
+        GET(in, k.pid);
+        GET(in, k.sid);
+        GET(in, k.gid);
+        GET(in, k.kind);
+        GET(in, k.hw);
+        GET(in, k.nholes);
+        if (in->failed || k.pid >= E->producers.n || k.sid >= E->streams.n ||
+            (k.kind == K_CONSUME && k.gid >= E->groups.n))
+            return -1;
+        if ((size_t)(in->end - in->p) / sizeof(Hole) < k.nholes) return -1;
+        int64_t ki = seq_index(E, k.pid, k.sid, k.gid, k.kind);
+        if (ki != (int64_t)i) return -1;
+        SeqKey *at = &E->seqs[ki];
+        at->hw = k.hw;
+        for (uint32_t h = 0; h < k.nholes; h++) {
+            if (hole_room(E, at)) return -1;
+            in_get(in, &at->holes[at->nholes++], sizeof(Hole));
+            E->open_holes++;
+        }
+        if (at->nholes && seq_timer(E, (uint32_t)ki, at->holes[0].opened + E->settle)) return -1;
+    }
+    return in->failed ? -1 : 0;
+}
+
 /* loads(bytes): replaces an empty engine's state with a checkpoint's. */
 static PyObject *Engine_loads(Engine *E, PyObject *arg) {
-    if (E->live || E->streams.n) { PyErr_SetString(EngineError, "loads() needs a fresh engine"); return NULL; }
+    if (E->live || E->streams.n || E->nseqs) {
+        PyErr_SetString(EngineError, "loads() needs a fresh engine");
+        return NULL;
+    }
     Py_buffer view;
     if (get_body(arg, &view)) return NULL;
     In in = {view.buf, (const uint8_t *)view.buf + view.len, 0};
     uint64_t magic;
     GET(&in, magic);
-    if (magic != CHECKPOINT_MAGIC) { PyBuffer_Release(&view); PyErr_SetString(EngineError, "not a checkpoint"); return NULL; }
+    if (magic != CHECKPOINT_MAGIC && magic != CHECKPOINT_MAGIC_1) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(EngineError, "not a checkpoint");
+        return NULL;
+    }
     GET(&in, E->default_deadline);
     GET(&in, E->settle);
     GET(&in, E->remember);
@@ -2383,6 +2759,7 @@ static PyObject *Engine_loads(Engine *E, PyObject *arg) {
         in_get(&in, cfps(c), (size_t)hdr.nfp * 8);
         if (in.failed || compact_insert(E, c)) { free(c); goto bad; }
     }
+    if (magic == CHECKPOINT_MAGIC && get_sequences(E, &in)) goto bad;
     if (in.failed || in.p != in.end) goto bad;
     PyBuffer_Release(&view);
     Py_RETURN_NONE;
@@ -2400,7 +2777,7 @@ static PyObject *body_keys(PyObject *Py_UNUSED(mod), PyObject *body) {
     if (get_body(body, &view)) return NULL;
     Cursor c = {view.buf, (const uint8_t *)view.buf + view.len};
     uint32_t n;
-    if (open_body(&c, &n)) { PyBuffer_Release(&view); return bad_body(); }
+    if (open_body(&c, &n, NULL)) { PyBuffer_Release(&view); return bad_body(); }
     PyObject *out = PyList_New(0);
     for (uint32_t i = 0; out && i < n; i++) {
         Rec r;

@@ -73,7 +73,7 @@ def logged(engine: Engine, stream: str | None = None) -> list[dict[str, Any]]:
     seen: set[tuple[object, ...]] = set()
     out = []
     for body in bodies:
-        for rec in logbody.decode(body):
+        for rec in logbody.decode(body).records:
             fields = {name: getattr(rec, name, None) for name in FIELDS if name != "kind"}
             fields["group"] = fields["group"] or ""
             r = Record(kind="produce" if isinstance(rec, Produce) else "consume", **fields)
