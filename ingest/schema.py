@@ -112,6 +112,7 @@ _decoder = msgspec.json.Decoder(list[Record] | Envelope)
 _PATH = re.compile(r"^(?P<reason>.*) - at `\$(?P<path>[^`]*)`$", re.S)
 _MISSING = re.compile(r"^Object missing required field `(?P<name>[^`]+)`$")
 _UNKNOWN = re.compile(r"^Object contains unknown field `(?P<name>[^`]+)`$")
+_KIND = re.compile(r"^Invalid (?:enum )?value (.*)$")
 _TYPES = {"str": "a string", "int": "an integer", "float": "a number", "object": "an object",
           "array": "an array", "null": "null", "bool": "a boolean"}  # fmt: skip
 # msgspec's wording -> the contract's, for the refusals a sender meets most.
@@ -153,8 +154,9 @@ def _located(exc: msgspec.ValidationError) -> RecordError:
                 plain = "only consume records carry a group"
             return RecordError(f"{path}.{named['name']}" if path else named["name"], plain)
     path = path or "body"
-    if path.endswith(".kind") and reason.startswith("Invalid value"):
-        reason = f"must be 'produce' or 'consume', got {reason.split(' ', 2)[2]}"
+    kind = _KIND.match(reason) if path.endswith(".kind") else None
+    if kind is not None:  # a record's tag, or the kind of a drop total or a mark
+        return RecordError(path, f"must be 'produce' or 'consume', got {kind[1]}")
     return RecordError(path, _plain(reason))
 
 

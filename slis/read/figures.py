@@ -46,6 +46,10 @@ class SLI:
     # Records the shims dropped before sending (measurement loss, not message
     # loss): the stream's produce drops plus this group's consume drops.
     records_dropped: int = 0
+    # Records missing from the senders' numbering (measurement loss the engine
+    # found, from dead shims too): the stream's produces, this group's consumes.
+    produce_records_missing: int = 0
+    consume_records_missing: int = 0
 
     def _sum(self, columns: tuple[str, ...]) -> int:
         return sum(int(getattr(self, c)) for c in columns)
@@ -60,5 +64,14 @@ class SLI:
                 out[ind.ratio] = ratio(self._sum(ind.errors), self._sum(ind.total))
         return out
 
+    def inflation(self) -> dict[str, int]:
+        """How many lost and unexpected ids missing records may account for: a
+        lost id whose consume record is missing may have been consumed, an
+        unexpected id whose produce records are missing may have been produced."""
+        return {
+            "lost_inflated_by_at_most": min(self.lost, self.consume_records_missing),
+            "unexpected_inflated_by_at_most": min(self.unexpected, self.produce_records_missing),
+        }
+
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), **self.ratios()}
+        return {**asdict(self), **self.ratios(), **self.inflation()}

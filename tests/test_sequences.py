@@ -1,0 +1,338 @@
+"""Measurement loss found from the senders' numbering, on SQLite and PostgreSQL.
+
+Shim instances number their records from 1 per (producer, stream, kind,
+group); records that never reach the collector leave holes, found in the
+middle when a later record comes, at the tail when a high-water mark does.
+Histories here remove records from several instances' sequences and check
+every figure exactly: the tallies of what arrived (the oracle), the records
+missing, and the bounds on the lost and unexpected figures they inflate.
+Times are offsets from harness.T.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Sequence
+
+import httpx
+import msgspec
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import Engine, insert, select
+
+from msgtally.ingest.schema import parse_batch
+from msgtally.ingest.tables import log, log_pending
+from msgtally.ingest.wire import record_to_json
+from msgtally.reconcile import ReconcileConfig, Reconciler
+from msgtally.slis.read.query import read_slis
+from tests.conftest import LiveCollector
+from tests.harness import (
+    T,
+    assert_discrepancies,
+    assert_figures,
+    consume,
+    figures,
+    ingest,
+    missing,
+    produce,
+    run,
+)
+from tests.oracle import Mark, Record, missing_records, oracle
+
+DEFAULT = ReconcileConfig()
+
+
+class Sender:
+    """A shim instance: it numbers its records per (stream, kind, group) from 1."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.last: dict[tuple[str, str, str], int] = {}
+
+    def __call__(self, record: Record) -> Record:
+        key = (record.stream, record.kind, record.group)
+        self.last[key] = self.last.get(key, 0) + 1
+        return record._replace(producer=self.name, seq=self.last[key])
+
+    def marks(self) -> list[Mark]:
+        """Its high-water marks: how far it numbered each sequence."""
+        return [Mark(self.name, s, k, n, g) for (s, k, g), n in self.last.items()]
+
+
+def inflation(engine: Engine) -> dict[tuple[str, str], tuple[int, int, int, int]]:
+    """(produce missing, consume missing, lost bound, unexpected bound) per (stream, group)."""
+    with engine.connect() as conn:
+        slis = read_slis(conn)
+    out = {}
+    for s in slis:
+        bounds = s.inflation()
+        out[(s.stream, s.group)] = (
+            s.produce_records_missing,
+            s.consume_records_missing,
+            bounds["lost_inflated_by_at_most"],
+            bounds["unexpected_inflated_by_at_most"],
+        )
+    return out
+
+
+# --- a history with holes in several instances' sequences --------------------------------
+
+
+def several_instances() -> tuple[list[list[Record]], list[Mark], list[Record]]:
+    """Bodies as the collector receives them, the tail marks, and the records of
+    a sender that does not number per sequence (logged apart)."""
+    p1, p2, c1, c2 = Sender("p1"), Sender("p2"), Sender("c1"), Sender("c2")
+    orders = {f"o{i}": float(i) for i in range(1, 15)}
+    made: dict[tuple[str, int], Record] = {}
+
+    def note(sender: Sender, r: Record) -> None:
+        numbered = sender(r)
+        assert numbered.seq is not None
+        made[(f"{sender.name}/{r.stream}/{r.kind}", numbered.seq)] = numbered
+
+    for mid in ("o1", "o2", "o3", "o4", "o5", "o6", "o13", "o14"):  # p1: seqs 1-8
+        note(p1, produce("orders", mid, orders[mid]))
+    for mid in ("o7", "o8", "o9", "o10", "o11", "o12"):  # p2: seqs 1-6
+        note(p2, produce("orders", mid, orders[mid]))
+    for mid in ("o1", "o2", "o3", "o4", "o5", "o6"):  # c1: seqs 1-6
+        note(c1, consume("orders", mid, "billing", orders[mid] + 1))
+    for mid in ("o7", "o8", "o9", "o10", "o11"):  # c2: seqs 1-5; o12 is really lost
+        note(c2, consume("orders", mid, "billing", orders[mid] + 1))
+    for i in (1, 2, 3):  # a second sequence of p1 and of c1
+        note(p1, produce("audit", f"a{i}", i))
+        note(c1, consume("audit", f"a{i}", "siem", i + 2))
+    removed = {
+        ("p1/orders/produce", 3),  # the middle: o3 looks unexpected
+        ("p2/orders/produce", 5),  # the tail (found by p2's mark): o11 vanishes,
+        ("p2/orders/produce", 6),  # o12 (really lost) is not seen at all
+        ("c1/orders/consume", 2),  # the middle: o2 looks lost
+        ("c2/orders/consume", 4),  # the tail (found by c2's mark): o10 looks lost
+        ("c2/orders/consume", 5),
+        ("c1/audit/consume", 1),  # the head: a1 looks lost
+    }
+    kept = [r for key, r in made.items() if key not in removed]
+    resent = next(r for r in kept if r.producer == "c1" and r.seq == 4)  # a shim's resend
+    bodies = [kept[0:5], [*kept[5:11], resent], kept[11:]]
+    bodies = [list(reversed(bodies[1])), bodies[2], bodies[0]]  # out of order in flight
+    tail = [m for m in p2.marks() + c2.marks() if m.stream == "orders"]
+    legacy = [  # an older shim: one counter for everything, not checked
+        produce("orders", "o20", 1)._replace(producer="old", seq=1),
+        produce("orders", "o21", 1)._replace(producer="old", seq=5),
+        consume("orders", "o20", "billing", 2),
+        consume("orders", "o21", "billing", 2),
+    ]
+    return bodies, tail, legacy
+
+
+def test_holes_in_several_instances_in_the_middle_and_at_the_tail(engine: Engine) -> None:
+    bodies, tail, legacy = several_instances()
+    for body in bodies:
+        ingest(engine, body, sequences=[])
+    ingest(engine, legacy)  # no sequences: its seqs (1, 5) are not checked
+    ingest(engine, [], sequences=tail)  # a high-water report on its own: the tails
+    run(engine, DEFAULT, 1000)
+
+    records = [r for body in bodies for r in body]
+    want = oracle(records + legacy)
+    assert_figures(figures(engine), want)
+    assert_discrepancies(engine, want)
+    assert missing(engine) == missing_records(records, tail) == {
+        ("orders", "produce", ""): 3,
+        ("orders", "consume", "billing"): 3,
+        ("audit", "consume", "siem"): 1,
+    }
+    billing = figures(engine)[("orders", "billing")]
+    # o2, o10: consumed, their consume records missing; o13, o14: really lost.
+    assert (billing["produced"], billing["delivered"], billing["lost"]) == (13, 9, 4)
+    assert billing["unexpected"] == 1  # o3: produced, its produce record missing
+    assert figures(engine)[("audit", "siem")]["lost"] == 1
+    assert inflation(engine) == {
+        ("orders", "billing"): (3, 3, 3, 1),
+        ("audit", "siem"): (0, 1, 1, 0),
+    }
+
+
+def test_the_tail_is_not_known_without_a_mark(engine: Engine) -> None:
+    bodies, tail, _ = several_instances()
+    for body in bodies:
+        ingest(engine, body, sequences=[])
+    run(engine, DEFAULT, 1000)
+    records = [r for body in bodies for r in body]
+    assert missing(engine) == missing_records(records) == {
+        ("orders", "produce", ""): 1,
+        ("orders", "consume", "billing"): 1,
+        ("audit", "consume", "siem"): 1,
+    }
+    ingest(engine, [], sequences=tail)  # the instances report how far they numbered
+    run(engine, DEFAULT, 1100)
+    assert missing(engine) == missing_records(records, tail)
+
+
+# --- when a hole counts ---------------------------------------------------------------------
+
+
+def test_a_hole_counts_once_open_for_settle_and_never_goes_down(engine: Engine) -> None:
+    config = ReconcileConfig(expected_groups={"s": ("g",)})
+    p = Sender("p1")
+    m = [p(produce("s", f"m{i}", i)) for i in range(1, 7)]  # seqs 1-6
+    live = Reconciler(engine, config).open()
+    ingest(engine, [m[0], m[2]], received_at=T + 1, sequences=[])  # 2 is open
+    live.tick(T + 5)
+    assert missing(engine) == {}
+    ingest(engine, [m[1], m[4]], received_at=T + 8, sequences=[])  # 2 comes 7 s later; 4 open
+    live.tick(T + 12)  # past the settle 2 would have had: it came in time
+    assert missing(engine) == {}
+    live.tick(T + 17.5)
+    assert missing(engine) == {}
+    live.tick(T + 18)  # 4 has been open for settle (10 s) since its receipt at 8
+    assert missing(engine) == {("s", "produce", ""): 1}
+    # 4 comes after all: counted in the figures, still missing; the tail (6-8) opens
+    ingest(engine, [m[3]], received_at=T + 20, sequences=[Mark("p1", "s", "produce", 8)])
+    live.tick(T + 29)
+    assert missing(engine) == {("s", "produce", ""): 1}
+    live.close(checkpoint=False)  # as kill -9: the next engine replays the ticks
+    with Reconciler(engine, config) as again:
+        again.tick(T + 30)
+        assert missing(engine) == {("s", "produce", ""): 4}
+        again.tick(T + 400)
+    assert figures(engine)[("s", "g")]["produced"] == 5  # m1-m5, the late m4 with them
+    assert missing(engine) == {("s", "produce", ""): 4}
+
+
+def test_a_backlog_is_judged_by_receipt_times_as_it_was_live(engine: Engine) -> None:
+    """An engine that comes back to an hour of log reads it in order: a hole is
+    missing when the record that fills it was received more than settle after
+    the one that showed it, however late the engine reads them."""
+    p = Sender("p1")
+    m = [p(produce("s", f"m{i}", i)) for i in range(1, 6)]
+    ingest(engine, [m[0], m[2], m[4]], received_at=T + 1, sequences=[])  # 2 and 4 open
+    ingest(engine, [m[1]], received_at=T + 9, sequences=[])  # within settle
+    ingest(engine, [m[3]], received_at=T + 12, sequences=[])  # too late
+    with Reconciler(engine, ReconcileConfig(budget=1)) as live:  # a log row per tick
+        for _ in range(4):
+            live.tick(T + 3600)
+    assert missing(engine) == {("s", "produce", ""): 1}
+
+
+# --- what is not checked, and what is one sequence ----------------------------------------
+
+
+def test_what_is_checked_and_what_is_one_sequence(engine: Engine) -> None:
+    records = [
+        # one producer, two kinds and two groups: four sequences, each gapless
+        produce("s", "a", 0)._replace(producer="x", seq=1),
+        consume("s", "a", "g1", 1)._replace(producer="x", seq=1),
+        consume("s", "a", "g2", 1)._replace(producer="x", seq=1),
+        produce("t", "a", 0)._replace(producer="x", seq=1),
+        # seq 0 is never missing; 3 shows that 2 is
+        produce("s", "b", 0)._replace(producer="y", seq=0),
+        produce("s", "c", 0)._replace(producer="y", seq=1),
+        produce("s", "d", 0)._replace(producer="y", seq=3),
+        # without a producer, or without a seq: not in a sequence
+        produce("s", "e", 0)._replace(seq=9),
+        produce("s", "f", 0)._replace(producer="z"),
+    ]
+    ingest(engine, records, sequences=[])
+    ingest(engine, records, sequences=[])  # resent: each seq counts once
+    ingest(engine, [], sequences=[Mark("x", "s", "consume", 1, "g1")])  # no news
+    ingest(engine, [produce("s", "g", 0)._replace(producer="x", seq=7)])  # not checked
+    run(engine, DEFAULT, 1000)
+    assert missing(engine) == {("s", "produce", ""): 1}
+
+
+def test_version_1_log_bodies_are_still_read(engine: Engine) -> None:
+    """A store written before sequences were checked holds version 1 bodies."""
+    records = [
+        produce("s", "m1", 0)._replace(producer="p", seq=1),
+        produce("s", "m2", 0)._replace(producer="p", seq=5),
+        consume("s", "m1", "g", 1),
+    ]
+    body = msgspec.msgpack.encode((1, parse_batch([record_to_json(r) for r in records])))
+    with engine.begin() as conn:
+        row = conn.execute(insert(log).values(received_at=T, n=3, body=body).returning(log.c.id))
+        conn.execute(insert(log_pending).values(id=row.scalar_one(), received_at=T, n=3))
+    run(engine, DEFAULT, 1000)
+    assert_figures(figures(engine), oracle(records))
+    assert missing(engine) == {}
+    with engine.connect() as conn:
+        assert conn.execute(select(log.c.body)).scalar_one() == body
+
+
+# --- through the collector: /v1/slis, /metrics, report -----------------------------------
+
+
+def post(url: str, records: Sequence[Record], marks: Sequence[Mark] | None) -> None:
+    body: dict[str, object] = {"records": [record_to_json(r) for r in records], "source": "t"}
+    if marks is not None:
+        body["sequences"] = [m._asdict() for m in marks]
+    resp = httpx.post(f"{url}/v1/records", json=body)
+    assert resp.status_code == 200, resp.text
+
+
+def test_through_the_collector(engine: Engine, db_url: str) -> None:
+    bodies, tail, legacy = several_instances()
+    with LiveCollector(engine, DEFAULT) as live:
+        for body in bodies:
+            post(live.url, body, [])
+        post(live.url, legacy, None)
+        post(live.url, [], tail)
+        run(engine, DEFAULT, 1000)
+        slis = {(r["stream"], r["group"]): r for r in httpx.get(f"{live.url}/v1/slis").json()}
+        text = httpx.get(f"{live.url}/metrics").text
+    billing = slis[("orders", "billing")]
+    assert (billing["produce_records_missing"], billing["consume_records_missing"]) == (3, 3)
+    assert (billing["lost"], billing["lost_inflated_by_at_most"]) == (4, 3)
+    assert (billing["unexpected"], billing["unexpected_inflated_by_at_most"]) == (1, 1)
+    siem = slis[("audit", "siem")]
+    assert (siem["produce_records_missing"], siem["consume_records_missing"]) == (0, 1)
+    assert (siem["lost"], siem["lost_inflated_by_at_most"]) == (1, 1)
+    series = {
+        tuple(sorted(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "msgtally_records_missing_total"
+    }
+    assert series == {
+        (("group", ""), ("kind", "produce"), ("stream", "orders")): 3,
+        (("group", "billing"), ("kind", "consume"), ("stream", "orders")): 3,
+        (("group", "siem"), ("kind", "consume"), ("stream", "audit")): 1,
+    }
+    if not db_url.startswith("sqlite"):
+        return
+    report = [sys.executable, "-m", "msgtally.cli", "report", "--db", db_url]
+    rows = json.loads(subprocess.run([*report, "--json"], capture_output=True, check=True,
+                                     text=True).stdout)  # fmt: skip
+    assert {(r["stream"], r["group"]): r for r in rows} == slis
+    table = subprocess.run(report, capture_output=True, check=True, text=True).stdout
+    assert "* orders / billing: up to 3 of the lost ids may have been consumed" in table
+    assert "* orders / billing: up to 1 of the unexpected ids may have been produced" in table
+    assert "* audit / siem: up to 1 of the lost ids may have been consumed" in table
+
+
+@pytest.mark.parametrize(
+    ("mark", "field", "reason"),
+    [
+        ({"producer": "p", "stream": "s", "kind": "consume", "last": 3},
+         "sequences[0].group", "field required for a consume sequence"),
+        ({"producer": "p", "stream": "s", "kind": "produce", "last": 3, "group": "g"},
+         "sequences[0].group", "only consume sequences carry a group"),
+        ({"producer": "p", "stream": "s", "kind": "produce", "last": 2**63},
+         "sequences[0].last", "must be at most 9223372036854775807"),
+        ({"producer": "p\x00", "stream": "s", "kind": "produce", "last": 1},
+         "sequences[0].producer", "contains a NUL character"),
+        ({"producer": "p", "stream": "s", "kind": "send", "last": 1},
+         "sequences[0].kind", "must be 'produce' or 'consume', got 'send'"),
+        ({"stream": "s", "kind": "produce", "last": 1}, "sequences[0].producer", "field required"),
+    ],
+)  # fmt: skip
+def test_a_bad_mark_is_refused_naming_it(
+    engine: Engine, collector: LiveCollector, mark: dict[str, object], field: str, reason: str
+) -> None:
+    ok = record_to_json(produce("s", "m", 0))
+    resp = httpx.post(f"{collector.url}/v1/records", json={"records": [ok], "sequences": [mark]})
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["detail"] == {"field": field, "reason": reason}
+    with engine.connect() as conn:
+        assert conn.execute(select(log.c.id)).first() is None
