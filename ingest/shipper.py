@@ -4,8 +4,11 @@ The caller's side is one lock and one deque append. A daemon thread sends
 batches (by size and by time), retries with exponential backoff and jitter,
 and keeps the buffer bounded: when it is full the oldest record is dropped and
 counted. Drop totals travel with the next batch that gets through, so the
-collector can tell measurement loss from message loss. Resends carry the same
-record ids, so the collector stores them once.
+collector can tell measurement loss from message loss; so do the high-water
+marks of the sequences whose records were dropped (the highest seq dropped),
+so that the collector finds the gaps at their tails. Every request says, with
+its `sequences`, that its records are numbered per sequence. Resends carry
+the same record ids, so the collector stores them once.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import threading
 import weakref
 from collections import Counter, deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
@@ -31,7 +34,17 @@ log = logging.getLogger(__name__)
 # A record on its way: the tuple of wire.FIELDS, in that order.
 Row = tuple[Any, ...]
 DropKey = tuple[str, str, str]  # stream, kind, group
-_STREAM, _KIND, _GROUP = (FIELDS.index(name) for name in ("stream", "kind", "group"))
+SeqKey = tuple[str, str, str, str]  # producer, stream, kind, group
+_STREAM, _KIND, _GROUP, _PRODUCER, _SEQ = (
+    FIELDS.index(name) for name in ("stream", "kind", "group", "producer", "seq")
+)
+
+
+class _Report(NamedTuple):
+    """What the collector is told beside the records: drop totals, marks."""
+
+    drops: Counter[DropKey]
+    marks: dict[SeqKey, int]
 
 # Worth sending again: the collector is busy or restarting, or a proxy in front
 # of it could not reach it. Any other answer refuses the batch for good: it is
@@ -87,7 +100,10 @@ class Shipper:
         self._closed = False
         self._thread: threading.Thread | None = None
         self.dropped: Counter[DropKey] = Counter()
-        self._reported: Counter[DropKey] = Counter()
+        # The highest seq dropped per sequence: the tail the collector cannot see.
+        self.dropped_seqs: dict[SeqKey, int] = {}
+        self._reported = _Report(Counter(), {})
+        self._refused: set[str] = set()  # parts of the report the collector refuses
         self.shipped = 0
 
     # -- the caller's side ------------------------------------------------
@@ -123,6 +139,11 @@ class Shipper:
 
     def _drop_locked(self, row: Row) -> None:
         self._count_locked((row[_STREAM], row[_KIND], row[_GROUP]))
+        seq = row[_SEQ]
+        if seq is not None and row[_PRODUCER] is not None:
+            key = (row[_PRODUCER], row[_STREAM], row[_KIND], row[_GROUP])
+            if seq > self.dropped_seqs.get(key, 0):
+                self.dropped_seqs[key] = seq
 
     def _count_locked(self, key: DropKey) -> None:
         self.dropped[key] += 1
@@ -180,7 +201,7 @@ class Shipper:
             while True:
                 if not pending:
                     pending = self._take()
-                if not pending and self._drops_unreported():
+                if not pending and self._unreported():
                     # Nothing to send but news of drops: report them on their own.
                     self._send(client, [])
                 if not pending:
@@ -216,25 +237,40 @@ class Shipper:
                     self._drop_locked(row)
             return False
 
-    def _drops_unreported(self) -> bool:
-        with self._lock:
-            return self.dropped != self._reported
+    def _report_locked(self) -> _Report:
+        return _Report(
+            Counter() if "dropped" in self._refused else Counter(self.dropped),
+            {} if "sequences" in self._refused else dict(self.dropped_seqs),
+        )
 
-    def _body(self, rows: list[Row]) -> tuple[bytes, Counter[DropKey]]:
+    def _unreported(self) -> bool:
+        with self._lock:
+            return self._reported != self._report_locked()
+
+    def _body(self, rows: list[Row]) -> tuple[bytes, _Report]:
         records = [record_to_json(row) for row in rows]
         with self._lock:
-            snapshot = Counter(self.dropped)
-        body: dict[str, Any] = {"records": records, "source": self.source}
-        if snapshot:
+            report = self._report_locked()
+        body: dict[str, Any] = {
+            "records": records,
+            # Present, even empty: these records are numbered per sequence.
+            "sequences": [
+                {"producer": p, "stream": s, "kind": k, "group": g, "last": n}
+                for (p, s, k, g), n in report.marks.items()
+            ],
+        }
+        if "source" not in self._refused:
+            body["source"] = self.source
+        if report.drops:
             body["dropped"] = [
                 {"stream": s, "kind": k, "group": g, "total": n}
-                for (s, k, g), n in snapshot.items()
+                for (s, k, g), n in report.drops.items()
             ]
-        return json.dumps(body).encode(), snapshot
+        return json.dumps(body).encode(), report
 
     def _send(self, client: httpx.Client, rows: list[Row]) -> list[Row] | None:
         """Send a batch: None to retry it later, else what is left to send now."""
-        body, drops = self._body(rows)
+        body, report = self._body(rows)
         try:
             resp = client.post(self.url, content=body, headers=self._headers)
         except httpx.HTTPError as exc:
@@ -242,19 +278,22 @@ class Shipper:
             return None
         if resp.status_code == 200:
             with self._lock:
-                self._reported = drops
+                self._reported = report
             self.shipped += len(rows)
             if self._on_shipped is not None:
                 self._on_shipped(len(rows))
             return []
         if resp.status_code in _RETRY_STATUS:
             return None
-        if _field(resp).startswith(("dropped", "source")):
-            # The drop report, not a record, was refused: give it up (it would be
-            # refused with every batch) and send the records again.
-            log.warning("collector refused the drop report: %s", resp.text[:500])
+        part = _field(resp).split("[", 1)[0]
+        if part in ("dropped", "sequences", "source"):
+            # The report, not a record, was refused: give that part up (it would
+            # be refused with every batch) and send the records again.
+            log.warning("collector refused the shim's report: %s", resp.text[:500])
             with self._lock:
-                self._reported = drops
+                # Drop totals need the source that names them.
+                self._refused |= {part, "dropped"} if part == "source" else {part}
+                self._reported = self._report_locked()
             return rows
         # Refused for good. When the collector names one bad record, drop only
         # that one and send the rest again; else the batch cannot be sent.

@@ -37,6 +37,7 @@ from tests.harness import logged
 CONFIG = ReconcileConfig(deadline=5.0, settle=0.0)
 FIELDS = ("produced", "delivered", "lost", "late", "recovered", "unexpected", "duplicated")
 FIELDS += ("retried", "attempts", "dead_lettered", "consume_errors", "records_dropped")
+FIELDS += ("produce_records_missing", "consume_records_missing")
 
 
 # -- helpers shared with test_shipper.py ----------------------------------------
@@ -191,12 +192,19 @@ def test_every_call_stores_the_right_records(scenario: Scenario) -> None:
             (o, "consume", "r1", "audit", 1, "dead_letter"),
         ]
     )
-    produces = [r for r in scenario.rows if r["kind"] == "produce"]
-    consumes = [r for r in scenario.rows if r["kind"] == "consume"]
-    # Producer identity and a gapless per-producer sequence on produce records only.
-    assert {r["producer"] for r in produces} == {"svc-a"}
-    assert sorted(r["seq"] for r in produces) == list(range(1, len(produces) + 1))
-    assert all(r["producer"] is None and r["seq"] is None for r in consumes)
+    # Every record names the shim instance (headed by the name given) and its
+    # number in the instance's sequence for its (stream, kind, group), from 1.
+    assert scenario.instance.startswith("svc-a/")
+    assert {r["producer"] for r in scenario.rows} == {scenario.instance}
+    seqs: dict[tuple[str, str, str], list[int]] = {}
+    for r in scenario.rows:
+        seqs.setdefault((r["stream"], r["kind"], r["group"]), []).append(r["seq"])
+    assert {key: sorted(n) for key, n in seqs.items()} == {
+        (s, "produce", ""): list(range(1, 9)),
+        (s, "consume", "billing"): list(range(1, 10)),
+        (o, "produce", ""): [1],
+        (o, "consume", "audit"): [1],
+    }
     # Record ids: unique, instance:n, so a resend is recognised.
     ids = [r["record_id"] for r in scenario.rows]
     assert len(set(ids)) == len(ids)
@@ -522,8 +530,11 @@ def test_a_threaded_service_gives_exact_figures(store: Engine) -> None:
     assert len(rows) == n + consumes
     ids = [r["record_id"] for r in rows]
     assert len(set(ids)) == len(ids)
-    seqs = sorted(r["seq"] for r in rows if r["kind"] == "produce")
-    assert seqs == list(range(1, n + 1))  # one gapless sequence across threads
+    # One gapless sequence per (stream, kind, group) across threads.
+    assert sorted(r["seq"] for r in rows if r["kind"] == "produce") == list(range(1, n + 1))
+    assert sorted(r["seq"] for r in rows if r["kind"] == "consume") == list(
+        range(1, consumes + 1)
+    )
     got, want = figures(
         slis[(stream, "g")],
         produced=n,

@@ -22,10 +22,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, insert, select
 
+from msgtally.app import create_app
 from msgtally.ingest.schema import parse_batch
+from msgtally.ingest.sdk import Tally
 from msgtally.ingest.tables import log, log_pending
 from msgtally.ingest.wire import record_to_json
 from msgtally.reconcile import ReconcileConfig, Reconciler
+from msgtally.server import BackgroundServer, free_port
 from msgtally.slis.read.query import read_slis
 from tests.conftest import LiveCollector
 from tests.harness import (
@@ -336,3 +339,37 @@ def test_a_bad_mark_is_refused_naming_it(
     assert resp.json()["detail"] == {"field": field, "reason": reason}
     with engine.connect() as conn:
         assert conn.execute(select(log.c.id)).first() is None
+
+
+# --- the shim, end to end -------------------------------------------------------------------
+
+
+def test_a_shim_buffer_overflow_inflates_lost_and_says_by_how_much(engine: Engine) -> None:
+    """The consumer's shim overflows while the collector is away: the ids whose
+    consume records it dropped look lost, and the collector bounds exactly how
+    many of the lost ids that may be."""
+    port = free_port()  # nobody listens until the collector comes up below
+    url = f"http://127.0.0.1:{port}"
+    producer = Tally("orders", url, tracing=False, max_buffer=10_000, flush_interval=0.05)
+    consumer = Tally("orders", url, tracing=False, max_buffer=300, batch_size=100,
+                     flush_interval=0.05, timeout=1.0)  # fmt: skip
+    ids, really_lost = 2000, set(range(0, 2000, 10))
+    for i in range(ids):
+        producer.produced(f"m{i}")
+        if i not in really_lost:
+            consumer.consumed(f"m{i}", group="billing")
+    dropped = sum(consumer.shipper.dropped.values())
+    assert dropped > 1000 and not producer.shipper.dropped
+    with BackgroundServer(create_app(engine, DEFAULT), port=port):
+        assert producer.flush(30) and consumer.flush(30)
+        producer.close()
+        consumer.close()
+    run(engine, DEFAULT, 10**9)  # past every deadline
+    with engine.connect() as conn:
+        (sli,) = read_slis(conn)
+    assert (sli.produced, sli.delivered) == (ids, ids - len(really_lost) - dropped)
+    assert sli.lost == len(really_lost) + dropped  # inflated by every consume dropped
+    assert sli.records_dropped == sli.consume_records_missing == dropped
+    assert sli.produce_records_missing == 0
+    assert sli.inflation()["lost_inflated_by_at_most"] == dropped
+    assert sli.lost - sli.inflation()["lost_inflated_by_at_most"] == len(really_lost)
