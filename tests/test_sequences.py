@@ -14,11 +14,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import httpx
 import msgspec
 import pytest
+from hypothesis import HealthCheck, given, note, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, insert, select
 
@@ -41,6 +44,7 @@ from tests.harness import (
     missing,
     produce,
     run,
+    wipe,
 )
 from tests.oracle import Mark, Record, missing_records, oracle
 
@@ -339,6 +343,76 @@ def test_a_bad_mark_is_refused_naming_it(
     assert resp.json()["detail"] == {"field": field, "reason": reason}
     with engine.connect() as conn:
         assert conn.execute(select(log.c.id)).first() is None
+
+
+# --- any history: the oracle ----------------------------------------------------------------
+
+
+@st.composite
+def numbered_histories(
+    draw: Callable[..., Any],
+) -> tuple[list[list[Record]], list[Mark], list[Record]]:
+    """Bodies of records from several senders' sequences, some records never
+    sent (anywhere in a sequence), some sent twice, all out of order; the marks
+    of some sequences; and every record sent."""
+    keys = draw(st.lists(
+        st.tuples(st.sampled_from(("p1", "p2")), st.sampled_from(("s1", "s2")),
+                  st.sampled_from(("", "g1", "g2"))),
+        min_size=1, max_size=5, unique=True,
+    ))  # fmt: skip
+    sent: list[Record] = []
+    marks: list[Mark] = []
+    n = 0
+    for producer, stream, group in keys:
+        kind = "consume" if group else "produce"
+        length = draw(st.integers(1, 8))
+        for seq in range(1, length + 1):
+            n += 1
+            mid = f"m{draw(st.integers(0, 4))}"
+            at = draw(st.sampled_from((0.0, 1.0, 400.0)))
+            record = Record(stream, kind, mid, T + at, group, record_id=f"r{n}",
+                            producer=producer, seq=seq)  # fmt: skip
+            if draw(st.integers(0, 3)):  # a quarter never reach the collector
+                sent.append(record)
+        if draw(st.booleans()):
+            marks.append(Mark(producer, stream, kind, length, group))
+    for _ in range(draw(st.integers(0, 3)) if sent else 0):
+        sent.append(draw(st.sampled_from(sent)))  # a resend
+    sent = list(draw(st.permutations(sent)))
+    cut = sorted(draw(st.lists(st.integers(0, len(sent)), max_size=2)))
+    bodies = [sent[a:b] for a, b in zip([0, *cut], [*cut, len(sent)], strict=True)]
+    return bodies, marks, sent
+
+
+def test_any_history_matches_the_oracle(engine: Engine) -> None:
+    @settings(
+        max_examples=50 if engine.dialect.name == "sqlite" else 15,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(history=numbered_histories(), marks_in=st.integers(0, 3))
+    def check(
+        history: tuple[list[list[Record]], list[Mark], list[Record]], marks_in: int
+    ) -> None:
+        bodies, marks, sent = history
+        note(f"bodies {bodies}\nmarks {marks}")
+        wipe(engine)
+        for i, body in enumerate(bodies):
+            if body or (i == marks_in and marks):
+                ingest(engine, body, sequences=marks if i == marks_in else [])
+        if marks_in >= len(bodies) and marks:
+            ingest(engine, [], sequences=marks)  # a high-water report on its own
+        run(engine, DEFAULT, 2000)
+        want = oracle(sent)
+        assert_figures(figures(engine), want)
+        gaps = missing_records(sent, marks)
+        assert missing(engine) == gaps
+        for (stream, group), o in want.items():
+            p, c = gaps.get((stream, "produce", ""), 0), gaps.get((stream, "consume", group), 0)
+            bounds = (min(o.counts["lost"], c), min(o.counts["unexpected"], p))
+            assert inflation(engine).get((stream, group), (p, c, 0, 0)) == (p, c, *bounds)
+
+    check()
 
 
 # --- the shim, end to end -------------------------------------------------------------------
