@@ -151,6 +151,7 @@ class Tally:
             timeout=timeout,
             on_drop=self._count_drop,
             on_shipped=self._metrics.shipped.inc,
+            marks=self._marks,
             token=token,
         )
         _tallies.add(self)
@@ -160,14 +161,23 @@ class Tally:
         self.instance = _instance_id(self._named_producer)
         self._record_n = itertools.count(1)
         # Every record is numbered from 1 per (stream, kind, group) when it is
-        # made: one the shim drops leaves a gap the collector finds.
+        # made: one the shim drops, or dies with, leaves a gap the collector
+        # finds (the last number given, sent as a mark, shows the tail).
         self._seqs: dict[tuple[str, str, str], Iterator[int]] = {}
+        self._last: dict[tuple[str, str, str], int] = {}
 
     def _seq(self, key: tuple[str, str, str]) -> int:
         counter = self._seqs.get(key)
         if counter is None:  # setdefault: two threads get one counter
             counter = self._seqs.setdefault(key, itertools.count(1))
-        return next(counter)  # atomic: no two records share a number
+        n = next(counter)  # atomic: no two records share a number
+        # Racing threads may leave a lower number here: a mark then says less
+        # than was given, never more.
+        self._last[key] = n
+        return n
+
+    def _marks(self) -> dict[tuple[str, str, str], int]:
+        return self._last.copy()  # one C call: safe beside the callers' threads
 
     def _count_drop(self, key: DropKey, n: int) -> None:
         self._metrics.dropped.labels(*key).inc(n)

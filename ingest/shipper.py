@@ -5,10 +5,11 @@ batches (by size and by time), retries with exponential backoff and jitter,
 and keeps the buffer bounded: when it is full the oldest record is dropped and
 counted. Drop totals travel with the next batch that gets through, so the
 collector can tell measurement loss from message loss; so do the high-water
-marks of the sequences whose records were dropped (the highest seq dropped),
-so that the collector finds the gaps at their tails. Every request says, with
-its `sequences`, that its records are numbered per sequence. Resends carry
-the same record ids, so the collector stores them once.
+marks of the shim's sequences (the last seq given per stream, kind and group),
+so that the collector knows of records that never come, even from a shim that
+dies with them. Every request says, with its `sequences`, that its records
+are numbered per sequence. Resends carry the same record ids, so the
+collector stores them once.
 """
 
 from __future__ import annotations
@@ -33,18 +34,15 @@ log = logging.getLogger(__name__)
 
 # A record on its way: the tuple of wire.FIELDS, in that order.
 Row = tuple[Any, ...]
-DropKey = tuple[str, str, str]  # stream, kind, group
-SeqKey = tuple[str, str, str, str]  # producer, stream, kind, group
-_STREAM, _KIND, _GROUP, _PRODUCER, _SEQ = (
-    FIELDS.index(name) for name in ("stream", "kind", "group", "producer", "seq")
-)
+DropKey = tuple[str, str, str]  # stream, kind, group: also a sequence of the shim's
+_STREAM, _KIND, _GROUP = (FIELDS.index(name) for name in ("stream", "kind", "group"))
 
 
 class _Report(NamedTuple):
     """What the collector is told beside the records: drop totals, marks."""
 
     drops: Counter[DropKey]
-    marks: dict[SeqKey, int]
+    marks: dict[DropKey, int]
 
 # Worth sending again: the collector is busy or restarting, or a proxy in front
 # of it could not reach it. Any other answer refuses the batch for good: it is
@@ -68,6 +66,7 @@ class Shipper:
         backoff_max: float = 1.0,
         on_drop: Callable[[DropKey, int], None] | None = None,
         on_shipped: Callable[[int], None] | None = None,
+        marks: Callable[[], dict[DropKey, int]] | None = None,
         token: str | None = None,
     ) -> None:
         if batch_size < 1 or max_buffer < batch_size:
@@ -85,6 +84,8 @@ class Shipper:
         self.backoff_max = backoff_max
         self._on_drop = on_drop
         self._on_shipped = on_shipped
+        # The last seq given per sequence of the producer named `source`.
+        self._marks = marks
         self._headers = {"content-type": "application/json"}
         if token is not None:
             self._headers["authorization"] = f"Bearer {token}"
@@ -100,8 +101,6 @@ class Shipper:
         self._closed = False
         self._thread: threading.Thread | None = None
         self.dropped: Counter[DropKey] = Counter()
-        # The highest seq dropped per sequence: the tail the collector cannot see.
-        self.dropped_seqs: dict[SeqKey, int] = {}
         self._reported = _Report(Counter(), {})
         self._refused: set[str] = set()  # parts of the report the collector refuses
         self.shipped = 0
@@ -139,11 +138,6 @@ class Shipper:
 
     def _drop_locked(self, row: Row) -> None:
         self._count_locked((row[_STREAM], row[_KIND], row[_GROUP]))
-        seq = row[_SEQ]
-        if seq is not None and row[_PRODUCER] is not None:
-            key = (row[_PRODUCER], row[_STREAM], row[_KIND], row[_GROUP])
-            if seq > self.dropped_seqs.get(key, 0):
-                self.dropped_seqs[key] = seq
 
     def _count_locked(self, key: DropKey) -> None:
         self.dropped[key] += 1
@@ -240,7 +234,7 @@ class Shipper:
     def _report_locked(self) -> _Report:
         return _Report(
             Counter() if "dropped" in self._refused else Counter(self.dropped),
-            {} if "sequences" in self._refused else dict(self.dropped_seqs),
+            {} if self._marks is None or "sequences" in self._refused else self._marks(),
         )
 
     def _unreported(self) -> bool:
@@ -251,12 +245,15 @@ class Shipper:
         records = [record_to_json(row) for row in rows]
         with self._lock:
             report = self._report_locked()
+            told = self._reported.marks
         body: dict[str, Any] = {
             "records": records,
-            # Present, even empty: these records are numbered per sequence.
+            # Present, even empty: these records are numbered per sequence. The
+            # marks the collector has not acknowledged yet.
             "sequences": [
-                {"producer": p, "stream": s, "kind": k, "group": g, "last": n}
-                for (p, s, k, g), n in report.marks.items()
+                {"producer": self.source, "stream": s, "kind": k, "group": g, "last": n}
+                for (s, k, g), n in report.marks.items()
+                if told.get((s, k, g)) != n
             ],
         }
         if "source" not in self._refused:

@@ -560,22 +560,28 @@ typedef struct {
     size_t fifo_head, fifo_n, fifo_cap;
 } StreamInfo;
 
-/* A run of seqs of one sequence not seen yet: missing once it stays open for
- * `settle` on the receipt clock. */
+/* A run of seqs of one sequence not received yet. */
 typedef struct {
     uint64_t lo, hi;
     double opened; /* receipt time of the body that showed it */
 } Hole;
 
 /* One sequence: a producer's records of one (stream, kind, group), numbered
- * from 1. What it has seen is [1, hw] but its holes; a hole declared missing
- * is forgotten, so memory is its open holes, not its history. */
+ * from 1. Of [1, hw], it has received all but its holes. A hole below `top`
+ * (the highest seq received) is shown by a record: its records were sent
+ * before a later one, so they will not come (a sender sends in order); it is
+ * missing once open for `settle`. A hole above `top` is announced by a mark:
+ * its records may still wait in the sender's buffer, so it is missing once
+ * open for the stream's deadline + settle, when the ids they belong to are
+ * judged. A hole declared missing is forgotten: memory is the open holes. */
 typedef struct {
     uint64_t hw;       /* every seq from 1 to hw was given to a record */
-    Hole *holes;       /* open, by seq (and so by opened time) */
+    uint64_t top;      /* the highest seq received */
+    Hole *holes;       /* open, by seq; [0, nshown) below top, the rest above */
+    double due;        /* when its live timer fires (INFINITY: none) */
     int64_t undrained; /* declared missing since the last drain */
-    uint32_t pid, sid, nholes, hole_cap;
-    uint32_t timer; /* the token of its live timer in hole_heap, 0 if none */
+    uint32_t pid, sid, nholes, nshown, hole_cap;
+    uint32_t timer; /* the token of its live timer in hole_heap */
     uint16_t gid;   /* a consume's group (0 for a produce) */
     uint8_t kind, dirty;
 } SeqKey;
@@ -1536,11 +1542,14 @@ static int apply_record(Engine *E, const Rec *r, double received_at, const Place
 /* Measurement loss, found rather than guessed: a sender that numbers its
  * records from 1 per (producer, stream, kind, group) shows every record it
  * never delivered as a hole in its numbering, the tail too once its
- * high-water mark (the body's marks) says how far it numbered. A hole is
- * declared missing when it is still open `settle` after the receipt of the
- * body that showed it, so that a batch reordered in flight is not counted.
- * The count only grows: a record that comes after its hole was declared is
- * counted in the tallies as any other, and the hole stays missing. */
+ * high-water mark (the body's marks: how far it numbered) says so. A hole is
+ * declared missing when it is still open, on the receipt clock, `settle`
+ * after the body that showed it (a later record came: a batch reordered in
+ * flight is not counted), or the stream's deadline + settle after the mark
+ * that announced it (its records may wait in a live sender's buffer; a dead
+ * sender's never come). The count only grows: a record that comes after its
+ * hole was declared is counted in the tallies as any other, and the hole
+ * stays missing. */
 
 static inline int same_name(const Dict *d, uint32_t i, const Str *s) {
     return d->lens[i] == s->n && memcmp(d->names[i], s->s, s->n) == 0;
@@ -1581,6 +1590,7 @@ static int64_t seq_index(Engine *E, uint32_t pid, uint32_t sid, uint32_t gid, in
     k->sid = sid;
     k->gid = (uint16_t)gid;
     k->kind = (uint8_t)kind;
+    k->due = INFINITY;
     E->seq_table[j] = (uint32_t)++E->nseqs;
     if (E->nseqs * 2 > E->seq_mask && seq_table_grow(E)) return -1;
     return (int64_t)E->nseqs - 1;
@@ -1605,10 +1615,26 @@ static int64_t seq_find(Engine *E, const Str *producer, uint32_t sid, int kind, 
     return i;
 }
 
-static int seq_timer(Engine *E, uint32_t ki, double due) {
+/* When the first hole of each kind is missing; INFINITY without holes. */
+static double seq_due(Engine *E, const SeqKey *k) {
+    double due = INFINITY;
+    if (k->nshown) due = k->holes[0].opened + E->settle;
+    if (k->nholes > k->nshown) {
+        double announced = k->holes[k->nshown].opened + deadline_of(E, k->sid) + E->settle;
+        if (announced < due) due = announced;
+    }
+    return due;
+}
+
+/* A timer for the sequence's next due hole, unless one fires before it. */
+static int seq_schedule(Engine *E, uint32_t ki) {
+    SeqKey *k = &E->seqs[ki];
+    double due = seq_due(E, k);
+    if (due >= k->due) return 0;
     if (!++E->seq_tokens) ++E->seq_tokens; /* 0 means none */
-    E->seqs[ki].timer = E->seq_tokens;
-    return heap_push(&E->hole_heap, due, ki, E->seq_tokens);
+    k->timer = E->seq_tokens;
+    k->due = due;
+    return heap_push(&E->hole_heap, due, ki, k->timer);
 }
 
 /* Room for one more hole. */
@@ -1618,6 +1644,16 @@ static int hole_room(Engine *E, SeqKey *k) {
     if (cap >= UINT32_MAX / 2 || grow(&k->holes, &cap, k->nholes, sizeof(Hole), 2)) return -1;
     E->hole_slots += cap - k->hole_cap;
     k->hole_cap = (uint32_t)cap;
+    return 0;
+}
+
+/* Inserts a hole at i (its place by seq). */
+static int hole_insert(Engine *E, SeqKey *k, uint32_t i, Hole h) {
+    if (hole_room(E, k)) return -1;
+    memmove(k->holes + i + 1, k->holes + i, (k->nholes - i) * sizeof(Hole));
+    k->holes[i] = h;
+    k->nholes++;
+    E->open_holes++;
     return 0;
 }
 
@@ -1633,59 +1669,69 @@ static void hole_remove(Engine *E, SeqKey *k, uint32_t i, uint32_t n) {
     }
 }
 
-/* Opens [lo, hi], above every open hole of the sequence, shown at `at`. */
-static int hole_open(Engine *E, uint32_t ki, uint64_t lo, uint64_t hi, double at) {
-    SeqKey *k = &E->seqs[ki];
-    /* never before an earlier hole: holes by seq stay in the order they are due */
-    if (k->nholes && k->holes[k->nholes - 1].opened > at) at = k->holes[k->nholes - 1].opened;
-    if (hole_room(E, k)) return -1;
-    k->holes[k->nholes++] = (Hole){lo, hi, at};
-    E->open_holes++;
-    return k->timer ? 0 : seq_timer(E, ki, at + E->settle);
+/* Takes seq out of hole i (it is in it). */
+static int hole_fill(Engine *E, SeqKey *k, uint32_t i, uint64_t seq) {
+    Hole *h = &k->holes[i];
+    if (h->lo == h->hi) {
+        if (i < k->nshown) k->nshown--;
+        hole_remove(E, k, i, 1);
+    } else if (seq == h->lo) {
+        h->lo++;
+    } else if (seq == h->hi) {
+        h->hi--;
+    } else { /* in two, both shown when the whole was */
+        Hole above = {seq + 1, h->hi, h->opened};
+        h->hi = seq - 1;
+        if (hole_insert(E, k, i + 1, above)) return -1;
+        if (i < k->nshown) k->nshown++;
+    }
+    return 0;
 }
 
 /* A record numbered `seq` of the sequence, received at `at`. */
 static int seq_see(Engine *E, uint32_t ki, uint64_t seq, double at) {
     SeqKey *k = &E->seqs[ki];
     if (seq == 0) return 0; /* numbering starts at 1: 0 is never missing */
-    if (seq > k->hw) {
-        uint64_t from = k->hw + 1;
+    if (seq <= k->top) { /* a record sent late: a shown hole, or a resend */
+        uint32_t lo = 0, hi = k->nshown;
+        while (lo < hi) {
+            uint32_t mid = lo + (hi - lo) / 2;
+            if (k->holes[mid].hi < seq) lo = mid + 1;
+            else hi = mid;
+        }
+        if (lo == k->nshown || k->holes[lo].lo > seq) return 0; /* received, or declared */
+        return hole_fill(E, k, lo, seq);
+    }
+    /* Every hole below seq is shown now, from this receipt on (never before a
+     * hole shown earlier: shown holes stay in the order they are due). */
+    if (k->nshown && k->holes[k->nshown - 1].opened > at) at = k->holes[k->nshown - 1].opened;
+    while (k->nshown < k->nholes && k->holes[k->nshown].hi < seq) k->holes[k->nshown++].opened = at;
+    k->top = seq;
+    if (k->nshown < k->nholes && k->holes[k->nshown].lo <= seq) { /* in an announced hole */
+        Hole *h = &k->holes[k->nshown];
+        if (h->lo < seq) {
+            Hole below = {h->lo, seq - 1, at};
+            h->lo = seq;
+            if (hole_insert(E, k, k->nshown, below)) return -1;
+            k->nshown++;
+        }
+        if (hole_fill(E, k, k->nshown, seq)) return -1;
+    } else if (seq > k->hw) {
+        if (seq > k->hw + 1 && hole_insert(E, k, k->nholes, (Hole){k->hw + 1, seq - 1, at})) return -1;
+        if (seq > k->hw + 1) k->nshown++;
         k->hw = seq;
-        return seq > from ? hole_open(E, ki, from, seq - 1, at) : 0;
     }
-    uint32_t lo = 0, hi = k->nholes; /* the first hole that ends at or after seq */
-    while (lo < hi) {
-        uint32_t mid = lo + (hi - lo) / 2;
-        if (k->holes[mid].hi < seq) lo = mid + 1;
-        else hi = mid;
-    }
-    if (lo == k->nholes || k->holes[lo].lo > seq) return 0; /* seen, or declared already */
-    Hole *h = &k->holes[lo];
-    if (h->lo == h->hi) {
-        hole_remove(E, k, lo, 1);
-    } else if (seq == h->lo) {
-        h->lo++;
-    } else if (seq == h->hi) {
-        h->hi--;
-    } else { /* split in two, both shown when the whole was */
-        if (hole_room(E, k)) return -1;
-        h = &k->holes[lo];
-        memmove(h + 2, h + 1, (k->nholes - lo - 1) * sizeof(Hole));
-        h[1] = (Hole){seq + 1, h->hi, h->opened};
-        h->hi = seq - 1;
-        k->nholes++;
-        E->open_holes++;
-    }
-    return 0;
+    return seq_schedule(E, ki);
 }
 
 /* A high-water mark: every seq up to `last` was given to a record. */
 static int seq_mark(Engine *E, uint32_t ki, uint64_t last, double at) {
     SeqKey *k = &E->seqs[ki];
     if (last <= k->hw) return 0;
-    uint64_t from = k->hw + 1;
+    if (k->nholes > k->nshown && k->holes[k->nholes - 1].opened > at) at = k->holes[k->nholes - 1].opened;
+    if (hole_insert(E, k, k->nholes, (Hole){k->hw + 1, last, at})) return -1;
     k->hw = last;
-    return hole_open(E, ki, from, last, at);
+    return seq_schedule(E, ki);
 }
 
 /* Checks a record's seq, if its body is from a sender that numbers per sequence. */
@@ -1720,22 +1766,39 @@ static int seq_marks(Engine *E, Cursor *c, double at) {
     return 0;
 }
 
-/* Declares missing the holes open for `settle` as of the receipt watermark. */
+/* Removes, out of holes [i, i + n), the first ones due by the watermark (`wait`
+ * after they opened); *gone says how many; returns how many seqs they held. */
+static uint64_t holes_due(Engine *E, SeqKey *k, uint32_t i, uint32_t n, double wait, double watermark,
+                          uint32_t *gone) {
+    uint32_t due = 0;
+    uint64_t seqs = 0;
+    for (; due < n && k->holes[i + due].opened + wait <= watermark; due++) {
+        uint64_t size = k->holes[i + due].hi - k->holes[i + due].lo + 1;
+        seqs = size > UINT64_MAX - seqs ? UINT64_MAX : seqs + size;
+    }
+    if (due) hole_remove(E, k, i, due);
+    *gone = due;
+    return seqs;
+}
+
+/* Declares missing the holes that have been open long enough, as of the
+ * receipt watermark: shown ones for `settle`, announced ones for the stream's
+ * deadline + settle. */
 static int seq_advance(Engine *E, double watermark) {
     Heap *h = &E->hole_heap;
     while (h->n && h->items[0].due <= watermark) {
         Timer t = heap_pop(h);
         SeqKey *k = &E->seqs[t.idx];
-        if (k->timer != t.gen) continue; /* stale: the sequence has a later timer */
+        if (k->timer != t.gen) continue; /* stale: the sequence has another timer */
         k->timer = 0;
-        uint32_t due = 0;
-        uint64_t n = 0;
-        for (; due < k->nholes && k->holes[due].opened + E->settle <= watermark; due++) {
-            uint64_t size = k->holes[due].hi - k->holes[due].lo + 1;
-            n = size > UINT64_MAX - n ? UINT64_MAX : n + size;
-        }
-        if (due) {
-            hole_remove(E, k, 0, due);
+        k->due = INFINITY;
+        uint32_t gone;
+        uint64_t n = holes_due(E, k, 0, k->nshown, E->settle, watermark, &gone);
+        k->nshown -= gone;
+        uint64_t m = holes_due(E, k, k->nshown, k->nholes - k->nshown, deadline_of(E, k->sid) + E->settle,
+                               watermark, &gone);
+        n = m > UINT64_MAX - n ? UINT64_MAX : n + m;
+        if (n) {
             if (n > (uint64_t)(INT64_MAX - k->undrained)) n = (uint64_t)(INT64_MAX - k->undrained);
             k->undrained += (int64_t)n;
             E->missing = n > UINT64_MAX - E->missing ? UINT64_MAX : E->missing + n;
@@ -1745,7 +1808,7 @@ static int seq_advance(Engine *E, double watermark) {
                 k->dirty = 1;
             }
         }
-        if (k->nholes && seq_timer(E, t.idx, k->holes[0].opened + E->settle)) return -1;
+        if (seq_schedule(E, t.idx)) return -1;
     }
     return 0;
 }
@@ -2630,7 +2693,9 @@ static PyObject *Engine_dumps(Engine *E, PyObject *Py_UNUSED(ignored)) {
         PUT(&o, k->gid);
         PUT(&o, k->kind);
         PUT(&o, k->hw);
+        PUT(&o, k->top);
         PUT(&o, k->nholes);
+        PUT(&o, k->nshown);
         out_put(&o, k->holes, k->nholes * sizeof(Hole));
     }
     if (o.failed) { free(o.buf); return PyErr_NoMemory(); }
@@ -2653,21 +2718,25 @@ static int get_sequences(Engine *E, In *in) {
         GET(in, k.gid);
         GET(in, k.kind);
         GET(in, k.hw);
+        GET(in, k.top);
         GET(in, k.nholes);
+        GET(in, k.nshown);
         if (in->failed || k.pid >= E->producers.n || k.sid >= E->streams.n ||
             (k.kind == K_CONSUME && k.gid >= E->groups.n))
             return -1;
-        if ((size_t)(in->end - in->p) / sizeof(Hole) < k.nholes) return -1;
+        if ((size_t)(in->end - in->p) / sizeof(Hole) < k.nholes || k.nshown > k.nholes) return -1;
         int64_t ki = seq_index(E, k.pid, k.sid, k.gid, k.kind);
         if (ki != (int64_t)i) return -1;
         SeqKey *at = &E->seqs[ki];
         at->hw = k.hw;
+        at->top = k.top;
         for (uint32_t h = 0; h < k.nholes; h++) {
             if (hole_room(E, at)) return -1;
             in_get(in, &at->holes[at->nholes++], sizeof(Hole));
             E->open_holes++;
         }
-        if (at->nholes && seq_timer(E, (uint32_t)ki, at->holes[0].opened + E->settle)) return -1;
+        at->nshown = k.nshown;
+        if (seq_schedule(E, (uint32_t)ki)) return -1;
     }
     return in->failed ? -1 : 0;
 }
