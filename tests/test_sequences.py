@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -47,6 +49,7 @@ from tests.harness import (
     wipe,
 )
 from tests.oracle import Mark, Record, missing_records, oracle
+from tests.test_shipper import Front
 
 DEFAULT = ReconcileConfig()
 
@@ -473,3 +476,35 @@ def test_a_shim_buffer_overflow_inflates_lost_and_says_by_how_much(engine: Engin
     assert sli.produce_records_missing == 0
     assert sli.inflation()["lost_inflated_by_at_most"] == dropped
     assert sli.lost - sli.inflation()["lost_inflated_by_at_most"] == len(really_lost)
+
+
+def test_a_shim_that_dies_with_records_in_its_buffer(engine: Engine) -> None:
+    """The consumer's shim gets one request through, then never another (it
+    dies): it never reports a drop, but the mark it sent names the records it
+    held, and the ids they would have delivered are bounded as lost."""
+    ids = [f"m{i}" for i in range(70)]
+    now = time.time() - T
+    ingest(engine, [produce("orders", mid, now) for mid in ids])  # a producer without trouble
+    allow = threading.Event()
+    front = Front(
+        create_app(engine, DEFAULT),
+        refuse=lambda n: not allow.is_set() or any(a[1] == 200 for a in front.answers),
+    )
+    with BackgroundServer(front) as live:  # type: ignore[arg-type]
+        shim = Tally("orders", live.url, tracing=False, batch_size=50, flush_interval=3600)
+        for mid in ids:
+            shim.consumed(mid, group="billing")
+        allow.set()  # one request of at most 50 records gets through, with its marks
+        deadline = time.monotonic() + 10
+        while not any(a[1] == 200 for a in front.answers):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        shim.close(0.2)  # then the shim is gone, and its report with it
+    run(engine, DEFAULT, 10**9)
+    with engine.connect() as conn:
+        (sli,) = read_slis(conn)
+    got = sli.delivered
+    assert 1 <= got <= 50
+    assert (sli.produced, sli.lost, sli.records_dropped) == (70, 70 - got, 0)
+    assert sli.consume_records_missing == 70 - got
+    assert sli.inflation()["lost_inflated_by_at_most"] == 70 - got
