@@ -644,7 +644,7 @@ typedef struct {
     SeqKey *seqs;
     size_t nseqs, seqs_cap;
     uint32_t *seq_table, seq_mask;
-    uint32_t seq_last; /* the sequence of the last record checked, + 1 */
+    uint32_t seq_recent[16]; /* sequences of recent records, + 1, by seq_slot() */
     uint32_t seq_tokens;
     Heap hole_heap;
     uint32_t *seq_dirty;
@@ -1600,18 +1600,21 @@ static int64_t seq_index(Engine *E, uint32_t pid, uint32_t sid, uint32_t gid, in
  * -2 for one that cannot be (a consume without a usable group). */
 static int64_t seq_find(Engine *E, const Str *producer, uint32_t sid, int kind, const Str *group) {
     if (kind == K_CONSUME && group->nil) return -2;
-    if (E->seq_last) { /* most often the sequence of the record before */
-        SeqKey *k = &E->seqs[E->seq_last - 1];
+    /* A body holds the records of a few sequences: found again without hashing names. */
+    uint32_t slot = (sid * 7 + (uint32_t)kind * 3 + producer->n * 5 + (producer->n ? producer->s[producer->n - 1] : 0) +
+                     (kind == K_CONSUME ? group->n * 11 + (group->n ? group->s[group->n - 1] : 0) : 0)) & 15;
+    if (E->seq_recent[slot]) {
+        SeqKey *k = &E->seqs[E->seq_recent[slot] - 1];
         if (k->sid == sid && k->kind == kind && same_name(&E->producers, k->pid, producer) &&
             (kind == K_PRODUCE || same_name(&E->groups, k->gid, group)))
-            return E->seq_last - 1;
+            return E->seq_recent[slot] - 1;
     }
     int64_t pid = dict_get(&E->producers, producer->s, producer->n, 1);
     int64_t gid = kind == K_CONSUME ? dict_get(&E->groups, group->s, group->n, 1) : 0;
     if (pid < 0 || gid < 0) return -1;
     if (gid > 65535) return -2;
     int64_t i = seq_index(E, (uint32_t)pid, sid, (uint32_t)gid, kind);
-    if (i >= 0) E->seq_last = (uint32_t)i + 1;
+    if (i >= 0) E->seq_recent[slot] = (uint32_t)i + 1;
     return i;
 }
 
