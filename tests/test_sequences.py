@@ -508,3 +508,32 @@ def test_a_shim_that_dies_with_records_in_its_buffer(engine: Engine) -> None:
     assert (sli.produced, sli.lost, sli.records_dropped) == (70, 70 - got, 0)
     assert sli.consume_records_missing == 70 - got
     assert sli.inflation()["lost_inflated_by_at_most"] == 70 - got
+
+
+def test_a_mark_under_a_name_past_the_series_limit_is_left_out(engine: Engine) -> None:
+    """A mark must not add series the limit refuses; the records keep flowing."""
+    with LiveCollector(engine, DEFAULT, max_series=1) as live:
+        post(live.url, [produce("s", "m1", 0)._replace(producer="p", seq=1)],
+             [Mark("p", "s", "produce", 3), Mark("p", "t", "produce", 5)])  # fmt: skip
+        run(engine, DEFAULT, 1000)
+    assert missing(engine) == {("s", "produce", ""): 2}
+
+
+def test_a_checkpoint_written_before_sequences_loads() -> None:
+    from msgtally.reconcile import _engine
+
+    def fresh() -> _engine.Engine:
+        c = DEFAULT
+        return _engine.Engine(c.deadline, c.settle, c.remember, c.latency_buckets)
+
+    core = fresh()
+    core.apply(msgspec.msgpack.encode((1, parse_batch([record_to_json(produce("s", "m", 0))]))),
+               T)  # fmt: skip
+    body = core.dumps()
+    # Version 1: its own magic, and no sequences at the end (no producer names,
+    # the missing count, no sequences: 4 + 8 + 8 bytes).
+    old = b"mtmckpt1" + body[8:-20]
+    assert body[:8] == b"mtmckpt2" and body[-20:] == bytes(20)
+    again = fresh()
+    again.loads(old)
+    assert again.dumps() == body
