@@ -232,21 +232,31 @@ def wire(rec: Rec, record_id: str | None) -> dict[str, Any]:
     return out
 
 
-def log_bodies(workload: Workload, batch: int) -> list[bytes]:
-    """The workload as the log holds it (msgtally.ingest.logbody), `batch` records a body."""
+def log_bodies(workload: Workload, batch: int, numbered: bool = False) -> list[bytes]:
+    """The workload as the log holds it (msgtally.ingest.logbody), `batch` records a body.
+
+    `numbered`: as shims send them, each record with its producer (one per stream
+    and kind, and group) and its seq, the engine checking the sequences."""
     from msgtally.ingest import logbody
     from msgtally.ingest.schema import Consume, Produce
 
     out = []
+    last: dict[tuple[str, str, str], int] = {}
     for part in chunks(workload.records(), batch):
-        records = [
-            Produce(stream=s, message_id=m, ts=ts, attempt=a, outcome=o, record_id=rid)
-            if k == "produce"
-            else Consume(stream=s, message_id=m, ts=ts, attempt=a, outcome=o, group=g,
-                         record_id=rid)
-            for (s, m, k, g, ts, a, o), rid in part
-        ]
-        out.append(logbody.encode(records))  # type: ignore[arg-type]
+        records = []
+        for (s, m, k, g, ts, a, o), rid in part:
+            producer = seq = None
+            if numbered:
+                last[(s, k, g)] = seq = last.get((s, k, g), 0) + 1
+                producer = f"shim-{s}-{k}-{g}"
+            records.append(
+                Produce(stream=s, message_id=m, ts=ts, attempt=a, outcome=o, record_id=rid,
+                        producer=producer, seq=seq)
+                if k == "produce"
+                else Consume(stream=s, message_id=m, ts=ts, attempt=a, outcome=o, group=g,
+                             record_id=rid, producer=producer, seq=seq)
+            )  # fmt: skip
+        out.append(logbody.encode(records, [] if numbered else None))  # type: ignore[arg-type]
     return out
 
 

@@ -158,7 +158,7 @@ def run_core(
     for body in bodies:
         core.apply(body, now)
     core.advance(now, float("inf"))
-    pairs, _verdicts = core.drain()
+    pairs, _verdicts, _missing = core.drain()
     return time.perf_counter() - started, core, pairs
 
 
@@ -251,6 +251,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="DuckDB threads (default 2)")
     ap.add_argument("--history", type=int, default=0,
                     help="ids applied before measuring a million more (e.g. 10000000)")
+    ap.add_argument("--numbered", action="store_true",
+                    help="records numbered per sequence, as shims send them (gaps checked)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--keep", help="directory for the data files (default: a temporary one)")
     args = ap.parse_args()
@@ -258,7 +260,7 @@ def main() -> None:
     load = os.getloadavg()[0]
     workload = Workload(args.ids, seed=args.seed)
     log(f"generating {args.ids:,} ids")
-    bodies = log_bodies(workload, BATCH)
+    bodies = log_bodies(workload, BATCH, numbered=args.numbered)
     records = workload.n_records
     now = workload.now_after_deadlines()
     with scratch_dir(args.keep) as directory:
@@ -270,12 +272,15 @@ def main() -> None:
         check("DuckDB", workload.expected, duck)
         core_time, core, pairs = run_core(bodies, now)
         check("engine", workload.expected, drained_tallies(pairs))
+        if args.numbered:  # no record left out: nothing may be missing
+            log(f"engine: {core.stats()['records_missing']} records missing (0 expected)")
         store_time = through_store(bodies, workload, directory)
 
     duck_rate, core_rate = args.ids / duck_compute, args.ids / core_time
     print("\n== engine_rate ==")
     print(f"load average at start: {load:.2f} (2 cores)")
-    print(f"workload: {args.ids:,} ids, {records:,} records")
+    print(f"workload: {args.ids:,} ids, {records:,} records"
+          f"{', numbered per sequence' if args.numbered else ''}")
     print(f"DuckDB in memory, every tally, {args.threads} threads: {duck_compute:.2f} s, "
           f"{duck_rate:,.0f} ids/s (loading the NDJSON file: {duck_load:.2f} s more)")
     print(f"engine state machine: {core_time:.2f} s, {core_rate:,.0f} ids/s, "

@@ -69,8 +69,9 @@ def rows(spec: Spec) -> list[Row]:
             Panel(
                 Kind.TIMESERIES,
                 "Unexpected and recovered ids",
-                "Unexpected: consumed, never produced (a producer without a shim, or dropped "
-                "produce records). Recovered: every produce indeterminate, consumed anyway.",
+                "Unexpected: consumed, never produced (a producer without a shim, or produce "
+                "records dropped or missing). Recovered: every produce indeterminate, consumed "
+                "anyway.",
                 "cps",
                 (
                     Target(

@@ -13,8 +13,9 @@ from .panels import GREEN, RED, Format, Kind, Panel, Row, Step, Target
 TITLE = "On-call"
 WHAT = (
     "Live delivery success, burn rate per alert tier against its threshold, firing alerts, "
-    "where messages are lost, processing failures and dead letters, and records the shims "
-    "dropped (measurement loss, not message loss)."
+    "where messages are lost and, beside it, the records the shims dropped or that are "
+    "missing from their numbering (measurement loss, not message loss), processing failures "
+    "and dead letters."
 )
 LIVE = "5m"
 BURN_UNIT = "suffix:x"
@@ -82,6 +83,24 @@ def rows(spec: Spec) -> list[Row]:
             ),
             Panel(
                 Kind.TIMESERIES,
+                "Measurement loss: records dropped and missing",
+                "Not message loss: records the shims dropped before sending them (buffer full, "
+                "collector unreachable; their own count), and records missing from their "
+                "numbering (found by the collector, from shims that died too). A consume "
+                "record missing can make an id look lost, a produce record an id look "
+                "unexpected: check here before chasing a loss (/v1/slis says by how much at "
+                "most: lost_inflated_by_at_most). Produce records (no group) count for every "
+                "group.",
+                "cps",
+                (
+                    Target(q.dropped(), "{{stream}} {{kind}} {{group}} dropped"),
+                    Target(q.missing(), "{{stream}} {{kind}} {{group}} missing"),
+                ),
+                width=8,
+                min=0,
+            ),
+            Panel(
+                Kind.TIMESERIES,
                 "Processing failures and dead letters",
                 "Consume records with outcome error (the consumer failed to process), and "
                 "produced ids dead-lettered, per second.",
@@ -95,18 +114,6 @@ def rows(spec: Spec) -> list[Row]:
                         f"{pair} dead-lettered",
                     ),
                 ),
-                width=8,
-                min=0,
-            ),
-            Panel(
-                Kind.TIMESERIES,
-                "Records dropped by the shims",
-                "Measurement loss, not message loss: records the shims dropped before sending "
-                "them (buffer full, collector unreachable). Their ids may show as lost or "
-                "unexpected without any message being lost: check here before chasing a loss. "
-                "Produce drops (no group) count for every group.",
-                "cps",
-                (Target(q.dropped(), "{{stream}} {{kind}} {{group}}"),),
                 width=8,
                 min=0,
             ),

@@ -34,6 +34,7 @@ from msgtally.names import (
     LAST_PASS,
     LATENCY,
     RECORDS_DROPPED,
+    RECORDS_MISSING,
     REMAINING_RECORD,
     SLI_RECORD,
     RatioIndicator,
@@ -51,7 +52,8 @@ STREAM = ("stream",)
 SLO_LABELS = ("slo", "stream", "group")
 # Tally series of the selected streams and groups.
 TALLY = 'stream=~"$stream",group=~"$group"'
-# Shim drop totals of produce records carry no group (group=""): they count for every group.
+# Measurement loss of produce records (drop totals, missing records) carries no group
+# (group=""): it counts for every group.
 DROPS = 'stream=~"$stream",group=~"$group|"'
 
 
@@ -171,8 +173,18 @@ def latency_heatmap() -> str:
 # --- measurement and the collector ----------------------------------------------
 
 
+def _measurement_loss(name: str) -> str:
+    return f"max by (stream, group, kind) (rate({name}_total{{{DROPS}}}[{RATE}]))"
+
+
 def dropped() -> str:
-    return f"max by (stream, group, kind) (rate({RECORDS_DROPPED}_total{{{DROPS}}}[{RATE}]))"
+    """Records the shims dropped and counted themselves."""
+    return _measurement_loss(RECORDS_DROPPED)
+
+
+def missing() -> str:
+    """Records missing from the shims' numbering, found by the collector."""
+    return _measurement_loss(RECORDS_MISSING)
 
 
 def ingest_records() -> str:

@@ -34,11 +34,13 @@ class NameGuard:
         """Record the batch's new names in its transaction, or refuse the batch.
 
         Returns the batch to store (a drop total under a name that does not fit
-        is kept under OVER_LIMIT: a shim's report must not block its records)
-        and the names to `remember` once the transaction commits.
+        is kept under OVER_LIMIT, a sequence mark is left out: a shim's report
+        must not block its records) and the names to `remember` once the
+        transaction commits.
         """
         of_records = {(r.stream, group_of(r)) for r in batch.records}
-        wanted = of_records | {(d.stream, d.group) for d in batch.drops}
+        of_marks = {(m.stream, m.group) for m in batch.sequences or ()}
+        wanted = of_records | of_marks | {(d.stream, d.group) for d in batch.drops}
         with self._lock:
             new = wanted - self._known
         if not new:
@@ -55,11 +57,17 @@ class NameGuard:
             room = self.max_series - count - len(records)
             fits = set(sorted(new - records)[:room]) | records
             if fits != new:
+                left = new - fits
                 batch = batch._replace(drops=[
-                    d if (d.stream, d.group) not in new or (d.stream, d.group) in fits
+                    d if (d.stream, d.group) not in left
                     else msgspec.structs.replace(d, stream=OVER_LIMIT, group="")
                     for d in batch.drops
                 ])  # fmt: skip
+                if batch.sequences is not None:
+                    # A sequence under no name cannot be checked: its marks go.
+                    batch = batch._replace(
+                        sequences=[m for m in batch.sequences if (m.stream, m.group) not in left]
+                    )
                 wanted = (wanted - new) | fits
                 new = fits
             # another collector may be adding the same name right now

@@ -70,18 +70,33 @@ class DropReport(Struct, forbid_unknown_fields=True):
     group: Annotated[str, Meta(max_length=MAX_TEXT_LENGTH)] = ""
 
 
+class SequenceMark(Struct, forbid_unknown_fields=True):
+    """A high-water mark of one sequence (producer, stream, kind, group): every
+    seq from 1 to `last` was given to a record the producer sent or dropped."""
+
+    producer: Text
+    stream: Text
+    kind: Literal["produce", "consume"]
+    last: Seq
+    group: Annotated[str, Meta(max_length=MAX_TEXT_LENGTH)] = ""
+
+
 class Envelope(Struct, forbid_unknown_fields=True):
-    """A shim's request: its records, its instance name, and its drop totals."""
+    """A shim's request: its records, its instance name, its drop totals, and,
+    from a sender that numbers its records per sequence, its high-water marks."""
 
     records: list[Record]
     source: Text | None = None
     dropped: list[DropReport] = []
+    sequences: list[SequenceMark] | None = None
 
 
 class Batch(NamedTuple):
     records: list[Record]
     drops: list[DropReport]
     source: str | None
+    # None: the sender does not number per sequence, its seqs are not checked.
+    sequences: list[SequenceMark] | None = None
 
 
 class RecordError(ValueError):
@@ -97,6 +112,7 @@ _decoder = msgspec.json.Decoder(list[Record] | Envelope)
 _PATH = re.compile(r"^(?P<reason>.*) - at `\$(?P<path>[^`]*)`$", re.S)
 _MISSING = re.compile(r"^Object missing required field `(?P<name>[^`]+)`$")
 _UNKNOWN = re.compile(r"^Object contains unknown field `(?P<name>[^`]+)`$")
+_KIND = re.compile(r"^Invalid (?:enum )?value (.*)$")
 _TYPES = {"str": "a string", "int": "an integer", "float": "a number", "object": "an object",
           "array": "an array", "null": "null", "bool": "a boolean"}  # fmt: skip
 # msgspec's wording -> the contract's, for the refusals a sender meets most.
@@ -138,14 +154,16 @@ def _located(exc: msgspec.ValidationError) -> RecordError:
                 plain = "only consume records carry a group"
             return RecordError(f"{path}.{named['name']}" if path else named["name"], plain)
     path = path or "body"
-    if path.endswith(".kind") and reason.startswith("Invalid value"):
-        reason = f"must be 'produce' or 'consume', got {reason.split(' ', 2)[2]}"
+    kind = _KIND.match(reason) if path.endswith(".kind") else None
+    if kind is not None:  # a record's tag, or the kind of a drop total or a mark
+        return RecordError(path, f"must be 'produce' or 'consume', got {kind[1]}")
     return RecordError(path, _plain(reason))
 
 
 def parse_body(body: bytes) -> Batch:
     """A request body: a JSON array of records, or an object with `records`
-    and, from the shims, `source` and `dropped` (drop totals).
+    and, from the shims, `source`, `dropped` (drop totals) and `sequences`
+    (high-water marks; their presence says the seqs are numbered per sequence).
 
     Raises RecordError for anything the contract refuses, msgspec.DecodeError
     for bytes that are not JSON.
@@ -157,14 +175,24 @@ def parse_body(body: bytes) -> Batch:
     if isinstance(payload, list):
         batch = Batch(payload, [], None)
     else:
-        batch = Batch(payload.records, payload.dropped, payload.source)
+        batch = Batch(payload.records, payload.dropped, payload.source, payload.sequences)
         if batch.drops and batch.source is None:
             raise RecordError("source", "field required with 'dropped'")
-    if not batch.records and not batch.drops:
+        _check_marks(batch.sequences or [])
+    if not batch.records and not batch.drops and not batch.sequences:
         raise RecordError("body", "no records")
     if b"\\u0000" in body:  # NUL: no store can hold it in text (a rare, slow path)
         _refuse_nul(batch)
     return batch
+
+
+def _check_marks(marks: list[SequenceMark]) -> None:
+    """A consume sequence is a group's, a produce sequence has none (as records)."""
+    for i, mark in enumerate(marks):
+        if mark.kind == "consume" and not mark.group:
+            raise RecordError(f"sequences[{i}].group", "field required for a consume sequence")
+        if mark.kind == "produce" and mark.group:
+            raise RecordError(f"sequences[{i}].group", "only consume sequences carry a group")
 
 
 def _refuse_nul(batch: Batch) -> None:
@@ -177,6 +205,10 @@ def _refuse_nul(batch: Batch) -> None:
         for name in ("stream", "group"):
             if "\x00" in getattr(drop, name):
                 raise RecordError(f"dropped[{i}].{name}", "contains a NUL character")
+    for i, mark in enumerate(batch.sequences or []):
+        for name in ("producer", "stream", "group"):
+            if "\x00" in getattr(mark, name):
+                raise RecordError(f"sequences[{i}].{name}", "contains a NUL character")
     if batch.source is not None and "\x00" in batch.source:
         raise RecordError("source", "contains a NUL character")
 

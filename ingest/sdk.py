@@ -78,8 +78,15 @@ def _metrics_for(registry: CollectorRegistry) -> _Metrics:
     return found
 
 
-def _instance_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+# A name given to a service's shims heads each instance's id (host, pid, random).
+MAX_PRODUCER_NAME = 128
+
+
+def _instance_id(name: str | None) -> str:
+    """Unique per process: two instances' sequences must never mix (a restart,
+    a replica, a forked child number from 1 again)."""
+    unique = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+    return unique if name is None else f"{name}/{unique}"
 
 
 class Delivery:
@@ -100,7 +107,12 @@ class Delivery:
 
 
 class Tally:
-    """Producer and consumer shim for one service; thread-safe, fork-safe."""
+    """Producer and consumer shim for one service; thread-safe, fork-safe.
+
+    Every record carries the shim instance (`producer`: `<producer>/` when
+    named, then host, pid and a random part) and its number in the instance's
+    sequence for its (stream, kind, group), from 1.
+    """
 
     def __init__(
         self,
@@ -118,6 +130,11 @@ class Tally:
         timeout: float = 5.0,
         token: str | None = None,
     ) -> None:
+        if producer is not None and not _text_ok(producer, MAX_PRODUCER_NAME):
+            raise ValueError(
+                f"producer {producer!r} is not a non-empty UTF-8 string of at most "
+                f"{MAX_PRODUCER_NAME} characters without NUL"
+            )
         self.stream = stream
         self._metrics = _metrics_for(registry or REGISTRY)
         self._tracer = MessagingTracer(tracer_provider, system) if tracing else None
@@ -134,16 +151,33 @@ class Tally:
             timeout=timeout,
             on_drop=self._count_drop,
             on_shipped=self._metrics.shipped.inc,
+            marks=self._marks,
             token=token,
         )
         _tallies.add(self)
 
     def _new_identity(self) -> None:
         # Record ids are instance:n, unique without a uuid per call (cheaper).
-        self.instance = _instance_id()
-        self.producer = self._named_producer or self.instance
+        self.instance = _instance_id(self._named_producer)
         self._record_n = itertools.count(1)
-        self._seq = itertools.count(1)
+        # Every record is numbered from 1 per (stream, kind, group) when it is
+        # made: one the shim drops, or dies with, leaves a gap the collector
+        # finds (the last number given, sent as a mark, shows the tail).
+        self._seqs: dict[tuple[str, str, str], Iterator[int]] = {}
+        self._last: dict[tuple[str, str, str], int] = {}
+
+    def _seq(self, key: tuple[str, str, str]) -> int:
+        counter = self._seqs.get(key)
+        if counter is None:  # setdefault: two threads get one counter
+            counter = self._seqs.setdefault(key, itertools.count(1))
+        n = next(counter)  # atomic: no two records share a number
+        # Racing threads may leave a lower number here: a mark then says less
+        # than was given, never more.
+        self._last[key] = n
+        return n
+
+    def _marks(self) -> dict[tuple[str, str, str], int]:
+        return self._last.copy()  # one C call: safe beside the callers' threads
 
     def _count_drop(self, key: DropKey, n: int) -> None:
         self._metrics.dropped.labels(*key).inc(n)
@@ -229,8 +263,8 @@ class Tally:
                 "",
                 _attempt(attempt),
                 outcome,
-                self.producer,
-                next(self._seq),
+                self.instance,
+                self._seq((s, "produce", "")),
                 trace_id,
                 span_id,
                 f"{self.instance}:{next(self._record_n)}",
@@ -340,8 +374,8 @@ class Tally:
                 group,
                 _attempt(attempt),
                 outcome,
-                None,
-                None,
+                self.instance,
+                self._seq((s, "consume", group)),
                 trace_id,
                 span_id,
                 f"{self.instance}:{next(self._record_n)}",

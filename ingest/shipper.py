@@ -4,8 +4,12 @@ The caller's side is one lock and one deque append. A daemon thread sends
 batches (by size and by time), retries with exponential backoff and jitter,
 and keeps the buffer bounded: when it is full the oldest record is dropped and
 counted. Drop totals travel with the next batch that gets through, so the
-collector can tell measurement loss from message loss. Resends carry the same
-record ids, so the collector stores them once.
+collector can tell measurement loss from message loss; so do the high-water
+marks of the shim's sequences (the last seq given per stream, kind and group),
+so that the collector knows of records that never come, even from a shim that
+dies with them. Every request says, with its `sequences`, that its records
+are numbered per sequence. Resends carry the same record ids, so the
+collector stores them once.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import threading
 import weakref
 from collections import Counter, deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
@@ -30,8 +34,15 @@ log = logging.getLogger(__name__)
 
 # A record on its way: the tuple of wire.FIELDS, in that order.
 Row = tuple[Any, ...]
-DropKey = tuple[str, str, str]  # stream, kind, group
+DropKey = tuple[str, str, str]  # stream, kind, group: also a sequence of the shim's
 _STREAM, _KIND, _GROUP = (FIELDS.index(name) for name in ("stream", "kind", "group"))
+
+
+class _Report(NamedTuple):
+    """What the collector is told beside the records: drop totals, marks."""
+
+    drops: Counter[DropKey]
+    marks: dict[DropKey, int]
 
 # Worth sending again: the collector is busy or restarting, or a proxy in front
 # of it could not reach it. Any other answer refuses the batch for good: it is
@@ -55,6 +66,7 @@ class Shipper:
         backoff_max: float = 1.0,
         on_drop: Callable[[DropKey, int], None] | None = None,
         on_shipped: Callable[[int], None] | None = None,
+        marks: Callable[[], dict[DropKey, int]] | None = None,
         token: str | None = None,
     ) -> None:
         if batch_size < 1 or max_buffer < batch_size:
@@ -72,6 +84,8 @@ class Shipper:
         self.backoff_max = backoff_max
         self._on_drop = on_drop
         self._on_shipped = on_shipped
+        # The last seq given per sequence of the producer named `source`.
+        self._marks = marks
         self._headers = {"content-type": "application/json"}
         if token is not None:
             self._headers["authorization"] = f"Bearer {token}"
@@ -87,7 +101,8 @@ class Shipper:
         self._closed = False
         self._thread: threading.Thread | None = None
         self.dropped: Counter[DropKey] = Counter()
-        self._reported: Counter[DropKey] = Counter()
+        self._reported = _Report(Counter(), {})
+        self._refused: set[str] = set()  # parts of the report the collector refuses
         self.shipped = 0
 
     # -- the caller's side ------------------------------------------------
@@ -180,7 +195,7 @@ class Shipper:
             while True:
                 if not pending:
                     pending = self._take()
-                if not pending and self._drops_unreported():
+                if not pending and self._unreported():
                     # Nothing to send but news of drops: report them on their own.
                     self._send(client, [])
                 if not pending:
@@ -216,25 +231,43 @@ class Shipper:
                     self._drop_locked(row)
             return False
 
-    def _drops_unreported(self) -> bool:
-        with self._lock:
-            return self.dropped != self._reported
+    def _report_locked(self) -> _Report:
+        return _Report(
+            Counter() if "dropped" in self._refused else Counter(self.dropped),
+            {} if self._marks is None or "sequences" in self._refused else self._marks(),
+        )
 
-    def _body(self, rows: list[Row]) -> tuple[bytes, Counter[DropKey]]:
+    def _unreported(self) -> bool:
+        with self._lock:
+            return self._reported != self._report_locked()
+
+    def _body(self, rows: list[Row]) -> tuple[bytes, _Report]:
         records = [record_to_json(row) for row in rows]
         with self._lock:
-            snapshot = Counter(self.dropped)
-        body: dict[str, Any] = {"records": records, "source": self.source}
-        if snapshot:
+            report = self._report_locked()
+            told = self._reported.marks
+        body: dict[str, Any] = {
+            "records": records,
+            # Present, even empty: these records are numbered per sequence. The
+            # marks the collector has not acknowledged yet.
+            "sequences": [
+                {"producer": self.source, "stream": s, "kind": k, "group": g, "last": n}
+                for (s, k, g), n in report.marks.items()
+                if told.get((s, k, g)) != n
+            ],
+        }
+        if "source" not in self._refused:
+            body["source"] = self.source
+        if report.drops:
             body["dropped"] = [
                 {"stream": s, "kind": k, "group": g, "total": n}
-                for (s, k, g), n in snapshot.items()
+                for (s, k, g), n in report.drops.items()
             ]
-        return json.dumps(body).encode(), snapshot
+        return json.dumps(body).encode(), report
 
     def _send(self, client: httpx.Client, rows: list[Row]) -> list[Row] | None:
         """Send a batch: None to retry it later, else what is left to send now."""
-        body, drops = self._body(rows)
+        body, report = self._body(rows)
         try:
             resp = client.post(self.url, content=body, headers=self._headers)
         except httpx.HTTPError as exc:
@@ -242,19 +275,22 @@ class Shipper:
             return None
         if resp.status_code == 200:
             with self._lock:
-                self._reported = drops
+                self._reported = report
             self.shipped += len(rows)
             if self._on_shipped is not None:
                 self._on_shipped(len(rows))
             return []
         if resp.status_code in _RETRY_STATUS:
             return None
-        if _field(resp).startswith(("dropped", "source")):
-            # The drop report, not a record, was refused: give it up (it would be
-            # refused with every batch) and send the records again.
-            log.warning("collector refused the drop report: %s", resp.text[:500])
+        part = _field(resp).split("[", 1)[0]
+        if part in ("dropped", "sequences", "source"):
+            # The report, not a record, was refused: give that part up (it would
+            # be refused with every batch) and send the records again.
+            log.warning("collector refused the shim's report: %s", resp.text[:500])
             with self._lock:
-                self._reported = drops
+                # Drop totals need the source that names them.
+                self._refused |= {part, "dropped"} if part == "source" else {part}
+                self._reported = self._report_locked()
             return rows
         # Refused for good. When the collector names one bad record, drop only
         # that one and send the rest again; else the batch cannot be sent.

@@ -160,6 +160,19 @@ shim_drops = Table(
     PrimaryKeyConstraint("source", "stream", "kind", "grp"),
 )
 
+# Records missing from the senders' numbering, per (stream, kind, group) ("" for
+# produces), every producer added up: measurement loss found by the engine
+# (running totals, written with the tick that declared them).
+records_missing = Table(
+    "records_missing",
+    metadata,
+    Column("stream", String(256), nullable=False),
+    Column("kind", String(8), nullable=False),
+    Column("grp", String(256), nullable=False),
+    Column("total", BigInteger, nullable=False),
+    PrimaryKeyConstraint("stream", "kind", "grp"),
+)
+
 # Every (stream, group) a record named ("" for produces): a bound on the series.
 names = Table(
     "names",

@@ -1,10 +1,10 @@
 """The store's write path: a validated batch in, one atomic commit.
 
-A batch becomes one log row (msgtally.ingest.logbody) and one pending row for
-the engine, in one transaction with the shim's drop totals: a 2xx answer means
-all of it is committed, a failure means none of it is. Recognising a record
-sent twice is the engine's job (it knows the ids in flight): ingest only
-appends, whatever the traffic.
+A batch becomes one log row (msgtally.ingest.logbody: its records and sequence
+marks) and one pending row for the engine, in one transaction with the shim's
+drop totals: a 2xx answer means all of it is committed, a failure means none
+of it is. Recognising a record sent twice is the engine's job (it knows the
+ids in flight): ingest only appends, whatever the traffic.
 """
 
 from __future__ import annotations
@@ -33,15 +33,16 @@ def write_batch(
     `guard`, a batch that would name more series than it allows is refused
     (RecordError), nothing of it stored.
     """
-    if not batch.records and not batch.drops:
+    if not batch.records and not batch.drops and not batch.sequences:
         return 0
     at = time.time() if received_at is None else received_at
     admitted: set[tuple[str, str]] = set()
     with write_tx(engine) as conn:
         if guard is not None:
             batch, admitted = guard.admit(conn, batch)
-        if batch.records:
-            body = logbody.encode(batch.records)
+        if batch.records or batch.sequences:
+            # Marks alone are a log row too: the engine reads them in log order.
+            body = logbody.encode(batch.records, batch.sequences)
             n = len(batch.records)
             row = conn.execute(
                 insert(log).values(received_at=at, n=n, body=body).returning(log.c.id)

@@ -53,6 +53,7 @@ COUNTERS: Mapping[str, tuple[str, str]] = MappingProxyType(
 LATENCY = "msgtally_delivery_latency_seconds"
 # The collector's other series (names without `_total`, as prometheus-client takes them).
 RECORDS_DROPPED = "msgtally_records_dropped"
+RECORDS_MISSING = "msgtally_records_missing"
 IN_FLIGHT = "msgtally_messages_in_flight"
 RECONCILE_RECORDS = "msgtally_reconcile_records"
 BACKLOG = "msgtally_reconcile_backlog_records"

@@ -107,9 +107,12 @@ static void ptable_remove_at(void **table, uint32_t mask, uint32_t j) {
 }
 
 /* ------------------------------------------------------------- log bodies */
-/* A log body is msgpack: [1, [record, ...]], each record a map from the field
- * names of msgtally.ingest.schema to their values, as msgspec encodes the
- * validated records (fields at their default are left out). */
+/* A log body is msgpack: [2, marks, [record, ...]] (msgtally.ingest.logbody),
+ * each record a map from the field names of msgtally.ingest.schema to their
+ * values, as msgspec encodes the validated records (fields at their default
+ * are left out); marks is nil, or the sender's sequence marks, each
+ * [producer, stream, kind, group, last]. Bodies of version 1, [1, [record,
+ * ...]], have no marks. */
 
 enum { F_STREAM, F_KIND, F_MESSAGE_ID, F_TS, F_GROUP, F_ATTEMPT, F_OUTCOME, F_PRODUCER, F_SEQ,
        F_TRACE_ID, F_SPAN_ID, F_RECORD_ID, N_FIELDS };
@@ -296,14 +299,27 @@ static int read_record(Cursor *c, Rec *r) {
     return 0;
 }
 
-/* Opens a body; *count is its number of records. */
-static int open_body(Cursor *c, uint32_t *count) {
+/* Opens a body at its records; *count is their number. With `marks`, it is
+ * set to the body's marks (an array), or marks->p to NULL when the body has
+ * none: its records' seqs are not checked. */
+static int open_body(Cursor *c, uint32_t *count, Cursor *marks) {
     uint32_t n;
     int64_t version;
     double d;
     int isf, nil;
-    if (mp_array(c, &n) || n != 2) return -1;
-    if (mp_number(c, &version, &d, &isf, &nil) || isf || nil || version != 1) return -1;
+    if (marks) marks->p = NULL;
+    if (mp_array(c, &n) || (n != 2 && n != 3)) return -1;
+    if (mp_number(c, &version, &d, &isf, &nil) || isf || nil || version != n - 1) return -1;
+    if (version == 2) {
+        if (c->p >= c->end) return -1;
+        if (*c->p == 0xc0) {
+            c->p++;
+        } else {
+            Cursor at = *c;
+            if (mp_skip(c, 0)) return -1;
+            if (marks) { marks->p = at.p; marks->end = c->p; }
+        }
+    }
     return mp_array(c, count);
 }
 
@@ -544,6 +560,32 @@ typedef struct {
     size_t fifo_head, fifo_n, fifo_cap;
 } StreamInfo;
 
+/* A run of seqs of one sequence not received yet. */
+typedef struct {
+    uint64_t lo, hi;
+    double opened; /* receipt time of the body that showed it */
+} Hole;
+
+/* One sequence: a producer's records of one (stream, kind, group), numbered
+ * from 1. Of [1, hw], it has received all but its holes. A hole below `top`
+ * (the highest seq received) is shown by a record: its records were sent
+ * before a later one, so they will not come (a sender sends in order); it is
+ * missing once open for `settle`. A hole above `top` is announced by a mark:
+ * its records may still wait in the sender's buffer, so it is missing once
+ * open for the stream's deadline + settle, when the ids they belong to are
+ * judged. A hole declared missing is forgotten: memory is the open holes. */
+typedef struct {
+    uint64_t hw;       /* every seq from 1 to hw was given to a record */
+    uint64_t top;      /* the highest seq received */
+    Hole *holes;       /* open, by seq; [0, nshown) below top, the rest above */
+    double due;        /* when its live timer fires (INFINITY: none) */
+    int64_t undrained; /* declared missing since the last drain */
+    uint32_t pid, sid, nholes, nshown, hole_cap;
+    uint32_t timer; /* the token of its live timer in hole_heap */
+    uint16_t gid;   /* a consume's group (0 for a produce) */
+    uint8_t kind, dirty;
+} SeqKey;
+
 typedef struct {
     PyObject_HEAD
     /* configuration */
@@ -595,6 +637,20 @@ typedef struct {
     uint32_t bf_mask, bf_n;
     Entry **bf_entries;
     uint32_t bf_cap;
+    /* sequences (measurement loss): producer names, the sequences and their
+     * table (index + 1, 0 empty), the timers of their first open holes (on
+     * the receipt clock), the ones with missing records not drained yet */
+    Dict producers;
+    SeqKey *seqs;
+    size_t nseqs, seqs_cap;
+    uint32_t *seq_table, seq_mask;
+    uint32_t seq_recent[16]; /* sequences of recent records, + 1, by seq_slot() */
+    uint32_t seq_tokens;
+    Heap hole_heap;
+    uint32_t *seq_dirty;
+    size_t nseq_dirty, seq_dirty_cap;
+    uint64_t missing, open_holes; /* records declared missing; holes open now */
+    size_t hole_slots;            /* room for holes, every sequence */
 } Engine;
 
 static inline double deadline_of(Engine *E, uint32_t sid) { return E->sinfo[sid].deadline; }
@@ -1482,6 +1538,305 @@ static int apply_record(Engine *E, const Rec *r, double received_at, const Place
     return touch(E, (uint32_t)idx);
 }
 
+/* ------------------------------------------------------------- sequences */
+/* Measurement loss, found rather than guessed: a sender that numbers its
+ * records from 1 per (producer, stream, kind, group) shows every record it
+ * never delivered as a hole in its numbering, the tail too once its
+ * high-water mark (the body's marks: how far it numbered) says so. A hole is
+ * declared missing when it is still open, on the receipt clock, `settle`
+ * after the body that showed it (a later record came: a batch reordered in
+ * flight is not counted), or the stream's deadline + settle after the mark
+ * that announced it (its records may wait in a live sender's buffer; a dead
+ * sender's never come). The count only grows: a record that comes after its
+ * hole was declared is counted in the tallies as any other, and the hole
+ * stays missing. */
+
+static inline int same_name(const Dict *d, uint32_t i, const Str *s) {
+    return d->lens[i] == s->n && memcmp(d->names[i], s->s, s->n) == 0;
+}
+
+static inline uint64_t seq_hash(uint32_t pid, uint32_t sid, uint32_t gid, int kind) {
+    return hash_u64(((uint64_t)pid << 32) | sid, hash_u64(((uint64_t)gid << 1) | (uint64_t)kind, 0x736571));
+}
+
+static int seq_table_grow(Engine *E) {
+    uint32_t mask = E->seq_mask * 2 + 1;
+    uint32_t *t = calloc((size_t)mask + 1, sizeof(uint32_t));
+    if (!t) return -1;
+    for (size_t i = 0; i < E->nseqs; i++) {
+        SeqKey *k = &E->seqs[i];
+        uint32_t j = (uint32_t)seq_hash(k->pid, k->sid, k->gid, k->kind) & mask;
+        while (t[j]) j = (j + 1) & mask;
+        t[j] = (uint32_t)i + 1;
+    }
+    free(E->seq_table);
+    E->seq_table = t;
+    E->seq_mask = mask;
+    return 0;
+}
+
+/* The index of a sequence, added when new; -1 on memory failure. */
+static int64_t seq_index(Engine *E, uint32_t pid, uint32_t sid, uint32_t gid, int kind) {
+    uint32_t j = (uint32_t)seq_hash(pid, sid, gid, kind) & E->seq_mask;
+    while (E->seq_table[j]) {
+        SeqKey *k = &E->seqs[E->seq_table[j] - 1];
+        if (k->pid == pid && k->sid == sid && k->gid == gid && k->kind == kind) return E->seq_table[j] - 1;
+        j = (j + 1) & E->seq_mask;
+    }
+    if (E->nseqs >= UINT32_MAX - 1 || grow(&E->seqs, &E->seqs_cap, E->nseqs, sizeof(SeqKey), 64)) return -1;
+    SeqKey *k = &E->seqs[E->nseqs];
+    memset(k, 0, sizeof *k);
+    k->pid = pid;
+    k->sid = sid;
+    k->gid = (uint16_t)gid;
+    k->kind = (uint8_t)kind;
+    k->due = INFINITY;
+    E->seq_table[j] = (uint32_t)++E->nseqs;
+    if (E->nseqs * 2 > E->seq_mask && seq_table_grow(E)) return -1;
+    return (int64_t)E->nseqs - 1;
+}
+
+/* The sequence of (producer, stream, kind, group): -1 on memory failure,
+ * -2 for one that cannot be (a consume without a usable group). */
+static int64_t seq_find(Engine *E, const Str *producer, uint32_t sid, int kind, const Str *group) {
+    if (kind == K_CONSUME && group->nil) return -2;
+    /* A body holds the records of a few sequences: found again without hashing names. */
+    uint32_t slot = (sid * 7 + (uint32_t)kind * 3 + producer->n * 5 + (producer->n ? producer->s[producer->n - 1] : 0) +
+                     (kind == K_CONSUME ? group->n * 11 + (group->n ? group->s[group->n - 1] : 0) : 0)) & 15;
+    if (E->seq_recent[slot]) {
+        SeqKey *k = &E->seqs[E->seq_recent[slot] - 1];
+        if (k->sid == sid && k->kind == kind && same_name(&E->producers, k->pid, producer) &&
+            (kind == K_PRODUCE || same_name(&E->groups, k->gid, group)))
+            return E->seq_recent[slot] - 1;
+    }
+    int64_t pid = dict_get(&E->producers, producer->s, producer->n, 1);
+    int64_t gid = kind == K_CONSUME ? dict_get(&E->groups, group->s, group->n, 1) : 0;
+    if (pid < 0 || gid < 0) return -1;
+    if (gid > 65535) return -2;
+    int64_t i = seq_index(E, (uint32_t)pid, sid, (uint32_t)gid, kind);
+    if (i >= 0) E->seq_recent[slot] = (uint32_t)i + 1;
+    return i;
+}
+
+/* When the first hole of each kind is missing; INFINITY without holes. */
+static double seq_due(Engine *E, const SeqKey *k) {
+    double due = INFINITY;
+    if (k->nshown) due = k->holes[0].opened + E->settle;
+    if (k->nholes > k->nshown) {
+        double announced = k->holes[k->nshown].opened + deadline_of(E, k->sid) + E->settle;
+        if (announced < due) due = announced;
+    }
+    return due;
+}
+
+/* A timer for the sequence's next due hole, unless one fires before it. */
+static int seq_schedule(Engine *E, uint32_t ki) {
+    SeqKey *k = &E->seqs[ki];
+    double due = seq_due(E, k);
+    if (due >= k->due) return 0;
+    if (!++E->seq_tokens) ++E->seq_tokens; /* 0 means none */
+    k->timer = E->seq_tokens;
+    k->due = due;
+    return heap_push(&E->hole_heap, due, ki, k->timer);
+}
+
+/* Room for one more hole. */
+static int hole_room(Engine *E, SeqKey *k) {
+    if (k->nholes < k->hole_cap) return 0;
+    size_t cap = k->hole_cap;
+    if (cap >= UINT32_MAX / 2 || grow(&k->holes, &cap, k->nholes, sizeof(Hole), 2)) return -1;
+    E->hole_slots += cap - k->hole_cap;
+    k->hole_cap = (uint32_t)cap;
+    return 0;
+}
+
+/* Inserts a hole at i (its place by seq). */
+static int hole_insert(Engine *E, SeqKey *k, uint32_t i, Hole h) {
+    if (hole_room(E, k)) return -1;
+    memmove(k->holes + i + 1, k->holes + i, (k->nholes - i) * sizeof(Hole));
+    k->holes[i] = h;
+    k->nholes++;
+    E->open_holes++;
+    return 0;
+}
+
+static void hole_remove(Engine *E, SeqKey *k, uint32_t i, uint32_t n) {
+    memmove(k->holes + i, k->holes + i + n, (k->nholes - i - n) * sizeof(Hole));
+    k->nholes -= n;
+    E->open_holes -= n;
+    if (!k->nholes) { /* memory is what is open */
+        E->hole_slots -= k->hole_cap;
+        free(k->holes);
+        k->holes = NULL;
+        k->hole_cap = 0;
+    }
+}
+
+/* Takes seq out of hole i (it is in it). */
+static int hole_fill(Engine *E, SeqKey *k, uint32_t i, uint64_t seq) {
+    Hole *h = &k->holes[i];
+    if (h->lo == h->hi) {
+        if (i < k->nshown) k->nshown--;
+        hole_remove(E, k, i, 1);
+    } else if (seq == h->lo) {
+        h->lo++;
+    } else if (seq == h->hi) {
+        h->hi--;
+    } else { /* in two, both shown when the whole was */
+        Hole above = {seq + 1, h->hi, h->opened};
+        h->hi = seq - 1;
+        if (hole_insert(E, k, i + 1, above)) return -1;
+        if (i < k->nshown) k->nshown++;
+    }
+    return 0;
+}
+
+/* A record numbered `seq` of the sequence, received at `at`. */
+static int seq_see(Engine *E, uint32_t ki, uint64_t seq, double at) {
+    SeqKey *k = &E->seqs[ki];
+    if (seq == 0) return 0; /* numbering starts at 1: 0 is never missing */
+    if (seq <= k->top) { /* a record sent late: a shown hole, or a resend */
+        uint32_t lo = 0, hi = k->nshown;
+        while (lo < hi) {
+            uint32_t mid = lo + (hi - lo) / 2;
+            if (k->holes[mid].hi < seq) lo = mid + 1;
+            else hi = mid;
+        }
+        if (lo == k->nshown || k->holes[lo].lo > seq) return 0; /* received, or declared */
+        return hole_fill(E, k, lo, seq);
+    }
+    /* Every hole below seq is shown now, from this receipt on (never before a
+     * hole shown earlier: shown holes stay in the order they are due). */
+    if (k->nshown && k->holes[k->nshown - 1].opened > at) at = k->holes[k->nshown - 1].opened;
+    while (k->nshown < k->nholes && k->holes[k->nshown].hi < seq) k->holes[k->nshown++].opened = at;
+    k->top = seq;
+    if (k->nshown < k->nholes && k->holes[k->nshown].lo <= seq) { /* in an announced hole */
+        Hole *h = &k->holes[k->nshown];
+        if (h->lo < seq) {
+            Hole below = {h->lo, seq - 1, at};
+            h->lo = seq;
+            if (hole_insert(E, k, k->nshown, below)) return -1;
+            k->nshown++;
+        }
+        if (hole_fill(E, k, k->nshown, seq)) return -1;
+    } else if (seq > k->hw) {
+        if (seq > k->hw + 1 && hole_insert(E, k, k->nholes, (Hole){k->hw + 1, seq - 1, at})) return -1;
+        if (seq > k->hw + 1) k->nshown++;
+        k->hw = seq;
+    }
+    return seq_schedule(E, ki);
+}
+
+/* A high-water mark: every seq up to `last` was given to a record. */
+static int seq_mark(Engine *E, uint32_t ki, uint64_t last, double at) {
+    SeqKey *k = &E->seqs[ki];
+    if (last <= k->hw) return 0;
+    if (k->nholes > k->nshown && k->holes[k->nholes - 1].opened > at) at = k->holes[k->nholes - 1].opened;
+    if (hole_insert(E, k, k->nholes, (Hole){k->hw + 1, last, at})) return -1;
+    k->hw = last;
+    return seq_schedule(E, ki);
+}
+
+/* Checks a record's seq, if its body is from a sender that numbers per sequence. */
+static int seq_record(Engine *E, const Rec *r, uint32_t sid, double at) {
+    if (!r->has_seq || r->text[F_PRODUCER].nil || r->seq < 0) return 0;
+    int64_t ki = seq_find(E, &r->text[F_PRODUCER], sid, kind_of(&r->text[F_KIND]), &r->text[F_GROUP]);
+    if (ki == -2) return 0;
+    return ki < 0 ? -1 : seq_see(E, (uint32_t)ki, (uint64_t)r->seq, at);
+}
+
+/* Applies a body's marks: 0, -1 out of memory, -2 not a body. */
+static int seq_marks(Engine *E, Cursor *c, double at) {
+    uint32_t n;
+    if (mp_array(c, &n)) return -2;
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t m;
+        Str producer, stream, kind, group;
+        int64_t last;
+        double d;
+        int isf, nil;
+        if (mp_array(c, &m) || m != 5 || mp_str(c, &producer) || mp_str(c, &stream) || mp_str(c, &kind) ||
+            mp_str(c, &group) || mp_number(c, &last, &d, &isf, &nil))
+            return -2;
+        if (producer.nil || stream.nil || kind.nil || group.nil || isf || nil) return -2;
+        if (last <= 0) continue;
+        int64_t sid = stream_index(E, &stream);
+        if (sid < 0) return -1;
+        int64_t ki = seq_find(E, &producer, (uint32_t)sid, kind_of(&kind), &group);
+        if (ki == -2) continue;
+        if (ki < 0 || seq_mark(E, (uint32_t)ki, (uint64_t)last, at)) return -1;
+    }
+    return 0;
+}
+
+/* Removes, out of holes [i, i + n), the first ones due by the watermark (`wait`
+ * after they opened); *gone says how many; returns how many seqs they held. */
+static uint64_t holes_due(Engine *E, SeqKey *k, uint32_t i, uint32_t n, double wait, double watermark,
+                          uint32_t *gone) {
+    uint32_t due = 0;
+    uint64_t seqs = 0;
+    for (; due < n && k->holes[i + due].opened + wait <= watermark; due++) {
+        uint64_t size = k->holes[i + due].hi - k->holes[i + due].lo + 1;
+        seqs = size > UINT64_MAX - seqs ? UINT64_MAX : seqs + size;
+    }
+    if (due) hole_remove(E, k, i, due);
+    *gone = due;
+    return seqs;
+}
+
+/* Declares missing the holes that have been open long enough, as of the
+ * receipt watermark: shown ones for `settle`, announced ones for the stream's
+ * deadline + settle. */
+static int seq_advance(Engine *E, double watermark) {
+    Heap *h = &E->hole_heap;
+    while (h->n && h->items[0].due <= watermark) {
+        Timer t = heap_pop(h);
+        SeqKey *k = &E->seqs[t.idx];
+        if (k->timer != t.gen) continue; /* stale: the sequence has another timer */
+        k->timer = 0;
+        k->due = INFINITY;
+        uint32_t gone;
+        uint64_t n = holes_due(E, k, 0, k->nshown, E->settle, watermark, &gone);
+        k->nshown -= gone;
+        uint64_t m = holes_due(E, k, k->nshown, k->nholes - k->nshown, deadline_of(E, k->sid) + E->settle,
+                               watermark, &gone);
+        n = m > UINT64_MAX - n ? UINT64_MAX : n + m;
+        if (n) {
+            if (n > (uint64_t)(INT64_MAX - k->undrained)) n = (uint64_t)(INT64_MAX - k->undrained);
+            k->undrained += (int64_t)n;
+            E->missing = n > UINT64_MAX - E->missing ? UINT64_MAX : E->missing + n;
+            if (!k->dirty) {
+                if (grow(&E->seq_dirty, &E->seq_dirty_cap, E->nseq_dirty, sizeof(uint32_t), 64)) return -1;
+                E->seq_dirty[E->nseq_dirty++] = t.idx;
+                k->dirty = 1;
+            }
+        }
+        if (seq_schedule(E, t.idx)) return -1;
+    }
+    return 0;
+}
+
+/* The missing records drained: {(stream, kind, group): n}, every producer added up. */
+static PyObject *seq_drain(Engine *E) {
+    PyObject *out = PyDict_New();
+    for (size_t i = 0; out && i < E->nseq_dirty; i++) {
+        SeqKey *k = &E->seqs[E->seq_dirty[i]];
+        k->dirty = 0;
+        PyObject *key = Py_BuildValue("(NsN)", dict_str(&E->streams, k->sid), k->kind == K_CONSUME ? "consume" : "produce",
+                                      k->kind == K_CONSUME ? dict_str(&E->groups, k->gid) : PyUnicode_FromString(""));
+        PyObject *n = key ? PyLong_FromLongLong(k->undrained) : NULL;
+        PyObject *had = n ? PyDict_GetItemWithError(out, key) : NULL;
+        PyObject *sum = had ? PyNumber_Add(had, n) : (n && !PyErr_Occurred() ? (Py_INCREF(n), n) : NULL);
+        if (!sum || PyDict_SetItem(out, key, sum)) Py_CLEAR(out);
+        Py_XDECREF(sum);
+        Py_XDECREF(n);
+        Py_XDECREF(key);
+        k->undrained = 0;
+    }
+    E->nseq_dirty = 0;
+    return out;
+}
+
 /* ================================================================ Python API */
 
 static PyObject *EngineError;
@@ -1520,6 +1875,12 @@ static void Engine_dealloc(Engine *E) {
     bf_reset(E);
     dict_free(&E->streams);
     dict_free(&E->groups);
+    for (size_t i = 0; i < E->nseqs; i++) free(E->seqs[i].holes);
+    free(E->seqs);
+    free(E->seq_table);
+    free(E->hole_heap.items);
+    free(E->seq_dirty);
+    dict_free(&E->producers);
     Py_XDECREF(E->verdicts);
     Py_TYPE(E)->tp_free((PyObject *)E);
 }
@@ -1543,7 +1904,12 @@ static int Engine_init(Engine *E, PyObject *args, PyObject *kw) {
     E->default_deadline = deadline;
     E->settle = settle;
     E->sketch_gamma_log = log(SKETCH_GAMMA);
-    if (dict_init(&E->streams) || dict_init(&E->groups)) { PyErr_NoMemory(); return -1; }
+    if (dict_init(&E->streams) || dict_init(&E->groups) || dict_init(&E->producers)) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    E->seq_mask = 63;
+    E->seq_table = calloc(E->seq_mask + 1, sizeof(uint32_t));
     E->mask = 1023;
     E->table = calloc(E->mask + 1, sizeof(Entry *));
     E->cmask = 1023;
@@ -1553,7 +1919,7 @@ static int Engine_init(Engine *E, PyObject *args, PyObject *kw) {
     E->pair_mask = 63;
     E->pair_table = calloc(E->pair_mask + 1, sizeof(uint32_t));
     E->verdicts = PyList_New(0);
-    if (!E->table || !E->ctable || !E->known || !E->pair_table || !E->verdicts) {
+    if (!E->table || !E->ctable || !E->known || !E->pair_table || !E->verdicts || !E->seq_table) {
         PyErr_NoMemory();
         return -1;
     }
@@ -1625,7 +1991,7 @@ static PyObject *Engine_new_groups(Engine *E, PyObject *bodies) {
         if (get_body(PySequence_Fast_GET_ITEM(seq, b), &view)) goto fail;
         Cursor c = {view.buf, (const uint8_t *)view.buf + view.len};
         uint32_t n;
-        if (open_body(&c, &n)) { PyBuffer_Release(&view); bad_body(); goto fail; }
+        if (open_body(&c, &n, NULL)) { PyBuffer_Release(&view); bad_body(); goto fail; }
         for (uint32_t i = 0; i < n; i++) {
             Rec r;
             if (read_record(&c, &r)) { PyBuffer_Release(&view); bad_body(); goto fail; }
@@ -1807,7 +2173,8 @@ static PyObject *Engine_apply(Engine *E, PyObject *args) {
     Cursor c = {(const uint8_t *)PyBytes_AS_STRING(body),
                 (const uint8_t *)PyBytes_AS_STRING(body) + PyBytes_GET_SIZE(body)};
     uint32_t n;
-    if (open_body(&c, &n)) return bad_body();
+    Cursor marks;
+    if (open_body(&c, &n, &marks)) return bad_body();
     int failed = 0, bad = 0;
     /* No Python object is touched but to defer a record: the collector's
      * threads run while the engine folds a body. */
@@ -1817,6 +2184,8 @@ static PyObject *Engine_apply(Engine *E, PyObject *args) {
         Place at;
         if (read_record(&c, &r)) { bad = 1; break; }
         if (place_of(E, &r, &at)) { failed = 1; break; }
+        /* the seq is checked whatever becomes of the record (a resend, deferred) */
+        if (marks.p && seq_record(E, &r, (uint32_t)at.sid, received_at)) { failed = 1; break; }
         /* an id not in memory whose verdict is in the store waits to be loaded */
         if (!at.found && E->known_n && known_has(E, at.h)) {
             Py_BLOCK_THREADS
@@ -1825,6 +2194,11 @@ static PyObject *Engine_apply(Engine *E, PyObject *args) {
         } else {
             failed = apply_record(E, &r, received_at, &at);
         }
+    }
+    if (marks.p && !failed && !bad) {
+        int m = seq_marks(E, &marks, received_at);
+        failed = m == -1;
+        bad = m == -2;
     }
     Py_END_ALLOW_THREADS
     if (bad) return bad_body();
@@ -1904,7 +2278,7 @@ static int advance(Engine *E, double now, double watermark) {
         if (judge_due(E, t.idx, now, watermark)) return -1;
     }
     expire_compacts(E, now, watermark);
-    return 0;
+    return seq_advance(E, watermark);
 }
 
 static PyObject *Engine_advance(Engine *E, PyObject *args) {
@@ -1938,8 +2312,9 @@ static PyObject *bins_dict(Pair *p) {
     return d;
 }
 
-/* drain() -> (pairs, verdicts): what changed since the last drain.
- * pairs: [(stream, group, {tally: delta}, latency_sum, histogram, sketch bins)]. */
+/* drain() -> (pairs, verdicts, missing): what changed since the last drain.
+ * pairs: [(stream, group, {tally: delta}, latency_sum, histogram, sketch bins)];
+ * missing: {(stream, kind, group): records declared missing}. */
 static PyObject *Engine_drain(Engine *E, PyObject *Py_UNUSED(ignored)) {
     for (size_t i = 0; i < E->ndirty; i++) {
         uint32_t idx = (uint32_t)(E->dirty[i] >> 32), gen = (uint32_t)E->dirty[i];
@@ -1977,10 +2352,12 @@ static PyObject *Engine_drain(Engine *E, PyObject *Py_UNUSED(ignored)) {
         binmap_clear(&p->bins);
         p->dirty = 0;
     }
+    PyObject *missing = seq_drain(E);
+    if (!missing) goto fail;
     PyObject *verdicts = E->verdicts;
     E->verdicts = PyList_New(0);
-    if (!E->verdicts) { E->verdicts = verdicts; goto fail; }
-    return Py_BuildValue("(NN)", pairs, verdicts);
+    if (!E->verdicts) { E->verdicts = verdicts; Py_DECREF(missing); goto fail; }
+    return Py_BuildValue("(NNN)", pairs, verdicts, missing);
 fail:
     Py_DECREF(pairs);
     return NULL;
@@ -2050,13 +2427,22 @@ static PyObject *Engine_stats(Engine *E, PyObject *Py_UNUSED(ignored)) {
     size_t heaps = (E->due_heap.cap + E->receipt_heap.cap) * sizeof(Timer);
     size_t ctable = (size_t)(E->cmask + 1) * sizeof(Compact *), fifos = 0;
     for (uint32_t sid = 0; sid < E->streams.n; sid++) fifos += E->sinfo[sid].fifo_cap * sizeof(Compact *);
-    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:I,s:n,s:n,s:I,s:I,s:n,s:n,s:K}", "records",
+    size_t seq_bytes = E->seqs_cap * sizeof(SeqKey) + (size_t)(E->seq_mask + 1) * sizeof(uint32_t) +
+                       E->hole_heap.cap * sizeof(Timer) + E->hole_slots * sizeof(Hole);
+    PyObject *out = Py_BuildValue("{s:K,s:K,s:K,s:K,s:I,s:n,s:n,s:I,s:I,s:n,s:n,s:K}", "records",
                          (unsigned long long)E->records, "repeats", (unsigned long long)E->repeats, "judged",
                          (unsigned long long)E->judged, "evicted", (unsigned long long)E->evicted, "in_memory",
                          E->live, "entry_bytes", (Py_ssize_t)E->entry_bytes, "index_bytes",
                          (Py_ssize_t)(table + pool + heaps), "known", E->known_n, "compact", E->clive,
                          "compact_bytes", (Py_ssize_t)E->compact_bytes, "compact_index_bytes",
                          (Py_ssize_t)(ctable + fifos), "compacted", (unsigned long long)E->compacted);
+    PyObject *more = out ? Py_BuildValue("{s:K,s:n,s:K,s:n}", "records_missing", (unsigned long long)E->missing,
+                                         "sequences", (Py_ssize_t)E->nseqs, "open_holes",
+                                         (unsigned long long)E->open_holes, "sequence_bytes", (Py_ssize_t)seq_bytes)
+                       : NULL;
+    if (!more || PyDict_Update(out, more)) Py_CLEAR(out);
+    Py_XDECREF(more);
+    return out;
 }
 
 /* ------------------------------------------------------------ backfill */
@@ -2145,7 +2531,7 @@ static PyObject *Engine_backfill_scan(Engine *E, PyObject *args) {
     if (get_body(body, &view)) return NULL;
     Cursor c = {view.buf, (const uint8_t *)view.buf + view.len};
     uint32_t n;
-    if (open_body(&c, &n)) { PyBuffer_Release(&view); return bad_body(); }
+    if (open_body(&c, &n, NULL)) { PyBuffer_Release(&view); return bad_body(); }
     long produced = 0;
     for (uint32_t i = 0; i < n; i++) {
         Rec r;
@@ -2224,7 +2610,9 @@ static void in_get(In *in, void *p, size_t n) {
 }
 #define GET(in, v) in_get((in), &(v), sizeof(v))
 
-static const uint64_t CHECKPOINT_MAGIC = 0x3174706B636D746DULL; /* "mtmckpt1" */
+static const uint64_t CHECKPOINT_MAGIC = 0x3274706B636D746DULL; /* "mtmckpt2" */
+/* Written before sequences were checked: the same but for them. */
+static const uint64_t CHECKPOINT_MAGIC_1 = 0x3174706B636D746DULL; /* "mtmckpt1" */
 
 static void put_dict(Out *o, Dict *d) {
     PUT(o, d->n);
@@ -2297,21 +2685,81 @@ static PyObject *Engine_dumps(Engine *E, PyObject *Py_UNUSED(ignored)) {
             out_put(&o, cfps(c), (size_t)c->nfp * 8);
         }
     }
+    put_dict(&o, &E->producers);
+    PUT(&o, E->missing);
+    uint64_t nseqs = E->nseqs;
+    PUT(&o, nseqs);
+    for (size_t i = 0; i < E->nseqs; i++) {
+        SeqKey *k = &E->seqs[i];
+        PUT(&o, k->pid);
+        PUT(&o, k->sid);
+        PUT(&o, k->gid);
+        PUT(&o, k->kind);
+        PUT(&o, k->hw);
+        PUT(&o, k->top);
+        PUT(&o, k->nholes);
+        PUT(&o, k->nshown);
+        out_put(&o, k->holes, k->nholes * sizeof(Hole));
+    }
     if (o.failed) { free(o.buf); return PyErr_NoMemory(); }
     PyObject *bytes = PyBytes_FromStringAndSize((const char *)o.buf, (Py_ssize_t)o.n);
     free(o.buf);
     return bytes;
 }
 
+/* The sequences of a checkpoint, their timers set again. */
+static int get_sequences(Engine *E, In *in) {
+    uint64_t nseqs;
+    if (get_dict(in, &E->producers)) return -1;
+    GET(in, E->missing);
+    GET(in, nseqs);
+    for (uint64_t i = 0; i < nseqs && !in->failed; i++) {
+        SeqKey k;
+        memset(&k, 0, sizeof k);
+        GET(in, k.pid);
+        GET(in, k.sid);
+        GET(in, k.gid);
+        GET(in, k.kind);
+        GET(in, k.hw);
+        GET(in, k.top);
+        GET(in, k.nholes);
+        GET(in, k.nshown);
+        if (in->failed || k.pid >= E->producers.n || k.sid >= E->streams.n ||
+            (k.kind == K_CONSUME && k.gid >= E->groups.n))
+            return -1;
+        if ((size_t)(in->end - in->p) / sizeof(Hole) < k.nholes || k.nshown > k.nholes) return -1;
+        int64_t ki = seq_index(E, k.pid, k.sid, k.gid, k.kind);
+        if (ki != (int64_t)i) return -1;
+        SeqKey *at = &E->seqs[ki];
+        at->hw = k.hw;
+        at->top = k.top;
+        for (uint32_t h = 0; h < k.nholes; h++) {
+            if (hole_room(E, at)) return -1;
+            in_get(in, &at->holes[at->nholes++], sizeof(Hole));
+            E->open_holes++;
+        }
+        at->nshown = k.nshown;
+        if (seq_schedule(E, (uint32_t)ki)) return -1;
+    }
+    return in->failed ? -1 : 0;
+}
+
 /* loads(bytes): replaces an empty engine's state with a checkpoint's. */
 static PyObject *Engine_loads(Engine *E, PyObject *arg) {
-    if (E->live || E->streams.n) { PyErr_SetString(EngineError, "loads() needs a fresh engine"); return NULL; }
+    if (E->live || E->streams.n || E->nseqs) {
+        PyErr_SetString(EngineError, "loads() needs a fresh engine");
+        return NULL;
+    }
     Py_buffer view;
     if (get_body(arg, &view)) return NULL;
     In in = {view.buf, (const uint8_t *)view.buf + view.len, 0};
     uint64_t magic;
     GET(&in, magic);
-    if (magic != CHECKPOINT_MAGIC) { PyBuffer_Release(&view); PyErr_SetString(EngineError, "not a checkpoint"); return NULL; }
+    if (magic != CHECKPOINT_MAGIC && magic != CHECKPOINT_MAGIC_1) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(EngineError, "not a checkpoint");
+        return NULL;
+    }
     GET(&in, E->default_deadline);
     GET(&in, E->settle);
     GET(&in, E->remember);
@@ -2383,6 +2831,7 @@ static PyObject *Engine_loads(Engine *E, PyObject *arg) {
         in_get(&in, cfps(c), (size_t)hdr.nfp * 8);
         if (in.failed || compact_insert(E, c)) { free(c); goto bad; }
     }
+    if (magic == CHECKPOINT_MAGIC && get_sequences(E, &in)) goto bad;
     if (in.failed || in.p != in.end) goto bad;
     PyBuffer_Release(&view);
     Py_RETURN_NONE;
@@ -2400,7 +2849,7 @@ static PyObject *body_keys(PyObject *Py_UNUSED(mod), PyObject *body) {
     if (get_body(body, &view)) return NULL;
     Cursor c = {view.buf, (const uint8_t *)view.buf + view.len};
     uint32_t n;
-    if (open_body(&c, &n)) { PyBuffer_Release(&view); return bad_body(); }
+    if (open_body(&c, &n, NULL)) { PyBuffer_Release(&view); return bad_body(); }
     PyObject *out = PyList_New(0);
     for (uint32_t i = 0; out && i < n; i++) {
         Rec r;

@@ -39,7 +39,14 @@ except ImportError as exc:  # the C extension is optional at install: say what t
     ) from exc
 from .config import ReconcileConfig
 from .lease import Lease
-from .outputs import load_verdicts, write_in_flight, write_meta, write_pairs, write_verdicts
+from .outputs import (
+    load_verdicts,
+    write_in_flight,
+    write_meta,
+    write_missing,
+    write_pairs,
+    write_verdicts,
+)
 
 log_ = logging.getLogger(__name__)
 
@@ -169,17 +176,20 @@ class Reconciler:
             self._backfill(stream, group)
         before = self.core.stats()
         self._fold(batch, now, watermark)
-        pairs, rows = self.core.drain()
+        pairs, rows, missing = self.core.drain()
         flight = self.core.in_flight()
         stats = self.core.stats()
-        # A tick changed the state if it applied records or judged or forgot ids:
-        # then recovery must replay it, so it is recorded.
-        changed = bool(batch) or any(stats[k] != before[k] for k in ("judged", "evicted"))
+        # A tick changed the state if it applied records, judged or forgot ids, or
+        # declared records missing: then recovery must replay it, so it is recorded.
+        changed = bool(batch) or any(
+            stats[k] != before[k] for k in ("judged", "evicted", "records_missing")
+        )
         if not changed and not pairs and not rows and flight == self._last_in_flight:
             return NOTHING
         with write_tx(self.store) as conn:
             write_pairs(conn, pairs, self.config.latency_buckets)
             write_verdicts(conn, rows)
+            write_missing(conn, missing)
             write_in_flight(conn, flight)
             if changed:
                 self.tick_no += 1
@@ -203,7 +213,8 @@ class Reconciler:
                     "ids_in_memory": stats["in_memory"],
                     "ids_compact": stats["compact"],
                     "engine_bytes": stats["entry_bytes"] + stats["index_bytes"]
-                    + stats["compact_bytes"] + stats["compact_index_bytes"],
+                    + stats["compact_bytes"] + stats["compact_index_bytes"]
+                    + stats["sequence_bytes"],
                 },
             )
         self._last_in_flight = flight
@@ -275,10 +286,11 @@ class Reconciler:
                     log_.info("back-filling group %r of stream %r: %d log rows", group, stream,
                               scanned)  # fmt: skip
         owed = self.core.backfill_finish(stream, group)
-        pairs, rows = self.core.drain()
+        pairs, rows, missing = self.core.drain()
         with write_tx(self.store) as conn:
             write_pairs(conn, pairs, self.config.latency_buckets)
             write_verdicts(conn, rows)
+            write_missing(conn, missing)
             self.checkpoint(conn)
         if owed or scanned:
             log_.info(

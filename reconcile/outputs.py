@@ -1,8 +1,9 @@
 """What a tick writes: the engine's drained changes, added to the store.
 
-Tallies, histogram buckets and sketch bins move by the deltas of the tick;
-verdict rows replace the previous state of their (stream, id, group); the
-in-flight gauge is replaced whole. All of it in the tick's transaction.
+Tallies, histogram buckets, sketch bins and missing records move by the
+deltas of the tick; verdict rows replace the previous state of their (stream,
+id, group); the in-flight gauge is replaced whole. All of it in the tick's
+transaction.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, delete, select, tuple_
+from sqlalchemy import Connection, case, delete, select, tuple_
 
 from msgtally.ingest.db import upsert
 from msgtally.ingest.tables import (
@@ -19,6 +20,7 @@ from msgtally.ingest.tables import (
     latency_buckets,
     latency_sketch,
     meta,
+    records_missing,
     tallies,
     verdicts,
 )
@@ -110,6 +112,35 @@ def write_verdicts(conn: Connection, rows: Sequence[Sequence[Any]]) -> None:
             for row in latest:
                 copy.write_row(row)
         cur.execute(f"INSERT INTO verdicts ({_COLUMNS}) SELECT {_COLUMNS} FROM _verdicts {_UPSERT}")
+
+
+# A count no store column can exceed: a sender's seqs reach 2**63 - 1.
+_COUNT_MAX = 2**63 - 1
+
+
+def write_missing(conn: Connection, missing: Mapping[tuple[str, str, str], int]) -> None:
+    """Add records declared missing, per (stream, kind, group); totals stop at
+    the column's bound rather than fail the tick (seqs are the sender's)."""
+    if not missing:
+        return
+    t = records_missing
+    stmt = upsert(conn, t)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["stream", "kind", "grp"],
+        set_={
+            "total": case(
+                (t.c.total > _COUNT_MAX - stmt.excluded.total, _COUNT_MAX),
+                else_=t.c.total + stmt.excluded.total,
+            )
+        },
+    )
+    conn.execute(
+        stmt,
+        [
+            {"stream": s, "kind": k, "grp": g, "total": min(n, _COUNT_MAX)}
+            for (s, k, g), n in missing.items()
+        ],
+    )
 
 
 def write_in_flight(conn: Connection, counts: Mapping[tuple[str, str], int]) -> None:

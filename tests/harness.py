@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -11,17 +12,18 @@ from sqlalchemy import Engine, select
 
 from msgtally.ingest import logbody
 from msgtally.ingest.db import write_tx
-from msgtally.ingest.schema import Batch, Produce, parse_batch
+from msgtally.ingest.schema import Batch, Produce, parse_batch, parse_body
 from msgtally.ingest.tables import log, meta, metadata
 from msgtally.ingest.wire import FIELDS, record_to_json
 from msgtally.ingest.writer import write_batch
 from msgtally.reconcile import ReconcileConfig, reconcile
-from msgtally.slis.read.query import read_discrepancies, read_slis
+from msgtally.slis.read.query import read_discrepancies, read_missing, read_slis
 from msgtally.slis.read.sketch import RELATIVE_ERROR
 from tests.oracle import (
     COUNT_NAMES,
     ID_KINDS,
     GroupOutcome,
+    Mark,
     Record,
     nearest_rank,
     same_record_key,
@@ -58,10 +60,28 @@ def consume(
     return Record(stream, "consume", mid, T + at, group, attempt, outcome, record_id=record_id)
 
 
-def ingest(engine: Engine, records: Sequence[Record], received_at: float | None = None) -> int:
-    """Log the records as one accepted request (through the contract's validation)."""
-    validated = parse_batch([record_to_json(r) for r in records])
-    return write_batch(engine, Batch(validated, [], None), received_at)
+def ingest(
+    engine: Engine,
+    records: Sequence[Record],
+    received_at: float | None = None,
+    sequences: Sequence[Mark] | None = None,
+) -> int:
+    """Log the records as one accepted request (through the contract's validation).
+
+    With `sequences` (high-water marks, maybe none), the request is from a
+    sender that numbers its records per sequence: their seqs are checked.
+    """
+    wire = [record_to_json(r) for r in records]
+    if sequences is None:
+        return write_batch(engine, Batch(parse_batch(wire), [], None), received_at)
+    body = {"records": wire, "sequences": [m._asdict() for m in sequences]}
+    return write_batch(engine, parse_body(json.dumps(body).encode()), received_at)
+
+
+def missing(engine: Engine) -> dict[tuple[str, str, str], int]:
+    """Records the engine declared missing, per (stream, kind, group)."""
+    with engine.connect() as conn:
+        return read_missing(conn)
 
 
 def logged(engine: Engine, stream: str | None = None) -> list[dict[str, Any]]:
@@ -73,7 +93,7 @@ def logged(engine: Engine, stream: str | None = None) -> list[dict[str, Any]]:
     seen: set[tuple[object, ...]] = set()
     out = []
     for body in bodies:
-        for rec in logbody.decode(body):
+        for rec in logbody.decode(body).records:
             fields = {name: getattr(rec, name, None) for name in FIELDS if name != "kind"}
             fields["group"] = fields["group"] or ""
             r = Record(kind="produce" if isinstance(rec, Produce) else "consume", **fields)

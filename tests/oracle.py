@@ -35,6 +35,17 @@ class Record(NamedTuple):
     span_id: str | None = None
     record_id: str | None = None
 
+
+class Mark(NamedTuple):
+    """A sender's high-water mark of one sequence: it numbered every seq up to `last`."""
+
+    producer: str
+    stream: str
+    kind: str
+    last: int
+    group: str = ""
+
+
 COUNT_NAMES = COUNT_FIELDS  # the names are the contract; the logic below is independent
 # The kinds of discrepancy report an id can appear in (per stream and group).
 ID_KINDS = ("lost", "late", "duplicated", "unexpected", "dead_lettered", "recovered")
@@ -174,3 +185,33 @@ def nearest_rank(values: Sequence[float], q: float) -> float | None:
         if (i + 1) >= q * n:
             return value
     return values[-1]
+
+
+def missing_records(
+    records: Iterable[Record], marks: Iterable[Mark] = ()
+) -> dict[tuple[str, str, str], int]:
+    """Records missing from the senders' numbering, once every hole settled, per
+    (stream, kind, group), every producer added up: in each sequence (producer,
+    stream, kind, group), the numbers from 1 to the highest one known (a
+    record's or a mark's) that no record carries. Only records that carry a
+    producer and a seq are in a sequence (callers pass the records of senders
+    that number per sequence)."""
+    seen: dict[tuple[str, str, str, str], set[int]] = {}
+    top: dict[tuple[str, str, str, str], int] = {}
+    for r in records:
+        if r.producer is None or r.seq is None:
+            continue
+        key = (r.producer, r.stream, r.kind, r.group)
+        seen.setdefault(key, set()).add(r.seq)
+        top[key] = max(top.get(key, 0), r.seq)
+    for m in marks:
+        key = (m.producer, m.stream, m.kind, m.group)
+        seen.setdefault(key, set())
+        top[key] = max(top.get(key, 0), m.last)
+    out: dict[tuple[str, str, str], int] = {}
+    for key, last in top.items():
+        n = len([s for s in range(1, last + 1) if s not in seen[key]])
+        if n:
+            _, stream, kind, group = key
+            out[(stream, kind, group)] = out.get((stream, kind, group), 0) + n
+    return out

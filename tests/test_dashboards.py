@@ -101,8 +101,12 @@ def test_latency_and_collector_queries() -> None:
         "topk(10, max by (stream, group) (increase("
         'msgtally_messages_lost_total{stream=~"$stream",group=~"$group"}[$__range])))'
     )
-    # Produce drops carry no group: they show whatever groups are selected.
+    # Produce drops and missing records carry no group: they show whatever groups are selected.
     assert 'group=~"$group|"' in q.dropped()
+    assert q.missing() == (
+        "max by (stream, group, kind) (rate("
+        'msgtally_records_missing_total{stream=~"$stream",group=~"$group|"}[$__rate_interval]))'
+    )
     assert q.reconcile_lag() == "time() - max(msgtally_reconcile_last_pass_timestamp_seconds)"
 
 
@@ -267,6 +271,7 @@ def test_every_metric_a_panel_reads_is_exposed_by_the_collector(
         ],
         "source": "shim",
         "dropped": [{"stream": "orders", "kind": "produce", "total": 1}],
+        "sequences": [{"producer": "shim", "stream": "orders", "kind": "produce", "last": 1}],
     }
     httpx.post(f"{collector.url}/v1/records", json=body).raise_for_status()
     reconcile(engine, ReconcileConfig(), now=t0 + 1000)

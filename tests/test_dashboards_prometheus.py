@@ -105,7 +105,14 @@ def _traffic(url: str, stop: threading.Event) -> None:
                     {"stream": "orders", "kind": "produce", "total": n},
                     {"stream": "payments", "kind": "consume", "group": "billing", "total": n},
                 ],
-            }
+                # Marks past what was numbered (nothing is): records missing, every kind.
+                "sequences": [
+                    {"producer": "test-shim", "stream": "orders", "kind": "produce",
+                     "last": n + 1},
+                    {"producer": "test-shim", "stream": "payments", "kind": "consume",
+                     "group": "billing", "last": n + 1},
+                ],
+            }  # fmt: skip
             client.post("/v1/records", json=body).raise_for_status()
             # Refused requests: one invalid record, one body that is not JSON.
             assert client.post("/v1/records", json=[{"stream": "orders"}]).status_code == 422

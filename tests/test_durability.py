@@ -1,5 +1,6 @@
 """A real collector killed with SIGKILL while senders post: nothing it acknowledged
-is lost, nothing is counted twice, and the figures are the oracle's."""
+is lost, nothing is counted twice, and the figures are the oracle's, the records
+missing from the senders' numbering too."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import httpx
 import pytest
 
 from msgtally.server import free_port
-from tests.oracle import COUNT_NAMES, Record, oracle
+from tests.oracle import COUNT_NAMES, Mark, Record, missing_records, oracle
 
 pytestmark = pytest.mark.slow
 
@@ -75,23 +76,43 @@ def _batches(rng: random.Random, n: int, start: float) -> list[list[Record]]:
     return out
 
 
+def _numbered(name: str, part: list[list[Record]]) -> tuple[list[list[Record]], list[Mark]]:
+    """A sender's batches, its records numbered per sequence as a shim does, every
+    17th number never sent; and its marks: how far it numbered each sequence."""
+    last: dict[tuple[str, str, str], int] = {}
+    out = []
+    for batch in part:
+        sent = []
+        for r in batch:
+            key = (r.stream, r.kind, r.group)
+            last[key] = last.get(key, 0) + 1
+            if last[key] % 17:
+                sent.append(r._replace(producer=name, seq=last[key]))
+        out.append(sent)
+    return out, [Mark(name, s, k, n, g) for (s, k, g), n in last.items()]
+
+
 def _wire(batch: list[Record]) -> list[dict[str, Any]]:
-    keys = ("stream", "kind", "message_id", "ts", "record_id")
+    keys = ("stream", "kind", "message_id", "ts", "record_id", "producer", "seq")
     return [
         {**{k: getattr(r, k) for k in keys}, **({"group": r.group} if r.group else {})}
         for r in batch
     ]
 
 
-def _send_until_acknowledged(url: str, batches: list[list[Record]], resent: list[int]) -> None:
+def _send_until_acknowledged(
+    url: str, batches: list[list[Record]], marks: list[Mark], resent: list[int]
+) -> None:
     """A shim's way: each batch again and again until a 200 (the answer of a
-    batch that was committed may be lost with the collector: it comes twice)."""
+    batch that was committed may be lost with the collector: it comes twice);
+    the marks last, on their own."""
+    bodies = [{"records": _wire(batch), "sequences": []} for batch in batches]
+    bodies.append({"records": [], "sequences": [m._asdict() for m in marks]})
     with httpx.Client(timeout=10) as client:
-        for batch in batches:
+        for body in bodies:
             while True:
                 try:
-                    if client.post(f"{url}/v1/records", json={"records": _wire(batch)}) \
-                            .status_code == 200:  # fmt: skip
+                    if client.post(f"{url}/v1/records", json=body).status_code == 200:
                         break
                 except httpx.TransportError:
                     pass
@@ -106,9 +127,12 @@ def test_kill_9_mid_stream_loses_and_doubles_nothing(tmp_path: Path) -> None:
     db, port = tmp_path / "store.db", free_port()
     collectors = [Collector(db, port)]
     resent: list[int] = []
+    parts = [_numbered(f"sender{k}", batches[k::3]) for k in range(3)]
     senders = [
-        threading.Thread(target=_send_until_acknowledged, args=(collectors[0].url, part, resent))
-        for part in (batches[0::3], batches[1::3], batches[2::3])
+        threading.Thread(
+            target=_send_until_acknowledged, args=(collectors[0].url, part, marks, resent)
+        )
+        for part, marks in parts
     ]
     try:
         for t in senders:
@@ -121,13 +145,19 @@ def test_kill_9_mid_stream_loses_and_doubles_nothing(tmp_path: Path) -> None:
             t.join(120)
         assert resent, "no kill fell while the senders were sending"
         url = collectors[-1].url
-        want = oracle([r for batch in batches for r in batch], deadline=2.0)
+        sent = [r for part, _ in parts for batch in part for r in batch]
+        want = oracle(sent, deadline=2.0)
+        gaps = missing_records(sent, [m for _, marks in parts for m in marks])
+        assert gaps, "no record left out"
         deadline = time.monotonic() + 30
         while True:
             slis = httpx.get(f"{url}/v1/slis").json()
             got = {(r["stream"], r["group"]): r for r in slis}
             if set(got) == set(want) and all(
-                {n: got[k][n] for n in COUNT_NAMES} == want[k].counts for k in want
+                {n: got[k][n] for n in COUNT_NAMES} == want[k].counts
+                and got[k]["produce_records_missing"] == gaps.get((k[0], "produce", ""), 0)
+                and got[k]["consume_records_missing"] == gaps.get((k[0], "consume", k[1]), 0)
+                for k in want
             ):
                 break
             assert time.monotonic() < deadline, (got, {k: v.counts for k, v in want.items()})

@@ -24,17 +24,22 @@ from tests.harness import (
     discrepancy_ids,
     figures,
     ingest,
+    missing,
     produce,
     repeats,
     wipe,
 )
-from tests.oracle import ID_KINDS, Record, oracle
+from tests.oracle import ID_KINDS, Mark, Record, oracle
 
 DEFAULT = ReconcileConfig()
 
 
 def snapshot(engine: Engine) -> dict[str, Any]:
-    return {"figures": figures(engine), **{k: discrepancy_ids(engine, k) for k in ID_KINDS}}
+    return {
+        "figures": figures(engine),
+        "missing": missing(engine),
+        **{k: discrepancy_ids(engine, k) for k in ID_KINDS},
+    }
 
 
 # --- crash and replay ----------------------------------------------------------------------
@@ -43,12 +48,18 @@ STREAMS = ("s1", "s2")
 GROUPS = ("g1", "g2")
 
 
+Batches = list[tuple[float, list[Record], list[Mark]]]
+
+
 @st.composite
-def timed_histories(draw: Callable[..., Any]) -> list[tuple[float, list[Record]]]:
-    """Batches of records with the time each arrives (offsets from T), in order."""
+def timed_histories(draw: Callable[..., Any]) -> Batches:
+    """Batches of records with the time each arrives (offsets from T), in order,
+    numbered per sequence by two senders that sometimes skip a number (a record
+    never sent), with their high-water marks now and then."""
     at = 0.0
-    batches = []
+    batches: Batches = []
     n = 0
+    last: dict[tuple[str, str, str, str], int] = {}
     for _ in range(draw(st.integers(1, 8))):
         at += draw(st.sampled_from((0.5, 5.0, 100.0, 400.0)))
         batch = []
@@ -58,27 +69,34 @@ def timed_histories(draw: Callable[..., Any]) -> list[tuple[float, list[Record]]
             stream = draw(st.sampled_from(STREAMS))
             ts = at - draw(st.sampled_from((0.0, 0.5, 2.0, 350.0)))
             if draw(st.booleans()):
-                batch.append(produce(stream, mid, ts, outcome=draw(
-                    st.sampled_from(("ok", "ok", "error"))), record_id=f"r{n}"))
+                record = produce(stream, mid, ts, outcome=draw(
+                    st.sampled_from(("ok", "ok", "error"))), record_id=f"r{n}")
             else:
-                batch.append(consume(stream, mid, draw(st.sampled_from(GROUPS)), ts,
-                                     outcome=draw(st.sampled_from(("ok", "ok", "error"))),
-                                     record_id=f"r{n}"))  # fmt: skip
+                record = consume(stream, mid, draw(st.sampled_from(GROUPS)), ts,
+                                 outcome=draw(st.sampled_from(("ok", "ok", "error"))),
+                                 record_id=f"r{n}")  # fmt: skip
+            key = (draw(st.sampled_from(("p1", "p2"))), stream, record.kind, record.group)
+            last[key] = last.get(key, 0) + draw(st.sampled_from((1, 1, 1, 2)))
+            batch.append(record._replace(producer=key[0], seq=last[key]))
         if batches and draw(st.booleans()):
             batch += draw(st.sampled_from(batches))[1][:2]  # a shim's resend
-        batches.append((at, batch))
+        marks = []
+        if draw(st.booleans()):  # how far each sender numbered, one more at times
+            marks = [Mark(p, s, k, top + draw(st.sampled_from((0, 0, 1))), g)
+                     for (p, s, k, g), top in last.items()]  # fmt: skip
+        batches.append((at, batch, marks))
     return batches
 
 
 def _run(
-    engine: Engine, config: ReconcileConfig, batches: list[tuple[float, list[Record]]],
+    engine: Engine, config: ReconcileConfig, batches: Batches,
     crashes: set[int], checkpoint_every: float,
 ) -> None:
     """Ingest and tick batch by batch; at each crash point, drop the engine's memory
     without a checkpoint and start a new one from the store."""
     live = Reconciler(engine, config, checkpoint_every=checkpoint_every).open()
-    for i, (at, batch) in enumerate(batches):
-        ingest(engine, batch, received_at=T + at)
+    for i, (at, batch, marks) in enumerate(batches):
+        ingest(engine, batch, received_at=T + at, sequences=marks)
         live.tick(T + at)
         if i in crashes:
             live.close(checkpoint=False)  # as kill -9: nothing more is written
@@ -100,8 +118,7 @@ def test_a_crash_at_any_tick_gives_the_figures_of_an_uninterrupted_run(engine: E
         remember=st.sampled_from((0.0, 600.0)),
     )
     def check(
-        batches: list[tuple[float, list[Record]]], crashes: set[int], checkpoint_every: float,
-        remember: float,
+        batches: Batches, crashes: set[int], checkpoint_every: float, remember: float
     ) -> None:
         config = ReconcileConfig(remember=remember)
         note(f"crashes after ticks {sorted(crashes)}, checkpoint_every={checkpoint_every}")

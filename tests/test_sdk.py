@@ -25,10 +25,12 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
+from msgtally.ingest import logbody
 from msgtally.ingest.db import open_engine
 from msgtally.ingest.sdk import MESSAGE_ID_HEADER, Tally
+from msgtally.ingest.tables import log
 from msgtally.reconcile import ReconcileConfig, reconcile
 from msgtally.slis.read.query import read_drops
 from tests.conftest import LiveCollector
@@ -37,6 +39,7 @@ from tests.harness import logged
 CONFIG = ReconcileConfig(deadline=5.0, settle=0.0)
 FIELDS = ("produced", "delivered", "lost", "late", "recovered", "unexpected", "duplicated")
 FIELDS += ("retried", "attempts", "dead_lettered", "consume_errors", "records_dropped")
+FIELDS += ("produce_records_missing", "consume_records_missing")
 
 
 # -- helpers shared with test_shipper.py ----------------------------------------
@@ -56,6 +59,20 @@ def unique(name: str) -> str:
 def stored(engine: Engine, stream: str | None = None) -> list[dict[str, Any]]:
     """The distinct records the collector logged, in insertion-independent order."""
     return logged(engine, stream)
+
+
+def marks_logged(engine: Engine) -> dict[tuple[str, str, str, str], int]:
+    """The highest mark per sequence (producer, stream, kind, group) the shims
+    sent; every request said its records are numbered per sequence."""
+    with engine.connect() as conn:
+        bodies = [logbody.decode(bytes(b)) for (b,) in conn.execute(select(log.c.body))]
+    assert all(body.marks is not None for body in bodies)
+    out: dict[tuple[str, str, str, str], int] = {}
+    for body in bodies:
+        for producer, stream, kind, group, last in body.marks or ():
+            key = (producer, stream, kind, group)
+            out[key] = max(out.get(key, 0), last)
+    return out
 
 
 def settle_and_read(engine: Engine, url: str) -> dict[tuple[str, str], dict[str, Any]]:
@@ -151,6 +168,7 @@ class Scenario:
             tally.consumed("r1", stream=self.other, group="audit", outcome="dead_letter")
             assert tally.flush(10)
             self.rows = stored(engine)
+            self.marks = marks_logged(engine)
             self.slis = settle_and_read(engine, live.url)
             tally.close()
         self.instance = tally.instance
@@ -191,12 +209,23 @@ def test_every_call_stores_the_right_records(scenario: Scenario) -> None:
             (o, "consume", "r1", "audit", 1, "dead_letter"),
         ]
     )
-    produces = [r for r in scenario.rows if r["kind"] == "produce"]
-    consumes = [r for r in scenario.rows if r["kind"] == "consume"]
-    # Producer identity and a gapless per-producer sequence on produce records only.
-    assert {r["producer"] for r in produces} == {"svc-a"}
-    assert sorted(r["seq"] for r in produces) == list(range(1, len(produces) + 1))
-    assert all(r["producer"] is None and r["seq"] is None for r in consumes)
+    # Every record names the shim instance (headed by the name given) and its
+    # number in the instance's sequence for its (stream, kind, group), from 1.
+    assert scenario.instance.startswith("svc-a/")
+    assert {r["producer"] for r in scenario.rows} == {scenario.instance}
+    seqs: dict[tuple[str, str, str], list[int]] = {}
+    for r in scenario.rows:
+        seqs.setdefault((r["stream"], r["kind"], r["group"]), []).append(r["seq"])
+    assert {key: sorted(n) for key, n in seqs.items()} == {
+        (s, "produce", ""): list(range(1, 9)),
+        (s, "consume", "billing"): list(range(1, 10)),
+        (o, "produce", ""): [1],
+        (o, "consume", "audit"): [1],
+    }
+    # The requests' high-water marks: the last number given in each sequence.
+    assert scenario.marks == {
+        (scenario.instance, *key): max(n) for key, n in seqs.items()
+    }
     # Record ids: unique, instance:n, so a resend is recognised.
     ids = [r["record_id"] for r in scenario.rows]
     assert len(set(ids)) == len(ids)
@@ -522,8 +551,11 @@ def test_a_threaded_service_gives_exact_figures(store: Engine) -> None:
     assert len(rows) == n + consumes
     ids = [r["record_id"] for r in rows]
     assert len(set(ids)) == len(ids)
-    seqs = sorted(r["seq"] for r in rows if r["kind"] == "produce")
-    assert seqs == list(range(1, n + 1))  # one gapless sequence across threads
+    # One gapless sequence per (stream, kind, group) across threads.
+    assert sorted(r["seq"] for r in rows if r["kind"] == "produce") == list(range(1, n + 1))
+    assert sorted(r["seq"] for r in rows if r["kind"] == "consume") == list(
+        range(1, consumes + 1)
+    )
     got, want = figures(
         slis[(stream, "g")],
         produced=n,
@@ -619,3 +651,14 @@ def test_an_asyncio_service_gives_exact_figures(store: Engine) -> None:
         ctx = producers[(sp.attributes or {})["messaging.message.id"]].context
         assert ctx is not None
         assert [lk.context.span_id for lk in sp.links] == [ctx.span_id]
+
+
+def test_a_named_producer_heads_the_instance_id_of_each_process() -> None:
+    tally = Tally("s", producer="checkout", tracing=False, registry=CollectorRegistry())
+    assert tally.instance.startswith("checkout/") and tally.instance != "checkout"
+    assert len(tally.instance) + len(":18446744073709551615") <= 256  # a record id fits
+    tally.close(0)
+    # A name the records could not carry is a mistake to say at once.
+    for bad in ("", "x" * 129, "a\x00b"):
+        with pytest.raises(ValueError, match="producer"):
+            Tally("s", producer=bad, tracing=False, registry=CollectorRegistry())

@@ -177,6 +177,9 @@ def test_collector_down_for_the_whole_run_then_up(store: Engine) -> None:
         unexpected=len(c - p),
         attempts=len(p & c),
         records_dropped=int(dropped),
+        # every record dropped is a gap in its sequence the collector found
+        produce_records_missing=int(produce_drops),
+        consume_records_missing=int(consume_drops),
     )
     assert got == want
 
@@ -312,10 +315,12 @@ def test_a_forked_child_ships_its_own_records_only(store: Engine) -> None:
     child_instances = {r["record_id"].rsplit(":", 1)[0] for r in child}
     assert len(child_instances) == 1 and parent_instance not in child_instances
     assert str(pid) in next(iter(child_instances))
-    # Each process numbers its own produce records from 1.
-    assert sorted(r["seq"] for r in parent if r["kind"] == "produce") == list(range(1, 52))
-    assert sorted(r["seq"] for r in child if r["kind"] == "produce") == list(range(1, 31))
-    assert {r["producer"] for r in child if r["kind"] == "produce"} == child_instances
+    # Each process numbers its own records from 1, per (stream, kind, group).
+    for kind in ("produce", "consume"):
+        assert sorted(r["seq"] for r in parent if r["kind"] == kind) == list(range(1, 52))
+        assert sorted(r["seq"] for r in child if r["kind"] == kind) == list(range(1, 31))
+    assert {r["producer"] for r in child} == child_instances
+    assert {r["producer"] for r in parent} == {parent_instance}
     got, want = figures(slis[(stream, "g")], produced=81, delivered=81, attempts=81)
     assert got == want
 

@@ -27,10 +27,11 @@ from msgtally.names import (
     LATENCY,
     RECONCILE_RECORDS,
     RECORDS_DROPPED,
+    RECORDS_MISSING,
     bucket_label,
 )
 
-from .query import read_drops, read_in_flight
+from .query import read_drops, read_in_flight, read_missing
 
 LABELS = ("stream", "group")
 
@@ -52,6 +53,7 @@ class StoreCollector(Collector):
             bucket_rows = conn.execute(select(latency_buckets)).all()
             in_flight = read_in_flight(conn)
             drops = read_drops(conn)
+            missing = read_missing(conn)
             backlog = conn.execute(
                 select(func.coalesce(func.sum(log_pending.c.n), 0))
             ).scalar_one()
@@ -91,6 +93,16 @@ class StoreCollector(Collector):
         for (stream, kind, grp), n in sorted(drops.items()):
             dropped.add_metric((stream, grp, kind), n)
         yield dropped
+
+        gaps = CounterMetricFamily(
+            RECORDS_MISSING,
+            "Records missing from the shims' numbering (seq), found by the collector: "
+            "measurement loss, dead shims included.",
+            labels=(*LABELS, "kind"),
+        )
+        for (stream, kind, grp), n in sorted(missing.items()):
+            gaps.add_metric((stream, grp, kind), n)
+        yield gaps
 
         flight = GaugeMetricFamily(
             IN_FLIGHT,

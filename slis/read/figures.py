@@ -49,6 +49,10 @@ class SLI:
     # Records the shims dropped before sending (measurement loss, not message
     # loss): the stream's produce drops plus this group's consume drops.
     records_dropped: int = 0
+    # Records missing from the senders' numbering (measurement loss the engine
+    # found, from dead shims too): the stream's produces, this group's consumes.
+    produce_records_missing: int = 0
+    consume_records_missing: int = 0
     # The delivery semantics the SLO spec declares for this stream and group, if any.
     contract: Semantics | None = None
 
@@ -64,6 +68,15 @@ class SLI:
             if isinstance(ind, RatioIndicator):
                 out[ind.ratio] = ratio(self._sum(ind.errors), self._sum(ind.total))
         return out
+
+    def inflation(self) -> dict[str, int]:
+        """How many lost and unexpected ids missing records may account for: a
+        lost id whose consume record is missing may have been consumed, an
+        unexpected id whose produce records are missing may have been produced."""
+        return {
+            "lost_inflated_by_at_most": min(self.lost, self.consume_records_missing),
+            "unexpected_inflated_by_at_most": min(self.unexpected, self.produce_records_missing),
+        }
 
     def _counts(self) -> dict[str, int]:
         return {c: int(getattr(self, c)) for c in COUNT_FIELDS}
@@ -82,6 +95,7 @@ class SLI:
         return {
             **asdict(self),
             **self.ratios(),
+            **self.inflation(),
             "observed_semantics": self.observed_semantics(),
             "contract_breaches": self.contract_breaches(),
         }

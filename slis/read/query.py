@@ -11,7 +11,14 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, func, select, tuple_
 
-from msgtally.ingest.tables import in_flight, latency_sketch, shim_drops, tallies, verdicts
+from msgtally.ingest.tables import (
+    in_flight,
+    latency_sketch,
+    records_missing,
+    shim_drops,
+    tallies,
+    verdicts,
+)
 from msgtally.names import COUNT_FIELDS
 
 from .figures import QUANTILES, SLI
@@ -37,6 +44,13 @@ def read_drops(conn: Connection) -> dict[tuple[str, str, str], int]:
     return {(s, k, g): int(n) for s, k, g, n in conn.execute(query)}
 
 
+def read_missing(conn: Connection) -> dict[tuple[str, str, str], int]:
+    """Records missing from the senders' numbering, per (stream, kind, group)."""
+    m = records_missing
+    query = select(m.c.stream, m.c.kind, m.c.grp, m.c.total)
+    return {(s, k, g): int(n) for s, k, g, n in conn.execute(query)}
+
+
 def _dropped_for(drops: dict[tuple[str, str, str], int], stream: str, group: str) -> int:
     return sum(
         n for (s, k, g), n in drops.items() if s == stream and (k == "produce" or g == group)
@@ -52,6 +66,7 @@ def read_slis(conn: Connection, stream: str | None = None, group: str | None = N
     if group is not None:
         query = query.where(t.c.grp == group)
     drops = read_drops(conn)
+    missing = read_missing(conn)
     sketches = _sketches(conn)
     out = []
     for row in conn.execute(query).mappings().all():
@@ -66,6 +81,8 @@ def read_slis(conn: Connection, stream: str | None = None, group: str | None = N
                 latency_count=int(row["latency_count"]),
                 latency_sum=float(row["latency_sum"]),
                 records_dropped=_dropped_for(drops, *key),
+                produce_records_missing=missing.get((key[0], "produce", ""), 0),
+                consume_records_missing=missing.get((key[0], "consume", key[1]), 0),
                 **fields,
             )
         )

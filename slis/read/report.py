@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from .figures import SLI
 
@@ -21,6 +22,8 @@ _COLUMNS = (
     ("recovered", "recov"),
     ("consume_errors", "errors"),
     ("records_dropped", "dropped"),
+    ("produce_records_missing", "p.miss"),
+    ("consume_records_missing", "c.miss"),
     ("delivery_success_ratio", "success"),
     ("duplicate_ratio", "dup%"),
     ("latency_p50", "p50"),
@@ -30,7 +33,18 @@ _COLUMNS = (
 )
 
 
-def _cell(name: str, value: object) -> str:
+# Figures missing records may have inflated, and by how much at most (SLI.inflation).
+_BOUNDS = (
+    ("lost", "lost_inflated_by_at_most", "consumed", "consume"),
+    ("unexpected", "unexpected_inflated_by_at_most", "produced", "produce"),
+)
+MARK = "*"
+
+
+def _cell(name: str, value: object, row: dict[str, Any]) -> str:
+    for figure, bound, _, _ in _BOUNDS:
+        if name == figure and row[bound]:
+            return f"{value}{MARK}"
     if value is None:
         return "-"
     if name.endswith("_ratio"):
@@ -49,11 +63,25 @@ def render_table(slis: Sequence[SLI]) -> str:
     for row in rows:
         if row["contract"] is not None and any(row["contract_breaches"].values()):
             row["contract"] = f"{row['contract']} BREACHED"
-    body = [[_cell(name, row[name]) for name, _ in _COLUMNS] for row in rows]
+    body = [[_cell(name, row[name], row) for name, _ in _COLUMNS] for row in rows]
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
         pairs = enumerate(zip(cells, widths, strict=True))
         return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in pairs)
 
-    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, body)])
+    table = [line(header), line(["-" * w for w in widths]), *map(line, body)]
+    return "\n".join(table + _notes(rows))
+
+
+def _notes(rows: list[dict[str, Any]]) -> list[str]:
+    """What each mark means: the ids that records missing may account for."""
+    notes = []
+    for row in rows:
+        for figure, bound, done, kind in _BOUNDS:
+            if row[bound]:
+                notes.append(
+                    f"{MARK} {row['stream']} / {row['group']}: up to {row[bound]} of the "
+                    f"{figure} ids may have been {done} ({kind} records missing: measurement loss)"
+                )
+    return ["", *notes] if notes else []
