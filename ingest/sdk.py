@@ -82,6 +82,10 @@ def _metrics_for(registry: CollectorRegistry) -> _Metrics:
 MAX_PRODUCER_NAME = 128
 
 
+# A pre-bound counter child, a sequence's key, and its numbering.
+_Lane = tuple[Any, tuple[str, str, str], Iterator[int]]
+
+
 def _instance_id(name: str | None) -> str:
     """Unique per process: two instances' sequences must never mix (a restart,
     a replica, a forked child number from 1 again)."""
@@ -139,8 +143,6 @@ class Tally:
         self._metrics = _metrics_for(registry or REGISTRY)
         self._tracer = MessagingTracer(tracer_provider, system) if tracing else None
         self._named_producer = producer
-        self._produced_children: dict[tuple[str, str], Any] = {}
-        self._consumed_children: dict[tuple[str, str, str], Any] = {}
         self._new_identity()
         self.shipper = Shipper(
             collector_url,
@@ -165,15 +167,20 @@ class Tally:
         # finds (the last number given, sent as a mark, shows the tail).
         self._seqs: dict[tuple[str, str, str], Iterator[int]] = {}
         self._last: dict[tuple[str, str, str], int] = {}
+        # Per (stream, outcome) and (stream, group, outcome): the pre-bound counter
+        # and the record sequence, found in one lookup on the per-message path.
+        self._produce_lanes: dict[tuple[str, str], _Lane] = {}
+        self._consume_lanes: dict[tuple[str, str, str], _Lane] = {}
 
-    def _seq(self, key: tuple[str, str, str]) -> int:
-        counter = self._seqs.get(key)
-        if counter is None:  # setdefault: two threads get one counter
-            counter = self._seqs.setdefault(key, itertools.count(1))
-        n = next(counter)  # atomic: no two records share a number
+    def _lane(self, child: Any, key: tuple[str, str, str]) -> _Lane:
+        # setdefault: two threads get one counter
+        return child, key, self._seqs.setdefault(key, itertools.count(1))
+
+    def _number(self, lane: _Lane) -> int:
+        n = next(lane[2])  # atomic: no two records share a number
         # Racing threads may leave a lower number here: a mark then says less
         # than was given, never more.
-        self._last[key] = n
+        self._last[lane[1]] = n
         return n
 
     def _marks(self) -> dict[tuple[str, str, str], int]:
@@ -248,12 +255,11 @@ class Tally:
         span_id: str | None,
         ts: float | None,
     ) -> None:
-        child = self._produced_children.get((s, outcome))
-        if child is None:
-            child = self._produced_children[(s, outcome)] = self._metrics.produced.labels(
-                s, outcome
-            )
-        child.inc()
+        lane = self._produce_lanes.get((s, outcome))
+        if lane is None:
+            child = self._metrics.produced.labels(s, outcome)
+            lane = self._produce_lanes[(s, outcome)] = self._lane(child, (s, "produce", ""))
+        lane[0].inc()
         self.shipper.put(
             (
                 s,
@@ -264,7 +270,7 @@ class Tally:
                 _attempt(attempt),
                 outcome,
                 self.instance,
-                self._seq((s, "produce", "")),
+                self._number(lane),
                 trace_id,
                 span_id,
                 f"{self.instance}:{next(self._record_n)}",
@@ -361,10 +367,11 @@ class Tally:
         ts: float | None,
     ) -> None:
         key = (s, group, outcome)
-        child = self._consumed_children.get(key)
-        if child is None:
-            child = self._consumed_children[key] = self._metrics.consumed.labels(*key)
-        child.inc()
+        lane = self._consume_lanes.get(key)
+        if lane is None:
+            child = self._metrics.consumed.labels(*key)
+            lane = self._consume_lanes[key] = self._lane(child, (s, "consume", group))
+        lane[0].inc()
         self.shipper.put(
             (
                 s,
@@ -375,7 +382,7 @@ class Tally:
                 _attempt(attempt),
                 outcome,
                 self.instance,
-                self._seq((s, "consume", group)),
+                self._number(lane),
                 trace_id,
                 span_id,
                 f"{self.instance}:{next(self._record_n)}",
