@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -19,12 +20,12 @@ from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 
+from msgtally.ingest.adapters.common import Received
 from msgtally.ingest.db import open_engine
 from msgtally.ingest.sdk import Tally
 from msgtally.reconcile import ReconcileConfig, reconcile
 from tests.conftest import LiveCollector
 
-CONFIG = ReconcileConfig(deadline=5.0, settle=0)
 GROUP = "billing"
 # The figures every adapter test checks, exactly.
 FIGURES = (
@@ -50,6 +51,7 @@ class Env:
     live: LiveCollector
     spans: InMemorySpanExporter
     provider: TracerProvider
+    config: ReconcileConfig
     tallies: list[Tally] = field(default_factory=list)
     registries: dict[int, CollectorRegistry] = field(default_factory=dict)
 
@@ -75,7 +77,7 @@ class Env:
         """Flush every shim, reconcile past every deadline, read the collector's SLIs."""
         for tally in self.tallies:
             assert tally.flush(15), "shim did not flush"
-        reconcile(self.store, CONFIG, now=time.time() + 60)
+        reconcile(self.store, self.config, now=time.time() + self.config.deadline + 60)
         resp = httpx.get(f"{self.live.url}/v1/slis", params={"stream": stream, "group": group})
         resp.raise_for_status()
         (row,) = resp.json()
@@ -117,15 +119,18 @@ class Env:
 
 
 @contextmanager
-def adapter_env(tmp_path: Path, system: str) -> Iterator[Env]:
-    """An `Env` for one test; every shim it made is closed afterwards."""
+def adapter_env(tmp_path: Path, system: str, deadline: float = 5.0) -> Iterator[Env]:
+    """An `Env` for one test; every shim it made is closed afterwards. Every
+    message must be delivered within `deadline` s of its produce to count as
+    delivered (the oracle's figures assume it)."""
     store = open_engine(f"sqlite:///{tmp_path / 'store.db'}")
     spans = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(spans))
+    config = ReconcileConfig(deadline=deadline, settle=0)
     try:
-        with LiveCollector(store, CONFIG) as live:
-            env = Env(system, store, live, spans, provider)
+        with LiveCollector(store, config) as live:
+            env = Env(system, store, live, spans, provider, config)
             try:
                 yield env
             finally:
@@ -188,3 +193,21 @@ def figures_of(**given: int) -> dict[str, int]:
     """A full figures dict: the given ones, every other figure 0."""
     assert set(given) <= set(FIGURES), set(given) - set(FIGURES)
     return {k: given.get(k, 0) for k in FIGURES}
+
+
+def faulty(
+    id_of: Callable[[Any], str],
+    fail: Callable[[str, int], bool] = lambda m, n: False,
+    dead: Callable[[str], bool] = lambda m: False,
+) -> Callable[[Any], None]:
+    """A handler that raises when `fail(id, attempt)` and dead-letters when
+    `dead(id)`, the id read by the test itself (`id_of`), not by the adapter."""
+
+    def handle(msg: Received[Any]) -> None:
+        mid = id_of(msg)
+        if dead(mid):
+            msg.dead_letter()
+        elif fail(mid, msg.attempt):
+            raise RuntimeError(f"cannot process {mid} yet")
+
+    return handle

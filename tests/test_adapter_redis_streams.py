@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from msgtally.ingest.adapters.redis_streams import (
     message_id_of,
 )
 from msgtally.ingest.sdk import MESSAGE_ID_HEADER, Tally
-from tests.adapter_support import GROUP, Env, Observed, adapter_env, figures_of
+from tests.adapter_support import GROUP, Env, Observed, adapter_env, faulty, figures_of
 from tests.conftest import service_unavailable
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
@@ -83,24 +83,10 @@ def produce(publisher: Publisher, key: str, n: int, obs: Observed) -> list[str]:
     return ids
 
 
-def handler_of(
-    fail: Callable[[str, int], bool] = lambda m, n: False,
-    dead: Callable[[str], bool] = lambda m: False,
-) -> Callable[[Received], None]:
-    def handle(msg: Received) -> None:
-        mid = msg.body[b"body"].decode()
-        if dead(mid):
-            msg.dead_letter()
-        elif fail(mid, msg.attempt):
-            raise RuntimeError(f"cannot process {mid} yet")
-
-    return handle
-
-
 def consumer(
     r: redis.Redis, tally: Tally, key: str, name: str, acks: Acks = "after", **kw: Any
 ) -> Consumer:
-    handler = handler_of(**kw.pop("faults", {}))
+    handler = faulty(lambda msg: msg.body[b"body"].decode(), **kw.pop("faults", {}))
     return Consumer(r, tally, key, GROUP, name, handler, acks=acks, **kw)
 
 

@@ -8,8 +8,8 @@ Every adapter module speaks the same dialect:
   (`ok` once the broker confirmed it, `error` when that is not known).
 - `tallied(tally, group, handler, *, stream=None, acks="after",
   max_attempts=None, ...)`: wraps `handler(received)` for a consumer group
-  (the `Consumer` contract below); Redis Streams, which reads for itself, has
-  `Consumer(client, tally, key, group, name, handler, ...)` with the same words.
+  (the `Consumer` contract below); Redis Streams and Kafka, whose consumers
+  read for themselves, have a `Consumer(...)` with the same words.
 - `Received`: what the handler gets, whatever the broker.
 
 Stream, everywhere: the call's `stream=`, else the publisher's or consumer's,
