@@ -86,7 +86,6 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,18 +170,17 @@ class Publisher:
         reports it and then calls `on_delivery(err, message)`."""
         s = common.stream_for(self.tally, topic, stream, self.stream)
         # The produce is reported when the delivery report comes: the
-        # `sending` block stays open until then.
-        open_send = ExitStack()
-        sending = open_send.enter_context(self.tally.sending(message_id, stream=s, attempt=attempt))
+        # `sending` block is entered here and left in the delivery callback.
+        block = self.tally.sending(message_id, stream=s, attempt=attempt)
+        sending = block.__enter__()
         given = headers.items() if isinstance(headers, Mapping) else headers or ()
-        out = [*given, *sending.headers.items()]
 
         def delivered(err: KafkaError | None, message: Message) -> None:
             if err is not None:
                 sending.failed()
             elif message_id is None:
                 sending.message_id = record_id(message)
-            open_send.close()
+            block.__exit__(None, None, None)
             if on_delivery is not None:
                 on_delivery(err, message)
 
@@ -192,11 +190,11 @@ class Publisher:
                 value,
                 key,
                 partition=-1 if partition is None else partition,
-                headers=out,
+                headers=[*given, *sending.headers.items()],
                 on_delivery=delivered,
             )
         except BaseException as exc:
-            open_send.__exit__(type(exc), exc, exc.__traceback__)  # reported error
+            block.__exit__(type(exc), exc, exc.__traceback__)  # reported error
             raise
         self.producer.poll(0)
 
@@ -286,6 +284,7 @@ class Consumer(Tallied[Received]):
         if len(self._attempts) > _ATTEMPTS_KEPT:
             self._attempts.popitem(last=False)
         value = message.value()
+        headers = headers_of(message)
         return self.consume(
             Received(
                 message=message,
@@ -293,10 +292,10 @@ class Consumer(Tallied[Received]):
                 partition=partition,
                 offset=offset,
                 body=value.encode() if isinstance(value, str) else value or b"",
-                message_id=message_id_of(message),
+                message_id=headers.get(MESSAGE_ID_HEADER) or f"{topic}:{partition}:{offset}",
                 attempt=attempt,
                 stream=common.stream_for(self.tally, topic, self.stream),
-                headers=headers_of(message),
+                headers=headers,
             )
         )
 
