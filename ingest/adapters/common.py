@@ -119,6 +119,8 @@ class Consumer(Protocol[P, T_co]):
     handler runs, a failure is reported and never redelivered (and a
     dead_letter is only reported). `"manual"`: the handler settles; the
     adapter only reports.
+
+    Each adapter module has mypy check that its consumer keeps this contract.
     """
 
     tally: Tally

@@ -87,7 +87,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import confluent_kafka
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
@@ -370,3 +370,9 @@ class Consumer(Tallied[Received]):
         if self._dead_letters is not None and self._own_producer:
             self._dead_letters.flush(timeout)
         self.tally.flush(timeout)
+
+
+if TYPE_CHECKING:
+
+    def _keeps_the_contract(consumer: Consumer) -> common.Consumer[[Message], Received]:
+        return consumer  # mypy checks that the consumer keeps the common contract

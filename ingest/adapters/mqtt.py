@@ -92,7 +92,7 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -330,3 +330,11 @@ def tallied(
     consumer = MqttConsumer(tally, group, handler, stream, acks, max_attempts)
     consumer.dead_letter_topic = dead_letter_topic
     return consumer
+
+
+if TYPE_CHECKING:
+
+    def _keeps_the_contract(
+        consumer: MqttConsumer,
+    ) -> common.Consumer[[mqtt.Client, Any, mqtt.MQTTMessage], Received]:
+        return consumer  # mypy checks that the consumer keeps the common contract

@@ -64,6 +64,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
@@ -212,3 +213,11 @@ def tallied(
     consumer = JetStreamConsumer(tally, group, handler, stream, acks, max_attempts)
     consumer.nak_delay = nak_delay
     return consumer
+
+
+if TYPE_CHECKING:
+
+    def _keeps_the_contract(
+        consumer: JetStreamConsumer,
+    ) -> common.Consumer[[Msg], Awaitable[Received]]:
+        return consumer  # mypy checks that the consumer keeps the common contract

@@ -82,7 +82,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
@@ -236,3 +236,11 @@ def tallied(
 ) -> RabbitConsumer:
     """An `on_message_callback` that reports every delivery and settles it."""
     return RabbitConsumer(tally, group, handler, stream, acks, max_attempts)
+
+
+if TYPE_CHECKING:
+
+    def _keeps_the_contract(
+        consumer: RabbitConsumer,
+    ) -> common.Consumer[[BlockingChannel, Any, pika.BasicProperties, bytes], Received]:
+        return consumer  # mypy checks that the consumer keeps the common contract

@@ -64,7 +64,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.typing import EncodableT, FieldT
@@ -266,3 +266,9 @@ def _entries(reply: Any) -> list[tuple[Any, Any]]:
         streams = list(reply.values())
         return [tuple(e) for e in streams[0][0]] if streams and streams[0] else []
     return [(eid, fields) for eid, fields in reply[0][1]]
+
+
+if TYPE_CHECKING:
+
+    def _keeps_the_contract(consumer: Consumer) -> common.Consumer[[Any, Fields, int], Received]:
+        return consumer  # mypy checks that the consumer keeps the common contract
