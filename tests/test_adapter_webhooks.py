@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,41 +25,20 @@ import httpx
 import pytest
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
-from sqlalchemy import Engine
 
 from msgtally.ingest.adapters.webhooks.publisher import AsyncPublisher, Publisher
 from msgtally.ingest.adapters.webhooks.receiver import Received, TallyDependency, TallyMiddleware
-from msgtally.ingest.db import open_engine
 from msgtally.ingest.sdk import Tally
-from msgtally.reconcile import ReconcileConfig, reconcile
 from msgtally.server import BackgroundServer, free_port
 from tests.adapter_support import Observed, adapter_env, figures_of
-from tests.conftest import LiveCollector
 from tests.harness import logged
 
 GROUP = "receiver"
-CONFIG = ReconcileConfig(deadline=5.0, settle=0.0)
 SENDER_TIMEOUT = 3.0  # the slow handler answers after SLOW_ANSWER: a real client timeout
 SLOW_ANSWER = 4.0
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Engine]:
-    eng = open_engine(f"sqlite:///{tmp_path / 'webhooks.db'}")
-    yield eng
-    eng.dispose()
-
-
-def traced() -> tuple[TracerProvider, InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return provider, exporter
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> None:
@@ -77,12 +56,6 @@ def consumed_total(registry: CollectorRegistry) -> float:
         for s in m.samples
         if s.name == "msgtally_sdk_consumed_total"
     )
-
-
-def slis_by_stream(url: str) -> dict[str, dict[str, Any]]:
-    resp = httpx.get(f"{url}/v1/slis")
-    resp.raise_for_status()
-    return {row["stream"]: row for row in resp.json() if row["group"] == GROUP}
 
 
 class Receiver:
@@ -339,7 +312,6 @@ def check_trace_links(
 
 def test_middleware_on_a_bare_asgi_app(tmp_path: Path) -> None:
     """Any ASGI app: a bare callable that fails first attempts and raises once."""
-    store = open_engine(f"sqlite:///{tmp_path / 'bare.db'}")
     stream = f"bare-{uuid.uuid4().hex[:8]}"
     seen: list[tuple[bytes, int]] = []
 
@@ -357,37 +329,25 @@ def test_middleware_on_a_bare_asgi_app(tmp_path: Path) -> None:
         await send({"type": "http.response.start", "status": status, "headers": []})
         await send({"type": "http.response.body", "body": b"{}"})
 
-    registry = CollectorRegistry()
-    try:
-        with LiveCollector(store, CONFIG) as live:
-            tally = Tally(stream, collector_url=live.url, registry=registry, tracing=False)
-            app = TallyMiddleware(bare, tally=tally, group=GROUP, registry=registry)
-            with (
-                BackgroundServer(app) as hooks,  # type: ignore[arg-type]
-                Publisher(tally, backoff=0.01, max_backoff=0.05) as publisher,
-            ):
-                results = [
-                    publisher.publish(hooks.url, content=b"{}", message_id=f"m{i}-{suffix}")
-                    for i, suffix in enumerate(("ok", "fail", "raise", "ok"))
-                ]
-            assert [r.attempts for r in results] == [1, 3, 2, 1]
-            assert all(r.ok for r in results)
-            wait_for(lambda: consumed_total(registry) == len(seen))
-            assert tally.flush()
-            reconcile(store, CONFIG, now=time.time() + 60)
-            got = slis_by_stream(live.url)[stream]
-            tally.close()
-    finally:
-        store.dispose()
+    with adapter_env(tmp_path, "http") as env:
+        tally = env.tally(traced=False)
+        registry = env.registry(tally)
+        app = TallyMiddleware(bare, tally=tally, group=GROUP, stream=stream, registry=registry)
+        with (
+            BackgroundServer(app) as hooks,  # type: ignore[arg-type]
+            Publisher(tally, stream=stream, backoff=0.01, max_backoff=0.05) as publisher,
+        ):
+            results = [
+                publisher.publish(hooks.url, content=b"{}", message_id=f"m{i}-{suffix}")
+                for i, suffix in enumerate(("ok", "fail", "raise", "ok"))
+            ]
+        assert [r.attempts for r in results] == [1, 3, 2, 1]
+        assert all(r.ok for r in results)
+        wait_for(lambda: consumed_total(registry) == len(seen))
+        got = env.figures(stream, GROUP)
     assert len(seen) == 7
-    assert {k: got[k] for k in ("produced", "delivered", "duplicated", "retried", "attempts")} == {
-        "produced": 4,
-        "delivered": 4,
-        "duplicated": 0,
-        "retried": 2,
-        "attempts": 7,
-    }
-    assert got["consume_errors"] == 3  # two 500s and one exception
+    # Two 500s and one exception: consume errors, each retried by the publisher.
+    assert got == figures_of(produced=4, delivered=4, retried=2, attempts=7, consume_errors=3)
 
 
 def test_publisher_gives_up_and_raises_with_the_message_id() -> None:
