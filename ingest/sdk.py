@@ -29,7 +29,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
 from .limits import MAX_ATTEMPT, MAX_ID_LENGTH, MAX_TEXT_LENGTH, MAX_TS
 from .shipper import DropKey, Shipper
-from .tracing import MessagingTracer, span_ids
+from .tracing import MESSAGE_ID, MessagingTracer, span_ids
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ MESSAGE_ID_HEADER = "msgtally-message-id"
 # The stream (or group) under which a record with an unusable name is counted dropped.
 INVALID_NAME = "(invalid)"
 DEFAULT_COLLECTOR = "http://127.0.0.1:8410"
+_ID_TO_COME = "(to come)"  # stands for an id that `sending` learns at the end
 
 
 class _Metrics:
@@ -107,6 +108,21 @@ class Delivery:
 
     def failed(self) -> None:
         """Mark processing as failed without raising (it will be redelivered)."""
+        self.outcome = "error"
+
+
+class Sending:
+    """What a publisher can say about the message it is sending."""
+
+    __slots__ = ("headers", "message_id", "outcome")
+
+    def __init__(self, message_id: str | None) -> None:
+        self.headers: dict[str, str] = {}
+        self.message_id = message_id
+        self.outcome = "ok"
+
+    def failed(self) -> None:
+        """The send was not confirmed (without raising): indeterminate."""
         self.outcome = "error"
 
 
@@ -279,35 +295,47 @@ class Tally:
 
     @contextmanager
     def sending(
-        self, message_id: str, *, stream: str | None = None, attempt: int = 1
-    ) -> Iterator[MutableMapping[str, str]]:
-        """Wrap a publish: yields the headers to send; an exception means the
-        send is indeterminate (`error`), and is re-raised."""
-        headers: dict[str, str] = {}
+        self, message_id: str | None, *, stream: str | None = None, attempt: int = 1
+    ) -> Iterator[Sending]:
+        """Wrap a publish: yields a `Sending` whose `headers` go with the message.
+        `ok` when the block ends; `error` (indeterminate) when it raises
+        (re-raised) or calls `sending.failed()`.
+
+        `message_id=None`: the id is known only once the broker answered (a
+        Kafka offset); set `sending.message_id` before the block ends. The
+        headers then carry the trace context only.
+        """
         s = stream or self.stream
-        why = self._problem(s, message_id, None)
+        handle = Sending(message_id)
+        # An id still to come is checked when the block ends.
+        why = self._problem(s, _ID_TO_COME if message_id is None else message_id, None)
         span = trace_id = span_id = None
         if why is None:
             assert isinstance(s, str)
-            headers[MESSAGE_ID_HEADER] = message_id
+            if message_id is not None:
+                handle.headers[MESSAGE_ID_HEADER] = message_id
             if self._tracer is not None:
-                span, trace_id, span_id = self._tracer.send(s, message_id, headers)
-        outcome = "ok"
+                span, trace_id, span_id = self._tracer.send(s, message_id or "", handle.headers)
         try:
-            yield headers
+            yield handle
         except BaseException:
-            outcome = "error"
+            handle.outcome = "error"
             raise
         finally:
+            mid = handle.message_id
+            if why is None and message_id is None:
+                why = self._problem(s, mid, None)
             if why is not None:
                 self._reject(s, "produce", "", why)
             else:
-                assert isinstance(s, str)
+                assert isinstance(s, str) and isinstance(mid, str)
                 if span is not None:
-                    if outcome != "ok":
+                    if message_id is None:
+                        span.set_attribute(MESSAGE_ID, mid)
+                    if handle.outcome != "ok":
                         span.set_status(Status(StatusCode.ERROR))
                     span.end()
-                self._emit_produce(s, message_id, attempt, outcome, trace_id, span_id, None)
+                self._emit_produce(s, mid, attempt, handle.outcome, trace_id, span_id, None)
 
     # -- consumer side ----------------------------------------------------
 

@@ -15,9 +15,7 @@ import json
 import socket
 import time
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,25 +26,22 @@ from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, StorageType
 from nats.js.client import JetStreamContext
 from nats.js.errors import NoStreamResponseError
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry
-from sqlalchemy import Engine
 
+from msgtally.ingest.adapters.common import Acks
 from msgtally.ingest.adapters.nats import (
     NATS_MSG_ID,
-    AckPolicy,
-    JetStreamHandler,
-    JetStreamProducer,
+    JetStreamConsumer,
+    Publisher,
+    Received,
     attempt_of,
     message_id_of,
+    tallied,
 )
-from msgtally.ingest.db import open_engine
-from msgtally.ingest.sdk import MESSAGE_ID_HEADER, Delivery, Tally
-from tests.adapter_support import CONFIG, GROUP, assert_figures, collector_figures, discrepancies
-from tests.conftest import LiveCollector, service_unavailable
+from msgtally.ingest.sdk import MESSAGE_ID_HEADER, Tally
+from tests.adapter_support import GROUP, Env, Observed, adapter_env, figures_of
+from tests.conftest import service_unavailable
 
 NATS_URL = "nats://127.0.0.1:4222"
 ACK_WAIT = 1.0
@@ -56,16 +51,9 @@ ACK_WAIT = 1.0
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Engine]:
-    eng = open_engine(f"sqlite:///{tmp_path / 'store.db'}")
-    yield eng
-    eng.dispose()
-
-
-@pytest.fixture
-def live(store: Engine) -> Iterator[LiveCollector]:
-    with LiveCollector(store, CONFIG) as collector:
-        yield collector
+def env(tmp_path: Path) -> Iterator[Env]:
+    with adapter_env(tmp_path, "nats") as made:
+        yield made
 
 
 @pytest.fixture
@@ -73,17 +61,6 @@ def names() -> tuple[str, str]:
     """A unique JetStream stream and its subject (the msgtally stream)."""
     token = uuid.uuid4().hex[:12]
     return f"MSGTALLY_{token}", f"msgtally.test.{token}"
-
-
-def make_tally(live: LiveCollector, provider: TracerProvider | None = None) -> Tally:
-    return Tally(
-        collector_url=live.url,
-        system="nats",
-        registry=CollectorRegistry(),
-        tracer_provider=provider,
-        tracing=provider is not None,
-        flush_interval=0.05,
-    )
 
 
 async def connect() -> NATS:
@@ -139,55 +116,27 @@ async def add_durable(js: JetStreamContext, stream: str, subject: str, **config:
     )
 
 
-@dataclass
-class Observed:
-    """What the test saw, independently of the shim: the oracle for the SLIs."""
-
-    produced: list[str] = field(default_factory=list)
-    produce_attempts: Counter[str] = field(default_factory=Counter)
-    deliveries: list[tuple[str, int, str]] = field(default_factory=list)  # id, attempt, outcome
-    seqs: dict[str, int] = field(default_factory=dict)  # id -> JetStream stream sequence
-
-    def expected(self) -> dict[str, int]:
-        ok = Counter(m for m, _, o in self.deliveries if o == "ok")
-        top = Counter(self.produce_attempts)
-        for m, attempt, _ in self.deliveries:
-            top[m] = max(top[m], attempt)
-        produced = set(self.produced)
-        return {
-            "produced": len(produced),
-            "delivered": sum(1 for m in produced if ok[m]),
-            "lost": sum(1 for m in produced if not ok[m]),
-            "duplicated": sum(n - 1 for n in ok.values()),
-            "retried": sum(1 for m in top if top[m] > 1),
-            "attempts": len(self.deliveries),
-            "dead_lettered": len({m for m, _, o in self.deliveries if o == "dead_letter"}),
-            "consume_errors": sum(1 for _, _, o in self.deliveries if o == "error"),
-            "unexpected": 0,
-        }
-
-
-def recorder(observed: Observed, wrapped: JetStreamHandler) -> Callable[[Msg], Awaitable[str]]:
+def recorder(observed: Observed, consumer: JetStreamConsumer) -> Callable[[Msg], Awaitable[str]]:
     """Hand `msg` to the adapter and note (payload id, broker attempt, outcome)."""
 
     async def run(msg: Msg) -> str:
-        outcome = await wrapped.handle(msg)
-        observed.deliveries.append((msg.data.decode(), msg.metadata.num_delivered, outcome))
+        outcome = (await consumer(msg)).outcome
+        observed.deliver(msg.data.decode(), msg.metadata.num_delivered, outcome)
         return outcome
 
     return run
 
 
 async def publish_all(
-    producer: JetStreamProducer, subject: str, n: int, obs: Observed
+    publisher: Publisher, subject: str, n: int, obs: Observed, seqs: dict[str, int] | None = None
 ) -> list[str]:
     ids = [f"m{i:02d}-{uuid.uuid4().hex[:8]}" for i in range(n)]
     for mid in ids:
-        ack = await producer.publish(subject, mid.encode(), message_id=mid)
+        ack = await publisher.publish(subject, mid.encode(), message_id=mid)
         assert not ack.duplicate
-        obs.produced.append(mid)
-        obs.seqs[mid] = ack.seq
-        obs.produce_attempts[mid] = 1
+        obs.produce(mid)
+        if seqs is not None:
+            seqs[mid] = ack.seq
     return ids
 
 
@@ -226,42 +175,40 @@ async def drain(
 def handler_of(
     fail: Callable[[str, int], bool] = lambda m, n: False,
     dead: Callable[[str], bool] = lambda m: False,
-) -> Callable[[Msg, Delivery], Awaitable[None]]:
-    async def handle(msg: Msg, delivery: Delivery) -> None:
-        mid = msg.data.decode()
+) -> Callable[[Received], Awaitable[None]]:
+    async def handle(msg: Received) -> None:
+        mid = msg.body.decode()
         if dead(mid):
-            delivery.dead_letter()
-        elif fail(mid, msg.metadata.num_delivered):
+            msg.dead_letter()
+        elif fail(mid, msg.msg.metadata.num_delivered):
             raise RuntimeError(f"cannot process {mid} yet")
 
     return handle
 
 
-def wrap(tally: Tally, ack: AckPolicy = "after", **kw: Any) -> JetStreamHandler:
-    return JetStreamHandler(tally, handler_of(**kw.pop("faults", {})), ack=ack, **kw)
+def wrap(tally: Tally, acks: Acks = "after", **kw: Any) -> JetStreamConsumer:
+    return tallied(tally, GROUP, handler_of(**kw.pop("faults", {})), acks=acks, **kw)
 
 
 # -- the tests -------------------------------------------------------------------
 
 
-def test_naks_retry_and_a_crash_before_ack_duplicates(
-    live: LiveCollector, store: Engine, names: tuple[str, str]
-) -> None:
+def test_naks_retry_and_a_crash_before_ack_duplicates(env: Env, names: tuple[str, str]) -> None:
     """12 ids. Consumer A1 processes 3 and dies without acking: JetStream redelivers
     them after ack_wait (3 duplicates). A2 naks 2 on their first delivery (2
     retries). 2 ids are published twice by the producer: Nats-Msg-Id de-dup
     stores them once (PubAck.duplicate), the resend shows as a produce retry."""
     stream, subject = names
     obs = Observed()
-    p_tally, c_tally = make_tally(live), make_tally(live)
+    p_tally, c_tally = env.tally(traced=False), env.tally(traced=False)
 
     async def body(nc: NATS, js: JetStreamContext) -> None:
-        producer = JetStreamProducer(js, p_tally)
-        ids = await publish_all(producer, subject, 12, obs)
+        publisher = Publisher(js, p_tally)
+        ids = await publish_all(publisher, subject, 12, obs)
         for mid in ids[10:]:
-            ack = await producer.publish(subject, mid.encode(), message_id=mid, attempt=2)
+            ack = await publisher.publish(subject, mid.encode(), message_id=mid, attempt=2)
             assert ack.duplicate is True
-            obs.produce_attempts[mid] = 2
+            obs.produce(mid, attempt=2)
         assert (await js.stream_info(stream)).state.messages == 12
         await add_durable(js, stream, subject)
 
@@ -269,7 +216,7 @@ def test_naks_retry_and_a_crash_before_ack_duplicates(
         async with consumer() as a1:  # leaving the block closes the connection: the crash
             msgs = await fetch(a1, stream, 3)
             assert [m.data.decode() for m in msgs] == ids[:3]
-            run = recorder(obs, wrap(c_tally, ack="manual"))
+            run = recorder(obs, wrap(c_tally, acks="manual"))
             for msg in msgs:
                 assert await run(msg) == "ok"
 
@@ -304,30 +251,28 @@ def test_naks_retry_and_a_crash_before_ack_duplicates(
         "dead_lettered": 0,
         "consume_errors": 2,
         "unexpected": 0,
+        "recovered": 0,
     }
-    got = collector_figures(live, store, [p_tally, c_tally], subject)
-    assert_figures(got, expected)
+    assert env.figures(subject) == expected
     dup_ids = sorted(m for m, n, _ in obs.deliveries if n > 1 and (m, 1, "ok") in obs.deliveries)
-    assert discrepancies(live, subject, "duplicated") == dup_ids
+    assert env.discrepancies(subject, "duplicated") == dup_ids
 
 
-def test_ack_before_processing_then_crash_loses(
-    live: LiveCollector, store: Engine, names: tuple[str, str]
-) -> None:
+def test_ack_before_processing_then_crash_loses(env: Env, names: tuple[str, str]) -> None:
     """ack="before": the consumer acks, then fails on 3 of 10 ids. JetStream never
     redelivers them (checked past ack_wait with a fresh consumer): 3 lost."""
     stream, subject = names
     obs = Observed()
-    p_tally, c_tally = make_tally(live), make_tally(live)
+    p_tally, c_tally = env.tally(traced=False), env.tally(traced=False)
     crash: set[str] = set()
 
     async def body(nc: NATS, js: JetStreamContext) -> None:
-        ids = await publish_all(JetStreamProducer(js, p_tally), subject, 10, obs)
+        ids = await publish_all(Publisher(js, p_tally), subject, 10, obs)
         crash.update(ids[2:8:2])
         await add_durable(js, stream, subject)
         async with consumer() as a:
             run = recorder(
-                obs, wrap(c_tally, ack="before", faults={"fail": lambda m, n: m in crash})
+                obs, wrap(c_tally, acks="before", faults={"fail": lambda m, n: m in crash})
             )
             for msg in await fetch(a, stream, 10):
                 await run(msg)
@@ -350,15 +295,13 @@ def test_ack_before_processing_then_crash_loses(
         "dead_lettered": 0,
         "consume_errors": 3,
         "unexpected": 0,
+        "recovered": 0,
     }
-    got = collector_figures(live, store, [p_tally, c_tally], subject)
-    assert_figures(got, expected)
-    assert discrepancies(live, subject, "lost") == sorted(crash)
+    assert env.figures(subject) == expected
+    assert env.discrepancies(subject, "lost") == sorted(crash)
 
 
-def test_term_and_max_deliver_dead_letter(
-    live: LiveCollector, store: Engine, names: tuple[str, str]
-) -> None:
+def test_term_and_max_deliver_dead_letter(env: Env, names: tuple[str, str]) -> None:
     """max_deliver=3. 2 poison ids fail every time: nak, nak, then term on the third
     delivery -> dead_letter. 1 id is dead-lettered by its handler at once (term).
     JetStream publishes a MSG_TERMINATED advisory for each of the 3. One more id
@@ -366,11 +309,12 @@ def test_term_and_max_deliver_dead_letter(
     (MAX_DELIVERIES advisory) and the SLIs count it lost, not dead-lettered."""
     stream, subject = names
     obs = Observed()
-    p_tally, c_tally = make_tally(live), make_tally(live)
+    p_tally, c_tally = env.tally(traced=False), env.tally(traced=False)
     poison: set[str] = set()
     dead: set[str] = set()
     terminated: list[int] = []
     exhausted: list[int] = []
+    seqs: dict[str, int] = {}  # id -> JetStream stream sequence
 
     async def body(nc: NATS, js: JetStreamContext) -> None:
         async def on_term(msg: Msg) -> None:
@@ -383,23 +327,23 @@ def test_term_and_max_deliver_dead_letter(
         await nc.subscribe(f"{adv}.MSG_TERMINATED.{stream}.{GROUP}", cb=on_term)
         await nc.subscribe(f"{adv}.MAX_DELIVERIES.{stream}.{GROUP}", cb=on_max)
         await add_durable(js, stream, subject, max_deliver=3)
-        producer = JetStreamProducer(js, p_tally)
+        publisher = Publisher(js, p_tally)
 
         crasher = f"crasher-{uuid.uuid4().hex[:8]}"
-        ack = await producer.publish(subject, crasher.encode(), message_id=crasher)
-        obs.produced.append(crasher)
-        obs.seqs[crasher] = ack.seq
+        ack = await publisher.publish(subject, crasher.encode(), message_id=crasher)
+        obs.produce(crasher)
+        seqs[crasher] = ack.seq
         for n in range(1, 4):  # fetched, then the consumer dies before reporting
             async with consumer() as c:
                 [msg] = await fetch(c, stream, 1, timeout=ACK_WAIT * 3)
                 assert (msg.data.decode(), msg.metadata.num_delivered) == (crasher, n)
         await asyncio.sleep(ACK_WAIT + 0.3)
 
-        ids = await publish_all(producer, subject, 8, obs)
+        ids = await publish_all(publisher, subject, 8, obs, seqs)
         poison.update(ids[1:3])
         dead.add(ids[5])
         faults = {"fail": lambda m, n: m in poison, "dead": lambda m: m in dead}
-        run = recorder(obs, wrap(c_tally, max_deliver=3, faults=faults))
+        run = recorder(obs, wrap(c_tally, max_attempts=3, faults=faults))
         async with consumer() as c:
             await drain(c, stream, run, lambda: len(obs.deliveries) >= 5 + 1 + 2 * 3)
             assert await fetch(c, stream, 10, timeout=0.5) == []
@@ -417,8 +361,8 @@ def test_term_and_max_deliver_dead_letter(
             (2, "error"),
             (3, "dead_letter"),
         ]
-    assert sorted(terminated) == sorted(obs.seqs[m] for m in poison | dead)
-    assert exhausted == [obs.seqs[obs.produced[0]]]
+    assert sorted(terminated) == sorted(seqs[m] for m in poison | dead)
+    assert exhausted == [seqs[obs.produced[0]]]
     expected = obs.expected()
     assert expected == {
         "produced": 9,
@@ -430,35 +374,30 @@ def test_term_and_max_deliver_dead_letter(
         "dead_lettered": 3,
         "consume_errors": 4,
         "unexpected": 0,
+        "recovered": 0,
     }
-    got = collector_figures(live, store, [p_tally, c_tally], subject)
-    assert_figures(got, expected)
-    assert discrepancies(live, subject, "dead_lettered") == sorted(poison | dead)
+    assert env.figures(subject) == expected
+    assert env.discrepancies(subject, "dead_lettered") == sorted(poison | dead)
     crasher_id = obs.produced[0]
-    assert discrepancies(live, subject, "lost") == sorted(poison | dead | {crasher_id})
+    assert env.discrepancies(subject, "lost") == sorted(poison | dead | {crasher_id})
 
 
-def test_trace_context_fallback_id_and_failed_publish(
-    live: LiveCollector, store: Engine, names: tuple[str, str]
-) -> None:
+def test_trace_context_fallback_id_and_failed_publish(env: Env, names: tuple[str, str]) -> None:
     """The consumer span links to the producer span through the headers; a message
     published without the adapter is reported under `<stream>:<sequence>`; a
     publish JetStream does not confirm is reported error and re-raised; the
     Tally calls run inside the asyncio service without blocking it."""
     stream, subject = names
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    p_tally, c_tally = make_tally(live, provider), make_tally(live, provider)
+    p_tally, c_tally = env.tally(), env.tally()
     seen: dict[str, Any] = {}
 
     async def body(nc: NATS, js: JetStreamContext) -> None:
-        producer = JetStreamProducer(js, p_tally)
-        ack = await producer.publish(subject, b"traced", headers={"x-app": "1"})
+        publisher = Publisher(js, p_tally)
+        ack = await publisher.publish(subject, b"traced", headers={"x-app": "1"})
         raw = await js.publish(subject, b"raw")  # a producer without msgtally
         seen["raw_id"] = f"{raw.stream}:{raw.seq}"
         with pytest.raises(NoStreamResponseError):
-            await producer.publish(f"nowhere.{uuid.uuid4().hex}", b"x", message_id="m-lost")
+            await publisher.publish(f"nowhere.{uuid.uuid4().hex}", b"x", message_id="m-lost")
 
         await add_durable(js, stream, subject)
         async with consumer() as c:
@@ -467,8 +406,8 @@ def test_trace_context_fallback_id_and_failed_publish(
             seen["headers"] = dict(msgs[0].headers)
             seen["ids"] = [message_id_of(m) for m in msgs]
             seen["attempts"] = [attempt_of(m) for m in msgs]
-            wrapped = JetStreamHandler(tally=c_tally, handler=handler_of())
-            seen["outcomes"] = await asyncio.gather(*(wrapped.handle(m) for m in msgs))
+            wrapped = tallied(c_tally, GROUP, handler_of())
+            seen["outcomes"] = [r.outcome for r in await asyncio.gather(*map(wrapped, msgs))]
             assert [m.metadata.sequence.stream for m in msgs] == [ack.seq, raw.seq]
             assert await settled(c, stream) == (0, 0)
 
@@ -483,9 +422,8 @@ def test_trace_context_fallback_id_and_failed_publish(
     assert seen["outcomes"] == ["ok", "ok"]
 
     assert p_tally.flush(10) and c_tally.flush(10)
-    spans = exporter.get_finished_spans()
-    sends = {s.attributes["messaging.message.id"]: s for s in spans if s.kind == SpanKind.PRODUCER}
-    procs = {s.attributes["messaging.message.id"]: s for s in spans if s.kind == SpanKind.CONSUMER}
+    sends = {s.attributes["messaging.message.id"]: s for s in env.spans_of(SpanKind.PRODUCER)}
+    procs = {s.attributes["messaging.message.id"]: s for s in env.spans_of(SpanKind.CONSUMER)}
     send, proc = sends[mid], procs[mid]
     assert proc.attributes["messaging.system"] == "nats"
     assert proc.attributes["messaging.consumer.group.name"] == GROUP
@@ -494,14 +432,8 @@ def test_trace_context_fallback_id_and_failed_publish(
     assert headers["traceparent"].split("-")[1] == format(send.context.trace_id, "032x")
     assert procs[seen["raw_id"]].links == ()
     assert sends["m-lost"].status.status_code == StatusCode.ERROR
-    provider.shutdown()
-
-    got = collector_figures(live, store, [p_tally, c_tally], subject)
-    assert_figures(
-        got,
-        {"produced": 1, "delivered": 1, "lost": 0, "unexpected": 1, "attempts": 1},
-    )
-    assert discrepancies(live, subject, "unexpected") == [seen["raw_id"]]
+    assert env.figures(subject) == figures_of(produced=1, delivered=1, unexpected=1, attempts=1)
+    assert env.discrepancies(subject, "unexpected") == [seen["raw_id"]]
 
 
 def test_never_blocks_the_event_loop_with_the_collector_down(names: tuple[str, str]) -> None:
@@ -525,13 +457,13 @@ def test_never_blocks_the_event_loop_with_the_collector_down(names: tuple[str, s
     async def body(nc: NATS, js: JetStreamContext) -> None:
         stop = asyncio.Event()
         tick = asyncio.create_task(ticker(stop))
-        producer = JetStreamProducer(js, tally)
-        await asyncio.gather(*(producer.publish(subject, b"x") for _ in range(50)))
+        publisher = Publisher(js, tally)
+        await asyncio.gather(*(publisher.publish(subject, b"x") for _ in range(50)))
         await add_durable(js, stream, subject)
-        wrapped = JetStreamHandler(tally, handler_of())
+        wrapped = tallied(tally, GROUP, handler_of())
         async with consumer() as c:
             msgs = await fetch(c, stream, 50)
-            outcomes.extend(await asyncio.gather(*(wrapped.handle(m) for m in msgs)))
+            outcomes.extend(r.outcome for r in await asyncio.gather(*map(wrapped, msgs)))
             assert await settled(c, stream) == (0, 0)
         stop.set()
         await tick

@@ -12,27 +12,20 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pika
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from pika.exceptions import AMQPConnectionError, UnroutableError
-from prometheus_client import CollectorRegistry
 
-from msgtally.ingest.adapters.rabbitmq import RabbitPublisher, Received, body_id, tallied
-from msgtally.ingest.db import open_engine
-from msgtally.ingest.sdk import MESSAGE_ID_HEADER, Tally
-from msgtally.reconcile import ReconcileConfig, reconcile
-from tests.adapter_support import discrepancy_ids, sli_of
-from tests.conftest import LiveCollector, service_unavailable
+from msgtally.ingest.adapters.common import body_digest
+from msgtally.ingest.adapters.rabbitmq import Publisher, Received, tallied
+from msgtally.ingest.sdk import MESSAGE_ID_HEADER
+from tests.adapter_support import Env, Observed, adapter_env, figures_of
+from tests.conftest import service_unavailable
 
 PARAMS = pika.ConnectionParameters(
     host="127.0.0.1",
@@ -41,49 +34,12 @@ PARAMS = pika.ConnectionParameters(
     connection_attempts=1,
     socket_timeout=5,
 )
-FIGURES = ("produced", "delivered", "lost", "duplicated", "retried", "attempts", "dead_lettered")
-
-
-@dataclass
-class Env:
-    tally: Tally
-    live: LiveCollector
-    engine: Any
-    spans: InMemorySpanExporter
-    registry: CollectorRegistry
-
-    def settle(self, stream: str, group: str) -> dict[str, int]:
-        """Flush the shim, reconcile past every deadline, read the collector's SLIs."""
-        assert self.tally.flush(15), "shim did not flush"
-        reconcile(self.engine, ReconcileConfig(deadline=5, settle=0), now=time.time() + 60)
-        sli = sli_of(self.live.url, stream, group)
-        return {k: sli[k] for k in (*FIGURES, "unexpected", "recovered")}
-
-    def discrepancies(self, stream: str, group: str, kind: str) -> set[str]:
-        return set(discrepancy_ids(self.live.url, stream, group, kind))
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[Env]:
-    engine = open_engine(f"sqlite:///{tmp_path}/x.db")
-    spans = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(spans))
-    registry = CollectorRegistry()
-    with LiveCollector(engine, ReconcileConfig(deadline=5, settle=0)) as live:
-        tally = Tally(
-            collector_url=live.url,
-            system="rabbitmq",
-            registry=registry,
-            tracer_provider=provider,
-            flush_interval=0.2,
-        )
-        try:
-            yield Env(tally, live, engine, spans, registry)
-        finally:
-            tally.close()
-    provider.shutdown()
-    engine.dispose()
+    with adapter_env(tmp_path, "rabbitmq") as made:
+        yield made
 
 
 @pytest.fixture
@@ -138,28 +94,15 @@ def quiet(conn: pika.BlockingConnection, seconds: float = 0.5) -> None:
     conn.process_data_events(time_limit=seconds)
 
 
-def figures(
-    produced: int, ok: Counter[str], seen: list[tuple[str, int]], dead: set[str]
-) -> dict[str, int]:
-    """The expected SLIs from what the test observed."""
-    top: dict[str, int] = {}
-    for mid, attempt in seen:
-        top[mid] = max(top.get(mid, 0), attempt)
-    return {
-        "produced": produced,
-        "delivered": len(ok),
-        "lost": produced - len(ok),
-        "duplicated": sum(n - 1 for n in ok.values()),
-        "retried": sum(1 for a in top.values() if a > 1),
-        "attempts": len(seen),
-        "dead_lettered": len(dead),
-        "unexpected": 0,
-        "recovered": 0,
-    }
-
-
 def queue_depth(ch: Any, queue: str) -> int:
     return int(ch.queue_declare(queue, passive=True).method.message_count)
+
+
+def publish(publisher: Publisher, obs: Observed, queue: str, label: str, n: int) -> list[str]:
+    ids = [publisher.publish(queue, f"{label} {i}".encode()) for i in range(n)]
+    for mid in ids:
+        obs.produce(mid)
+    return ids
 
 
 def test_retries_and_dead_letters_through_a_quorum_queue_and_a_real_dlx(
@@ -176,39 +119,38 @@ def test_retries_and_dead_letters_through_a_quorum_queue_and_a_real_dlx(
         durable=True,
         arguments={"x-queue-type": "quorum", "x-dead-letter-exchange": dlx},
     )
-
-    publisher = RabbitPublisher(ch, env.tally)
-    ids = [publisher.publish(queue, f"order {i}".encode()) for i in range(12)]
+    tally, obs = env.tally(), Observed()
+    ids = publish(Publisher(ch, tally), obs, queue, "order", 12)
     flaky = {ids[1], ids[5], ids[9]}  # raise on the first attempt only
     rejected = {ids[2], ids[7]}  # the handler dead-letters them
     poison = ids[10]  # raises every time: dead-lettered on attempt 3
 
-    seen: list[tuple[str, int]] = []
     delivery_counts: dict[str, list[int]] = {}
-    ok: Counter[str] = Counter()
     final: set[str] = set()
 
     def handle(msg: Received) -> None:
-        seen.append((msg.message_id, msg.attempt))
         delivery_counts.setdefault(msg.message_id, []).append(
             msg.properties.headers.get("x-delivery-count")
         )
         if msg.message_id == poison:
+            obs.deliver(msg.message_id, msg.attempt, "dead_letter" if msg.attempt >= 3 else "error")
             if msg.attempt >= 3:
                 final.add(msg.message_id)
             raise ValueError("poison")
         if msg.message_id in flaky and msg.attempt == 1:
+            obs.deliver(msg.message_id, msg.attempt, "error")
             raise ValueError("flaky")
         final.add(msg.message_id)
         if msg.message_id in rejected:
+            obs.deliver(msg.message_id, msg.attempt, "dead_letter")
             msg.dead_letter()
             return
-        ok[msg.message_id] += 1
+        obs.deliver(msg.message_id, msg.attempt)
 
     consumer = connect()
     cch = consumer.channel()
     cch.basic_qos(prefetch_count=20)
-    cch.basic_consume(queue, tallied(env.tally, "billing", handle, max_attempts=3))
+    cch.basic_consume(queue, tallied(tally, "billing", handle, max_attempts=3))
     pump(consumer, lambda: len(final) == len(ids))
     quiet(consumer)
     consumer.close()
@@ -224,41 +166,31 @@ def test_retries_and_dead_letters_through_a_quorum_queue_and_a_real_dlx(
     assert queue_depth(ch, queue) == 0
 
     # Attempts come from the quorum queue's x-delivery-count.
+    seen = [(m, a) for m, a, _ in obs.deliveries]
     for mid in flaky:
         assert [a for m, a in seen if m == mid] == [1, 2]
         assert delivery_counts[mid] == [None, 1]  # no header on a first push delivery
     assert [a for m, a in seen if m == poison] == [1, 2, 3]
     assert delivery_counts[poison] == [None, 1, 2]
 
-    expected = figures(len(ids), ok, seen, {*rejected, poison})
-    assert expected == {
-        "produced": 12,
-        "delivered": 9,
-        "lost": 3,
-        "duplicated": 0,
-        "retried": 4,
-        "attempts": 17,
-        "dead_lettered": 3,
-        "unexpected": 0,
-        "recovered": 0,
-    }
-    assert env.settle(queue, "billing") == expected
-    assert env.discrepancies(queue, "billing", "lost") == {*rejected, poison}
+    expected = obs.expected()
+    assert expected == figures_of(
+        produced=12,
+        delivered=9,
+        lost=3,
+        retried=4,
+        attempts=17,
+        dead_lettered=3,
+        consume_errors=5,
+    )
+    assert env.figures(queue) == expected
+    assert env.discrepancies(queue, "lost") == sorted({*rejected, poison})
 
     # Trace context: every consumer span links to its message's producer span.
-    finished = env.spans.get_finished_spans()
-    sends = {
-        s.attributes["messaging.message.id"]: s for s in finished if s.kind == SpanKind.PRODUCER
-    }
-    processes = [s for s in finished if s.kind == SpanKind.CONSUMER]
-    assert set(sends) == set(ids)
-    assert len(processes) == len(seen)
-    for span in processes:
-        send = sends[span.attributes["messaging.message.id"]]
-        assert span.attributes["messaging.system"] == "rabbitmq"
-        (link,) = span.links
-        assert link.context.trace_id == send.context.trace_id
-        assert link.context.span_id == send.context.span_id
+    assert {s.attributes["messaging.message.id"] for s in env.spans_of(SpanKind.PRODUCER)} == set(
+        ids
+    )
+    assert env.check_links() == (len(seen), 0)
 
 
 def test_processed_then_channel_closed_before_ack_is_redelivered_as_duplicates(
@@ -268,16 +200,12 @@ def test_processed_then_channel_closed_before_ack_is_redelivered_as_duplicates(
     conn = connect()
     ch = conn.channel()
     ch.queue_declare(queue)  # classic queue: the redelivered flag is all there is
-    publisher = RabbitPublisher(ch, env.tally)
-    ids = [publisher.publish(queue, f"invoice {i}".encode()) for i in range(8)]
-
-    seen: list[tuple[str, int]] = []
-    ok: Counter[str] = Counter()
+    tally, obs = env.tally(), Observed()
+    ids = publish(Publisher(ch, tally), obs, queue, "invoice", 8)
     tags: list[int] = []
 
     def handle(msg: Received) -> None:
-        seen.append((msg.message_id, msg.attempt))
-        ok[msg.message_id] += 1
+        obs.deliver(msg.message_id, msg.attempt)
         tags.append(msg.method.delivery_tag)
 
     # Consumer A processes all 8 and acks in batches: it acks the first 3
@@ -285,8 +213,8 @@ def test_processed_then_channel_closed_before_ack_is_redelivered_as_duplicates(
     first = connect()
     ach = first.channel()
     ach.basic_qos(prefetch_count=8)
-    ach.basic_consume(queue, tallied(env.tally, "billing", handle, acks=False))
-    pump(first, lambda: len(seen) == 8)
+    ach.basic_consume(queue, tallied(tally, "billing", handle, acks="manual"))
+    pump(first, lambda: len(obs.deliveries) == 8)
     ach.basic_ack(tags[2], multiple=True)
     ach.close()
     first.close()
@@ -300,28 +228,17 @@ def test_processed_then_channel_closed_before_ack_is_redelivered_as_duplicates(
 
     second = connect()
     bch = second.channel()
-    bch.basic_consume(queue, tallied(env.tally, "billing", handle_b))
-    pump(second, lambda: len(seen) == 13)
+    bch.basic_consume(queue, tallied(tally, "billing", handle_b))
+    pump(second, lambda: len(obs.deliveries) == 13)
     quiet(second)
     assert redelivered == [True] * 5
-    assert [a for _m, a in seen[8:]] == [2] * 5
-    assert {m for m, _a in seen[8:]} == set(ids[3:])
+    assert [(m, a) for m, a, _ in obs.deliveries[8:]] == [(m, 2) for m in ids[3:]]
     assert queue_depth(bch, queue) == 0
 
-    expected = figures(len(ids), ok, seen, set())
-    assert expected == {
-        "produced": 8,
-        "delivered": 8,
-        "lost": 0,
-        "duplicated": 5,
-        "retried": 5,
-        "attempts": 13,
-        "dead_lettered": 0,
-        "unexpected": 0,
-        "recovered": 0,
-    }
-    assert env.settle(queue, "billing") == expected
-    assert env.discrepancies(queue, "billing", "duplicated") == set(ids[3:])
+    expected = obs.expected()
+    assert expected == figures_of(produced=8, delivered=8, duplicated=5, retried=5, attempts=13)
+    assert env.figures(queue) == expected
+    assert env.discrepancies(queue, "duplicated") == sorted(ids[3:])
 
 
 class Crash(Exception):
@@ -335,22 +252,18 @@ def test_auto_ack_consumer_that_dies_loses_what_it_had_not_processed(
     conn = connect()
     ch = conn.channel()
     ch.queue_declare(queue)
-    publisher = RabbitPublisher(ch, env.tally)
-    ids = [publisher.publish(queue, f"event {i}".encode()) for i in range(10)]
-
-    seen: list[tuple[str, int]] = []
-    ok: Counter[str] = Counter()
+    tally, obs = env.tally(), Observed()
+    ids = publish(Publisher(ch, tally), obs, queue, "event", 10)
 
     def handle(msg: Received) -> None:
-        seen.append((msg.message_id, msg.attempt))
-        ok[msg.message_id] += 1
+        obs.deliver(msg.message_id, msg.attempt)
 
     # auto_ack: the broker forgets a message as soon as it sends it. The
     # consumer processes 4, then dies on the 5th with the rest in its buffer.
-    wrapped = tallied(env.tally, "audit", handle, acks=False)
+    wrapped = tallied(tally, "billing", handle, acks="manual")
 
     def dying(ch: Any, method: Any, props: Any, body: bytes) -> None:
-        if len(seen) == 4:
+        if len(obs.deliveries) == 4:
             raise Crash
         wrapped(ch, method, props, body)
 
@@ -365,18 +278,20 @@ def test_auto_ack_consumer_that_dies_loses_what_it_had_not_processed(
     left = queue_depth(ch, queue)
     rescuer = connect()
     rch = rescuer.channel()
-    rch.basic_consume(queue, tallied(env.tally, "audit", handle))
-    pump(rescuer, lambda: len(seen) == 4 + left)
+    rch.basic_consume(queue, tallied(tally, "billing", handle))
+    pump(rescuer, lambda: len(obs.deliveries) == 4 + left)
     quiet(rescuer)
-    assert len(seen) == 4 + left
+    assert len(obs.deliveries) == 4 + left
 
-    lost = set(ids) - set(ok)
+    lost = set(ids) - set(obs.ok())
     assert len(lost) >= 1  # at least the message it died on, already auto-acked
-    expected = figures(len(ids), ok, seen, set())
-    assert expected["lost"] == len(lost) == 10 - 4 - left
-    assert expected["duplicated"] == expected["retried"] == 0
-    assert env.settle(queue, "audit") == expected
-    assert env.discrepancies(queue, "audit", "lost") == lost
+    expected = obs.expected()
+    assert expected == figures_of(
+        produced=10, delivered=4 + left, lost=len(lost), attempts=4 + left
+    )
+    assert expected["lost"] == 10 - 4 - left
+    assert env.figures(queue) == expected
+    assert env.discrepancies(queue, "lost") == sorted(lost)
 
 
 def test_fallback_ids_and_unconfirmed_publish(
@@ -386,48 +301,44 @@ def test_fallback_ids_and_unconfirmed_publish(
     conn = connect()
     ch = conn.channel()
     ch.queue_declare(queue)
-    ch.confirm_delivery()
+    tally, obs = env.tally(), Observed()
+    publisher = Publisher(ch, tally)  # turns on confirms for the channel
 
     # A producer without msgtally: AMQP message_id only, or nothing at all;
     # it reports what it published itself, with the ids the consumer falls back to.
     foreign = {f"legacy-{uuid.uuid4().hex[:8]}-{n}": body for n, body in enumerate((b"a", b"b"))}
     for mid, body in foreign.items():
         ch.basic_publish("", queue, body, pika.BasicProperties(message_id=mid))
-        env.tally.produced(mid, stream=queue)
+        tally.produced(mid, stream=queue)
+        obs.produce(mid)
     bare = f"no id at all {uuid.uuid4().hex}".encode()
     ch.basic_publish("", queue, bare)
-    env.tally.produced(body_id(bare), stream=queue)
+    tally.produced(body_digest(bare), stream=queue)
+    obs.produce(body_digest(bare))
 
     # A mandatory publish nobody can route: the broker returns it, the
     # adapter reports an indeterminate produce, and the error reaches the caller.
-    publisher = RabbitPublisher(ch, env.tally)
     with pytest.raises(UnroutableError):
         publisher.publish(f"nowhere-{uuid.uuid4().hex}", b"x", mandatory=True, stream=queue)
     assert (
-        env.registry.get_sample_value(
+        env.registry(tally).get_sample_value(
             "msgtally_sdk_produced_total", {"stream": queue, "outcome": "error"}
         )
         == 1
     )
 
-    got: list[str] = []
-    ok: Counter[str] = Counter()
-
     def handle(msg: Received) -> None:
-        got.append(msg.message_id)
-        ok[msg.message_id] += 1
+        obs.deliver(msg.message_id, msg.attempt)
 
     consumer = connect()
     cch = consumer.channel()
-    cch.basic_consume(queue, tallied(env.tally, "legacy", handle))
-    pump(consumer, lambda: len(got) == 3)
+    cch.basic_consume(queue, tallied(tally, "billing", handle))
+    pump(consumer, lambda: len(obs.deliveries) == 3)
     quiet(consumer)
-    assert got == [*foreign, body_id(bare)]
+    assert [m for m, _, _ in obs.deliveries] == [*foreign, body_digest(bare)]
 
-    expected = figures(3, ok, [(m, 1) for m in got], set())
-    assert expected["delivered"] == 3
-    assert env.settle(queue, "legacy") == expected
+    expected = obs.expected()
+    assert expected == figures_of(produced=3, delivered=3, attempts=3)
+    assert env.figures(queue) == expected
     # No trace context travelled: the consumer spans have no links.
-    processes = [s for s in env.spans.get_finished_spans() if s.kind == SpanKind.CONSUMER]
-    assert len(processes) == 3
-    assert all(not s.links for s in processes)
+    assert env.check_links() == (0, 3)

@@ -12,36 +12,27 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
-from prometheus_client import CollectorRegistry
-from sqlalchemy import Engine
 
+from msgtally.ingest.adapters.common import Acks
 from msgtally.ingest.adapters.redis_streams import (
     DEAD_LETTER_ENTRY,
     DEAD_LETTER_OF,
     DELIVERY_COUNT,
-    AckPolicy,
-    Handled,
-    StreamConsumer,
-    StreamEntry,
-    StreamProducer,
+    Consumer,
+    Publisher,
+    Received,
     message_id_of,
 )
-from msgtally.ingest.db import open_engine
-from msgtally.ingest.sdk import MESSAGE_ID_HEADER, Delivery, Tally
-from tests.adapter_support import CONFIG, GROUP, assert_figures, collector_figures, discrepancies
-from tests.conftest import LiveCollector, service_unavailable
+from msgtally.ingest.sdk import MESSAGE_ID_HEADER, Tally
+from tests.adapter_support import GROUP, Env, Observed, adapter_env, faulty, figures_of
+from tests.conftest import service_unavailable
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 IDLE_MS = 500  # how long an entry sits pending before another consumer claims it
@@ -51,16 +42,9 @@ IDLE_MS = 500  # how long an entry sits pending before another consumer claims i
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Engine]:
-    eng = open_engine(f"sqlite:///{tmp_path / 'store.db'}")
-    yield eng
-    eng.dispose()
-
-
-@pytest.fixture
-def live(store: Engine) -> Iterator[LiveCollector]:
-    with LiveCollector(store, CONFIG) as collector:
-        yield collector
+def env(tmp_path: Path) -> Iterator[Env]:
+    with adapter_env(tmp_path, "redis") as made:
+        yield made
 
 
 def client() -> redis.Redis:
@@ -84,80 +68,26 @@ def key() -> Iterator[str]:
             r.delete(name, f"{name}:dead-letter")
 
 
-def make_tally(live: LiveCollector, provider: TracerProvider | None = None) -> Tally:
-    return Tally(
-        collector_url=live.url,
-        system="redis",
-        registry=CollectorRegistry(),
-        tracer_provider=provider,
-        tracing=provider is not None,
-        flush_interval=0.05,
-    )
+def note(obs: Observed, handled: list[Received]) -> list[Received]:
+    """Record each delivery under the id read from the entry's body field."""
+    for h in handled:
+        obs.deliver(h.body[b"body"].decode(), h.attempt, h.outcome)
+    return handled
 
 
-@dataclass
-class Observed:
-    """What the test saw, independently of the shim: the oracle for the SLIs."""
-
-    produced: list[str] = field(default_factory=list)
-    produce_attempts: Counter[str] = field(default_factory=Counter)
-    deliveries: list[tuple[str, int, str]] = field(default_factory=list)  # id, attempt, outcome
-
-    def note(self, handled: list[Handled], r: redis.Redis, key: str) -> list[Handled]:
-        """Record each delivery under the id read from the entry's body field."""
-        for h in handled:
-            [(_, fields)] = r.xrange(key, h.entry_id, h.entry_id) or [(None, {})]
-            body = fields.get(b"body", b"").decode() or h.message_id
-            self.deliveries.append((body, h.attempt, h.outcome))
-        return handled
-
-    def expected(self) -> dict[str, int]:
-        ok = Counter(m for m, _, o in self.deliveries if o == "ok")
-        top = Counter(self.produce_attempts)
-        for m, attempt, _ in self.deliveries:
-            top[m] = max(top[m], attempt)
-        produced = set(self.produced)
-        return {
-            "produced": len(produced),
-            "delivered": sum(1 for m in produced if ok[m]),
-            "lost": sum(1 for m in produced if not ok[m]),
-            "duplicated": sum(n - 1 for n in ok.values()),
-            "retried": sum(1 for m in top if top[m] > 1),
-            "attempts": len(self.deliveries),
-            "dead_lettered": len({m for m, _, o in self.deliveries if o == "dead_letter"}),
-            "consume_errors": sum(1 for _, _, o in self.deliveries if o == "error"),
-            "unexpected": 0,
-        }
-
-
-def produce(producer: StreamProducer, key: str, n: int, obs: Observed) -> list[str]:
+def produce(publisher: Publisher, key: str, n: int, obs: Observed) -> list[str]:
     ids = [f"m{i:02d}-{uuid.uuid4().hex[:8]}" for i in range(n)]
     for mid in ids:
-        producer.add(key, {"body": mid}, message_id=mid)
-        obs.produced.append(mid)
-        obs.produce_attempts[mid] = 1
+        publisher.publish(key, {"body": mid}, message_id=mid)
+        obs.produce(mid)
     return ids
 
 
-def handler_of(
-    fail: Callable[[str, int], bool] = lambda m, n: False,
-    dead: Callable[[str], bool] = lambda m: False,
-) -> Callable[[StreamEntry, Delivery], None]:
-    def handle(entry: StreamEntry, delivery: Delivery) -> None:
-        mid = entry.fields[b"body"].decode()
-        if dead(mid):
-            delivery.dead_letter()
-        elif fail(mid, entry.attempt):
-            raise RuntimeError(f"cannot process {mid} yet")
-
-    return handle
-
-
 def consumer(
-    r: redis.Redis, tally: Tally, key: str, name: str, ack: AckPolicy = "after", **kw: Any
-) -> StreamConsumer:
-    handler = handler_of(**kw.pop("faults", {}))
-    return StreamConsumer(r, tally, key, GROUP, name, handler, ack=ack, **kw)
+    r: redis.Redis, tally: Tally, key: str, name: str, acks: Acks = "after", **kw: Any
+) -> Consumer:
+    handler = faulty(lambda msg: msg.body[b"body"].decode(), **kw.pop("faults", {}))
+    return Consumer(r, tally, key, GROUP, name, handler, acks=acks, **kw)
 
 
 def pending(key: str) -> int:
@@ -168,38 +98,36 @@ def pending(key: str) -> int:
 # -- the tests -------------------------------------------------------------------
 
 
-def test_crashed_consumer_entries_are_claimed_retries_and_duplicates(
-    live: LiveCollector, store: Engine, key: str
-) -> None:
+def test_crashed_consumer_entries_are_claimed_retries_and_duplicates(env: Env, key: str) -> None:
     """12 ids. Consumer a reads 5, fails on 2, processes 3 and dies before any XACK.
     Consumer b reads the rest, then XAUTOCLAIMs a's 5 entries (delivery count 2):
     the 3 processed ones are duplicates, all 5 are retries. One id is XADDed twice
     by its producer (Redis does not de-duplicate): one more duplicate."""
     obs = Observed()
-    p_tally, c_tally = make_tally(live), make_tally(live)
+    p_tally, c_tally = env.tally(traced=False), env.tally(traced=False)
     with client() as rp:
-        producer = StreamProducer(rp, p_tally)
-        ids = produce(producer, key, 12, obs)
-        producer.add(key, {"body": ids[8]}, message_id=ids[8], attempt=2)  # the resend
-        obs.produce_attempts[ids[8]] = 2
+        publisher = Publisher(rp, p_tally)
+        ids = produce(publisher, key, 12, obs)
+        publisher.publish(key, {"body": ids[8]}, message_id=ids[8], attempt=2)  # the resend
+        obs.produce(ids[8], attempt=2)
         assert rp.xlen(key) == 13
 
     failing = {ids[0], ids[1]}
     with client() as ra:  # leaving the block closes the connection: the crash
         a = consumer(
-            ra, c_tally, key, "a", ack="manual", faults={"fail": lambda m, n: m in failing}
+            ra, c_tally, key, "a", acks="manual", faults={"fail": lambda m, n: m in failing}
         )
-        first = obs.note(a.read(count=5), ra, key)
+        first = note(obs, a.read(count=5))
     assert [(h.message_id, h.attempt) for h in first] == [(m, 1) for m in ids[:5]]
     assert [h.outcome for h in first] == ["error", "error", "ok", "ok", "ok"]
     assert pending(key) == 5
 
     with client() as rb:
         b = consumer(rb, c_tally, key, "b")
-        obs.note(b.read(count=100), rb, key)
+        note(obs, b.read(count=100))
         assert b.claim(IDLE_MS) == []  # not idle long enough yet: a might still be alive
         time.sleep(IDLE_MS / 1000 + 0.05)
-        claimed = obs.note(b.claim(IDLE_MS), rb, key)
+        claimed = note(obs, b.claim(IDLE_MS))
         assert b.claim(0) == [] and b.read() == []
     assert [(h.message_id, h.attempt, h.outcome) for h in claimed] == [
         (m, 2, "ok") for m in ids[:5]
@@ -217,25 +145,23 @@ def test_crashed_consumer_entries_are_claimed_retries_and_duplicates(
         "dead_lettered": 0,
         "consume_errors": 2,
         "unexpected": 0,
+        "recovered": 0,
     }
-    got = collector_figures(live, store, [p_tally, c_tally], key)
-    assert_figures(got, expected)
-    assert discrepancies(live, key, "duplicated") == sorted([*ids[2:5], ids[8]])
+    assert env.figures(key) == expected
+    assert env.discrepancies(key, "duplicated") == sorted([*ids[2:5], ids[8]])
 
 
-def test_xack_before_processing_then_crash_loses(
-    live: LiveCollector, store: Engine, key: str
-) -> None:
+def test_xack_before_processing_then_crash_loses(env: Env, key: str) -> None:
     """ack="before": XACK, then the handler fails on 3 of 10 ids. Nothing is left
     pending, so no other consumer can claim them: 3 lost."""
     obs = Observed()
-    p_tally, c_tally = make_tally(live), make_tally(live)
+    p_tally, c_tally = env.tally(traced=False), env.tally(traced=False)
     with client() as rp:
-        ids = produce(StreamProducer(rp, p_tally), key, 10, obs)
+        ids = produce(Publisher(rp, p_tally), key, 10, obs)
     crash = set(ids[2:8:2])
     with client() as ra:
-        a = consumer(ra, c_tally, key, "a", ack="before", faults={"fail": lambda m, n: m in crash})
-        obs.note(a.read(count=100), ra, key)
+        a = consumer(ra, c_tally, key, "a", acks="before", faults={"fail": lambda m, n: m in crash})
+        note(obs, a.read(count=100))
     assert pending(key) == 0
     with client() as rb:
         b = consumer(rb, c_tally, key, "b")
@@ -252,15 +178,13 @@ def test_xack_before_processing_then_crash_loses(
         "dead_lettered": 0,
         "consume_errors": 3,
         "unexpected": 0,
+        "recovered": 0,
     }
-    got = collector_figures(live, store, [p_tally, c_tally], key)
-    assert_figures(got, expected)
-    assert discrepancies(live, key, "lost") == sorted(crash)
+    assert env.figures(key) == expected
+    assert env.discrepancies(key, "lost") == sorted(crash)
 
 
-def test_dead_letter_stream_after_max_deliveries(
-    live: LiveCollector, store: Engine, key: str
-) -> None:
+def test_dead_letter_stream_after_max_deliveries(env: Env, key: str) -> None:
     """max_deliveries=3. 2 poison ids fail on deliveries 1, 2 (claimed) and 3: moved
     to the dead-letter stream. 1 id is dead-lettered by its handler at once. One
     id kills 3 consumers before any report (raw XREADGROUP / XAUTOCLAIM, then the
@@ -268,25 +192,25 @@ def test_dead_letter_stream_after_max_deliveries(
     handler. Each of the 4 is reported dead_letter and sits in the dead-letter
     stream with its message id and delivery count."""
     obs = Observed()
-    p_tally, c_tally = make_tally(live), make_tally(live)
+    p_tally, c_tally = env.tally(traced=False), env.tally(traced=False)
     with client() as rp:
-        producer = StreamProducer(rp, p_tally)
-        [crasher] = produce(producer, key, 1, obs)
+        publisher = Publisher(rp, p_tally)
+        [crasher] = produce(publisher, key, 1, obs)
     with client() as r1:  # dies after reading
         assert len(r1.xreadgroup(GROUP, "crash-1", {key: ">"}, count=1)[0][1]) == 1
     for name in ("crash-2", "crash-3"):  # each claims it, then dies
         with client() as rn:
             assert len(rn.xautoclaim(key, GROUP, name, 0, count=1)[1]) == 1
     with client() as rp:
-        ids = produce(producer, key, 8, obs)
+        ids = produce(publisher, key, 8, obs)
     poison, dead = set(ids[1:3]), {ids[5]}
 
     faults = {"fail": lambda m, n: m in poison, "dead": lambda m: m in dead}
     with client() as rw:
-        w = consumer(rw, c_tally, key, "w", max_deliveries=3, faults=faults)
-        rounds = [obs.note(w.read(count=100), rw, key)]
+        w = consumer(rw, c_tally, key, "w", max_attempts=3, faults=faults)
+        rounds = [note(obs, w.read(count=100))]
         for _ in range(3):
-            rounds.append(obs.note(w.claim(0), rw, key))
+            rounds.append(note(obs, w.claim(0)))
         dlq = rw.xrange(f"{key}:dead-letter")
     assert [sorted((h.message_id, h.attempt, h.outcome) for h in r) for r in rounds[1:]] == [
         sorted([(crasher, 4, "dead_letter"), *((m, 2, "error") for m in poison)]),
@@ -320,34 +244,29 @@ def test_dead_letter_stream_after_max_deliveries(
         "dead_lettered": 4,
         "consume_errors": 4,
         "unexpected": 0,
+        "recovered": 0,
     }
-    got = collector_figures(live, store, [p_tally, c_tally], key)
-    assert_figures(got, expected)
-    assert discrepancies(live, key, "dead_lettered") == sorted({crasher} | poison | dead)
-    assert discrepancies(live, key, "lost") == sorted({crasher} | poison | dead)
+    assert env.figures(key) == expected
+    assert env.discrepancies(key, "dead_lettered") == sorted({crasher} | poison | dead)
+    assert env.discrepancies(key, "lost") == sorted({crasher} | poison | dead)
 
 
-def test_trace_context_fallback_id_restart_and_failed_add(
-    live: LiveCollector, store: Engine, key: str
-) -> None:
+def test_trace_context_fallback_id_restart_and_failed_add(env: Env, key: str) -> None:
     """Both deliveries of a traced entry link to the producer span through the
     `traceparent` field; an entry XADDed without the adapter is reported under
     its entry id; a consumer restarted under the same name gets its pending
     entries back with recover() (delivery count 2); an XADD Redis refuses is
     reported error and re-raised."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    p_tally, c_tally = make_tally(live, provider), make_tally(live, provider)
+    p_tally, c_tally = env.tally(), env.tally()
     wrong_type = f"{key}:not-a-stream"
     with client() as rp:
-        producer = StreamProducer(rp, p_tally)
-        traced_entry = producer.add(key, {"body": "traced"})
+        publisher = Publisher(rp, p_tally)
+        traced_entry = publisher.publish(key, {"body": "traced"})
         raw_entry = rp.xadd(key, {"body": "raw"}).decode()  # a producer without msgtally
         rp.set(wrong_type, "x")
         try:
             with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
-                producer.add(wrong_type, {"body": "x"}, message_id="m-refused")
+                publisher.publish(wrong_type, {"body": "x"}, message_id="m-refused")
         finally:
             rp.delete(wrong_type)
         [(_, fields), _] = rp.xrange(key)
@@ -372,7 +291,7 @@ def test_trace_context_fallback_id_restart_and_failed_add(
     assert pending(key) == 0
 
     assert p_tally.flush(10) and c_tally.flush(10)
-    spans = exporter.get_finished_spans()
+    spans = env.spans.get_finished_spans()
     [send] = [
         s
         for s in spans
@@ -391,11 +310,7 @@ def test_trace_context_fallback_id_restart_and_failed_add(
     assert all(s.links == () for s in procs if s.attributes["messaging.message.id"] == raw_entry)
     [refused] = [s for s in spans if s.attributes["messaging.message.id"] == "m-refused"]
     assert refused.status.status_code == StatusCode.ERROR
-    provider.shutdown()
-
-    got = collector_figures(live, store, [p_tally, c_tally], key)
-    assert_figures(
-        got,
-        {"produced": 1, "delivered": 1, "lost": 0, "retried": 1, "attempts": 2, "unexpected": 1},
+    assert env.figures(key) == figures_of(
+        produced=1, delivered=1, retried=1, attempts=2, unexpected=1, consume_errors=2
     )
-    assert discrepancies(live, key, "unexpected") == [raw_entry]
+    assert env.discrepancies(key, "unexpected") == [raw_entry]

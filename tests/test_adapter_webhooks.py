@@ -1,10 +1,10 @@
-"""HTTP webhooks end to end: a real sender (httpx, retries) and a real receiver
+"""HTTP webhooks end to end: a real publisher (httpx, retries) and a real receiver
 (uvicorn on a free port) with real faults, checked against a real collector.
 
 Faults, all real HTTP: a receiver that answers 500/503 before processing
 (retries), one that processes and answers 500 anyway (a duplicate on the
-retry), one that processes and then answers after the sender's timeout (the
-sender retries: a duplicate), a permanent 400 (no retry, indeterminate
+retry), one that processes and then answers after the publisher's timeout (the
+publisher retries: a duplicate), a permanent 400 (no retry, indeterminate
 produce), a dead-letter, a request with only an Idempotency-Key (fallback
 id) and one with no id at all (not reported, counted).
 """
@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,45 +25,20 @@ import httpx
 import pytest
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
-from sqlalchemy import Engine
 
-from msgtally.ingest.adapters.webhooks import (
-    AsyncWebhookSender,
-    TallyDependency,
-    TallyMiddleware,
-    WebhookDelivery,
-    WebhookSender,
-)
-from msgtally.ingest.db import open_engine
+from msgtally.ingest.adapters.webhooks.publisher import AsyncPublisher, Publisher
+from msgtally.ingest.adapters.webhooks.receiver import Received, TallyDependency, TallyMiddleware
 from msgtally.ingest.sdk import Tally
-from msgtally.reconcile import ReconcileConfig, reconcile
 from msgtally.server import BackgroundServer, free_port
-from tests.conftest import LiveCollector
+from tests.adapter_support import Observed, adapter_env, figures_of
 from tests.harness import logged
 
 GROUP = "receiver"
-CONFIG = ReconcileConfig(deadline=5.0, settle=0.0)
 SENDER_TIMEOUT = 3.0  # the slow handler answers after SLOW_ANSWER: a real client timeout
 SLOW_ANSWER = 4.0
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Engine]:
-    eng = open_engine(f"sqlite:///{tmp_path / 'webhooks.db'}")
-    yield eng
-    eng.dispose()
-
-
-def traced() -> tuple[TracerProvider, InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return provider, exporter
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> None:
@@ -83,12 +58,6 @@ def consumed_total(registry: CollectorRegistry) -> float:
     )
 
 
-def slis_by_stream(url: str) -> dict[str, dict[str, Any]]:
-    resp = httpx.get(f"{url}/v1/slis")
-    resp.raise_for_status()
-    return {row["stream"]: row for row in resp.json() if row["group"] == GROUP}
-
-
 class Receiver:
     """The receiving service; `log` is what the test saw it do, per request."""
 
@@ -103,15 +72,15 @@ class Receiver:
         after = TallyDependency(rx, group=GROUP, stream=streams["after"], registry=registry)
         dlq = TallyDependency(rx, group=GROUP, stream=streams["dlq"], registry=registry)
 
-        def note(d: WebhookDelivery, action: str) -> None:
+        def note(d: Received, action: str) -> None:
             with self.lock:
-                self.log.append((d.stream or "", d.message_id or "", d.attempt, action))
+                self.log.append((d.stream, d.message_id, d.attempt, action))
 
         @app.post("/mw/{name}")
         async def tracked(name: str, request: Request) -> JSONResponse:
-            d: WebhookDelivery = request.state.msgtally
+            d: Received = request.state.msgtally
             body = await request.json()
-            if d.message_id is None:
+            if not d.message_id:
                 note(d, "unidentified")
                 return JSONResponse({})
             fault = body.get("fault")
@@ -123,12 +92,12 @@ class Receiver:
                 return JSONResponse({}, status_code=400)
             note(d, "processed")
             if fault == "slow" and d.attempt == 1:
-                await asyncio.sleep(SLOW_ANSWER)  # the sender has given up by now
+                await asyncio.sleep(SLOW_ANSWER)  # the publisher has given up by now
             return JSONResponse({})
 
         @app.post("/dep/after")
         async def after_route(
-            d: Annotated[WebhookDelivery, Depends(after)], request: Request
+            d: Annotated[Received, Depends(after)], request: Request
         ) -> JSONResponse:
             body = await request.json()
             note(d, "processed")
@@ -137,12 +106,10 @@ class Receiver:
             return JSONResponse({})
 
         @app.post("/dep/dlq")
-        async def dlq_route(
-            d: Annotated[WebhookDelivery, Depends(dlq)], request: Request
-        ) -> JSONResponse:
+        async def dlq_route(d: Annotated[Received, Depends(dlq)], request: Request) -> JSONResponse:
             body = await request.json()
             if body.get("fault") == "dead" and d.attempt == 1:
-                d.dead_letter()  # parked for good; the sender sees a 2xx
+                d.dead_letter()  # parked for good; the publisher sees a 2xx
                 note(d, "dead_letter")
                 return JSONResponse({}, status_code=202)
             if body.get("fault") == "raise" and d.attempt == 1:
@@ -162,58 +129,37 @@ class Receiver:
             return sum(1 for s, _, _, a in self.log if s == stream and a != "unidentified")
 
 
-def expected_from(
-    receiver: Receiver, stream: str, sent: dict[str, tuple[int, bool]]
-) -> dict[str, int]:
-    """The SLI figures implied by what the test observed for one stream."""
-    processed = receiver.count("processed", stream)
-    dead = receiver.count("dead_letter", stream)
-    produced = {mid for mid, (_, ok) in sent.items() if ok}
-    return {
-        "produced": len(produced),
-        "delivered": sum(1 for mid in produced if processed[mid]),
-        "lost": sum(1 for mid in produced if not processed[mid]),
-        "duplicated": sum(max(n - 1, 0) for n in processed.values()),
-        "retried": sum(1 for n, _ in sent.values() if n > 1),
-        "attempts": receiver.tracked(stream),
-        "dead_lettered": sum(1 for mid in produced if dead[mid]),
-        "unexpected": 0,
-    }
+def observed(receiver: Receiver, stream: str, sent: dict[str, tuple[int, bool]]) -> Observed:
+    """What the test saw for one stream: the sends, and what the receiver did."""
+    obs = Observed()
+    for mid, (attempts, ok) in sent.items():
+        obs.produce(mid, attempts, acked=ok)
+    outcomes = {"processed": "ok", "refused": "error", "dead_letter": "dead_letter"}
+    with receiver.lock:
+        for s, mid, attempt, action in receiver.log:
+            if s == stream and action in outcomes:
+                obs.deliver(mid, attempt, outcomes[action])
+    return obs
 
 
-def test_webhooks_end_to_end(store: Engine) -> None:
+def test_webhooks_end_to_end(tmp_path: Path) -> None:
     run = uuid.uuid4().hex[:8]
     names = ("flaky", "slow", "reject", "plain", "after", "dlq")
     streams = {name: f"wh-{run}-{name}" for name in names}
-    tx_registry, rx_registry = CollectorRegistry(), CollectorRegistry()
-    tx_provider, tx_spans = traced()
-    rx_provider, rx_spans = traced()
     sent: dict[str, dict[str, tuple[int, bool]]] = defaultdict(dict)  # stream -> id -> result
 
-    with LiveCollector(store, CONFIG) as live:
-        tx = Tally(
-            collector_url=live.url,
-            system="http",
-            registry=tx_registry,
-            tracer_provider=tx_provider,
-            flush_interval=0.2,
-        )
-        rx = Tally(
-            collector_url=live.url,
-            system="http",
-            registry=rx_registry,
-            tracer_provider=rx_provider,
-            flush_interval=0.2,
-        )
+    with adapter_env(tmp_path, "http") as env:
+        tx, rx = env.tally(), env.tally()
+        tx_registry, rx_registry = env.registry(tx), env.registry(rx)
         receiver = Receiver(rx, rx_registry, streams)
         with (
             BackgroundServer(receiver.app) as hooks,  # type: ignore[arg-type]
-            WebhookSender(tx, timeout=SENDER_TIMEOUT, backoff=0.01, max_backoff=0.05) as sender,
+            Publisher(tx, timeout=SENDER_TIMEOUT, backoff=0.01, max_backoff=0.05) as publisher,
         ):
 
             def send(name: str, body: dict[str, Any], path: str = "/mw/") -> None:
                 url = f"{hooks.url}{path}{name}" if path == "/mw/" else f"{hooks.url}{path}"
-                result = sender.send(url, json=body, stream=streams[name])
+                result = publisher.publish(url, json=body, stream=streams[name])
                 sent[streams[name]][result.message_id] = (result.attempts, result.ok)
 
             # Retries: 500 twice, 503 once, or straight through.
@@ -227,7 +173,7 @@ def test_webhooks_end_to_end(store: Engine) -> None:
             # A permanent 400 is not retried; the rest pass.
             for fault in ({"fault": "reject"}, {}, {}):
                 send("reject", fault)
-            # Processed, then answered after the sender's timeout (concurrently).
+            # Processed, then answered after the publisher's timeout (concurrently).
             slow = [
                 threading.Thread(target=send, args=("slow", {"fault": "slow"})) for _ in range(2)
             ]
@@ -241,85 +187,69 @@ def test_webhooks_end_to_end(store: Engine) -> None:
             for t in slow:
                 t.join()
 
-            # The async sender, against the dependency with a dead letter and a raise.
+            # The async publisher, against the dependency with a dead letter and a raise.
             async def dlq_traffic() -> None:
-                async with AsyncWebhookSender(tx, backoff=0.01, max_backoff=0.05) as asender:
+                async with AsyncPublisher(tx, backoff=0.01, max_backoff=0.05) as apublisher:
                     for fault in ("dead", "dead", "raise", "", "", ""):
-                        result = await asender.send(
+                        result = await apublisher.publish(
                             f"{hooks.url}/dep/dlq", json={"fault": fault}, stream=streams["dlq"]
                         )
                         sent[streams["dlq"]][result.message_id] = (result.attempts, result.ok)
 
             asyncio.run(dlq_traffic())
 
-            # Not from a msgtally sender: an Idempotency-Key only, then no id at all.
+            # Not from a msgtally publisher: an Idempotency-Key only, then no id at all.
             key = f"idem-{run}"
             with httpx.Client() as plain:
                 for headers in ({"Idempotency-Key": key}, {}):
                     plain.post(f"{hooks.url}/mw/plain", json={}, headers=headers).raise_for_status()
 
             # Every tracked request has been answered and reported (the slow
-            # ones answer after the sender gave up).
+            # ones answer after the publisher gave up).
             total = sum(receiver.tracked(s) for s in streams.values())
             wait_for(lambda: consumed_total(rx_registry) == total)
-        assert tx.flush() and rx.flush()
-        reconcile(store, CONFIG, now=time.time() + 60)
-        got = slis_by_stream(live.url)
-        tx.close()
-        rx.close()
-
-    fields = ("produced", "delivered", "lost", "duplicated", "retried", "attempts")
-    fields += ("dead_lettered", "unexpected")
-
-    def figures(name: str) -> dict[str, int]:
-        return {f: got[streams[name]][f] for f in fields}
+        got = {name: env.figures(streams[name], GROUP) for name in names}
+        produce_rows = [
+            (r["message_id"], r["attempt"], r["span_id"])
+            for r in logged(env.store)
+            if r["kind"] == "produce"
+        ]
+        plain_rows = logged(env.store, streams["plain"])
+        producer_spans = tuple(env.spans_of(SpanKind.PRODUCER))
+        consumer_spans = tuple(env.spans_of(SpanKind.CONSUMER))
 
     # The collector agrees with what the test observed, stream by stream...
     for name in ("flaky", "slow", "reject", "after", "dlq"):
-        assert figures(name) == expected_from(receiver, streams[name], sent[streams[name]]), name
+        assert got[name] == observed(receiver, streams[name], sent[streams[name]]).expected(), name
     # ...and the faults happened as designed.
-    zero = dict.fromkeys(fields, 0)
-    assert figures("flaky") == {
-        **zero,
-        "produced": 12,
-        "delivered": 12,
-        "retried": 8,
-        "attempts": 4 * 3 + 4 * 2 + 4 * 1,
-    }
+    assert got["flaky"] == figures_of(
+        produced=12,
+        delivered=12,
+        retried=8,
+        attempts=4 * 3 + 4 * 2 + 4 * 1,
+        consume_errors=4 * 2 + 4 * 1,
+    )
     assert sorted(n for n, _ in sent[streams["flaky"]].values()) == [1] * 4 + [2] * 4 + [3] * 4
     # The 400 is final: produce indeterminate (not counted), its consume error counted.
-    assert figures("reject") == {**zero, "produced": 2, "delivered": 2, "attempts": 3}
+    assert got["reject"] == figures_of(produced=2, delivered=2, attempts=3, consume_errors=1)
     # Two timeouts after processing: two retries, two duplicates.
-    assert figures("slow") == {
-        **zero,
-        "produced": 4,
-        "delivered": 4,
-        "duplicated": 2,
-        "retried": 2,
-        "attempts": 6,
-    }
-    assert figures("after") == {
-        **zero,
-        "produced": 6,
-        "delivered": 6,
-        "duplicated": 3,
-        "retried": 3,
-        "attempts": 9,
-    }
+    assert got["slow"] == figures_of(produced=4, delivered=4, duplicated=2, retried=2, attempts=6)
+    assert got["after"] == figures_of(produced=6, delivered=6, duplicated=3, retried=3, attempts=9)
     # Dead-lettered ids are also lost (docs/definitions.md: produced, no ok consume).
-    assert figures("dlq") == {
-        **zero,
-        "produced": 6,
-        "delivered": 4,
-        "lost": 2,
-        "dead_lettered": 2,
-        "retried": 1,
-        "attempts": 7,
-    }
+    assert got["dlq"] == figures_of(
+        produced=6,
+        delivered=4,
+        lost=2,
+        dead_lettered=2,
+        retried=1,
+        attempts=7,
+        consume_errors=1,
+    )
     # Fallback id: the Idempotency-Key, consumed but never produced -> unexpected.
-    assert figures("plain") == {**zero, "attempts": 0, "unexpected": 1}
-    rows = [(r["message_id"], r["kind"], r["outcome"]) for r in logged(store, streams["plain"])]
-    assert rows == [(key, "consume", "ok")]
+    assert got["plain"] == figures_of(unexpected=1)
+    assert [(r["message_id"], r["kind"], r["outcome"]) for r in plain_rows] == [
+        (key, "consume", "ok")
+    ]
     # No id at all: not reported, counted.
     assert (
         rx_registry.get_sample_value(
@@ -327,7 +257,7 @@ def test_webhooks_end_to_end(store: Engine) -> None:
         )
         == 1
     )
-    # The sender's counters: one produce record per attempt.
+    # The publisher's counters: one produce record per attempt.
     produce_errors = sum(
         n - 1 + (0 if ok else 1) for per in sent.values() for n, ok in per.values()
     )
@@ -342,13 +272,13 @@ def test_webhooks_end_to_end(store: Engine) -> None:
         == produce_errors
     )
 
-    check_trace_links(tx_spans.get_finished_spans(), rx_spans.get_finished_spans(), store)
+    check_trace_links(producer_spans, consumer_spans, produce_rows)
 
 
 def check_trace_links(
     producer_spans: tuple[ReadableSpan, ...],
     consumer_spans: tuple[ReadableSpan, ...],
-    store: Engine,
+    produce_rows: list[tuple[str, int, str]],
 ) -> None:
     """Every consumer span links to the producer span of the same attempt."""
     by_id: dict[str, list[ReadableSpan]] = defaultdict(list)
@@ -373,10 +303,8 @@ def check_trace_links(
         linked += 1
     assert linked == sum(len(v) for v in by_id.values())  # one consume per attempt here
     # The produce records carry their span's ids.
-    rows = [(r["message_id"], r["attempt"], r["span_id"]) for r in logged(store)
-            if r["kind"] == "produce"]  # fmt: skip
-    assert len(rows) == linked
-    for mid, attempt, span_id in rows:
+    assert len(produce_rows) == linked
+    for mid, attempt, span_id in produce_rows:
         ctx = by_id[mid][attempt - 1].context
         assert ctx is not None
         assert span_id == format(ctx.span_id, "016x")
@@ -384,7 +312,6 @@ def check_trace_links(
 
 def test_middleware_on_a_bare_asgi_app(tmp_path: Path) -> None:
     """Any ASGI app: a bare callable that fails first attempts and raises once."""
-    store = open_engine(f"sqlite:///{tmp_path / 'bare.db'}")
     stream = f"bare-{uuid.uuid4().hex[:8]}"
     seen: list[tuple[bytes, int]] = []
 
@@ -402,50 +329,38 @@ def test_middleware_on_a_bare_asgi_app(tmp_path: Path) -> None:
         await send({"type": "http.response.start", "status": status, "headers": []})
         await send({"type": "http.response.body", "body": b"{}"})
 
-    registry = CollectorRegistry()
-    try:
-        with LiveCollector(store, CONFIG) as live:
-            tally = Tally(stream, collector_url=live.url, registry=registry, tracing=False)
-            app = TallyMiddleware(bare, tally=tally, group=GROUP, registry=registry)
-            with (
-                BackgroundServer(app) as hooks,  # type: ignore[arg-type]
-                WebhookSender(tally, backoff=0.01, max_backoff=0.05) as sender,
-            ):
-                results = [
-                    sender.send(hooks.url, content=b"{}", message_id=f"m{i}-{suffix}")
-                    for i, suffix in enumerate(("ok", "fail", "raise", "ok"))
-                ]
-            assert [r.attempts for r in results] == [1, 3, 2, 1]
-            assert all(r.ok for r in results)
-            wait_for(lambda: consumed_total(registry) == len(seen))
-            assert tally.flush()
-            reconcile(store, CONFIG, now=time.time() + 60)
-            got = slis_by_stream(live.url)[stream]
-            tally.close()
-    finally:
-        store.dispose()
+    with adapter_env(tmp_path, "http") as env:
+        tally = env.tally(traced=False)
+        registry = env.registry(tally)
+        app = TallyMiddleware(bare, tally=tally, group=GROUP, stream=stream, registry=registry)
+        with (
+            BackgroundServer(app) as hooks,  # type: ignore[arg-type]
+            Publisher(tally, stream=stream, backoff=0.01, max_backoff=0.05) as publisher,
+        ):
+            results = [
+                publisher.publish(hooks.url, content=b"{}", message_id=f"m{i}-{suffix}")
+                for i, suffix in enumerate(("ok", "fail", "raise", "ok"))
+            ]
+        assert [r.attempts for r in results] == [1, 3, 2, 1]
+        assert all(r.ok for r in results)
+        wait_for(lambda: consumed_total(registry) == len(seen))
+        got = env.figures(stream, GROUP)
     assert len(seen) == 7
-    assert {k: got[k] for k in ("produced", "delivered", "duplicated", "retried", "attempts")} == {
-        "produced": 4,
-        "delivered": 4,
-        "duplicated": 0,
-        "retried": 2,
-        "attempts": 7,
-    }
-    assert got["consume_errors"] == 3  # two 500s and one exception
+    # Two 500s and one exception: consume errors, each retried by the publisher.
+    assert got == figures_of(produced=4, delivered=4, retried=2, attempts=7, consume_errors=3)
 
 
-def test_sender_gives_up_and_raises_with_the_message_id() -> None:
+def test_publisher_gives_up_and_raises_with_the_message_id() -> None:
     """A closed port: every attempt is an indeterminate produce, then the error."""
     registry = CollectorRegistry()
     # The collector is not needed: these records only go to the counters.
     tally = Tally("nowhere", collector_url="http://127.0.0.1:9", registry=registry, tracing=False)
     url = f"http://127.0.0.1:{free_port()}/hook"
     with (
-        WebhookSender(tally, max_attempts=3, backoff=0.01, max_backoff=0.02) as sender,
+        Publisher(tally, max_attempts=3, backoff=0.01, max_backoff=0.02) as publisher,
         pytest.raises(httpx.ConnectError) as info,
     ):
-        sender.send(url, json={}, message_id="lost-1")
+        publisher.publish(url, json={}, message_id="lost-1")
     assert any("lost-1" in note and "3 attempts" in note for note in info.value.__notes__)
     value = registry.get_sample_value(
         "msgtally_sdk_produced_total", {"stream": "nowhere", "outcome": "error"}

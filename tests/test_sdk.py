@@ -109,6 +109,18 @@ def traced() -> tuple[TracerProvider, InMemorySpanExporter]:
     return provider, exporter
 
 
+def traced_tally(
+    stream: str, live: LiveCollector, registry: CollectorRegistry, provider: TracerProvider
+) -> Tally:
+    return Tally(
+        stream,
+        collector_url=live.url,
+        registry=registry,
+        tracer_provider=provider,
+        flush_interval=0.05,
+    )
+
+
 # -- what each call records ---------------------------------------------------------
 
 
@@ -143,8 +155,8 @@ class Scenario:
             with tally.processing("m2", group=g, attempt=2, headers=h2):
                 pass
             # m3: sending() ok; the first processing raises, the redelivery works.
-            with tally.sending("m3") as h3:
-                self.headers["m3"] = dict(h3)
+            with tally.sending("m3") as s3:
+                self.headers["m3"] = h3 = dict(s3.headers)
             with pytest.raises(ValueError), tally.processing("m3", group=g, headers=h3):
                 raise ValueError("handler failed")
             with tally.processing("m3", group=g, attempt=2, headers=h3):
@@ -379,6 +391,40 @@ def _bad_calls(t: Tally) -> list[tuple[str, Callable[[], object]]]:
     ]
 
 
+def test_the_sending_handle_fails_without_raising_and_learns_a_late_id(store: Engine) -> None:
+    """`failed()` makes a send indeterminate without an exception; an id known only
+    after the send (a Kafka offset) is set on the handle; one never set is dropped."""
+    stream = unique("sends")
+    registry = CollectorRegistry()
+    provider, exporter = traced()
+    with LiveCollector(store, CONFIG) as live:
+        tally = traced_tally(stream, live, registry, provider)
+        with tally.sending("s1", attempt=2) as s1:
+            assert s1.headers[MESSAGE_ID_HEADER] == "s1"
+            s1.failed()  # e.g. the broker did not confirm in time
+        with tally.sending(None) as s2:
+            assert MESSAGE_ID_HEADER not in s2.headers
+            traceparent = s2.headers["traceparent"]
+            s2.message_id = f"{stream}:0:42"
+        with tally.sending(None):
+            pass  # the id never came: nothing to report it under
+        assert tally.flush(10)
+        rows = stored(store, stream)
+        tally.close()
+    assert [(r["message_id"], r["attempt"], r["outcome"]) for r in rows] == [
+        ("s1", 2, "error"),
+        (f"{stream}:0:42", 1, "ok"),
+    ]
+    spans = {s.attributes["messaging.message.id"]: s for s in exporter.get_finished_spans()}
+    assert sorted(spans) == ["s1", f"{stream}:0:42"]
+    assert spans["s1"].status.status_code == StatusCode.ERROR
+    late = spans[f"{stream}:0:42"].context
+    assert traceparent.split("-")[1:3] == [f"{late.trace_id:032x}", f"{late.span_id:016x}"]
+    assert rows[1]["span_id"] == f"{late.span_id:016x}"
+    dropped = samples(registry, "msgtally_sdk_records_dropped_total")
+    assert dropped == {(("group", ""), ("kind", "produce"), ("stream", stream)): 1.0}
+
+
 def test_bad_arguments_never_raise_and_are_counted(store: Engine) -> None:
     registry = CollectorRegistry()
     provider, _ = traced()
@@ -577,13 +623,7 @@ def test_an_asyncio_service_gives_exact_figures(store: Engine) -> None:
     provider, exporter = traced()
     n = 300
     with LiveCollector(store, CONFIG) as live:
-        tally = Tally(
-            stream,
-            collector_url=live.url,
-            registry=registry,
-            tracer_provider=provider,
-            flush_interval=0.05,
-        )
+        tally = traced_tally(stream, live, registry, provider)
         queue: asyncio.Queue[tuple[str, dict[str, str], int]] = asyncio.Queue()
         handled: Counter[str] = Counter()
 

@@ -1,32 +1,33 @@
 """MQTT adapter for paho-mqtt 2.x: acknowledged publishes, tallied subscribers.
 
-Public API:
+In the adapters' common dialect (`msgtally.ingest.adapters.common`):
 
-- `MqttPublisher(client, tally, *, qos=1, stream=None, envelope=None,
-  timeout=10.0)`; `.publish(topic, payload, *, message_id=None, qos=None,
+- `Publisher(client, tally, *, qos=1, stream=None, envelope=None,
+  timeout=10.0)`; `.publish(topic, body, *, message_id=None, qos=None,
   retain=False, properties=None, stream=None, attempt=1, timeout=None) ->
   Published` publishes with the message id and W3C trace context, waits for
   the broker's acknowledgment and reports the produce. `Published` has
   `message_id`, `info` (paho's `MQTTMessageInfo`) and `confirmed`.
-- `tallied(tally, group, handler, *, stream=None, ack=True,
-  dead_letter_topic=None)`: an `on_message` callback (`client.on_message =
-  ...` or `message_callback_add`) that calls `handler(received)` inside
-  `tally.processing` and then acknowledges per the policy below.
-- `Received`: what the handler gets (`client`, `message`, `topic`,
-  `payload` without the envelope, `message_id`, `attempt`, `stream`,
-  `headers`) and `.dead_letter()` / `.failed()`.
-- `wrap(headers, payload)`, `unwrap(payload)`, `payload_id(payload)`,
-  `headers_of(message)`, `message_id_of(message)`, `attempt_of(message)`.
+- `tallied(tally, group, handler, *, stream=None, acks="after",
+  max_attempts=None, dead_letter_topic=None) -> MqttConsumer`: an
+  `on_message` callback (`client.on_message = ...` or
+  `message_callback_add`; the `common.Consumer` contract) that calls
+  `handler(received)` inside `tally.processing` and then acknowledges per
+  the policy below.
+- `Received`: the common one (`body` is the payload without the envelope)
+  with paho's `client` and `message`, and the `topic`.
+- `wrap(headers, body)`, `unwrap(payload)`, `headers_of(message)`,
+  `message_id_of(message)`, `attempt_of(message)`.
 
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     client.connect("broker", 1883)
     client.loop_start()                                 # acks need the loop
     tally = Tally(collector_url="http://collector:8410", system="mqtt")
-    MqttPublisher(client, tally).publish("orders/eu", b"{...}")
+    Publisher(client, tally).publish("orders/eu", b"{...}")
 
     sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
                       client_id="billing-1", manual_ack=True)
-    sub.on_message = tallied(tally, "billing", lambda msg: bill(msg.payload))
+    sub.on_message = tallied(tally, "billing", lambda msg: bill(msg.body))
     session = Properties(PacketTypes.CONNECT)
     session.SessionExpiryInterval = 3600                # persistent session
     sub.connect("broker", 1883, clean_start=False, properties=session)
@@ -44,8 +45,8 @@ Where the id and trace context travel:
   must use `tallied` (or `unwrap`) to get the original payload back; the
   consumer side unwraps whatever the protocol version.
 - No carrier (`envelope=False` on a v3 client, or a producer without
-  msgtally): the id is `payload_id(payload)`, `sha256:` and 32 hex digits of
-  the payload's SHA-256, which the publisher reports too (a `message_id`
+  msgtally): the id is `common.body_digest(payload)`, `sha256:` and 32 hex
+  digits of the payload's SHA-256, which the publisher reports too (a `message_id`
   argument cannot travel then and is ignored). The packet identifier (paho's
   `mid`) is not used: it is per connection and per direction (the
   publisher's and each subscriber's differ), recycled after 65535 and reused
@@ -68,63 +69,65 @@ else `tally.stream`, else the topic.
 Attempt: 2 when the DUP flag is set (the broker resends an unacknowledged
 QoS 1/2 message on session resumption), else 1. MQTT has no delivery count.
 
-Ack policy (`ack=True`): with a `manual_ack=True` client, the adapter sends
-the PUBACK/PUBCOMP after the handler returns or dead-letters, and leaves the
-message unacknowledged when the handler raised or called `failed()` (MQTT
-has no nack: the broker resends it, with DUP, when the persistent session
-reconnects). With paho's default automatic acks, paho acknowledges after
-the callback whatever happened: a failed message is not redelivered and is
-counted lost. MQTT has no dead-letter queue: `dead_letter()` is reported
-`dead_letter` and the message acknowledged; with `dead_letter_topic`, the
-message (payload and carrier as received) is first republished there at QoS
-1. The handler's exception is logged (logger `msgtally.mqtt`) and not
-re-raised, so it does not stop paho's network loop. `ack=False`: report
-only, the caller acks (`client.ack(mid, qos)`).
+Ack policy (`acks="after"`, the default): with a `manual_ack=True` client,
+the adapter sends the PUBACK/PUBCOMP after the handler returns or
+dead-letters, and leaves the message unacknowledged when the handler raised
+or called `failed()` (MQTT has no nack: the broker resends it, with DUP,
+when the persistent session reconnects). With paho's default automatic
+acks, paho acknowledges after the callback whatever happened (the adapter's
+`client.ack` does nothing then): a failed message is not redelivered and is
+counted lost. MQTT has no dead-letter queue: `dead_letter()` (or a failure
+on attempt `max_attempts` or later) is reported `dead_letter` and the
+message acknowledged; with `dead_letter_topic`, the message (payload and
+carrier as received) is first republished there at QoS 1. The handler's
+exception is logged and not re-raised, so it does not stop paho's network
+loop. `acks="before"`: acknowledged before the handler runs (at most once).
+`acks="manual"`: report only, the caller acks (`client.ack(mid, qos)`).
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
-import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from ..sdk import MESSAGE_ID_HEADER, Delivery, Tally
+from ..sdk import MESSAGE_ID_HEADER, Tally
+from . import common
+from .common import Acks, Handler, Step, Tallied
 
 __all__ = [
     "ENVELOPE_MAGIC",
-    "MqttPublisher",
+    "MqttConsumer",
     "Published",
+    "Publisher",
     "Received",
     "attempt_of",
     "headers_of",
     "message_id_of",
-    "payload_id",
     "tallied",
     "unwrap",
     "wrap",
 ]
 
-log = logging.getLogger("msgtally.mqtt")
+log = logging.getLogger(__name__)
 
 ENVELOPE_MAGIC = b"\x00msgtally\x01"
 _HEADER_LIMIT = 0xFFFF
 
 
-def wrap(headers: Mapping[str, str], payload: bytes) -> bytes:
-    """The v3.1.1 envelope: magic, 2-byte header length, JSON headers, payload."""
+def wrap(headers: Mapping[str, str], body: bytes) -> bytes:
+    """The v3.1.1 envelope: magic, 2-byte header length, JSON headers, body."""
     meta = json.dumps(dict(headers), separators=(",", ":")).encode("utf-8")
     if len(meta) > _HEADER_LIMIT:
         meta = json.dumps({k: v for k, v in headers.items() if k == MESSAGE_ID_HEADER}).encode()
-    return ENVELOPE_MAGIC + len(meta).to_bytes(2, "big") + meta + payload
+    return ENVELOPE_MAGIC + len(meta).to_bytes(2, "big") + meta + body
 
 
 def unwrap(payload: bytes | bytearray) -> tuple[dict[str, str], bytes]:
@@ -146,11 +149,6 @@ def unwrap(payload: bytes | bytearray) -> tuple[dict[str, str], bytes]:
     return headers, payload[start + n :]
 
 
-def payload_id(payload: bytes) -> str:
-    """The id when no carrier is available: a digest of the (original) payload."""
-    return "sha256:" + hashlib.sha256(payload).hexdigest()[:32]
-
-
 def _as_bytes(payload: bytes | bytearray | str | None) -> bytes:
     if payload is None:
         return b""
@@ -166,11 +164,7 @@ class Published:
     confirmed: bool
 
 
-class _Unconfirmed(Exception):
-    """The broker did not acknowledge in time: the produce is indeterminate."""
-
-
-class MqttPublisher:
+class Publisher:
     """Publishes with the message id and trace context, reports the broker's ack."""
 
     def __init__(
@@ -194,7 +188,7 @@ class MqttPublisher:
     def publish(
         self,
         topic: str,
-        payload: bytes | bytearray | str | None,
+        body: bytes | bytearray | str | None,
         *,
         message_id: str | None = None,
         qos: int | None = None,
@@ -205,35 +199,29 @@ class MqttPublisher:
         timeout: float | None = None,
     ) -> Published:
         """Publish, wait for the broker's acknowledgment, report the produce."""
-        body = _as_bytes(payload)
+        data = _as_bytes(body)
         carrier = self.v5 or self.envelope
         if carrier:
-            mid = message_id or uuid.uuid4().hex
+            mid = message_id or common.new_message_id()
         else:
             if message_id:
                 log.warning("msgtally: no header carrier on MQTT 3.1.1 without the envelope")
-            mid = payload_id(body)
-        s = stream or self.stream or self.tally.stream or topic
+            mid = common.body_digest(data)
+        s = common.stream_for(self.tally, topic, stream, self.stream)
         q = self.qos if qos is None else qos
-        info: mqtt.MQTTMessageInfo | None = None
-        confirmed = False
-        try:
-            with self.tally.sending(mid, stream=s, attempt=attempt) as headers:
-                props = properties
-                if self.v5:
-                    props = copy.deepcopy(properties) if properties is not None else None
-                    if props is None:
-                        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-                    props.UserProperty = list(headers.items())
-                elif self.envelope:
-                    body = wrap(headers, body)
-                info = self.client.publish(topic, body, q, retain, props)
-                confirmed = _confirmed(info, self.timeout if timeout is None else timeout)
-                if not confirmed:
-                    raise _Unconfirmed  # reported `error`, caught below
-        except _Unconfirmed:
-            pass
-        assert info is not None
+        with self.tally.sending(mid, stream=s, attempt=attempt) as sending:
+            props = properties
+            if self.v5:
+                props = copy.deepcopy(properties) if properties is not None else None
+                if props is None:
+                    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                props.UserProperty = list(sending.headers.items())
+            elif self.envelope:
+                data = wrap(sending.headers, data)
+            info = self.client.publish(topic, data, q, retain, props)
+            confirmed = _confirmed(info, self.timeout if timeout is None else timeout)
+            if not confirmed:
+                sending.failed()
         return Published(mid, info, confirmed)
 
 
@@ -273,9 +261,9 @@ def headers_of(message: mqtt.MQTTMessage) -> dict[str, str]:
 
 
 def message_id_of(message: mqtt.MQTTMessage) -> str:
-    """The carried id, else `payload_id` of the (unwrapped) payload."""
-    headers, payload = _carrier(message)
-    return headers.get(MESSAGE_ID_HEADER) or payload_id(payload)
+    """The carried id, else `common.body_digest` of the (unwrapped) payload."""
+    headers, body = _carrier(message)
+    return headers.get(MESSAGE_ID_HEADER) or common.body_digest(body)
 
 
 def attempt_of(message: mqtt.MQTTMessage) -> int:
@@ -283,79 +271,70 @@ def attempt_of(message: mqtt.MQTTMessage) -> int:
     return 2 if message.dup else 1
 
 
-@dataclass
-class Received:
-    """One delivery, as the handler sees it."""
+@dataclass(kw_only=True, eq=False)
+class Received(common.Received[bytes]):
+    """One delivery, as the handler sees it: `body` is the payload without the
+    envelope; paho's `client` and `message`, and the `topic`."""
 
     client: mqtt.Client
     message: mqtt.MQTTMessage
     topic: str
-    payload: bytes
-    message_id: str
-    attempt: int
-    stream: str
-    headers: dict[str, str]
-    delivery: Delivery = field(default_factory=Delivery)
-
-    def dead_letter(self) -> None:
-        """Give up on it: acked (and republished to the dead-letter topic, if any)."""
-        self.delivery.dead_letter()
-
-    def failed(self) -> None:
-        """Processing failed without an exception: left unacknowledged."""
-        self.delivery.failed()
 
 
-Handler = Callable[[Received], object]
-OnMessage = Callable[[mqtt.Client, Any, mqtt.MQTTMessage], None]
+class MqttConsumer(Tallied[Received]):
+    """An `on_message` callback; see the module docstring for the ack policy."""
 
+    dead_letter_topic: str | None = None
 
-def tallied(
-    tally: Tally,
-    group: str,
-    handler: Handler,
-    *,
-    stream: str | None = None,
-    ack: bool = True,
-    dead_letter_topic: str | None = None,
-) -> OnMessage:
-    """An `on_message` callback that reports every delivery and acknowledges it."""
-
-    def on_message(client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
-        headers, payload = _carrier(message)
-        mid = headers.get(MESSAGE_ID_HEADER) or payload_id(payload)
-        received = Received(
-            client=client,
-            message=message,
-            topic=message.topic,
-            payload=payload,
-            message_id=mid,
-            attempt=attempt_of(message),
-            stream=stream or tally.stream or message.topic,
-            headers=headers,
-        )
-        try:
-            with tally.processing(
-                mid,
-                group=group,
-                stream=received.stream,
-                attempt=received.attempt,
+    def __call__(self, client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> Received:
+        headers, body = _carrier(message)
+        return self.consume(
+            Received(
+                client=client,
+                message=message,
+                topic=message.topic,
+                body=body,
+                message_id=headers.get(MESSAGE_ID_HEADER) or common.body_digest(body),
+                attempt=attempt_of(message),
+                stream=common.stream_for(self.tally, message.topic, self.stream),
                 headers=headers,
-            ) as delivery:
-                received.delivery = delivery
-                handler(received)
-        except Exception:
-            log.exception("msgtally: handler failed, message %s", mid)
-        outcome = received.delivery.outcome
-        if outcome == "dead_letter" and dead_letter_topic is not None:
+            )
+        )
+
+    def settle(self, received: Received, step: Step) -> None:
+        if step == "retry":
+            return  # MQTT has no nack: unacknowledged, resent on session resumption
+        message, client = received.message, received.client
+        if step == "dead_letter" and self.dead_letter_topic is not None:
             props = None
             user = _user_properties(message)
             if client.protocol == mqtt.MQTTv5 and user:
                 props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
                 props.UserProperty = list(user.items())
             # Not waited for: this runs in paho's network thread.
-            client.publish(dead_letter_topic, message.payload, qos=1, properties=props)
-        if ack and outcome != "error" and message.qos > 0 and getattr(client, "_manual_ack", False):
-            client.ack(message.mid, message.qos)
+            client.publish(self.dead_letter_topic, message.payload, qos=1, properties=props)
+        client.ack(message.mid, message.qos)  # does nothing unless manual_ack=True
 
-    return on_message
+
+def tallied(
+    tally: Tally,
+    group: str,
+    handler: Handler[Received],
+    *,
+    stream: str | None = None,
+    acks: Acks = "after",
+    max_attempts: int | None = None,
+    dead_letter_topic: str | None = None,
+) -> MqttConsumer:
+    """An `on_message` callback that reports every delivery and acknowledges it."""
+    consumer = MqttConsumer(tally, group, handler, stream, acks, max_attempts)
+    consumer.dead_letter_topic = dead_letter_topic
+    return consumer
+
+
+if TYPE_CHECKING:
+
+    def _keeps_the_contract(
+        consumer: MqttConsumer,
+    ) -> common.Consumer[[mqtt.Client, Any, mqtt.MQTTMessage], Received]:
+        return consumer  # mypy checks that the consumer keeps the common contract

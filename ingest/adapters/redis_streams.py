@@ -1,58 +1,59 @@
 """Redis Streams adapter (redis-py, sync client): tallied XADD and a tallied consumer.
 
-Public API:
+In the adapters' common dialect (`msgtally.ingest.adapters.common`):
 
-- `StreamProducer(client, tally, *, stream=None)`; `producer.add(key, fields, *,
-  message_id=None, attempt=1, maxlen=None, approximate=True) -> str` (the entry
-  id). Adds the fields `msgtally-message-id` and `traceparent` (W3C). The XADD
-  reply is the confirmation: `produced` ok when it returns, `error`
-  (indeterminate) when it raises; the error is re-raised.
-- `StreamConsumer(client, tally, key, group, consumer, handler, *, stream=None,
-  ack="after", max_deliveries=5, dead_letter_key=None)` for
-  `def handler(entry: StreamEntry, delivery: Delivery) -> None`:
+- `Publisher(client, tally, *, stream=None)`; `publisher.publish(key, fields, *,
+  message_id=None, stream=None, attempt=1, maxlen=None, approximate=True) ->
+  str` (the entry id). Adds the fields `msgtally-message-id` and
+  `traceparent` (W3C). The XADD reply is the confirmation: `produced` ok
+  when it returns, `error` (indeterminate) when it raises; the error is
+  re-raised.
+- `Consumer(client, tally, key, group, name, handler, *, stream=None,
+  acks="after", max_attempts=5, dead_letter_key=None)` for `def
+  handler(received)` (the `common.Consumer` contract; Redis has no push, so
+  the consumer reads for itself):
   - `create_group(start_id="0") -> bool`: XGROUP CREATE ... MKSTREAM (False if
     the group exists);
-  - `read(count=10, block_ms=None) -> list[Handled]`: new entries, XREADGROUP `>`
-    (attempt 1);
-  - `claim(min_idle_ms, count=10) -> list[Handled]`: XAUTOCLAIM of entries another
-    consumer left pending (it crashed or failed) for `min_idle_ms`;
-  - `recover(count=10) -> list[Handled]`: this consumer's own pending entries,
-    after a restart under the same consumer name (XREADGROUP `0`);
-  - `handle(entry_id, fields, attempt) -> Handled`: one entry.
-- `StreamEntry(key, entry_id, fields, message_id, attempt)`,
-  `Handled(entry_id, message_id, attempt, outcome)`,
-  `message_id_of(entry_id, fields) -> str`, `headers_of(fields) -> dict[str, str]`.
+  - `read(count=10, block_ms=None) -> list[Received]`: new entries, XREADGROUP
+    `>` (attempt 1);
+  - `claim(min_idle_ms, count=10) -> list[Received]`: XAUTOCLAIM of entries
+    another consumer left pending (it crashed or failed) for `min_idle_ms`;
+  - `recover(count=10) -> list[Received]`: this consumer's own pending
+    entries, after a restart under the same consumer name (XREADGROUP `0`);
+  - `consumer(entry_id, fields, attempt) -> Received`: one entry.
+- `Received`: the common one (`body` is the entry's fields, as the client
+  returned them) with the stream `key` and the `entry_id`.
+- `message_id_of(entry_id, fields) -> str`, `headers_of(fields) -> dict[str, str]`.
 
 The record's stream is the stream key (or `stream=`), its group the consumer
 group. The message id is the `msgtally-message-id` field, else the stream entry
 id. The attempt is the entry's delivery count: 1 from XREADGROUP `>`, and read
 back with XPENDING after XAUTOCLAIM and history reads, which increment it.
 
-Ack policy (`ack=`):
+Ack policy (`acks=`):
 
 - `"after"` (at least once, the default): the handler returns -> XACK, outcome
-  ok. It raises (logged, not re-raised) or calls `delivery.failed()` -> no
+  ok. It raises (logged, not re-raised) or calls `received.failed()` -> no
   XACK, outcome error: the entry stays pending and is redelivered by a later
-  `claim()` / `recover()`. A failure at delivery `max_deliveries`, or
-  `delivery.dead_letter()`, moves the entry to the dead-letter stream
+  `claim()` / `recover()`. A failure at delivery `max_attempts`, or
+  `received.dead_letter()`, moves the entry to the dead-letter stream
   (`dead_letter_key`, default `<key>:dead-letter`; the fields plus
   `msgtally-dead-letter-of`, `-entry`, `-group` and `msgtally-delivery-count`) and
   XACKs it in one MULTI/EXEC, outcome dead_letter. An entry claimed with a
-  delivery count above `max_deliveries` (consumers kept dying on it) is moved
+  delivery count above `max_attempts` (consumers kept dying on it) is moved
   the same way without running the handler, and reported dead_letter.
 - `"before"` (at most once): XACK before the handler; a failure is reported
-  error and never redelivered. `delivery.dead_letter()` still copies the entry
-  to the dead-letter stream.
+  error and never redelivered.
 - `"manual"`: the handler XACKs itself; the wrapper only reports its outcome.
 
     r = redis.Redis()
-    producer = StreamProducer(r, tally)
-    producer.add("orders", {"body": payload})
+    publisher = Publisher(r, tally)
+    publisher.publish("orders", {"body": payload})
 
-    def handle(entry: StreamEntry, delivery: Delivery) -> None:
+    def handle(msg: Received) -> None:
         ...                                            # raise to retry later
 
-    consumer = StreamConsumer(r, tally, "orders", "billing", "billing-1", handle)
+    consumer = Consumer(r, tally, "orders", "billing", "billing-1", handle)
     consumer.create_group()
     while running:
         consumer.claim(min_idle_ms=30_000)             # what crashed consumers left
@@ -61,35 +62,31 @@ Ack policy (`ack=`):
 
 from __future__ import annotations
 
-import logging
-import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.typing import EncodableT, FieldT
 
-from ..sdk import MESSAGE_ID_HEADER, Delivery, Tally
+from ..sdk import MESSAGE_ID_HEADER, Tally
+from . import common
+from .common import Acks, Handler, Step, Tallied
 
 __all__ = [
-    "AckPolicy",
-    "Handled",
-    "StreamConsumer",
-    "StreamEntry",
-    "StreamProducer",
+    "Consumer",
+    "Publisher",
+    "Received",
     "headers_of",
     "message_id_of",
 ]
 
-log = logging.getLogger("msgtally.adapters.redis_streams")
-
-AckPolicy = Literal["after", "before", "manual"]
 DEAD_LETTER_OF = "msgtally-dead-letter-of"
 DEAD_LETTER_ENTRY = "msgtally-dead-letter-entry"
 DEAD_LETTER_GROUP = "msgtally-dead-letter-group"
 DELIVERY_COUNT = "msgtally-delivery-count"
 _HEADER_FIELDS = (MESSAGE_ID_HEADER, "traceparent", "tracestate")
+Fields = Mapping[Any, Any]  # bytes or str keys and values, as the client decodes
 
 
 def _text(value: object) -> str:
@@ -98,22 +95,18 @@ def _text(value: object) -> str:
     return "" if value is None else str(value)
 
 
-def headers_of(fields: Mapping[Any, Any] | None) -> dict[str, str]:
+def headers_of(fields: Fields | None) -> dict[str, str]:
     """The message id and trace context fields of an entry, as text."""
-    out: dict[str, str] = {}
-    for name, value in (fields or {}).items():
-        key = _text(name)
-        if key in _HEADER_FIELDS:
-            out[key] = _text(value)
-    return out
+    found = common.text_headers((fields or {}).items())
+    return {k: v for k, v in found.items() if k in _HEADER_FIELDS}
 
 
-def message_id_of(entry_id: object, fields: Mapping[Any, Any] | None) -> str:
+def message_id_of(entry_id: object, fields: Fields | None) -> str:
     """The producer's `msgtally-message-id` field, else the stream entry id."""
     return headers_of(fields).get(MESSAGE_ID_HEADER) or _text(entry_id)
 
 
-class StreamProducer:
+class Publisher:
     """XADD with the message id and trace context, reported to a Tally."""
 
     def __init__(self, client: redis.Redis, tally: Tally, *, stream: str | None = None) -> None:
@@ -121,12 +114,13 @@ class StreamProducer:
         self.tally = tally
         self.stream = stream
 
-    def add(
+    def publish(
         self,
         key: str,
         fields: Mapping[str, EncodableT],
         *,
         message_id: str | None = None,
+        stream: str | None = None,
         attempt: int = 1,
         maxlen: int | None = None,
         approximate: bool = True,
@@ -134,32 +128,22 @@ class StreamProducer:
         """XADD one entry; returns its id. Resend with the same `message_id` and
         `attempt=n` to retry an indeterminate add."""
         given: dict[FieldT, EncodableT] = {k: v for k, v in fields.items()}
-        mid = message_id or _text(given.get(MESSAGE_ID_HEADER)) or uuid.uuid4().hex
-        with self.tally.sending(mid, stream=self.stream or key, attempt=attempt) as headers:
-            given.update(headers)
+        mid = message_id or _text(given.get(MESSAGE_ID_HEADER)) or common.new_message_id()
+        s = common.stream_for(self.tally, key, stream, self.stream)
+        with self.tally.sending(mid, stream=s, attempt=attempt) as sending:
+            given.update(sending.headers)
             return _text(self.client.xadd(key, given, maxlen=maxlen, approximate=approximate))
 
 
-@dataclass(frozen=True)
-class StreamEntry:
-    """One delivery, as the handler sees it (`fields` as the client returned them)."""
+@dataclass(kw_only=True, eq=False)
+class Received(common.Received[Fields]):
+    """One delivery, as the handler sees it; `body` is the entry's fields."""
 
     key: str
     entry_id: str
-    fields: Mapping[Any, Any]
-    message_id: str
-    attempt: int
 
 
-@dataclass(frozen=True)
-class Handled:
-    entry_id: str
-    message_id: str
-    attempt: int
-    outcome: str  # ok, error or dead_letter
-
-
-class StreamConsumer:
+class Consumer(Tallied[Received]):
     """One consumer of a consumer group; see the module docstring for the policy."""
 
     def __init__(
@@ -168,25 +152,18 @@ class StreamConsumer:
         tally: Tally,
         key: str,
         group: str,
-        consumer: str,
-        handler: Callable[[StreamEntry, Delivery], None],
+        name: str,
+        handler: Handler[Received],
         *,
         stream: str | None = None,
-        ack: AckPolicy = "after",
-        max_deliveries: int | None = 5,
+        acks: Acks = "after",
+        max_attempts: int | None = 5,
         dead_letter_key: str | None = None,
     ) -> None:
-        if ack not in ("after", "before", "manual"):
-            raise ValueError(f"ack has value {ack!r}. Must be 'after', 'before' or 'manual'.")
+        super().__init__(tally, group, handler, stream=stream, acks=acks, max_attempts=max_attempts)
         self.client = client
-        self.tally = tally
         self.key = key
-        self.group = group
-        self.consumer = consumer
-        self.handler = handler
-        self.stream = stream or key
-        self.ack = ack
-        self.max_deliveries = max_deliveries
+        self.name = name
         self.dead_letter_key = dead_letter_key or f"{key}:dead-letter"
 
     def create_group(self, start_id: str = "0") -> bool:
@@ -199,14 +176,14 @@ class StreamConsumer:
             return False
         return True
 
-    def read(self, count: int = 10, block_ms: int | None = None) -> list[Handled]:
+    def read(self, count: int = 10, block_ms: int | None = None) -> list[Received]:
         """Handle up to `count` new entries (delivery count 1)."""
         reply: Any = self.client.xreadgroup(
-            self.group, self.consumer, {self.key: ">"}, count=count, block=block_ms
+            self.group, self.name, {self.key: ">"}, count=count, block=block_ms
         )
-        return [self.handle(eid, fields, 1) for eid, fields in _entries(reply)]
+        return [self(eid, fields, 1) for eid, fields in _entries(reply)]
 
-    def claim(self, min_idle_ms: int, count: int = 10) -> list[Handled]:
+    def claim(self, min_idle_ms: int, count: int = 10) -> list[Received]:
         """XAUTOCLAIM up to `count` entries pending for `min_idle_ms` and handle them."""
         claimed: list[tuple[Any, Any]] = []
         cursor: Any = "0-0"
@@ -214,7 +191,7 @@ class StreamConsumer:
             reply: Any = self.client.xautoclaim(
                 self.key,
                 self.group,
-                self.consumer,
+                self.name,
                 min_idle_ms,
                 start_id=cursor,
                 count=count - len(claimed),
@@ -225,14 +202,14 @@ class StreamConsumer:
                 break
         return self._handle_redelivered(claimed)
 
-    def recover(self, count: int = 10) -> list[Handled]:
+    def recover(self, count: int = 10) -> list[Received]:
         """Handle this consumer's own pending entries (read before a restart)."""
-        reply: Any = self.client.xreadgroup(self.group, self.consumer, {self.key: "0"}, count=count)
+        reply: Any = self.client.xreadgroup(self.group, self.name, {self.key: "0"}, count=count)
         return self._handle_redelivered(
             [(eid, fields) for eid, fields in _entries(reply) if fields]
         )
 
-    def _handle_redelivered(self, entries: list[tuple[Any, Any]]) -> list[Handled]:
+    def _handle_redelivered(self, entries: list[tuple[Any, Any]]) -> list[Received]:
         if not entries:
             return []
         pipe = self.client.pipeline(transaction=False)
@@ -242,58 +219,42 @@ class StreamConsumer:
         out = []
         for (eid, fields), pending in zip(entries, counts, strict=True):
             if pending:  # else acknowledged meanwhile: nothing left to do
-                out.append(self.handle(eid, fields, int(pending[0]["times_delivered"])))
+                out.append(self(eid, fields, int(pending[0]["times_delivered"])))
         return out
 
-    def handle(self, entry_id: Any, fields: Mapping[Any, Any], attempt: int) -> Handled:
-        """Run the handler on one entry delivered for the `attempt`-th time."""
+    def __call__(self, entry_id: Any, fields: Fields, attempt: int) -> Received:
+        """Report, run and settle one entry delivered for the `attempt`-th time."""
         eid = _text(entry_id)
-        headers = headers_of(fields)
-        entry = StreamEntry(self.key, eid, fields, headers.get(MESSAGE_ID_HEADER) or eid, attempt)
-        mid = entry.message_id
-        cap = self.max_deliveries
-        if self.ack == "after" and cap is not None and cap > 0 and attempt > cap:
-            self._dead_letter(entry)  # consumers kept dying on it: do not run it again
-            self.tally.consumed(
-                mid,
-                group=self.group,
-                stream=self.stream,
+        return self.consume(
+            Received(
+                key=self.key,
+                entry_id=eid,
+                body=fields,
+                message_id=message_id_of(eid, fields),
                 attempt=attempt,
-                outcome="dead_letter",
-                headers=headers,
+                stream=common.stream_for(self.tally, self.key, self.stream),
+                headers=headers_of(fields),
             )
-            return Handled(eid, mid, attempt, "dead_letter")
-        if self.ack == "before":
-            self.client.xack(self.key, self.group, eid)
-        with self.tally.processing(
-            mid, group=self.group, stream=self.stream, attempt=attempt, headers=headers
-        ) as delivery:
-            try:
-                self.handler(entry, delivery)
-            except Exception:
-                log.exception("handler failed on %s %s (attempt %d)", self.key, eid, attempt)
-                delivery.failed()
-            if self.ack == "after" and delivery.outcome == "error" and cap and attempt >= cap:
-                delivery.dead_letter()
-            if self.ack != "manual" and delivery.outcome == "dead_letter":
-                self._dead_letter(entry)
-            outcome = delivery.outcome
-        if self.ack == "after" and outcome == "ok":
-            self.client.xack(self.key, self.group, eid)
-        return Handled(eid, mid, attempt, outcome)
+        )
 
-    def _dead_letter(self, entry: StreamEntry) -> None:
+    def settle(self, received: Received, step: Step) -> None:
+        if step == "ack":
+            self.client.xack(self.key, self.group, received.entry_id)
+        elif step == "dead_letter":
+            self._dead_letter(received)
+        # "retry": left pending, for a later claim() or recover()
+
+    def _dead_letter(self, received: Received) -> None:
         """Copy the entry to the dead-letter stream and XACK it, atomically."""
-        fields: dict[FieldT, EncodableT] = {_text(k): v for k, v in entry.fields.items()}
-        fields[MESSAGE_ID_HEADER] = entry.message_id
+        fields: dict[FieldT, EncodableT] = {_text(k): v for k, v in received.body.items()}
+        fields[MESSAGE_ID_HEADER] = received.message_id
         fields[DEAD_LETTER_OF] = self.key
-        fields[DEAD_LETTER_ENTRY] = entry.entry_id
+        fields[DEAD_LETTER_ENTRY] = received.entry_id
         fields[DEAD_LETTER_GROUP] = self.group
-        fields[DELIVERY_COUNT] = entry.attempt
+        fields[DELIVERY_COUNT] = received.attempt
         pipe = self.client.pipeline(transaction=True)
         pipe.xadd(self.dead_letter_key, fields)
-        if self.ack == "after":
-            pipe.xack(self.key, self.group, entry.entry_id)
+        pipe.xack(self.key, self.group, received.entry_id)
         pipe.execute()
 
 
@@ -305,3 +266,9 @@ def _entries(reply: Any) -> list[tuple[Any, Any]]:
         streams = list(reply.values())
         return [tuple(e) for e in streams[0][0]] if streams and streams[0] else []
     return [(eid, fields) for eid, fields in reply[0][1]]
+
+
+if TYPE_CHECKING:
+
+    def _keeps_the_contract(consumer: Consumer) -> common.Consumer[[Any, Fields, int], Received]:
+        return consumer  # mypy checks that the consumer keeps the common contract
