@@ -21,14 +21,26 @@ from sqlalchemy.exc import SQLAlchemyError
 from msgtally.ingest.db import StoreError, open_engine
 from msgtally.ingest.tables import meta
 from msgtally.reconcile import ReconcileConfig, reconcile
-from msgtally.slis.read.figures import SLI
+from msgtally.slis.read.figures import SLI, with_contracts
 from msgtally.slis.read.query import read_slis
 from msgtally.slis.read.report import render_table
+from msgtally.slis.spec.model import Contract, Spec
+from msgtally.slis.spec.semantics import Semantics
 
 from .app import create_app
 from .server import BackgroundServer
 from .simulate import FLOWS, OUTCOME_FIELDS, batches, simulate
 
+# Delivery contracts the demo's pipeline is checked against (`serve --spec` in real use):
+# payments promises exactly-once and breaks it, telemetry promises at-most-once and keeps it.
+CONTRACTS = Spec(
+    service="demo",
+    slos=(),
+    contracts=(
+        Contract("payments", Semantics.EXACTLY_ONCE),
+        Contract("telemetry", Semantics.AT_MOST_ONCE),
+    ),
+)
 
 def _fresh_db(path: Path) -> None:
     """Recreate the demo file, but never clobber a store the demo did not make."""
@@ -101,9 +113,11 @@ def run_demo(db: str, seed: int = 7, ids: int = 20_000) -> int:
         lost = client.get("/v1/discrepancies", params={"kind": "lost", "limit": 3}).json()
 
     with engine.connect() as conn:
-        slis = read_slis(conn)
+        slis = with_contracts(read_slis(conn), CONTRACTS)
     print()
     print(render_table(slis))
+    declared = ", ".join(f"{c.stream} {c.semantics.value}" for c in CONTRACTS.contracts)
+    print(f"(contracts, as an SLO spec would declare them: {declared})")
     print()
     print(_truth_table(slis, sim.truth))
     if lost["ids"]:
