@@ -1,7 +1,8 @@
-"""The one thing pyproject.toml cannot say: the reconcile engine's C extension.
+"""The one thing pyproject.toml cannot say: the C extensions.
 
 `optional`: a service that installs only the shim needs no compiler; the
-collector refuses to start, with the reason, when the engine was not built.
+collector refuses to start, with the reason, when the engine was not built,
+and reads OTLP spans with the official types alone without `_spans`.
 """
 
 from setuptools import Extension, setup
@@ -13,6 +14,12 @@ setup(
             ["reconcile/_engine.c"],
             extra_compile_args=["-O2", "-std=c11"],
             optional=True,
-        )
+        ),
+        Extension(
+            "msgtally.ingest.otlp._spans",
+            ["ingest/otlp/_spans.c"],
+            extra_compile_args=["-O2", "-std=c11"],
+            optional=True,
+        ),
     ]
 )

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -23,8 +24,23 @@ from ..cardinality import NameGuard
 from ..problems import problem
 from ..schema import Batch, Record, RecordError, group_of, parse_batch
 from ..writer import write_batch
-from .decode import parse
-from .mapping import Ignored, Mapped, Refused, map_span, service_name
+from .decode import PROTOBUF, parse
+from .mapping import (
+    WANTED_KEYS,
+    Ignored,
+    Mapped,
+    Refused,
+    SpanView,
+    Views,
+    map_view,
+    service_name,
+    view_of,
+)
+
+try:  # the C reader of span views (setup.py); without it, the official types alone
+    from . import _spans
+except ImportError:  # pragma: no cover - a build without a compiler
+    _spans = None  # type: ignore[assignment]
 
 RECORDED = "recorded"
 REJECTED = "rejected"
@@ -57,24 +73,26 @@ class Outcome:
 class _Span:
     """A span that maps to records, and what the contract made of them."""
 
-    __slots__ = ("mapped", "path", "place", "records", "span")
+    __slots__ = ("mapped", "path", "place", "records", "view")
 
-    def __init__(self, place: int, path: tuple[int, int, int], span: Span, mapped: Mapped) -> None:
+    def __init__(
+        self, place: int, path: tuple[int, int, int], view: SpanView, mapped: Mapped
+    ) -> None:
         self.place = place  # in the request, counted over all its spans
         self.path = path  # resourceSpans, scopeSpans, spans
-        self.span = span
+        self.view = view
         self.mapped = mapped
         self.records: list[Record] = []
 
     @property
     def where(self) -> str:
-        return _where(self.path, self.span)
+        return _where(self.path, self.view)
 
 
-def _where(path: tuple[int, int, int], span: Span) -> str:
+def _where(path: tuple[int, int, int], view: SpanView) -> str:
     i, j, k = path
     return f"resourceSpans[{i}].scopeSpans[{j}].spans[{k}] " \
-        f"(span {span.trace_id.hex()}/{span.span_id.hex()})"  # fmt: skip
+        f"(span {view[0].hex()}/{view[1].hex()})"  # fmt: skip
 
 
 def _refuse(outcome: Outcome, span: _Span, exc: RecordError) -> None:
@@ -88,26 +106,58 @@ def _refuse(outcome: Outcome, span: _Span, exc: RecordError) -> None:
     outcome.refusals.append((span.place, line))
 
 
-def map_request(request: ExportTraceServiceRequest, outcome: Outcome) -> list[_Span]:
-    """The spans that map to records; the others are counted in `outcome`."""
+def read_views(request: ExportTraceServiceRequest, body: bytes) -> Views | None:
+    """The span views of a protobuf body (`request`: the same body parsed) per
+    resourceSpans and scopeSpans, None for a span to read with the official
+    types; None when the C reader is missing or leaves the whole body to them."""
+    if _spans is None:
+        return None
+    views = _spans.views(body, WANTED_KEYS)
+    if views is None or len(views) != len(request.resource_spans):
+        return None
+    for resource_views, resource_spans in zip(views, request.resource_spans, strict=True):
+        if len(resource_views) != len(resource_spans.scope_spans):
+            return None
+        scopes = resource_spans.scope_spans
+        for scope_views, scope_spans in zip(resource_views, scopes, strict=True):
+            if len(scope_views) != len(scope_spans.spans):
+                return None
+    return views
+
+
+def _views(scope_spans: ScopeSpans, read: list[SpanView | None] | None) -> Iterator[SpanView]:
+    if read is None:
+        yield from map(view_of, scope_spans.spans)
+        return
+    for k, view in enumerate(read):
+        yield view_of(scope_spans.spans[k]) if view is None else view
+
+
+def map_request(
+    request: ExportTraceServiceRequest, outcome: Outcome, body: bytes | None = None
+) -> list[_Span]:
+    """The spans that map to records; the others are counted in `outcome`.
+    `body`: the protobuf bytes of `request`, read by the C reader when given."""
+    views = None if body is None else read_views(request, body)
     spans: list[_Span] = []
     place = 0
     for i, resource_spans in enumerate(request.resource_spans):
         service = service_name(resource_spans.resource)
         for j, scope_spans in enumerate(resource_spans.scope_spans):
             scope = scope_spans.scope.name
-            for k, span in enumerate(scope_spans.spans):
+            read = None if views is None else views[i][j]
+            for k, view in enumerate(_views(scope_spans, read)):
                 place += 1
-                mapped = map_span(span, scope, service)
+                mapped = map_view(view, scope, service)
                 if isinstance(mapped, Ignored):
                     outcome.spans[mapped.reason] += 1
                     continue
                 if isinstance(mapped, Refused):
                     outcome.spans[REJECTED] += 1
-                    where = _where((i, j, k), span)
+                    where = _where((i, j, k), view)
                     outcome.refusals.append((place, f"{where}: {mapped.reason}"))
                     continue
-                spans.append(_Span(place, (i, j, k), span, mapped))
+                spans.append(_Span(place, (i, j, k), view, mapped))
     return spans
 
 
@@ -176,11 +226,13 @@ def export(
     request: ExportTraceServiceRequest,
     guard: NameGuard | None = None,
     received_at: float | None = None,
+    body: bytes | None = None,
 ) -> Outcome:
-    """Map, check and store one request. Raises SQLAlchemyError when the store
-    fails (nothing of the request is stored then)."""
+    """Map, check and store one request (`body`: its protobuf bytes, if any).
+    Raises SQLAlchemyError when the store fails (nothing of the request is
+    stored then)."""
     outcome = Outcome()
-    spans = _check(map_request(request, outcome), outcome)
+    spans = _check(map_request(request, outcome, body), outcome)
     _store(engine, spans, outcome, guard, received_at)
     return outcome
 
@@ -190,7 +242,7 @@ def export_body(engine: Engine, body: bytes, media: str, guard: NameGuard | None
     Raises a problem: 400 for a body that is no request, 503 when the store fails."""
     request = parse(body, media)
     try:
-        return export(engine, request, guard)
+        return export(engine, request, guard, body=body if media == PROTOBUF else None)
     except SQLAlchemyError as exc:
         # Nothing of the request is stored (one transaction): the exporter retries.
         raise problem(

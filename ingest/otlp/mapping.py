@@ -6,11 +6,17 @@ attribute the conventions define cannot be read as they define it). The
 records are then checked by the record contract itself (ingest.schema, in
 `export`), so a record from a span is accepted or refused exactly as on
 /v1/records.
+
+The mapping reads a span through its *view* (`SpanView`): the few fields and
+attributes it looks at. `view_of` makes one from the official `Span`; the C
+extension `_spans` makes them straight from a protobuf body, without a Python
+object per attribute, and leaves to `view_of` any span it does not read as
+the official types would.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Final, NamedTuple
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -57,7 +63,17 @@ _WANTED: Final = frozenset(
     (*DESTINATIONS, *MESSAGE_IDS, *OPERATIONS, *GROUPS, *ATTEMPTS, *SETTLEMENTS,
      BATCH_COUNT, OUTCOME)
 )  # fmt: skip
+WANTED_KEYS: Final = tuple(sorted(_WANTED))  # for _spans.views
 _Id = tuple[int | None, str, object]  # (link index, attribute, message id)
+Attrs = dict[str, object]  # the attributes in _WANTED a span or link has
+
+# A span as the mapping reads it: (trace_id, span_id, name, kind,
+# end_time_unix_nano, status code, attributes in _WANTED, whether any attribute
+# is a messaging one, per link its attributes in _WANTED). A plain tuple: the
+# C extension makes one per span.
+SpanView = tuple[bytes, bytes, str, int, int, int, Attrs, bool, Sequence[Attrs]]
+# Per resourceSpans, per scopeSpans, per span its view (None: not read by _spans).
+Views = list[list[list[SpanView | None]]]
 _ZERO_TRACE: Final = bytes(16)
 _ZERO_SPAN: Final = bytes(8)
 
@@ -104,9 +120,9 @@ def service_name(resource: Resource) -> object:
     return None
 
 
-def _read(kvs: Iterable[KeyValue]) -> tuple[dict[str, object], bool]:
+def _read(kvs: Iterable[KeyValue]) -> tuple[Attrs, bool]:
     """The attributes the mapping reads, and whether any is a messaging attribute."""
-    found: dict[str, object] = {}
+    found: Attrs = {}
     messaging = False
     for kv in kvs:  # the hot loop of OTLP ingest (bench/otlp_rate.py)
         key = kv.key
@@ -119,7 +135,32 @@ def _read(kvs: Iterable[KeyValue]) -> tuple[dict[str, object], bool]:
     return found, messaging
 
 
-def _first(attrs: dict[str, object], keys: tuple[str, ...]) -> tuple[str | None, object]:
+class _Links(Sequence[Attrs]):
+    """A span's links' attributes, read only when the mapping asks (a batch)."""
+
+    __slots__ = ("_links",)
+
+    def __init__(self, links: Sequence[Span.Link]) -> None:
+        self._links = links
+
+    def __len__(self) -> int:
+        return len(self._links)
+
+    def __getitem__(self, i: int) -> Attrs:  # type: ignore[override]
+        return _read(self._links[i].attributes)[0]
+
+    def __iter__(self) -> Iterator[Attrs]:
+        return (_read(link.attributes)[0] for link in self._links)
+
+
+def view_of(span: Span) -> SpanView:
+    """The view of a span read with the official types."""
+    attrs, messaging = _read(span.attributes)
+    return (span.trace_id, span.span_id, span.name, span.kind, span.end_time_unix_nano,
+            span.status.code, attrs, messaging, _Links(span.links))  # fmt: skip
+
+
+def _first(attrs: Attrs, keys: tuple[str, ...]) -> tuple[str | None, object]:
     for key in keys:
         if key in attrs:
             return key, attrs[key]
@@ -136,10 +177,9 @@ def _kind_of(value: object) -> str:
     return "null"
 
 
-def _role(span: Span, operation: str | None, attrs: dict[str, object]) -> str | None:
+def _role(kind: int, name: str, operation: str | None, attrs: Attrs) -> str | None:
     """produce, consume, dead_letter (a dead-lettering settle), or None: not a delivery."""
     if operation is None:  # conventions before operation types: the span kind says
-        kind = span.kind
         if kind == Span.SPAN_KIND_PRODUCER:
             return "produce"
         return "consume" if kind == Span.SPAN_KIND_CONSUMER else None
@@ -149,14 +189,14 @@ def _role(span: Span, operation: str | None, attrs: dict[str, object]) -> str | 
         return "consume"
     if operation == "settle" and (
         any(attrs.get(key) == DEAD_LETTER for key in SETTLEMENTS)
-        or span.name == DEAD_LETTER
-        or span.name.startswith(DEAD_LETTER + " ")
+        or name == DEAD_LETTER
+        or name.startswith(DEAD_LETTER + " ")
     ):
         return DEAD_LETTER
     return None
 
 
-def _message_ids(span: Span, attrs: dict[str, object]) -> list[_Id] | Refused:
+def _message_ids(links: Sequence[Attrs], attrs: Attrs) -> list[_Id] | Refused:
     """(link index or None, attribute, message id) of each message the span is about."""
     count = attrs.get(BATCH_COUNT)
     if count is not None and (type(count) is not int):
@@ -165,8 +205,8 @@ def _message_ids(span: Span, attrs: dict[str, object]) -> list[_Id] | Refused:
         key, mid = _first(attrs, MESSAGE_IDS)
         return [] if key is None else [(None, key, mid)]
     ids: list[_Id] = []
-    for i, link in enumerate(span.links):  # a batch: one message per link that names one
-        key, mid = _first(_read(link.attributes)[0], MESSAGE_IDS)
+    for i, link in enumerate(links):  # a batch: one message per link that names one
+        key, mid = _first(link, MESSAGE_IDS)
         if key is not None:
             ids.append((i, f"links[{i}].{key}", mid))
     return ids
@@ -175,28 +215,33 @@ def _message_ids(span: Span, attrs: dict[str, object]) -> list[_Id] | Refused:
 def map_span(span: Span, scope: str, service: object) -> Mapped | Ignored | Refused:
     """The records of one span (`scope`: its instrumentation scope's name; `service`:
     its resource's service.name, the group of last resort)."""
+    if scope == SHIM_SCOPE:  # before reading the span
+        return Ignored(FROM_SHIM)
+    return map_view(view_of(span), scope, service)
+
+
+def map_view(view: SpanView, scope: str, service: object) -> Mapped | Ignored | Refused:
+    """map_span on a span's view."""
     if scope == SHIM_SCOPE:
         return Ignored(FROM_SHIM)
-    attrs, messaging = _read(span.attributes)
+    trace_id, span_id, name, span_kind, end, status, attrs, messaging, links = view
     if not messaging:
         return Ignored(NOT_MESSAGING)
     op_key, operation = _first(attrs, OPERATIONS)
     if operation is not None and not isinstance(operation, str):
         return Refused(f"{op_key}: must be a string, got {_kind_of(operation)}")
-    role = _role(span, operation, attrs)
+    role = _role(span_kind, name, operation, attrs)
     if role is None:
         return Ignored(NOT_A_DELIVERY)
-    ids = _message_ids(span, attrs)
+    ids = _message_ids(links, attrs)
     if isinstance(ids, Refused):
         return ids
     if not ids:
         return Ignored(NO_MESSAGE_ID)
-    trace_id, span_id = span.trace_id, span.span_id
     if len(trace_id) != 16 or trace_id == _ZERO_TRACE:
         return Refused("traceId: must be 16 bytes, not all zero")
     if len(span_id) != 8 or span_id == _ZERO_SPAN:
         return Refused("spanId: must be 8 bytes, not all zero")
-    end = span.end_time_unix_nano
     if not end:
         return Refused("endTimeUnixNano: not set")
     trace_hex, span_hex = trace_id.hex(), span_id.hex()
@@ -230,7 +275,7 @@ def map_span(span: Span, scope: str, service: object) -> Mapped | Ignored | Refu
         base["outcome"], source["outcome"] = attrs[OUTCOME], OUTCOME
     elif role == DEAD_LETTER:
         base["outcome"], source["outcome"] = DEAD_LETTER, "messaging.operation.name"
-    elif span.status.code == Status.STATUS_CODE_ERROR:
+    elif status == Status.STATUS_CODE_ERROR:
         base["outcome"], source["outcome"] = "error", "status"
     for field, value in base.items():
         if type(value) is bytes:  # JSON would carry it as base64 text
