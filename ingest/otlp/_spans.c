@@ -362,7 +362,7 @@ static int span_view(const char *p, const char *end, const Wanted *w, PyObject *
         Py_DECREF(links);
         return GIVE_UP;
     }
-    PyObject *link_tuple = PyList_AsTuple(links);
+    PyObject *link_tuple = PyList_GET_SIZE(links) ? PyList_AsTuple(links) : PyTuple_New(0);
     Py_CLEAR(links);
     if (link_tuple == NULL) {
         Py_DECREF(name_str);

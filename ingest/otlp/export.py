@@ -149,6 +149,9 @@ def map_request(
             for k, view in enumerate(_views(scope_spans, read)):
                 place += 1
                 mapped = map_view(view, scope, service)
+                if type(mapped) is Mapped:  # the common case first
+                    spans.append(_Span(place, (i, j, k), view, mapped))
+                    continue
                 if isinstance(mapped, Ignored):
                     outcome.spans[mapped.reason] += 1
                     continue
@@ -156,8 +159,6 @@ def map_request(
                     outcome.spans[REJECTED] += 1
                     where = _where((i, j, k), view)
                     outcome.refusals.append((place, f"{where}: {mapped.reason}"))
-                    continue
-                spans.append(_Span(place, (i, j, k), view, mapped))
     return spans
 
 

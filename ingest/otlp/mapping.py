@@ -74,6 +74,7 @@ Attrs = dict[str, object]  # the attributes in _WANTED a span or link has
 SpanView = tuple[bytes, bytes, str, int, int, int, Attrs, bool, Sequence[Attrs]]
 # Per resourceSpans, per scopeSpans, per span its view (None: not read by _spans).
 Views = list[list[list[SpanView | None]]]
+_FROM_ATTRIBUTES: Final = ("stream", "group", "attempt", "outcome")  # a record's fields
 _ZERO_TRACE: Final = bytes(16)
 _ZERO_SPAN: Final = bytes(8)
 
@@ -277,8 +278,8 @@ def map_view(view: SpanView, scope: str, service: object) -> Mapped | Ignored | 
         base["outcome"], source["outcome"] = DEAD_LETTER, "messaging.operation.name"
     elif status == Status.STATUS_CODE_ERROR:
         base["outcome"], source["outcome"] = "error", "status"
-    for field, value in base.items():
-        if type(value) is bytes:  # JSON would carry it as base64 text
+    for field in _FROM_ATTRIBUTES:  # in the records' order; the other fields are never bytes
+        if type(base.get(field)) is bytes:  # JSON would carry it as base64 text
             return Refused(f"{source[field]}: must not be bytes")
 
     record_id = f"otlp:{trace_hex}{span_hex}"  # an exporter's retry is the same record
