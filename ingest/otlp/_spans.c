@@ -406,10 +406,16 @@ error:
     return ERROR;
 }
 
-/* A ScopeSpans's span views (None for a span left to the official types). */
-static int scope_spans(const char *p, const char *end, const Wanted *w, PyObject **out) {
-    PyObject *spans = PyList_New(0);
-    if (spans == NULL)
+typedef int (*Parse)(const char *p, const char *end, const Wanted *w, PyObject **out);
+
+/* The repeated message field `number` of a message, each item parsed by
+   `parse`, as a list. An item `parse` gives up on is None in the list when
+   `none_if_given_up` (a span: the official types read it), else the whole
+   list gives up. */
+static int repeated(const char *p, const char *end, uint32_t number, Parse parse,
+                    int none_if_given_up, const Wanted *w, PyObject **out) {
+    PyObject *items = PyList_New(0);
+    if (items == NULL)
         return ERROR;
     while (p < end) {
         uint32_t field;
@@ -417,71 +423,45 @@ static int scope_spans(const char *p, const char *end, const Wanted *w, PyObject
         const char *a, *b;
         if (!read_tag(&p, end, &field, &wt))
             goto give_up;
-        if (field == 2) {
+        if (field == number) {
             if (wt != 2 || !read_len(&p, end, &a, &b))
                 goto give_up;
-            PyObject *view = NULL;
-            int rc = span_view(a, b, w, &view);
+            PyObject *item = NULL;
+            int rc = parse(a, b, w, &item);
             if (rc == ERROR)
                 goto error;
             if (rc == GIVE_UP) {
+                if (!none_if_given_up)
+                    goto give_up;
                 Py_INCREF(Py_None);
-                view = Py_None;
+                item = Py_None;
             }
-            int added = PyList_Append(spans, view);
-            Py_DECREF(view);
+            int added = PyList_Append(items, item);
+            Py_DECREF(item);
             if (added < 0)
                 goto error;
         } else if (!skip(&p, end, wt)) {
             goto give_up;
         }
     }
-    *out = spans;
+    *out = items;
     return OK;
 give_up:
-    Py_DECREF(spans);
+    Py_DECREF(items);
     return GIVE_UP;
 error:
-    Py_DECREF(spans);
+    Py_DECREF(items);
     return ERROR;
 }
 
-/* A ResourceSpans's scopes: a list of scope_spans lists. */
+/* A ScopeSpans's span views (field 2; None for a span left to the official types). */
+static int scope_spans(const char *p, const char *end, const Wanted *w, PyObject **out) {
+    return repeated(p, end, 2, span_view, 1, w, out);
+}
+
+/* A ResourceSpans's scopes (field 2): a list of scope_spans lists. */
 static int resource_spans(const char *p, const char *end, const Wanted *w, PyObject **out) {
-    PyObject *scopes = PyList_New(0);
-    if (scopes == NULL)
-        return ERROR;
-    while (p < end) {
-        uint32_t field;
-        int wt;
-        const char *a, *b;
-        if (!read_tag(&p, end, &field, &wt))
-            goto give_up;
-        if (field == 2) {
-            if (wt != 2 || !read_len(&p, end, &a, &b))
-                goto give_up;
-            PyObject *spans = NULL;
-            int rc = scope_spans(a, b, w, &spans);
-            if (rc == ERROR)
-                goto error;
-            if (rc == GIVE_UP)
-                goto give_up;
-            int added = PyList_Append(scopes, spans);
-            Py_DECREF(spans);
-            if (added < 0)
-                goto error;
-        } else if (!skip(&p, end, wt)) {
-            goto give_up;
-        }
-    }
-    *out = scopes;
-    return OK;
-give_up:
-    Py_DECREF(scopes);
-    return GIVE_UP;
-error:
-    Py_DECREF(scopes);
-    return ERROR;
+    return repeated(p, end, 2, scope_spans, 0, w, out);
 }
 
 static PyObject *views(PyObject *self, PyObject *args) {
@@ -508,42 +488,12 @@ static PyObject *views(PyObject *self, PyObject *args) {
             goto done;
         w.str[i] = key;
     }
-    const char *p = body.buf, *end = p + body.len;
-    result = PyList_New(0);
-    if (result == NULL)
-        goto done;
-    while (p < end) {
-        uint32_t field;
-        int wt;
-        const char *a, *b;
-        int rc = OK;
-        PyObject *scopes = NULL;
-        if (!read_tag(&p, end, &field, &wt)) {
-            rc = GIVE_UP;
-        } else if (field == 1) {
-            rc = (wt == 2 && read_len(&p, end, &a, &b)) ? resource_spans(a, b, &w, &scopes)
-                                                         : GIVE_UP;
-        } else {
-            rc = skip(&p, end, wt) ? OK : GIVE_UP;
-        }
-        if (rc == ERROR) {
-            Py_CLEAR(result);
-            goto done;
-        }
-        if (rc == GIVE_UP) {
-            Py_DECREF(result);
-            Py_INCREF(Py_None);
-            result = Py_None;
-            goto done;
-        }
-        if (scopes != NULL) {
-            int added = PyList_Append(result, scopes);
-            Py_DECREF(scopes);
-            if (added < 0) {
-                Py_CLEAR(result);
-                goto done;
-            }
-        }
+    /* The request's resourceSpans (field 1); None when the reader gives up on it. */
+    int rc = repeated(body.buf, (const char *)body.buf + body.len, 1, resource_spans, 0, &w,
+                      &result);
+    if (rc == GIVE_UP) {
+        Py_INCREF(Py_None);
+        result = Py_None;
     }
 done:
     PyBuffer_Release(&body);
