@@ -22,6 +22,8 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 from _common import CollectorProcess, Workload, chunks, log, pg_database, scratch_dir, wire
 from sqlalchemy import create_engine, text
@@ -42,45 +44,63 @@ def make_bodies(ids: int, batch: int, seed: int) -> tuple[list[bytes], int]:
     return bodies, n
 
 
-def post_all(base_url: str, bodies: list[bytes], senders: int) -> tuple[float, int]:
-    """Post every body (shared queue, one persistent client per thread)."""
-    import httpx
-
+def send_all(send: Callable[[Any, bytes], None], open_client: Callable[[], Any],
+             close_client: Callable[[Any], None], bodies: list[bytes],
+             senders: int) -> float:  # fmt: skip
+    """Every body through `send`, from `senders` threads (a client each); wall seconds."""
     todo: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
     for b in bodies:
         todo.put(b)
     for _ in range(senders):
         todo.put(None)
-    accepted = [0] * senders
     errors: list[str] = []
-    clients = [httpx.Client(base_url=base_url, timeout=120) for _ in range(senders)]
-    for c in clients:  # open the connections before the clock starts
-        c.get("/healthz")
-    start_gate = threading.Barrier(senders + 1)
+    clients = [open_client() for _ in range(senders)]
+    gate = threading.Barrier(senders + 1)
 
     def worker(k: int) -> None:
-        client = clients[k]
-        start_gate.wait()
+        gate.wait()
         while (body := todo.get()) is not None:
-            resp = client.post("/v1/records", content=body,
-                               headers={"content-type": "application/json"})  # fmt: skip
-            if resp.status_code != 200:
-                errors.append(f"{resp.status_code} {resp.text[:200]}")
+            try:
+                send(clients[k], body)
+            except Exception as exc:
+                errors.append(repr(exc))
                 return
-            accepted[k] += resp.json()["accepted"]
 
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(senders)]
     for t in threads:
         t.start()
-    start_gate.wait()
+    gate.wait()
     started = time.perf_counter()
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - started
     for c in clients:
-        c.close()
+        close_client(c)
     if errors:
-        raise RuntimeError(f"collector answered {errors[0]}")
+        raise RuntimeError(f"a sender failed: {errors[0]}")
+    return elapsed
+
+
+def post_all(base_url: str, bodies: list[bytes], senders: int) -> tuple[float, int]:
+    """Post every body to /v1/records (one persistent client per thread); wall
+    seconds and the records the collector accepted."""
+    import httpx
+
+    accepted: list[int] = []  # list.append: safe from every sender thread
+
+    def open_client() -> httpx.Client:
+        client = httpx.Client(base_url=base_url, timeout=120)
+        client.get("/healthz")  # the connection opened before the clock starts
+        return client
+
+    def send(client: httpx.Client, body: bytes) -> None:
+        resp = client.post("/v1/records", content=body,
+                           headers={"content-type": "application/json"})  # fmt: skip
+        if resp.status_code != 200:
+            raise RuntimeError(f"collector answered {resp.status_code} {resp.text[:200]}")
+        accepted.append(resp.json()["accepted"])
+
+    elapsed = send_all(send, open_client, lambda c: c.close(), bodies, senders)
     return elapsed, sum(accepted)
 
 

@@ -29,15 +29,11 @@ import argparse
 import gzip
 import json
 import os
-import queue
-import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
 import grpc
 from _common import CollectorProcess, Rec, Workload, chunks, log, pg_database, scratch_dir
-from ingest_rate import logged, post_all
+from ingest_rate import logged, post_all, send_all
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -117,43 +113,6 @@ def records_of(req: ExportTraceServiceRequest) -> list[dict[str, Any]]:
                 assert isinstance(mapped, Mapped), mapped
                 out += mapped.records
     return out
-
-
-def send_all(send: Callable[[Any, bytes], None], open_client: Callable[[], Any],
-             close_client: Callable[[Any], None], bodies: list[bytes],
-             senders: int) -> float:  # fmt: skip
-    """Every body through `send`, from `senders` threads (a client each); wall seconds."""
-    todo: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-    for b in bodies:
-        todo.put(b)
-    for _ in range(senders):
-        todo.put(None)
-    errors: list[str] = []
-    clients = [open_client() for _ in range(senders)]
-    gate = threading.Barrier(senders + 1)
-
-    def worker(k: int) -> None:
-        gate.wait()
-        while (body := todo.get()) is not None:
-            try:
-                send(clients[k], body)
-            except Exception as exc:
-                errors.append(repr(exc))
-                return
-
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(senders)]
-    for t in threads:
-        t.start()
-    gate.wait()
-    started = time.perf_counter()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - started
-    for c in clients:
-        close_client(c)
-    if errors:
-        raise RuntimeError(f"export failed: {errors[0]}")
-    return elapsed
 
 
 def _check(answer: bytes) -> None:
