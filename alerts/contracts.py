@@ -45,8 +45,13 @@ def selector(spec: Spec, contract: Contract) -> str:
     return ",".join(parts)
 
 
+def breach_series(spec: Spec, contract: Contract, breach: Breach) -> str:
+    """The counter of one breach on the series a contract covers."""
+    return f"{counter(BREACH_COUNTS[breach])}{{{selector(spec, contract)}}}"
+
+
 def breach_expr(spec: Spec, contract: Contract, breach: Breach) -> str:
-    series = f"{counter(BREACH_COUNTS[breach])}{{{selector(spec, contract)}}}"
+    series = breach_series(spec, contract, breach)
     now = f"max by (stream, group) ({series})"
     before = f"max by (stream, group) ({series} offset {WINDOW})"
     return f"{now} - {before} > 0\nor\n{now} > 0 unless {before}"

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from msgtally.alerts.contracts import selector
+from msgtally.alerts.contracts import breach_series
 from msgtally.alerts.promql import PRODUCED, quote
 from msgtally.names import (
     ABSENT_ALERT,
@@ -42,7 +42,7 @@ from msgtally.names import (
     counter,
 )
 from msgtally.slis.spec.model import ALL_GROUPS, Contract, Spec
-from msgtally.slis.spec.semantics import BREACH_COUNTS, Breach
+from msgtally.slis.spec.semantics import Breach
 
 RATE = "$__rate_interval"
 RANGE = "$__range"
@@ -153,7 +153,7 @@ def firing_alerts(spec: Spec) -> str:
 def contract_breaches(spec: Spec, contract: Contract, breach: Breach) -> str:
     """Breaches of one contract over the dashboard's range, on every group it covers
     (the series of its alert rule: msgtally.alerts.contracts)."""
-    series = f"{counter(BREACH_COUNTS[breach])}{{{selector(spec, contract)}}}"
+    series = breach_series(spec, contract, breach)
     return f"sum(max by (stream, group) (increase({series}[{RANGE}])))"
 
 
