@@ -3,20 +3,26 @@
 Every (stream, group) a record names becomes a series on /metrics (the
 stream alone, for produces). A client that sends random names would create
 series without end: past `max_series` pairs, a record with a new name is
-refused (422, naming the limit), and the others keep flowing.
+refused (422, naming the limit), and the others keep flowing. So is a record
+whose new group would give its stream more groups than the engine holds
+(MAX_GROUPS_PER_STREAM): each produced id owes every group of its stream a
+verdict, and its entry one slot per group.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import Counter
 
 import msgspec
 from sqlalchemy import Connection, func, select, tuple_
 
 from .db import upsert
-from .limits import DEFAULT_MAX_SERIES
+from .limits import DEFAULT_MAX_SERIES, MAX_GROUPS_PER_STREAM
 from .schema import Batch, RecordError, group_of
 from .tables import names
+
+Name = tuple[str, str]  # (stream, group); group "" for a stream's produces
 
 # Where the drop totals of shims go when their names do not fit (one series).
 OVER_LIMIT = "(over the series limit)"
@@ -50,12 +56,8 @@ class NameGuard:
         ).all()
         new -= {(s, g) for s, g in stored}
         if new:
-            count = conn.execute(select(func.count()).select_from(names)).scalar_one()
             records = of_records & new
-            if count + len(records) > self.max_series:
-                raise self._refusal(batch, new, count)
-            room = self.max_series - count - len(records)
-            fits = set(sorted(new - records)[:room]) | records
+            fits = self._fits(conn, batch, new, records)
             if fits != new:
                 left = new - fits
                 batch = batch._replace(drops=[
@@ -81,14 +83,51 @@ class NameGuard:
         with self._lock:
             self._known |= admitted
 
-    def _refusal(self, batch: Batch, new: set[tuple[str, str]], count: int) -> RecordError:
+    def _fits(
+        self, conn: Connection, batch: Batch, new: set[Name], records: set[Name]
+    ) -> set[Name]:
+        """The new names to add: every one of the records, or a refusal; then
+        the others (drop totals, marks) while there is room, in name order."""
+        count = conn.execute(select(func.count()).select_from(names)).scalar_one()
+        if count + len(records) > self.max_series:
+            raise self._refusal(batch, new, count)
+        streams = {s for s, g in new if g}
+        stored = Counter[str](
+            dict(
+                conn.execute(
+                    select(names.c.stream, func.count())
+                    .where(names.c.stream.in_(streams), names.c.grp != "")
+                    .group_by(names.c.stream)
+                ).all()
+            )
+        )
+        adding = Counter(s for s, g in records if g)
+        for stream, n in adding.items():
+            if stored[stream] + n > MAX_GROUPS_PER_STREAM:
+                raise self._group_refusal(batch, new, stream, stored[stream])
+        groups = stored + adding
+        room = self.max_series - count - len(records)
+        fits = set(records)
+        for name in sorted(new - records):
+            stream, group = name
+            if room == 0:
+                break
+            if group and groups[stream] >= MAX_GROUPS_PER_STREAM:
+                continue
+            fits.add(name)
+            room -= 1
+            if group:
+                groups[stream] += 1
+        return fits
+
+    def _refusal(self, batch: Batch, new: set[Name], count: int) -> RecordError:
         """Names the first record whose new name does not fit any more."""
         reason = (
             f"a new stream or group, and the collector has {count} of its limit of "
             f"{self.max_series} (--max-series)"
         )
         room = self.max_series - count
-        fitted: set[tuple[str, str]] = set()
+        fitted: set[Name] = set()
         for i, r in enumerate(batch.records):
             name = (r.stream, group_of(r))
             if name not in new or name in fitted:
@@ -98,3 +137,21 @@ class NameGuard:
                 continue
             return RecordError(f"records[{i}].{'group' if name[1] else 'stream'}", reason)
         return RecordError("dropped", reason)
+
+    @staticmethod
+    def _group_refusal(batch: Batch, new: set[Name], stream: str, count: int) -> RecordError:
+        """Names the first record whose new group of `stream` does not fit."""
+        reason = (
+            f"a new consumer group of stream {stream!r}, which has {count} of the limit of "
+            f"{MAX_GROUPS_PER_STREAM} groups per stream"
+        )
+        fitted: set[str] = set()
+        for i, r in enumerate(batch.records):
+            group = group_of(r)
+            if r.stream != stream or not group or (stream, group) not in new or group in fitted:
+                continue
+            if count + len(fitted) < MAX_GROUPS_PER_STREAM:
+                fitted.add(group)
+                continue
+            return RecordError(f"records[{i}].group", reason)
+        return RecordError("records", reason)  # not reached: some record is past the limit

@@ -302,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-series",
         type=int,
-        help="(stream, group) names the store takes before refusing new ones (default 10000)",
+        help="(stream, group) names the store takes before refusing new ones "
+        "(default 10000, at most 65535)",
     )
     p.add_argument(
         "--token-file",

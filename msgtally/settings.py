@@ -17,6 +17,7 @@ from msgtally.ingest.limits import (
     DEFAULT_MAX_INFLIGHT,
     DEFAULT_MAX_SERIES,
     DEFAULT_READ_TIMEOUT,
+    MAX_SERIES,
 )
 from msgtally.ingest.store_url import DEFAULT_DB_URL
 from msgtally.names import DEFAULT_BUCKETS
@@ -40,7 +41,7 @@ class Settings(BaseSettings):
     max_body: int = Field(default=DEFAULT_MAX_BODY, ge=1024)
     max_inflight: int = Field(default=DEFAULT_MAX_INFLIGHT, ge=1024)
     read_timeout: float = Field(default=DEFAULT_READ_TIMEOUT, gt=0)
-    max_series: int = Field(default=DEFAULT_MAX_SERIES, ge=1)
+    max_series: int = Field(default=DEFAULT_MAX_SERIES, ge=1, le=MAX_SERIES)
     token: str | None = None  # MSGTALLY_TOKEN; --token-file reads it from a file
     token_file: str | None = None
     spec: str | None = None  # an SLO spec whose delivery contracts the SLIs show

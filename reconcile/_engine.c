@@ -457,6 +457,16 @@ static PyObject *dict_str(Dict *d, uint32_t i) {
     return d->pystr[i];
 }
 
+/* ------------------------------------------------------------------ limits */
+/* The collector refuses at its door what would pass these (msgtally.ingest.limits
+ * holds the same numbers; a test holds them together), so the engine never
+ * meets a record it cannot apply. A group's index is 16 bits: the collector's
+ * --max-series bound on (stream, group) names keeps the store's groups below
+ * MAX_GROUPS. The slots of an entry (one per group of its stream) number at
+ * most MAX_GROUPS_PER_STREAM, which their 16-bit counts hold. */
+#define MAX_GROUPS 65535
+#define MAX_GROUPS_PER_STREAM 1024
+
 /* ------------------------------------------------------------------ entries */
 
 enum { CLS_PENDING = 0, CLS_DELIVERED, CLS_LOST, CLS_RECOVERED, CLS_UNEXPECTED, CLS_NONE };
@@ -1037,7 +1047,10 @@ static Slot *find_slot(Entry *e, uint32_t gid) {
 static Slot *add_slot(Engine *E, uint32_t idx, uint32_t gid) {
     Entry *e = E->pool[idx];
     if (e->nslots == e->slot_cap) {
-        e = entry_resize(E, idx, e->slot_cap ? e->slot_cap * 2 : 1, e->fp_cap);
+        if (e->slot_cap >= MAX_GROUPS_PER_STREAM) return NULL; /* expect_group refused more */
+        uint32_t cap = e->slot_cap ? (uint32_t)e->slot_cap * 2 : 1;
+        if (cap > MAX_GROUPS_PER_STREAM) cap = MAX_GROUPS_PER_STREAM;
+        e = entry_resize(E, idx, (uint16_t)cap, e->fp_cap);
         if (!e) return NULL;
     }
     Slot *s = &slots_of(e)[e->nslots++];
@@ -1401,9 +1414,11 @@ static int64_t stream_index(Engine *E, const Str *s) {
     return sid;
 }
 
+/* 1: added, 0: expected already, -1: no memory, -2: the stream has its limit of groups. */
 static int expect_group(Engine *E, uint32_t sid, uint32_t gid) {
     StreamInfo *si = &E->sinfo[sid];
     if (stream_expects(si, gid)) return 0;
+    if (si->n >= MAX_GROUPS_PER_STREAM) return -2;
     if (grow(&si->gids, &si->cap, si->n, sizeof(uint32_t), 4)) return -1;
     si->gids[si->n++] = gid;
     return 1;
@@ -1508,7 +1523,7 @@ static int apply_record(Engine *E, const Rec *r, double received_at, const Place
         const Str *g = &r->text[F_GROUP];
         if (g->nil) return -1;
         int64_t gid = dict_get(&E->groups, g->s, g->n, 1);
-        if (gid < 0 || gid > 65535) return -1;
+        if (gid < 0 || gid > MAX_GROUPS) return -1;
         if (expect_group(E, (uint32_t)sid, (uint32_t)gid) < 0) return -1;
         Slot *s = find_slot(e, (uint32_t)gid);
         if (!s) {
@@ -1612,7 +1627,7 @@ static int64_t seq_find(Engine *E, const Str *producer, uint32_t sid, int kind, 
     int64_t pid = dict_get(&E->producers, producer->s, producer->n, 1);
     int64_t gid = kind == K_CONSUME ? dict_get(&E->groups, group->s, group->n, 1) : 0;
     if (pid < 0 || gid < 0) return -1;
-    if (gid > 65535) return -2;
+    if (gid > MAX_GROUPS) return -2;
     int64_t i = seq_index(E, (uint32_t)pid, sid, (uint32_t)gid, kind);
     if (i >= 0) E->seq_recent[slot] = (uint32_t)i + 1;
     return i;
@@ -2034,8 +2049,16 @@ static PyObject *Engine_expect(Engine *E, PyObject *args) {
     int64_t sid = stream_index(E, &st);
     int64_t gid = dict_get(&E->groups, (const uint8_t *)g, (uint32_t)gn, 1);
     if (sid < 0 || gid < 0) return PyErr_NoMemory();
-    if (gid > 65535) { PyErr_SetString(EngineError, "more than 65536 consumer groups"); return NULL; }
+    if (gid > MAX_GROUPS) {
+        PyErr_Format(EngineError, "more than %d consumer groups in all", MAX_GROUPS);
+        return NULL;
+    }
     int added = expect_group(E, (uint32_t)sid, (uint32_t)gid);
+    if (added == -2) {
+        PyErr_Format(EngineError, "stream %R has %d consumer groups, the limit of groups per stream",
+                     PyTuple_GET_ITEM(args, 0), MAX_GROUPS_PER_STREAM);
+        return NULL;
+    }
     if (added < 0) return PyErr_NoMemory();
     if (added) {
         for (uint32_t idx = 0; idx < E->pool_n; idx++) {
@@ -2545,34 +2568,53 @@ static PyObject *Engine_backfill_scan(Engine *E, PyObject *args) {
     return PyLong_FromLong(produced);
 }
 
+/* The scanned ids owe each of the groups a verdict (one scan serves every
+ * group new to the stream in a tick). */
 static PyObject *Engine_backfill_finish(Engine *E, PyObject *args) {
-    const char *s, *g;
-    Py_ssize_t sn, gn;
-    if (!PyArg_ParseTuple(args, "s#s#", &s, &sn, &g, &gn)) return NULL;
+    const char *s;
+    Py_ssize_t sn;
+    PyObject *groups;
+    if (!PyArg_ParseTuple(args, "s#O", &s, &sn, &groups)) return NULL;
+    PyObject *seq = PySequence_Fast(groups, "groups must be a sequence");
+    if (!seq) return NULL;
     int64_t sid = dict_get(&E->streams, (const uint8_t *)s, (uint32_t)sn, 0);
-    int64_t gid = dict_get(&E->groups, (const uint8_t *)g, (uint32_t)gn, 1);
-    if (gid < 0) return PyErr_NoMemory();
     long owed = 0;
-    for (uint32_t i = 0; sid >= 0 && i < E->bf_n; i++) {
-        Entry *e = E->bf_entries[i];
-        Slot s0;
-        memset(&s0, 0, sizeof s0);
-        s0.gid = (uint16_t)gid;
-        s0.first_ts = INFINITY;
-        s0.first_ok = INFINITY;
-        s0.flags = SL_PANY | ((e->flags & E_ACKED) ? SL_ACKED : 0);
-        s0.cls = (e->flags & E_ACKED) ? CLS_LOST : CLS_NONE;
-        int64_t zero[N_TALLY] = {0}, after[N_TALLY];
-        counts_of(e, &s0, after);
-        if (add_delta(E, e->sid, (uint32_t)gid, zero, after)) return PyErr_NoMemory();
-        PyObject *row = verdict_row(E, e, &s0);
-        if (!row || PyList_Append(E->verdicts, row)) { Py_XDECREF(row); return NULL; }
-        Py_DECREF(row);
-        if (known_add(E, e->hash)) return PyErr_NoMemory();
-        owed++;
+    for (Py_ssize_t k = 0; k < PySequence_Fast_GET_SIZE(seq); k++) {
+        Py_ssize_t gn;
+        const char *g = PyUnicode_AsUTF8AndSize(PySequence_Fast_GET_ITEM(seq, k), &gn);
+        if (!g) goto fail;
+        int64_t gid = dict_get(&E->groups, (const uint8_t *)g, (uint32_t)gn, 1);
+        if (gid < 0) { PyErr_NoMemory(); goto fail; }
+        if (gid > MAX_GROUPS) {
+            PyErr_Format(EngineError, "more than %d consumer groups in all", MAX_GROUPS);
+            goto fail;
+        }
+        for (uint32_t i = 0; sid >= 0 && i < E->bf_n; i++) {
+            Entry *e = E->bf_entries[i];
+            Slot s0;
+            memset(&s0, 0, sizeof s0);
+            s0.gid = (uint16_t)gid;
+            s0.first_ts = INFINITY;
+            s0.first_ok = INFINITY;
+            s0.flags = SL_PANY | ((e->flags & E_ACKED) ? SL_ACKED : 0);
+            s0.cls = (e->flags & E_ACKED) ? CLS_LOST : CLS_NONE;
+            int64_t zero[N_TALLY] = {0}, after[N_TALLY];
+            counts_of(e, &s0, after);
+            if (add_delta(E, e->sid, (uint32_t)gid, zero, after)) { PyErr_NoMemory(); goto fail; }
+            PyObject *row = verdict_row(E, e, &s0);
+            if (!row || PyList_Append(E->verdicts, row)) { Py_XDECREF(row); goto fail; }
+            Py_DECREF(row);
+            if (known_add(E, e->hash)) { PyErr_NoMemory(); goto fail; }
+            owed++;
+        }
     }
+    Py_DECREF(seq);
     bf_reset(E);
     return PyLong_FromLong(owed);
+fail:
+    Py_DECREF(seq);
+    bf_reset(E);
+    return NULL;
 }
 
 /* ------------------------------------------------------------ checkpoints */
@@ -2880,7 +2922,7 @@ static PyMethodDef Engine_methods[] = {
     {"in_flight", (PyCFunction)Engine_in_flight, METH_NOARGS, "in_flight() -> {(stream, group): n}"},
     {"stats", (PyCFunction)Engine_stats, METH_NOARGS, "stats() -> dict"},
     {"backfill_scan", (PyCFunction)Engine_backfill_scan, METH_VARARGS, "backfill_scan(body, stream) -> n"},
-    {"backfill_finish", (PyCFunction)Engine_backfill_finish, METH_VARARGS, "backfill_finish(stream, group) -> n"},
+    {"backfill_finish", (PyCFunction)Engine_backfill_finish, METH_VARARGS, "backfill_finish(stream, groups) -> n"},
     {"dumps", (PyCFunction)Engine_dumps, METH_NOARGS, "dumps() -> bytes"},
     {"loads", (PyCFunction)Engine_loads, METH_O, "loads(bytes)"},
     {NULL, NULL, 0, NULL}};
@@ -2917,6 +2959,8 @@ PyMODINIT_FUNC PyInit__engine(void) {
     for (int k = 0; k < N_TALLY; k++) PyTuple_SET_ITEM(names, k, PyUnicode_FromString(TALLY_NAMES[k]));
     PyModule_AddObject(m, "TALLY_FIELDS", names);
     PyModule_AddIntConstant(m, "SKETCH_OFFSET", SKETCH_OFFSET);
+    PyModule_AddIntConstant(m, "MAX_GROUPS", MAX_GROUPS);
+    PyModule_AddIntConstant(m, "MAX_GROUPS_PER_STREAM", MAX_GROUPS_PER_STREAM);
     PyModule_AddObject(m, "SKETCH_GAMMA", PyFloat_FromDouble(SKETCH_GAMMA));
     return m;
 }

@@ -106,14 +106,11 @@ class Reconciler:
             self.core.configure(self.config.deadline, self.config.settle, self.config.remember)
             for stream, seconds in self.config.stream_deadlines.items():
                 self.core.set_deadline(stream, seconds)
-            missing = [
-                (stream, group)
-                for stream, groups in self.config.expected_groups.items()
-                for group in groups
-                if group not in self.core.expected().get(stream, ())
-            ]
-            for stream, group in missing:
-                self._backfill(stream, group)
+            expected = self.core.expected()
+            for stream, groups in self.config.expected_groups.items():
+                missing = [g for g in groups if g not in expected.get(stream, ())]
+                if missing:
+                    self._backfill(stream, missing)
             # Ticks from here on run with this configuration: a replay must too.
             self.checkpoint()
         except BaseException:
@@ -172,8 +169,11 @@ class Reconciler:
         last = math.inf if final else now
         watermark = last if next_receipt is None else min(now, next_receipt)
         bodies = [r.body for r in batch]
+        new: dict[str, list[str]] = {}
         for stream, group in self.core.new_groups(bodies):
-            self._backfill(stream, group)
+            new.setdefault(stream, []).append(group)
+        for stream, groups in new.items():
+            self._backfill(stream, groups)
         before = self.core.stats()
         self._fold(batch, now, watermark)
         pairs, rows, missing = self.core.drain()
@@ -265,14 +265,15 @@ class Reconciler:
             c.execute(delete(ticks).where(ticks.c.tick <= self.tick_no))
         self._last_checkpoint = time.monotonic()
 
-    def _backfill(self, stream: str, group: str) -> None:
-        """A group seen for the first time is owed every id produced on its stream.
+    def _backfill(self, stream: str, groups: Sequence[str]) -> None:
+        """Groups seen for the first time are owed every id produced on their stream.
 
-        Ids in memory get a slot for it; the others are found in the log
-        applied so far. The figures and a checkpoint commit together, so a
-        crash never counts a back-fill twice.
+        Ids in memory get a slot for each; the others are found in the log
+        applied so far, in one scan for all of them. The figures and a
+        checkpoint commit together, so a crash never counts a back-fill twice.
         """
-        self.core.expect(stream, group)
+        for group in groups:
+            self.core.expect(stream, group)
         started = time.monotonic()
         scanned = 0
         with self.store.connect() as conn:
@@ -283,9 +284,9 @@ class Reconciler:
                 self.core.backfill_scan(row.body, stream)
                 scanned += 1
                 if scanned % 1000 == 0:
-                    log_.info("back-filling group %r of stream %r: %d log rows", group, stream,
-                              scanned)  # fmt: skip
-        owed = self.core.backfill_finish(stream, group)
+                    log_.info("back-filling %d new group(s) of stream %r: %d log rows",
+                              len(groups), stream, scanned)  # fmt: skip
+        owed = self.core.backfill_finish(stream, groups)
         pairs, rows, missing = self.core.drain()
         with write_tx(self.store) as conn:
             write_pairs(conn, pairs, self.config.latency_buckets)
@@ -294,8 +295,10 @@ class Reconciler:
             self.checkpoint(conn)
         if owed or scanned:
             log_.info(
-                "group %r of stream %r: owed %d earlier ids (%d log rows, %.1fs)",
-                group, stream, owed, scanned, time.monotonic() - started,
+                "%d new group(s) of stream %r (%s): owed %d verdicts of earlier ids "
+                "(%d log rows, %.1fs)",
+                len(groups), stream, ", ".join(map(repr, groups[:5])), owed, scanned,
+                time.monotonic() - started,
             )  # fmt: skip
 
 

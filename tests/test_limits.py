@@ -1,0 +1,97 @@
+"""Every limit of the engine is enforced at the collector's door: past one, a
+record is refused (422, naming the limit), the figures of everything else stay
+exact, and the engine never meets a record it cannot apply."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from sqlalchemy import Engine
+
+from msgtally.ingest import limits, logbody
+from msgtally.ingest.schema import parse_batch
+from msgtally.reconcile import ReconcileConfig, _engine
+from msgtally.slis.read.query import read_slis
+from tests.conftest import LiveCollector
+from tests.harness import T
+
+LIMIT = limits.MAX_GROUPS_PER_STREAM
+
+
+def test_the_engine_and_the_door_hold_the_same_numbers() -> None:
+    assert _engine.MAX_GROUPS_PER_STREAM == limits.MAX_GROUPS_PER_STREAM
+    # A group's index is 16 bits; every group is one of the store's names.
+    assert _engine.MAX_GROUPS == limits.MAX_SERIES
+
+
+def test_the_engine_refuses_a_group_past_its_stream_limit_and_stays_whole() -> None:
+    """The engine's own guard (the door keeps records from reaching it): an
+    error naming the limit, never a write past an entry's slots."""
+    core = _engine.Engine(1.0, 0.0, 0.0, [0.1])
+    body = logbody.encode(parse_batch([
+        {"stream": "s", "kind": "produce", "message_id": f"m{i}", "ts": T} for i in range(3)
+    ]), None)  # fmt: skip
+    assert core.apply(body, T) == 3  # ids in flight while the groups come
+    for i in range(LIMIT):
+        assert core.expect("s", f"g{i}")
+    with pytest.raises(_engine.EngineError, match=f"{LIMIT} consumer groups, the limit"):
+        core.expect("s", "one-too-many")
+    core.advance(T + 10, T + 10)
+    pairs, _rows, _missing = core.drain()
+    lost = {group: counts["lost"] for _stream, group, counts, *_ in pairs}
+    assert lost == {f"g{i}": 3 for i in range(LIMIT)}
+
+
+def _post(url: str, records: list[dict[str, object]]) -> httpx.Response:
+    return httpx.post(f"{url}/v1/records", json=records, timeout=30)
+
+
+@pytest.mark.postgres
+def test_a_group_past_the_stream_limit_is_refused_and_the_rest_stays_exact(
+    engine: Engine,
+) -> None:
+    now = time.time()
+    config = ReconcileConfig(deadline=0.5, settle=0.2)
+    with LiveCollector(
+        engine, config, max_series=limits.MAX_SERIES, reconcile_interval=0.05
+    ) as live:
+        groups = [
+            {"stream": "s", "kind": "consume", "message_id": "c", "ts": now, "group": f"g{i}"}
+            for i in range(LIMIT)
+        ]
+        assert _post(live.url, groups).status_code == 200
+        one_more = [
+            {"stream": "t", "kind": "produce", "message_id": "t1", "ts": now},
+            {"stream": "s", "kind": "consume", "message_id": "d", "ts": now, "group": "g0"},
+            {"stream": "s", "kind": "consume", "message_id": "d", "ts": now, "group": "extra"},
+        ]
+        resp = _post(live.url, one_more)
+        assert resp.status_code == 422
+        detail = resp.json()["detail"]
+        assert detail["field"] == "records[2].group"
+        assert f"limit of {LIMIT} groups per stream" in detail["reason"]
+        # Nothing of the refused batch was stored; names the stream knows still flow.
+        ok = [
+            {"stream": "s", "kind": "produce", "message_id": "p1", "ts": now},
+            {"stream": "s", "kind": "consume", "message_id": "p1", "ts": now, "group": "g7"},
+            {"stream": "t", "kind": "produce", "message_id": "t2", "ts": now},
+            {"stream": "t", "kind": "consume", "message_id": "t2", "ts": now, "group": "a"},
+        ]
+        assert _post(live.url, ok).status_code == 200
+        want_t = {"produced": 1, "delivered": 1, "lost": 0, "unexpected": 0}
+        deadline = time.monotonic() + 60
+        while True:
+            with engine.connect() as conn:
+                slis = {(r.stream, r.group): r for r in read_slis(conn)}
+            s_done = sum(r.lost for k, r in slis.items() if k[0] == "s") == LIMIT - 1
+            if s_done and ("t", "a") in slis:
+                break
+            assert time.monotonic() < deadline, "the engine did not judge every group"
+            time.sleep(0.2)
+    assert {k: getattr(slis[("t", "a")], k) for k in want_t} == want_t
+    assert slis[("s", "g7")].delivered == 1
+    assert all(slis[("s", f"g{i}")].produced == 1 for i in range(LIMIT))
+    assert all(slis[("s", f"g{i}")].unexpected == 1 for i in range(LIMIT))
+    assert ("s", "extra") not in slis
