@@ -16,8 +16,8 @@ setup(
             optional=True,
         ),
         Extension(
-            "msgtally.ingest.otlp._spans",
-            ["ingest/otlp/_spans.c"],
+            "msgtally.ingest.intake.otlp._spans",
+            ["ingest/intake/otlp/_spans.c"],
             extra_compile_args=["-O2", "-std=c11"],
             optional=True,
         ),

@@ -233,12 +233,12 @@ def wire(rec: Rec, record_id: str | None) -> dict[str, Any]:
 
 
 def log_bodies(workload: Workload, batch: int, numbered: bool = False) -> list[bytes]:
-    """The workload as the log holds it (msgtally.ingest.logbody), `batch` records a body.
+    """The workload as the log holds it (msgtally.ingest.intake.logbody), `batch` records a body.
 
     `numbered`: as shims send them, each record with its producer (one per stream
     and kind, and group) and its seq, the engine checking the sequences."""
-    from msgtally.ingest import logbody
-    from msgtally.ingest.schema import Consume, Produce
+    from msgtally.ingest.intake import logbody
+    from msgtally.ingest.intake.schema import Consume, Produce
 
     out = []
     last: dict[tuple[str, str, str], int] = {}
@@ -291,8 +291,8 @@ def scratch_dir(keep: str | None = None) -> Iterator[Path]:
 # ---------------------------------------------------------------------------
 
 
-def read_tallies(engine: Engine) -> dict[tuple[str, str], dict[str, float]]:
-    with engine.connect() as conn:
+def read_tallies(store: Engine) -> dict[tuple[str, str], dict[str, float]]:
+    with store.connect() as conn:
         rows = conn.execute(text("SELECT * FROM tallies")).mappings().all()
     return {(r["stream"], r["grp"]): dict(r) for r in rows}
 

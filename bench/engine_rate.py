@@ -44,10 +44,10 @@ from _common import (
     wire,
 )
 
-from msgtally.ingest.db import open_engine, write_tx
-from msgtally.ingest.tables import log as log_table
-from msgtally.ingest.tables import log_pending
 from msgtally.reconcile import ReconcileConfig, _engine, reconcile
+from msgtally.store.db import open_store, write_tx
+from msgtally.store.tables import log as log_table
+from msgtally.store.tables import log_pending
 
 BATCH = 10_000
 GOAL_DUCKDB = 1.0
@@ -173,7 +173,7 @@ def check(name: str, expected: dict[tuple[str, str], dict[str, float]],
 
 def through_store(bodies: list[bytes], workload: Workload, directory: Path) -> float:
     """reconcile() over a log already written: read, apply, judge, write, checkpoint."""
-    store = open_engine(str(directory / "engine.db"))
+    store = open_store(str(directory / "engine.db"))
     with write_tx(store) as conn:
         for body in bodies:
             row = conn.execute(

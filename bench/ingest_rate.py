@@ -105,10 +105,10 @@ def post_all(base_url: str, bodies: list[bytes], senders: int) -> tuple[float, i
 
 
 def logged(url: str) -> int:
-    engine = create_engine(url)
-    with engine.connect() as conn:
+    store = create_engine(url)
+    with store.connect() as conn:
         n = int(conn.execute(text("SELECT coalesce(sum(n), 0) FROM log")).scalar_one())
-    engine.dispose()
+    store.dispose()
     return n
 
 
@@ -134,7 +134,7 @@ def main() -> None:
     bodies, records = make_bodies(args.ids, args.batch, args.seed)
     reference = json_loads_rate(bodies, records)
     results = []
-    serve_args = () if args.engine else ("--no-reconcile",)
+    serve_args = () if args.store else ("--no-reconcile",)
     with scratch_dir() as directory:
         stores = [("SQLite", f"sqlite:///{directory / 'ingest.db'}")]
         for name, url in stores:

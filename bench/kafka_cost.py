@@ -56,8 +56,8 @@ from confluent_kafka import Producer as RawProducer
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-from msgtally.ingest.adapters.kafka import PRODUCER_DEFAULTS, Consumer, Publisher, Received
-from msgtally.ingest.sdk import MESSAGE_ID_HEADER, Tally
+from msgtally.ingest.shim.adapters.kafka import PRODUCER_DEFAULTS, Consumer, Publisher, Received
+from msgtally.ingest.shim.tally import MESSAGE_ID_HEADER, Tally
 
 # The broker the Kafka adapter's tests start, from the repository's tests/.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

@@ -42,7 +42,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationSc
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
-from msgtally.ingest.otlp.mapping import Mapped, map_span, service_name
+from msgtally.ingest.intake.otlp.mapping import Mapped, map_span, service_name
 
 GOAL_RATIO = 0.5
 EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"

@@ -58,8 +58,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.trace import Link, SpanKind
 from prometheus_client import CollectorRegistry, Counter
 
-from msgtally.ingest import tracing as tr
-from msgtally.ingest.sdk import Tally
+from msgtally.ingest.shim import tracing as tr
+from msgtally.ingest.shim.tally import Tally
 
 GOAL_RATIO = 1.5
 GOAL_UNTRACED_NS = 2000

@@ -12,12 +12,12 @@ __version__ = "0.2.0"
 __all__ = ["Tally", "__version__"]
 
 if TYPE_CHECKING:
-    from .ingest.sdk import Tally
+    from msgtally.ingest.shim.tally import Tally
 
 
 def __getattr__(name: str) -> Any:
     if name == "Tally":
-        from .ingest.sdk import Tally
+        from msgtally.ingest.shim.tally import Tally
 
         return Tally
     raise AttributeError(f"module 'msgtally' has no attribute {name!r}")

@@ -13,26 +13,26 @@ from fastapi import FastAPI
 from prometheus_client.registry import CollectorRegistry
 from sqlalchemy import Engine
 
-from msgtally.ingest import problems
-from msgtally.ingest.api import BODY_SCHEMAS
-from msgtally.ingest.api import router as ingest_router
-from msgtally.ingest.cardinality import NameGuard
-from msgtally.ingest.db import checkpoint_wal
-from msgtally.ingest.ingest_metrics import ingest_metrics
-from msgtally.ingest.intake import Intake
-from msgtally.ingest.limits import (
+from msgtally.ingest.intake import problems
+from msgtally.ingest.intake.api import BODY_SCHEMAS
+from msgtally.ingest.intake.api import router as ingest_router
+from msgtally.ingest.intake.bounds import Intake
+from msgtally.ingest.intake.cardinality import NameGuard
+from msgtally.ingest.intake.limits import (
     DEFAULT_MAX_BODY,
     DEFAULT_MAX_INFLIGHT,
     DEFAULT_MAX_SERIES,
     DEFAULT_READ_TIMEOUT,
 )
-from msgtally.ingest.otlp.grpc_server import OtlpGrpc
-from msgtally.ingest.otlp.http import router as otlp_router
-from msgtally.ingest.otlp.metrics import OtlpMetrics
+from msgtally.ingest.intake.metrics import ingest_metrics
+from msgtally.ingest.intake.otlp.grpc_server import OtlpGrpc
+from msgtally.ingest.intake.otlp.http import router as otlp_router
+from msgtally.ingest.intake.otlp.metrics import OtlpMetrics
 from msgtally.reconcile import LeaseHeld, ReconcileConfig, Reconciler
 from msgtally.slis.read.api import router as slis_router
 from msgtally.slis.read.exposition import StoreCollector
 from msgtally.slis.spec.model import Spec
+from msgtally.store.db import checkpoint_wal
 
 from .auth import BearerAuth, bearer_check
 from .health import router as health_router
@@ -51,8 +51,8 @@ class EngineLoop:
 
     STALE = 30.0  # seconds without a tick before readiness says so
 
-    def __init__(self, engine: Engine, config: ReconcileConfig, interval: float) -> None:
-        self._store, self._config, self._interval = engine, config, interval
+    def __init__(self, store: Engine, config: ReconcileConfig, interval: float) -> None:
+        self._store, self._config, self._interval = store, config, interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="msgtally-engine", daemon=True)
         self.reconciler: Reconciler | None = None
@@ -110,7 +110,7 @@ class EngineLoop:
 
 
 def create_app(
-    engine: Engine,
+    store: Engine,
     config: ReconcileConfig | None = None,
     *,
     max_body: int = DEFAULT_MAX_BODY,
@@ -128,7 +128,7 @@ def create_app(
     with an SLO `spec`, its SLIs carry the delivery contracts the spec declares."""
     config = config or ReconcileConfig()
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(engine, config.latency_buckets))
+    registry.register(StoreCollector(store, config.latency_buckets))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -138,7 +138,7 @@ def create_app(
             port = await grpc_server.start(*otlp_grpc)
             log.info("OTLP/gRPC on %s:%d", otlp_grpc[0], port)
         _app.state.otlp_grpc = grpc_server
-        loop = EngineLoop(engine, config, reconcile_interval) if reconcile_interval else None
+        loop = EngineLoop(store, config, reconcile_interval) if reconcile_interval else None
         _app.state.engine_loop = loop
         if loop:
             loop.start()
@@ -151,7 +151,7 @@ def create_app(
                 loop.stop()
 
     app = FastAPI(title="msgtally collector", version="0.1.0", lifespan=lifespan)
-    app.state.engine = engine
+    app.state.store = store
     app.state.spec = spec
     app.state.registry = registry
     ingest_metrics(app.state)  # the ingest counters, at 0 from the first scrape

@@ -14,7 +14,7 @@ from collections.abc import Callable, Collection
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from msgtally.ingest import problems
+from msgtally.ingest.intake import problems
 
 
 def bearer_check(token: str) -> Callable[[bytes], str | None]:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from msgtally import __version__
-from msgtally.ingest.store_url import DEFAULT_DB_URL
+from msgtally.store.url import DEFAULT_DB_URL
 
 from . import slo_commands
 from .errors import CommandError
@@ -125,7 +125,7 @@ def _listen(host: str, port: int) -> socket.socket:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from msgtally.ingest.db import open_engine
+    from msgtally.store.db import open_store
 
     from .app import create_app
     from .settings import settings_from_args
@@ -143,13 +143,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise CommandError(f"{exc} (OTLP/gRPC: --otlp-grpc-port, --no-otlp-grpc)") from None
     options = settings.collector_options()
     spec = _spec(settings)
-    engine = open_engine(settings.db)
-    app = create_app(engine, settings.reconcile_config(), spec=spec, **options)
+    store = open_store(settings.db)
+    app = create_app(store, settings.reconcile_config(), spec=spec, **options)
     loop = f"every {settings.interval:g}s" if settings.reconcile else "off"
     grpc = f"{settings.host}:{settings.otlp_grpc_port}" if settings.otlp_grpc else "off"
     print(
         f"msgtally collector on http://{settings.host}:{settings.port} "
-        f"(store: {engine.url.render_as_string(hide_password=True)}, "
+        f"(store: {store.url.render_as_string(hide_password=True)}, "
         f"reconcile: {loop}, OTLP: /v1/traces and gRPC {grpc})",
         file=sys.stderr,
     )
@@ -175,18 +175,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
-    from msgtally.ingest.db import open_engine
     from msgtally.reconcile import TickResult, reconcile
+    from msgtally.store.db import open_store
 
     from .app import EngineLoop
     from .settings import settings_from_args
 
     settings = settings_from_args(args)
-    engine = open_engine(settings.db)
+    store = open_store(settings.db)
     config = settings.reconcile_config()
     if args.loop:
-        loop = EngineLoop(engine, config, settings.interval)
-        shown = engine.url.render_as_string(hide_password=True)
+        loop = EngineLoop(store, config, settings.interval)
+        shown = store.url.render_as_string(hide_password=True)
         print(f"msgtally engine on {shown}", file=sys.stderr)
         loop.start()
         with contextlib.suppress(KeyboardInterrupt):
@@ -199,7 +199,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     def progress(part: TickResult) -> None:
         print(f"  applied {part.records} records, {part.judged} verdicts", file=sys.stderr)
 
-    result = reconcile(engine, config, args.now, on_tick=progress)
+    result = reconcile(store, config, args.now, on_tick=progress)
     print(
         f"reconciled {result.records} records ({result.batches} log rows): "
         f"{result.judged} verdicts ({time.monotonic() - started:.2f}s)",
@@ -209,17 +209,17 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from msgtally.ingest.db import open_engine
     from msgtally.slis.read.figures import with_contracts
     from msgtally.slis.read.query import read_slis
     from msgtally.slis.read.report import render_table
+    from msgtally.store.db import open_store
 
     from .settings import settings_from_args
 
     settings = settings_from_args(args)
     spec = _spec(settings)
-    engine = open_engine(settings.db, create=False)  # a report never makes a store
-    with engine.connect() as conn:
+    store = open_store(settings.db, create=False)  # a report never makes a store
+    with store.connect() as conn:
         everything = with_contracts(read_slis(conn), spec)
     slis = [
         s
@@ -366,7 +366,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     """The exceptions that mean "the user can fix this", each printed as one line."""
     known: list[type[BaseException]] = [CommandError]
     try:
-        from msgtally.ingest.db import StoreError
+        from msgtally.store.db import StoreError
 
         known.append(StoreError)
     except ImportError:  # no collector extra: no store either

@@ -18,14 +18,14 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from msgtally.ingest.db import StoreError, open_engine
-from msgtally.ingest.tables import meta
 from msgtally.reconcile import ReconcileConfig, reconcile
 from msgtally.slis.read.figures import SLI, with_contracts
 from msgtally.slis.read.query import read_slis
 from msgtally.slis.read.report import render_table
 from msgtally.slis.spec.model import Contract, Spec
 from msgtally.slis.spec.semantics import Semantics
+from msgtally.store.db import StoreError, open_store
+from msgtally.store.tables import meta
 
 from .app import create_app
 from .server import BackgroundServer
@@ -47,12 +47,12 @@ def _fresh_db(path: Path) -> None:
     if path.exists():
         made_by_demo = None
         try:
-            engine = open_engine(str(path), create=False)
-            with engine.connect() as conn:
+            store = open_store(str(path), create=False)
+            with store.connect() as conn:
                 made_by_demo = conn.execute(
                     select(meta.c.value).where(meta.c.key == "demo")
                 ).scalar_one_or_none()
-            engine.dispose()
+            store.dispose()
         except (StoreError, SQLAlchemyError):
             pass  # not a store at all: not the demo's either
         if made_by_demo is None:
@@ -66,8 +66,8 @@ def _fresh_db(path: Path) -> None:
 def run_demo(db: str, seed: int = 7, ids: int = 20_000) -> int:
     path = Path(db)
     _fresh_db(path)
-    engine = open_engine(str(path))
-    with engine.begin() as conn:
+    store = open_store(str(path))
+    with store.begin() as conn:
         conn.execute(meta.insert().values(key="demo", value="1"))
     config = ReconcileConfig(stream_deadlines={f.stream: f.deadline for f in FLOWS})
     now = time.time()
@@ -79,7 +79,7 @@ def run_demo(db: str, seed: int = 7, ids: int = 20_000) -> int:
     )
 
     with (
-        BackgroundServer(create_app(engine, config)) as server,
+        BackgroundServer(create_app(store, config)) as server,
         httpx.Client(base_url=server.url, timeout=60) as client,
     ):
         print(f"collector listening on {server.url}, store {path}", file=err)
@@ -104,7 +104,7 @@ def run_demo(db: str, seed: int = 7, ids: int = 20_000) -> int:
         client.post("/v1/records", json=sim.records[:500]).raise_for_status()
         print("  resent 500 records, as a shim does after a timeout", file=err)
         started = time.monotonic()
-        result = reconcile(engine, config, now)
+        result = reconcile(store, config, now)
         print(
             f"reconciled {result.records} records: {result.judged} verdicts in "
             f"{time.monotonic() - started:.2f}s",
@@ -112,7 +112,7 @@ def run_demo(db: str, seed: int = 7, ids: int = 20_000) -> int:
         )
         lost = client.get("/v1/discrepancies", params={"kind": "lost", "limit": 3}).json()
 
-    with engine.connect() as conn:
+    with store.connect() as conn:
         slis = with_contracts(read_slis(conn), CONTRACTS)
     print()
     print(render_table(slis))
@@ -128,7 +128,7 @@ def run_demo(db: str, seed: int = 7, ids: int = 20_000) -> int:
         f"serve it:  msgtally serve --db {path}   (then GET /v1/slis, /metrics)\n"
         f"report:    msgtally report --db {path} [--json]"
     )
-    engine.dispose()
+    store.dispose()
     ok = all(
         getattr(s, f) == sim.truth.get((s.stream, s.group), Counter())[f]
         for s in slis

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from msgtally.ingest.problems import problem
+from msgtally.ingest.intake.problems import problem
 
 router = APIRouter()
 # Readiness pings the store from a thread of its own: the shared thread pool
@@ -25,8 +25,8 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-def _ping(engine: Engine) -> None:
-    with engine.connect() as conn:
+def _ping(store: Engine) -> None:
+    with store.connect() as conn:
         conn.execute(text("SELECT 1"))
 
 
@@ -38,7 +38,7 @@ async def readyz(request: Request) -> dict[str, str]:
     if loop is not None and (trouble := loop.problem()) is not None:
         problems.append(trouble)
     try:
-        run = asyncio.get_running_loop().run_in_executor(_pinger, _ping, request.app.state.engine)
+        run = asyncio.get_running_loop().run_in_executor(_pinger, _ping, request.app.state.store)
         await asyncio.wait_for(run, PING_TIMEOUT)
     except TimeoutError:
         problems.append(f"the store did not answer within {PING_TIMEOUT:g} s")

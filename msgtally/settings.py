@@ -12,14 +12,13 @@ from typing import Any
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from msgtally.ingest.limits import (
+from msgtally.ingest.intake.limits import (
     DEFAULT_MAX_BODY,
     DEFAULT_MAX_INFLIGHT,
     DEFAULT_MAX_SERIES,
     DEFAULT_READ_TIMEOUT,
     MAX_SERIES,
 )
-from msgtally.ingest.store_url import DEFAULT_DB_URL
 from msgtally.names import DEFAULT_BUCKETS
 from msgtally.reconcile.config import (
     DEFAULT_BUDGET,
@@ -28,6 +27,7 @@ from msgtally.reconcile.config import (
     DEFAULT_SETTLE,
     ReconcileConfig,
 )
+from msgtally.store.url import DEFAULT_DB_URL
 
 
 class Settings(BaseSettings):

@@ -11,7 +11,7 @@
  * `counts_of` below is the one place that says what a judged slot counts for.
  *
  * Python sees an `Engine` object: feed it log bodies (msgpack arrays written
- * by msgtally.ingest.logbody), advance its clocks, drain what changed
+ * by msgtally.ingest.intake.logbody), advance its clocks, drain what changed
  * (tally deltas, latency histograms and sketches, verdict rows of discrepant
  * ids), and serialize its whole state for a checkpoint.
  *
@@ -107,8 +107,8 @@ static void ptable_remove_at(void **table, uint32_t mask, uint32_t j) {
 }
 
 /* ------------------------------------------------------------- log bodies */
-/* A log body is msgpack: [2, marks, [record, ...]] (msgtally.ingest.logbody),
- * each record a map from the field names of msgtally.ingest.schema to their
+/* A log body is msgpack: [2, marks, [record, ...]] (msgtally.ingest.intake.logbody),
+ * each record a map from the field names of msgtally.ingest.intake.schema to their
  * values, as msgspec encodes the validated records (fields at their default
  * are left out); marks is nil, or the sender's sequence marks, each
  * [producer, stream, kind, group, last]. Bodies of version 1, [1, [record,
@@ -458,7 +458,7 @@ static PyObject *dict_str(Dict *d, uint32_t i) {
 }
 
 /* ------------------------------------------------------------------ limits */
-/* The collector refuses at its door what would pass these (msgtally.ingest.limits
+/* The collector refuses at its door what would pass these (msgtally.ingest.intake.limits
  * holds the same numbers; a test holds them together), so the engine never
  * meets a record it cannot apply. A group's index is 16 bits: the collector's
  * --max-series bound on (stream, group) names keeps the store's groups below

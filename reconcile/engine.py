@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, delete, func, select
 
-from msgtally.ingest.db import upsert, write_tx
-from msgtally.ingest.tables import checkpoint, log, log_pending, ticks
+from msgtally.store.db import upsert, write_tx
+from msgtally.store.tables import checkpoint, log, log_pending, ticks
 
 try:
     from . import _engine
@@ -353,5 +353,5 @@ def reconcile(
 
     Raises LeaseHeld when another engine is running on the store.
     """
-    with Reconciler(store, config) as engine:
-        return engine.catch_up(time.time() if now is None else now, on_tick=on_tick)
+    with Reconciler(store, config) as reconciler:
+        return reconciler.catch_up(time.time() if now is None else now, on_tick=on_tick)

@@ -14,8 +14,9 @@ from typing import Any
 
 from sqlalchemy import Connection, case, delete, select, tuple_
 
-from msgtally.ingest.db import upsert
-from msgtally.ingest.tables import (
+from msgtally.names import TALLY_FIELDS, bucket_label
+from msgtally.store.db import upsert
+from msgtally.store.tables import (
     in_flight,
     latency_buckets,
     latency_sketch,
@@ -24,7 +25,6 @@ from msgtally.ingest.tables import (
     tallies,
     verdicts,
 )
-from msgtally.names import TALLY_FIELDS, bucket_label
 
 # A drained pair: (stream, group, {tally: delta}, latency_sum, histogram, sketch bins).
 Pair = tuple[str, str, Mapping[str, int], float, Sequence[int], Mapping[int, int]]

@@ -20,10 +20,10 @@ from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 
-from msgtally.ingest.adapters.common import Received
-from msgtally.ingest.db import open_engine
-from msgtally.ingest.sdk import Tally
+from msgtally.ingest.shim.adapters.common import Received
+from msgtally.ingest.shim.tally import Tally
 from msgtally.reconcile import ReconcileConfig, reconcile
+from msgtally.store.db import open_store
 from tests.conftest import LiveCollector
 
 GROUP = "billing"
@@ -123,7 +123,7 @@ def adapter_env(tmp_path: Path, system: str, deadline: float = 5.0) -> Iterator[
     """An `Env` for one test; every shim it made is closed afterwards. Every
     message must be delivered within `deadline` s of its produce to count as
     delivered (the oracle's figures assume it)."""
-    store = open_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    store = open_store(f"sqlite:///{tmp_path / 'store.db'}")
     spans = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(spans))

@@ -17,9 +17,9 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.pool import NullPool
 
 from msgtally.app import create_app
-from msgtally.ingest.db import open_engine
 from msgtally.reconcile import ReconcileConfig
 from msgtally.server import BackgroundServer
+from msgtally.store.db import open_store
 
 PG_ADMIN_URL = os.environ.get(
     "MSGTALLY_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -69,8 +69,8 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    eng = open_engine(db_url)
+def store(db_url: str) -> Iterator[Engine]:
+    eng = open_store(db_url)
     yield eng
     eng.dispose()
 
@@ -78,8 +78,8 @@ def engine(db_url: str) -> Iterator[Engine]:
 class LiveCollector(BackgroundServer):
     """A real collector (uvicorn, real sockets) in a thread of the test process."""
 
-    def __init__(self, engine: Engine, config: ReconcileConfig, **kwargs: Any) -> None:
-        super().__init__(create_app(engine, config, **kwargs))
+    def __init__(self, store: Engine, config: ReconcileConfig, **kwargs: Any) -> None:
+        super().__init__(create_app(store, config, **kwargs))
 
     def __enter__(self) -> LiveCollector:
         super().__enter__()
@@ -87,8 +87,8 @@ class LiveCollector(BackgroundServer):
 
 
 @pytest.fixture
-def collector(engine: Engine) -> Iterator[LiveCollector]:
-    with LiveCollector(engine, ReconcileConfig()) as live:
+def collector(store: Engine) -> Iterator[LiveCollector]:
+    with LiveCollector(store, ReconcileConfig()) as live:
         yield live
 
 

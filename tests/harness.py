@@ -10,15 +10,15 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
-from msgtally.ingest import logbody
-from msgtally.ingest.db import write_tx
-from msgtally.ingest.schema import Batch, Produce, parse_batch, parse_body
-from msgtally.ingest.tables import log, meta, metadata
-from msgtally.ingest.wire import FIELDS, record_to_json
-from msgtally.ingest.writer import write_batch
+from msgtally.ingest.intake import logbody
+from msgtally.ingest.intake.schema import Batch, Produce, parse_batch, parse_body
+from msgtally.ingest.intake.writer import write_batch
+from msgtally.ingest.shim.wire import FIELDS, record_to_json
 from msgtally.reconcile import ReconcileConfig, reconcile
 from msgtally.slis.read.query import read_discrepancies, read_missing, read_slis
 from msgtally.slis.read.sketch import RELATIVE_ERROR
+from msgtally.store.db import write_tx
+from msgtally.store.tables import log, meta, metadata
 from tests.oracle import (
     COUNT_NAMES,
     ID_KINDS,
@@ -61,7 +61,7 @@ def consume(
 
 
 def ingest(
-    engine: Engine,
+    store: Engine,
     records: Sequence[Record],
     received_at: float | None = None,
     sequences: Sequence[Mark] | None = None,
@@ -73,22 +73,22 @@ def ingest(
     """
     wire = [record_to_json(r) for r in records]
     if sequences is None:
-        return write_batch(engine, Batch(parse_batch(wire), [], None), received_at)
+        return write_batch(store, Batch(parse_batch(wire), [], None), received_at)
     body = {"records": wire, "sequences": [m._asdict() for m in sequences]}
-    return write_batch(engine, parse_body(json.dumps(body).encode()), received_at)
+    return write_batch(store, parse_body(json.dumps(body).encode()), received_at)
 
 
-def missing(engine: Engine) -> dict[tuple[str, str, str], int]:
+def missing(store: Engine) -> dict[tuple[str, str, str], int]:
     """Records the engine declared missing, per (stream, kind, group)."""
-    with engine.connect() as conn:
+    with store.connect() as conn:
         return read_missing(conn)
 
 
-def logged(engine: Engine, stream: str | None = None) -> list[dict[str, Any]]:
+def logged(store: Engine, stream: str | None = None) -> list[dict[str, Any]]:
     """Every distinct record the collector logged, sorted: a record sent twice is
     one (by the contract's rule, as the oracle applies it). `group` is "" for
     produces; hex ids as the sender wrote them."""
-    with engine.connect() as conn:
+    with store.connect() as conn:
         bodies = [bytes(b) for (b,) in conn.execute(select(log.c.body).order_by(log.c.id))]
     seen: set[tuple[object, ...]] = set()
     out = []
@@ -104,9 +104,9 @@ def logged(engine: Engine, stream: str | None = None) -> list[dict[str, Any]]:
     return sorted(out, key=lambda d: (d["stream"], d["message_id"], d["kind"], d["ts"]))
 
 
-def repeats(engine: Engine) -> int:
+def repeats(store: Engine) -> int:
     """Records the engine recognised as sent before, so far (as of the last tick)."""
-    with engine.connect() as conn:
+    with store.connect() as conn:
         value = conn.execute(select(meta.c.value).where(meta.c.key == "records_repeated"))
         return int(value.scalar_one_or_none() or 0)
 
@@ -118,21 +118,21 @@ def close_to(got: float | None, exact: float | None) -> bool:
     return abs(got - exact) <= RELATIVE_ERROR * abs(exact) + 1e-9
 
 
-def run(engine: Engine, config: ReconcileConfig, at: float) -> None:
+def run(store: Engine, config: ReconcileConfig, at: float) -> None:
     """One reconcile pass at T + at."""
-    reconcile(engine, config, T + at)
+    reconcile(store, config, T + at)
 
 
-def wipe(engine: Engine) -> None:
+def wipe(store: Engine) -> None:
     """Empty every store table: a fresh store for the next example."""
-    with write_tx(engine) as conn:
+    with write_tx(store) as conn:
         for table in reversed(metadata.sorted_tables):
             conn.execute(table.delete())
 
 
-def figures(engine: Engine) -> Figures:
+def figures(store: Engine) -> Figures:
     """read_slis as {(stream, group): {count..., latency_count, latency_sum, p50, p90, p99}}."""
-    with engine.connect() as conn:
+    with store.connect() as conn:
         slis = read_slis(conn)
     out: Figures = {}
     for s in slis:
@@ -145,11 +145,11 @@ def figures(engine: Engine) -> Figures:
     return out
 
 
-def discrepancy_ids(engine: Engine, kind: str) -> dict[tuple[str, str], set[str]]:
+def discrepancy_ids(store: Engine, kind: str) -> dict[tuple[str, str], set[str]]:
     """Every id of one discrepancy report, per (stream, group), paged through."""
     out: dict[tuple[str, str], set[str]] = {}
     after: tuple[str, str, str] | None = None
-    with engine.connect() as conn:
+    with store.connect() as conn:
         while True:
             rows = read_discrepancies(conn, kind=kind, after=after, limit=50)
             for row in rows:
@@ -202,11 +202,11 @@ def assert_figures(got: Figures, want: Mapping[tuple[str, str], GroupOutcome]) -
     assert not problems, "\n".join(problems)
 
 
-def assert_discrepancies(engine: Engine, want: Mapping[tuple[str, str], GroupOutcome]) -> None:
+def assert_discrepancies(store: Engine, want: Mapping[tuple[str, str], GroupOutcome]) -> None:
     """Every discrepancy report names exactly the oracle's ids."""
     problems = []
     for kind in ID_KINDS:
-        got = discrepancy_ids(engine, kind)
+        got = discrepancy_ids(store, kind)
         expected = {key: o.ids[kind] for key, o in want.items() if o.ids[kind]}
         if got != expected:
             problems.append(f"{kind}: got {got}, expected {expected}")

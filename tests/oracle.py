@@ -20,7 +20,7 @@ DEFAULT_DEADLINE = 300.0
 
 class Record(NamedTuple):
     """One produce or consume event, as the tests build histories: the wire
-    fields in their order (msgtally.ingest.wire.FIELDS); group "" for produces."""
+    fields in their order (msgtally.ingest.shim.wire.FIELDS); group "" for produces."""
 
     stream: str
     kind: str

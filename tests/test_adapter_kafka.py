@@ -31,8 +31,8 @@ from confluent_kafka import KafkaError, Message, TopicPartition
 from confluent_kafka import Producer as RawProducer
 from opentelemetry.trace import SpanKind, StatusCode
 
-from msgtally.ingest.adapters.common import Acks
-from msgtally.ingest.adapters.kafka import (
+from msgtally.ingest.shim.adapters.common import Acks
+from msgtally.ingest.shim.adapters.kafka import (
     DEAD_LETTER_OF,
     DELIVERY_COUNT,
     Consumer,
@@ -40,7 +40,7 @@ from msgtally.ingest.adapters.kafka import (
     Received,
     record_id,
 )
-from msgtally.ingest.sdk import MESSAGE_ID_HEADER, Tally
+from msgtally.ingest.shim.tally import MESSAGE_ID_HEADER, Tally
 from tests.adapter_support import Env, Observed, adapter_env, faulty, figures_of
 from tests.conftest import service_unavailable
 from tests.kafka_broker import Tansu
@@ -246,8 +246,8 @@ def test_commit_before_processing_skips_what_failed(
 
 CRASHING_CONSUMER = """
 import sys, time
-from msgtally.ingest.adapters.kafka import Consumer
-from msgtally.ingest.sdk import Tally
+from msgtally.ingest.shim.adapters.kafka import Consumer
+from msgtally.ingest.shim.tally import Tally
 
 bootstrap, topic, group, collector, n = sys.argv[1:6]
 tally = Tally(collector_url=collector, system="kafka", tracing=False, flush_interval=0.05)

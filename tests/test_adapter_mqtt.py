@@ -23,9 +23,9 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from msgtally.ingest.adapters.common import body_digest
-from msgtally.ingest.adapters.mqtt import ENVELOPE_MAGIC, Publisher, Received, tallied, unwrap
-from msgtally.ingest.sdk import MESSAGE_ID_HEADER
+from msgtally.ingest.shim.adapters.common import body_digest
+from msgtally.ingest.shim.adapters.mqtt import ENVELOPE_MAGIC, Publisher, Received, tallied, unwrap
+from msgtally.ingest.shim.tally import MESSAGE_ID_HEADER
 from tests.adapter_support import Env, Observed, adapter_env, figures_of
 from tests.conftest import service_unavailable
 

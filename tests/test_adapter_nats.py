@@ -29,8 +29,8 @@ from nats.js.errors import NoStreamResponseError
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry
 
-from msgtally.ingest.adapters.common import Acks
-from msgtally.ingest.adapters.nats import (
+from msgtally.ingest.shim.adapters.common import Acks
+from msgtally.ingest.shim.adapters.nats import (
     NATS_MSG_ID,
     JetStreamConsumer,
     Publisher,
@@ -39,7 +39,7 @@ from msgtally.ingest.adapters.nats import (
     message_id_of,
     tallied,
 )
-from msgtally.ingest.sdk import MESSAGE_ID_HEADER, Tally
+from msgtally.ingest.shim.tally import MESSAGE_ID_HEADER, Tally
 from tests.adapter_support import GROUP, Env, Observed, adapter_env, figures_of
 from tests.conftest import service_unavailable
 

@@ -21,9 +21,9 @@ import pytest
 from opentelemetry.trace import SpanKind
 from pika.exceptions import AMQPConnectionError, UnroutableError
 
-from msgtally.ingest.adapters.common import body_digest
-from msgtally.ingest.adapters.rabbitmq import Publisher, Received, tallied
-from msgtally.ingest.sdk import MESSAGE_ID_HEADER
+from msgtally.ingest.shim.adapters.common import body_digest
+from msgtally.ingest.shim.adapters.rabbitmq import Publisher, Received, tallied
+from msgtally.ingest.shim.tally import MESSAGE_ID_HEADER
 from tests.adapter_support import Env, Observed, adapter_env, figures_of
 from tests.conftest import service_unavailable
 

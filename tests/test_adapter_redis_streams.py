@@ -20,8 +20,8 @@ import pytest
 import redis
 from opentelemetry.trace import SpanKind, StatusCode
 
-from msgtally.ingest.adapters.common import Acks
-from msgtally.ingest.adapters.redis_streams import (
+from msgtally.ingest.shim.adapters.common import Acks
+from msgtally.ingest.shim.adapters.redis_streams import (
     DEAD_LETTER_ENTRY,
     DEAD_LETTER_OF,
     DELIVERY_COUNT,
@@ -30,7 +30,7 @@ from msgtally.ingest.adapters.redis_streams import (
     Received,
     message_id_of,
 )
-from msgtally.ingest.sdk import MESSAGE_ID_HEADER, Tally
+from msgtally.ingest.shim.tally import MESSAGE_ID_HEADER, Tally
 from tests.adapter_support import GROUP, Env, Observed, adapter_env, faulty, figures_of
 from tests.conftest import service_unavailable
 

@@ -29,9 +29,13 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
 
-from msgtally.ingest.adapters.webhooks.publisher import AsyncPublisher, Publisher
-from msgtally.ingest.adapters.webhooks.receiver import Received, TallyDependency, TallyMiddleware
-from msgtally.ingest.sdk import Tally
+from msgtally.ingest.shim.adapters.webhooks.publisher import AsyncPublisher, Publisher
+from msgtally.ingest.shim.adapters.webhooks.receiver import (
+    Received,
+    TallyDependency,
+    TallyMiddleware,
+)
+from msgtally.ingest.shim.tally import Tally
 from msgtally.server import BackgroundServer, free_port
 from tests.adapter_support import Observed, adapter_env, figures_of
 from tests.harness import logged

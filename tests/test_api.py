@@ -9,9 +9,9 @@ import httpx
 import pytest
 from sqlalchemy import Engine, func, select
 
-from msgtally.ingest.db import open_engine
-from msgtally.ingest.tables import log, log_pending
 from msgtally.reconcile import ReconcileConfig, reconcile
+from msgtally.store.db import open_store
+from msgtally.store.tables import log, log_pending
 from tests.conftest import LiveCollector
 from tests.harness import repeats
 
@@ -26,13 +26,13 @@ def rec(mid: str, kind: str = "produce", **extra: Any) -> dict[str, Any]:
     return base
 
 
-def stored(engine: Engine) -> int:
+def stored(store: Engine) -> int:
     """Records in the log (a resend is logged again)."""
-    with engine.connect() as conn:
+    with store.connect() as conn:
         return int(conn.execute(select(func.coalesce(func.sum(log.c.n), 0))).scalar_one())
 
 
-def test_accepts_a_batch_and_counts_repeats_once(engine: Engine, collector: LiveCollector) -> None:
+def test_accepts_a_batch_and_counts_repeats_once(store: Engine, collector: LiveCollector) -> None:
     batch = [rec("m1"), rec("m1", "consume"), rec("m2", record_id="r-2")]
     first = httpx.post(f"{collector.url}/v1/records", json=batch)
     assert first.status_code == 200
@@ -41,26 +41,26 @@ def test_accepts_a_batch_and_counts_repeats_once(engine: Engine, collector: Live
     again = [*batch[:2], rec("m2", record_id="r-2", ts=T0 + 5), rec("m3")]
     second = httpx.post(f"{collector.url}/v1/records", json={"records": again})
     assert second.json() == {"accepted": 4}
-    assert stored(engine) == 7
-    reconcile(engine, ReconcileConfig(), now=T0 + 1000)
-    assert repeats(engine) == 3
+    assert stored(store) == 7
+    reconcile(store, ReconcileConfig(), now=T0 + 1000)
+    assert repeats(store) == 3
     (sli,) = httpx.get(f"{collector.url}/v1/slis").json()
     assert (sli["produced"], sli["delivered"], sli["lost"], sli["attempts"]) == (3, 1, 2, 1)
 
 
 def test_consumes_differing_only_in_ts_are_two_deliveries(
-    engine: Engine, collector: LiveCollector
+    store: Engine, collector: LiveCollector
 ) -> None:
     body = [rec("m1"), rec("m1", "consume", ts=T0 + 1), rec("m1", "consume", ts=T0 + 2)]
     assert httpx.post(f"{collector.url}/v1/records", json=body).json() == {"accepted": 3}
-    reconcile(engine, ReconcileConfig(), now=T0 + 1000)
+    reconcile(store, ReconcileConfig(), now=T0 + 1000)
     (sli,) = httpx.get(f"{collector.url}/v1/slis").json()
     assert (sli["delivered"], sli["duplicated"], sli["attempts"]) == (1, 1, 2)
 
 
-def test_a_200_means_committed(engine: Engine, collector: LiveCollector) -> None:
+def test_a_200_means_committed(store: Engine, collector: LiveCollector) -> None:
     httpx.post(f"{collector.url}/v1/records", json=[rec("m1"), rec("m2")]).raise_for_status()
-    other = open_engine(str(engine.url.render_as_string(hide_password=False)), create=False)
+    other = open_store(str(store.url.render_as_string(hide_password=False)), create=False)
     try:
         assert stored(other) == 2
     finally:
@@ -95,7 +95,7 @@ BAD_RECORDS = [
 
 @pytest.mark.parametrize(("bad", "field", "reason"), BAD_RECORDS)
 def test_a_bad_record_rejects_the_whole_batch(
-    engine: Engine, collector: LiveCollector, bad: Any, field: str, reason: str
+    store: Engine, collector: LiveCollector, bad: Any, field: str, reason: str
 ) -> None:
     # json.dumps escapes a lone surrogate as \ud800, as any JSON encoder may.
     body = json.dumps([rec("ok-1"), bad, rec("ok-2")]).encode()
@@ -106,7 +106,7 @@ def test_a_bad_record_rejects_the_whole_batch(
     detail = resp.json()["detail"]
     assert detail["field"] == field
     assert reason in detail["reason"]
-    assert stored(engine) == 0
+    assert stored(store) == 0
     # Still serving.
     assert httpx.post(f"{collector.url}/v1/records", json=[rec("m9")]).status_code == 200
 
@@ -133,18 +133,18 @@ def test_a_bad_record_rejects_the_whole_batch(
     ],
 )
 def test_malformed_bodies(
-    engine: Engine, collector: LiveCollector, body: bytes, status: int, text: str
+    store: Engine, collector: LiveCollector, body: bytes, status: int, text: str
 ) -> None:
     resp = httpx.post(
         f"{collector.url}/v1/records", content=body, headers={"content-type": "application/json"}
     )
     assert resp.status_code == status
     assert text in json.dumps(resp.json()["detail"])
-    assert stored(engine) == 0
+    assert stored(store) == 0
 
 
-def test_body_over_the_limit_is_413(engine: Engine) -> None:
-    with LiveCollector(engine, ReconcileConfig(), max_body=4096) as live:
+def test_body_over_the_limit_is_413(store: Engine) -> None:
+    with LiveCollector(store, ReconcileConfig(), max_body=4096) as live:
         big = [rec(f"m{i}") for i in range(200)]
         resp = httpx.post(f"{live.url}/v1/records", json=big)
         assert resp.status_code == 413
@@ -158,7 +158,7 @@ def test_body_over_the_limit_is_413(engine: Engine) -> None:
 
         resp = httpx.post(f"{live.url}/v1/records", content=chunks())
         assert resp.status_code == 413
-        assert stored(engine) == 0
+        assert stored(store) == 0
         assert httpx.post(f"{live.url}/v1/records", json=big[:3]).status_code == 200
 
 
@@ -169,24 +169,24 @@ def test_health_and_readiness(collector: LiveCollector) -> None:
 
 def test_readyz_is_503_when_the_store_is_gone(tmp_path: Any) -> None:
     db = tmp_path / "gone.db"
-    engine = open_engine(str(db))
-    with LiveCollector(engine, ReconcileConfig()) as live:
+    store = open_store(str(db))
+    with LiveCollector(store, ReconcileConfig()) as live:
         db.unlink()
         (tmp_path / "gone.db").mkdir()  # the path now cannot be opened as a database
-        engine.dispose()  # and the open connections are gone with it
+        store.dispose()  # and the open connections are gone with it
         assert httpx.get(f"{live.url}/readyz").status_code == 503
         resp = httpx.post(f"{live.url}/v1/records", json=[rec("m1")])
         assert resp.status_code == 503
-    engine.dispose()
+    store.dispose()
 
 
-def test_slis_and_discrepancies_endpoints(engine: Engine, collector: LiveCollector) -> None:
+def test_slis_and_discrepancies_endpoints(store: Engine, collector: LiveCollector) -> None:
     batch = [rec(f"m{i}") for i in range(5)]
     batch += [rec(f"m{i}", "consume") for i in range(3)]  # m3, m4 lost
     batch += [rec("m0", "consume", ts=T0 + 9)]  # a duplicate
     batch += [rec("ghost", "consume")]  # unexpected
     httpx.post(f"{collector.url}/v1/records", json=batch).raise_for_status()
-    reconcile(engine, ReconcileConfig(), now=T0 + 1000)
+    reconcile(store, ReconcileConfig(), now=T0 + 1000)
 
     (sli,) = httpx.get(f"{collector.url}/v1/slis").json()
     assert (sli["stream"], sli["group"]) == ("orders", "billing")
@@ -223,13 +223,13 @@ def test_slis_and_discrepancies_endpoints(engine: Engine, collector: LiveCollect
 
 
 def test_the_engine_applies_what_is_pending_and_keeps_the_log(
-    engine: Engine, collector: LiveCollector
+    store: Engine, collector: LiveCollector
 ) -> None:
     httpx.post(f"{collector.url}/v1/records", json=[rec("m1"), rec("m1", "consume")])
-    with engine.connect() as conn:
+    with store.connect() as conn:
         assert conn.execute(select(func.count()).select_from(log_pending)).scalar_one() == 1
-    reconcile(engine, ReconcileConfig(), now=T0 + 1000)
-    with engine.connect() as conn:
+    reconcile(store, ReconcileConfig(), now=T0 + 1000)
+    with store.connect() as conn:
         assert conn.execute(select(func.count()).select_from(log_pending)).scalar_one() == 0
         assert conn.execute(select(func.count()).select_from(log)).scalar_one() == 1
 
@@ -269,12 +269,12 @@ def test_every_error_answer_has_one_shape(collector: LiveCollector) -> None:
     }
 
 
-def test_the_page_cursor_is_opaque_and_url_safe(engine: Engine, collector: LiveCollector) -> None:
+def test_the_page_cursor_is_opaque_and_url_safe(store: Engine, collector: LiveCollector) -> None:
     # Ids with characters that break naive cursors: separators, slashes, unicode.
     odd = ["a\x1fb", "c/d?e=f&g", "h i+j", "ünï"]
     batch = [rec(m) for m in odd] + [rec("seen", "consume")]  # the group is expected
     httpx.post(f"{collector.url}/v1/records", json=batch).raise_for_status()
-    reconcile(engine, ReconcileConfig(), now=T0 + 1000)
+    reconcile(store, ReconcileConfig(), now=T0 + 1000)
     seen, after = [], None
     while True:
         params: dict[str, Any] = {"kind": "lost", "limit": 1}

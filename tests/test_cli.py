@@ -15,10 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
-from msgtally.ingest.db import open_engine
-from msgtally.ingest.schema import Batch, parse_batch
-from msgtally.ingest.writer import write_batch
+from msgtally.ingest.intake.schema import Batch, parse_batch
+from msgtally.ingest.intake.writer import write_batch
 from msgtally.server import free_port
+from msgtally.store.db import open_store
 
 T0 = 1_700_000_000.0
 SUBCOMMANDS = ("serve", "reconcile", "report", "demo")
@@ -47,7 +47,7 @@ def test_every_command_has_help(tmp_path: Path) -> None:
 
 
 def _history(db: str) -> None:
-    engine = open_engine(db)
+    store = open_store(db)
     records: list[dict[str, Any]] = [
         {"stream": "orders", "kind": "produce", "message_id": f"m{i}", "ts": T0} for i in range(4)
     ]
@@ -61,8 +61,8 @@ def _history(db: str) -> None:
         }
         for i in range(3)
     ]
-    write_batch(engine, Batch(parse_batch(records), [], None))
-    engine.dispose()
+    write_batch(store, Batch(parse_batch(records), [], None))
+    store.dispose()
 
 
 def test_reconcile_now_then_report(tmp_path: Path) -> None:

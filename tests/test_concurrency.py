@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 from sqlalchemy import Engine
 
-from msgtally.ingest.schema import Batch, parse_batch
-from msgtally.ingest.writer import write_batch
+from msgtally.ingest.intake.schema import Batch, parse_batch
+from msgtally.ingest.intake.writer import write_batch
 from msgtally.reconcile import LeaseHeld, ReconcileConfig, reconcile
 from msgtally.slis.read.query import read_slis
 from tests.conftest import LiveCollector
@@ -47,19 +47,19 @@ def _batch(rng: random.Random, thread: int, n: int) -> tuple[list[dict[str, Any]
     return records, truth
 
 
-def _figures(engine: Engine) -> dict[str, int]:
-    with engine.connect() as conn:
+def _figures(store: Engine) -> dict[str, int]:
+    with store.connect() as conn:
         (sli,) = read_slis(conn)
     return {k: getattr(sli, k) for k in ("produced", "delivered", "lost", "duplicated")}
 
 
-def test_ingest_during_reconcile_loses_and_doubles_nothing(engine: Engine) -> None:
+def test_ingest_during_reconcile_loses_and_doubles_nothing(store: Engine) -> None:
     config = ReconcileConfig(settle=0)
     totals = {"produced": 0, "delivered": 0, "lost": 0, "duplicated": 0}
     lock = threading.Lock()
     errors: list[BaseException] = []
 
-    with LiveCollector(engine, config, reconcile_interval=0.02) as live:
+    with LiveCollector(store, config, reconcile_interval=0.02) as live:
 
         def sender(thread: int) -> None:
             rng = random.Random(thread)
@@ -84,18 +84,18 @@ def test_ingest_during_reconcile_loses_and_doubles_nothing(engine: Engine) -> No
         for t in threads:
             t.join()
     assert not errors, errors
-    reconcile(engine, config)  # whatever the loop had not reached yet
-    assert _figures(engine) == totals
+    reconcile(store, config)  # whatever the loop had not reached yet
+    assert _figures(store) == totals
     assert totals["produced"] == THREADS * BATCHES * IDS_PER_BATCH
 
 
-def test_two_reconcilers_never_count_an_id_twice(engine: Engine) -> None:
+def test_two_reconcilers_never_count_an_id_twice(store: Engine) -> None:
     config = ReconcileConfig(settle=0, budget=200)
     rng = random.Random(5)
     expected = {"produced": 0, "delivered": 0, "lost": 0, "duplicated": 0}
     for n in range(20):
         records, truth = _batch(rng, 0, n)
-        write_batch(engine, Batch(parse_batch(records), [], None))
+        write_batch(store, Batch(parse_batch(records), [], None))
         for k, v in truth.items():
             expected[k] += v
 
@@ -105,7 +105,7 @@ def test_two_reconcilers_never_count_an_id_twice(engine: Engine) -> None:
     def worker() -> None:
         for _ in range(5):
             try:
-                reconcile(engine, config, now=T0 + 1000)
+                reconcile(store, config, now=T0 + 1000)
             except LeaseHeld:
                 refused.append(1)  # the other one is at work: nothing half-done
             except BaseException as exc:
@@ -117,6 +117,6 @@ def test_two_reconcilers_never_count_an_id_twice(engine: Engine) -> None:
     for t in threads:
         t.join()
     assert not errors, errors
-    reconcile(engine, config, now=T0 + 1000)
-    assert _figures(engine) == expected
+    reconcile(store, config, now=T0 + 1000)
+    assert _figures(store) == expected
     assert len(refused) < 10  # one of them got the lease at least once

@@ -16,8 +16,7 @@ import httpx
 import pytest
 from sqlalchemy import Engine
 
-from msgtally.ingest.db import open_engine
-from msgtally.ingest.wire import record_to_json
+from msgtally.ingest.shim.wire import record_to_json
 from msgtally.reconcile import ReconcileConfig
 from msgtally.slis.spec import load_spec
 from msgtally.slis.spec.semantics import (
@@ -27,6 +26,7 @@ from msgtally.slis.spec.semantics import (
     breaches,
     observed_semantics,
 )
+from msgtally.store.db import open_store
 from tests.conftest import LiveCollector
 from tests.harness import consume, ingest, produce, run
 
@@ -106,12 +106,12 @@ EXPECTED = {
 }
 
 
-def test_the_collector_reports_contracts_breaches_and_observed_semantics(engine: Engine) -> None:
+def test_the_collector_reports_contracts_breaches_and_observed_semantics(store: Engine) -> None:
     spec = load_spec(SPEC)
-    with LiveCollector(engine, ReconcileConfig(), spec=spec) as live:
+    with LiveCollector(store, ReconcileConfig(), spec=spec) as live:
         body = [record_to_json(r) for r in history()]  # type: ignore[arg-type]
         assert httpx.post(f"{live.url}/v1/records", json=body).status_code == 200
-        run(engine, ReconcileConfig(), 1_000)  # every deadline (300 s) passed
+        run(store, ReconcileConfig(), 1_000)  # every deadline (300 s) passed
         rows = httpx.get(f"{live.url}/v1/slis").json()
     got = {
         (r["stream"], r["group"]): (r["contract"], r["contract_breaches"], r["observed_semantics"])
@@ -123,10 +123,10 @@ def test_the_collector_reports_contracts_breaches_and_observed_semantics(engine:
 def test_report_shows_the_contracts_of_a_spec(tmp_path: Path) -> None:
     spec, db = tmp_path / "payments.yml", tmp_path / "store.db"
     spec.write_text(SPEC)
-    engine = open_engine(str(db))
-    ingest(engine, history())  # type: ignore[arg-type]
-    run(engine, ReconcileConfig(), 1_000)
-    engine.dispose()
+    store = open_store(str(db))
+    ingest(store, history())  # type: ignore[arg-type]
+    run(store, ReconcileConfig(), 1_000)
+    store.dispose()
     cli = [sys.executable, "-m", "msgtally.cli", "report", "--db", str(db)]
     out = subprocess.run([*cli, "--json", "--spec", str(spec)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

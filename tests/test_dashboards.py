@@ -259,7 +259,7 @@ def test_oncall_has_one_burn_panel_per_tier_with_its_threshold() -> None:
 
 
 def test_every_metric_a_panel_reads_is_exposed_by_the_collector(
-    engine: Engine, collector: LiveCollector
+    store: Engine, collector: LiveCollector
 ) -> None:
     t0 = 1_700_000_000.0
     produce = {"stream": "orders", "kind": "produce", "ts": t0}
@@ -274,7 +274,7 @@ def test_every_metric_a_panel_reads_is_exposed_by_the_collector(
         "sequences": [{"producer": "shim", "stream": "orders", "kind": "produce", "last": 1}],
     }
     httpx.post(f"{collector.url}/v1/records", json=body).raise_for_status()
-    reconcile(engine, ReconcileConfig(), now=t0 + 1000)
+    reconcile(store, ReconcileConfig(), now=t0 + 1000)
     text = httpx.get(f"{collector.url}/metrics").text
     exposed = set(re.findall(r"^(msgtally_\w+)", text, re.M))
     used = {

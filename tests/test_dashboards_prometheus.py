@@ -33,9 +33,9 @@ from sqlalchemy import Engine
 from msgtally.alerts import generate as generate_rules
 from msgtally.alerts import render_rules
 from msgtally.dashboards import generate
-from msgtally.ingest.db import open_engine
 from msgtally.reconcile import ReconcileConfig
 from msgtally.slis.spec import load_spec
+from msgtally.store.db import open_store
 from tests.conftest import LiveCollector
 from tests.promserver import Prometheus
 
@@ -172,11 +172,11 @@ def test_every_panel_query_parses_and_returns_data(tmp_path: Path) -> None:
     queries = panel_queries()
     assert len(queries) > 30
 
-    engine: Engine = open_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    store: Engine = open_store(f"sqlite:///{tmp_path / 'store.db'}")
     stop = threading.Event()
     config = ReconcileConfig(deadline=1.0, settle=0.0)
     started = time.monotonic()
-    with LiveCollector(engine, config, reconcile_interval=0.25) as collector:
+    with LiveCollector(store, config, reconcile_interval=0.25) as collector:
         traffic = threading.Thread(target=_traffic, args=(collector.url, stop), daemon=True)
         traffic.start()
         try:
@@ -189,7 +189,7 @@ def test_every_panel_query_parses_and_returns_data(tmp_path: Path) -> None:
         finally:
             stop.set()
             traffic.join(15)
-    engine.dispose()
+    store.dispose()
     assert not missing, f"no data within {WAIT:.0f}s:\n" + "\n".join(missing)
     assert variables == {"stream": list(STREAMS), "group": list(GROUPS)}
     # Two label sets per tally (two jobs); the dashboard counts each loss once.

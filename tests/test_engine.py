@@ -34,11 +34,11 @@ from tests.oracle import ID_KINDS, Mark, Record, oracle
 DEFAULT = ReconcileConfig()
 
 
-def snapshot(engine: Engine) -> dict[str, Any]:
+def snapshot(store: Engine) -> dict[str, Any]:
     return {
-        "figures": figures(engine),
-        "missing": missing(engine),
-        **{k: discrepancy_ids(engine, k) for k in ID_KINDS},
+        "figures": figures(store),
+        "missing": missing(store),
+        **{k: discrepancy_ids(store, k) for k in ID_KINDS},
     }
 
 
@@ -89,25 +89,25 @@ def timed_histories(draw: Callable[..., Any]) -> Batches:
 
 
 def _run(
-    engine: Engine, config: ReconcileConfig, batches: Batches,
+    store: Engine, config: ReconcileConfig, batches: Batches,
     crashes: set[int], checkpoint_every: float,
 ) -> None:
     """Ingest and tick batch by batch; at each crash point, drop the engine's memory
     without a checkpoint and start a new one from the store."""
-    live = Reconciler(engine, config, checkpoint_every=checkpoint_every).open()
+    live = Reconciler(store, config, checkpoint_every=checkpoint_every).open()
     for i, (at, batch, marks) in enumerate(batches):
-        ingest(engine, batch, received_at=T + at, sequences=marks)
+        ingest(store, batch, received_at=T + at, sequences=marks)
         live.tick(T + at)
         if i in crashes:
             live.close(checkpoint=False)  # as kill -9: nothing more is written
-            live = Reconciler(engine, config, checkpoint_every=checkpoint_every).open()
+            live = Reconciler(store, config, checkpoint_every=checkpoint_every).open()
     live.tick(T + batches[-1][0] + 2000, final=True)
     live.close()
 
 
-def test_a_crash_at_any_tick_gives_the_figures_of_an_uninterrupted_run(engine: Engine) -> None:
+def test_a_crash_at_any_tick_gives_the_figures_of_an_uninterrupted_run(store: Engine) -> None:
     @settings(
-        max_examples=40 if engine.dialect.name == "sqlite" else 15,
+        max_examples=40 if store.dialect.name == "sqlite" else 15,
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
@@ -122,12 +122,12 @@ def test_a_crash_at_any_tick_gives_the_figures_of_an_uninterrupted_run(engine: E
     ) -> None:
         config = ReconcileConfig(remember=remember)
         note(f"crashes after ticks {sorted(crashes)}, checkpoint_every={checkpoint_every}")
-        wipe(engine)
-        _run(engine, config, batches, set(), checkpoint_every)
-        uninterrupted = snapshot(engine)
-        wipe(engine)
-        _run(engine, config, batches, crashes, checkpoint_every)
-        assert snapshot(engine) == uninterrupted
+        wipe(store)
+        _run(store, config, batches, set(), checkpoint_every)
+        uninterrupted = snapshot(store)
+        wipe(store)
+        _run(store, config, batches, crashes, checkpoint_every)
+        assert snapshot(store) == uninterrupted
 
     check()
 
@@ -136,7 +136,7 @@ def test_a_crash_at_any_tick_gives_the_figures_of_an_uninterrupted_run(engine: E
 
 
 def test_a_backlog_after_an_outage_is_judged_as_it_would_have_been_live(
-    engine: Engine,
+    store: Engine,
 ) -> None:
     """Shims send hours of buffered records when the collector comes back: the
     produce and the consume of an id in batches seconds apart, all long past
@@ -144,115 +144,115 @@ def test_a_backlog_after_an_outage_is_judged_as_it_would_have_been_live(
     back = 7200.0  # the collector comes back two hours later
     produces = [produce("s", f"m{i}", i) for i in range(10)]
     consumes = [consume("s", f"m{i}", "g", i + 1) for i in range(8)]  # m8, m9 lost
-    with Reconciler(engine, DEFAULT) as live:
-        ingest(engine, produces, received_at=T + back)
+    with Reconciler(store, DEFAULT) as live:
+        ingest(store, produces, received_at=T + back)
         live.tick(T + back + 1)  # the producers' shim first: nothing is judged lost
-        assert figures(engine).get(("s", "g")) is None
-        ingest(engine, consumes, received_at=T + back + 4)
+        assert figures(store).get(("s", "g")) is None
+        ingest(store, consumes, received_at=T + back + 4)
         live.tick(T + back + 5)
         live.tick(T + back + 11)  # settle past the first receipt
     want = oracle([*produces, *consumes])
-    assert_figures(figures(engine), want)
-    assert_discrepancies(engine, want)
-    assert figures(engine)[("s", "g")]["lost"] == 2
+    assert_figures(figures(store), want)
+    assert_discrepancies(store, want)
+    assert figures(store)[("s", "g")]["lost"] == 2
 
 
-def test_without_the_receipt_settle_a_backlog_would_be_misjudged(engine: Engine) -> None:
+def test_without_the_receipt_settle_a_backlog_would_be_misjudged(store: Engine) -> None:
     """The same backlog, consumes sent after settle: they come too late, and say so."""
-    with Reconciler(engine, DEFAULT) as live:
+    with Reconciler(store, DEFAULT) as live:
         known = [produce("s", "m0", 0), consume("s", "m0", "g", 1)]  # g receives s
-        ingest(engine, [*known, produce("s", "m1", 0)], received_at=T + 7200)
+        ingest(store, [*known, produce("s", "m1", 0)], received_at=T + 7200)
         live.tick(T + 7211)
-        ingest(engine, [consume("s", "m1", "g", 1)], received_at=T + 7215)
+        ingest(store, [consume("s", "m1", "g", 1)], received_at=T + 7215)
         live.tick(T + 7216)
-    row = figures(engine)[("s", "g")]
+    row = figures(store)[("s", "g")]
     assert (row["produced"], row["lost"], row["late"], row["delivered"]) == (2, 1, 1, 1)
 
 
 # --- forgetting ----------------------------------------------------------------------------
 
 
-def test_what_is_forgotten_and_what_is_found_again(engine: Engine) -> None:
+def test_what_is_forgotten_and_what_is_found_again(store: Engine) -> None:
     config = ReconcileConfig(remember=0)
-    ingest(engine, [
+    ingest(store, [
         produce("s", "lost", 0),
         produce("s", "ok", 0), consume("s", "ok", "g", 1),
     ])  # fmt: skip
-    reconcile(engine, config, T + 400)  # judged and forgotten: nothing kept in memory
-    with Reconciler(engine, config) as live:
+    reconcile(store, config, T + 400)  # judged and forgotten: nothing kept in memory
+    with Reconciler(store, config) as live:
         assert live.core.stats()["in_memory"] == 0
     # Hours later: the lost id is found in the store, the delivered one is not.
-    ingest(engine, [consume("s", "lost", "g", 9000), consume("s", "ok", "g", 9001)])
-    reconcile(engine, config, T + 9500)
-    row = figures(engine)[("s", "g")]
+    ingest(store, [consume("s", "lost", "g", 9000), consume("s", "ok", "g", 9001)])
+    reconcile(store, config, T + 9500)
+    row = figures(store)[("s", "g")]
     assert (row["lost"], row["late"], row["delivered"]) == (1, 1, 1)
     assert (row["unexpected"], row["duplicated"]) == (1, 0)  # "ok" again: a new id
-    assert discrepancy_ids(engine, "late") == {("s", "g"): {"lost"}}
-    assert discrepancy_ids(engine, "unexpected") == {("s", "g"): {"ok"}}
+    assert discrepancy_ids(store, "late") == {("s", "g"): {"lost"}}
+    assert discrepancy_ids(store, "unexpected") == {("s", "g"): {"ok"}}
 
 
-def test_a_retried_delivery_is_kept_when_forgotten_and_found_whole(engine: Engine) -> None:
+def test_a_retried_delivery_is_kept_when_forgotten_and_found_whole(store: Engine) -> None:
     """Retried is no discrepancy, but a retried id's verdicts are kept at eviction,
     so that a late record finds it: its duplicate counts as a duplicate."""
     config = ReconcileConfig(remember=0)
-    ingest(engine, [
+    ingest(store, [
         produce("s", "r", 0), consume("s", "r", "g", 1, outcome="error"),
         consume("s", "r", "g", 2, attempt=2),
     ])  # fmt: skip
-    reconcile(engine, config, T + 400)
-    assert discrepancy_ids(engine, "duplicated") == {}  # not in the report
-    ingest(engine, [consume("s", "r", "g", 9000, attempt=3)])
-    reconcile(engine, config, T + 9500)
-    row = figures(engine)[("s", "g")]
+    reconcile(store, config, T + 400)
+    assert discrepancy_ids(store, "duplicated") == {}  # not in the report
+    ingest(store, [consume("s", "r", "g", 9000, attempt=3)])
+    reconcile(store, config, T + 9500)
+    row = figures(store)[("s", "g")]
     assert (row["delivered"], row["duplicated"], row["retried"], row["attempts"]) == (1, 1, 1, 3)
     assert row["unexpected"] == 0
-    assert discrepancy_ids(engine, "duplicated") == {("s", "g"): {"r"}}
+    assert discrepancy_ids(store, "duplicated") == {("s", "g"): {"r"}}
 
 
-def test_a_resend_is_recognised_while_the_id_is_remembered(engine: Engine) -> None:
+def test_a_resend_is_recognised_while_the_id_is_remembered(store: Engine) -> None:
     config = ReconcileConfig(remember=600)
     batch = [produce("s", "m1", 0, record_id="p"), consume("s", "m1", "g", 1, record_id="c")]
-    with Reconciler(engine, config) as live:
-        ingest(engine, batch, received_at=T + 1)
+    with Reconciler(store, config) as live:
+        ingest(store, batch, received_at=T + 1)
         live.tick(T + 2)
-        ingest(engine, batch, received_at=T + 800)  # past deadline + settle, within remember
+        ingest(store, batch, received_at=T + 800)  # past deadline + settle, within remember
         live.tick(T + 801)
-        assert repeats(engine) == 2
-    row = figures(engine)[("s", "g")]
+        assert repeats(store) == 2
+    row = figures(store)[("s", "g")]
     assert (row["produced"], row["delivered"], row["attempts"]) == (1, 1, 1)
 
 
 # --- back-fills ----------------------------------------------------------------------------
 
 
-def test_a_new_group_is_owed_ids_the_engine_had_forgotten(engine: Engine) -> None:
+def test_a_new_group_is_owed_ids_the_engine_had_forgotten(store: Engine) -> None:
     config = ReconcileConfig(remember=0)
     history = [
         produce("s", "a", 0), consume("s", "a", "g1", 1),
         produce("s", "b", 0, outcome="error"), consume("s", "b", "g1", 2),
         produce("s", "c", 0),
     ]  # fmt: skip
-    ingest(engine, history)
-    reconcile(engine, config, T + 400)
+    ingest(store, history)
+    reconcile(store, config, T + 400)
     late_group = [
         consume("s", "a", "g2", 500), consume("s", "d", "g2", 500), produce("s", "d", 499),
     ]  # fmt: skip
-    ingest(engine, late_group)
-    reconcile(engine, config, T + 1000)
+    ingest(store, late_group)
+    reconcile(store, config, T + 1000)
     want = oracle([*history, *late_group])
-    assert_figures(figures(engine), want)
-    assert_discrepancies(engine, want)
-    g2 = figures(engine)[("s", "g2")]
+    assert_figures(figures(store), want)
+    assert_discrepancies(store, want)
+    g2 = figures(store)[("s", "g2")]
     assert (g2["produced"], g2["delivered"], g2["lost"], g2["late"]) == (3, 1, 2, 1)
 
 
 # --- the lease -----------------------------------------------------------------------------
 
 
-def test_one_engine_per_store(engine: Engine) -> None:
-    with Reconciler(engine, DEFAULT):
+def test_one_engine_per_store(store: Engine) -> None:
+    with Reconciler(store, DEFAULT):
         with pytest.raises(LeaseHeld):
-            Reconciler(engine, DEFAULT).open()
+            Reconciler(store, DEFAULT).open()
         with pytest.raises(LeaseHeld):
-            reconcile(engine, DEFAULT)
-    reconcile(engine, DEFAULT)  # released with the first one
+            reconcile(store, DEFAULT)
+    reconcile(store, DEFAULT)  # released with the first one

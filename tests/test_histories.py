@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from msgtally.ingest.schema import Batch, parse_batch
-from msgtally.ingest.writer import write_batch
+from msgtally.ingest.intake.schema import Batch, parse_batch
+from msgtally.ingest.intake.writer import write_batch
 from msgtally.reconcile import ReconcileConfig
 from msgtally.slis.read.query import read_discrepancies, read_slis
 from tests.harness import (
@@ -47,10 +47,10 @@ def counts(**given: int) -> dict[str, int]:
 
 
 def assert_row(
-    engine: Engine, stream: str, group: str, latencies: Sequence[float] = (), **given: int
+    store: Engine, stream: str, group: str, latencies: Sequence[float] = (), **given: int
 ) -> None:
     """The figures of one (stream, group): the counts given (others 0) and the latencies."""
-    got = figures(engine).get((stream, group))
+    got = figures(store).get((stream, group))
     assert got is not None, f"no figures for {(stream, group)}"
     assert {n: got[n] for n in COUNT_NAMES} == counts(**given)
     lat = sorted(latencies)
@@ -61,43 +61,43 @@ def assert_row(
         assert close_to(got[name], want), (name, got[name], want)
 
 
-def assert_nothing_counted(engine: Engine, stream: str, group: str) -> None:
-    got = figures(engine).get((stream, group))
+def assert_nothing_counted(store: Engine, stream: str, group: str) -> None:
+    got = figures(store).get((stream, group))
     if got is not None:
         assert {n: got[n] for n in COUNT_NAMES} == counts()
         assert got["latency_count"] == 0
 
 
-def ids(engine: Engine, kind: str, stream: str, group: str) -> set[str]:
-    with engine.connect() as conn:
+def ids(store: Engine, kind: str, stream: str, group: str) -> set[str]:
+    with store.connect() as conn:
         rows = read_discrepancies(conn, kind=kind, stream=stream, group=group)
     assert all(r["stream"] == stream and r["group"] == group for r in rows)
     return {r["message_id"] for r in rows}
 
 
-def one_shot(engine: Engine, records: list[Record], config: ReconcileConfig = DEFAULT) -> None:
+def one_shot(store: Engine, records: list[Record], config: ReconcileConfig = DEFAULT) -> None:
     """Ingest everything, then one pass past every deadline + settle, and check the oracle."""
-    ingest(engine, records)
+    ingest(store, records)
     longest = max([config.deadline, *config.stream_deadlines.values()])
-    run(engine, config, max(r.ts for r in records) - T + longest + config.settle + 1)
+    run(store, config, max(r.ts for r in records) - T + longest + config.settle + 1)
     want = oracle(
         records,
         deadline=config.deadline,
         stream_deadlines=config.stream_deadlines,
         expected_groups=config.expected_groups,
     )
-    assert_figures(figures(engine), want)
-    assert_discrepancies(engine, want)
+    assert_figures(figures(store), want)
+    assert_discrepancies(store, want)
 
 
-def snapshot(engine: Engine) -> dict[Any, Any]:
-    return {"figures": figures(engine), **{k: discrepancy_ids(engine, k) for k in ID_KINDS}}
+def snapshot(store: Engine) -> dict[Any, Any]:
+    return {"figures": figures(store), **{k: discrepancy_ids(store, k) for k in ID_KINDS}}
 
 
 # --- several groups, retries, duplicates ------------------------------------------------
 
 
-def test_several_groups_per_stream(engine: Engine) -> None:
+def test_several_groups_per_stream(store: Engine) -> None:
     records = [
         produce("orders", "m1", 0),
         consume("orders", "m1", "billing", 1),
@@ -109,16 +109,16 @@ def test_several_groups_per_stream(engine: Engine) -> None:
         consume("orders", "m2", "audit", 5, outcome="dead_letter"),
         produce("orders", "m3", 0, outcome="error"),
     ]
-    one_shot(engine, records)
-    assert_row(engine, "orders", "billing", [1, 400],
+    one_shot(store, records)
+    assert_row(store, "orders", "billing", [1, 400],
                produced=2, delivered=1, lost=1, late=1, attempts=2)
-    assert_row(engine, "orders", "shipping", [2], produced=2, delivered=1, lost=1, attempts=1)
-    assert_row(engine, "orders", "audit", [4], produced=2, delivered=1, lost=1, retried=1,
+    assert_row(store, "orders", "shipping", [2], produced=2, delivered=1, lost=1, attempts=1)
+    assert_row(store, "orders", "audit", [4], produced=2, delivered=1, lost=1, retried=1,
                attempts=3, dead_lettered=1, consume_errors=1)
-    assert set(figures(engine)) == {("orders", g) for g in ("billing", "shipping", "audit")}
+    assert set(figures(store)) == {("orders", g) for g in ("billing", "shipping", "audit")}
 
 
-def test_retries_are_not_duplicates(engine: Engine) -> None:
+def test_retries_are_not_duplicates(store: Engine) -> None:
     records = [
         # producer retried: the first send is indeterminate, the second acknowledged
         produce("orders", "m1", 0, outcome="error"),
@@ -132,10 +132,10 @@ def test_retries_are_not_duplicates(engine: Engine) -> None:
         consume("orders", "m2", "billing", 1),
         consume("orders", "m2", "billing", 2),
     ]
-    one_shot(engine, records)
-    assert_row(engine, "orders", "billing", [4, 1], produced=2, delivered=2, duplicated=1,
+    one_shot(store, records)
+    assert_row(store, "orders", "billing", [4, 1], produced=2, delivered=2, duplicated=1,
                retried=1, attempts=5, consume_errors=2)
-    with engine.connect() as conn:
+    with store.connect() as conn:
         (sli,) = read_slis(conn)
     assert sli.ratios() == {
         "delivery_success_ratio": 1.0,
@@ -143,10 +143,10 @@ def test_retries_are_not_duplicates(engine: Engine) -> None:
         "duplicate_ratio": pytest.approx(1 / 3),
         "retry_ratio": 0.5,
     }
-    assert ids(engine, "duplicated", "orders", "billing") == {"m2"}
+    assert ids(store, "duplicated", "orders", "billing") == {"m2"}
 
 
-def test_indeterminate_produce_later_consumed_is_recovered(engine: Engine) -> None:
+def test_indeterminate_produce_later_consumed_is_recovered(store: Engine) -> None:
     records = [
         produce("orders", "m1", 0, outcome="error"),
         produce("orders", "m1", 1, outcome="error", attempt=2),
@@ -158,13 +158,13 @@ def test_indeterminate_produce_later_consumed_is_recovered(engine: Engine) -> No
         produce("orders", "m3", 0, outcome="error"),
         consume("orders", "m3", "billing", 2, outcome="dead_letter"),
     ]
-    one_shot(engine, records)
+    one_shot(store, records)
     # no latency: a recovered id was never acknowledged as produced
-    assert_row(engine, "orders", "billing", [], recovered=1, duplicated=1, retried=1,
+    assert_row(store, "orders", "billing", [], recovered=1, duplicated=1, retried=1,
                attempts=3)
-    assert ids(engine, "recovered", "orders", "billing") == {"m1"}
-    assert ids(engine, "dead_lettered", "orders", "billing") == set()
-    with engine.connect() as conn:
+    assert ids(store, "recovered", "orders", "billing") == {"m1"}
+    assert ids(store, "dead_lettered", "orders", "billing") == set()
+    with store.connect() as conn:
         (sli,) = read_slis(conn)
     # nothing produced: no ratio over produced (None, not NaN); 1 duplicate of 2 ok deliveries
     assert sli.ratios() == {
@@ -178,24 +178,24 @@ def test_indeterminate_produce_later_consumed_is_recovered(engine: Engine) -> No
 # --- order of arrival ------------------------------------------------------------------
 
 
-def test_consume_before_produce_arrives(engine: Engine) -> None:
-    ingest(engine, [consume("orders", "m1", "billing", 1)])
-    run(engine, DEFAULT, 100)  # not due: the consume alone would be unexpected at 311
-    assert_nothing_counted(engine, "orders", "billing")
-    ingest(engine, [produce("orders", "m1", 0)])
-    run(engine, DEFAULT, 320)
-    assert_row(engine, "orders", "billing", [1], produced=1, delivered=1, attempts=1)
-    assert ids(engine, "unexpected", "orders", "billing") == set()
+def test_consume_before_produce_arrives(store: Engine) -> None:
+    ingest(store, [consume("orders", "m1", "billing", 1)])
+    run(store, DEFAULT, 100)  # not due: the consume alone would be unexpected at 311
+    assert_nothing_counted(store, "orders", "billing")
+    ingest(store, [produce("orders", "m1", 0)])
+    run(store, DEFAULT, 320)
+    assert_row(store, "orders", "billing", [1], produced=1, delivered=1, attempts=1)
+    assert ids(store, "unexpected", "orders", "billing") == set()
 
 
-def test_consume_timestamped_before_its_produce(engine: Engine) -> None:
+def test_consume_timestamped_before_its_produce(store: Engine) -> None:
     """Clock skew: the consumer's clock is behind; latency is negative, as defined."""
     records = [produce("orders", "m1", 10), consume("orders", "m1", "billing", 9.5)]
-    one_shot(engine, records)
-    assert_row(engine, "orders", "billing", [-0.5], produced=1, delivered=1, attempts=1)
+    one_shot(store, records)
+    assert_row(store, "orders", "billing", [-0.5], produced=1, delivered=1, attempts=1)
 
 
-def test_records_after_the_deadline_make_the_id_late(engine: Engine) -> None:
+def test_records_after_the_deadline_make_the_id_late(store: Engine) -> None:
     records = [
         produce("orders", "m1", 0),
         consume("orders", "m1", "billing", 300.5, outcome="error"),
@@ -204,14 +204,14 @@ def test_records_after_the_deadline_make_the_id_late(engine: Engine) -> None:
         produce("orders", "m2", 0),
         consume("orders", "m2", "billing", 300),  # at the deadline: delivered
     ]
-    one_shot(engine, records)
-    assert_row(engine, "orders", "billing", [350, 300], produced=2, delivered=1, lost=1,
+    one_shot(store, records)
+    assert_row(store, "orders", "billing", [350, 300], produced=2, delivered=1, lost=1,
                late=1, duplicated=1, attempts=4, consume_errors=1)
-    assert ids(engine, "late", "orders", "billing") == {"m1"}
-    assert ids(engine, "lost", "orders", "billing") == {"m1"}
+    assert ids(store, "late", "orders", "billing") == {"m1"}
+    assert ids(store, "lost", "orders", "billing") == {"m1"}
 
 
-def test_same_id_on_two_streams_is_two_messages(engine: Engine) -> None:
+def test_same_id_on_two_streams_is_two_messages(store: Engine) -> None:
     records = [
         produce("orders", "m1", 0),
         consume("orders", "m1", "billing", 1),
@@ -220,57 +220,57 @@ def test_same_id_on_two_streams_is_two_messages(engine: Engine) -> None:
         produce("audit", "m2", 0),
         consume("audit", "m2", "siem", 2),
     ]
-    one_shot(engine, records)
-    assert_row(engine, "orders", "billing", [1], produced=1, delivered=1, attempts=1)
-    assert_row(engine, "audit", "billing", [400], produced=2, lost=2, late=1, attempts=1)
-    assert_row(engine, "audit", "siem", [2], produced=2, delivered=1, lost=1, attempts=1)
-    assert set(figures(engine)) == {("orders", "billing"), ("audit", "billing"),
+    one_shot(store, records)
+    assert_row(store, "orders", "billing", [1], produced=1, delivered=1, attempts=1)
+    assert_row(store, "audit", "billing", [400], produced=2, lost=2, late=1, attempts=1)
+    assert_row(store, "audit", "siem", [2], produced=2, delivered=1, lost=1, attempts=1)
+    assert set(figures(store)) == {("orders", "billing"), ("audit", "billing"),
                                     ("audit", "siem")}
-    assert ids(engine, "lost", "audit", "billing") == {"m1", "m2"}
-    assert ids(engine, "lost", "orders", "billing") == set()
+    assert ids(store, "lost", "audit", "billing") == {"m1", "m2"}
+    assert ids(store, "lost", "orders", "billing") == set()
 
 
 # --- expected groups -------------------------------------------------------------------
 
 
-def test_group_appearing_after_history_was_classified_is_back_filled(engine: Engine) -> None:
-    ingest(engine, [
+def test_group_appearing_after_history_was_classified_is_back_filled(store: Engine) -> None:
+    ingest(store, [
         produce("orders", "m1", 0),
         produce("orders", "m2", 0),
         consume("orders", "m1", "billing", 1),
         consume("orders", "m2", "billing", 2),
     ])
-    run(engine, DEFAULT, 400)
-    assert_row(engine, "orders", "billing", [1, 2], produced=2, delivered=2, attempts=2)
+    run(store, DEFAULT, 400)
+    assert_row(store, "orders", "billing", [1, 2], produced=2, delivered=2, attempts=2)
 
-    ingest(engine, [produce("orders", "m3", 500), consume("orders", "m3", "shipping", 501)])
-    run(engine, DEFAULT, 1000)
+    ingest(store, [produce("orders", "m3", 500), consume("orders", "m3", "shipping", 501)])
+    run(store, DEFAULT, 1000)
     # shipping expects every produced id of the stream, the old ones included
-    assert_row(engine, "orders", "shipping", [1], produced=3, delivered=1, lost=2, attempts=1)
-    assert_row(engine, "orders", "billing", [1, 2], produced=3, delivered=2, lost=1,
+    assert_row(store, "orders", "shipping", [1], produced=3, delivered=1, lost=2, attempts=1)
+    assert_row(store, "orders", "billing", [1, 2], produced=3, delivered=2, lost=1,
                attempts=2)
-    assert ids(engine, "lost", "orders", "shipping") == {"m1", "m2"}
-    assert ids(engine, "lost", "orders", "billing") == {"m3"}
+    assert ids(store, "lost", "orders", "shipping") == {"m1", "m2"}
+    assert ids(store, "lost", "orders", "billing") == {"m3"}
 
     # shipping then consumes an old id: late, its latency observed now
-    ingest(engine, [consume("orders", "m1", "shipping", 1100)])
-    run(engine, DEFAULT, 1200)
-    assert_row(engine, "orders", "shipping", [1, 1100], produced=3, delivered=1, lost=2,
+    ingest(store, [consume("orders", "m1", "shipping", 1100)])
+    run(store, DEFAULT, 1200)
+    assert_row(store, "orders", "shipping", [1, 1100], produced=3, delivered=1, lost=2,
                late=1, attempts=2)
 
 
-def test_back_fill_of_a_stream_with_no_group_yet(engine: Engine) -> None:
+def test_back_fill_of_a_stream_with_no_group_yet(store: Engine) -> None:
     """Ids classified while no group consumed the stream count once a group appears."""
-    ingest(engine, [produce("orders", "m1", 0), produce("orders", "m2", 0, outcome="error")])
-    run(engine, DEFAULT, 400)
-    assert figures(engine) == {}
-    ingest(engine, [produce("orders", "m3", 500), consume("orders", "m3", "billing", 501)])
-    run(engine, DEFAULT, 1000)
-    assert_row(engine, "orders", "billing", [1], produced=2, delivered=1, lost=1, attempts=1)
-    assert ids(engine, "lost", "orders", "billing") == {"m1"}
+    ingest(store, [produce("orders", "m1", 0), produce("orders", "m2", 0, outcome="error")])
+    run(store, DEFAULT, 400)
+    assert figures(store) == {}
+    ingest(store, [produce("orders", "m3", 500), consume("orders", "m3", "billing", 501)])
+    run(store, DEFAULT, 1000)
+    assert_row(store, "orders", "billing", [1], produced=2, delivered=1, lost=1, attempts=1)
+    assert ids(store, "lost", "orders", "billing") == {"m1"}
 
 
-def test_configured_group_that_never_consumes(engine: Engine) -> None:
+def test_configured_group_that_never_consumes(store: Engine) -> None:
     config = ReconcileConfig(expected_groups={"orders": ("archive",)})
     records = [
         produce("orders", "m1", 0),
@@ -278,26 +278,26 @@ def test_configured_group_that_never_consumes(engine: Engine) -> None:
         produce("orders", "m3", 0, outcome="error"),
         consume("orders", "m1", "billing", 1),
     ]
-    one_shot(engine, records, config)
-    assert_row(engine, "orders", "archive", [], produced=2, lost=2)
-    assert_row(engine, "orders", "billing", [1], produced=2, delivered=1, lost=1, attempts=1)
-    assert ids(engine, "lost", "orders", "archive") == {"m1", "m2"}
+    one_shot(store, records, config)
+    assert_row(store, "orders", "archive", [], produced=2, lost=2)
+    assert_row(store, "orders", "billing", [1], produced=2, delivered=1, lost=1, attempts=1)
+    assert ids(store, "lost", "orders", "archive") == {"m1", "m2"}
 
 
-def test_group_configured_after_history_was_classified(engine: Engine) -> None:
-    ingest(engine, [produce("orders", "m1", 0), consume("orders", "m1", "billing", 1)])
-    run(engine, DEFAULT, 400)
-    assert set(figures(engine)) == {("orders", "billing")}
-    run(engine, ReconcileConfig(expected_groups={"orders": ("archive",)}), 500)
-    assert_row(engine, "orders", "archive", [], produced=1, lost=1)
-    assert_row(engine, "orders", "billing", [1], produced=1, delivered=1, attempts=1)
+def test_group_configured_after_history_was_classified(store: Engine) -> None:
+    ingest(store, [produce("orders", "m1", 0), consume("orders", "m1", "billing", 1)])
+    run(store, DEFAULT, 400)
+    assert set(figures(store)) == {("orders", "billing")}
+    run(store, ReconcileConfig(expected_groups={"orders": ("archive",)}), 500)
+    assert_row(store, "orders", "archive", [], produced=1, lost=1)
+    assert_row(store, "orders", "billing", [1], produced=1, delivered=1, attempts=1)
 
 
 # --- after classification: records only add (rule 3) -----------------------------------
 
 
-def test_late_arrivals_after_classification(engine: Engine) -> None:
-    ingest(engine, [
+def test_late_arrivals_after_classification(store: Engine) -> None:
+    ingest(store, [
         produce("s", "a", 0), consume("s", "a", "g", 1),                 # delivered
         produce("s", "b", 0),                                            # lost
         produce("s", "c", 0, outcome="error"),                           # indeterminate
@@ -305,14 +305,14 @@ def test_late_arrivals_after_classification(engine: Engine) -> None:
         consume("s", "e", "g", 0),                                       # unexpected
         produce("s", "f", 0, outcome="error"), consume("s", "f", "g", 3),  # recovered
     ])
-    run(engine, REMEMBERING, 400)
+    run(store, REMEMBERING, 400)
     before = dict(produced=3, delivered=1, lost=2, recovered=1, unexpected=1, attempts=3,
                   consume_errors=1)
-    assert_row(engine, "s", "g", [1], **before)
-    assert ids(engine, "lost", "s", "g") == {"b", "d"}
-    snap = figures(engine)[("s", "g")]
+    assert_row(store, "s", "g", [1], **before)
+    assert ids(store, "lost", "s", "g") == {"b", "d"}
+    snap = figures(store)[("s", "g")]
 
-    ingest(engine, [
+    ingest(store, [
         consume("s", "a", "g", 500, attempt=2),             # duplicate and retry
         consume("s", "b", "g", 450),                        # late; latency 450 observed now
         consume("s", "c", "g", 460),                        # indeterminate -> recovered
@@ -320,100 +320,100 @@ def test_late_arrivals_after_classification(engine: Engine) -> None:
         produce("s", "e", 480),                             # too late to change the class
         produce("s", "f", 490),                             # too late to make it produced
     ])
-    run(engine, REMEMBERING, 600)
-    assert_row(engine, "s", "g", [1, 450], produced=3, delivered=1, lost=2, late=1,
+    run(store, REMEMBERING, 600)
+    assert_row(store, "s", "g", [1, 450], produced=3, delivered=1, lost=2, late=1,
                recovered=2, unexpected=1, duplicated=1, retried=2, attempts=7,
                dead_lettered=1, consume_errors=1)
-    after = figures(engine)[("s", "g")]
+    after = figures(store)[("s", "g")]
     for name in (*COUNT_NAMES, "latency_count"):
         assert after[name] >= snap[name], name  # counters never go down
-    assert ids(engine, "late", "s", "g") == {"b"}
-    assert ids(engine, "lost", "s", "g") == {"b", "d"}
-    assert ids(engine, "recovered", "s", "g") == {"c", "f"}
-    assert ids(engine, "unexpected", "s", "g") == {"e"}
-    assert ids(engine, "dead_lettered", "s", "g") == {"d"}
-    assert ids(engine, "duplicated", "s", "g") == {"a"}
+    assert ids(store, "late", "s", "g") == {"b"}
+    assert ids(store, "lost", "s", "g") == {"b", "d"}
+    assert ids(store, "recovered", "s", "g") == {"c", "f"}
+    assert ids(store, "unexpected", "s", "g") == {"e"}
+    assert ids(store, "dead_lettered", "s", "g") == {"d"}
+    assert ids(store, "duplicated", "s", "g") == {"a"}
 
     # a second late ok consume of the late id: one more duplicate, latency unchanged
-    ingest(engine, [consume("s", "b", "g", 700), consume("s", "c", "g", 710, outcome="error")])
-    run(engine, REMEMBERING, 800)
-    assert_row(engine, "s", "g", [1, 450], produced=3, delivered=1, lost=2, late=1,
+    ingest(store, [consume("s", "b", "g", 700), consume("s", "c", "g", 710, outcome="error")])
+    run(store, REMEMBERING, 800)
+    assert_row(store, "s", "g", [1, 450], produced=3, delivered=1, lost=2, late=1,
                recovered=2, unexpected=1, duplicated=2, retried=2, attempts=9,
                dead_lettered=1, consume_errors=2)
 
 
-def test_late_produce_retry_after_classification_sets_retried(engine: Engine) -> None:
-    ingest(engine, [produce("s", "a", 0), consume("s", "a", "g", 1)])
-    run(engine, REMEMBERING, 400)
-    assert_row(engine, "s", "g", [1], produced=1, delivered=1, attempts=1)
-    ingest(engine, [produce("s", "a", 420, attempt=2)])
-    run(engine, REMEMBERING, 500)
-    assert_row(engine, "s", "g", [1], produced=1, delivered=1, retried=1, attempts=1)
+def test_late_produce_retry_after_classification_sets_retried(store: Engine) -> None:
+    ingest(store, [produce("s", "a", 0), consume("s", "a", "g", 1)])
+    run(store, REMEMBERING, 400)
+    assert_row(store, "s", "g", [1], produced=1, delivered=1, attempts=1)
+    ingest(store, [produce("s", "a", 420, attempt=2)])
+    run(store, REMEMBERING, 500)
+    assert_row(store, "s", "g", [1], produced=1, delivered=1, retried=1, attempts=1)
 
 
-def test_classification_waits_for_deadline_plus_settle(engine: Engine) -> None:
-    ingest(engine, [
+def test_classification_waits_for_deadline_plus_settle(store: Engine) -> None:
+    ingest(store, [
         produce("s", "p", 0),
         consume("s", "ghost", "g", 100),  # never produced: counts from the first consume
         consume("s", "ghost", "g", 200),
     ])
-    run(engine, DEFAULT, 309)
-    assert_nothing_counted(engine, "s", "g")
-    run(engine, DEFAULT, 310)
-    assert_row(engine, "s", "g", [], produced=1, lost=1)
-    run(engine, DEFAULT, 409)
-    assert_row(engine, "s", "g", [], produced=1, lost=1)
-    run(engine, DEFAULT, 410)
-    assert_row(engine, "s", "g", [], produced=1, lost=1, unexpected=1)
-    assert ids(engine, "unexpected", "s", "g") == {"ghost"}
+    run(store, DEFAULT, 309)
+    assert_nothing_counted(store, "s", "g")
+    run(store, DEFAULT, 310)
+    assert_row(store, "s", "g", [], produced=1, lost=1)
+    run(store, DEFAULT, 409)
+    assert_row(store, "s", "g", [], produced=1, lost=1)
+    run(store, DEFAULT, 410)
+    assert_row(store, "s", "g", [], produced=1, lost=1, unexpected=1)
+    assert ids(store, "unexpected", "s", "g") == {"ghost"}
 
 
-def test_unexpected_deadline_counts_per_group(engine: Engine) -> None:
-    ingest(engine, [consume("s", "ghost", "g1", 0), consume("s", "ghost", "g2", 200)])
-    run(engine, DEFAULT, 310)
-    assert_row(engine, "s", "g1", [], unexpected=1)
-    assert_nothing_counted(engine, "s", "g2")
-    run(engine, DEFAULT, 510)
-    assert_row(engine, "s", "g2", [], unexpected=1)
+def test_unexpected_deadline_counts_per_group(store: Engine) -> None:
+    ingest(store, [consume("s", "ghost", "g1", 0), consume("s", "ghost", "g2", 200)])
+    run(store, DEFAULT, 310)
+    assert_row(store, "s", "g1", [], unexpected=1)
+    assert_nothing_counted(store, "s", "g2")
+    run(store, DEFAULT, 510)
+    assert_row(store, "s", "g2", [], unexpected=1)
 
 
-def test_settle_zero_classifies_at_the_deadline(engine: Engine) -> None:
+def test_settle_zero_classifies_at_the_deadline(store: Engine) -> None:
     config = ReconcileConfig(settle=0)
-    ingest(engine, [produce("s", "p", 0), consume("s", "q", "g", 0)])
-    run(engine, config, 299.5)
-    assert_nothing_counted(engine, "s", "g")
-    run(engine, config, 300)
-    assert_row(engine, "s", "g", [], produced=1, lost=1, unexpected=1)
+    ingest(store, [produce("s", "p", 0), consume("s", "q", "g", 0)])
+    run(store, config, 299.5)
+    assert_nothing_counted(store, "s", "g")
+    run(store, config, 300)
+    assert_row(store, "s", "g", [], produced=1, lost=1, unexpected=1)
 
 
-def test_per_stream_deadlines(engine: Engine) -> None:
+def test_per_stream_deadlines(store: Engine) -> None:
     config = ReconcileConfig(stream_deadlines={"fast": 60})
-    ingest(engine, [
+    ingest(store, [
         produce("fast", "m1", 0), consume("fast", "m1", "g", 60),
         produce("fast", "m2", 0), consume("fast", "m2", "g", 61),
         consume("fast", "ghost", "g", 10),
         produce("slow", "m1", 0), consume("slow", "m1", "g", 61),
         produce("slow", "m2", 0), consume("slow", "m2", "g", 299),
     ])
-    run(engine, config, 69)
+    run(store, config, 69)
     # delivered in time: counted at once, each stream by its own deadline
-    assert_row(engine, "fast", "g", [60], produced=1, delivered=1, attempts=1)
-    assert_row(engine, "slow", "g", [61, 299], produced=2, delivered=2, attempts=2)
-    run(engine, config, 70)  # fast/m2's deadline (60) + settle (10)
-    assert_row(engine, "fast", "g", [60, 61], produced=2, delivered=1, lost=1, late=1,
+    assert_row(store, "fast", "g", [60], produced=1, delivered=1, attempts=1)
+    assert_row(store, "slow", "g", [61, 299], produced=2, delivered=2, attempts=2)
+    run(store, config, 70)  # fast/m2's deadline (60) + settle (10)
+    assert_row(store, "fast", "g", [60, 61], produced=2, delivered=1, lost=1, late=1,
                attempts=2)
-    run(engine, config, 80)
-    assert_row(engine, "fast", "g", [60, 61], produced=2, delivered=1, lost=1, late=1,
+    run(store, config, 80)
+    assert_row(store, "fast", "g", [60, 61], produced=2, delivered=1, lost=1, late=1,
                attempts=2, unexpected=1)
-    run(engine, config, 310)
-    assert_row(engine, "slow", "g", [61, 299], produced=2, delivered=2, attempts=2)
-    assert ids(engine, "late", "fast", "g") == {"m2"}
+    run(store, config, 310)
+    assert_row(store, "slow", "g", [61, 299], produced=2, delivered=2, attempts=2)
+    assert ids(store, "late", "fast", "g") == {"m2"}
 
 
 # --- ingest idempotence ----------------------------------------------------------------
 
 
-def test_idempotent_reingest(engine: Engine) -> None:
+def test_idempotent_reingest(store: Engine) -> None:
     batch = [
         produce("s", "m1", 0, record_id="p-1"),
         consume("s", "m1", "g", 1, record_id="c-1"),
@@ -421,38 +421,38 @@ def test_idempotent_reingest(engine: Engine) -> None:
         produce("s", "m2", 0),
         consume("s", "m2", "g", 3),
     ]
-    assert ingest(engine, batch) == 5
-    assert ingest(engine, batch) == 5
-    run(engine, DEFAULT, 100)  # both ids delivered at once, not forgotten before 310
+    assert ingest(store, batch) == 5
+    assert ingest(store, batch) == 5
+    run(store, DEFAULT, 100)  # both ids delivered at once, not forgotten before 310
     expected = dict(produced=2, delivered=2, attempts=3, consume_errors=1)
-    assert_row(engine, "s", "g", [1, 3], **expected)
-    assert repeats(engine) == 5
+    assert_row(store, "s", "g", [1, 3], **expected)
+    assert repeats(store) == 5
     # resent after the verdict, before deadline + settle: still counted once
-    ingest(engine, batch)
-    run(engine, DEFAULT, 400)
-    assert_row(engine, "s", "g", [1, 3], **expected)
-    assert repeats(engine) == 10
+    ingest(store, batch)
+    run(store, DEFAULT, 400)
+    assert_row(store, "s", "g", [1, 3], **expected)
+    assert repeats(store) == 10
 
 
-def test_same_record_id_is_one_record_even_if_fields_differ(engine: Engine) -> None:
+def test_same_record_id_is_one_record_even_if_fields_differ(store: Engine) -> None:
     first = consume("s", "m1", "g", 1, record_id="c-1")
     resent = consume("s", "m1", "g", 5, record_id="c-1")
-    ingest(engine, [produce("s", "m1", 0), first])
-    ingest(engine, [resent])
-    run(engine, DEFAULT, 400)
-    assert repeats(engine) == 1
-    assert_row(engine, "s", "g", [1], produced=1, delivered=1, attempts=1)
+    ingest(store, [produce("s", "m1", 0), first])
+    ingest(store, [resent])
+    run(store, DEFAULT, 400)
+    assert repeats(store) == 1
+    assert_row(store, "s", "g", [1], produced=1, delivered=1, attempts=1)
 
 
-def test_identical_records_without_record_id_are_one_within_a_batch(engine: Engine) -> None:
+def test_identical_records_without_record_id_are_one_within_a_batch(store: Engine) -> None:
     c = consume("s", "m1", "g", 1)
-    ingest(engine, [produce("s", "m1", 0), c, c])
-    run(engine, DEFAULT, 400)
-    assert repeats(engine) == 1
-    assert_row(engine, "s", "g", [1], produced=1, delivered=1, attempts=1)
+    ingest(store, [produce("s", "m1", 0), c, c])
+    run(store, DEFAULT, 400)
+    assert repeats(store) == 1
+    assert_row(store, "s", "g", [1], produced=1, delivered=1, attempts=1)
 
 
-def test_consumes_differing_only_in_ts_are_two_deliveries(engine: Engine) -> None:
+def test_consumes_differing_only_in_ts_are_two_deliveries(store: Engine) -> None:
     records = [
         produce("s", "m1", 0),
         consume("s", "m1", "g", 1),
@@ -460,56 +460,56 @@ def test_consumes_differing_only_in_ts_are_two_deliveries(engine: Engine) -> Non
         consume("s", "m1", "g", 2, outcome="error"),
         consume("s", "m1", "g", 2.5, outcome="error"),
     ]
-    ingest(engine, records)
-    run(engine, DEFAULT, 400)
-    assert repeats(engine) == 0
-    assert_row(engine, "s", "g", [1], produced=1, delivered=1, duplicated=1, attempts=4,
+    ingest(store, records)
+    run(store, DEFAULT, 400)
+    assert repeats(store) == 0
+    assert_row(store, "s", "g", [1], produced=1, delivered=1, duplicated=1, attempts=4,
                consume_errors=2)
 
 
-def test_same_record_sent_as_json_int_or_float_ts_is_one(engine: Engine) -> None:
+def test_same_record_sent_as_json_int_or_float_ts_is_one(store: Engine) -> None:
     wire = {"stream": "s", "kind": "consume", "message_id": "m1", "group": "g",
             "ts": int(T) + 1, "producer": "p1", "seq": 7}
     first = {"stream": "s", "kind": "produce", "message_id": "m1", "ts": T}
-    write_batch(engine, Batch(parse_batch([first, wire]), [], None))
-    write_batch(engine, Batch(parse_batch([{**wire, "ts": float(wire["ts"])}]), [], None))
-    run(engine, DEFAULT, 400)
-    assert repeats(engine) == 1
-    assert_row(engine, "s", "g", [1], produced=1, delivered=1, attempts=1)
+    write_batch(store, Batch(parse_batch([first, wire]), [], None))
+    write_batch(store, Batch(parse_batch([{**wire, "ts": float(wire["ts"])}]), [], None))
+    run(store, DEFAULT, 400)
+    assert repeats(store) == 1
+    assert_row(store, "s", "g", [1], produced=1, delivered=1, attempts=1)
 
 
-def test_records_differing_in_one_optional_field_are_two(engine: Engine) -> None:
+def test_records_differing_in_one_optional_field_are_two(store: Engine) -> None:
     base = consume("s", "m1", "g", 1)
     other = base._replace(producer="p2")
-    ingest(engine, [produce("s", "m1", 0), base, other])
-    run(engine, DEFAULT, 400)
-    assert repeats(engine) == 0
-    assert_row(engine, "s", "g", [1], produced=1, delivered=1, duplicated=1, attempts=2)
+    ingest(store, [produce("s", "m1", 0), base, other])
+    run(store, DEFAULT, 400)
+    assert repeats(store) == 0
+    assert_row(store, "s", "g", [1], produced=1, delivered=1, duplicated=1, attempts=2)
 
 
-def test_records_differing_only_in_producer_none_or_text_none_are_two(engine: Engine) -> None:
+def test_records_differing_only_in_producer_none_or_text_none_are_two(store: Engine) -> None:
     """Without record_id, records are the same only when every field is equal:
     an absent producer and a producer named "None" are different fields."""
     absent = consume("s", "m1", "g", 1)
     named = absent._replace(producer="None")
-    ingest(engine, [produce("s", "m1", 0), absent, named])
-    run(engine, DEFAULT, 400)
-    assert repeats(engine) == 0
-    assert_row(engine, "s", "g", [1], produced=1, delivered=1, duplicated=1, attempts=2)
+    ingest(store, [produce("s", "m1", 0), absent, named])
+    run(store, DEFAULT, 400)
+    assert repeats(store) == 0
+    assert_row(store, "s", "g", [1], produced=1, delivered=1, duplicated=1, attempts=2)
 
 
-def test_separator_characters_in_names_do_not_merge_records(engine: Engine) -> None:
+def test_separator_characters_in_names_do_not_merge_records(store: Engine) -> None:
     """Two records with different groups and producers are two records, whatever
     characters the names hold (the contract allows any non-empty string)."""
     a = consume("s", "m1", "g\x1f1700000001.0\x1f1\x1fok\x1fP", 1)._replace(producer="Q")
     b = consume("s", "m1", "g", 1)._replace(producer="P\x1f1700000001.0\x1f1\x1fok\x1fQ")
     assert a != b
-    ingest(engine, [produce("s", "m1", 0), a, b])
-    run(engine, DEFAULT, 400)
-    assert repeats(engine) == 0
+    ingest(store, [produce("s", "m1", 0), a, b])
+    run(store, DEFAULT, 400)
+    assert repeats(store) == 0
 
 
-def test_ids_and_names_are_opaque_strings(engine: Engine) -> None:
+def test_ids_and_names_are_opaque_strings(store: Engine) -> None:
     long_id = "x" * 256
     records = [
         produce("örders/ü", "M1", 0), consume("örders/ü", "M1", "grp ✓", 1),
@@ -519,17 +519,17 @@ def test_ids_and_names_are_opaque_strings(engine: Engine) -> None:
         consume("örders/ü", long_id, "grp ✓", 3, record_id="c" * 256),
         consume("örders/ü", "'; DROP TABLE records; --", "grp ✓", 4),
     ]
-    one_shot(engine, records)
-    assert_row(engine, "örders/ü", "grp ✓", [1, 2, 3], produced=4, delivered=3, lost=1,
+    one_shot(store, records)
+    assert_row(store, "örders/ü", "grp ✓", [1, 2, 3], produced=4, delivered=3, lost=1,
                unexpected=1, attempts=3)
-    assert ids(engine, "lost", "örders/ü", "grp ✓") == {"m1"}
-    assert ids(engine, "unexpected", "örders/ü", "grp ✓") == {"'; DROP TABLE records; --"}
+    assert ids(store, "lost", "örders/ü", "grp ✓") == {"m1"}
+    assert ids(store, "unexpected", "örders/ü", "grp ✓") == {"'; DROP TABLE records; --"}
 
 
 # --- the reconciliation report -----------------------------------------------------------
 
 
-def test_discrepancy_report_names_exactly_the_ids(engine: Engine) -> None:
+def test_discrepancy_report_names_exactly_the_ids(store: Engine) -> None:
     config = ReconcileConfig(expected_groups={"pay": ("ledger",)})
     records = [
         produce("orders", "o1", 0), consume("orders", "o1", "billing", 1),
@@ -547,16 +547,16 @@ def test_discrepancy_report_names_exactly_the_ids(engine: Engine) -> None:
         produce("pay", "o1", 0), consume("pay", "o1", "billing", 1),
         produce("pay", "o2", 0), consume("pay", "o2", "billing", 2),
     ]
-    one_shot(engine, records, config)
-    assert ids(engine, "lost", "orders", "billing") == {"o2", "o5", "o6"}
-    assert ids(engine, "late", "orders", "billing") == {"o6"}
-    assert ids(engine, "duplicated", "orders", "billing") == {"o3", "o6", "o7"}
-    assert ids(engine, "unexpected", "orders", "billing") == {"o4"}
-    assert ids(engine, "dead_lettered", "orders", "billing") == {"o5"}
-    assert ids(engine, "recovered", "orders", "billing") == {"o7"}
-    assert ids(engine, "lost", "pay", "billing") == set()
-    assert ids(engine, "lost", "pay", "ledger") == {"o1", "o2"}
-    with engine.connect() as conn:
+    one_shot(store, records, config)
+    assert ids(store, "lost", "orders", "billing") == {"o2", "o5", "o6"}
+    assert ids(store, "late", "orders", "billing") == {"o6"}
+    assert ids(store, "duplicated", "orders", "billing") == {"o3", "o6", "o7"}
+    assert ids(store, "unexpected", "orders", "billing") == {"o4"}
+    assert ids(store, "dead_lettered", "orders", "billing") == {"o5"}
+    assert ids(store, "recovered", "orders", "billing") == {"o7"}
+    assert ids(store, "lost", "pay", "billing") == set()
+    assert ids(store, "lost", "pay", "ledger") == {"o1", "o2"}
+    with store.connect() as conn:
         every_lost = read_discrepancies(conn, kind="lost")
         billing_lost = read_discrepancies(conn, kind="lost", group="billing")
         orders_dups = read_discrepancies(conn, kind="duplicated", stream="orders")
@@ -575,14 +575,14 @@ def test_discrepancy_report_names_exactly_the_ids(engine: Engine) -> None:
     assert [r["message_id"] for r in first_two + rest] == [
         r["message_id"] for r in every_lost
     ]
-    with engine.connect() as conn, pytest.raises(ValueError):
+    with store.connect() as conn, pytest.raises(ValueError):
         read_discrepancies(conn, kind="nonsense")
 
 
 # --- a pass with nothing new ------------------------------------------------------------
 
 
-def test_reconcile_with_nothing_new_is_a_no_op(engine: Engine) -> None:
+def test_reconcile_with_nothing_new_is_a_no_op(store: Engine) -> None:
     config = ReconcileConfig(expected_groups={"orders": ("archive",)})
     records = [
         produce("orders", "m1", 0), consume("orders", "m1", "billing", 1),
@@ -591,18 +591,18 @@ def test_reconcile_with_nothing_new_is_a_no_op(engine: Engine) -> None:
         consume("orders", "ghost", "billing", 3),
         produce("orders", "m3", 0, outcome="error"),
     ]
-    one_shot(engine, records, config)
-    first = snapshot(engine)
+    one_shot(store, records, config)
+    first = snapshot(store)
     for at in (1000, 1000, 5000, 10**6):
-        run(engine, config, at)
-        assert snapshot(engine) == first
+        run(store, config, at)
+        assert snapshot(store) == first
 
 
-def test_consume_errors_are_counted_once_when_later_batches_arrive(engine: Engine) -> None:
+def test_consume_errors_are_counted_once_when_later_batches_arrive(store: Engine) -> None:
     """A batch ingested after the inbox was drained must not re-count old records."""
-    ingest(engine, [produce("s", "m1", 0), consume("s", "m1", "g", 1, outcome="error")])
-    run(engine, DEFAULT, 400)
-    assert_row(engine, "s", "g", [], produced=1, lost=1, attempts=1, consume_errors=1)
-    ingest(engine, [produce("s", "m2", 500)])
-    run(engine, DEFAULT, 1000)
-    assert_row(engine, "s", "g", [], produced=2, lost=2, attempts=1, consume_errors=1)
+    ingest(store, [produce("s", "m1", 0), consume("s", "m1", "g", 1, outcome="error")])
+    run(store, DEFAULT, 400)
+    assert_row(store, "s", "g", [], produced=1, lost=1, attempts=1, consume_errors=1)
+    ingest(store, [produce("s", "m2", 500)])
+    run(store, DEFAULT, 1000)
+    assert_row(store, "s", "g", [], produced=2, lost=2, attempts=1, consume_errors=1)

@@ -15,11 +15,11 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 
 from msgtally.app import create_app
-from msgtally.ingest.db import open_engine
-from msgtally.ingest.sdk import Tally
+from msgtally.ingest.shim.tally import Tally
 from msgtally.reconcile import ReconcileConfig
 from msgtally.server import BackgroundServer, free_port
 from msgtally.slis.read.query import read_drops
+from msgtally.store.db import open_store
 from tests.conftest import LiveCollector
 from tests.harness import logged
 
@@ -46,12 +46,12 @@ def total_dropped(registry: CollectorRegistry) -> float:
 # --- poison records from a real shim -------------------------------------------------------
 
 
-def test_a_poison_record_never_stops_a_shim(engine: Engine) -> None:
+def test_a_poison_record_never_stops_a_shim(store: Engine) -> None:
     """What the collector would refuse is refused at the call; what only the
     collector can refuse (here: a name past the series limit) is dropped, counted,
     and the shim carries on."""
     registry = CollectorRegistry()
-    with LiveCollector(engine, ReconcileConfig(), max_series=2) as live:
+    with LiveCollector(store, ReconcileConfig(), max_series=2) as live:
         tally = Tally("s", collector_url=live.url, registry=registry, tracing=False,
                       flush_interval=0.05)  # fmt: skip
         tally.produced("nul\x00id")  # NUL: no store can hold it
@@ -65,10 +65,10 @@ def test_a_poison_record_never_stops_a_shim(engine: Engine) -> None:
             tally.produced(f"m{i}")
         assert tally.flush(10)
         tally.close()
-        got = {r["message_id"] for r in logged(engine)}
+        got = {r["message_id"] for r in logged(store)}
     assert got == {f"m{i}" for i in range(400)} | {"c-1"}
     assert total_dropped(registry) == 4  # three at the call, one refused by the collector
-    with engine.connect() as conn:
+    with store.connect() as conn:
         assert sum(read_drops(conn).values()) == 4  # and the collector knows
 
 
@@ -88,16 +88,16 @@ def test_a_poison_record_never_stops_a_shim(engine: Engine) -> None:
     ],
 )  # fmt: skip
 def test_numbers_and_characters_no_store_holds_are_4xx(
-    engine: Engine, collector: LiveCollector, body: dict[str, Any], status: int, field: str
+    store: Engine, collector: LiveCollector, body: dict[str, Any], status: int, field: str
 ) -> None:
     resp = httpx.post(f"{collector.url}/v1/records", json=body)
     assert resp.status_code == status, resp.text
     assert resp.json()["detail"]["field"] == field
-    assert logged(engine) == []
+    assert logged(store) == []
 
 
 def test_drop_totals_are_bounded_and_summed_without_overflow(
-    engine: Engine, collector: LiveCollector
+    store: Engine, collector: LiveCollector
 ) -> None:
     big = 2**40
     for source in ("a", "b", "c"):
@@ -107,7 +107,7 @@ def test_drop_totals_are_bounded_and_summed_without_overflow(
     httpx.post(f"{collector.url}/v1/records", json=[rec("m1"), rec("m1", "consume")])
     assert httpx.get(f"{collector.url}/v1/slis").status_code == 200
     assert httpx.get(f"{collector.url}/metrics").status_code == 200
-    with engine.connect() as conn:
+    with store.connect() as conn:
         assert read_drops(conn) == {("s", "produce", ""): 3 * big}
 
 
@@ -120,8 +120,8 @@ def _raw(port: int, request: bytes) -> socket.socket:
     return sock
 
 
-def test_a_stalled_body_is_refused_and_held_bytes_are_bounded(engine: Engine) -> None:
-    app = create_app(engine, ReconcileConfig(), read_timeout=1.0, max_inflight=100_000)
+def test_a_stalled_body_is_refused_and_held_bytes_are_bounded(store: Engine) -> None:
+    app = create_app(store, ReconcileConfig(), read_timeout=1.0, max_inflight=100_000)
     with BackgroundServer(app) as live:
         port = live.port
         head = (b"POST /v1/records HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -145,9 +145,9 @@ def test_a_stalled_body_is_refused_and_held_bytes_are_bounded(engine: Engine) ->
 # --- authentication ---------------------------------------------------------------------------
 
 
-def test_a_token_guards_every_endpoint_but_healthz(engine: Engine) -> None:
+def test_a_token_guards_every_endpoint_but_healthz(store: Engine) -> None:
     token = "s3cret-token"
-    with LiveCollector(engine, ReconcileConfig(), token=token) as live:
+    with LiveCollector(store, ReconcileConfig(), token=token) as live:
         url = live.url
         assert httpx.get(f"{url}/healthz").status_code == 200
         for method, path in (("POST", "/v1/records"), ("GET", "/v1/slis"), ("GET", "/metrics"),
@@ -166,8 +166,8 @@ def test_a_token_guards_every_endpoint_but_healthz(engine: Engine) -> None:
         tally.produced("via-shim")
         assert tally.flush(10)
         tally.close()
-        assert [r["message_id"] for r in logged(engine)] == ["via-shim"]
-    with LiveCollector(engine, ReconcileConfig(), token=token, metrics_open=True) as live:
+        assert [r["message_id"] for r in logged(store)] == ["via-shim"]
+    with LiveCollector(store, ReconcileConfig(), token=token, metrics_open=True) as live:
         assert httpx.get(f"{live.url}/metrics").status_code == 200
         assert httpx.get(f"{live.url}/v1/slis").status_code == 401
 
@@ -175,8 +175,8 @@ def test_a_token_guards_every_endpoint_but_healthz(engine: Engine) -> None:
 # --- a flood of names -------------------------------------------------------------------------
 
 
-def test_new_names_past_the_series_limit_are_refused(engine: Engine) -> None:
-    with LiveCollector(engine, ReconcileConfig(), max_series=3) as live:
+def test_new_names_past_the_series_limit_are_refused(store: Engine) -> None:
+    with LiveCollector(store, ReconcileConfig(), max_series=3) as live:
         post = f"{live.url}/v1/records"
         assert httpx.post(post, json=[rec("m1"), rec("m1", "consume")]).status_code == 200
         flood = [rec("x", stream=f"random-{i}") for i in range(5)]
@@ -191,8 +191,8 @@ def test_new_names_past_the_series_limit_are_refused(engine: Engine) -> None:
 # --- readiness --------------------------------------------------------------------------------
 
 
-def test_readiness_names_an_engine_that_stopped(engine: Engine) -> None:
-    with LiveCollector(engine, ReconcileConfig(), reconcile_interval=0.05) as live:
+def test_readiness_names_an_engine_that_stopped(store: Engine) -> None:
+    with LiveCollector(store, ReconcileConfig(), reconcile_interval=0.05) as live:
         deadline = time.monotonic() + 10
         while httpx.get(f"{live.url}/readyz").json().get("engine") != "running":
             assert time.monotonic() < deadline
@@ -214,7 +214,7 @@ def test_a_shim_resumes_within_a_second_of_the_collector_coming_back(tmp_path: P
     for i in range(100):
         tally.produced(f"m{i}")
     time.sleep(4)  # the collector is away: the shim backs off, up to its cap
-    store = open_engine(str(tmp_path / "s.db"))
+    store = open_store(str(tmp_path / "s.db"))
     with BackgroundServer(create_app(store, ReconcileConfig()), port=port):
         back = time.monotonic()
         while len(logged(store)) < 100:
@@ -227,9 +227,9 @@ def test_a_shim_resumes_within_a_second_of_the_collector_coming_back(tmp_path: P
 # --- the shipper survives its own errors ------------------------------------------------------
 
 
-def test_the_shipper_survives_an_error_and_counts_what_it_cost(engine: Engine) -> None:
+def test_the_shipper_survives_an_error_and_counts_what_it_cost(store: Engine) -> None:
     registry = CollectorRegistry()
-    with LiveCollector(engine, ReconcileConfig()) as live:
+    with LiveCollector(store, ReconcileConfig()) as live:
         tally = Tally("s", collector_url=live.url, registry=registry, tracing=False,
                       flush_interval=0.05)  # fmt: skip
         # A row the shim itself would never build: the JSON encoder fails on it.
@@ -240,6 +240,6 @@ def test_the_shipper_survives_an_error_and_counts_what_it_cost(engine: Engine) -
         assert tally.flush(10)
         assert tally.shipper._thread is not None and tally.shipper._thread.is_alive()
         tally.close()
-        assert "after" in {r["message_id"] for r in logged(engine)}
+        assert "after" in {r["message_id"] for r in logged(store)}
     assert total_dropped(registry) == 1
 

@@ -11,9 +11,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 
 from msgtally.app import create_app
-from msgtally.ingest.db import open_engine
 from msgtally.reconcile import ReconcileConfig, reconcile
 from msgtally.server import BackgroundServer
+from msgtally.store.db import open_store
 from tests.conftest import LiveCollector
 
 T0 = 1_700_000_000.0
@@ -56,7 +56,7 @@ def test_every_series_is_there_at_zero_before_any_traffic(collector: LiveCollect
 
 
 def test_records_accepted_then_counted_new_or_repeated(
-    engine: Engine, collector: LiveCollector
+    store: Engine, collector: LiveCollector
 ) -> None:
     batch = [rec("m1"), rec("m1", "consume"), rec("m2", record_id="r-2")]
     httpx.post(f"{collector.url}/v1/records", json=batch).raise_for_status()
@@ -64,7 +64,7 @@ def test_records_accepted_then_counted_new_or_repeated(
     httpx.post(f"{collector.url}/v1/records", json=again).raise_for_status()
     got = ingest_samples(collector.url)
     assert got == {**ZERO, ("msgtally_ingest_records_total", "accepted"): 7.0}
-    reconcile(engine, ReconcileConfig(), now=T0 + 1000)
+    reconcile(store, ReconcileConfig(), now=T0 + 1000)
     text = httpx.get(f"{collector.url}/metrics").text
     engine_counts = {
         s.labels["result"]: s.value
@@ -75,8 +75,8 @@ def test_records_accepted_then_counted_new_or_repeated(
     assert engine_counts == {"new": 4.0, "repeat": 3.0}
 
 
-def test_refused_requests_by_reason_count_no_records(engine: Engine) -> None:
-    with LiveCollector(engine, ReconcileConfig(), max_body=4096) as live:
+def test_refused_requests_by_reason_count_no_records(store: Engine) -> None:
+    with LiveCollector(store, ReconcileConfig(), max_body=4096) as live:
         post = f"{live.url}/v1/records"
         json_header = {"content-type": "application/json"}
         assert httpx.post(post, content=b"", headers=json_header).status_code == 400
@@ -94,14 +94,14 @@ def test_refused_requests_by_reason_count_no_records(engine: Engine) -> None:
 
 def test_a_store_that_is_down_counts_as_store_unavailable(tmp_path: Any) -> None:
     db = tmp_path / "gone.db"
-    engine = open_engine(str(db))
-    app = create_app(engine, ReconcileConfig())
+    store = open_store(str(db))
+    app = create_app(store, ReconcileConfig())
     with BackgroundServer(app) as live:
         db.unlink()
         db.mkdir()  # the path now cannot be opened as a database
-        engine.dispose()  # and the open connections are gone with it
+        store.dispose()  # and the open connections are gone with it
         assert httpx.post(f"{live.url}/v1/records", json=[rec("m1")]).status_code == 503
-    engine.dispose()
+    store.dispose()
     # /metrics cannot read the tallies from a store that is gone: read the ingest counters.
     names = ["msgtally_ingest_records_total", "msgtally_ingest_rejected_total"]
     text = generate_latest(app.state.registry.restricted_registry(names)).decode()

@@ -10,8 +10,8 @@ import httpx
 import pytest
 from sqlalchemy import Engine
 
-from msgtally.ingest import limits, logbody
-from msgtally.ingest.schema import parse_batch
+from msgtally.ingest.intake import limits, logbody
+from msgtally.ingest.intake.schema import parse_batch
 from msgtally.reconcile import ReconcileConfig, _engine
 from msgtally.slis.read.query import read_slis
 from tests.conftest import LiveCollector
@@ -50,12 +50,12 @@ def _post(url: str, records: list[dict[str, object]]) -> httpx.Response:
 
 @pytest.mark.postgres
 def test_a_group_past_the_stream_limit_is_refused_and_the_rest_stays_exact(
-    engine: Engine,
+    store: Engine,
 ) -> None:
     now = time.time()
     config = ReconcileConfig(deadline=0.5, settle=0.2)
     with LiveCollector(
-        engine, config, max_series=limits.MAX_SERIES, reconcile_interval=0.05
+        store, config, max_series=limits.MAX_SERIES, reconcile_interval=0.05
     ) as live:
         groups = [
             {"stream": "s", "kind": "consume", "message_id": "c", "ts": now, "group": f"g{i}"}
@@ -83,7 +83,7 @@ def test_a_group_past_the_stream_limit_is_refused_and_the_rest_stays_exact(
         want_t = {"produced": 1, "delivered": 1, "lost": 0, "unexpected": 0}
         deadline = time.monotonic() + 60
         while True:
-            with engine.connect() as conn:
+            with store.connect() as conn:
                 slis = {(r.stream, r.group): r for r in read_slis(conn)}
             s_done = sum(r.lost for k, r in slis.items() if k[0] == "s") == LIMIT - 1
             if s_done and ("t", "a") in slis:

@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from msgtally.ingest.db import WAL_SIZE_LIMIT, open_engine
 from msgtally.reconcile import ReconcileConfig
+from msgtally.store.db import WAL_SIZE_LIMIT, open_store
 from tests.conftest import LiveCollector
 from tests.harness import logged
 
@@ -48,7 +48,7 @@ def post_until_ok(client: httpx.Client, url: str, payload: list[dict[str, Any]])
 
 def test_the_wal_stays_bounded_under_concurrent_ingest(tmp_path: Path) -> None:
     db = tmp_path / "wal.db"
-    store = open_engine(str(db))
+    store = open_store(str(db))
     peak = 0
     stop = threading.Event()
     with LiveCollector(store, ReconcileConfig(), reconcile_interval=0.2) as live:
@@ -83,7 +83,7 @@ def test_the_wal_stays_bounded_under_concurrent_ingest(tmp_path: Path) -> None:
 def test_liveness_and_ingest_do_not_wait_for_a_backlog(tmp_path: Path) -> None:
     """A million records wait in the log; while the engine works through them,
     /healthz answers at once and new batches are taken within a shim's timeout."""
-    store = open_engine(str(tmp_path / "backlog.db"))
+    store = open_store(str(tmp_path / "backlog.db"))
     with (
         LiveCollector(store, ReconcileConfig(), reconcile_interval=3600) as live,
         httpx.Client(timeout=60) as client,
@@ -124,9 +124,9 @@ def _wait_for_postgresql() -> None:
 
 
 def test_a_postgresql_restart_under_load_loses_nothing(pg_url: str) -> None:
-    engine = open_engine(pg_url)
+    store = open_store(pg_url)
     ts = time.time() - 400
-    with LiveCollector(engine, ReconcileConfig(), reconcile_interval=0.1) as live:
+    with LiveCollector(store, ReconcileConfig(), reconcile_interval=0.1) as live:
 
         def write(k: int) -> None:
             with httpx.Client(timeout=30) as client:
@@ -155,5 +155,5 @@ def test_a_postgresql_restart_under_load_loses_nothing(pg_url: str) -> None:
     (row,) = slis
     assert (row["produced"], row["delivered"], row["lost"], row["duplicated"]) == (
         60_000, 60_000, 0, 0)
-    engine.dispose()
+    store.dispose()
     _wait_for_postgresql()  # before the fixture drops the database

@@ -49,13 +49,13 @@ HISTORY = [
 ]
 
 
-def test_metrics_reflect_the_store_and_survive_a_restart(engine: Engine) -> None:
+def test_metrics_reflect_the_store_and_survive_a_restart(store: Engine) -> None:
     config = ReconcileConfig(latency_buckets=(0.1, 1.0, 2.5))
-    with LiveCollector(engine, config) as live:
+    with LiveCollector(store, config) as live:
         httpx.post(f"{live.url}/v1/records", json=HISTORY).raise_for_status()
         before = scrape(live.url)
         assert before[("msgtally_reconcile_backlog_records", ())] == len(HISTORY)
-        reconcile(engine, config, now=T0 + 2100)
+        reconcile(store, config, now=T0 + 2100)
         m = scrape(live.url)
     assert m[key("msgtally_messages_produced_total")] == 4
     assert m[key("msgtally_messages_delivered_total")] == 3
@@ -82,18 +82,18 @@ def test_metrics_reflect_the_store_and_survive_a_restart(engine: Engine) -> None
     def from_store(sample: tuple[str, tuple[tuple[str, str], ...]]) -> bool:
         return "created" not in sample[0] and not sample[0].startswith("msgtally_ingest_")
 
-    with LiveCollector(engine, config) as again:
+    with LiveCollector(store, config) as again:
         after = scrape(again.url)
     assert {k: v for k, v in after.items() if from_store(k)} == {
         k: v for k, v in m.items() if from_store(k)
     }
 
 
-def test_a_group_that_received_nothing_still_shows_its_loss(engine: Engine) -> None:
+def test_a_group_that_received_nothing_still_shows_its_loss(store: Engine) -> None:
     config = ReconcileConfig(expected_groups={"orders": ("audit",)})
-    with LiveCollector(engine, config) as live:
+    with LiveCollector(store, config) as live:
         httpx.post(f"{live.url}/v1/records", json=HISTORY[:2]).raise_for_status()
-        reconcile(engine, config, now=T0 + 1000)
+        reconcile(store, config, now=T0 + 1000)
         m = scrape(live.url)
     assert m[key("msgtally_messages_produced_total", group="audit")] == 1
     assert m[key("msgtally_messages_lost_total", group="audit")] == 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from msgtally.alerts.promtests import EVENTS, _ratio_steps
-from msgtally.ingest.tables import tallies
 from msgtally.names import (
     COUNT_FIELDS,
     COUNTERS,
@@ -14,6 +13,7 @@ from msgtally.names import (
     SLIKind,
 )
 from msgtally.reconcile import _engine
+from msgtally.store.tables import tallies
 
 
 def test_every_sli_kind_has_one_indicator_over_known_counts() -> None:

@@ -18,8 +18,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def api_schema(engine: Engine) -> Iterator[schemathesis.BaseSchema]:
-    with LiveCollector(engine, ReconcileConfig(), reconcile_interval=0.05) as live:
+def api_schema(store: Engine) -> Iterator[schemathesis.BaseSchema]:
+    with LiveCollector(store, ReconcileConfig(), reconcile_interval=0.05) as live:
         yield schemathesis.openapi.from_url(f"{live.url}/openapi.json")
 
 

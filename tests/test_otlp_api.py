@@ -17,9 +17,9 @@ from google.rpc.status_pb2 import Status
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from sqlalchemy import Engine
 
-from msgtally.ingest.db import open_engine
-from msgtally.ingest.otlp.mapping import Mapped, map_span
+from msgtally.ingest.intake.otlp.mapping import Mapped, map_span
 from msgtally.reconcile import ReconcileConfig, reconcile
+from msgtally.store.db import open_store
 from tests.conftest import LiveCollector
 from tests.harness import logged, repeats
 from tests.otlp_support import (
@@ -55,19 +55,19 @@ def status_of(resp: httpx.Response) -> Status:
 
 
 def test_spans_become_records_and_a_resent_export_counts_once(
-    engine: Engine, collector: LiveCollector
+    store: Engine, collector: LiveCollector
 ) -> None:
     req = request([produce_span("m1"), consume_span("m1"), produce_span("m2")])
     assert partial(post(collector.url, req)) == (0, "")
     assert partial(post(collector.url, req)) == (0, "")  # the exporter retried
-    got = logged(engine)
+    got = logged(store)
     assert [(r["kind"], r["message_id"], r["group"], r["ts"]) for r in got] == [
         ("consume", "m1", "billing", (T_NS + 1500 * 10**6) / 1e9),
         ("produce", "m1", "", (T_NS + 10**9) / 1e9),
         ("produce", "m2", "", (T_NS + 10**9) / 1e9),
     ]
-    reconcile(engine, ReconcileConfig(), now=T_NS / 1e9 + 1000)
-    assert repeats(engine) == 3
+    reconcile(store, ReconcileConfig(), now=T_NS / 1e9 + 1000)
+    assert repeats(store) == 3
     (sli,) = httpx.get(f"{collector.url}/v1/slis").json()
     assert (sli["produced"], sli["delivered"], sli["lost"], sli["attempts"]) == (2, 1, 1, 1)
 
@@ -79,7 +79,7 @@ def test_an_empty_export_is_a_success(collector: LiveCollector) -> None:
     )
 
 
-def test_otlp_json_with_hex_ids(engine: Engine, collector: LiveCollector) -> None:
+def test_otlp_json_with_hex_ids(store: Engine, collector: LiveCollector) -> None:
     s = produce_span("j1")
     body = as_json(request([s, consume_span("j2", **{"msgtally.attempt": "2"})]))
     assert body["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["traceId"] == s.trace_id.hex()
@@ -89,14 +89,14 @@ def test_otlp_json_with_hex_ids(engine: Engine, collector: LiveCollector) -> Non
     answer = resp.json()["partialSuccess"]
     assert answer["rejectedSpans"] == "1"  # int64 in proto3 JSON
     assert answer["errorMessage"].endswith("msgtally.attempt: must be an integer, got a string")
-    (record,) = logged(engine)
+    (record,) = logged(store)
     assert (record["message_id"], record["trace_id"]) == ("j1", s.trace_id.hex())
     # Unknown fields are ignored, as OTLP/JSON receivers must.
     body["resourceSpans"][0]["futureField"] = {"x": 1}
     assert httpx.post(f"{collector.url}/v1/traces", json=body).status_code == 200
 
 
-def test_gzip_deflate_and_chunked_bodies(engine: Engine, collector: LiveCollector) -> None:
+def test_gzip_deflate_and_chunked_bodies(store: Engine, collector: LiveCollector) -> None:
     raw = request([produce_span("g1")]).SerializeToString()
     gz = httpx.post(f"{collector.url}/v1/traces", content=gzip.compress(raw),
                     headers={**PROTOBUF, "content-encoding": "gzip"})  # fmt: skip
@@ -120,7 +120,7 @@ def test_gzip_deflate_and_chunked_bodies(engine: Engine, collector: LiveCollecto
     assert "content-length" not in chunked.request.headers
     assert partial(chunked) == (0, "")
     # g1 twice is the same span twice: one record
-    assert sorted(r["message_id"] for r in logged(engine)) == ["c1", "d1", "g1"]
+    assert sorted(r["message_id"] for r in logged(store)) == ["c1", "d1", "g1"]
 
 
 @pytest.mark.parametrize(
@@ -144,7 +144,7 @@ def test_gzip_deflate_and_chunked_bodies(engine: Engine, collector: LiveCollecto
          "gzip truncated", "deflate junk"],
 )  # fmt: skip
 def test_a_body_that_is_no_request_is_a_400_with_a_status(
-    engine: Engine, collector: LiveCollector, body: bytes, headers: dict[str, str], status: int,
+    store: Engine, collector: LiveCollector, body: bytes, headers: dict[str, str], status: int,
     message: str,
 ) -> None:  # fmt: skip
     resp = httpx.post(f"{collector.url}/v1/traces", content=body, headers=headers)
@@ -152,7 +152,7 @@ def test_a_body_that_is_no_request_is_a_400_with_a_status(
     got = status_of(resp)
     assert got.code == 3  # INVALID_ARGUMENT
     assert got.message.startswith(message), got.message
-    assert logged(engine) == []
+    assert logged(store) == []
 
 
 @pytest.mark.parametrize(
@@ -174,8 +174,8 @@ def test_unsupported_media_is_a_415(
         assert status_of(resp).message.startswith("content-encoding: br is not supported")
 
 
-def test_bodies_past_the_limit_are_413_also_once_decompressed(engine: Engine) -> None:
-    with LiveCollector(engine, ReconcileConfig(), max_body=64 * 1024) as live:
+def test_bodies_past_the_limit_are_413_also_once_decompressed(store: Engine) -> None:
+    with LiveCollector(store, ReconcileConfig(), max_body=64 * 1024) as live:
         big = request([produce_span(f"m{i}") for i in range(2000)]).SerializeToString()
         assert len(big) > 64 * 1024
         resp = httpx.post(f"{live.url}/v1/traces", content=big, headers=PROTOBUF)
@@ -193,11 +193,11 @@ def test_bodies_past_the_limit_are_413_also_once_decompressed(engine: Engine) ->
         ok = httpx.post(f"{live.url}/v1/traces", content=small,
                         headers={**PROTOBUF, "content-encoding": "gzip"})  # fmt: skip
         assert partial(ok) == (0, "")
-    assert [r["message_id"] for r in logged(engine)] == ["fits"]
+    assert [r["message_id"] for r in logged(store)] == ["fits"]
 
 
-def test_busy_is_429_with_retry_after(engine: Engine) -> None:
-    with LiveCollector(engine, ReconcileConfig(), max_inflight=4096) as live:
+def test_busy_is_429_with_retry_after(store: Engine) -> None:
+    with LiveCollector(store, ReconcileConfig(), max_inflight=4096) as live:
         spans = [produce_span(f"m{i}") for i in range(100)]
         body = gzip.compress(request(spans).SerializeToString())
         assert len(body) < 4096  # the compressed body fits, decompressed it does not
@@ -207,25 +207,25 @@ def test_busy_is_429_with_retry_after(engine: Engine) -> None:
         assert resp.headers["retry-after"] == "1"
         assert status_of(resp).code == 14  # UNAVAILABLE: exporters retry
         assert live.app.state.intake.inflight == 0
-    assert logged(engine) == []
+    assert logged(store) == []
 
 
 def test_a_store_that_is_down_is_503_with_retry_after(tmp_path: Path) -> None:
     db = tmp_path / "gone.db"
-    engine = open_engine(str(db))
-    with LiveCollector(engine, ReconcileConfig()) as live:
+    store = open_store(str(db))
+    with LiveCollector(store, ReconcileConfig()) as live:
         db.unlink()
         db.mkdir()  # the path now cannot be opened as a database
-        engine.dispose()
+        store.dispose()
         resp = post(live.url, request([produce_span("m1")]))
         assert resp.status_code == 503
         assert resp.headers["retry-after"] == "1"
         assert status_of(resp).message.startswith("store unavailable")
-    engine.dispose()
+    store.dispose()
 
 
-def test_the_token_applies_to_traces(engine: Engine) -> None:
-    with LiveCollector(engine, ReconcileConfig(), token="s3cret") as live:
+def test_the_token_applies_to_traces(store: Engine) -> None:
+    with LiveCollector(store, ReconcileConfig(), token="s3cret") as live:
         req = request([produce_span("m1")])
         refused = post(live.url, req)
         assert refused.status_code == 401
@@ -234,7 +234,7 @@ def test_the_token_applies_to_traces(engine: Engine) -> None:
         }  # fmt: skip
         assert post(live.url, req, authorization="Bearer wrong").status_code == 401
         assert partial(post(live.url, req, authorization="Bearer s3cret")) == (0, "")
-    assert len(logged(engine)) == 1
+    assert len(logged(store)) == 1
 
 
 # --- a record from a span is judged as the same record on /v1/records -----------------------
@@ -275,7 +275,7 @@ CASES.append(("ts in the far future", _late(produce_span("t1"))))
 
 @pytest.mark.parametrize(("case", "s"), CASES, ids=[c for c, _ in CASES])
 def test_a_record_from_a_span_is_judged_as_on_v1_records(
-    engine: Engine, collector: LiveCollector, case: str, s: Span
+    store: Engine, collector: LiveCollector, case: str, s: Span
 ) -> None:
     mapped = map_span(s, "app", "svc")
     assert isinstance(mapped, Mapped), case
@@ -284,7 +284,7 @@ def test_a_record_from_a_span_is_judged_as_on_v1_records(
     rejected, message = partial(post(collector.url, request([s])))
     if direct.status_code == 200:
         assert (rejected, message) == (0, "")
-        assert len(logged(engine)) == 1  # the same record, logged twice, one record
+        assert len(logged(store)) == 1  # the same record, logged twice, one record
     else:
         assert direct.status_code == 422
         detail = direct.json()["detail"]
@@ -294,11 +294,11 @@ def test_a_record_from_a_span_is_judged_as_on_v1_records(
             f"{s.span_id.hex()})"  # fmt: skip
         assert rejected == 1
         assert message == f"1 spans rejected: {where}: {source}: {detail['reason']}"
-        assert logged(engine) == []
+        assert logged(store) == []
 
 
 def test_bad_spans_are_rejected_and_the_rest_stored(
-    engine: Engine, collector: LiveCollector
+    store: Engine, collector: LiveCollector
 ) -> None:
     spans = [
         produce_span("good-1"),
@@ -315,7 +315,7 @@ def test_bad_spans_are_rejected_and_the_rest_stored(
     assert "spans[2] " in message
     assert "msgtally.attempt: must be an integer, got a string" in message
     assert "spans[5] " in message and "messaging.operation.type: must be a string" in message
-    assert sorted(r["message_id"] for r in logged(engine)) == ["good-1", "good-2"]
+    assert sorted(r["message_id"] for r in logged(store)) == ["good-1", "good-2"]
     metrics = {
         line.split(" ")[0]: float(line.split(" ")[1])
         for line in httpx.get(f"{collector.url}/metrics").text.splitlines()
@@ -338,8 +338,8 @@ def test_the_answer_names_at_most_five_spans(collector: LiveCollector) -> None:
     assert message.startswith("8 spans rejected: ") and message.endswith("; and 3 more")
 
 
-def test_new_names_past_the_series_limit_reject_their_spans(engine: Engine) -> None:
-    with LiveCollector(engine, ReconcileConfig(), max_series=2) as live:
+def test_new_names_past_the_series_limit_reject_their_spans(store: Engine) -> None:
+    with LiveCollector(store, ReconcileConfig(), max_series=2) as live:
         first = [produce_span("a"), consume_span("b")]  # (orders, ""), (orders, billing)
         assert partial(post(live.url, request(first))) == (0, "")
         new = {"messaging.consumer.group.name": "new"}
@@ -356,7 +356,7 @@ def test_new_names_past_the_series_limit_reject_their_spans(engine: Engine) -> N
         direct = httpx.post(f"{live.url}/v1/records", json=[record])
         assert direct.status_code == 422
         assert direct.json()["detail"]["reason"] in message
-    assert sorted(r["message_id"] for r in logged(engine)) == ["a", "b", "c", "f"]
+    assert sorted(r["message_id"] for r in logged(store)) == ["a", "b", "c", "f"]
 
 
 def test_the_openapi_document_describes_traces(collector: LiveCollector) -> None:

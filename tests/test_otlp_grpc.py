@@ -23,9 +23,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import TraceS
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from sqlalchemy import Engine
 
-from msgtally.ingest.db import open_engine
 from msgtally.reconcile import ReconcileConfig
 from msgtally.server import free_port
+from msgtally.store.db import open_store
 from tests.conftest import LiveCollector
 from tests.harness import logged
 from tests.otlp_support import PRODUCER, request, span
@@ -38,8 +38,8 @@ def produce_span(mid: object) -> Span:
 
 
 @pytest.fixture
-def live(engine: Engine) -> Iterator[LiveCollector]:
-    with LiveCollector(engine, ReconcileConfig(), otlp_grpc=("127.0.0.1", 0)) as collector:
+def live(store: Engine) -> Iterator[LiveCollector]:
+    with LiveCollector(store, ReconcileConfig(), otlp_grpc=("127.0.0.1", 0)) as collector:
         yield collector
 
 
@@ -65,7 +65,7 @@ def raw_call(collector: LiveCollector, body: bytes, **kwargs: object) -> grpc.Rp
     return err.value
 
 
-def test_export_answers_partial_success(engine: Engine, traces: TraceServiceStub) -> None:
+def test_export_answers_partial_success(store: Engine, traces: TraceServiceStub) -> None:
     req = request([produce_span("m1"), produce_span(""), produce_span("m2")])
     answer: ExportTraceServiceResponse = traces.Export(req, compression=grpc.Compression.Gzip)
     assert answer.partial_success.rejected_spans == 1
@@ -74,7 +74,7 @@ def test_export_answers_partial_success(engine: Engine, traces: TraceServiceStub
     )
     again = traces.Export(req)  # a retry: logged again, counted once by the engine
     assert again.partial_success.rejected_spans == 1
-    assert sorted(r["message_id"] for r in logged(engine)) == ["m1", "m2"]
+    assert sorted(r["message_id"] for r in logged(store)) == ["m1", "m2"]
     fine = traces.Export(ExportTraceServiceRequest())
     assert not fine.HasField("partial_success")
 
@@ -85,8 +85,8 @@ def test_bytes_that_are_no_request_are_invalid_argument(live: LiveCollector) -> 
     assert err.details().startswith("body: not an ExportTraceServiceRequest")
 
 
-def test_messages_past_the_limit_are_refused_also_decompressed(engine: Engine) -> None:
-    with LiveCollector(engine, ReconcileConfig(), max_body=64 * 1024,
+def test_messages_past_the_limit_are_refused_also_decompressed(store: Engine) -> None:
+    with LiveCollector(store, ReconcileConfig(), max_body=64 * 1024,
                        otlp_grpc=("127.0.0.1", 0)) as live:  # fmt: skip
         big = request([produce_span(f"m{i}") for i in range(2000)]).SerializeToString()
         assert len(big) > 64 * 1024
@@ -99,11 +99,11 @@ def test_messages_past_the_limit_are_refused_also_decompressed(engine: Engine) -
         assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         for traces in stub(live):
             traces.Export(request([produce_span("fits")]), compression=grpc.Compression.Gzip)
-    assert [r["message_id"] for r in logged(engine)] == ["fits"]
+    assert [r["message_id"] for r in logged(store)] == ["fits"]
 
 
-def test_busy_is_unavailable(engine: Engine) -> None:
-    with LiveCollector(engine, ReconcileConfig(), max_inflight=4096,
+def test_busy_is_unavailable(store: Engine) -> None:
+    with LiveCollector(store, ReconcileConfig(), max_inflight=4096,
                        otlp_grpc=("127.0.0.1", 0)) as live:  # fmt: skip
         body = request([produce_span(f"m{i}") for i in range(100)]).SerializeToString()
         assert len(body) > 4096
@@ -111,24 +111,24 @@ def test_busy_is_unavailable(engine: Engine) -> None:
         assert err.code() == grpc.StatusCode.UNAVAILABLE  # exporters retry it
         assert err.details().startswith("busy: ")
         assert live.app.state.intake.inflight == 0
-    assert logged(engine) == []
+    assert logged(store) == []
 
 
 def test_a_store_that_is_down_is_unavailable(tmp_path: Path) -> None:
     db = tmp_path / "gone.db"
-    engine = open_engine(str(db))
-    with LiveCollector(engine, ReconcileConfig(), otlp_grpc=("127.0.0.1", 0)) as live:
+    store = open_store(str(db))
+    with LiveCollector(store, ReconcileConfig(), otlp_grpc=("127.0.0.1", 0)) as live:
         db.unlink()
         db.mkdir()
-        engine.dispose()
+        store.dispose()
         err = raw_call(live, request([produce_span("m1")]).SerializeToString())
         assert err.code() == grpc.StatusCode.UNAVAILABLE
         assert err.details().startswith("store unavailable")
-    engine.dispose()
+    store.dispose()
 
 
-def test_the_token_is_checked_in_the_metadata(engine: Engine) -> None:
-    with LiveCollector(engine, ReconcileConfig(), token="s3cret",
+def test_the_token_is_checked_in_the_metadata(store: Engine) -> None:
+    with LiveCollector(store, ReconcileConfig(), token="s3cret",
                        otlp_grpc=("127.0.0.1", 0)) as live:  # fmt: skip
         body = request([produce_span("m1")]).SerializeToString()
         err = raw_call(live, body)
@@ -141,7 +141,7 @@ def test_the_token_is_checked_in_the_metadata(engine: Engine) -> None:
                 request([produce_span("m1")]), metadata=[("authorization", "Bearer s3cret")]
             )
             assert not answer.HasField("partial_success")
-    assert len(logged(engine)) == 1
+    assert len(logged(store)) == 1
 
 
 # --- msgtally serve -----------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanType
 
-from msgtally.ingest.otlp.mapping import (
+from msgtally.ingest.intake.otlp.mapping import (
     FROM_SHIM,
     NO_MESSAGE_ID,
     NOT_A_DELIVERY,

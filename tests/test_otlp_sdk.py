@@ -36,7 +36,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, Tracer
 from sqlalchemy import Engine
 
-from msgtally.ingest.sdk import Tally
+from msgtally.ingest.shim.tally import Tally
 from msgtally.reconcile import ReconcileConfig, reconcile
 from tests.conftest import LiveCollector
 from tests.harness import assert_discrepancies, assert_figures, figures, repeats
@@ -317,13 +317,13 @@ def in_batches(events: list[Event]) -> tuple[list[Event], list[list[Event]]]:
 
 
 @pytest.mark.parametrize("transport", ["http", "grpc"])
-def test_sdk_spans_through_both_exporters_give_exact_slis(engine: Engine, transport: str) -> None:
+def test_sdk_spans_through_both_exporters_give_exact_slis(store: Engine, transport: str) -> None:
     events, batches = in_batches(history(seed=11))
     in_batch = {e for b in batches for e in b}
     assert len(batches) >= 5
     config = ReconcileConfig()
     kept = InMemorySpanExporter()
-    with LiveCollector(engine, config, otlp_grpc=("127.0.0.1", 0)) as live:
+    with LiveCollector(store, config, otlp_grpc=("127.0.0.1", 0)) as live:
         shim_provider = TracerProvider(resource=Resource.create({"service.name": "checkout"}))
         shim_provider.add_span_processor(SimpleSpanProcessor(exporter(transport, live)))
         tally = Tally("mixed", collector_url=live.url, tracer_provider=shim_provider,
@@ -364,13 +364,13 @@ def test_sdk_spans_through_both_exporters_give_exact_slis(engine: Engine, transp
         "no_message_id": 2 * ignored["no_message_id"],
         "from_shim": shim_records,  # the shim's own spans: it sent their records itself
     }
-    reconcile(engine, config, now=T + 10_000)
-    assert repeats(engine) == len(records) - shim_records  # each resent record counted once
+    reconcile(store, config, now=T + 10_000)
+    assert repeats(store) == len(records) - shim_records  # each resent record counted once
     want = oracle(records)
-    assert_figures(figures(engine), want)
-    assert_discrepancies(engine, want)
+    assert_figures(figures(store), want)
+    assert_discrepancies(store, want)
     # the history has every fault, on every stream's conventions
-    got = figures(engine)
+    got = figures(store)
     for stream in GROUPS:
         for name in ("lost", "late", "duplicated", "retried", "dead_lettered", "unexpected"):
             assert sum(f[name] for (s, _), f in got.items() if s == stream) > 0, (stream, name)

@@ -1,4 +1,4 @@
-"""The C reader of span views (ingest/otlp/_spans.c) against the official types:
+"""The C reader of span views (ingest/intake/otlp/_spans.c) against the official types:
 every span of every request maps to the same records, ignored reasons and
 refusals whichever reads it. Requests are random, and so are their bytes:
 messages merged on the wire (a field twice), wire types the mapping does not
@@ -25,11 +25,11 @@ from opentelemetry.proto.common.v1.common_pb2 import (
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from msgtally.ingest.otlp import export
-from msgtally.ingest.otlp.export import Outcome, map_request, read_views
-from msgtally.ingest.otlp.mapping import _WANTED, WANTED_KEYS, SpanView, view_of
+from msgtally.ingest.intake.otlp import export
+from msgtally.ingest.intake.otlp.export import Outcome, map_request, read_views
+from msgtally.ingest.intake.otlp.mapping import _WANTED, WANTED_KEYS, SpanView, view_of
 
-_spans = pytest.importorskip("msgtally.ingest.otlp._spans")
+_spans = pytest.importorskip("msgtally.ingest.intake.otlp._spans")
 
 KEYS = [*sorted(_WANTED), "messaging.system", "messaging.", "messaging", "server.port", "x", ""]
 TEXT = st.sampled_from(

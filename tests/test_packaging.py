@@ -47,16 +47,22 @@ def test_importing_the_shim_loads_nothing_of_the_collector(tmp_path: Path) -> No
     code = (
         "import sys, json\n"
         "from msgtally import Tally\n"
-        "import msgtally.ingest.sdk, msgtally.ingest.shipper, msgtally.ingest.tracing\n"
+        "import msgtally.ingest.shim.tally, msgtally.ingest.shim.shipper\n"
+        "import msgtally.ingest.shim.tracing, msgtally.ingest.shim.wire\n"
         "t = Tally('orders', tracing=True)\n"
         "t.produced('m1'); t.close(timeout=0.1)\n"
         "print(json.dumps(sorted(sys.modules)))\n"
     )
     proc = _python(code, tmp_path)
     assert proc.returncode == 0, proc.stderr
-    loaded = {name.split(".")[0] for name in json.loads(proc.stdout)}
+    modules = json.loads(proc.stdout)
+    loaded = {name.split(".")[0] for name in modules}
     assert loaded.isdisjoint(COLLECTOR_ONLY), sorted(loaded & set(COLLECTOR_ONLY))
     assert "msgtally" in loaded
+    ours = {m for m in modules if m.startswith("msgtally.")}
+    assert ours <= {"msgtally.ingest", "msgtally.record"} | {
+        m for m in ours if m.startswith("msgtally.ingest.shim")
+    }, sorted(ours)
 
 
 def test_a_service_with_its_own_ingest_and_alerts_packages_can_use_msgtally(
@@ -68,8 +74,8 @@ def test_a_service_with_its_own_ingest_and_alerts_packages_can_use_msgtally(
         (tmp_path / name / "__init__.py").write_text(f"OWNER = 'service:{name}'\n")
     code = (
         "import ingest, alerts, slis, reconcile, dashboards\n"
-        "from msgtally.ingest.sdk import Tally\n"
-        "from msgtally.ingest.adapters import rabbitmq\n"
+        "from msgtally.ingest.shim.tally import Tally\n"
+        "from msgtally.ingest.shim.adapters import rabbitmq\n"
         "from msgtally.app import create_app\n"
         "from msgtally.alerts import generate\n"
         "import msgtally.slis, msgtally.reconcile, msgtally.dashboards\n"
@@ -80,7 +86,7 @@ def test_a_service_with_its_own_ingest_and_alerts_packages_can_use_msgtally(
     assert proc.returncode == 0, proc.stderr
     theirs, ours = proc.stdout.splitlines()
     assert theirs.split() == [f"service:{n}" for n in SERVICE_PACKAGES]
-    assert ours.split() == ["msgtally.ingest.sdk", "msgtally.app", "msgtally.alerts.rules"]
+    assert ours.split() == ["msgtally.ingest.shim.tally", "msgtally.app", "msgtally.alerts.rules"]
 
 
 def test_generating_rules_and_dashboards_never_imports_the_store(tmp_path: Path) -> None:

@@ -19,9 +19,9 @@ import httpx
 from sqlalchemy import Engine
 
 from msgtally.alerts import generate, render_rules
-from msgtally.ingest.db import open_engine
 from msgtally.reconcile import ReconcileConfig
 from msgtally.slis.spec import load_spec
+from msgtally.store.db import open_store
 from tests.conftest import LiveCollector
 from tests.promserver import prometheus_binary, start_prometheus, stop_prometheus
 
@@ -67,12 +67,12 @@ def test_page_fires_for_the_lossy_stream_only(tmp_path: Path) -> None:
     spec = load_spec(SPEC)
     rules.write_text(render_rules(generate(spec), spec.service))
 
-    engine: Engine = open_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    store: Engine = open_store(f"sqlite:///{tmp_path / 'store.db'}")
     stop = threading.Event()
     config = ReconcileConfig(deadline=1.0, settle=0.0)
     with (
         open(tmp_path / "prometheus.log", "wb") as log_file,
-        LiveCollector(engine, config, reconcile_interval=0.25) as collector,
+        LiveCollector(store, config, reconcile_interval=0.25) as collector,
     ):
         traffic = threading.Thread(target=_traffic, args=(collector.url, stop), daemon=True)
         traffic.start()
@@ -113,7 +113,7 @@ def test_page_fires_for_the_lossy_stream_only(tmp_path: Path) -> None:
             stop.set()
             stop_prometheus(proc)
             traffic.join(15)
-    engine.dispose()
+    store.dispose()
 
 
 CONTRACTS = """\
@@ -150,11 +150,11 @@ def test_one_duplicate_on_an_exactly_once_stream_pages(tmp_path: Path) -> None:
     rules = tmp_path / "rules.yml"
     spec = load_spec(CONTRACTS)
     rules.write_text(render_rules(generate(spec), spec.service))
-    engine: Engine = open_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    store: Engine = open_store(f"sqlite:///{tmp_path / 'store.db'}")
     stop = threading.Event()
     with (
         open(tmp_path / "prometheus.log", "wb") as log_file,
-        LiveCollector(engine, ReconcileConfig(deadline=1.0, settle=0.0), reconcile_interval=0.25)
+        LiveCollector(store, ReconcileConfig(deadline=1.0, settle=0.0), reconcile_interval=0.25)
         as collector,
     ):
         traffic = threading.Thread(target=_duplicating, args=(collector.url, stop), daemon=True)
@@ -188,4 +188,4 @@ def test_one_duplicate_on_an_exactly_once_stream_pages(tmp_path: Path) -> None:
             stop.set()
             stop_prometheus(proc)
             traffic.join(15)
-    engine.dispose()
+    store.dispose()

@@ -10,7 +10,7 @@
   never go down, figures stay consistent with each other and with the
   discrepancy reports, and a resend of everything changes nothing.
 
-Each example empties the fixture's store first (msgtally.ingest.tables.metadata), so
+Each example empties the fixture's store first (msgtally.store.tables.metadata), so
 one database serves every example, on SQLite and on PostgreSQL.
 """
 
@@ -150,9 +150,9 @@ def histories(draw: Callable[..., Any]) -> History:
     return History(records, config)
 
 
-def _settings(engine: Engine) -> settings:
+def _settings(store: Engine) -> settings:
     return settings(
-        max_examples=60 if engine.dialect.name == "sqlite" else 25,
+        max_examples=60 if store.dialect.name == "sqlite" else 25,
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
         # A failure shrinks once, to one minimal history, and skips the explain
@@ -184,20 +184,20 @@ def _assert_same_figures(got: Figures, want: Figures) -> None:
                 assert a[name] == b[name], (key, name)
 
 
-def test_one_shot_matches_the_oracle(engine: Engine) -> None:
-    @_settings(engine)
+def test_one_shot_matches_the_oracle(store: Engine) -> None:
+    @_settings(store)
     @given(history=histories(), n_batches=st.integers(1, 3))
     def check(history: History, n_batches: int) -> None:
         note(history.describe())
-        wipe(engine)
+        wipe(store)
         # All records in before the one pass, in one to three batches in order.
         size = -(-len(history.records) // n_batches)
         for i in range(0, len(history.records), size):
-            ingest(engine, history.records[i : i + size])
-        reconcile(engine, history.config, history.final_now())
+            ingest(store, history.records[i : i + size])
+        reconcile(store, history.config, history.final_now())
         want = _oracle(history)
-        assert_figures(figures(engine), want)
-        assert_discrepancies(engine, want)
+        assert_figures(figures(store), want)
+        assert_discrepancies(store, want)
 
     check()
 
@@ -224,8 +224,8 @@ def _id_deadline(history: History) -> dict[tuple[str, str], float]:
     }
 
 
-def test_incremental_matches_one_shot(engine: Engine) -> None:
-    @_settings(engine)
+def test_incremental_matches_one_shot(store: Engine) -> None:
+    @_settings(store)
     @given(
         history=histories(),
         pass_offsets=st.lists(st.sampled_from(PASS_OFFSETS), max_size=4, unique=True),
@@ -261,25 +261,25 @@ def test_incremental_matches_one_shot(engine: Engine) -> None:
         history.notes.extend(f"batch {j}: {len(b)} records" for j, b in enumerate(batches))
         note(history.describe())
 
-        wipe(engine)
+        wipe(store)
         previous: Figures = {}
         for batch, now in zip(batches, passes, strict=True):
             if batch:
-                ingest(engine, batch)
-            reconcile(engine, config, now)
-            current = figures(engine)
+                ingest(store, batch)
+            reconcile(store, config, now)
+            current = figures(store)
             for key, row in previous.items():  # counters never go down
                 for name in (*COUNT_NAMES, "latency_count"):
                     assert current[key][name] >= row[name], (key, name, now - T)
             previous = current
         incremental = previous
-        incremental_ids = {k: discrepancy_ids(engine, k) for k in ID_KINDS}
+        incremental_ids = {k: discrepancy_ids(store, k) for k in ID_KINDS}
 
-        wipe(engine)
-        ingest(engine, arrival)
-        reconcile(engine, config, passes[-1])
-        _assert_same_figures(incremental, figures(engine))
-        assert incremental_ids == {k: discrepancy_ids(engine, k) for k in ID_KINDS}
+        wipe(store)
+        ingest(store, arrival)
+        reconcile(store, config, passes[-1])
+        _assert_same_figures(incremental, figures(store))
+        assert incremental_ids == {k: discrepancy_ids(store, k) for k in ID_KINDS}
 
         # and both are the oracle's (records kept in arrival order for resends)
         want = _oracle(history, arrival)
@@ -288,10 +288,10 @@ def test_incremental_matches_one_shot(engine: Engine) -> None:
     check()
 
 
-def _assert_consistent(engine: Engine, got: Figures) -> None:
+def _assert_consistent(store: Engine, got: Figures) -> None:
     """What holds at any moment, whatever the order records arrive in."""
-    reports = {k: discrepancy_ids(engine, k) for k in ID_KINDS}
-    with engine.connect() as conn:
+    reports = {k: discrepancy_ids(store, k) for k in ID_KINDS}
+    with store.connect() as conn:
         duplicates = {
             (r["stream"], r["group"], r["message_id"]): r["duplicates"]
             for r in read_discrepancies(conn, kind="duplicated", limit=10_000)
@@ -308,12 +308,12 @@ def _assert_consistent(engine: Engine, got: Figures) -> None:
         assert dups == row["duplicated"], key
 
 
-def test_any_arrival_order_only_adds(engine: Engine) -> None:
+def test_any_arrival_order_only_adds(store: Engine) -> None:
     """Records may arrive after their id was classified (rule 3): counters never go
     down, the figures stay consistent with each other and with the reports, and a
     resend of everything changes nothing."""
 
-    @_settings(engine)
+    @_settings(store)
     @given(
         history=histories(),
         pass_offsets=st.lists(st.sampled_from(PASS_OFFSETS), max_size=4, unique=True),
@@ -330,24 +330,24 @@ def test_any_arrival_order_only_adds(engine: Engine) -> None:
         history.notes.append(f"passes at {[p - T for p in passes]}")
         note(history.describe())
 
-        wipe(engine)
+        wipe(store)
         previous: Figures = {}
         for batch, now in zip(batches, passes, strict=True):
             if batch:
-                ingest(engine, batch)
-            reconcile(engine, history.config, now)
-            current = figures(engine)
+                ingest(store, batch)
+            reconcile(store, history.config, now)
+            current = figures(store)
             for key, row in previous.items():
                 for name in (*COUNT_NAMES, "latency_count"):
                     assert current[key][name] >= row[name], (key, name, now - T)
-            _assert_consistent(engine, current)
+            _assert_consistent(store, current)
             previous = current
 
-        before = repeats(engine)
+        before = repeats(store)
         everything = [r for batch in batches for r in batch]
-        ingest(engine, everything)
-        reconcile(engine, history.config, passes[-1] + 1000)
-        assert repeats(engine) - before == len(everything)
-        _assert_same_figures(figures(engine), previous)
+        ingest(store, everything)
+        reconcile(store, history.config, passes[-1] + 1000)
+        assert repeats(store) - before == len(everything)
+        _assert_same_figures(figures(store), previous)
 
     check()

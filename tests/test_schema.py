@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from msgtally.ingest.schema import Consume, Produce, RecordError, group_of, parse_body
+from msgtally.ingest.intake.schema import Consume, Produce, RecordError, group_of, parse_body
 
 
 def refusal(body: bytes) -> tuple[str, str]:

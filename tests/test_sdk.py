@@ -1,4 +1,4 @@
-"""The shim (msgtally.ingest.sdk.Tally) against a real collector on a real socket, no mocks.
+"""The shim (msgtally.ingest.shim.tally.Tally) against a real collector on a real socket, no mocks.
 
 What every call records (the stored rows and the SLIs they add up to), the
 msgtally_sdk_* counters, the OpenTelemetry spans and their links, bad
@@ -27,12 +27,12 @@ from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine, select
 
-from msgtally.ingest import logbody
-from msgtally.ingest.db import open_engine
-from msgtally.ingest.sdk import MESSAGE_ID_HEADER, Tally
-from msgtally.ingest.tables import log
+from msgtally.ingest.intake import logbody
+from msgtally.ingest.shim.tally import MESSAGE_ID_HEADER, Tally
 from msgtally.reconcile import ReconcileConfig, reconcile
 from msgtally.slis.read.query import read_drops
+from msgtally.store.db import open_store
+from msgtally.store.tables import log
 from tests.conftest import LiveCollector
 from tests.harness import logged
 
@@ -47,7 +47,7 @@ FIELDS += ("produce_records_missing", "consume_records_missing")
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Engine]:
-    eng = open_engine(f"sqlite:///{tmp_path / 'sdk.db'}")
+    eng = open_store(f"sqlite:///{tmp_path / 'sdk.db'}")
     yield eng
     eng.dispose()
 
@@ -56,15 +56,15 @@ def unique(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
-def stored(engine: Engine, stream: str | None = None) -> list[dict[str, Any]]:
+def stored(store: Engine, stream: str | None = None) -> list[dict[str, Any]]:
     """The distinct records the collector logged, in insertion-independent order."""
-    return logged(engine, stream)
+    return logged(store, stream)
 
 
-def marks_logged(engine: Engine) -> dict[tuple[str, str, str, str], int]:
+def marks_logged(store: Engine) -> dict[tuple[str, str, str, str], int]:
     """The highest mark per sequence (producer, stream, kind, group) the shims
     sent; every request said its records are numbered per sequence."""
-    with engine.connect() as conn:
+    with store.connect() as conn:
         bodies = [logbody.decode(bytes(b)) for (b,) in conn.execute(select(log.c.body))]
     assert all(body.marks is not None for body in bodies)
     out: dict[tuple[str, str, str, str], int] = {}
@@ -75,9 +75,9 @@ def marks_logged(engine: Engine) -> dict[tuple[str, str, str, str], int]:
     return out
 
 
-def settle_and_read(engine: Engine, url: str) -> dict[tuple[str, str], dict[str, Any]]:
+def settle_and_read(store: Engine, url: str) -> dict[tuple[str, str], dict[str, Any]]:
     """Reconcile past every deadline, then the collector's SLIs by (stream, group)."""
-    reconcile(engine, CONFIG, now=time.time() + 60)
+    reconcile(store, CONFIG, now=time.time() + 60)
     resp = httpx.get(f"{url}/v1/slis")
     resp.raise_for_status()
     return {(row["stream"], row["group"]): row for row in resp.json()}
@@ -127,11 +127,11 @@ def traced_tally(
 class Scenario:
     """One pass of every kind of call through a live collector."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, store: Engine) -> None:
         self.stream, self.other = unique("orders"), unique("refunds")
         self.registry = CollectorRegistry()
         provider, self.exporter = traced()
-        with LiveCollector(engine, CONFIG) as live:
+        with LiveCollector(store, CONFIG) as live:
             tally = Tally(
                 self.stream,
                 collector_url=live.url,
@@ -179,9 +179,9 @@ class Scenario:
             tally.produced("r1", stream=self.other)
             tally.consumed("r1", stream=self.other, group="audit", outcome="dead_letter")
             assert tally.flush(10)
-            self.rows = stored(engine)
-            self.marks = marks_logged(engine)
-            self.slis = settle_and_read(engine, live.url)
+            self.rows = stored(store)
+            self.marks = marks_logged(store)
+            self.slis = settle_and_read(store, live.url)
             tally.close()
         self.instance = tally.instance
         self.spans = self.exporter.get_finished_spans()

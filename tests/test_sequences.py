@@ -28,13 +28,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, insert, select
 
 from msgtally.app import create_app
-from msgtally.ingest.schema import parse_batch
-from msgtally.ingest.sdk import Tally
-from msgtally.ingest.tables import log, log_pending
-from msgtally.ingest.wire import record_to_json
+from msgtally.ingest.intake.schema import parse_batch
+from msgtally.ingest.shim.tally import Tally
+from msgtally.ingest.shim.wire import record_to_json
 from msgtally.reconcile import ReconcileConfig, Reconciler
 from msgtally.server import BackgroundServer, free_port
 from msgtally.slis.read.query import read_slis
+from msgtally.store.tables import log, log_pending
 from tests.conftest import LiveCollector
 from tests.harness import (
     T,
@@ -71,9 +71,9 @@ class Sender:
         return [Mark(self.name, s, k, n, g) for (s, k, g), n in self.last.items()]
 
 
-def inflation(engine: Engine) -> dict[tuple[str, str], tuple[int, int, int, int]]:
+def inflation(store: Engine) -> dict[tuple[str, str], tuple[int, int, int, int]]:
     """(produce missing, consume missing, lost bound, unexpected bound) per (stream, group)."""
-    with engine.connect() as conn:
+    with store.connect() as conn:
         slis = read_slis(conn)
     out = {}
     for s in slis:
@@ -136,126 +136,126 @@ def several_instances() -> tuple[list[list[Record]], list[Mark], list[Record]]:
     return bodies, tail, legacy
 
 
-def test_holes_in_several_instances_in_the_middle_and_at_the_tail(engine: Engine) -> None:
+def test_holes_in_several_instances_in_the_middle_and_at_the_tail(store: Engine) -> None:
     bodies, tail, legacy = several_instances()
     for body in bodies:
-        ingest(engine, body, sequences=[])
-    ingest(engine, legacy)  # no sequences: its seqs (1, 5) are not checked
-    ingest(engine, [], sequences=tail)  # a high-water report on its own: the tails
-    run(engine, DEFAULT, 1000)
+        ingest(store, body, sequences=[])
+    ingest(store, legacy)  # no sequences: its seqs (1, 5) are not checked
+    ingest(store, [], sequences=tail)  # a high-water report on its own: the tails
+    run(store, DEFAULT, 1000)
 
     records = [r for body in bodies for r in body]
     want = oracle(records + legacy)
-    assert_figures(figures(engine), want)
-    assert_discrepancies(engine, want)
-    assert missing(engine) == missing_records(records, tail) == {
+    assert_figures(figures(store), want)
+    assert_discrepancies(store, want)
+    assert missing(store) == missing_records(records, tail) == {
         ("orders", "produce", ""): 3,
         ("orders", "consume", "billing"): 3,
         ("audit", "consume", "siem"): 1,
     }
-    billing = figures(engine)[("orders", "billing")]
+    billing = figures(store)[("orders", "billing")]
     # o2, o10: consumed, their consume records missing; o13, o14: really lost.
     assert (billing["produced"], billing["delivered"], billing["lost"]) == (13, 9, 4)
     assert billing["unexpected"] == 1  # o3: produced, its produce record missing
-    assert figures(engine)[("audit", "siem")]["lost"] == 1
-    assert inflation(engine) == {
+    assert figures(store)[("audit", "siem")]["lost"] == 1
+    assert inflation(store) == {
         ("orders", "billing"): (3, 3, 3, 1),
         ("audit", "siem"): (0, 1, 1, 0),
     }
 
 
-def test_the_tail_is_not_known_without_a_mark(engine: Engine) -> None:
+def test_the_tail_is_not_known_without_a_mark(store: Engine) -> None:
     bodies, tail, _ = several_instances()
     for body in bodies:
-        ingest(engine, body, sequences=[])
-    run(engine, DEFAULT, 1000)
+        ingest(store, body, sequences=[])
+    run(store, DEFAULT, 1000)
     records = [r for body in bodies for r in body]
-    assert missing(engine) == missing_records(records) == {
+    assert missing(store) == missing_records(records) == {
         ("orders", "produce", ""): 1,
         ("orders", "consume", "billing"): 1,
         ("audit", "consume", "siem"): 1,
     }
-    ingest(engine, [], sequences=tail)  # the instances report how far they numbered
-    run(engine, DEFAULT, 1100)
-    assert missing(engine) == missing_records(records, tail)
+    ingest(store, [], sequences=tail)  # the instances report how far they numbered
+    run(store, DEFAULT, 1100)
+    assert missing(store) == missing_records(records, tail)
 
 
 # --- when a hole counts ---------------------------------------------------------------------
 
 
-def test_a_hole_counts_once_open_for_settle_and_never_goes_down(engine: Engine) -> None:
+def test_a_hole_counts_once_open_for_settle_and_never_goes_down(store: Engine) -> None:
     config = ReconcileConfig(expected_groups={"s": ("g",)})
     p = Sender("p1")
     m = [p(produce("s", f"m{i}", i)) for i in range(1, 7)]  # seqs 1-6
-    live = Reconciler(engine, config).open()
-    ingest(engine, [m[0], m[2]], received_at=T + 1, sequences=[])  # 2 is open
+    live = Reconciler(store, config).open()
+    ingest(store, [m[0], m[2]], received_at=T + 1, sequences=[])  # 2 is open
     live.tick(T + 5)
-    assert missing(engine) == {}
-    ingest(engine, [m[1], m[4]], received_at=T + 8, sequences=[])  # 2 comes 7 s later; 4 open
+    assert missing(store) == {}
+    ingest(store, [m[1], m[4]], received_at=T + 8, sequences=[])  # 2 comes 7 s later; 4 open
     live.tick(T + 12)  # past the settle 2 would have had: it came in time
-    assert missing(engine) == {}
+    assert missing(store) == {}
     live.tick(T + 17.5)
-    assert missing(engine) == {}
+    assert missing(store) == {}
     live.tick(T + 18)  # 4 has been open for settle (10 s) since its receipt at 8
-    assert missing(engine) == {("s", "produce", ""): 1}
+    assert missing(store) == {("s", "produce", ""): 1}
     # 4 comes after all: counted in the figures, still missing. A mark says the
     # shim numbered up to 8: 6-8 may still wait in its buffer.
-    ingest(engine, [m[3]], received_at=T + 20, sequences=[Mark("p1", "s", "produce", 8)])
+    ingest(store, [m[3]], received_at=T + 20, sequences=[Mark("p1", "s", "produce", 8)])
     live.tick(T + 29)
-    assert missing(engine) == {("s", "produce", ""): 1}
+    assert missing(store) == {("s", "produce", ""): 1}
     live.close(checkpoint=False)  # as kill -9: the next engine replays the ticks
-    with Reconciler(engine, config) as again:
+    with Reconciler(store, config) as again:
         again.tick(T + 100)
-        assert missing(engine) == {("s", "produce", ""): 1}
-        ingest(engine, [m[5]], received_at=T + 200, sequences=[])  # 6 came; 7, 8 wait
+        assert missing(store) == {("s", "produce", ""): 1}
+        ingest(store, [m[5]], received_at=T + 200, sequences=[])  # 6 came; 7, 8 wait
         again.tick(T + 329)
-        assert missing(engine) == {("s", "produce", ""): 1}
+        assert missing(store) == {("s", "produce", ""): 1}
         again.tick(T + 330)  # the deadline (300 s) + settle after the mark
-        assert missing(engine) == {("s", "produce", ""): 3}
+        assert missing(store) == {("s", "produce", ""): 3}
         again.tick(T + 400)
-    assert figures(engine)[("s", "g")]["produced"] == 6  # m1-m6, the late m4 with them
-    assert missing(engine) == {("s", "produce", ""): 3}
+    assert figures(store)[("s", "g")]["produced"] == 6  # m1-m6, the late m4 with them
+    assert missing(store) == {("s", "produce", ""): 3}
 
 
-def test_a_live_shims_backlog_is_not_missing_a_dead_ones_is(engine: Engine) -> None:
+def test_a_live_shims_backlog_is_not_missing_a_dead_ones_is(store: Engine) -> None:
     """Marks announce records that may wait in a shim's buffer: they are missing
     only if they have not come by the stream's deadline + settle after the mark,
     when the ids they belong to are judged."""
     live_shim, dead_shim = Sender("live"), Sender("dead")
     slow = [live_shim(produce("s", f"a{i}", i)) for i in range(100)]
     gone = [dead_shim(produce("s", f"b{i}", i)) for i in range(100)]
-    with Reconciler(engine, DEFAULT) as engine_:
+    with Reconciler(store, DEFAULT) as engine_:
         marks = live_shim.marks() + dead_shim.marks()  # both numbered 100
-        ingest(engine, slow[:10] + gone[:10], received_at=T + 1, sequences=marks)
+        ingest(store, slow[:10] + gone[:10], received_at=T + 1, sequences=marks)
         engine_.tick(T + 2)
         for i in range(10, 100, 10):  # the live shim's backlog drains for 4.5 minutes
-            ingest(engine, slow[i : i + 10], received_at=T + 3 * i, sequences=[])
+            ingest(store, slow[i : i + 10], received_at=T + 3 * i, sequences=[])
             engine_.tick(T + 3 * i + 1)
         engine_.tick(T + 310)
-        assert missing(engine) == {}
+        assert missing(store) == {}
         engine_.tick(T + 311)  # the dead shim's 90 will never come
-        assert missing(engine) == {("s", "produce", ""): 90}
+        assert missing(store) == {("s", "produce", ""): 90}
 
 
-def test_a_backlog_is_judged_by_receipt_times_as_it_was_live(engine: Engine) -> None:
+def test_a_backlog_is_judged_by_receipt_times_as_it_was_live(store: Engine) -> None:
     """An engine that comes back to an hour of log reads it in order: a hole is
     missing when the record that fills it was received more than settle after
     the one that showed it, however late the engine reads them."""
     p = Sender("p1")
     m = [p(produce("s", f"m{i}", i)) for i in range(1, 6)]
-    ingest(engine, [m[0], m[2], m[4]], received_at=T + 1, sequences=[])  # 2 and 4 open
-    ingest(engine, [m[1]], received_at=T + 9, sequences=[])  # within settle
-    ingest(engine, [m[3]], received_at=T + 12, sequences=[])  # too late
-    with Reconciler(engine, ReconcileConfig(budget=1)) as live:  # a log row per tick
+    ingest(store, [m[0], m[2], m[4]], received_at=T + 1, sequences=[])  # 2 and 4 open
+    ingest(store, [m[1]], received_at=T + 9, sequences=[])  # within settle
+    ingest(store, [m[3]], received_at=T + 12, sequences=[])  # too late
+    with Reconciler(store, ReconcileConfig(budget=1)) as live:  # a log row per tick
         for _ in range(4):
             live.tick(T + 3600)
-    assert missing(engine) == {("s", "produce", ""): 1}
+    assert missing(store) == {("s", "produce", ""): 1}
 
 
 # --- what is not checked, and what is one sequence ----------------------------------------
 
 
-def test_what_is_checked_and_what_is_one_sequence(engine: Engine) -> None:
+def test_what_is_checked_and_what_is_one_sequence(store: Engine) -> None:
     records = [
         # one producer, two kinds and two groups: four sequences, each gapless
         produce("s", "a", 0)._replace(producer="x", seq=1),
@@ -270,15 +270,15 @@ def test_what_is_checked_and_what_is_one_sequence(engine: Engine) -> None:
         produce("s", "e", 0)._replace(seq=9),
         produce("s", "f", 0)._replace(producer="z"),
     ]
-    ingest(engine, records, sequences=[])
-    ingest(engine, records, sequences=[])  # resent: each seq counts once
-    ingest(engine, [], sequences=[Mark("x", "s", "consume", 1, "g1")])  # no news
-    ingest(engine, [produce("s", "g", 0)._replace(producer="x", seq=7)])  # not checked
-    run(engine, DEFAULT, 1000)
-    assert missing(engine) == {("s", "produce", ""): 1}
+    ingest(store, records, sequences=[])
+    ingest(store, records, sequences=[])  # resent: each seq counts once
+    ingest(store, [], sequences=[Mark("x", "s", "consume", 1, "g1")])  # no news
+    ingest(store, [produce("s", "g", 0)._replace(producer="x", seq=7)])  # not checked
+    run(store, DEFAULT, 1000)
+    assert missing(store) == {("s", "produce", ""): 1}
 
 
-def test_version_1_log_bodies_are_still_read(engine: Engine) -> None:
+def test_version_1_log_bodies_are_still_read(store: Engine) -> None:
     """A store written before sequences were checked holds version 1 bodies."""
     records = [
         produce("s", "m1", 0)._replace(producer="p", seq=1),
@@ -286,13 +286,13 @@ def test_version_1_log_bodies_are_still_read(engine: Engine) -> None:
         consume("s", "m1", "g", 1),
     ]
     body = msgspec.msgpack.encode((1, parse_batch([record_to_json(r) for r in records])))
-    with engine.begin() as conn:
+    with store.begin() as conn:
         row = conn.execute(insert(log).values(received_at=T, n=3, body=body).returning(log.c.id))
         conn.execute(insert(log_pending).values(id=row.scalar_one(), received_at=T, n=3))
-    run(engine, DEFAULT, 1000)
-    assert_figures(figures(engine), oracle(records))
-    assert missing(engine) == {}
-    with engine.connect() as conn:
+    run(store, DEFAULT, 1000)
+    assert_figures(figures(store), oracle(records))
+    assert missing(store) == {}
+    with store.connect() as conn:
         assert conn.execute(select(log.c.body)).scalar_one() == body
 
 
@@ -307,14 +307,14 @@ def post(url: str, records: Sequence[Record], marks: Sequence[Mark] | None) -> N
     assert resp.status_code == 200, resp.text
 
 
-def test_through_the_collector(engine: Engine, db_url: str) -> None:
+def test_through_the_collector(store: Engine, db_url: str) -> None:
     bodies, tail, legacy = several_instances()
-    with LiveCollector(engine, DEFAULT) as live:
+    with LiveCollector(store, DEFAULT) as live:
         for body in bodies:
             post(live.url, body, [])
         post(live.url, legacy, None)
         post(live.url, [], tail)
-        run(engine, DEFAULT, 1000)
+        run(store, DEFAULT, 1000)
         slis = {(r["stream"], r["group"]): r for r in httpx.get(f"{live.url}/v1/slis").json()}
         text = httpx.get(f"{live.url}/metrics").text
     billing = slis[("orders", "billing")]
@@ -364,13 +364,13 @@ def test_through_the_collector(engine: Engine, db_url: str) -> None:
     ],
 )  # fmt: skip
 def test_a_bad_mark_is_refused_naming_it(
-    engine: Engine, collector: LiveCollector, mark: dict[str, object], field: str, reason: str
+    store: Engine, collector: LiveCollector, mark: dict[str, object], field: str, reason: str
 ) -> None:
     ok = record_to_json(produce("s", "m", 0))
     resp = httpx.post(f"{collector.url}/v1/records", json={"records": [ok], "sequences": [mark]})
     assert resp.status_code == 422, resp.text
     assert resp.json()["detail"] == {"field": field, "reason": reason}
-    with engine.connect() as conn:
+    with store.connect() as conn:
         assert conn.execute(select(log.c.id)).first() is None
 
 
@@ -413,9 +413,9 @@ def numbered_histories(
     return bodies, marks, sent
 
 
-def test_any_history_matches_the_oracle(engine: Engine) -> None:
+def test_any_history_matches_the_oracle(store: Engine) -> None:
     @settings(
-        max_examples=50 if engine.dialect.name == "sqlite" else 15,
+        max_examples=50 if store.dialect.name == "sqlite" else 15,
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
@@ -425,21 +425,21 @@ def test_any_history_matches_the_oracle(engine: Engine) -> None:
     ) -> None:
         bodies, marks, sent = history
         note(f"bodies {bodies}\nmarks {marks}")
-        wipe(engine)
+        wipe(store)
         for i, body in enumerate(bodies):
             if body or (i == marks_in and marks):
-                ingest(engine, body, sequences=marks if i == marks_in else [])
+                ingest(store, body, sequences=marks if i == marks_in else [])
         if marks_in >= len(bodies) and marks:
-            ingest(engine, [], sequences=marks)  # a high-water report on its own
-        run(engine, DEFAULT, 2000)
+            ingest(store, [], sequences=marks)  # a high-water report on its own
+        run(store, DEFAULT, 2000)
         want = oracle(sent)
-        assert_figures(figures(engine), want)
+        assert_figures(figures(store), want)
         gaps = missing_records(sent, marks)
-        assert missing(engine) == gaps
+        assert missing(store) == gaps
         for (stream, group), o in want.items():
             p, c = gaps.get((stream, "produce", ""), 0), gaps.get((stream, "consume", group), 0)
             bounds = (min(o.counts["lost"], c), min(o.counts["unexpected"], p))
-            assert inflation(engine).get((stream, group), (p, c, 0, 0)) == (p, c, *bounds)
+            assert inflation(store).get((stream, group), (p, c, 0, 0)) == (p, c, *bounds)
 
     check()
 
@@ -447,7 +447,7 @@ def test_any_history_matches_the_oracle(engine: Engine) -> None:
 # --- the shim, end to end -------------------------------------------------------------------
 
 
-def test_a_shim_buffer_overflow_inflates_lost_and_says_by_how_much(engine: Engine) -> None:
+def test_a_shim_buffer_overflow_inflates_lost_and_says_by_how_much(store: Engine) -> None:
     """The consumer's shim overflows while the collector is away: the ids whose
     consume records it dropped look lost, and the collector bounds exactly how
     many of the lost ids that may be."""
@@ -463,12 +463,12 @@ def test_a_shim_buffer_overflow_inflates_lost_and_says_by_how_much(engine: Engin
             consumer.consumed(f"m{i}", group="billing")
     dropped = sum(consumer.shipper.dropped.values())
     assert dropped > 1000 and not producer.shipper.dropped
-    with BackgroundServer(create_app(engine, DEFAULT), port=port):
+    with BackgroundServer(create_app(store, DEFAULT), port=port):
         assert producer.flush(30) and consumer.flush(30)
         producer.close()
         consumer.close()
-    run(engine, DEFAULT, 10**9)  # past every deadline
-    with engine.connect() as conn:
+    run(store, DEFAULT, 10**9)  # past every deadline
+    with store.connect() as conn:
         (sli,) = read_slis(conn)
     assert (sli.produced, sli.delivered) == (ids, ids - len(really_lost) - dropped)
     assert sli.lost == len(really_lost) + dropped  # inflated by every consume dropped
@@ -478,16 +478,16 @@ def test_a_shim_buffer_overflow_inflates_lost_and_says_by_how_much(engine: Engin
     assert sli.lost - sli.inflation()["lost_inflated_by_at_most"] == len(really_lost)
 
 
-def test_a_shim_that_dies_with_records_in_its_buffer(engine: Engine) -> None:
+def test_a_shim_that_dies_with_records_in_its_buffer(store: Engine) -> None:
     """The consumer's shim gets one request through, then never another (it
     dies): it never reports a drop, but the mark it sent names the records it
     held, and the ids they would have delivered are bounded as lost."""
     ids = [f"m{i}" for i in range(70)]
     now = time.time() - T
-    ingest(engine, [produce("orders", mid, now) for mid in ids])  # a producer without trouble
+    ingest(store, [produce("orders", mid, now) for mid in ids])  # a producer without trouble
     allow = threading.Event()
     front = Front(
-        create_app(engine, DEFAULT),
+        create_app(store, DEFAULT),
         refuse=lambda n: not allow.is_set() or any(a[1] == 200 for a in front.answers),
     )
     with BackgroundServer(front) as live:  # type: ignore[arg-type]
@@ -500,8 +500,8 @@ def test_a_shim_that_dies_with_records_in_its_buffer(engine: Engine) -> None:
             assert time.monotonic() < deadline
             time.sleep(0.01)
         shim.close(0.2)  # then the shim is gone, and its report with it
-    run(engine, DEFAULT, 10**9)
-    with engine.connect() as conn:
+    run(store, DEFAULT, 10**9)
+    with store.connect() as conn:
         (sli,) = read_slis(conn)
     got = sli.delivered
     assert 1 <= got <= 50
@@ -510,13 +510,13 @@ def test_a_shim_that_dies_with_records_in_its_buffer(engine: Engine) -> None:
     assert sli.inflation()["lost_inflated_by_at_most"] == 70 - got
 
 
-def test_a_mark_under_a_name_past_the_series_limit_is_left_out(engine: Engine) -> None:
+def test_a_mark_under_a_name_past_the_series_limit_is_left_out(store: Engine) -> None:
     """A mark must not add series the limit refuses; the records keep flowing."""
-    with LiveCollector(engine, DEFAULT, max_series=1) as live:
+    with LiveCollector(store, DEFAULT, max_series=1) as live:
         post(live.url, [produce("s", "m1", 0)._replace(producer="p", seq=1)],
              [Mark("p", "s", "produce", 3), Mark("p", "t", "produce", 5)])  # fmt: skip
-        run(engine, DEFAULT, 1000)
-    assert missing(engine) == {("s", "produce", ""): 2}
+        run(store, DEFAULT, 1000)
+    assert missing(store) == {("s", "produce", ""): 2}
 
 
 def test_a_checkpoint_written_before_sequences_loads() -> None:

@@ -29,9 +29,9 @@ from sqlalchemy import Engine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from msgtally.app import create_app
-from msgtally.ingest.db import open_engine
-from msgtally.ingest.sdk import MESSAGE_ID_HEADER, Tally
+from msgtally.ingest.shim.tally import MESSAGE_ID_HEADER, Tally
 from msgtally.server import BackgroundServer, free_port
+from msgtally.store.db import open_store
 from tests.conftest import LiveCollector
 from tests.harness import repeats
 from tests.test_sdk import CONFIG, figures, samples, settle_and_read, stored, total, unique
@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Engine]:
-    eng = open_engine(f"sqlite:///{tmp_path / 'shipper.db'}")
+    eng = open_store(f"sqlite:///{tmp_path / 'shipper.db'}")
     yield eng
     eng.dispose()
 
@@ -352,7 +352,7 @@ def test_close_flushes_what_is_queued_then_drops_and_counts(store: Engine) -> No
 _EXITING_SERVICE = textwrap.dedent(
     """
     import sys
-    from msgtally.ingest.sdk import Tally
+    from msgtally.ingest.shim.tally import Tally
 
     tally = Tally(sys.argv[1], collector_url=sys.argv[2], tracing=False,
                   flush_interval=3600, batch_size=100_000, max_buffer=100_000)

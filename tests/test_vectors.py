@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from msgtally.ingest.wire import FIELDS
+from msgtally.ingest.shim.wire import FIELDS
 from msgtally.reconcile import ReconcileConfig, reconcile
 from tests.harness import QUANTILES, close_to, figures, ingest
 from tests.oracle import COUNT_NAMES, Record, nearest_rank, oracle
@@ -44,13 +44,13 @@ def test_vectors_file_is_not_empty() -> None:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
-def test_vector_through_the_store(engine: Engine, case: dict[str, Any]) -> None:
+def test_vector_through_the_store(store: Engine, case: dict[str, Any]) -> None:
     config = _config(case)
     records = _records(case)
-    assert ingest(engine, records) == len(records)
-    reconcile(engine, config, _past_every_deadline(case, config))
+    assert ingest(store, records) == len(records)
+    reconcile(store, config, _past_every_deadline(case, config))
 
-    got = figures(engine)
+    got = figures(store)
     expected = _expected(case)
     assert set(got) == set(expected)
     for key, exp in expected.items():

@@ -10,9 +10,9 @@ from fastapi import APIRouter, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from msgtally.ingest.api import EngineDep
-from msgtally.ingest.limits import MAX_TEXT_LENGTH
-from msgtally.ingest.problems import problem
+from msgtally.ingest.intake.api import StoreDep
+from msgtally.ingest.intake.problems import problem
+from msgtally.record import MAX_TEXT_LENGTH
 
 from .figures import with_contracts
 from .query import DISCREPANCY_KINDS, read_discrepancies, read_slis
@@ -29,18 +29,18 @@ Name = Annotated[
 
 @router.get("/v1/slis")
 def get_slis(
-    request: Request, engine: EngineDep, stream: Name = None, group: Name = None
+    request: Request, store: StoreDep, stream: Name = None, group: Name = None
 ) -> list[dict[str, Any]]:
     """Current SLIs per stream and consumer group, with the contract the collector's
     SLO spec (`serve --spec`) declares for each."""
-    with engine.connect() as conn:
+    with store.connect() as conn:
         slis = read_slis(conn, stream, group)
     return [s.to_json() for s in with_contracts(slis, request.app.state.spec)]
 
 
 @router.get("/v1/discrepancies")
 def get_discrepancies(
-    engine: EngineDep,
+    store: StoreDep,
     kind: Annotated[str, Query(description=f"one of {', '.join(DISCREPANCY_KINDS)}")],
     stream: Name = None,
     group: Name = None,
@@ -51,7 +51,7 @@ def get_discrepancies(
     if kind not in DISCREPANCY_KINDS:
         raise problem(422, "kind", f"must be one of {', '.join(DISCREPANCY_KINDS)}")
     cursor = None if after is None else decode_cursor(after)
-    with engine.connect() as conn:
+    with store.connect() as conn:
         ids = read_discrepancies(
             conn, kind=kind, stream=stream, group=group, after=cursor, limit=limit
         )

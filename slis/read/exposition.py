@@ -18,7 +18,6 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 
-from msgtally.ingest.tables import latency_buckets, log_pending, meta, tallies
 from msgtally.names import (
     BACKLOG,
     COUNTERS,
@@ -30,6 +29,7 @@ from msgtally.names import (
     RECORDS_MISSING,
     bucket_label,
 )
+from msgtally.store.tables import latency_buckets, log_pending, meta, tallies
 
 from .query import read_drops, read_in_flight, read_missing
 
@@ -43,8 +43,8 @@ def _le_value(label: str) -> float:
 class StoreCollector(Collector):
     """A prometheus-client collector over the store's tallies."""
 
-    def __init__(self, engine: Engine, bounds: Iterable[float]) -> None:
-        self._engine = engine
+    def __init__(self, store: Engine, bounds: Iterable[float]) -> None:
+        self._engine = store
         self._bounds = tuple(bounds)
 
     def collect(self) -> Iterator[Metric]:

@@ -11,7 +11,8 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, func, select, tuple_
 
-from msgtally.ingest.tables import (
+from msgtally.names import COUNT_FIELDS
+from msgtally.store.tables import (
     in_flight,
     latency_sketch,
     records_missing,
@@ -19,7 +20,6 @@ from msgtally.ingest.tables import (
     tallies,
     verdicts,
 )
-from msgtally.names import COUNT_FIELDS
 
 from .figures import QUANTILES, SLI
 from .sketch import quantile

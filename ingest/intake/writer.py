@@ -1,0 +1,77 @@
+"""The store's write path: a validated batch in, one atomic commit.
+
+A batch becomes one log row (msgtally.ingest.intake.logbody: its records and sequence
+marks) and one pending row for the engine, in one transaction with the shim's
+drop totals: a 2xx answer means all of it is committed, a failure means none
+of it is. Recognising a record sent twice is the engine's job (it knows the
+ids in flight): ingest only appends, whatever the traffic.
+"""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import Connection, Engine, case, insert
+
+from msgtally.ingest.intake import logbody
+from msgtally.ingest.intake.cardinality import NameGuard
+from msgtally.ingest.intake.schema import Batch, DropReport
+from msgtally.store.db import upsert, write_tx
+from msgtally.store.tables import log, log_pending, shim_drops
+
+
+def write_batch(
+    store: Engine,
+    batch: Batch,
+    received_at: float | None = None,
+    guard: NameGuard | None = None,
+) -> int:
+    """Store a batch atomically; returns how many records it logged.
+
+    `received_at` is when the collector took it (now by default): the engine
+    waits `settle` past the first receipt of an id before judging it. With a
+    `guard`, a batch that would name more series than it allows is refused
+    (RecordError), nothing of it stored.
+    """
+    if not batch.records and not batch.drops and not batch.sequences:
+        return 0
+    at = time.time() if received_at is None else received_at
+    admitted: set[tuple[str, str]] = set()
+    with write_tx(store) as conn:
+        if guard is not None:
+            batch, admitted = guard.admit(conn, batch)
+        if batch.records or batch.sequences:
+            # Marks alone are a log row too: the engine reads them in log order.
+            body = logbody.encode(batch.records, batch.sequences)
+            n = len(batch.records)
+            row = conn.execute(
+                insert(log).values(received_at=at, n=n, body=body).returning(log.c.id)
+            ).one()
+            conn.execute(insert(log_pending).values(id=row[0], received_at=at, n=n))
+        if batch.drops:
+            assert batch.source is not None  # the schema requires it with drops
+            _store_drops(conn, batch.source, batch.drops)
+    if guard is not None:
+        guard.remember(admitted)
+    return len(batch.records)
+
+
+def _store_drops(conn: Connection, source: str, drops: list[DropReport]) -> None:
+    stmt = upsert(conn, shim_drops)
+    # Totals only grow; an old report arriving late must not lower them.
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["source", "stream", "kind", "grp"],
+        set_={
+            "total": case(
+                (stmt.excluded.total > shim_drops.c.total, stmt.excluded.total),
+                else_=shim_drops.c.total,
+            )
+        },
+    )
+    conn.execute(
+        stmt,
+        [
+            {"source": source, "stream": d.stream, "kind": d.kind, "grp": d.group, "total": d.total}
+            for d in drops
+        ],
+    )

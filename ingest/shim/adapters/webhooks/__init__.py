@@ -1,0 +1,8 @@
+"""HTTP webhooks: `publisher` (a retrying httpx sender, httpx only) and `receiver`
+(ASGI middleware and a FastAPI dependency, with the `webhooks` extra).
+
+Both speak the adapters' common dialect (`msgtally.ingest.shim.adapters.common`);
+each module's docstring has a usage example and the exact policy.
+"""
+
+ATTEMPT_HEADER = "msgtally-attempt"

@@ -1,0 +1,522 @@
+"""The shim services add: count, trace and ship every produced and consumed id.
+
+    tally = Tally(stream="orders", collector_url="http://collector:8410")
+    headers = tally.produced(order.id)           # put these in the message
+    ...
+    with tally.processing(msg.id, group="billing", attempt=n, headers=msg.headers):
+        handle(msg)                              # ok, or error if it raises
+
+Every call is cheap (a pre-bound counter, an optional span, a deque append)
+and never raises into the host: bad arguments are counted as dropped records
+and logged, and the collector being down only fills a bounded buffer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import secrets
+import socket
+import time
+import weakref
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
+from typing import Any
+
+from opentelemetry.trace import Status, StatusCode, TracerProvider
+from prometheus_client import REGISTRY, CollectorRegistry, Counter
+
+from msgtally.ingest.shim.shipper import DropKey, Shipper
+from msgtally.ingest.shim.tracing import MESSAGE_ID, MessagingTracer, span_ids
+from msgtally.record import MAX_ATTEMPT, MAX_ID_LENGTH, MAX_TEXT_LENGTH, MAX_TS
+
+log = logging.getLogger(__name__)
+
+MESSAGE_ID_HEADER = "msgtally-message-id"
+# The stream (or group) under which a record with an unusable name is counted dropped.
+INVALID_NAME = "(invalid)"
+DEFAULT_COLLECTOR = "http://127.0.0.1:8410"
+_ID_TO_COME = "(to come)"  # stands for an id that `sending` learns at the end
+
+
+class _Metrics:
+    """The msgtally_sdk_* counters of one registry (created once per registry)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.produced = Counter(
+            "msgtally_sdk_produced",
+            "Messages reported produced, by outcome.",
+            ("stream", "outcome"),
+            registry=registry,
+        )
+        self.consumed = Counter(
+            "msgtally_sdk_consumed",
+            "Messages reported consumed, by group and outcome.",
+            ("stream", "group", "outcome"),
+            registry=registry,
+        )
+        self.shipped = Counter(
+            "msgtally_sdk_records_shipped",
+            "Records the collector accepted.",
+            registry=registry,
+        )
+        self.dropped = Counter(
+            "msgtally_sdk_records_dropped",
+            "Records dropped before reaching the collector (measurement loss).",
+            ("stream", "kind", "group"),
+            registry=registry,
+        )
+
+
+_metrics: weakref.WeakKeyDictionary[CollectorRegistry, _Metrics] = weakref.WeakKeyDictionary()
+
+
+def _metrics_for(registry: CollectorRegistry) -> _Metrics:
+    found = _metrics.get(registry)
+    if found is None:
+        found = _metrics[registry] = _Metrics(registry)
+    return found
+
+
+# A name given to a service's shims heads each instance's id (host, pid, random).
+MAX_PRODUCER_NAME = 128
+
+
+# A pre-bound counter child, a sequence's key, and its numbering.
+_Lane = tuple[Any, tuple[str, str, str], Iterator[int]]
+
+
+def _instance_id(name: str | None) -> str:
+    """Unique per process: two instances' sequences must never mix (a restart,
+    a replica, a forked child number from 1 again)."""
+    unique = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+    return unique if name is None else f"{name}/{unique}"
+
+
+class Delivery:
+    """What a consumer handler can say about the message it is processing."""
+
+    __slots__ = ("outcome",)
+
+    def __init__(self) -> None:
+        self.outcome = "ok"
+
+    def dead_letter(self) -> None:
+        """Mark the message as sent to the dead-letter queue."""
+        self.outcome = "dead_letter"
+
+    def failed(self) -> None:
+        """Mark processing as failed without raising (it will be redelivered)."""
+        self.outcome = "error"
+
+
+class Sending:
+    """What a publisher can say about the message it is sending."""
+
+    __slots__ = ("headers", "message_id", "outcome")
+
+    def __init__(self, message_id: str | None) -> None:
+        self.headers: dict[str, str] = {}
+        self.message_id = message_id
+        self.outcome = "ok"
+
+    def failed(self) -> None:
+        """The send was not confirmed (without raising): indeterminate."""
+        self.outcome = "error"
+
+
+class Tally:
+    """Producer and consumer shim for one service; thread-safe, fork-safe.
+
+    Every record carries the shim instance (`producer`: `<producer>/` when
+    named, then host, pid and a random part) and its number in the instance's
+    sequence for its (stream, kind, group), from 1.
+    """
+
+    def __init__(
+        self,
+        stream: str | None = None,
+        collector_url: str = DEFAULT_COLLECTOR,
+        *,
+        system: str = "generic",
+        producer: str | None = None,
+        registry: CollectorRegistry | None = None,
+        tracer_provider: TracerProvider | None = None,
+        tracing: bool = True,
+        batch_size: int = 500,
+        flush_interval: float = 1.0,
+        max_buffer: int = 100_000,
+        timeout: float = 5.0,
+        token: str | None = None,
+    ) -> None:
+        if producer is not None and not _text_ok(producer, MAX_PRODUCER_NAME):
+            raise ValueError(
+                f"producer {producer!r} is not a non-empty UTF-8 string of at most "
+                f"{MAX_PRODUCER_NAME} characters without NUL"
+            )
+        self.stream = stream
+        self._metrics = _metrics_for(registry or REGISTRY)
+        self._tracer = MessagingTracer(tracer_provider, system) if tracing else None
+        self._named_producer = producer
+        self._new_identity()
+        self.shipper = Shipper(
+            collector_url,
+            source=self.instance,
+            batch_size=batch_size,
+            flush_interval=flush_interval,
+            max_buffer=max_buffer,
+            timeout=timeout,
+            on_drop=self._count_drop,
+            on_shipped=self._metrics.shipped.inc,
+            marks=self._marks,
+            token=token,
+        )
+        _tallies.add(self)
+
+    def _new_identity(self) -> None:
+        # Record ids are instance:n, unique without a uuid per call (cheaper).
+        self.instance = _instance_id(self._named_producer)
+        self._record_n = itertools.count(1)
+        # Every record is numbered from 1 per (stream, kind, group) when it is
+        # made: one the shim drops, or dies with, leaves a gap the collector
+        # finds (the last number given, sent as a mark, shows the tail).
+        self._seqs: dict[tuple[str, str, str], Iterator[int]] = {}
+        self._last: dict[tuple[str, str, str], int] = {}
+        # Per (stream, outcome) and (stream, group, outcome): the pre-bound counter
+        # and the record sequence, found in one lookup on the per-message path.
+        self._produce_lanes: dict[tuple[str, str], _Lane] = {}
+        self._consume_lanes: dict[tuple[str, str, str], _Lane] = {}
+
+    def _lane(self, child: Any, key: tuple[str, str, str]) -> _Lane:
+        # setdefault: two threads get one counter
+        return child, key, self._seqs.setdefault(key, itertools.count(1))
+
+    def _number(self, lane: _Lane) -> int:
+        n = next(lane[2])  # atomic: no two records share a number
+        # Racing threads may leave a lower number here: a mark then says less
+        # than was given, never more.
+        self._last[lane[1]] = n
+        return n
+
+    def _marks(self) -> dict[tuple[str, str, str], int]:
+        return self._last.copy()  # one C call: safe beside the callers' threads
+
+    def _count_drop(self, key: DropKey, n: int) -> None:
+        self._metrics.dropped.labels(*key).inc(n)
+
+    def _reject(self, stream: object, kind: str, group: object, why: str) -> None:
+        log.warning("msgtally: %s record not sent: %s", kind, why)
+        # Names that cannot be sent are reported under a placeholder, so that
+        # the collector still learns that a record was dropped.
+        s = stream if _text_ok(stream) else INVALID_NAME
+        g = "" if kind == "produce" else group if _text_ok(group) else INVALID_NAME
+        self.shipper.count_drop((s, kind, g))  # type: ignore[arg-type]
+
+    def _problem(self, s: object, message_id: object, ts: object) -> str | None:
+        """Why a record cannot be sent, or None. Checked here, because one bad
+        record would make the collector refuse its whole batch. (A bad attempt
+        number is not a reason: the record is kept with attempt 1.)"""
+        if not _text_ok(s):
+            return f"stream {s!r} is not {_TEXT}"
+        if not _text_ok(message_id, MAX_ID_LENGTH):
+            return f"message id {message_id!r} is not {_TEXT}"
+        if ts is not None and not _ts_ok(ts):
+            return f"ts {ts!r} is not a unix time in seconds (0 to {MAX_TS:g})"
+        return None
+
+    # -- producer side ----------------------------------------------------
+
+    def produced(
+        self,
+        message_id: str,
+        *,
+        stream: str | None = None,
+        attempt: int = 1,
+        outcome: str = "ok",
+        headers: MutableMapping[str, str] | None = None,
+        ts: float | None = None,
+    ) -> MutableMapping[str, str]:
+        """Report a send (`ok`: the broker acknowledged; `error`: indeterminate).
+
+        Returns the headers to send with the message (message id and W3C trace
+        context), `headers` itself when given.
+        """
+        out = headers if isinstance(headers, MutableMapping) else {}
+        s = stream or self.stream
+        why = self._problem(s, message_id, ts)
+        if why is None and outcome not in ("ok", "error"):
+            why = f"outcome {outcome!r} is not ok or error"
+        if why is not None:
+            self._reject(s, "produce", "", why)
+            return out
+        assert isinstance(s, str)
+        out[MESSAGE_ID_HEADER] = message_id
+        trace_id = span_id = None
+        if self._tracer is not None:
+            span, trace_id, span_id = self._tracer.send(s, message_id, out)
+            if outcome != "ok":
+                span.set_status(Status(StatusCode.ERROR))
+            span.end()
+        self._emit_produce(s, message_id, attempt, outcome, trace_id, span_id, ts)
+        return out
+
+    def _emit_produce(
+        self,
+        s: str,
+        message_id: str,
+        attempt: int,
+        outcome: str,
+        trace_id: str | None,
+        span_id: str | None,
+        ts: float | None,
+    ) -> None:
+        lane = self._produce_lanes.get((s, outcome))
+        if lane is None:
+            child = self._metrics.produced.labels(s, outcome)
+            lane = self._produce_lanes[(s, outcome)] = self._lane(child, (s, "produce", ""))
+        lane[0].inc()
+        self.shipper.put(
+            (
+                s,
+                "produce",
+                message_id,
+                time.time() if ts is None else float(ts),
+                "",
+                _attempt(attempt),
+                outcome,
+                self.instance,
+                self._number(lane),
+                trace_id,
+                span_id,
+                f"{self.instance}:{next(self._record_n)}",
+            )
+        )
+
+    @contextmanager
+    def sending(
+        self, message_id: str | None, *, stream: str | None = None, attempt: int = 1
+    ) -> Iterator[Sending]:
+        """Wrap a publish: yields a `Sending` whose `headers` go with the message.
+        `ok` when the block ends; `error` (indeterminate) when it raises
+        (re-raised) or calls `sending.failed()`.
+
+        `message_id=None`: the id is known only once the broker answered (a
+        Kafka offset); set `sending.message_id` before the block ends. The
+        headers then carry the trace context only.
+        """
+        s = stream or self.stream
+        handle = Sending(message_id)
+        # An id still to come is checked when the block ends.
+        why = self._problem(s, _ID_TO_COME if message_id is None else message_id, None)
+        span = trace_id = span_id = None
+        if why is None:
+            assert isinstance(s, str)
+            if message_id is not None:
+                handle.headers[MESSAGE_ID_HEADER] = message_id
+            if self._tracer is not None:
+                span, trace_id, span_id = self._tracer.send(s, message_id or "", handle.headers)
+        try:
+            yield handle
+        except BaseException:
+            handle.outcome = "error"
+            raise
+        finally:
+            mid = handle.message_id
+            if why is None and message_id is None:
+                why = self._problem(s, mid, None)
+            if why is not None:
+                self._reject(s, "produce", "", why)
+            else:
+                assert isinstance(s, str) and isinstance(mid, str)
+                if span is not None:
+                    if message_id is None:
+                        span.set_attribute(MESSAGE_ID, mid)
+                    if handle.outcome != "ok":
+                        span.set_status(Status(StatusCode.ERROR))
+                    span.end()
+                self._emit_produce(s, mid, attempt, handle.outcome, trace_id, span_id, None)
+
+    # -- consumer side ----------------------------------------------------
+
+    def consumed(
+        self,
+        message_id: str,
+        *,
+        group: str,
+        stream: str | None = None,
+        attempt: int = 1,
+        outcome: str = "ok",
+        headers: Mapping[str, Any] | None = None,
+        ts: float | None = None,
+    ) -> None:
+        """Report a delivery and its processing result: ok, error or dead_letter."""
+        s = stream or self.stream
+        if not self._consume_ok(s, message_id, group, outcome, attempt, ts):
+            return
+        assert isinstance(s, str)
+        trace_id = span_id = None
+        if self._tracer is not None:
+            span = self._tracer.process(s, message_id, group, _attempt(attempt), _mapping(headers))
+            trace_id, span_id = span_ids(span)
+            if outcome != "ok":
+                span.set_status(Status(StatusCode.ERROR))
+            span.end()
+        self._emit_consume(s, message_id, group, attempt, outcome, trace_id, span_id, ts)
+
+    def _consume_ok(
+        self,
+        s: object,
+        message_id: object,
+        group: object,
+        outcome: object,
+        attempt: object,
+        ts: object,
+    ) -> bool:
+        why = self._problem(s, message_id, ts)
+        if why is None and not _text_ok(group):
+            why = f"group {group!r} is not {_TEXT}"
+        if why is None and outcome not in ("ok", "error", "dead_letter"):
+            why = f"outcome {outcome!r} is not ok, error or dead_letter"
+        if why is not None:
+            self._reject(s, "consume", group, why)
+            return False
+        return True
+
+    def _emit_consume(
+        self,
+        s: str,
+        message_id: str,
+        group: str,
+        attempt: int,
+        outcome: str,
+        trace_id: str | None,
+        span_id: str | None,
+        ts: float | None,
+    ) -> None:
+        key = (s, group, outcome)
+        lane = self._consume_lanes.get(key)
+        if lane is None:
+            child = self._metrics.consumed.labels(*key)
+            lane = self._consume_lanes[key] = self._lane(child, (s, "consume", group))
+        lane[0].inc()
+        self.shipper.put(
+            (
+                s,
+                "consume",
+                message_id,
+                time.time() if ts is None else float(ts),
+                group,
+                _attempt(attempt),
+                outcome,
+                self.instance,
+                self._number(lane),
+                trace_id,
+                span_id,
+                f"{self.instance}:{next(self._record_n)}",
+            )
+        )
+
+    @contextmanager
+    def processing(
+        self,
+        message_id: str,
+        *,
+        group: str,
+        stream: str | None = None,
+        attempt: int = 1,
+        headers: Mapping[str, Any] | None = None,
+    ) -> Iterator[Delivery]:
+        """Wrap a handler: `ok` when it returns, `error` when it raises (re-raised),
+        `dead_letter` when it calls `delivery.dead_letter()`."""
+        delivery = Delivery()
+        s = stream or self.stream
+        valid = self._consume_ok(s, message_id, group, "ok", attempt, None)
+        span = None
+        if valid and self._tracer is not None:
+            assert isinstance(s, str)
+            span = self._tracer.process(s, message_id, group, _attempt(attempt), _mapping(headers))
+        try:
+            yield delivery
+        except BaseException as exc:
+            delivery.outcome = "error"
+            if span is not None:
+                span.record_exception(exc)
+            raise
+        finally:
+            if valid:
+                assert isinstance(s, str)
+                trace_id = span_id = None
+                if span is not None:
+                    trace_id, span_id = span_ids(span)
+                    if delivery.outcome != "ok":
+                        span.set_status(Status(StatusCode.ERROR))
+                    span.end()
+                self._emit_consume(
+                    s, message_id, group, attempt, delivery.outcome, trace_id, span_id, None
+                )
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every record so far reached the collector (or was dropped)."""
+        return self.shipper.flush(timeout)
+
+    def close(self, timeout: float = 5.0) -> bool:
+        """Flush and stop shipping. Also runs at interpreter exit."""
+        return self.shipper.close(timeout)
+
+    def __enter__(self) -> Tally:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _after_fork(self) -> None:
+        self._new_identity()
+        self.shipper.source = self.instance
+
+
+# The contract's limits (msgtally.ingest.intake.limits), checked here because a record
+# the collector would refuse must never enter a batch.
+_TEXT = f"a non-empty UTF-8 string of at most {MAX_TEXT_LENGTH} characters without NUL"
+
+
+def _text_ok(value: object, limit: int = MAX_TEXT_LENGTH) -> bool:
+    """Non-empty, at most `limit` characters, encodable as UTF-8 (a lone
+    surrogate is not), no NUL character (no store holds it in text)."""
+    if type(value) is not str or not 0 < len(value) <= limit or "\x00" in value:
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _ts_ok(ts: object) -> bool:
+    # Compared, never converted: float() of a huge int raises OverflowError.
+    return type(ts) in (int, float) and 0 <= ts <= MAX_TS  # type: ignore[operator]
+
+
+def _attempt(attempt: object) -> int:
+    """The attempt, or 1 when it is not one the contract allows."""
+    return attempt if type(attempt) is int and 1 <= attempt <= MAX_ATTEMPT else 1
+
+
+def _mapping(headers: object) -> Mapping[str, Any] | None:
+    return headers if isinstance(headers, Mapping) else None
+
+
+_tallies: weakref.WeakSet[Tally] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for tally in list(_tallies):
+        tally._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

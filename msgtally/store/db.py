@@ -1,0 +1,156 @@
+"""Opening the store: an embedded SQLite file by default, or PostgreSQL."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+from sqlalchemy.pool import QueuePool
+
+from msgtally.store.tables import metadata
+from msgtally.store.url import DEFAULT_DB_URL, normalize_url
+
+
+class StoreError(Exception):
+    """The store cannot be opened: one line that says which store and why."""
+
+
+def _parse(url: str) -> URL:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise StoreError(
+            f"{url!r} is not a store: give a SQLite file path or a postgresql:// URL"
+        ) from None
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise StoreError(
+            f"{parsed.get_backend_name()!r} stores are not supported: "
+            "give a SQLite file path or a postgresql:// URL"
+        )
+    return parsed
+
+
+def _check_sqlite_file(parsed: URL, create: bool) -> None:
+    if not parsed.database or parsed.database == ":memory:":
+        return
+    path = Path(parsed.database)
+    if not create and not path.exists():
+        raise StoreError(f"no store at {path}: nothing was ingested there (check --db)")
+    if create and not path.parent.exists():
+        raise StoreError(f"cannot create the store {path}: folder {path.parent} does not exist")
+
+
+def _first_line(exc: DBAPIError) -> str:
+    text = str(exc.orig).strip() or type(exc.orig).__name__
+    return text.splitlines()[0]
+
+
+def open_store(url: str = DEFAULT_DB_URL, *, create: bool = True) -> Engine:
+    """An engine with the pragmas and transaction mode msgtally relies on.
+
+    `create` makes the store and its tables when missing; without it (the
+    read-only commands) a store that does not exist is a StoreError, and
+    nothing is created. Every failure to open the store is a StoreError.
+    """
+    url = normalize_url(url)
+    parsed = _parse(url)
+    kwargs: dict[str, Any] = {}
+    if parsed.get_backend_name() == "sqlite":
+        _check_sqlite_file(parsed, create)
+        # Pooled: opening a connection (file, schema, pragmas) costs more than a
+        # batch's insert. Each connection is used by one thread at a time.
+        kwargs["poolclass"] = QueuePool
+        kwargs["pool_size"] = 8
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 60}
+    try:
+        store = create_engine(url, **kwargs)
+    except (NoSuchModuleError, ImportError) as exc:
+        raise StoreError(f"cannot use the store {url!r}: {exc}") from None
+    if store.dialect.name == "sqlite":
+        _sqlite_setup(store)
+    shown = store.url.render_as_string(hide_password=True)
+    try:
+        if create:
+            metadata.create_all(store)
+        elif not inspect(store).has_table("log"):
+            raise StoreError(f"{shown} is not a msgtally store (it has no msgtally tables)")
+    except DBAPIError as exc:
+        store.dispose()
+        raise StoreError(f"cannot open the store {shown}: {_first_line(exc)}") from None
+    return store
+
+
+def _sqlite_setup(store: Engine) -> None:
+    @event.listens_for(store, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Take transaction control from the sqlite3 module so BEGIN is ours.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        # Once checkpointed, the WAL file shrinks back to this (bytes).
+        cur.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+        # FULL: a 200 from ingest means the batch survives a power cut too.
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA busy_timeout=60000")
+        cur.execute("PRAGMA foreign_keys=OFF")
+        cur.execute("PRAGMA temp_store=FILE")
+        cur.close()
+
+    @event.listens_for(store, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # Writers take the lock up front: a deferred transaction that reads and
+        # then writes can fail with SQLITE_BUSY_SNAPSHOT, which no timeout retries.
+        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
+
+
+def checkpoint_wal(store: Engine) -> None:
+    """Copy SQLite's WAL into the database and start it over. SQLite's own
+    checkpoints are passive: with readers always at work they never finish,
+    and the WAL grows without bound. A no-op on PostgreSQL."""
+    if store.dialect.name != "sqlite":
+        return
+    with store.connect() as conn:
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(RESTART)")
+
+
+def upsert(conn: Connection, table: Any) -> Any:
+    """INSERT ... ON CONFLICT for the connection's dialect."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+_writers: dict[str, threading.Lock] = {}
+_writers_lock = threading.Lock()
+
+
+def _writer_lock(store: Engine) -> threading.Lock | None:
+    """SQLite has one writer at a time, and makes the others sleep and poll (1 to
+    100 ms at a time): threads of this process queue on a lock instead, and the
+    next writer starts the moment the last one commits."""
+    if store.dialect.name != "sqlite":
+        return None
+    with _writers_lock:
+        return _writers.setdefault(str(store.url.database), threading.Lock())
+
+
+@contextmanager
+def write_tx(store: Engine) -> Iterator[Connection]:
+    """A write transaction: committed on success, rolled back on any error."""
+    lock = _writer_lock(store)
+    with lock or contextlib.nullcontext(), store.connect() as conn:
+        conn = conn.execution_options(sqlite_begin="IMMEDIATE")
+        with conn.begin():
+            yield conn
+

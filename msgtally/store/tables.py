@@ -1,0 +1,191 @@
+"""The store's tables (SQLAlchemy Core), shared by ingest, reconcile and slis.
+
+Two kinds of tables. The log is what ingest acknowledged: append-only, one
+row per accepted request, never rewritten. Everything else is what the
+engine made of the log, written in one transaction per engine tick, so the
+figures a reader sees always belong to one position in the log.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.dialects.postgresql import DOUBLE_PRECISION
+
+from msgtally.names import TALLY_FIELDS
+
+metadata = MetaData()
+
+# Float(53) is a double on both dialects; PostgreSQL's plain FLOAT would do too,
+# the variant only makes the DDL explicit.
+Double = Float(53).with_variant(DOUBLE_PRECISION(), "postgresql")
+# SQLite autoincrement needs INTEGER PRIMARY KEY (the rowid alias).
+LogId = BigInteger().with_variant(Integer(), "sqlite")
+
+# Every accepted request body, re-encoded (msgtally.ingest.intake.logbody). A 2xx
+# answer means its row is committed. Ids are never reused.
+log = Table(
+    "log",
+    metadata,
+    Column("id", LogId, primary_key=True, autoincrement=True),
+    Column("received_at", Double, nullable=False),
+    Column("n", Integer, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    sqlite_autoincrement=True,
+)
+
+# Log rows the engine has not applied yet. Written with the log row, deleted by
+# the tick that applies it: a row that commits late (several collectors on
+# PostgreSQL) is never skipped.
+log_pending = Table(
+    "log_pending",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("received_at", Double, nullable=False),
+    Column("n", Integer, nullable=False),
+)
+
+# The ticks since the last checkpoint: which log rows each applied, and its
+# clocks. Recovery replays them on top of the checkpoint.
+ticks = Table(
+    "ticks",
+    metadata,
+    Column("tick", BigInteger, primary_key=True, autoincrement=False),
+    Column("log_ids", Text, nullable=False),
+    Column("now", Double, nullable=False),
+    Column("watermark", Double, nullable=False),
+)
+
+# The engine's whole state at one tick (msgtally.reconcile._engine dumps()).
+checkpoint = Table(
+    "checkpoint",
+    metadata,
+    Column("id", SmallInteger, primary_key=True, autoincrement=False),
+    Column("tick", BigInteger, nullable=False),
+    Column("taken_at", Double, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+)
+
+
+# The running totals per (stream, group): what /metrics and the SLIs read.
+tallies = Table(
+    "tallies",
+    metadata,
+    Column("stream", String(256), nullable=False),
+    Column("grp", String(256), nullable=False),
+    *(Column(name, BigInteger, nullable=False, default=0) for name in TALLY_FIELDS),
+    Column("latency_sum", Double, nullable=False, default=0.0),
+    PrimaryKeyConstraint("stream", "grp"),
+)
+
+# Latency histogram per (stream, group), one row per bucket (not cumulative).
+latency_buckets = Table(
+    "latency_buckets",
+    metadata,
+    Column("stream", String(256), nullable=False),
+    Column("grp", String(256), nullable=False),
+    Column("le", String(32), nullable=False),
+    Column("count", BigInteger, nullable=False),
+    PrimaryKeyConstraint("stream", "grp", "le"),
+)
+
+# The latency sketch per (stream, group): count per bin (msgtally.slis.read.sketch).
+latency_sketch = Table(
+    "latency_sketch",
+    metadata,
+    Column("stream", String(256), nullable=False),
+    Column("grp", String(256), nullable=False),
+    Column("bin", Integer, nullable=False),
+    Column("count", BigInteger, nullable=False),
+    PrimaryKeyConstraint("stream", "grp", "bin"),
+)
+
+# The verdict of every (stream, id, group) of an id that counts for a
+# discrepancy (lost, late, duplicated, unexpected, dead-lettered, recovered,
+# or indeterminate and unconsumed): the reconciliation report, and the state
+# the engine reloads when records for such an id arrive after it forgot it.
+verdicts = Table(
+    "verdicts",
+    metadata,
+    Column("stream", String(256), nullable=False),
+    Column("message_id", String(256), nullable=False),
+    Column("grp", String(256), nullable=False),
+    # delivered | lost | recovered | unexpected | none (indeterminate, unconsumed)
+    Column("cls", String(12), nullable=False),
+    Column("acked", SmallInteger, nullable=False),
+    Column("p_any", SmallInteger, nullable=False),
+    Column("late", SmallInteger, nullable=False),
+    Column("t0", Double),
+    Column("deadline", Double, nullable=False),
+    Column("n", BigInteger, nullable=False),
+    Column("ok", BigInteger, nullable=False),
+    Column("max_attempt", BigInteger, nullable=False),
+    Column("dl", SmallInteger, nullable=False),
+    Column("latency", Double),
+    PrimaryKeyConstraint("stream", "message_id", "grp"),
+)
+
+# Acknowledged ids not yet delivered nor judged, per (stream, group), as of the
+# last tick: the consumer-lag view.
+in_flight = Table(
+    "in_flight",
+    metadata,
+    Column("stream", String(256), nullable=False),
+    Column("grp", String(256), nullable=False),
+    Column("n", BigInteger, nullable=False),
+    PrimaryKeyConstraint("stream", "grp"),
+)
+
+# What each shim instance (`source`) dropped before sending: running totals,
+# so a resent report cannot count twice. Measurement loss, shown beside the SLIs.
+shim_drops = Table(
+    "shim_drops",
+    metadata,
+    Column("source", String(256), nullable=False),
+    Column("stream", String(256), nullable=False),
+    Column("kind", String(8), nullable=False),
+    Column("grp", String(256), nullable=False),
+    Column("total", BigInteger, nullable=False),
+    PrimaryKeyConstraint("source", "stream", "kind", "grp"),
+)
+
+# Records missing from the senders' numbering, per (stream, kind, group) ("" for
+# produces), every producer added up: measurement loss found by the engine
+# (running totals, written with the tick that declared them).
+records_missing = Table(
+    "records_missing",
+    metadata,
+    Column("stream", String(256), nullable=False),
+    Column("kind", String(8), nullable=False),
+    Column("grp", String(256), nullable=False),
+    Column("total", BigInteger, nullable=False),
+    PrimaryKeyConstraint("stream", "kind", "grp"),
+)
+
+# Every (stream, group) a record named ("" for produces): a bound on the series.
+names = Table(
+    "names",
+    metadata,
+    Column("stream", String(256), nullable=False),
+    Column("grp", String(256), nullable=False),
+    PrimaryKeyConstraint("stream", "grp"),
+)
+
+# Small key/value facts: the last tick, engine counters, the demo's mark.
+meta = Table(
+    "meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", String(256), nullable=False),
+)
