@@ -29,7 +29,14 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
 from msgtally.ingest.shim.shipper import DropKey, Shipper
 from msgtally.ingest.shim.tracing import MESSAGE_ID, MessagingTracer, span_ids
-from msgtally.record import MAX_ATTEMPT, MAX_ID_LENGTH, MAX_TEXT_LENGTH, MAX_TS
+from msgtally.record import (
+    CONSUME_OUTCOMES,
+    MAX_ATTEMPT,
+    MAX_ID_LENGTH,
+    MAX_TEXT_LENGTH,
+    MAX_TS,
+    PRODUCE_OUTCOMES,
+)
 
 log = logging.getLogger(__name__)
 
@@ -183,13 +190,17 @@ class Tally:
         # finds (the last number given, sent as a mark, shows the tail).
         self._seqs: dict[tuple[str, str, str], Iterator[int]] = {}
         self._last: dict[tuple[str, str, str], int] = {}
-        # Per (stream, outcome) and (stream, group, outcome): the pre-bound counter
-        # and the record sequence, found in one lookup on the per-message path.
-        self._produce_lanes: dict[tuple[str, str], _Lane] = {}
-        self._consume_lanes: dict[tuple[str, str, str], _Lane] = {}
+        # Per (stream, group, outcome), group "" for produces: the pre-bound
+        # counter and the record sequence, found in one lookup per message.
+        self._lanes: dict[tuple[str, str, str], _Lane] = {}
 
-    def _lane(self, child: Any, key: tuple[str, str, str]) -> _Lane:
-        # setdefault: two threads get one counter
+    def _new_lane(self, s: str, kind: str, group: str, outcome: str) -> _Lane:
+        if kind == "produce":
+            child = self._metrics.produced.labels(s, outcome)
+        else:
+            child = self._metrics.consumed.labels(s, group, outcome)
+        key = (s, kind, group)
+        # setdefault: two threads get one sequence
         return child, key, self._seqs.setdefault(key, itertools.count(1))
 
     def _number(self, lane: _Lane) -> int:
@@ -213,7 +224,10 @@ class Tally:
         g = "" if kind == "produce" else group if _text_ok(group) else INVALID_NAME
         self.shipper.count_drop((s, kind, g))  # type: ignore[arg-type]
 
-    def _problem(self, s: object, message_id: object, ts: object) -> str | None:
+    def _problem(
+        self, kind: str, s: object, message_id: object, group: object, outcome: object,
+        ts: object,
+    ) -> str | None:
         """Why a record cannot be sent, or None. Checked here, because one bad
         record would make the collector refuse its whole batch. (A bad attempt
         number is not a reason: the record is kept with attempt 1.)"""
@@ -223,7 +237,46 @@ class Tally:
             return f"message id {message_id!r} is not {_TEXT}"
         if ts is not None and not _ts_ok(ts):
             return f"ts {ts!r} is not a unix time in seconds (0 to {MAX_TS:g})"
+        if kind == "consume" and not _text_ok(group):
+            return f"group {group!r} is not {_TEXT}"
+        if outcome != "ok":
+            allowed = PRODUCE_OUTCOMES if kind == "produce" else CONSUME_OUTCOMES
+            if outcome not in allowed:
+                return f"outcome {outcome!r} is not {', '.join(allowed[:-1])} or {allowed[-1]}"
         return None
+
+    def _emit(
+        self,
+        kind: str,
+        s: str,
+        group: str,
+        message_id: str,
+        attempt: int,
+        outcome: str,
+        ids: tuple[str | None, str | None],
+        ts: float | None,
+    ) -> None:
+        """Count the record and queue it, a tuple in the record's field order."""
+        lane = self._lanes.get((s, group, outcome))
+        if lane is None:
+            lane = self._lanes[(s, group, outcome)] = self._new_lane(s, kind, group, outcome)
+        lane[0].inc()
+        self.shipper.put(
+            (
+                s,
+                kind,
+                message_id,
+                time.time() if ts is None else float(ts),
+                group,
+                _attempt(attempt),
+                outcome,
+                self.instance,
+                self._number(lane),
+                ids[0],
+                ids[1],
+                f"{self.instance}:{next(self._record_n)}",
+            )
+        )
 
     # -- producer side ----------------------------------------------------
 
@@ -244,54 +297,18 @@ class Tally:
         """
         out = headers if isinstance(headers, MutableMapping) else {}
         s = stream or self.stream
-        why = self._problem(s, message_id, ts)
-        if why is None and outcome not in ("ok", "error"):
-            why = f"outcome {outcome!r} is not ok or error"
+        why = self._problem("produce", s, message_id, "", outcome, ts)
         if why is not None:
             self._reject(s, "produce", "", why)
             return out
         assert isinstance(s, str)
         out[MESSAGE_ID_HEADER] = message_id
-        trace_id = span_id = None
+        ids: tuple[str | None, str | None] = (None, None)
         if self._tracer is not None:
-            span, trace_id, span_id = self._tracer.send(s, message_id, out)
-            if outcome != "ok":
-                span.set_status(Status(StatusCode.ERROR))
-            span.end()
-        self._emit_produce(s, message_id, attempt, outcome, trace_id, span_id, ts)
+            span, ids = self._tracer.send(s, message_id, out)
+            _end(span, outcome)
+        self._emit("produce", s, "", message_id, attempt, outcome, ids, ts)
         return out
-
-    def _emit_produce(
-        self,
-        s: str,
-        message_id: str,
-        attempt: int,
-        outcome: str,
-        trace_id: str | None,
-        span_id: str | None,
-        ts: float | None,
-    ) -> None:
-        lane = self._produce_lanes.get((s, outcome))
-        if lane is None:
-            child = self._metrics.produced.labels(s, outcome)
-            lane = self._produce_lanes[(s, outcome)] = self._lane(child, (s, "produce", ""))
-        lane[0].inc()
-        self.shipper.put(
-            (
-                s,
-                "produce",
-                message_id,
-                time.time() if ts is None else float(ts),
-                "",
-                _attempt(attempt),
-                outcome,
-                self.instance,
-                self._number(lane),
-                trace_id,
-                span_id,
-                f"{self.instance}:{next(self._record_n)}",
-            )
-        )
 
     @contextmanager
     def sending(
@@ -308,14 +325,16 @@ class Tally:
         s = stream or self.stream
         handle = Sending(message_id)
         # An id still to come is checked when the block ends.
-        why = self._problem(s, _ID_TO_COME if message_id is None else message_id, None)
-        span = trace_id = span_id = None
+        known = _ID_TO_COME if message_id is None else message_id
+        why = self._problem("produce", s, known, "", "ok", None)
+        span = None
+        ids: tuple[str | None, str | None] = (None, None)
         if why is None:
             assert isinstance(s, str)
             if message_id is not None:
                 handle.headers[MESSAGE_ID_HEADER] = message_id
             if self._tracer is not None:
-                span, trace_id, span_id = self._tracer.send(s, message_id or "", handle.headers)
+                span, ids = self._tracer.send(s, message_id or "", handle.headers)
         try:
             yield handle
         except BaseException:
@@ -324,7 +343,7 @@ class Tally:
         finally:
             mid = handle.message_id
             if why is None and message_id is None:
-                why = self._problem(s, mid, None)
+                why = self._problem("produce", s, mid, "", "ok", None)
             if why is not None:
                 self._reject(s, "produce", "", why)
             else:
@@ -332,10 +351,8 @@ class Tally:
                 if span is not None:
                     if message_id is None:
                         span.set_attribute(MESSAGE_ID, mid)
-                    if handle.outcome != "ok":
-                        span.set_status(Status(StatusCode.ERROR))
-                    span.end()
-                self._emit_produce(s, mid, attempt, handle.outcome, trace_id, span_id, None)
+                    _end(span, handle.outcome)
+                self._emit("produce", s, "", mid, attempt, handle.outcome, ids, None)
 
     # -- consumer side ----------------------------------------------------
 
@@ -352,70 +369,17 @@ class Tally:
     ) -> None:
         """Report a delivery and its processing result: ok, error or dead_letter."""
         s = stream or self.stream
-        if not self._consume_ok(s, message_id, group, outcome, attempt, ts):
-            return
-        assert isinstance(s, str)
-        trace_id = span_id = None
-        if self._tracer is not None:
-            span = self._tracer.process(s, message_id, group, _attempt(attempt), _mapping(headers))
-            trace_id, span_id = span_ids(span)
-            if outcome != "ok":
-                span.set_status(Status(StatusCode.ERROR))
-            span.end()
-        self._emit_consume(s, message_id, group, attempt, outcome, trace_id, span_id, ts)
-
-    def _consume_ok(
-        self,
-        s: object,
-        message_id: object,
-        group: object,
-        outcome: object,
-        attempt: object,
-        ts: object,
-    ) -> bool:
-        why = self._problem(s, message_id, ts)
-        if why is None and not _text_ok(group):
-            why = f"group {group!r} is not {_TEXT}"
-        if why is None and outcome not in ("ok", "error", "dead_letter"):
-            why = f"outcome {outcome!r} is not ok, error or dead_letter"
+        why = self._problem("consume", s, message_id, group, outcome, ts)
         if why is not None:
             self._reject(s, "consume", group, why)
-            return False
-        return True
-
-    def _emit_consume(
-        self,
-        s: str,
-        message_id: str,
-        group: str,
-        attempt: int,
-        outcome: str,
-        trace_id: str | None,
-        span_id: str | None,
-        ts: float | None,
-    ) -> None:
-        key = (s, group, outcome)
-        lane = self._consume_lanes.get(key)
-        if lane is None:
-            child = self._metrics.consumed.labels(*key)
-            lane = self._consume_lanes[key] = self._lane(child, (s, "consume", group))
-        lane[0].inc()
-        self.shipper.put(
-            (
-                s,
-                "consume",
-                message_id,
-                time.time() if ts is None else float(ts),
-                group,
-                _attempt(attempt),
-                outcome,
-                self.instance,
-                self._number(lane),
-                trace_id,
-                span_id,
-                f"{self.instance}:{next(self._record_n)}",
-            )
-        )
+            return
+        assert isinstance(s, str)
+        ids: tuple[str | None, str | None] = (None, None)
+        if self._tracer is not None:
+            span = self._tracer.process(s, message_id, group, _attempt(attempt), _mapping(headers))
+            ids = span_ids(span)
+            _end(span, outcome)
+        self._emit("consume", s, group, message_id, attempt, outcome, ids, ts)
 
     @contextmanager
     def processing(
@@ -431,9 +395,11 @@ class Tally:
         `dead_letter` when it calls `delivery.dead_letter()`."""
         delivery = Delivery()
         s = stream or self.stream
-        valid = self._consume_ok(s, message_id, group, "ok", attempt, None)
+        why = self._problem("consume", s, message_id, group, "ok", None)
+        if why is not None:
+            self._reject(s, "consume", group, why)
         span = None
-        if valid and self._tracer is not None:
+        if why is None and self._tracer is not None:
             assert isinstance(s, str)
             span = self._tracer.process(s, message_id, group, _attempt(attempt), _mapping(headers))
         try:
@@ -444,17 +410,13 @@ class Tally:
                 span.record_exception(exc)
             raise
         finally:
-            if valid:
+            if why is None:
                 assert isinstance(s, str)
-                trace_id = span_id = None
+                ids: tuple[str | None, str | None] = (None, None)
                 if span is not None:
-                    trace_id, span_id = span_ids(span)
-                    if delivery.outcome != "ok":
-                        span.set_status(Status(StatusCode.ERROR))
-                    span.end()
-                self._emit_consume(
-                    s, message_id, group, attempt, delivery.outcome, trace_id, span_id, None
-                )
+                    ids = span_ids(span)
+                    _end(span, delivery.outcome)
+                self._emit("consume", s, group, message_id, attempt, delivery.outcome, ids, None)
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -477,8 +439,14 @@ class Tally:
         self.shipper.source = self.instance
 
 
-# The contract's limits (msgtally.ingest.intake.limits), checked here because a record
-# the collector would refuse must never enter a batch.
+def _end(span: Any, outcome: str) -> None:
+    if outcome != "ok":
+        span.set_status(Status(StatusCode.ERROR))
+    span.end()
+
+
+# The record's bounds (msgtally.record), checked here because a record the
+# collector would refuse must never enter a batch.
 _TEXT = f"a non-empty UTF-8 string of at most {MAX_TEXT_LENGTH} characters without NUL"
 
 

@@ -38,7 +38,7 @@ class MessagingTracer:
 
     def send(
         self, stream: str, message_id: str, headers: MutableMapping[str, str]
-    ) -> tuple[Any, str | None, str | None]:
+    ) -> tuple[Any, tuple[str | None, str | None]]:
         """A started PRODUCER span and its hex ids; its context goes into `headers`."""
         span = self._tracer.start_span(
             f"send {stream}",
@@ -52,12 +52,12 @@ class MessagingTracer:
         )
         ctx = span.get_span_context()
         if not ctx.is_valid:
-            return span, None, None
+            return span, (None, None)
         trace_hex, span_hex = format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
         headers[TRACEPARENT] = f"00-{trace_hex}-{span_hex}-{ctx.trace_flags:02x}"
         if ctx.trace_state:
             headers[TRACESTATE] = ctx.trace_state.to_header()
-        return span, trace_hex, span_hex
+        return span, (trace_hex, span_hex)
 
     def process(
         self,
