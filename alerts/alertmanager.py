@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from msgtally.names import ABSENT_ALERT, BURN_ALERT
-from msgtally.slis.spec import Spec
+from msgtally.slis.spec.model import Spec
 
 RECEIVER = "msgtally-default"
 

@@ -44,7 +44,9 @@ from _common import (
     wire,
 )
 
-from msgtally.reconcile import ReconcileConfig, _engine, reconcile
+from msgtally.reconcile import _engine
+from msgtally.reconcile.config import ReconcileConfig
+from msgtally.reconcile.engine import reconcile
 from msgtally.store.db import open_store, write_tx
 from msgtally.store.tables import log as log_table
 from msgtally.store.tables import log_pending

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from msgtally.alerts.promql import PRODUCED, quote
-from msgtally.slis.spec import Spec
+from msgtally.slis.spec.model import Spec
 
 from . import debug, executive, oncall
 from .panels import Format, Kind, Panel, Row, Target, check_rows

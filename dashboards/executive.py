@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from msgtally.names import SLIKind, counter
-from msgtally.slis.spec import Spec
+from msgtally.slis.spec.model import Spec
 from msgtally.slis.spec.semantics import FORBIDS
 
 from . import queries as q

@@ -5,7 +5,7 @@ from __future__ import annotations
 from msgtally.alerts.rules import num
 from msgtally.alerts.windows import Window, scale
 from msgtally.names import counter
-from msgtally.slis.spec import Spec
+from msgtally.slis.spec.model import Spec
 
 from . import queries as q
 from .panels import GREEN, RED, Format, Kind, Panel, Row, Step, Target

@@ -1,7 +1,13 @@
-"""Delivery records in: the record contract, the shim and its adapters, and the
-collector's write path.
+"""Delivery records in, in two rooms; imports go one way (intake may use the shim's
+names, the shim never imports the intake):
 
-Importing this package loads nothing: the shim (`msgtally.ingest.shim.tally`) must stay
-light for the services that embed it, so the collector's modules (store, write
-path, HTTP endpoints) are imported by name where they are used.
+- `shim`: what a service installs: the `Tally` (count, trace, ship every
+  produced and consumed id), its shipper, and the broker adapters; it imports
+  nothing of the collector;
+- `intake`: the collector's side: the record contract, the write path into
+  the store, the HTTP endpoints, OTLP traces in.
+
+Importing this package loads neither.
 """
+
+__all__ = ["intake", "shim"]

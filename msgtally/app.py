@@ -28,7 +28,9 @@ from msgtally.ingest.intake.metrics import ingest_metrics
 from msgtally.ingest.intake.otlp.grpc_server import OtlpGrpc
 from msgtally.ingest.intake.otlp.http import router as otlp_router
 from msgtally.ingest.intake.otlp.metrics import OtlpMetrics
-from msgtally.reconcile import LeaseHeld, ReconcileConfig, Reconciler
+from msgtally.reconcile.config import ReconcileConfig
+from msgtally.reconcile.engine import Reconciler
+from msgtally.reconcile.lease import LeaseHeld
 from msgtally.slis.read.api import router as slis_router
 from msgtally.slis.read.exposition import StoreCollector
 from msgtally.slis.spec.model import Spec

@@ -175,7 +175,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
-    from msgtally.reconcile import TickResult, reconcile
+    from msgtally.reconcile.engine import TickResult, reconcile
     from msgtally.store.db import open_store
 
     from .app import EngineLoop
@@ -372,7 +372,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     except ImportError:  # no collector extra: no store either
         pass
     try:
-        from msgtally.reconcile import LeaseHeld
+        from msgtally.reconcile.lease import LeaseHeld
 
         from .settings import SettingsError
 

@@ -18,7 +18,8 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from msgtally.reconcile import ReconcileConfig, reconcile
+from msgtally.reconcile.config import ReconcileConfig
+from msgtally.reconcile.engine import reconcile
 from msgtally.slis.read.figures import SLI, with_contracts
 from msgtally.slis.read.query import read_slis
 from msgtally.slis.read.report import render_table

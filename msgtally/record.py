@@ -27,33 +27,67 @@ CONSUME_OUTCOMES = ("ok", "error", "dead_letter")
 
 class Field(NamedTuple):
     name: str
-    type: str  # as the docs say it
-    required: str  # "yes", "consume" (consume records only), "no"
+    type: str  # text | number | integer | hex | choice
+    required: str  # always | consume (consume records only, where it is required) | no
+    low: float  # the least value (number, integer) or length (text, hex)
+    high: float  # the most
     meaning: str
+    choices: tuple[str, ...] = ()
+    default: object = None
+
+
+def _text(name: str, required: str, meaning: str, high: int = MAX_TEXT_LENGTH) -> Field:
+    return Field(name, "text", required, 1, high, meaning)
 
 
 FIELDS: tuple[Field, ...] = (
-    Field("stream", f"str, 1..{MAX_TEXT_LENGTH} chars", "yes", "topic, queue, subject, webhook"),
-    Field("kind", "`produce` / `consume`", "yes", "which side saw it"),
-    Field("message_id", f"str, 1..{MAX_ID_LENGTH} chars", "yes",
-          "unique per message, stable across retries"),
-    Field("ts", "number, unix seconds, 0 to 10^10", "yes",
-          "when that side saw it (seconds, not milliseconds)"),
-    Field("group", f"str, 1..{MAX_TEXT_LENGTH} chars", "consume",
-          "consumer group; required for consume, absent for produce"),
-    Field("attempt", "int, 1 to 2^31-1 (default 1)", "no",
-          "send attempt (produce) or delivery attempt (consume)"),
-    Field("outcome", "`ok` (default), `error`, `dead_letter`", "no",
+    _text("stream", "always", "topic, queue, subject, webhook"),
+    Field("kind", "choice", "always", 0, 0, "which side saw it", KINDS),
+    _text("message_id", "always", "unique per message, stable across retries", MAX_ID_LENGTH),
+    Field("ts", "number", "always", 0, MAX_TS,
+          "when that side saw it, unix seconds (not milliseconds)"),
+    _text("group", "consume", "the consumer group; absent from a produce"),
+    Field("attempt", "integer", "no", 1, MAX_ATTEMPT,
+          "send attempt (produce) or delivery attempt (consume)", default=1),
+    Field("outcome", "choice", "no", 0, 0,
           "produce: acknowledged (`ok`) or indeterminate (`error`); consume: the processing "
-          "result (`dead_letter`: consume only)"),
-    Field("producer", f"str, 1..{MAX_TEXT_LENGTH} chars", "no",
-          "the sending instance (a shim: its instance id)"),
-    Field("seq", "int, 0 to 2^63-1", "no",
+          "result (`dead_letter` is a consume outcome)", CONSUME_OUTCOMES, "ok"),
+    _text("producer", "no", "the sending instance (a shim: its instance id)"),
+    Field("seq", "integer", "no", 0, MAX_SEQ,
           "the record's number in its producer's sequence for its (stream, kind, group), from 1"),
-    Field("trace_id", "32 hex chars", "no", "the OpenTelemetry trace of the span"),
-    Field("span_id", "16 hex chars", "no", "the OpenTelemetry span"),
-    Field("record_id", f"str, 1..{MAX_TEXT_LENGTH} chars", "no",
-          "unique per record, so that a resend is recognised"),
+    Field("trace_id", "hex", "no", 32, 32, "the OpenTelemetry trace of the record's span"),
+    Field("span_id", "hex", "no", 16, 16, "the record's OpenTelemetry span"),
+    _text("record_id", "no", "unique per record, so that a resend is recognised"),
 )  # fmt: skip
 
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in FIELDS)
+
+
+def _number(x: float) -> str:
+    """2^31-1, 2^63-1, 10^10: the bounds as people write them."""
+    n = int(x)
+    if n + 1 == 1 << (n + 1).bit_length() - 1 and n > 1000:
+        return f"2^{(n + 1).bit_length() - 1}-1"
+    if n >= 1000 and str(n).rstrip("0") == "1":
+        return f"10^{len(str(n)) - 1}"
+    return f"{x:g}"
+
+
+def describe(field: Field) -> str:
+    """A field's type and bounds as the documentation says them."""
+    default = f" (default `{field.default}`)" if field.default is not None else ""
+    if field.type == "text":
+        return f"text, {field.low:g} to {field.high:g} characters"
+    if field.type == "hex":
+        return f"{field.low:g} hexadecimal characters"
+    if field.type == "choice":
+        return " / ".join(f"`{c}`" for c in field.choices) + default
+    return f"{field.type}, {_number(field.low)} to {_number(field.high)}{default}"
+
+
+def table() -> str:
+    """The fields as the Markdown table of docs/definitions.md."""
+    rows = ["| field | type | required | meaning |", "|---|---|---|---|"]
+    for f in FIELDS:
+        rows.append(f"| `{f.name}` | {describe(f)} | {f.required} | {f.meaning} |")
+    return "\n".join(rows) + "\n"

@@ -18,7 +18,7 @@ from .errors import CommandError
 BUCKETS_ENV = "MSGTALLY_LATENCY_BUCKETS"
 
 if TYPE_CHECKING:
-    from msgtally.slis.spec import Spec
+    from msgtally.slis.spec.model import Spec
 
 
 def parse_buckets(text: str) -> list[float]:
@@ -138,7 +138,8 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboards(args: argparse.Namespace) -> int:
-    from msgtally.dashboards import generate, render_dashboard
+    from msgtally.dashboards.build import generate
+    from msgtally.dashboards.render import render_dashboard
 
     spec = _load(args)
     directory = Path(args.output)

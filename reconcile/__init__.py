@@ -1,15 +1,8 @@
-"""The reconcile engine: produced and consumed ids joined into verdicts and tallies."""
+"""The reconcile engine: the log in, verdicts and tallies out.
 
-from .config import DEFAULT_DEADLINE, DEFAULT_SETTLE, ReconcileConfig
-from .engine import Reconciler, TickResult, reconcile
-from .lease import LeaseHeld
+`engine` (the `Reconciler`: ticks, checkpoints, recovery, back-fill) drives
+the C state machine over the store; `config` holds its settings, `outputs`
+what a tick writes, `lease` the one-engine-per-store lock.
+"""
 
-__all__ = [
-    "DEFAULT_DEADLINE",
-    "DEFAULT_SETTLE",
-    "LeaseHeld",
-    "ReconcileConfig",
-    "Reconciler",
-    "TickResult",
-    "reconcile",
-]
+__all__ = ["config", "engine", "lease", "outputs"]

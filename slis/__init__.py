@@ -8,3 +8,5 @@
 
 Importing this package loads neither.
 """
+
+__all__ = ["read", "spec"]

@@ -22,7 +22,8 @@ from sqlalchemy import Engine
 
 from msgtally.ingest.shim.adapters.common import Received
 from msgtally.ingest.shim.tally import Tally
-from msgtally.reconcile import ReconcileConfig, reconcile
+from msgtally.reconcile.config import ReconcileConfig
+from msgtally.reconcile.engine import reconcile
 from msgtally.store.db import open_store
 from tests.conftest import LiveCollector
 

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.pool import NullPool
 
 from msgtally.app import create_app
-from msgtally.reconcile import ReconcileConfig
+from msgtally.reconcile.config import ReconcileConfig
 from msgtally.server import BackgroundServer
 from msgtally.store.db import open_store
 

@@ -14,7 +14,8 @@ from msgtally.ingest.intake import logbody
 from msgtally.ingest.intake.schema import Batch, Produce, parse_batch, parse_body
 from msgtally.ingest.intake.writer import write_batch
 from msgtally.ingest.shim.wire import FIELDS, record_to_json
-from msgtally.reconcile import ReconcileConfig, reconcile
+from msgtally.reconcile.config import ReconcileConfig
+from msgtally.reconcile.engine import reconcile
 from msgtally.slis.read.query import read_discrepancies, read_missing, read_slis
 from msgtally.slis.read.sketch import RELATIVE_ERROR
 from msgtally.store.db import write_tx

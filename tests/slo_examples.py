@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from msgtally.alerts import generate, generate_tests, render_alertmanager, render_rules
-from msgtally.alerts.render import render_tests
-from msgtally.slis.spec import read_spec_file
+from msgtally.alerts.alertmanager import render_alertmanager
+from msgtally.alerts.promtests import generate_tests
+from msgtally.alerts.render import render_rules, render_tests
+from msgtally.alerts.rules import generate
+from msgtally.slis.spec.load import read_spec_file
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 GENERATED = (".rules.yml", ".alertmanager.yml")

@@ -9,7 +9,8 @@ import httpx
 import pytest
 from sqlalchemy import Engine, func, select
 
-from msgtally.reconcile import ReconcileConfig, reconcile
+from msgtally.reconcile.config import ReconcileConfig
+from msgtally.reconcile.engine import reconcile
 from msgtally.store.db import open_store
 from msgtally.store.tables import log, log_pending
 from tests.conftest import LiveCollector

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from msgtally.slis.spec import (
+from msgtally.slis.spec.budget import (
+    budget_share,
     burn_factor,
     burn_rate,
     error_budget,
     objective_ratio,
     remaining_budget,
 )
-from msgtally.slis.spec.budget import budget_share
 
 DAY, HOUR = 86_400, 3_600
 

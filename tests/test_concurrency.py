@@ -11,7 +11,9 @@ from sqlalchemy import Engine
 
 from msgtally.ingest.intake.schema import Batch, parse_batch
 from msgtally.ingest.intake.writer import write_batch
-from msgtally.reconcile import LeaseHeld, ReconcileConfig, reconcile
+from msgtally.reconcile.config import ReconcileConfig
+from msgtally.reconcile.engine import reconcile
+from msgtally.reconcile.lease import LeaseHeld
 from msgtally.slis.read.query import read_slis
 from tests.conftest import LiveCollector
 

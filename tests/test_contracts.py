@@ -17,8 +17,8 @@ import pytest
 from sqlalchemy import Engine
 
 from msgtally.ingest.shim.wire import record_to_json
-from msgtally.reconcile import ReconcileConfig
-from msgtally.slis.spec import load_spec
+from msgtally.reconcile.config import ReconcileConfig
+from msgtally.slis.spec.load import load_spec
 from msgtally.slis.spec.semantics import (
     FORBIDS,
     Breach,

@@ -14,17 +14,18 @@ import httpx
 import pytest
 from sqlalchemy import Engine
 
-from msgtally import dashboards
-from msgtally.alerts import generate as generate_rules
+from msgtally.alerts.rules import generate as generate_rules
 from msgtally.alerts.windows import scale
 from msgtally.cli import main
-from msgtally.dashboards import BOARDS, generate, render_dashboard, sdk, uid
 from msgtally.dashboards import queries as q
-from msgtally.dashboards.build import regex_escape
+from msgtally.dashboards import sdk
+from msgtally.dashboards.build import BOARDS, generate, regex_escape, uid
 from msgtally.dashboards.panels import GRID_WIDTH, Kind, Panel, Target, check_rows
+from msgtally.dashboards.render import render_dashboard
 from msgtally.names import SLIKind
-from msgtally.reconcile import ReconcileConfig, reconcile
-from msgtally.slis.spec import load_spec, read_spec_file
+from msgtally.reconcile.config import ReconcileConfig
+from msgtally.reconcile.engine import reconcile
+from msgtally.slis.spec.load import load_spec, read_spec_file
 from tests.conftest import LiveCollector
 from tests.slo_examples import EXAMPLES, spec_files, stem
 
@@ -386,10 +387,3 @@ def test_the_sdk_warns_at_import_and_dashboards_silences_exactly_that() -> None:
     )
     assert other.returncode != 0
 
-
-def test_public_names() -> None:
-    names = dashboards.__all__
-    assert len(names) == len(set(names))
-    public = {n for n in vars(dashboards) if not n.startswith("_")}
-    submodules = {n for n in public if type(getattr(dashboards, n)).__name__ == "module"}
-    assert public - submodules - {"annotations"} == set(names)

@@ -30,11 +30,11 @@ import httpx
 import pytest
 from sqlalchemy import Engine
 
-from msgtally.alerts import generate as generate_rules
-from msgtally.alerts import render_rules
-from msgtally.dashboards import generate
-from msgtally.reconcile import ReconcileConfig
-from msgtally.slis.spec import load_spec
+from msgtally.alerts.render import render_rules
+from msgtally.alerts.rules import generate as generate_rules
+from msgtally.dashboards.build import generate
+from msgtally.reconcile.config import ReconcileConfig
+from msgtally.slis.spec.load import load_spec
 from msgtally.store.db import open_store
 from tests.conftest import LiveCollector
 from tests.promserver import Prometheus

@@ -15,7 +15,9 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine
 
-from msgtally.reconcile import LeaseHeld, ReconcileConfig, Reconciler, reconcile
+from msgtally.reconcile.config import ReconcileConfig
+from msgtally.reconcile.engine import Reconciler, reconcile
+from msgtally.reconcile.lease import LeaseHeld
 from tests.harness import (
     T,
     assert_discrepancies,

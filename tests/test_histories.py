@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 
 from msgtally.ingest.intake.schema import Batch, parse_batch
 from msgtally.ingest.intake.writer import write_batch
-from msgtally.reconcile import ReconcileConfig
+from msgtally.reconcile.config import ReconcileConfig
 from msgtally.slis.read.query import read_discrepancies, read_slis
 from tests.harness import (
     QUANTILES,

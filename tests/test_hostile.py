@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 
 from msgtally.app import create_app
 from msgtally.ingest.shim.tally import Tally
-from msgtally.reconcile import ReconcileConfig
+from msgtally.reconcile.config import ReconcileConfig
 from msgtally.server import BackgroundServer, free_port
 from msgtally.slis.read.query import read_drops
 from msgtally.store.db import open_store

@@ -11,7 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 
 from msgtally.app import create_app
-from msgtally.reconcile import ReconcileConfig, reconcile
+from msgtally.reconcile.config import ReconcileConfig
+from msgtally.reconcile.engine import reconcile
 from msgtally.server import BackgroundServer
 from msgtally.store.db import open_store
 from tests.conftest import LiveCollector

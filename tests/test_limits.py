@@ -12,7 +12,8 @@ from sqlalchemy import Engine
 
 from msgtally.ingest.intake import limits, logbody
 from msgtally.ingest.intake.schema import parse_batch
-from msgtally.reconcile import ReconcileConfig, _engine
+from msgtally.reconcile import _engine
+from msgtally.reconcile.config import ReconcileConfig
 from msgtally.slis.read.query import read_slis
 from tests.conftest import LiveCollector
 from tests.harness import T

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from msgtally.reconcile import ReconcileConfig
+from msgtally.reconcile.config import ReconcileConfig
 from msgtally.store.db import WAL_SIZE_LIMIT, open_store
 from tests.conftest import LiveCollector
 from tests.harness import logged

@@ -8,7 +8,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 
-from msgtally.reconcile import ReconcileConfig, reconcile
+from msgtally.reconcile.config import ReconcileConfig
+from msgtally.reconcile.engine import reconcile
 from tests.conftest import LiveCollector
 
 T0 = 1_700_000_000.0

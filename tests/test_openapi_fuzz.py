@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from sqlalchemy import Engine
 
-from msgtally.reconcile import ReconcileConfig
+from msgtally.reconcile.config import ReconcileConfig
 from tests.conftest import LiveCollector
 
 pytestmark = pytest.mark.slow

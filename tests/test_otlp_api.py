@@ -18,7 +18,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from sqlalchemy import Engine
 
 from msgtally.ingest.intake.otlp.mapping import Mapped, map_span
-from msgtally.reconcile import ReconcileConfig, reconcile
+from msgtally.reconcile.config import ReconcileConfig
+from msgtally.reconcile.engine import reconcile
 from msgtally.store.db import open_store
 from tests.conftest import LiveCollector
 from tests.harness import logged, repeats

@@ -23,7 +23,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import TraceS
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from sqlalchemy import Engine
 
-from msgtally.reconcile import ReconcileConfig
+from msgtally.reconcile.config import ReconcileConfig
 from msgtally.server import free_port
 from msgtally.store.db import open_store
 from tests.conftest import LiveCollector

@@ -37,7 +37,8 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 from sqlalchemy import Engine
 
 from msgtally.ingest.shim.tally import Tally
-from msgtally.reconcile import ReconcileConfig, reconcile
+from msgtally.reconcile.config import ReconcileConfig
+from msgtally.reconcile.engine import reconcile
 from tests.conftest import LiveCollector
 from tests.harness import assert_discrepancies, assert_figures, figures, repeats
 from tests.oracle import Record, oracle

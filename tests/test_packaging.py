@@ -77,7 +77,7 @@ def test_a_service_with_its_own_ingest_and_alerts_packages_can_use_msgtally(
         "from msgtally.ingest.shim.tally import Tally\n"
         "from msgtally.ingest.shim.adapters import rabbitmq\n"
         "from msgtally.app import create_app\n"
-        "from msgtally.alerts import generate\n"
+        "from msgtally.alerts.rules import generate\n"
         "import msgtally.slis, msgtally.reconcile, msgtally.dashboards\n"
         "print(ingest.OWNER, alerts.OWNER, slis.OWNER, reconcile.OWNER, dashboards.OWNER)\n"
         "print(Tally.__module__, create_app.__module__, generate.__module__)\n"
@@ -93,9 +93,11 @@ def test_generating_rules_and_dashboards_never_imports_the_store(tmp_path: Path)
     # What `msgtally[slo]` installs must be enough: check, alerts and dashboards.
     code = (
         "import sys, json\n"
-        "from msgtally.slis.spec import load_spec\n"
-        "from msgtally.alerts import generate, generate_tests, render_rules\n"
-        "from msgtally.dashboards import generate as boards\n"
+        "from msgtally.slis.spec.load import load_spec\n"
+        "from msgtally.alerts.rules import generate\n"
+        "from msgtally.alerts.promtests import generate_tests\n"
+        "from msgtally.alerts.render import render_rules\n"
+        "from msgtally.dashboards.build import generate as boards\n"
         "import msgtally.slo_commands\n"
         "spec = load_spec('version: msgtally/v1\\nservice: s\\nslos:\\n"
         "  - {name: d, stream: orders, sli: delivery, objective: 99.9}\\n')\n"

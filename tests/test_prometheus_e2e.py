@@ -18,9 +18,10 @@ from typing import Any
 import httpx
 from sqlalchemy import Engine
 
-from msgtally.alerts import generate, render_rules
-from msgtally.reconcile import ReconcileConfig
-from msgtally.slis.spec import load_spec
+from msgtally.alerts.render import render_rules
+from msgtally.alerts.rules import generate
+from msgtally.reconcile.config import ReconcileConfig
+from msgtally.slis.spec.load import load_spec
 from msgtally.store.db import open_store
 from tests.conftest import LiveCollector
 from tests.promserver import prometheus_binary, start_prometheus, stop_prometheus

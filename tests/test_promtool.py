@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from msgtally.slis.spec import read_spec_file
+from msgtally.slis.spec.load import read_spec_file
 from tests.conftest import service_unavailable
 from tests.slo_examples import EXAMPLES, generated_tests_dir, spec_files, stem
 

@@ -25,8 +25,8 @@ from hypothesis import HealthCheck, Phase, given, note, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine
 
-from msgtally.reconcile import ReconcileConfig, reconcile
-from msgtally.reconcile.config import DEFAULT_BUDGET
+from msgtally.reconcile.config import DEFAULT_BUDGET, ReconcileConfig
+from msgtally.reconcile.engine import reconcile
 from msgtally.slis.read.query import read_discrepancies
 from tests.harness import (
     Figures,

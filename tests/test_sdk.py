@@ -29,7 +29,8 @@ from sqlalchemy import Engine, select
 
 from msgtally.ingest.intake import logbody
 from msgtally.ingest.shim.tally import MESSAGE_ID_HEADER, Tally
-from msgtally.reconcile import ReconcileConfig, reconcile
+from msgtally.reconcile.config import ReconcileConfig
+from msgtally.reconcile.engine import reconcile
 from msgtally.slis.read.query import read_drops
 from msgtally.store.db import open_store
 from msgtally.store.tables import log

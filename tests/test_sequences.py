@@ -31,7 +31,8 @@ from msgtally.app import create_app
 from msgtally.ingest.intake.schema import parse_batch
 from msgtally.ingest.shim.tally import Tally
 from msgtally.ingest.shim.wire import record_to_json
-from msgtally.reconcile import ReconcileConfig, Reconciler
+from msgtally.reconcile.config import ReconcileConfig
+from msgtally.reconcile.engine import Reconciler
 from msgtally.server import BackgroundServer, free_port
 from msgtally.slis.read.query import read_slis
 from msgtally.store.tables import log, log_pending

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from msgtally.names import SLIKind
-from msgtally.slis.spec import SLO, Alerting, Notify, Period, SpecError, check_spec, load_spec
-from msgtally.slis.spec.model import Contract
+from msgtally.slis.spec.load import check_spec, load_spec
+from msgtally.slis.spec.model import SLO, Alerting, Contract, Notify, Period
 from msgtally.slis.spec.semantics import Semantics
-from msgtally.slis.spec.yamldoc import Problem
+from msgtally.slis.spec.yamldoc import Problem, SpecError
 from tests.slo_examples import EXAMPLES
 
 VALID = """\

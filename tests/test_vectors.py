@@ -11,7 +11,8 @@ import pytest
 from sqlalchemy import Engine
 
 from msgtally.ingest.shim.wire import FIELDS
-from msgtally.reconcile import ReconcileConfig, reconcile
+from msgtally.reconcile.config import ReconcileConfig
+from msgtally.reconcile.engine import reconcile
 from tests.harness import QUANTILES, close_to, figures, ingest
 from tests.oracle import COUNT_NAMES, Record, nearest_rank, oracle
 

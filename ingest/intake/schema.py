@@ -19,7 +19,7 @@ from typing import Annotated, Literal, NamedTuple
 import msgspec
 from msgspec import Meta, Struct
 
-from msgtally.ingest.shim.wire import FIELDS
+from msgtally.record import FIELD_NAMES as FIELDS
 from msgtally.record import (
     MAX_ATTEMPT,
     MAX_DROP_TOTAL,

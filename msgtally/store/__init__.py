@@ -1,0 +1,6 @@
+"""The store: its tables, opening it (SQLite or PostgreSQL), its URL.
+
+Every part imports it; it imports nothing of msgtally but the names.
+"""
+
+__all__ = ["db", "tables", "url"]

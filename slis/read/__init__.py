@@ -2,3 +2,5 @@
 
 Modules are imported by name where they are used (SQLAlchemy, FastAPI).
 """
+
+__all__ = ["api", "exposition", "figures", "query", "report", "sketch"]

@@ -5,3 +5,5 @@ request bodies, `export` validates and stores what one request maps to, and
 `http` and `grpc_server` are the two ways in: POST /v1/traces and
 TraceService/Export.
 """
+
+__all__ = ["decode", "export", "grpc_server", "http", "mapping", "metrics"]

@@ -6,3 +6,5 @@ the broker's own id), and maps the broker's redelivery information to the
 delivery attempt. They share one vocabulary and one consumer contract:
 `common`.
 """
+
+__all__ = ["common", "kafka", "mqtt", "nats", "rabbitmq", "redis_streams", "webhooks"]

@@ -5,4 +5,6 @@ Both speak the adapters' common dialect (`msgtally.ingest.shim.adapters.common`)
 each module's docstring has a usage example and the exact policy.
 """
 
+__all__ = ["ATTEMPT_HEADER", "publisher", "receiver"]
+
 ATTEMPT_HEADER = "msgtally-attempt"
