@@ -1,17 +1,18 @@
-"""A simulated pipeline with injected faults, and the ground truth of each fault.
+"""A simulated pipeline with injected faults, as the records shims would send.
 
-Pure: a seed in, delivery records and the expected figures out. Every fault
-is drawn per message, written as the records a shim would send, and counted
-in the truth exactly as docs/definitions.md defines the outcome.
+Pure: a seed in, delivery records out. Every fault is drawn per message and
+written as the records a shim would send; what they must count for is the
+oracle's to say (`truth`), not a second copy of the rules here.
 """
 
 from __future__ import annotations
 
 import random
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from msgtally.oracle import GroupOutcome, Record, oracle
 
 
 @dataclass(frozen=True)
@@ -38,55 +39,38 @@ FLOWS = (
     ),
     Flow("telemetry", ("analytics",), 60.0, {"lost": 0.02, "late": 0.005, "unexpected": 0.002}),
 )
-OUTCOME_FIELDS = (
-    "produced",
-    "delivered",
-    "lost",
-    "late",
-    "duplicated",
-    "retried",
-    "attempts",
-    "dead_lettered",
-    "unexpected",
-    "recovered",
-)
-
-
-@dataclass
-class Simulation:
-    records: list[dict[str, Any]] = field(default_factory=list)
-    truth: dict[tuple[str, str], Counter[str]] = field(default_factory=dict)
-
-    def count(self, stream: str, group: str, **deltas: int) -> None:
-        self.truth.setdefault((stream, group), Counter()).update(deltas)
 
 
 def _rec(stream: str, kind: str, mid: str, ts: float, **extra: Any) -> dict[str, Any]:
     return {"stream": stream, "kind": kind, "message_id": mid, "ts": round(ts, 6), **extra}
 
 
-def simulate(ids_per_stream: int, start: float, seed: int = 7) -> Simulation:
+def simulate(ids_per_stream: int, start: float, seed: int = 7) -> list[dict[str, Any]]:
     """Messages spread over an hour from `start`; faults drawn with `seed`."""
     rng = random.Random(seed)
-    sim = Simulation()
+    records: list[dict[str, Any]] = []
     for flow in FLOWS:
-        for group in flow.groups:
-            sim.count(flow.stream, group)  # every expected group has a row
         for i in range(ids_per_stream):
-            _one(sim, rng, flow, f"{flow.stream[:3]}-{i:07d}", start + 3600.0 * i / ids_per_stream)
+            t0 = start + 3600.0 * i / ids_per_stream
+            records.extend(_one(rng, flow, f"{flow.stream[:3]}-{i:07d}", t0))
         for j in range(round(ids_per_stream * flow.faults.get("unexpected", 0.0))):
             group = flow.groups[j % len(flow.groups)]
-            sim.records.append(
+            records.append(
                 _rec(flow.stream, "consume", f"ghost-{j}", start + 10.0 * j, group=group)
             )
-            sim.count(flow.stream, group, unexpected=1)
-    return sim
+    return records
 
 
-def _one(sim: Simulation, rng: random.Random, flow: Flow, mid: str, t0: float) -> None:
+def truth(records: list[dict[str, Any]]) -> dict[tuple[str, str], GroupOutcome]:
+    """What the records count for, per (stream, group), once every deadline passed."""
+    return oracle(
+        (Record(**r) for r in records), stream_deadlines={f.stream: f.deadline for f in FLOWS}
+    )
+
+
+def _one(rng: random.Random, flow: Flow, mid: str, t0: float) -> list[dict[str, Any]]:
     s, f = flow.stream, flow.faults
     produces = [_rec(s, "produce", mid, t0, producer="p1")]
-    acked = True
     if rng.random() < f.get("producer_retry", 0.0):  # broker timed out, resend succeeded
         produces = [
             _rec(s, "produce", mid, t0, attempt=1, outcome="error"),
@@ -94,32 +78,11 @@ def _one(sim: Simulation, rng: random.Random, flow: Flow, mid: str, t0: float) -
         ]
     elif rng.random() < f.get("indeterminate", 0.0):  # send timed out, never confirmed
         produces = [_rec(s, "produce", mid, t0, outcome="error")]
-        acked = False
-    sim.records.extend(produces)
-    retried_by_producer = len(produces) > 1
+    out = produces
     for group in flow.groups:
         latency = rng.lognormvariate(-1.6, 0.7)  # median ~0.2 s
-        consumes = _consumes(rng, flow, group, mid, t0, latency)
-        sim.records.extend(consumes)
-        oks = [c for c in consumes if c["outcome"] == "ok"]
-        attempts = max([c.get("attempt", 1) for c in consumes], default=1)
-        counts = Counter(
-            attempts=len(consumes),
-            duplicated=max(len(oks) - 1, 0),
-            retried=int(retried_by_producer or attempts > 1),
-        )
-        if acked:
-            in_time = [c for c in oks if c["ts"] <= t0 + flow.deadline]
-            counts.update(
-                produced=1,
-                delivered=int(bool(in_time)),
-                lost=int(not in_time),
-                late=int(bool(oks) and not in_time),
-                dead_lettered=int(any(c["outcome"] == "dead_letter" for c in consumes)),
-            )
-        else:
-            counts.update(recovered=int(bool(oks)))
-        sim.count(s, group, **counts)
+        out += _consumes(rng, flow, group, mid, t0, latency)
+    return out
 
 
 def _consumes(

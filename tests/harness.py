@@ -14,13 +14,7 @@ from msgtally.ingest.intake import logbody
 from msgtally.ingest.intake.schema import Batch, Produce, parse_batch, parse_body
 from msgtally.ingest.intake.writer import write_batch
 from msgtally.ingest.shim.wire import FIELDS, record_to_json
-from msgtally.reconcile.config import ReconcileConfig
-from msgtally.reconcile.engine import reconcile
-from msgtally.slis.read.query import read_discrepancies, read_missing, read_slis
-from msgtally.slis.read.sketch import RELATIVE_ERROR
-from msgtally.store.db import write_tx
-from msgtally.store.tables import log, meta, metadata
-from tests.oracle import (
+from msgtally.oracle import (
     COUNT_NAMES,
     ID_KINDS,
     GroupOutcome,
@@ -29,6 +23,12 @@ from tests.oracle import (
     nearest_rank,
     same_record_key,
 )
+from msgtally.reconcile.config import ReconcileConfig
+from msgtally.reconcile.engine import reconcile
+from msgtally.slis.read.query import read_discrepancies, read_missing, read_slis
+from msgtally.slis.read.sketch import RELATIVE_ERROR
+from msgtally.store.db import write_tx
+from msgtally.store.tables import log, meta, metadata
 
 T = 1_700_000_000.0  # a base time; histories are offsets from it
 

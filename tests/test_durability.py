@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
+from msgtally.oracle import COUNT_NAMES, Mark, Record, missing_records, oracle
 from msgtally.server import free_port
-from tests.oracle import COUNT_NAMES, Mark, Record, missing_records, oracle
 
 pytestmark = pytest.mark.slow
 

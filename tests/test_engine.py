@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine
 
+from msgtally.oracle import ID_KINDS, Mark, Record, oracle
 from msgtally.reconcile.config import ReconcileConfig
 from msgtally.reconcile.engine import Reconciler, reconcile
 from msgtally.reconcile.lease import LeaseHeld
@@ -31,7 +32,6 @@ from tests.harness import (
     repeats,
     wipe,
 )
-from tests.oracle import ID_KINDS, Mark, Record, oracle
 
 DEFAULT = ReconcileConfig()
 

@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 
 from msgtally.ingest.intake.schema import Batch, parse_batch
 from msgtally.ingest.intake.writer import write_batch
+from msgtally.oracle import COUNT_NAMES, ID_KINDS, Record, nearest_rank, oracle
 from msgtally.reconcile.config import ReconcileConfig
 from msgtally.slis.read.query import read_discrepancies, read_slis
 from tests.harness import (
@@ -31,7 +32,6 @@ from tests.harness import (
     repeats,
     run,
 )
-from tests.oracle import COUNT_NAMES, ID_KINDS, Record, nearest_rank, oracle
 
 DEFAULT = ReconcileConfig()
 # Late records after a verdict, not forgetting, are what some tests look at.

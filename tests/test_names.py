@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from msgtally.alerts.promtests import EVENTS, _ratio_steps
 from msgtally.names import (
     COUNT_FIELDS,
@@ -13,6 +15,7 @@ from msgtally.names import (
     SLIKind,
 )
 from msgtally.reconcile import _engine
+from msgtally.slis.read.figures import SLI
 from msgtally.store.tables import tallies
 
 
@@ -40,3 +43,9 @@ def test_generated_promtool_series_hold_the_ratio_of_each_kind() -> None:
         errors = sum(steps[c] for c in ind.errors)
         total = sum(steps[c] for c in ind.total)
         assert (errors, total) == (7, EVENTS), ind
+
+
+def test_the_figures_carry_every_tally_field() -> None:
+    """The SLI row states the tally fields as typed attributes; it may not drift."""
+    fields = [f.name for f in dataclasses.fields(SLI)]
+    assert fields[2 : 2 + len(TALLY_FIELDS)] == list(TALLY_FIELDS)

@@ -37,11 +37,11 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 from sqlalchemy import Engine
 
 from msgtally.ingest.shim.tally import Tally
+from msgtally.oracle import Record, oracle
 from msgtally.reconcile.config import ReconcileConfig
 from msgtally.reconcile.engine import reconcile
 from tests.conftest import LiveCollector
 from tests.harness import assert_discrepancies, assert_figures, figures, repeats
-from tests.oracle import Record, oracle
 from tests.otlp_support import T_NS
 
 T = T_NS / 1e9

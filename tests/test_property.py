@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, Phase, given, note, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine
 
+from msgtally.oracle import COUNT_NAMES, ID_KINDS, Record, oracle
 from msgtally.reconcile.config import DEFAULT_BUDGET, ReconcileConfig
 from msgtally.reconcile.engine import reconcile
 from msgtally.slis.read.query import read_discrepancies
@@ -39,7 +40,6 @@ from tests.harness import (
     repeats,
     wipe,
 )
-from tests.oracle import COUNT_NAMES, ID_KINDS, Record, oracle
 
 STREAMS = ("s1", "s2")
 GROUPS = ("g1", "g2", "g3")

@@ -14,8 +14,8 @@ from msgtally.ingest.intake.schema import Consume, Produce
 from msgtally.ingest.shim.tally import Tally
 from msgtally.ingest.shim.wire import FIELDS as WIRE_FIELDS
 from msgtally.ingest.shim.wire import record_to_json
+from msgtally.oracle import Record as OracleRecord
 from msgtally.record import FIELD_NAMES, FIELDS, Field, table
-from tests.oracle import Record as OracleRecord
 
 DEFINITIONS = Path(__file__).resolve().parents[1] / "docs" / "definitions.md"
 

@@ -31,6 +31,7 @@ from msgtally.app import create_app
 from msgtally.ingest.intake.schema import parse_batch
 from msgtally.ingest.shim.tally import Tally
 from msgtally.ingest.shim.wire import record_to_json
+from msgtally.oracle import Mark, Record, missing_records, oracle
 from msgtally.reconcile.config import ReconcileConfig
 from msgtally.reconcile.engine import Reconciler
 from msgtally.server import BackgroundServer, free_port
@@ -49,7 +50,6 @@ from tests.harness import (
     run,
     wipe,
 )
-from tests.oracle import Mark, Record, missing_records, oracle
 from tests.test_shipper import Front
 
 DEFAULT = ReconcileConfig()

@@ -11,10 +11,10 @@ import pytest
 from sqlalchemy import Engine
 
 from msgtally.ingest.shim.wire import FIELDS
+from msgtally.oracle import COUNT_NAMES, Record, nearest_rank, oracle
 from msgtally.reconcile.config import ReconcileConfig
 from msgtally.reconcile.engine import reconcile
 from tests.harness import QUANTILES, close_to, figures, ingest
-from tests.oracle import COUNT_NAMES, Record, nearest_rank, oracle
 
 VECTORS = Path(__file__).resolve().parent / "vectors" / "outcomes.json"
 CASES: list[dict[str, Any]] = json.loads(VECTORS.read_text())["cases"]

@@ -1,10 +1,12 @@
 """A plain Python oracle for the outcome definitions of docs/definitions.md.
 
-Written from "The delivery record" and "Outcomes of an id", not from the SQL:
-records in, per (stream, group) counts, sorted latencies and discrepancy ids
-out, as they stand once every id's deadline has passed (the one-shot view).
+Written from "The delivery record" and "Outcomes of an id", not from the
+engine: records in, per (stream, group) counts, sorted latencies and
+discrepancy ids out, as they stand once every id's deadline has passed (the
+one-shot view). The tests hold the engine to it, and the demo asks it for the
+ground truth of the pipeline it simulates.
 
-Nothing here is clever on purpose: loops over lists, one rule per line.
+Nothing here is clever on purpose: lists grouped by id, one rule per line.
 """
 
 from __future__ import annotations
@@ -145,6 +147,15 @@ def oracle(
     kept = dedupe(records)
     streams = sorted({r.stream for r in kept} | set(configured))
 
+    # The records of each id, by stream: produces, and consumes by group.
+    produces: dict[tuple[str, str], list[Record]] = {}
+    consumes: dict[tuple[str, str, str], list[Record]] = {}
+    for r in kept:
+        if r.kind == "produce":
+            produces.setdefault((r.stream, r.message_id), []).append(r)
+        else:
+            consumes.setdefault((r.stream, r.message_id, r.group), []).append(r)
+
     result: dict[tuple[str, str], GroupOutcome] = {}
     for stream in streams:
         on_stream = [r for r in kept if r.stream == stream]
@@ -153,13 +164,11 @@ def oracle(
         for group in expected_groups_of(on_stream, stream, configured):
             g = GroupOutcome(stream, group)
             for mid in ids:
-                produces = [r for r in on_stream if r.kind == "produce" and r.message_id == mid]
-                consumes = [
-                    r
-                    for r in on_stream
-                    if r.kind == "consume" and r.message_id == mid and r.group == group
-                ]
-                one = outcome_of_id(produces, consumes, seconds)
+                one = outcome_of_id(
+                    produces.get((stream, mid), []),
+                    consumes.get((stream, mid, group), []),
+                    seconds,
+                )
                 for name in COUNT_NAMES:
                     value = one[name]
                     assert isinstance(value, int)
