@@ -51,6 +51,12 @@ def _kv(text: str) -> tuple[str, str]:
 
 def _add_db(p: argparse.ArgumentParser) -> None:
     p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a YAML file of settings, named as the flags (max_series: 20000); flags and "
+        "MSGTALLY_* variables win over it (default: MSGTALLY_CONFIG)",
+    )
+    p.add_argument(
         "--db",
         help=f"store URL or SQLite file path (default: MSGTALLY_DB or {DEFAULT_DB_URL}); "
         "PostgreSQL: postgresql+psycopg://user@host/dbname",

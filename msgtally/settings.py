@@ -1,16 +1,25 @@
 """The collector's settings: one object, validated at start-up.
 
-Read from MSGTALLY_* environment variables; command-line flags override them.
+From, the first that says: the command-line flags, MSGTALLY_* environment
+variables, a YAML config file (`--config FILE` or MSGTALLY_CONFIG, keys as the
+settings' names: `max_series: 20000`), the defaults.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from msgtally.ingest.intake.limits import (
     DEFAULT_MAX_BODY,
@@ -103,14 +112,70 @@ class Settings(BaseSettings):
         )
 
 
+def _located(
+    loc: tuple[int | str, ...], flags: dict[str, object], from_file: dict[str, Any],
+    config: str | None,
+) -> str:
+    """Where a bad value came from: a flag, the environment, or the config file."""
+    name = str(loc[0]) if loc else "settings"
+    if name in flags or name not in from_file or f"MSGTALLY_{name.upper()}" in os.environ:
+        return f"--{name.replace('_', '-')}"
+    return f"config file {config}: {name}"
+
+
 class SettingsError(ValueError):
     """Settings that cannot be used; the message names every bad one, in one line."""
 
     code = 2
 
 
+def read_config_file(path: str) -> dict[str, Any]:
+    """A config file's settings, by name (`max-series` or `max_series`)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SettingsError(f"config file {path}: cannot read it: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"config file {path}: not YAML: {exc}".replace("\n", " ")) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SettingsError(f"config file {path}: must be a mapping of settings, got YAML "
+                            f"{type(data).__name__}")  # fmt: skip
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in Settings.model_fields or name == "config":
+            known = ", ".join(sorted(n for n in Settings.model_fields if n != "config"))
+            raise SettingsError(f"config file {path}: unknown setting {key!r} (known: {known})")
+        out[name] = value
+    return out
+
+
+def _with_file(values: dict[str, Any]) -> type[Settings]:
+    """Settings whose sources are flags, then the environment, then these values."""
+
+    class FromFile(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return init_settings, env_settings, InitSettingsSource(settings_cls, values)
+
+    return FromFile
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    """The environment's settings, overridden by the flags a command was given."""
+    """Flags, then the environment, then the config file, then the defaults."""
+    config = getattr(args, "config", None) or os.environ.get("MSGTALLY_CONFIG") or None
+    from_file = read_config_file(config) if config else {}
     overrides: dict[str, object] = {}
     for name in (
         "db", "host", "port", "deadline", "settle", "remember", "interval", "max_body",
@@ -135,14 +200,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             expected.setdefault(stream, []).extend(g for g in groups.split(",") if g)
         overrides["expected_groups"] = expected
     try:
-        settings = Settings(**overrides)  # type: ignore[arg-type]
+        settings = _with_file(from_file)(**overrides)  # type: ignore[arg-type]
         settings.reconcile_config()  # validates buckets and deadlines up front
     except ValidationError as exc:
-        problems = [
-            f"--{str(e['loc'][0]).replace('_', '-') if e['loc'] else 'settings'}: "
-            f"{e['msg'].lower()} (got {e['input']!r})"
-            for e in exc.errors()
-        ]
+        problems = [_located(e["loc"], overrides, from_file, config) + f": {e['msg'].lower()} "
+                    f"(got {e['input']!r})" for e in exc.errors()]  # fmt: skip
         raise SettingsError("invalid settings: " + "; ".join(problems)) from None
     except ValueError as exc:
         raise SettingsError(f"invalid settings: {exc}") from None
