@@ -67,7 +67,7 @@ ticks = Table(
     Column("watermark", Double, nullable=False),
 )
 
-# The engine's whole state at one tick (msgtally.reconcile._engine dumps()).
+# The engine's whole state at one tick (msgtally.reconcile._machine dumps()).
 checkpoint = Table(
     "checkpoint",
     metadata,

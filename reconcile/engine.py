@@ -1,7 +1,7 @@
 """The reconcile engine: the log in, the figures out, one tick at a time.
 
 A tick takes the log rows not applied yet (at most `budget` records), folds
-them into the in-memory state (msgtally.reconcile._engine), judges what is
+them into the in-memory state (msgtally.reconcile._machine), judges what is
 due, and writes what changed together with the tick's own record (which log
 rows, at which clocks) in one transaction. Every so often the whole state is
 written as a checkpoint. After a crash, the engine loads the checkpoint and
@@ -31,10 +31,10 @@ from msgtally.ingest.db import upsert, write_tx
 from msgtally.ingest.tables import checkpoint, log, log_pending, ticks
 
 try:
-    from . import _engine
+    from . import _machine
 except ImportError as exc:  # the C extension is optional at install: say what to do
     raise ImportError(
-        "msgtally's reconcile engine (a C extension) was not built: install a C compiler "
+        "msgtally's reconcile machine (a C extension) was not built: install a C compiler "
         "and the Python headers, then reinstall msgtally[collector]"
     ) from exc
 from .config import ReconcileConfig
@@ -88,7 +88,7 @@ class Reconciler:
         self.store = store
         self.config = config
         self.checkpoint_every = checkpoint_every
-        self.core = _engine.Engine(
+        self.core = _machine.Machine(
             config.deadline, config.settle, config.remember, config.latency_buckets
         )
         self.tick_no = 0

@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 
 from msgtally.ingest import limits, logbody
 from msgtally.ingest.schema import parse_batch
-from msgtally.reconcile import ReconcileConfig, _engine
+from msgtally.reconcile import ReconcileConfig, _machine
 from msgtally.slis.read.query import read_slis
 from tests.conftest import LiveCollector
 from tests.harness import T
@@ -21,22 +21,22 @@ LIMIT = limits.MAX_GROUPS_PER_STREAM
 
 
 def test_the_engine_and_the_door_hold_the_same_numbers() -> None:
-    assert _engine.MAX_GROUPS_PER_STREAM == limits.MAX_GROUPS_PER_STREAM
+    assert _machine.MAX_GROUPS_PER_STREAM == limits.MAX_GROUPS_PER_STREAM
     # A group's index is 16 bits; every group is one of the store's names.
-    assert _engine.MAX_GROUPS == limits.MAX_SERIES
+    assert _machine.MAX_GROUPS == limits.MAX_SERIES
 
 
 def test_the_engine_refuses_a_group_past_its_stream_limit_and_stays_whole() -> None:
     """The engine's own guard (the door keeps records from reaching it): an
     error naming the limit, never a write past an entry's slots."""
-    core = _engine.Engine(1.0, 0.0, 0.0, [0.1])
+    core = _machine.Machine(1.0, 0.0, 0.0, [0.1])
     body = logbody.encode(parse_batch([
         {"stream": "s", "kind": "produce", "message_id": f"m{i}", "ts": T} for i in range(3)
     ]), None)  # fmt: skip
     assert core.apply(body, T) == 3  # ids in flight while the groups come
     for i in range(LIMIT):
         assert core.expect("s", f"g{i}")
-    with pytest.raises(_engine.EngineError, match=f"{LIMIT} consumer groups, the limit"):
+    with pytest.raises(_machine.EngineError, match=f"{LIMIT} consumer groups, the limit"):
         core.expect("s", "one-too-many")
     core.advance(T + 10, T + 10)
     pairs, _rows, _missing = core.drain()

@@ -520,11 +520,11 @@ def test_a_mark_under_a_name_past_the_series_limit_is_left_out(engine: Engine) -
 
 
 def test_a_checkpoint_written_before_sequences_loads() -> None:
-    from msgtally.reconcile import _engine
+    from msgtally.reconcile import _machine
 
-    def fresh() -> _engine.Engine:
+    def fresh() -> _machine.Machine:
         c = DEFAULT
-        return _engine.Engine(c.deadline, c.settle, c.remember, c.latency_buckets)
+        return _machine.Machine(c.deadline, c.settle, c.remember, c.latency_buckets)
 
     core = fresh()
     core.apply(msgspec.msgpack.encode((1, parse_batch([record_to_json(produce("s", "m", 0))]))),
