@@ -272,8 +272,7 @@ class Reconciler:
         applied so far, in one scan for all of them. The figures and a
         checkpoint commit together, so a crash never counts a back-fill twice.
         """
-        for group in groups:
-            self.core.expect(stream, group)
+        self.core.expect_groups(stream, groups)  # one walk of the ids in memory for all
         started = time.monotonic()
         scanned = 0
         with self.store.connect() as conn:
