@@ -518,22 +518,3 @@ def test_a_mark_under_a_name_past_the_series_limit_is_left_out(engine: Engine) -
         run(engine, DEFAULT, 1000)
     assert missing(engine) == {("s", "produce", ""): 2}
 
-
-def test_a_checkpoint_written_before_sequences_loads() -> None:
-    from msgtally.reconcile import _machine
-
-    def fresh() -> _machine.Machine:
-        c = DEFAULT
-        return _machine.Machine(c.deadline, c.settle, c.remember, c.latency_buckets)
-
-    core = fresh()
-    core.apply(msgspec.msgpack.encode((1, parse_batch([record_to_json(produce("s", "m", 0))]))),
-               T)  # fmt: skip
-    body = core.dumps()
-    # Version 1: its own magic, and no sequences at the end (no producer names,
-    # the missing count, no sequences: 4 + 8 + 8 bytes).
-    old = b"mtmckpt1" + body[8:-20]
-    assert body[:8] == b"mtmckpt2" and body[-20:] == bytes(20)
-    again = fresh()
-    again.loads(old)
-    assert again.dumps() == body

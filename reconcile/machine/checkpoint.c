@@ -203,12 +203,6 @@ static int read_known(Ck *ck, In *in, Machine *T, int wide) {
     return 0;
 }
 
-static int add_fp_cb(void *ctx, uint64_t fp) {
-    (void)ctx;
-    (void)fp;
-    return 0;
-}
-
 /* One entry, its fields read by the version's layout: checked, then put in place. */
 static int read_entry(Ck *ck, In *in, Machine *T, uint64_t i, int version) {
     double t0 = get_f64(in), r0 = get_f64(in);
@@ -300,7 +294,6 @@ static int read_entry(Ck *ck, In *in, Machine *T, uint64_t i, int version) {
         memcpy(&fp, fps + 8 * k, 8); /* written little-endian, read on little-endian hosts */
         if (fp_add(T, (uint32_t)idx, fp)) return -1;
     }
-    (void)add_fp_cb;
     return schedule(T, (uint32_t)idx);
 }
 
@@ -487,6 +480,41 @@ static int put_fp_cb(void *ctx, uint64_t fp) {
     return 0;
 }
 
+static int cmp_u64(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Hashes of a set, sorted: a checkpoint is the same bytes whatever order the
+ * set was filled in (a loaded machine dumps what it loaded). */
+typedef struct {
+    uint64_t *v;
+    size_t n;
+} Sorted;
+
+static int collect_cb(void *ctx, uint64_t fp) {
+    Sorted *s = ctx;
+    s->v[s->n++] = fp;
+    return 0;
+}
+
+static void put_sorted(Out *o, Sorted *s) {
+    qsort(s->v, s->n, 8, cmp_u64);
+    for (size_t i = 0; i < s->n; i++) put_u64(o, s->v[i]);
+}
+
+static void put_fps(Out *o, Entry *e) {
+    if (!(e->flags & E_FPSET)) {
+        fp_each(e, put_fp_cb, o);
+        return;
+    }
+    Sorted s = {malloc((size_t)fp_count(e) * 8 + 8), 0};
+    if (!s.v) { o->failed = 1; return; }
+    fp_each(e, collect_cb, &s);
+    put_sorted(o, &s);
+    free(s.v);
+}
+
 static void put_section(Out *o, uint32_t tag, Machine *M) {
     put_u32(o, tag);
     put_u32(o, 0);
@@ -518,8 +546,14 @@ static void put_section(Out *o, uint32_t tag, Machine *M) {
             break;
         case S_KNOWN:
             put_u64(o, M->known_n);
-            for (uint64_t i = 0; i <= M->known_mask; i++)
-                if (M->known[i]) put_u64(o, M->known[i]);
+            {
+                Sorted k = {malloc((size_t)M->known_n * 8 + 8), 0};
+                if (!k.v) { o->failed = 1; break; }
+                for (uint64_t i = 0; i <= M->known_mask; i++)
+                    if (M->known[i]) k.v[k.n++] = M->known[i];
+                put_sorted(o, &k);
+                free(k.v);
+            }
             break;
         case S_ENTRIES:
             put_u64(o, M->live);
@@ -546,7 +580,7 @@ static void put_section(Out *o, uint32_t tag, Machine *M) {
                     put_f64(o, s->first_ok);
                     put_f64(o, s->latency);
                 }
-                fp_each(e, put_fp_cb, o);
+                put_fps(o, e);
                 put(o, id_of(e), e->idlen);
             }
             break;
@@ -619,94 +653,3 @@ int checkpoint_dump(Machine *M, uint8_t **out, size_t *len) {
     return 0;
 }
 
-/* Format 2, as earlier versions wrote it (host order, raw layouts). */
-int checkpoint_dump_v2(Machine *M, uint8_t **out, size_t *len);
-int checkpoint_dump_v2(Machine *M, uint8_t **out, size_t *len) {
-    Out o = {0};
-    put(&o, MAGIC2, 8);
-    put_f64(&o, M->default_deadline);
-    put_f64(&o, M->settle);
-    put_f64(&o, M->remember);
-    put_names(&o, &M->streams);
-    put_names(&o, &M->groups);
-    for (uint32_t sid = 0; sid < M->streams.n; sid++) {
-        StreamInfo *si = &M->sinfo[sid];
-        put_f64(&o, si->deadline);
-        put_u32(&o, (uint32_t)si->n);
-        for (size_t g = 0; g < si->n; g++) put_u32(&o, si->gids[g]);
-    }
-    put_u64(&o, M->records);
-    put_u64(&o, M->repeats);
-    put_u64(&o, M->judged);
-    put_u64(&o, M->evicted);
-    put_u32(&o, M->known_n);
-    for (uint64_t i = 0; i <= M->known_mask; i++)
-        if (M->known[i]) put_u64(&o, M->known[i]);
-    put_u32(&o, M->live);
-    for (uint32_t idx = 0; idx < M->pool_n; idx++) {
-        Entry *e = M->pool[idx];
-        if (!e) continue;
-        put_f64(&o, e->t0);
-        put_f64(&o, e->r0);
-        put_u32(&o, e->p_max_attempt);
-        put_u32(&o, e->sid);
-        put_u8(&o, e->flags & E_SAVED);
-        put_u16(&o, e->nslots);
-        put_u16(&o, (uint16_t)fp_count(e));
-        put_u16(&o, e->idlen);
-        for (uint16_t k = 0; k < e->nslots; k++) {
-            Slot *s = &slots_of(e)[k];
-            put_u32(&o, (uint32_t)s->n);
-            put_u32(&o, (uint32_t)s->ok);
-            put_u32(&o, s->max_attempt);
-            put_u16(&o, s->gid);
-            put_u8(&o, s->cls);
-            put_u8(&o, s->flags);
-            put_f64(&o, s->first_ts);
-            put_f64(&o, s->first_ok);
-            put_f64(&o, s->latency);
-        }
-        fp_each(e, put_fp_cb, &o);
-        put(&o, id_of(e), e->idlen);
-    }
-    put_u32(&o, M->clive);
-    for (uint32_t sid = 0; sid < M->streams.n; sid++) {
-        StreamInfo *si = &M->sinfo[sid];
-        for (size_t k = si->fifo_head; k < si->fifo_n; k++) {
-            Compact *c = si->fifo[k];
-            if (c->dead) continue;
-            put_u64(&o, c->hash);
-            put_u64(&o, c->hash2);
-            put_f64(&o, c->t0);
-            put_f64(&o, c->r0);
-            put_u32(&o, c->sid);
-            put_u16(&o, c->nfp);
-            put_u8(&o, c->ngroups);
-            put_u8(&o, 0);
-            put(&o, cfps(c), (size_t)c->nfp * 8);
-        }
-    }
-    put_names(&o, &M->producers);
-    put_u64(&o, M->missing);
-    put_u64(&o, M->nseqs);
-    for (size_t i = 0; i < M->nseqs; i++) {
-        SeqKey *k = &M->seqs[i];
-        put_u32(&o, k->pid);
-        put_u32(&o, k->sid);
-        put_u16(&o, k->gid);
-        put_u8(&o, k->kind);
-        put_u64(&o, k->hw);
-        put_u64(&o, k->top);
-        put_u32(&o, k->nholes);
-        put_u32(&o, k->nshown);
-        for (uint32_t h = 0; h < k->nholes; h++) {
-            put_u64(&o, k->holes[h].lo);
-            put_u64(&o, k->holes[h].hi);
-            put_f64(&o, k->holes[h].opened);
-        }
-    }
-    if (o.failed) { free(o.buf); return -1; }
-    *out = o.buf;
-    *len = o.n;
-    return 0;
-}

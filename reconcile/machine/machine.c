@@ -1929,8 +1929,7 @@ void mc_free(Machine *M) {
 
 int mc_dump(Machine *M, uint8_t **out, size_t *len) {
     begin(M);
-    int checkpoint_dump_v2(Machine *, uint8_t **, size_t *);
-    return result(M, checkpoint_dump_v2(M, out, len));
+    return result(M, checkpoint_dump(M, out, len));
 }
 
 int mc_load(Machine *M, const uint8_t *buf, size_t len) {
