@@ -42,9 +42,9 @@ from msgtally.ingest.tables import (
     engine_events,
     log,
     log_pending,
-    quarantine,
     ticks,
 )
+from msgtally.ingest.tables import quarantine as quarantined
 
 try:
     from . import _machine
@@ -53,6 +53,7 @@ except ImportError as exc:  # the C extension is optional at install: say what t
         "msgtally's reconcile machine (a C extension) was not built: install a C compiler "
         "and the Python headers, then reinstall msgtally[collector]"
     ) from exc
+from . import quarantine
 from .config import ReconcileConfig
 from .lease import Lease
 from .outputs import (
@@ -282,7 +283,7 @@ class Reconciler:
                 for r in conn.execute(
                     select(log.c.id)
                     .where(log.c.id.not_in(select(log_pending.c.id)))
-                    .where(log.c.id.not_in(select(quarantine.c.id)))
+                    .where(log.c.id.not_in(select(quarantined.c.id)))
                     .order_by(log.c.id)
                 )
                 if int(r.id) not in recorded
@@ -319,8 +320,16 @@ class Reconciler:
         # Nothing left behind: a batch run has everything, a live engine waits for now.
         last = math.inf if final else now
         watermark = last if next_receipt is None else min(now, next_receipt)
-        bodies = [r.body for r in batch]
-        for stream, groups in _by_stream(self.core.new_groups(bodies)).items():
+        # Bodies the machine would reject are set aside (quarantine), the others'
+        # new groups back-filled before any of them applies.
+        new, rejected = self.core.screen([r.body for r in batch])
+        aside = [(batch[i].id, batch[i].received_at, taken[i][2], batch[i].body, reason)
+                 for i, reason in rejected]  # fmt: skip
+        for log_id, _at, _n, _body, reason in aside:
+            log_.error("log row %d set aside in quarantine: %s", log_id, reason)
+        if aside:
+            batch = [r for i, r in enumerate(batch) if i not in dict(rejected)]
+        for stream, groups in _by_stream(new).items():
             self._backfill(stream, groups)
         before = self.core.stats()
         self._fold(batch, now, watermark)
@@ -332,9 +341,10 @@ class Reconciler:
         changed = bool(batch) or any(
             stats[k] != before[k] for k in ("judged", "evicted", "records_missing")
         )
-        if not changed and not pairs and not rows and flight == self._last_in_flight:
+        if not changed and not aside and not pairs and not rows and flight == self._last_in_flight:
             return NOTHING
         with write_tx(self.store) as conn:
+            quarantine.set_aside(conn, aside)
             write_pairs(conn, pairs, self.config.latency_buckets)
             write_verdicts(conn, rows)
             write_missing(conn, missing)
@@ -426,7 +436,7 @@ class Reconciler:
             applied = (
                 select(log.c.id, log.c.body)
                 .where(log.c.id.not_in(select(log_pending.c.id)))
-                .where(log.c.id.not_in(select(quarantine.c.id)))
+                .where(log.c.id.not_in(select(quarantined.c.id)))
             )
             for row in conn.execution_options(yield_per=64).execute(applied.order_by(log.c.id)):
                 self.core.backfill_scan(row.body, stream)

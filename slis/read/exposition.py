@@ -18,13 +18,14 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 
-from msgtally.ingest.tables import latency_buckets, log_pending, meta, tallies
+from msgtally.ingest.tables import latency_buckets, log_pending, meta, quarantine, tallies
 from msgtally.names import (
     BACKLOG,
     COUNTERS,
     IN_FLIGHT,
     LAST_PASS,
     LATENCY,
+    QUARANTINED,
     RECONCILE_RECORDS,
     RECORDS_DROPPED,
     RECORDS_MISSING,
@@ -58,6 +59,7 @@ class StoreCollector(Collector):
                 select(func.coalesce(func.sum(log_pending.c.n), 0))
             ).scalar_one()
             facts = dict(conn.execute(select(meta.c.key, meta.c.value)).all())
+            aside = conn.execute(select(func.count()).select_from(quarantine)).scalar_one()
         last_pass = facts.get("last_pass_at")
 
         for column, (name, doc) in COUNTERS.items():
@@ -126,6 +128,11 @@ class StoreCollector(Collector):
             BACKLOG,
             "Records ingested and not yet reconciled.",
             value=int(backlog),
+        )
+        yield GaugeMetricFamily(
+            QUARANTINED,
+            "Log rows the engine set aside, their bodies rejected (msgtally quarantine list).",
+            value=int(aside),
         )
         if last_pass is not None:
             yield GaugeMetricFamily(
