@@ -62,6 +62,10 @@ REJECTED = [
     (body(*GOOD, rec("b"), marks=[["p", "s", "produce", "g"]]),
      "log body: mark 0: not [producer, stream, kind, group, last]"),
     (body(*GOOD)[:-3], "log body: record 1: truncated"),
+    (body(*GOOD, rec("QQ")).replace(b"QQ", b"\xc3\x28"),  # not UTF-8: no store writes it
+     "log body: record 2: field 'message_id' is not UTF-8"),
+    (body(*GOOD, marks=[["p", "QQ", "produce", "", 3]]).replace(b"QQ", b"\xed\xff"),
+     "log body: mark 0: a name is not UTF-8"),
 ]  # fmt: skip
 
 

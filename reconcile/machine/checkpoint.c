@@ -136,6 +136,7 @@ static int read_names(Ck *ck, In *in, Dict *d) {
         TRUNC(ck, in, "a name's length");
         if (len > MC_MAX_TEXT_BYTES) return BAD(ck, "name %u: %u bytes, past the limit of %u", i, len, MC_MAX_TEXT_BYTES);
         if (left(in) < len) return BAD(ck, "name %u: truncated", i);
+        if (!lb_is_utf8(in->p, len)) return BAD(ck, "name %u: not UTF-8", i);
         int64_t got = dict_get(d, in->p, len, 1);
         if (got == -1) return -1;
         if (got != (int64_t)i) return BAD(ck, "name %u: the same as name %lld", i, (long long)got);
@@ -277,6 +278,10 @@ static int read_entry(Ck *ck, In *in, Machine *T, uint64_t i, int version) {
     if (left(in) < idlen) {
         entry_free(e);
         return BAD(ck, "entry %llu: truncated in its id", (unsigned long long)i);
+    }
+    if (!lb_is_utf8(in->p, idlen)) {
+        entry_free(e);
+        return BAD(ck, "entry %llu: field 'id' is not UTF-8", (unsigned long long)i);
     }
     memcpy(id_of(e), in->p, idlen);
     in->p += idlen;

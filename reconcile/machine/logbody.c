@@ -153,6 +153,30 @@ static int field_of(const Str *key) {
     return memcmp(FIELD_NAMES[f], key->s, key->n) == 0 ? f : -1;
 }
 
+/* Whether bytes are UTF-8 (surrogates let through: Python's "surrogatepass"
+ * writes them, and reads them back). Names become Python strings; ids are
+ * written back to the store as text. ASCII, the common case, eight at a time. */
+int lb_is_utf8(const uint8_t *p, uint32_t n) {
+    uint32_t i = 0;
+    while (i < n) {
+        if (n - i >= 8) {
+            uint64_t v;
+            memcpy(&v, p + i, 8);
+            if (!(v & 0x8080808080808080ULL)) { i += 8; continue; }
+        }
+        uint8_t c = p[i];
+        if (c < 0x80) { i++; continue; }
+        uint32_t len = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC2 ? 2 : 0;
+        if (!len || c > 0xF4 || n - i < len) return 0;
+        for (uint32_t k = 1; k < len; k++)
+            if ((p[i + k] & 0xC0) != 0x80) return 0;
+        if ((c == 0xE0 && p[i + 1] < 0xA0) || (c == 0xF0 && p[i + 1] < 0x90) || (c == 0xF4 && p[i + 1] > 0x8F))
+            return 0; /* overlong, or past U+10FFFF */
+        i += len;
+    }
+    return 1;
+}
+
 static int is(const Str *s, const char *word) {
     size_t n = strlen(word);
     return !s->nil && s->n == n && memcmp(s->s, word, n) == 0;
@@ -238,6 +262,8 @@ int lb_record(Cursor *c, Rec *r, uint32_t index, char err[LB_ERR]) {
             if (r->text[f].n > MC_MAX_TEXT_BYTES)
                 FAIL("log body: record %u: field '%s' is %u bytes, past the limit of %u", index, FIELD_NAMES[f],
                      r->text[f].n, MC_MAX_TEXT_BYTES);
+            if (!r->text[f].nil && !lb_is_utf8(r->text[f].s, r->text[f].n))
+                FAIL("log body: record %u: field '%s' is not UTF-8", index, FIELD_NAMES[f]);
         }
     }
     if (!has_ts) FAIL("log body: record %u: field 'ts' is missing", index);
@@ -272,6 +298,8 @@ int lb_mark(Cursor *c, Mark *m, uint32_t index, char err[LB_ERR]) {
         FAIL("log body: mark %u: a name is nil", index);
     if (m->producer.n > MC_MAX_TEXT_BYTES || m->stream.n > MC_MAX_TEXT_BYTES || m->group.n > MC_MAX_TEXT_BYTES)
         FAIL("log body: mark %u: a name is past the limit of %u bytes", index, MC_MAX_TEXT_BYTES);
+    if (!lb_is_utf8(m->producer.s, m->producer.n) || !lb_is_utf8(m->stream.s, m->stream.n) || !lb_is_utf8(m->group.s, m->group.n))
+        FAIL("log body: mark %u: a name is not UTF-8", index);
     if (mp_number(c, &m->last, &d, &isf, &nil) || isf || nil) FAIL("log body: mark %u: 'last' is not an integer", index);
     if (is(&m->kind_name, "consume")) m->kind = K_CONSUME;
     else if (is(&m->kind_name, "produce")) m->kind = K_PRODUCE;

@@ -59,5 +59,7 @@ int lb_record(Cursor *c, Rec *r, uint32_t index, char err[LB_ERR]);
 /* The marks' count, then each mark: 0, or -1 with the reason. */
 int lb_marks_open(Cursor *c, uint32_t *n, char err[LB_ERR]);
 int lb_mark(Cursor *c, Mark *m, uint32_t index, char err[LB_ERR]);
+/* Whether bytes are UTF-8 (surrogates let through, as Python's "surrogatepass"). */
+int lb_is_utf8(const uint8_t *p, uint32_t n);
 
 #endif

@@ -1381,6 +1381,13 @@ int mc_install_row(Machine *M, const McInstallRow *row) {
         mc_fail(M, MC_ESTATE, "a stored id of %u bytes, past the limit of %u", row->id.n, MC_MAX_TEXT_BYTES);
         return result(M, -1);
     }
+    /* rows come from the store: what a checkpoint would refuse, install refuses too */
+    if (row->ok > row->n || !isfinite(row->deadline) || (row->has_t0 && !isfinite(row->t0))) {
+        mc_fail(M, MC_ESTATE, "a stored verdict of id '%.*s' that cannot be (ok %llu of %llu, deadline %g)",
+                (int)(row->id.n > 64 ? 64 : row->id.n), row->id.s, (unsigned long long)row->ok,
+                (unsigned long long)row->n, row->deadline);
+        return result(M, -1);
+    }
     Str st = {(const uint8_t *)row->stream.s, row->stream.n, 0};
     int64_t sid = stream_index(M, &st);
     int64_t gid = dict_get(&M->groups, (const uint8_t *)row->group.s, row->group.n, 1);
