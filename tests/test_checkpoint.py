@@ -123,6 +123,12 @@ def rejected(ck: bytes, match: str) -> None:
     core = machine(MAIN["v2"])
     with pytest.raises(_machine.CheckpointError, match=match):
         core.loads(ck)
+        # Loaded when it should not have: used at once, so that under the
+        # sanitizers (.ci/sanitize) a missing check shows as the memory error it is.
+        core.expected()
+        core.in_flight()
+        core.advance(T + 10**7, T + 10**7)
+        core.drain()
     stats = core.stats()  # empty, never half-loaded
     held = ("in_memory", "compact", "known", "sequences")
     assert [stats[k] for k in held] == [0, 0, 0, 0]
