@@ -33,7 +33,7 @@ static int mp_array(Cursor *c, uint32_t *n) { return mp_size(c, 0x90, 0xdc, n); 
 static int mp_map(Cursor *c, uint32_t *n) { return mp_size(c, 0x80, 0xde, n); }
 
 /* A string or nil: 0, -1 truncated, -2 another type. */
-static int mp_str(Cursor *c, Str *s) {
+static inline __attribute__((always_inline)) int mp_str(Cursor *c, Str *s) {
     if (c->p >= c->end) return -1;
     uint8_t b = *c->p;
     uint32_t n;
@@ -58,7 +58,7 @@ static int mp_str(Cursor *c, Str *s) {
 }
 
 /* An integer, a float or nil (*nil set): 0, -1 truncated, -2 another type. */
-static int mp_number(Cursor *c, int64_t *i, double *d, int *is_float, int *nil) {
+static inline __attribute__((always_inline)) int mp_number(Cursor *c, int64_t *i, double *d, int *is_float, int *nil) {
     if (c->p >= c->end) return -1;
     uint8_t b = *c->p;
     *nil = 0;
@@ -136,34 +136,30 @@ static int mp_skip(Cursor *c, int depth) {
     return mp_number(c, &i, &d, &isf, &nil) ? -1 : 0;
 }
 
-static int field_of(const Str *key) {
-    int f;
+/* The field a key names, or -1; compared at constant sizes (inlined: it runs
+ * for every field of every record). */
+#define KEY(word, f) (memcmp(key->s, word, sizeof(word) - 1) == 0 ? (f) : -1)
+static inline int field_of(const Str *key) {
     switch (key->n) { /* the names differ by length, but for a few */
-        case 2: f = F_TS; break;
-        case 3: f = F_SEQ; break;
-        case 4: f = F_KIND; break;
-        case 5: f = F_GROUP; break;
-        case 6: f = F_STREAM; break;
-        case 7: f = key->s[0] == 'a' ? F_ATTEMPT : key->s[0] == 'o' ? F_OUTCOME : F_SPAN_ID; break;
-        case 8: f = key->s[0] == 'p' ? F_PRODUCER : F_TRACE_ID; break;
-        case 9: f = F_RECORD_ID; break;
-        case 10: f = F_MESSAGE_ID; break;
+        case 2: return KEY("ts", F_TS);
+        case 3: return KEY("seq", F_SEQ);
+        case 4: return KEY("kind", F_KIND);
+        case 5: return KEY("group", F_GROUP);
+        case 6: return KEY("stream", F_STREAM);
+        case 7: return key->s[0] == 'a' ? KEY("attempt", F_ATTEMPT) : key->s[0] == 'o' ? KEY("outcome", F_OUTCOME)
+                                                                                  : KEY("span_id", F_SPAN_ID);
+        case 8: return key->s[0] == 'p' ? KEY("producer", F_PRODUCER) : KEY("trace_id", F_TRACE_ID);
+        case 9: return KEY("record_id", F_RECORD_ID);
+        case 10: return KEY("message_id", F_MESSAGE_ID);
         default: return -1;
     }
-    return memcmp(FIELD_NAMES[f], key->s, key->n) == 0 ? f : -1;
 }
 
-/* Whether bytes are UTF-8 (surrogates let through: Python's "surrogatepass"
- * writes them, and reads them back). Names become Python strings; ids are
- * written back to the store as text. ASCII, the common case, eight at a time. */
-int lb_is_utf8(const uint8_t *p, uint32_t n) {
+/* UTF-8 past the ASCII fast path (logbody.h): surrogates let through, as
+ * Python's "surrogatepass" writes them and reads them back. */
+int lb_utf8_slow(const uint8_t *p, uint32_t n) {
     uint32_t i = 0;
     while (i < n) {
-        if (n - i >= 8) {
-            uint64_t v;
-            memcpy(&v, p + i, 8);
-            if (!(v & 0x8080808080808080ULL)) { i += 8; continue; }
-        }
         uint8_t c = p[i];
         if (c < 0x80) { i++; continue; }
         uint32_t len = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC2 ? 2 : 0;
@@ -177,10 +173,8 @@ int lb_is_utf8(const uint8_t *p, uint32_t n) {
     return 1;
 }
 
-static int is(const Str *s, const char *word) {
-    size_t n = strlen(word);
-    return !s->nil && s->n == n && memcmp(s->s, word, n) == 0;
-}
+/* A word, its length known at compile time (memcmp of a constant size is inlined). */
+#define is(str, word) (!(str)->nil && (str)->n == sizeof(word) - 1 && memcmp((str)->s, word, sizeof(word) - 1) == 0)
 
 #define FAIL(...) do { snprintf(err, LB_ERR, __VA_ARGS__); return -1; } while (0)
 
@@ -226,6 +220,8 @@ int lb_record(Cursor *c, Rec *r, uint32_t index, char err[LB_ERR]) {
     r->has_seq = 0;
     r->seq = 0;
     r->ts = 0;
+    r->sid = r->gid = -1;
+    r->expected = 0;
     int has_ts = 0;
     for (uint32_t k = 0; k < n; k++) {
         Str key;
@@ -262,7 +258,9 @@ int lb_record(Cursor *c, Rec *r, uint32_t index, char err[LB_ERR]) {
             if (r->text[f].n > MC_MAX_TEXT_BYTES)
                 FAIL("log body: record %u: field '%s' is %u bytes, past the limit of %u", index, FIELD_NAMES[f],
                      r->text[f].n, MC_MAX_TEXT_BYTES);
-            if (!r->text[f].nil && !lb_is_utf8(r->text[f].s, r->text[f].n))
+            /* the text that becomes names and ids out of the machine (the rest is only hashed) */
+            if ((f == F_STREAM || f == F_MESSAGE_ID || f == F_GROUP || f == F_PRODUCER) && !r->text[f].nil &&
+                !lb_is_utf8(r->text[f].s, r->text[f].n))
                 FAIL("log body: record %u: field '%s' is not UTF-8", index, FIELD_NAMES[f]);
         }
     }

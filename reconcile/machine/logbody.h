@@ -14,6 +14,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 enum { F_STREAM, F_KIND, F_MESSAGE_ID, F_TS, F_GROUP, F_ATTEMPT, F_OUTCOME, F_PRODUCER, F_SEQ,
        F_TRACE_ID, F_SPAN_ID, F_RECORD_ID, N_FIELDS };
@@ -32,6 +33,9 @@ typedef struct {
     int64_t attempt, seq;
     int has_seq;
     uint8_t kind, outcome; /* K_*, O_* */
+    /* the machine's, looked up before the record applies: -1 not known yet */
+    int32_t sid, gid;
+    uint8_t expected; /* the stream expects the group already */
 } Rec;
 
 typedef struct {
@@ -59,7 +63,20 @@ int lb_record(Cursor *c, Rec *r, uint32_t index, char err[LB_ERR]);
 /* The marks' count, then each mark: 0, or -1 with the reason. */
 int lb_marks_open(Cursor *c, uint32_t *n, char err[LB_ERR]);
 int lb_mark(Cursor *c, Mark *m, uint32_t index, char err[LB_ERR]);
-/* Whether bytes are UTF-8 (surrogates let through, as Python's "surrogatepass"). */
-int lb_is_utf8(const uint8_t *p, uint32_t n);
+/* Whether bytes are UTF-8 (surrogates let through, as Python's "surrogatepass").
+ * Names become Python strings and ids go back to the store as text. ASCII, the
+ * common case, is checked eight bytes at a time, inline: it runs for every record. */
+int lb_utf8_slow(const uint8_t *p, uint32_t n);
+static inline int lb_is_utf8(const uint8_t *p, uint32_t n) {
+    uint64_t any = 0;
+    uint32_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t v;
+        memcpy(&v, p + i, 8);
+        any |= v;
+    }
+    for (; i < n; i++) any |= p[i];
+    return (any & 0x8080808080808080ULL) ? lb_utf8_slow(p, n) : 1;
+}
 
 #endif

@@ -1072,7 +1072,7 @@ typedef struct {
 } Place;
 
 static int place_of(Machine *M, const Rec *r, Place *at) {
-    at->sid = stream_index(M, &r->text[F_STREAM]);
+    at->sid = r->sid >= 0 ? r->sid : stream_index(M, &r->text[F_STREAM]);
     if (at->sid < 0) return -1;
     const Str *mid = &r->text[F_MESSAGE_ID];
     at->h = key_hash((uint32_t)at->sid, mid->s, mid->n);
@@ -1179,9 +1179,9 @@ static int apply_record(Machine *M, const Rec *r, double received_at, const Plac
         if (!(e->flags & E_T0_FROZEN) && r->ts < e->t0) e->t0 = r->ts;
     } else {
         const Str *g = &r->text[F_GROUP];
-        int64_t gid = dict_get(&M->groups, g->s, g->n, 1);
+        int64_t gid = r->gid >= 0 ? r->gid : dict_get(&M->groups, g->s, g->n, 1);
         if (gid < 0) return -1;
-        if (expect_group(M, (uint32_t)sid, (uint32_t)gid) < 0) return -1;
+        if (!r->expected && expect_group(M, (uint32_t)sid, (uint32_t)gid) < 0) return -1;
         Slot *s = find_slot(e, (uint32_t)gid);
         if (!s) {
             s = add_slot(M, (uint32_t)idx, (uint32_t)gid);
@@ -1279,16 +1279,29 @@ static int read_body(Machine *M, const uint8_t *buf, size_t len, Body *b) {
         M->scratch_cap = cap;
     }
     Cursor c = b->records;
-    const Str *last_stream = NULL, *last_group = NULL;
+    /* A body's records name a few (stream, group) pairs: each is checked once,
+     * the last few checked remembered (compared, not hashed). */
+    enum { SEEN = 8 };
+    const Rec *seen[SEEN];
+    uint32_t nseen = 0;
     for (uint32_t i = 0; i < b->count; i++) {
         Rec *r = &M->scratch[i];
         if (lb_record(&c, r, i, err)) return mc_fail(M, MC_EBODY, "%s", err);
+        /* the names looked up once, here, for apply too (indices never change) */
+        int64_t sid = dict_get(&M->streams, r->text[F_STREAM].s, r->text[F_STREAM].n, 0);
+        r->sid = sid >= 0 && (uint32_t)sid < M->sinfo_cap ? (int32_t)sid : -1;
         if (r->kind != K_CONSUME) continue;
-        /* a body's records name a few groups: checked when the pair changes */
-        if (last_stream && same(last_stream, &r->text[F_STREAM]) && same(last_group, &r->text[F_GROUP])) continue;
+        int64_t gid = dict_get(&M->groups, r->text[F_GROUP].s, r->text[F_GROUP].n, 0);
+        r->gid = gid >= 0 ? (int32_t)gid : -1;
+        r->expected = r->sid >= 0 && r->gid >= 0 && stream_expects(&M->sinfo[r->sid], (uint32_t)r->gid);
+        if (r->expected) continue;
+        uint32_t k = 0, n = nseen < SEEN ? nseen : SEEN;
+        while (k < n && !(same(&seen[k]->text[F_GROUP], &r->text[F_GROUP]) &&
+                          same(&seen[k]->text[F_STREAM], &r->text[F_STREAM])))
+            k++;
+        if (k < n) continue;
         if (group_fits(M, &r->text[F_STREAM], &r->text[F_GROUP], i)) return -1;
-        last_stream = &r->text[F_STREAM];
-        last_group = &r->text[F_GROUP];
+        seen[nseen++ % SEEN] = r;
     }
     if (b->marks.p) {
         Cursor m = b->marks;
