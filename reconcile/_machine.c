@@ -253,8 +253,8 @@ static PyObject *Machine_new_groups(MachineObject *self, PyObject *bodies) {
 
 /* screen(bodies) -> (new_groups, rejected): the bodies the machine would
  * reject, [(index, reason)], each checked with the new groups of the bodies
- * before it; and the (stream, group) pairs the others would add. */
-void mc_check_reset(Machine *M);
+ * before it; and the (stream, group) pairs the others would add. One read of
+ * each body. */
 static PyObject *Machine_screen(MachineObject *self, PyObject *bodies) {
     PyObject *seq = PySequence_Fast(bodies, "bodies must be a sequence");
     if (!seq) return NULL;
@@ -275,7 +275,13 @@ static PyObject *Machine_screen(MachineObject *self, PyObject *bodies) {
         } else if (got) {
             rc = got;
         } else {
-            rc = mc_new_groups(self->m, view.buf, (size_t)view.len, new_group_cb, &ng);
+            /* its new groups, while the body is held (they point into it) */
+            McName stream, group;
+            size_t n = mc_checked_groups(self->m, &stream, &group, 0);
+            for (size_t i = PyList_GET_SIZE(ng.out); !rc && i < n; i++) {
+                mc_checked_groups(self->m, &stream, &group, i);
+                if (new_group_cb(&ng, stream, group)) rc = MC_ECALLBACK;
+            }
         }
         PyBuffer_Release(&view);
     }

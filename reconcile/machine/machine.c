@@ -1324,8 +1324,17 @@ int mc_check(Machine *M, const uint8_t *body, size_t len) {
 }
 
 /* The new groups counted by mc_check calls, forgotten (a new batch of bodies). */
-void mc_check_reset(Machine *M);
 void mc_check_reset(Machine *M) { M->nnewg = 0; }
+
+/* The (stream, group) pairs new in the bodies checked since mc_check_reset, in
+ * the order met (each once); they point into those bodies. */
+size_t mc_checked_groups(const Machine *M, McName *stream, McName *group, size_t i) {
+    if (i < M->nnewg) {
+        *stream = (McName){(const char *)M->newg[i].stream.s, M->newg[i].stream.n};
+        *group = (McName){(const char *)M->newg[i].group.s, M->newg[i].group.n};
+    }
+    return M->nnewg;
+}
 
 int mc_apply(Machine *M, const uint8_t *body, size_t len, double received_at, uint32_t *records) {
     begin(M);

@@ -125,8 +125,12 @@ int mc_new_groups(Machine *M, const uint8_t *body, size_t len,
 
 /* Folding log bodies. A body is checked whole before anything of it is applied. */
 int mc_apply(Machine *M, const uint8_t *body, size_t len, double received_at, uint32_t *records);
-/* Checks a body as mc_apply would, applying nothing. */
+/* Checks a body as mc_apply would, applying nothing; the new groups of the
+ * bodies checked since mc_check_reset count against the limits of the next
+ * (mc_checked_groups: how many, and the i-th). */
 int mc_check(Machine *M, const uint8_t *body, size_t len);
+void mc_check_reset(Machine *M);
+size_t mc_checked_groups(const Machine *M, McName *stream, McName *group, size_t i);
 int mc_deferred_count(const Machine *M, size_t *n);
 int mc_deferred_key(const Machine *M, size_t i, McName *stream, McName *id);
 int mc_apply_deferred(Machine *M, size_t *n);
