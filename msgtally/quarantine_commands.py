@@ -9,10 +9,12 @@ import datetime
 import json
 import sys
 from collections.abc import Callable, Iterator
-
-from sqlalchemy import Engine
+from typing import TYPE_CHECKING
 
 from .errors import CommandError
+
+if TYPE_CHECKING:  # the store is imported by the commands that use it: `msgtally check` needs none
+    from sqlalchemy import Engine
 
 DESCRIPTION = (
     "Log rows whose body the engine rejects are set aside in quarantine, with the "
