@@ -9,7 +9,7 @@ unexpected ids, every record past its deadline):
 
 1. reference: DuckDB, the records in an in-memory table, every tally of
    docs/definitions.md in one SQL statement (`--threads`, 2 by default);
-2. the engine's state machine alone (msgtally.reconcile._engine): every log
+2. the engine's state machine alone (msgtally.reconcile._machine): every log
    body applied, every id judged, the tallies drained: ids/s, and the ratio
    to (1) (goal >= 1x, and >= 500k ids/s);
 3. the same through the store: `reconcile()` over the log on SQLite (reading
@@ -44,7 +44,7 @@ from _common import (
     wire,
 )
 
-from msgtally.reconcile import _engine
+from msgtally.reconcile import _machine
 from msgtally.reconcile.config import ReconcileConfig
 from msgtally.reconcile.engine import reconcile
 from msgtally.store.db import open_store, write_tx
@@ -135,10 +135,10 @@ def duckdb_tallies(path: Path, threads: int) -> tuple[dict[tuple[str, str], dict
     return out, loaded, computed
 
 
-def drained_tallies(pairs: list[_engine.PairOut]) -> dict[tuple[str, str], dict[str, float]]:
+def drained_tallies(pairs: list[_machine.PairOut]) -> dict[tuple[str, str], dict[str, float]]:
     out: dict[tuple[str, str], dict[str, float]] = {}
     for stream, group, counts, latency_sum, _hist, _bins in pairs:
-        row = out.setdefault((stream, group), {f: 0.0 for f in _engine.TALLY_FIELDS})
+        row = out.setdefault((stream, group), {f: 0.0 for f in _machine.TALLY_FIELDS})
         row.setdefault("latency_sum", 0.0)
         for k, v in counts.items():
             row[k] += v
@@ -146,14 +146,14 @@ def drained_tallies(pairs: list[_engine.PairOut]) -> dict[tuple[str, str], dict[
     return out
 
 
-def fresh_core() -> _engine.Engine:
+def fresh_core() -> _machine.Machine:
     c = ReconcileConfig()
-    return _engine.Engine(c.deadline, c.settle, c.remember, c.latency_buckets)
+    return _machine.Machine(c.deadline, c.settle, c.remember, c.latency_buckets)
 
 
 def run_core(
     bodies: list[bytes], now: float
-) -> tuple[float, _engine.Engine, list[_engine.PairOut]]:
+) -> tuple[float, _machine.Machine, list[_machine.PairOut]]:
     core = fresh_core()
     gc.collect()
     started = time.perf_counter()

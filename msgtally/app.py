@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -11,7 +12,8 @@ from typing import Any
 
 from fastapi import FastAPI
 from prometheus_client.registry import CollectorRegistry
-from sqlalchemy import Engine
+from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from msgtally.ingest.intake import problems
 from msgtally.ingest.intake.api import BODY_SCHEMAS
@@ -35,6 +37,7 @@ from msgtally.slis.read.api import router as slis_router
 from msgtally.slis.read.exposition import StoreCollector
 from msgtally.slis.spec.model import Spec
 from msgtally.store.db import checkpoint_wal
+from msgtally.store.tables import log_pending
 
 from .auth import BearerAuth, bearer_check
 from .health import router as health_router
@@ -48,10 +51,13 @@ class EngineLoop:
     It takes the store's lease, ticks every `interval` seconds (at once while
     a backlog lasts), checkpoints, and stands by while another engine holds
     the lease. A failed tick throws the in-memory state away: the next one
-    rebuilds it from the store, which holds nothing half-written.
+    rebuilds it from the store, which holds nothing half-written; failures in
+    a row wait longer each time (up to `MAX_BACKOFF`).
     """
 
-    STALE = 30.0  # seconds without a tick before readiness says so
+    STALE = 30.0  # seconds without a tick, or without progress on a backlog, before unready
+    MAX_BACKOFF = 10.0
+    STANDBY = 5.0  # seconds between tries to take the lease while another engine holds it
 
     def __init__(self, store: Engine, config: ReconcileConfig, interval: float) -> None:
         self._store, self._config, self._interval = store, config, interval
@@ -61,6 +67,10 @@ class EngineLoop:
         self.state = "starting"  # running | standby | failing
         self.last_ok = time.monotonic()
         self.last_error = ""
+        self.failures = 0  # ticks failed in a row
+        # The backlog as last seen, and when it last shrank, was empty, or rows applied.
+        self.backlog = 0
+        self.progress_at = time.monotonic()
         self._last_wal = time.monotonic()
 
     def start(self) -> None:
@@ -74,10 +84,30 @@ class EngineLoop:
         """Why the engine is not doing its work, or None (readiness)."""
         if not self._thread.is_alive():
             return "the engine thread is not running"
-        idle = time.monotonic() - self.last_ok
-        if idle > self.STALE:
+        now = time.monotonic()
+        if self.state == "failing":
+            return f"the engine is failing ({self.failures} ticks in a row): {self.last_error}"
+        idle = now - self.last_ok
+        if idle > self.STALE + (self.STANDBY if self.state == "standby" else 0):
             return f"the engine has not completed a tick for {idle:.0f} s ({self.last_error})"
+        stuck = now - self.progress_at
+        if self.backlog and stuck > self.STALE:
+            who = " (another engine holds the store's lease)" if self.state == "standby" else ""
+            return (
+                f"the backlog ({self.backlog} records) has not shrunk for {stuck:.0f} s and "
+                f"the engine applied nothing{who}"
+            )
         return None
+
+    def _observe(self, applied: int) -> None:
+        """The backlog after a tick (or a look while standing by)."""
+        with self._store.connect() as conn:
+            backlog = int(
+                conn.execute(select(func.coalesce(func.sum(log_pending.c.n), 0))).scalar_one()
+            )
+        if applied or not backlog or backlog < self.backlog:
+            self.progress_at = time.monotonic()
+        self.backlog = backlog
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -86,19 +116,24 @@ class EngineLoop:
                 if self.reconciler is None:
                     self.reconciler = Reconciler(self._store, self._config).open()
                 result = self.reconciler.tick(time.time())
-                self.state, self.last_ok = "running", time.monotonic()
+                self.state, self.last_ok, self.failures = "running", time.monotonic(), 0
+                self._observe(result.batches)
                 if result.records >= self._config.budget:
                     wait = 0  # a backlog: keep going
                 if time.monotonic() - self._last_wal > 2:
                     checkpoint_wal(self._store)
                     self._last_wal = time.monotonic()
             except LeaseHeld:
-                self.state, self.last_ok = "standby", time.monotonic()
-                wait = 5.0
+                self.state, self.last_ok, self.failures = "standby", time.monotonic(), 0
+                wait = self.STANDBY
+                with contextlib.suppress(SQLAlchemyError):
+                    self._observe(0)
             except Exception as exc:  # any bug: say it, start again from the store
                 self.state, self.last_error = "failing", f"{type(exc).__name__}: {exc}"
+                self.failures += 1
                 log.exception("engine tick failed; rebuilding the state from the store")
                 self._drop(checkpoint=False)
+                wait = min(self.MAX_BACKOFF, self._interval * 2 ** min(self.failures, 16))
             self._stop.wait(wait)
         self._drop(checkpoint=True)
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from msgtally import __version__
 from msgtally.store.url import DEFAULT_DB_URL
 
-from . import slo_commands
+from . import quarantine_commands, slo_commands
 from .errors import CommandError
 
 if TYPE_CHECKING:
@@ -238,6 +238,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(json.dumps([s.to_json() for s in slis], indent=2))
     else:
         print(render_table(slis))
+        quarantine_commands.note_under_report(store)
+    store.dispose()
     return 0
 
 
@@ -364,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ids", type=int, default=20_000, help="messages per stream (default 20000)")
     p.set_defaults(func=cmd_demo)
 
+    quarantine_commands.register(sub, _add_db)
     slo_commands.register(sub)
     return parser
 

@@ -2,7 +2,8 @@
 
 `engine` (the `Reconciler`: ticks, checkpoints, recovery, back-fill) drives
 the C state machine over the store; `config` holds its settings, `outputs`
-what a tick writes, `lease` the one-engine-per-store lock.
+what a tick writes, `lease` the one-engine-per-store lock, `quarantine` the
+log rows the machine rejects, set aside.
 """
 
-__all__ = ["config", "engine", "lease", "outputs"]
+__all__ = ["config", "engine", "lease", "outputs", "quarantine"]

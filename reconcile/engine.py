@@ -1,13 +1,19 @@
 """The reconcile engine: the log in, the figures out, one tick at a time.
 
 A tick takes the log rows not applied yet (at most `budget` records), folds
-them into the in-memory state (msgtally.reconcile._engine), judges what is
+them into the in-memory state (msgtally.reconcile._machine), judges what is
 due, and writes what changed together with the tick's own record (which log
 rows, at which clocks) in one transaction. Every so often the whole state is
 written as a checkpoint. After a crash, the engine loads the checkpoint and
 replays the ticks recorded since, without writing their figures again: it
 lands on the state the crashed engine had committed, and every figure stays
 exactly what an uninterrupted run gives.
+
+The ticks are kept, with the events that changed the state between them (the
+configuration an engine started with, groups back-filled): a checkpoint that
+does not load is set aside (checkpoint_rejected, with the reason) and the
+state is rebuilt by replaying that whole history from an empty machine, the
+same log rows at the same clocks, without writing a figure again.
 
 Two clocks drive the verdicts: `now`, for deadlines (the wall clock, or the
 time a batch run is asked to judge at), and the receipt watermark: the
@@ -18,25 +24,36 @@ is judged as it would have been live.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, func, select
 
 from msgtally.store.db import upsert, write_tx
-from msgtally.store.tables import checkpoint, log, log_pending, ticks
+from msgtally.store.tables import (
+    checkpoint,
+    checkpoint_rejected,
+    engine_events,
+    log,
+    log_pending,
+    ticks,
+)
+from msgtally.store.tables import quarantine as quarantined
 
 try:
-    from . import _engine
+    from . import _machine
 except ImportError as exc:  # the C extension is optional at install: say what to do
     raise ImportError(
-        "msgtally's reconcile engine (a C extension) was not built: install a C compiler "
+        "msgtally's reconcile machine (a C extension) was not built: install a C compiler "
         "and the Python headers, then reinstall msgtally[collector]"
     ) from exc
+from . import quarantine
 from .config import ReconcileConfig
 from .lease import Lease
 from .outputs import (
@@ -88,10 +105,10 @@ class Reconciler:
         self.store = store
         self.config = config
         self.checkpoint_every = checkpoint_every
-        self.core = _engine.Engine(
-            config.deadline, config.settle, config.remember, config.latency_buckets
-        )
+        self.core = self._fresh()
         self.tick_no = 0
+        # Why the state was rebuilt from the log at open (a checkpoint set aside), or None.
+        self.rebuilt: str | None = None
         self._lease = Lease(store)
         self._last_checkpoint = 0.0
         self._last_in_flight: dict[tuple[str, str], int] | None = None
@@ -103,16 +120,22 @@ class Reconciler:
         self._lease.acquire()
         try:
             self._recover()
-            self.core.configure(self.config.deadline, self.config.settle, self.config.remember)
-            for stream, seconds in self.config.stream_deadlines.items():
-                self.core.set_deadline(stream, seconds)
+            settings = {
+                "deadline": self.config.deadline,
+                "settle": self.config.settle,
+                "remember": self.config.remember,
+                "stream_deadlines": dict(self.config.stream_deadlines),
+            }
+            self._configure(settings)
+            # Ticks from here on run with this configuration: a replay must too.
+            with write_tx(self.store) as conn:
+                self._event(conn, "configure", settings)
+                self.checkpoint(conn)
             expected = self.core.expected()
             for stream, groups in self.config.expected_groups.items():
                 missing = [g for g in groups if g not in expected.get(stream, ())]
                 if missing:
                     self._backfill(stream, missing)
-            # Ticks from here on run with this configuration: a replay must too.
-            self.checkpoint()
         except BaseException:
             self._lease.release()
             raise
@@ -133,26 +156,155 @@ class Reconciler:
 
     # -- recovery -----------------------------------------------------------
 
+    def _fresh(self) -> _machine.Machine:
+        c = self.config
+        return _machine.Machine(c.deadline, c.settle, c.remember, c.latency_buckets)
+
+    def _configure(self, settings: dict[str, Any]) -> None:
+        self.core.configure(settings["deadline"], settings["settle"], settings["remember"])
+        for stream, seconds in settings["stream_deadlines"].items():
+            self.core.set_deadline(stream, seconds)
+
+    def _event(self, conn: Connection, kind: str, detail: dict[str, Any]) -> None:
+        """Records what changed the state outside a tick, numbered with the ticks."""
+        self.tick_no += 1
+        conn.execute(
+            engine_events.insert().values(tick=self.tick_no, kind=kind, detail=json.dumps(detail))
+        )
+
     def _recover(self) -> None:
+        """The checkpoint, then the history after it; a checkpoint that does not
+        load is set aside and the whole history replayed instead."""
         with self.store.connect() as conn:
-            saved = conn.execute(select(checkpoint.c.tick, checkpoint.c.body)).first()
-            if saved is not None:
+            saved = conn.execute(
+                select(checkpoint.c.tick, checkpoint.c.taken_at, checkpoint.c.body)
+            ).first()
+        if saved is not None:
+            try:
                 self.core.loads(saved.body)
                 self.tick_no = int(saved.tick)
-            rows = conn.execute(
-                select(ticks).where(ticks.c.tick > self.tick_no).order_by(ticks.c.tick)
-            ).all()
-        for row in rows:
-            ids = [int(i) for i in row.log_ids.split(",") if i]
+            except _machine.CheckpointError as exc:
+                self._set_aside(saved, str(exc))
+                self.core = self._fresh()
+        # Without a checkpoint (a fresh store, or a rebuild cut short) the whole
+        # history is replayed too.
+        rebuild = saved is None or self.rebuilt is not None
+        replayed = self._replay(after=self.tick_no, rebuild=rebuild)
+        if replayed and not rebuild:
+            log_.info("replayed %d ticks after checkpoint", replayed)
+
+    def _set_aside(self, saved: Any, reason: str) -> None:
+        self.rebuilt = reason
+        log_.error(
+            "the engine's checkpoint (tick %d) does not load: %s. It is set aside in "
+            "table checkpoint_rejected; the state is rebuilt from the log",
+            saved.tick, reason,
+        )  # fmt: skip
+        with write_tx(self.store) as conn:
+            conn.execute(
+                checkpoint_rejected.insert().values(
+                    tick=saved.tick, taken_at=saved.taken_at, body=saved.body, reason=reason,
+                    rejected_at=time.time(),
+                )
+            )  # fmt: skip
+            conn.execute(delete(checkpoint))
+
+    def _replay(self, *, after: int, rebuild: bool) -> int:
+        """Replays the recorded ticks and events numbered after `after`, in order,
+        without writing anything: their figures are in the store already."""
+        with self.store.connect() as conn:
+            history: list[tuple[int, str, Any]] = [
+                (int(r.tick), "tick", r)
+                for r in conn.execute(select(ticks).where(ticks.c.tick > after))
+            ]
+            history += [
+                (int(r.tick), r.kind, json.loads(r.detail))
+                for r in conn.execute(select(engine_events).where(engine_events.c.tick > after))
+            ]
+        history.sort(key=lambda h: h[0])
+        started = time.monotonic()
+        unrecorded = self._replay_unrecorded(history) if rebuild else 0
+        for n, (number, kind, what) in enumerate(history):
+            if kind == "tick":
+                self._replay_tick(what, rebuild=rebuild)
+            elif kind == "configure":
+                self._configure(what)
+            elif kind == "expect":
+                self._replay_backfill(number, what["stream"], what["groups"])
+            self.tick_no = number
+            if rebuild and n % 1000 == 999:
+                log_.info("rebuilding the engine's state: %d of %d ticks", n + 1, len(history))
+        if rebuild and (history or unrecorded):
+            log_.warning(
+                "the engine's state is rebuilt from the log: %d ticks and events replayed "
+                "(%.1f s); the figures in the store are unchanged",
+                len(history), time.monotonic() - started,
+            )  # fmt: skip
+        return len(history)
+
+    def _replay_tick(self, row: Any, *, rebuild: bool) -> None:
+        ids = [int(i) for i in row.log_ids.split(",") if i]
+        with self.store.connect() as conn:
+            batch = _read_log(conn, ids)
+        new = self.core.new_groups([r.body for r in batch])
+        if new and not rebuild:
+            raise RuntimeError(f"tick {row.tick} names a new group: the store is inconsistent")
+        for stream, groups in _by_stream(new).items():  # an unrecorded back-fill: see below
+            self._replay_backfill(int(row.tick), stream, groups)
+        self._fold(batch, row.now, row.watermark)
+        self.core.drain()  # written by the engine that ran the tick
+
+    def _replay_backfill(self, number: int, stream: str, groups: Sequence[str]) -> None:
+        """A back-fill again: the groups, and the log rows applied before it (those
+        of the ticks numbered before it) scanned for the ids it owed them."""
+        self.core.expect_groups(stream, groups)
+        with self.store.connect() as conn:
+            applied: list[int] = []
+            for r in conn.execute(select(ticks.c.log_ids).where(ticks.c.tick < number)):
+                applied += [int(i) for i in r.log_ids.split(",") if i]
+            applied.sort()
+            for i in range(0, len(applied), 500):
+                query = select(log.c.body).where(log.c.id.in_(applied[i : i + 500]))
+                for r in conn.execute(query.order_by(log.c.id)):
+                    self.core.backfill_scan(r.body, stream)
+        self.core.backfill_finish(stream, groups)
+        self.core.drain()
+
+    def _replay_unrecorded(self, history: list[tuple[int, str, Any]]) -> int:
+        """Log rows applied before the ticks were kept (a store written by an
+        earlier version, which deleted them at each checkpoint): their clocks are
+        lost, so they are replayed at the first recorded tick's. Figures of ids
+        in flight across that point may then differ from an uninterrupted run."""
+        recorded = {int(i) for _n, kind, r in history if kind == "tick"
+                    for i in r.log_ids.split(",") if i}  # fmt: skip
+        with self.store.connect() as conn:
+            rows = [
+                int(r.id)
+                for r in conn.execute(
+                    select(log.c.id)
+                    .where(log.c.id.not_in(select(log_pending.c.id)))
+                    .where(log.c.id.not_in(select(quarantined.c.id)))
+                    .order_by(log.c.id)
+                )
+                if int(r.id) not in recorded
+            ]
+        if not rows:
+            return 0
+        first = next((r for _n, kind, r in history if kind == "tick"), None)
+        now = float(first.now) if first is not None else time.time()
+        watermark = float(first.watermark) if first is not None else now
+        log_.warning(
+            "%d log rows were applied before this store kept its ticks: replayed at the "
+            "clocks of the first tick kept", len(rows),
+        )  # fmt: skip
+        for i in range(0, len(rows), 500):
             with self.store.connect() as conn:
-                batch = _read_log(conn, ids)
-            if self.core.new_groups([r.body for r in batch]):
-                raise RuntimeError(f"tick {row.tick} names a new group: the store is inconsistent")
-            self._fold(batch, row.now, row.watermark)
-            self.core.drain()  # written by the engine that crashed
-            self.tick_no = int(row.tick)
-        if rows:
-            log_.info("replayed %d ticks after checkpoint", len(rows))
+                batch = _read_log(conn, rows[i : i + 500])
+            for stream, groups in _by_stream(self.core.new_groups([r.body for r in batch])).items():
+                self.core.expect_groups(stream, groups)
+            self._fold(batch, now, watermark)
+            self.core.drain()
+        return len(rows)
 
     # -- ticks ----------------------------------------------------------------
 
@@ -168,11 +320,16 @@ class Reconciler:
         # Nothing left behind: a batch run has everything, a live engine waits for now.
         last = math.inf if final else now
         watermark = last if next_receipt is None else min(now, next_receipt)
-        bodies = [r.body for r in batch]
-        new: dict[str, list[str]] = {}
-        for stream, group in self.core.new_groups(bodies):
-            new.setdefault(stream, []).append(group)
-        for stream, groups in new.items():
+        # Bodies the machine would reject are set aside (quarantine), the others'
+        # new groups back-filled before any of them applies.
+        new, rejected = self.core.screen([r.body for r in batch])
+        aside = [(batch[i].id, batch[i].received_at, taken[i][2], batch[i].body, reason)
+                 for i, reason in rejected]  # fmt: skip
+        for log_id, _at, _n, _body, reason in aside:
+            log_.error("log row %d set aside in quarantine: %s", log_id, reason)
+        if aside:
+            batch = [r for i, r in enumerate(batch) if i not in dict(rejected)]
+        for stream, groups in _by_stream(new).items():
             self._backfill(stream, groups)
         before = self.core.stats()
         self._fold(batch, now, watermark)
@@ -184,9 +341,10 @@ class Reconciler:
         changed = bool(batch) or any(
             stats[k] != before[k] for k in ("judged", "evicted", "records_missing")
         )
-        if not changed and not pairs and not rows and flight == self._last_in_flight:
+        if not changed and not aside and not pairs and not rows and flight == self._last_in_flight:
             return NOTHING
         with write_tx(self.store) as conn:
+            quarantine.set_aside(conn, aside)
             write_pairs(conn, pairs, self.config.latency_buckets)
             write_verdicts(conn, rows)
             write_missing(conn, missing)
@@ -249,7 +407,7 @@ class Reconciler:
     # -- checkpoints and new groups --------------------------------------------
 
     def checkpoint(self, conn: Connection | None = None) -> None:
-        """Write the whole state; the ticks before it are no longer needed."""
+        """Write the whole state. The ticks before it stay: a rebuild replays them."""
         body = self.core.dumps()
         with _tx(self.store, conn) as c:
             stmt = upsert(c, checkpoint).values(
@@ -262,7 +420,6 @@ class Reconciler:
                           "body": stmt.excluded.body},
                 )
             )  # fmt: skip
-            c.execute(delete(ticks).where(ticks.c.tick <= self.tick_no))
         self._last_checkpoint = time.monotonic()
 
     def _backfill(self, stream: str, groups: Sequence[str]) -> None:
@@ -272,13 +429,14 @@ class Reconciler:
         applied so far, in one scan for all of them. The figures and a
         checkpoint commit together, so a crash never counts a back-fill twice.
         """
-        for group in groups:
-            self.core.expect(stream, group)
+        self.core.expect_groups(stream, groups)  # one walk of the ids in memory for all
         started = time.monotonic()
         scanned = 0
         with self.store.connect() as conn:
-            applied = select(log.c.id, log.c.body).where(
-                log.c.id.not_in(select(log_pending.c.id))
+            applied = (
+                select(log.c.id, log.c.body)
+                .where(log.c.id.not_in(select(log_pending.c.id)))
+                .where(log.c.id.not_in(select(quarantined.c.id)))
             )
             for row in conn.execution_options(yield_per=64).execute(applied.order_by(log.c.id)):
                 self.core.backfill_scan(row.body, stream)
@@ -292,6 +450,7 @@ class Reconciler:
             write_pairs(conn, pairs, self.config.latency_buckets)
             write_verdicts(conn, rows)
             write_missing(conn, missing)
+            self._event(conn, "expect", {"stream": stream, "groups": list(groups)})
             self.checkpoint(conn)
         if owed or scanned:
             log_.info(
@@ -309,6 +468,13 @@ def _tx(store: Engine, conn: Connection | None) -> Iterator[Connection]:
     else:
         with write_tx(store) as c:
             yield c
+
+
+def _by_stream(pairs: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for stream, group in pairs:
+        out.setdefault(stream, []).append(group)
+    return out
 
 
 Pending = tuple[int, float, int]  # log id, received_at, records

@@ -14,7 +14,7 @@ from msgtally.names import (
     RatioIndicator,
     SLIKind,
 )
-from msgtally.reconcile import _engine
+from msgtally.reconcile import _machine
 from msgtally.slis.read.figures import SLI
 from msgtally.store.tables import tallies
 
@@ -30,7 +30,7 @@ def test_every_sli_kind_has_one_indicator_over_known_counts() -> None:
 
 
 def test_the_engine_and_the_store_keep_the_same_counts() -> None:
-    assert _engine.TALLY_FIELDS == TALLY_FIELDS
+    assert _machine.TALLY_FIELDS == TALLY_FIELDS
     assert set(COUNTERS) == set(COUNT_FIELDS)
     assert set(TALLY_FIELDS) <= set(tallies.c.keys())
 

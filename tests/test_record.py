@@ -15,6 +15,7 @@ from msgtally.ingest.shim.tally import Tally
 from msgtally.ingest.shim.wire import FIELDS as WIRE_FIELDS
 from msgtally.ingest.shim.wire import record_to_json
 from msgtally.oracle import Record as OracleRecord
+from msgtally.reconcile import _machine
 from msgtally.record import FIELD_NAMES, FIELDS, Field, table
 
 DEFINITIONS = Path(__file__).resolve().parents[1] / "docs" / "definitions.md"
@@ -105,3 +106,7 @@ def test_the_documented_table_is_the_definition(update_golden: bool) -> None:
         DEFINITIONS.write_text(text[:start] + table() + text[end:])
         return
     assert text[start:end] == table(), "regenerate: pytest tests/test_record.py --update-golden"
+
+
+def test_the_c_engine_reads_the_fields_of_the_definition() -> None:
+    assert _machine.RECORD_FIELDS == FIELD_NAMES

@@ -519,22 +519,3 @@ def test_a_mark_under_a_name_past_the_series_limit_is_left_out(store: Engine) ->
         run(store, DEFAULT, 1000)
     assert missing(store) == {("s", "produce", ""): 2}
 
-
-def test_a_checkpoint_written_before_sequences_loads() -> None:
-    from msgtally.reconcile import _engine
-
-    def fresh() -> _engine.Engine:
-        c = DEFAULT
-        return _engine.Engine(c.deadline, c.settle, c.remember, c.latency_buckets)
-
-    core = fresh()
-    core.apply(msgspec.msgpack.encode((1, parse_batch([record_to_json(produce("s", "m", 0))]))),
-               T)  # fmt: skip
-    body = core.dumps()
-    # Version 1: its own magic, and no sequences at the end (no producer names,
-    # the missing count, no sequences: 4 + 8 + 8 bytes).
-    old = b"mtmckpt1" + body[8:-20]
-    assert body[:8] == b"mtmckpt2" and body[-20:] == bytes(20)
-    again = fresh()
-    again.loads(old)
-    assert again.dumps() == body

@@ -1,12 +1,12 @@
 """The reader's sketch bins are the engine's: same growth factor, same offset."""
 
-from msgtally.reconcile import _engine
+from msgtally.reconcile import _machine
 from msgtally.slis.read import sketch
 
 
 def test_reader_and_engine_agree_on_the_bins() -> None:
-    assert sketch.GAMMA == _engine.SKETCH_GAMMA
-    assert sketch.OFFSET == _engine.SKETCH_OFFSET
+    assert sketch.GAMMA == _machine.SKETCH_GAMMA
+    assert sketch.OFFSET == _machine.SKETCH_OFFSET
 
 
 def test_quantile_is_the_nearest_rank_bin() -> None:

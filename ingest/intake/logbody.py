@@ -9,7 +9,7 @@ whether to check their seqs. Version 1 bodies, [1, [record, ...]], written
 before sequences were checked, stay in the log and are read as bodies
 without marks.
 
-The engine (msgtally.reconcile._engine) reads it without creating a Python
+The machine (msgtally.reconcile._machine) reads it without creating a Python
 object per record; `decode` gives the contents back for tools and tests.
 """
 

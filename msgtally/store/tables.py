@@ -56,8 +56,9 @@ log_pending = Table(
     Column("n", Integer, nullable=False),
 )
 
-# The ticks since the last checkpoint: which log rows each applied, and its
-# clocks. Recovery replays them on top of the checkpoint.
+# Every tick that changed the engine's state: which log rows it applied, and
+# its clocks. Recovery replays the ticks after the checkpoint; a rebuild (the
+# checkpoint would not load) replays them all, with engine_events.
 ticks = Table(
     "ticks",
     metadata,
@@ -67,7 +68,45 @@ ticks = Table(
     Column("watermark", Double, nullable=False),
 )
 
-# The engine's whole state at one tick (msgtally.reconcile._engine dumps()).
+# What else changed the engine's state, numbered with the ticks: the
+# configuration an engine started with ("configure") and groups back-filled
+# ("expect"), detail as JSON. With the ticks, the history a rebuild replays.
+engine_events = Table(
+    "engine_events",
+    metadata,
+    Column("tick", BigInteger, primary_key=True, autoincrement=False),
+    Column("kind", String(16), nullable=False),
+    Column("detail", Text, nullable=False),
+)
+
+# Checkpoints that did not load, set aside with the reason: the state was
+# rebuilt from the log instead.
+checkpoint_rejected = Table(
+    "checkpoint_rejected",
+    metadata,
+    Column("id", LogId, primary_key=True, autoincrement=True),
+    Column("tick", BigInteger, nullable=False),
+    Column("taken_at", Double, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("rejected_at", Double, nullable=False),
+    sqlite_autoincrement=True,
+)
+
+# Log rows whose body the engine rejects, out of log_pending with the reason
+# (msgtally quarantine list / retry); the log row itself stays.
+quarantine = Table(
+    "quarantine",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("received_at", Double, nullable=False),
+    Column("n", Integer, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("quarantined_at", Double, nullable=False),
+)
+
+# The engine's whole state at one tick (msgtally.reconcile._machine dumps()).
 checkpoint = Table(
     "checkpoint",
     metadata,

@@ -24,12 +24,13 @@ from msgtally.names import (
     IN_FLIGHT,
     LAST_PASS,
     LATENCY,
+    QUARANTINED,
     RECONCILE_RECORDS,
     RECORDS_DROPPED,
     RECORDS_MISSING,
     bucket_label,
 )
-from msgtally.store.tables import latency_buckets, log_pending, meta, tallies
+from msgtally.store.tables import latency_buckets, log_pending, meta, quarantine, tallies
 
 from .query import read_drops, read_in_flight, read_missing
 
@@ -58,6 +59,7 @@ class StoreCollector(Collector):
                 select(func.coalesce(func.sum(log_pending.c.n), 0))
             ).scalar_one()
             facts = dict(conn.execute(select(meta.c.key, meta.c.value)).all())
+            aside = conn.execute(select(func.count()).select_from(quarantine)).scalar_one()
         last_pass = facts.get("last_pass_at")
 
         for column, (name, doc) in COUNTERS.items():
@@ -126,6 +128,11 @@ class StoreCollector(Collector):
             BACKLOG,
             "Records ingested and not yet reconciled.",
             value=int(backlog),
+        )
+        yield GaugeMetricFamily(
+            QUARANTINED,
+            "Log rows the engine set aside, their bodies rejected (msgtally quarantine list).",
+            value=int(aside),
         )
         if last_pass is not None:
             yield GaugeMetricFamily(

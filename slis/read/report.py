@@ -74,6 +74,16 @@ def render_table(slis: Sequence[SLI]) -> str:
     return "\n".join(table + _notes(rows))
 
 
+def quarantine_note(ids: Sequence[int]) -> str:
+    """The line under the table when the engine set log rows aside."""
+    shown = ", ".join(map(str, ids[:10])) + (", ..." if len(ids) > 10 else "")
+    rows = "row" if len(ids) == 1 else "rows"
+    return (
+        f"{len(ids)} log {rows} in quarantine, not counted (the engine rejects their bodies): "
+        f"{shown}; see `msgtally quarantine list`"
+    )
+
+
 def _notes(rows: list[dict[str, Any]]) -> list[str]:
     """What each mark means: the ids that records missing may account for."""
     notes = []

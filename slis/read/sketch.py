@@ -14,8 +14,8 @@ import math
 from collections.abc import Mapping
 
 RELATIVE_ERROR = 0.01
-GAMMA = (1 + RELATIVE_ERROR) / (1 - RELATIVE_ERROR)  # as msgtally.reconcile._engine
-OFFSET = 100_000  # as msgtally.reconcile._engine: bin 0 is zero itself, -b mirrors b
+GAMMA = (1 + RELATIVE_ERROR) / (1 - RELATIVE_ERROR)  # as msgtally.reconcile._machine
+OFFSET = 100_000  # as msgtally.reconcile._machine: bin 0 is zero itself, -b mirrors b
 
 
 def bin_value(b: int) -> float:

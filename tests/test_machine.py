@@ -1,0 +1,181 @@
+"""The machine itself (msgtally.reconcile._machine): what it refuses and how it
+says so, and one owner at a time. No store here: bodies straight in.
+
+The sanitizer step (.ci/sanitize) runs this file against a build with
+AddressSanitizer and UndefinedBehaviorSanitizer.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import msgspec
+import pytest
+
+from msgtally.ingest.intake import logbody
+from msgtally.ingest.intake.schema import parse_batch
+from msgtally.reconcile import _machine
+from msgtally.reconcile.config import ReconcileConfig
+from tests.harness import T
+
+C = ReconcileConfig()
+
+
+def fresh() -> _machine.Machine:
+    return _machine.Machine(C.deadline, C.settle, C.remember, C.latency_buckets)
+
+
+def body(*records: dict[str, Any], marks: list[Any] | None = None) -> bytes:
+    return msgspec.msgpack.encode((2, marks, list(records)))
+
+
+def rec(mid: str = "m", kind: str = "produce", **more: Any) -> dict[str, Any]:
+    r: dict[str, Any] = {"stream": "s", "kind": kind, "message_id": mid, "ts": T}
+    if kind == "consume":
+        r["group"] = "g"
+    r.update(more)
+    return r
+
+
+GOOD = rec("a"), rec("a", "consume", ts=T + 1)
+
+REJECTED = [
+    (b"\xc1", "log body: not a msgpack array"),
+    (msgspec.msgpack.encode((3, None, [])), "log body: version 3, this machine reads 1 and 2"),
+    (msgspec.msgpack.encode((2, 7, [])), "log body: the marks are neither nil nor an array"),
+    (msgspec.msgpack.encode((2, None, 5)), "log body: the records are not an array"),
+    (b"\x93\x02\xc0\xdd\xff\xff\xff\xff", "log body: 4294967295 records in 0 bytes"),
+    (body(*GOOD, rec("b", ts="soon")), "log body: record 2: field 'ts' is not a number"),
+    (body(*GOOD, {"stream": "s", "kind": "produce", "message_id": "c"}),
+     "log body: record 2: field 'ts' is missing"),
+    (body(*GOOD, rec("b", ts=float("nan"))), "log body: record 2: field 'ts' is not finite"),
+    (body(*GOOD, rec("b", kind="sent")),
+     "log body: record 2: field 'kind' is neither produce nor consume"),
+    (body(*GOOD, rec("b", outcome="maybe")),
+     "log body: record 2: field 'outcome' is none of ok, error, dead_letter"),
+    (body(*GOOD, {**rec("b", "consume"), "group": None}),
+     "log body: record 2: a consume without field 'group'"),
+    (body(*GOOD, rec("x" * 1025)),
+     "log body: record 2: field 'message_id' is 1025 bytes, past the limit"),
+    (body(*GOOD, rec(stream=3)), "log body: record 2: field 'stream' is not a string"),
+    (body(*GOOD, {1: 2}), "log body: record 2: a key is not a string"),
+    (body(*GOOD, rec("b"), marks=[["p", "s", "produce", "g"]]),
+     "log body: mark 0: not [producer, stream, kind, group, last]"),
+    (body(*GOOD)[:-3], "log body: record 1: truncated"),
+    (body(*GOOD, rec("QQ")).replace(b"QQ", b"\xc3\x28"),  # not UTF-8: no store writes it
+     "log body: record 2: field 'message_id' is not UTF-8"),
+    (body(*GOOD, marks=[["p", "QQ", "produce", "", 3]]).replace(b"QQ", b"\xed\xff"),
+     "log body: mark 0: a name is not UTF-8"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("bad", "reason"), REJECTED)
+def test_a_body_the_machine_rejects_names_the_fault_and_changes_nothing(
+    bad: bytes, reason: str
+) -> None:
+    core = fresh()
+    core.apply(body(rec("before"), rec("before", "consume", ts=T + 2)), T)
+    state = core.dumps()
+    with pytest.raises(_machine.BodyError) as caught:
+        core.apply(bad, T)
+    assert str(caught.value).startswith(reason)
+    assert not isinstance(caught.value, MemoryError)
+    assert core.dumps() == state  # nothing of it applied, not even its first records
+    core.apply(body(*GOOD), T)  # and the machine goes on
+    assert core.stats()["records"] == 4
+
+
+def test_a_body_past_the_limit_of_groups_is_rejected_whole() -> None:
+    limit = _machine.MAX_GROUPS_PER_STREAM
+    core = fresh()
+    core.apply(body(*(rec("m", "consume", group=f"g{i}") for i in range(limit - 1))), T)
+    state = core.dumps()
+    two_more = body(rec("n"), rec("n", "consume", group="x"), rec("n", "consume", group="y"))
+    with pytest.raises(_machine.BodyError, match=f"record 2: a new consumer group of stream 's', "
+                       f"which has the limit of {limit} groups"):  # fmt: skip
+        core.apply(two_more, T)
+    assert core.dumps() == state
+
+
+def test_screen_names_each_body_the_machine_would_reject() -> None:
+    """The engine's tick screens its rows first: the bodies it would reject are
+    set aside, the groups of the others are back-filled before they apply. The
+    new groups of one body count against the limit of the next."""
+    limit = _machine.MAX_GROUPS_PER_STREAM
+    core = fresh()
+    half = [rec("m", "consume", group=f"a{i}") for i in range(limit // 2)]
+    other = [rec("m", "consume", group=f"b{i}") for i in range(limit // 2)]
+    last = body(rec("m", "consume", group="c"))
+    bodies = [body(*half), body(rec("q", ts="x")), body(*other), last]
+    new, rejected = core.screen(bodies)
+    assert [i for i, _ in rejected] == [1, 3]
+    assert rejected[0][1] == "log body: record 0: field 'ts' is not a number"
+    assert "limit of 1024 groups" in rejected[1][1]
+    assert len(new) == limit and ("s", "c") not in new
+    assert core.stats()["records"] == 0  # screening applies nothing
+
+
+def test_a_state_limit_is_an_engine_error_not_a_memory_error() -> None:
+    core = fresh()
+    for i in range(_machine.MAX_GROUPS_PER_STREAM):
+        core.expect("s", f"g{i}")
+    with pytest.raises(_machine.EngineError) as caught:
+        core.expect("s", "one-more")
+    assert type(caught.value) is _machine.EngineError
+    assert "1024 consumer groups, the limit of groups per stream" in str(caught.value)
+
+
+# --- one owner at a time -------------------------------------------------------------------
+
+
+def test_a_second_call_while_one_runs_is_refused_and_the_first_is_whole() -> None:
+    """apply() runs without the GIL; another thread calling the same machine
+    meanwhile is refused (BusyError), never let in to share its state."""
+    records = [
+        {"stream": "s", "kind": "produce", "message_id": f"m{i}", "ts": T} for i in range(200_000)
+    ]
+    big = logbody.encode(parse_batch(records), None)
+    core = fresh()
+    refused = threading.Event()
+    applied = []
+
+    def owner() -> None:
+        for _ in range(50):  # until the other thread has been refused once
+            applied.append(core.apply(big, T))
+            if refused.is_set():
+                return
+
+    def intruder() -> None:
+        while len(applied) < 50 and not refused.is_set():
+            try:
+                core.stats()
+            except _machine.BusyError as exc:
+                assert "busy" in str(exc)
+                refused.set()
+
+    threads = [threading.Thread(target=owner), threading.Thread(target=intruder)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert refused.is_set()
+    stats = core.stats()  # free again once the owner's call returned
+    assert stats["records"] == 200_000 * len(applied)
+    assert stats["repeats"] == 200_000 * (len(applied) - 1)
+    assert stats["in_memory"] == 200_000
+
+
+def test_machines_share_nothing() -> None:
+    """Two machines fed the same bodies, one of them twice as many other bodies
+    in between, end in the same state: nothing lives outside a machine."""
+    one, two = fresh(), fresh()
+    for i in range(100):
+        two.apply(body(rec(f"other{i}", stream="t")), T)
+    for core in (one, two):
+        core.apply(body(*GOOD, rec("b"), rec("b", "consume", outcome="error")), T)
+        core.advance(T + 400, T + 400)
+    drained = [core.drain() for core in (one, two)]
+    s_pairs = [[p for p in pairs if p[0] == "s"] for pairs, _rows, _missing in drained]
+    assert s_pairs[0] == s_pairs[1]
+    assert drained[0][1] == drained[1][1]
