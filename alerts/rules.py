@@ -33,7 +33,7 @@ from msgtally.slis.spec.model import SLO, Spec
 from .contracts import GROUP_NAME as CONTRACT_GROUP
 from .contracts import contract_rules
 from .promql import error_ratio, presence, quote
-from .windows import Window, format_duration, rule_windows, scale
+from .windows import Window, format_duration, keep_firing_for, rule_windows, spec_windows
 
 Rule = dict[str, Any]
 Group = dict[str, Any]
@@ -131,10 +131,18 @@ def burn_alert(spec: Spec, slo: SLO, w: Window) -> Rule:
     if slo.alerting.runbook:
         annotations["runbook_url"] = slo.alerting.runbook
     annotations.update(notify.annotations)
+    # A page rides out a missed scrape (every series of the collector stale until the
+    # next one) or an evaluation that sees a thin window: it does not resolve and page again.
+    ride_out = (
+        {"keep_firing_for": format_duration(keep_firing_for(spec.scrape_interval))}
+        if w.severity == "page"
+        else {}
+    )
     return {
         "alert": BURN_ALERT,
         "expr": f"{SLI_RECORD}{w.long_text}{sel} > {limit}\n"
         f"and\n{SLI_RECORD}{w.short_text}{sel} > {limit}",
+        **ride_out,
         # service and slo come with the recordings too; stated here so that each
         # rule of the file is unique (promtool's lint) and reads on its own.
         "labels": {
@@ -185,10 +193,7 @@ def alert_rules(spec: Spec, slo: SLO, windows: tuple[Window, ...]) -> list[Rule]
 
 def generate(spec: Spec) -> dict[str, list[Group]]:
     """The rule file of a spec, as plain data ready for YAML."""
-    windows = scale(spec.period.seconds)
-    longs = [w.long for w in windows]
-    if len(set(longs)) != len(longs):
-        raise ValueError(f"period {spec.period.text} gives two tiers the same window")
+    windows = spec_windows(spec)
     groups: list[Group] = []
     for slo in spec.slos:
         rules = [

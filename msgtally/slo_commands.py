@@ -72,13 +72,37 @@ def add_buckets(p: argparse.ArgumentParser, flag: str, what: str) -> None:
     )
 
 
-def load_spec_file(path: str, buckets: Sequence[float]) -> Spec:
+def parse_scrape_interval(text: str) -> int:
+    """`15s`, `1m`, `1m30s` -> seconds."""
+    from msgtally.slis.spec.model import parse_interval
+
+    try:
+        return parse_interval(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("has value", "", 1).strip()) from None
+
+
+def add_scrape_interval(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--scrape-interval",
+        dest="scrape_interval",
+        type=parse_scrape_interval,
+        metavar="DURATION",
+        help="how often Prometheus scrapes the collector (e.g. 15s, 1m): no alert window is "
+        "shorter than four of them. Wins over the spec's scrape_interval (OpenSLO specs "
+        "have none); default 1m, Prometheus's own",
+    )
+
+
+def load_spec_file(
+    path: str, buckets: Sequence[float], scrape_interval: int | None = None
+) -> Spec:
     """The spec, or every problem printed to stderr (one per line) and a CommandError."""
     from msgtally.slis.spec.load import read_spec_file
     from msgtally.slis.spec.yamldoc import SpecError
 
     try:
-        return read_spec_file(path, buckets=buckets)
+        return read_spec_file(path, buckets=buckets, scrape_interval=scrape_interval)
     except OSError as exc:
         raise CommandError(f"cannot read {path}: {exc.strerror}") from None
     except SpecError as exc:
@@ -88,7 +112,7 @@ def load_spec_file(path: str, buckets: Sequence[float]) -> Spec:
 
 
 def _load(args: argparse.Namespace) -> Spec:
-    return load_spec_file(args.spec, spec_buckets(args))
+    return load_spec_file(args.spec, spec_buckets(args), getattr(args, "scrape_interval", None))
 
 
 def _wrote(path: Path, what: str) -> None:
@@ -96,12 +120,48 @@ def _wrote(path: Path, what: str) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from msgtally.alerts.windows import format_duration
+
     spec = _load(args)
     print(
         f"{args.spec}: ok ({len(spec.slos)} SLOs, service {spec.service}, "
-        f"period {spec.period.text})"
+        f"period {spec.period.text}, scrape interval {format_duration(spec.scrape_interval)})"
     )
+    if spec.slos:
+        for line in tier_report(spec):
+            print(line)
     return 0
+
+
+def tier_report(spec: Spec) -> list[str]:
+    """Every burn-rate tier's effective windows and factor, saying which were raised."""
+    from msgtally.alerts.rules import num
+    from msgtally.alerts.windows import floor, format_duration, spec_windows
+
+    least = format_duration(floor(spec.scrape_interval))
+    lines = [
+        f"burn-rate tiers (no window shorter than {least}: four scrape intervals of "
+        f"{format_duration(spec.scrape_interval)}):"
+    ]
+    for w in spec_windows(spec):
+
+        def window(seconds: int, raised: bool, scaled: int) -> str:
+            text = format_duration(seconds)
+            return f"{text} (raised from {format_duration(scaled)})" if raised else text
+
+        line = (
+            f"  tier {w.tier}: {w.severity} at {num(w.factor)}x over "
+            f"{window(w.long, w.long_raised, w.scaled_long)} and "
+            f"{window(w.short, w.short_raised, w.scaled_short)}: "
+            f"{num(round(w.share * 100, 2))}% of the budget spent in {w.long_text}"
+        )
+        if w.long_raised:
+            line += " (the factor is the period's: a longer window needs more budget spent)"
+        if w.merged:
+            tiers = ", ".join(str(t) for t in w.merged)
+            line += f"; tier {tiers} raised to the same windows, merged into this one"
+        lines.append(line)
+    return lines
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:
@@ -159,10 +219,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "check",
         help="validate an SLO spec",
         description="Validate an SLO spec (msgtally/v1 or OpenSLO) and print every problem "
-        "with its line, SLO and field. Exit code 1 on any problem.",
+        "with its line, SLO and field. Exit code 1 on any problem. A valid spec prints every "
+        "burn-rate tier's effective windows and factor, saying which windows the scrape "
+        "interval raised.",
     )
     p.add_argument("spec", metavar="SPEC", help="the SLO spec (YAML)")
     add_buckets(p, "--buckets", "the collector's latency histogram bounds, for latency thresholds")
+    add_scrape_interval(p)
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser(
@@ -186,6 +249,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="also write `promtool test rules` files proving every alert tier (needs -o)",
     )
     add_buckets(p, "--buckets", "the collector's latency histogram bounds, for latency thresholds")
+    add_scrape_interval(p)
     p.set_defaults(func=cmd_alerts)
 
     p = sub.add_parser(
@@ -201,4 +265,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "-o", "--output", metavar="DIR", required=True, help="directory to write the JSON files to"
     )
     add_buckets(p, "--buckets", "the collector's latency histogram bounds, for latency thresholds")
+    add_scrape_interval(p)
     p.set_defaults(func=cmd_dashboards)

@@ -43,6 +43,7 @@ SPEC = """\
 version: msgtally/v1
 service: e2e
 period: 12h
+scrape_interval: 1s
 slos:
   - {name: orders-delivery, stream: orders, group: billing, sli: delivery, objective: 99}
   - {name: orders-duplicates, stream: orders, sli: duplicates, objective: 99}

@@ -1,9 +1,9 @@
 """End to end: a real Prometheus scrapes a real collector and fires the generated page alerts.
 
 A 12h SLO period scales the fast-burn windows to 1m and 5s, so Prometheus
-(scrape and rule evaluation every second) can see a budget burn within
-seconds. One stream loses half its messages, the other none: the page fires
-for the lossy one only.
+(scrape and rule evaluation every second, declared in the spec: windows of 4s
+at least) can see a budget burn within seconds. One stream loses half its
+messages, the other none: the page fires for the lossy one only.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ SPEC = """\
 version: msgtally/v1
 service: e2e
 period: 12h
+scrape_interval: 1s
 slos:
   - {name: lossy-delivery, stream: lossy, group: workers, sli: delivery, objective: 99}
   - {name: clean-delivery, stream: clean, group: workers, sli: delivery, objective: 99}
@@ -119,6 +120,7 @@ def test_page_fires_for_the_lossy_stream_only(tmp_path: Path) -> None:
 CONTRACTS = """\
 version: msgtally/v1
 service: e2e
+scrape_interval: 1s
 contracts:
   - {stream: pay, semantics: exactly-once}
   - {stream: feed, semantics: at-least-once}

@@ -17,6 +17,17 @@ from .semantics import Semantics
 
 VERSION = "msgtally/v1"
 DEFAULT_PERIOD = "30d"
+# Prometheus's own default scrape interval. Assuming longer than the real one only
+# makes the windows of short periods a little longer; assuming shorter leaves
+# windows that hold too few samples, and alerts that never fire: so the longest
+# interval in common use, unless the spec (or --scrape-interval) says otherwise.
+DEFAULT_SCRAPE_INTERVAL = 60
+# No range window of the rules is shorter than this many scrape intervals (Prometheus's
+# advice for rate and increase: two samples in the window, after a missed scrape or two).
+WINDOW_SCRAPES = 4
+# ... and the floor that makes must fit this many times in the SLO period (the slowest
+# tier's window is a tenth of it: 3d of 30d).
+FLOOR_FITS = 10
 # The `group` label value of an SLO over every consumer group of its stream.
 ALL_GROUPS = "*"
 # Label names the rules set themselves: a spec may not set them.
@@ -26,6 +37,22 @@ RESERVED_LABELS = frozenset(
 
 _PERIOD = re.compile(r"^([1-9][0-9]*)([dh])$")
 _UNIT_SECONDS = {"d": 86_400, "h": 3_600}
+_DURATION = re.compile(r"^(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?$")
+
+
+def parse_interval(text: str) -> int:
+    """A scrape interval as Prometheus writes it, in whole seconds: `15s`, `1m`, `1m30s`."""
+    match = _DURATION.match(text) if text else None
+    seconds = 0
+    if match:
+        h, m, s = (int(g or 0) for g in match.groups())
+        seconds = h * 3_600 + m * 60 + s
+    if not seconds:
+        raise ValueError(
+            f"has value {text!r}. Must be a duration of whole seconds, at least 1s, "
+            "e.g. 15s, 30s, 1m."
+        )
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -107,6 +134,7 @@ class Spec:
     period: Period = field(default_factory=lambda: Period.parse(DEFAULT_PERIOD))
     labels: Mapping[str, str] = field(default_factory=lambda: _frozen(None))
     contracts: tuple[Contract, ...] = ()
+    scrape_interval: int = DEFAULT_SCRAPE_INTERVAL  # seconds, Prometheus's for the collector
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", _frozen(self.labels))
