@@ -32,7 +32,6 @@ relative to the test files.
 
 from __future__ import annotations
 
-import itertools
 import math
 import re
 import urllib.parse
@@ -41,9 +40,14 @@ from typing import Any
 
 from msgtally.names import (
     ABSENT_ALERT,
+    BACKLOG,
     BURN_ALERT,
     CONTRACT_ALERT,
     INDICATORS,
+    LAST_PASS,
+    RECONCILE_RECORDS,
+    RECORDS_DROPPED,
+    RECORDS_MISSING,
     SLI_RECORD,
     RatioIndicator,
     bucket_label,
@@ -53,10 +57,18 @@ from msgtally.slis.spec.budget import error_budget
 from msgtally.slis.spec.model import SLO, Contract, Spec
 from msgtally.slis.spec.semantics import BREACH_COUNTS, FORBIDS, Breach
 
+from . import selfmon
 from .contracts import WINDOW_SECONDS, breach_alert
 from .promql import PRODUCED, quote
 from .rules import absent_alert, burn_alert, num, sli_labels
-from .windows import SAMPLES_PER_WINDOW, Window, format_duration, keep_firing_for, spec_windows
+from .windows import (
+    SAMPLES_PER_WINDOW,
+    Window,
+    floor,
+    format_duration,
+    keep_firing_for,
+    spec_windows,
+)
 
 EVENTS = 1_000_000  # events per sample step: fine enough for a 1 % margin at any budget
 MARGIN = 0.01  # "just above" and "just below": 1 % off the threshold
@@ -486,6 +498,11 @@ def generate_tests(spec: Spec, rule_file: str) -> dict[str, TestFile]:
             "evaluation_interval": format_duration(quiet_interval(windows)),
             "tests": quiet_tests(spec, windows),
         }
+    files[f"{spec.service}.self.test.yml"] = {
+        "rule_files": [rule_file],
+        "evaluation_interval": format_duration(spec.scrape_interval),
+        "tests": self_tests(spec),
+    }
     if spec.contracts:
         files[f"{spec.service}.contracts.test.yml"] = {
             "rule_files": [rule_file],
@@ -505,16 +522,36 @@ def _contract_labels(spec: Spec, contract: Contract) -> dict[str, str]:
     return {"stream": contract.stream, "group": group}
 
 
-def _breach_values(scrapes: list[int | None]) -> str:
-    """promtool values of one breach counter, a scrape each: a count, or None for a
-    missed scrape (stale); runs of one count folded (`1x4` is five scrapes of 1)."""
+def sample_values(scrapes: list[int | None]) -> str:
+    """promtool values of a series, a scrape each: a value, or None for a missed scrape
+    (stale); runs of a steady growth folded (`0+2x4` is 0 2 4 6 8, `1x3` is 1 1 1 1)."""
     parts: list[str] = []
-    for value, run in itertools.groupby(scrapes):
-        n = len(list(run))
-        if value is None:
-            parts += ["stale"] * n
+    i = 0
+    while i < len(scrapes):
+        first = scrapes[i]
+        if first is None:
+            parts.append("stale")
+            i += 1
+            continue
+        step = 0
+        j = i
+        nxt = scrapes[i + 1] if i + 1 < len(scrapes) else None
+        if nxt is not None:
+            step = nxt - first
+            j = i + 1
+            while j + 1 < len(scrapes):
+                here, then = scrapes[j], scrapes[j + 1]
+                if here is None or then is None or then - here != step:
+                    break
+                j += 1
+        n = j - i
+        if n == 0:
+            parts.append(str(first))
+        elif step == 0:
+            parts.append(f"{first}x{n}")
         else:
-            parts.append(f"{value}x{n - 1}" if n > 1 else str(value))
+            parts.append(f"{first}{step:+d}x{n}")
+        i = j + 1
     return " ".join(parts)
 
 
@@ -555,7 +592,7 @@ def contract_tests(spec: Spec) -> list[dict[str, Any]]:
                     + ("pages" if forbidden else "is allowed"),
                     "interval": format_duration(s),
                     "input_series": [
-                        {"series": name, "values": _breach_values(counts(int(b is breach)))}
+                        {"series": name, "values": sample_values(counts(int(b is breach)))}
                         for b, name in names
                     ],
                     "alert_rule_test": [
@@ -578,7 +615,7 @@ def contract_tests(spec: Spec) -> list[dict[str, Any]]:
                     {
                         "series": name,
                         "values": f"_x{breach_at} "
-                        + _breach_values(counts(int(b is breach), breach_at)),
+                        + sample_values(counts(int(b is breach), breach_at)),
                     }
                     for b, name in names
                 ]
@@ -598,7 +635,7 @@ def contract_tests(spec: Spec) -> list[dict[str, Any]]:
         idle += [
             {
                 "series": _selector(counter(BREACH_COUNTS[b]), labels),
-                "values": _breach_values([None if k == missed else 7 for k in range(end + 1)]),
+                "values": sample_values([None if k == missed else 7 for k in range(end + 1)]),
             }
             for b in Breach
         ]
@@ -613,4 +650,191 @@ def contract_tests(spec: Spec) -> list[dict[str, Any]]:
             ],
         }
     )
+    return tests
+
+
+def _at(seconds: int) -> str:
+    return format_duration(seconds) if seconds else "0s"
+
+
+def self_tests(spec: Spec) -> list[dict[str, Any]]:
+    """The rules on msgtally itself, scraped at the spec's interval, with a missed scrape
+    (every series of the job stale) where it would hurt: in a `for`, or while firing."""
+    s = spec.scrape_interval
+    job = {"job": spec.collector_job, "instance": "collector:8410"}
+    every = format_duration(s)
+    rules = selfmon.self_rules(spec)
+
+    def rule(name: str) -> dict[str, Any]:
+        (found,) = (r for r in rules if r["alert"] == name)
+        return found
+
+    def series(name: str, values: list[int | None], **labels: str) -> dict[str, str]:
+        return {"series": _selector(name, {**job, **labels}), "values": sample_values(values)}
+
+    def check(scrape: int, name: str, expected: list[Any]) -> dict[str, Any]:
+        return {"eval_time": _at(scrape * s), "alertname": name, "exp_alerts": expected}
+
+    def scrapes(seconds: int) -> int:
+        return -(-seconds // s)
+
+    def missing(values: list[int], missed: int) -> list[int | None]:
+        return [None if k == missed else v for k, v in enumerate(values)]
+
+    tests: list[dict[str, Any]] = []
+
+    # The collector is down from scrape 10, after one failed scrape at 3 that pages nothing.
+    down = 10
+    fires = down + scrapes(selfmon.DOWN_FOR)
+    up = [0 if k == 3 or k >= down else 1 for k in range(fires + 2)]
+    tests += [
+        {
+            "name": "a collector down pages after 5m; one failed scrape does not",
+            "interval": every,
+            "input_series": [series("up", list(up))],
+            "alert_rule_test": [
+                check(down, selfmon.COLLECTOR_DOWN, []),
+                check(fires - 1, selfmon.COLLECTOR_DOWN, []),
+                check(fires, selfmon.COLLECTOR_DOWN,
+                      [_expected(rule(selfmon.COLLECTOR_DOWN), job)]),
+            ],
+        },
+        {
+            "name": "no target of the job at all pages after 5m",
+            "interval": every,
+            "input_series": [],
+            "alert_rule_test": [
+                check(scrapes(selfmon.DOWN_FOR) - 1, selfmon.COLLECTOR_DOWN, []),
+                check(scrapes(selfmon.DOWN_FOR), selfmon.COLLECTOR_DOWN,
+                      [_expected(rule(selfmon.COLLECTOR_DOWN),
+                                 {"job": spec.collector_job, "instance": selfmon.NO_TARGET})]),
+            ],
+        },
+    ]  # fmt: skip
+
+    # The engine passes at every scrape up to `last`, then stops while 5 records wait;
+    # a scrape is missed while the alert is pending.
+    last = 3
+    active = (last * s + selfmon.STALL_AFTER) // s + 1  # the first evaluation past it
+    fires = active + scrapes(selfmon.STALL_FOR)
+    n, missed = fires + 2, active + 1
+    stopped = missing([min(k, last) * s for k in range(n)], missed)
+    waiting = missing([5] * n, missed)
+    tests += [
+        {
+            "name": "an engine that stops while records wait pages 5m into the stall",
+            "interval": every,
+            "input_series": [series(LAST_PASS, stopped), series(BACKLOG, waiting)],
+            "alert_rule_test": [
+                check(fires - 1, selfmon.STALLED, []),
+                check(fires, selfmon.STALLED, [_expected(rule(selfmon.STALLED), {})]),
+            ],
+        },
+        {
+            "name": "an engine that never passed while records wait pages too",
+            "interval": every,
+            "input_series": [series(BACKLOG, waiting)],
+            "alert_rule_test": [
+                check(fires, selfmon.STALLED,
+                      [_expected(rule(selfmon.STALLED), {"job": spec.collector_job})]),
+            ],
+        },
+        {
+            "name": "an engine that passes while records wait is fine",
+            "interval": every,
+            "input_series": [
+                series(LAST_PASS, missing([k * s for k in range(n)], missed)),
+                series(BACKLOG, waiting),
+            ],
+            "alert_rule_test": [check(fires, selfmon.STALLED, [])],
+        },
+        {
+            "name": "an idle engine (no pass, nothing waits) is fine",
+            "interval": every,
+            "input_series": [
+                series(LAST_PASS, stopped), series(BACKLOG, missing([0] * n, missed))
+            ],
+            "alert_rule_test": [check(fires, selfmon.STALLED, [])],
+        },
+    ]  # fmt: skip
+
+    # The backlog grows by 100 records a scrape while the engine applies 10 a scrape.
+    active = scrapes(selfmon.GROWING_OVER)
+    fires = active + scrapes(selfmon.GROWING_FOR)
+    n, missed = fires + 2, fires - 1
+    applied = f"{RECONCILE_RECORDS}_total"
+    tests += [
+        {
+            "name": "a backlog that keeps growing opens a ticket after 15m",
+            "interval": every,
+            "input_series": [
+                series(BACKLOG, missing([100 * k for k in range(n)], missed)),
+                series(applied, missing([10 * k for k in range(n)], missed), result="new"),
+                series(applied, missing([0] * n, missed), result="repeat"),
+            ],
+            "alert_rule_test": [
+                check(fires - 1, selfmon.BACKLOG_GROWING, []),
+                check(fires, selfmon.BACKLOG_GROWING,
+                      [_expected(rule(selfmon.BACKLOG_GROWING), {})]),
+            ],
+        },
+        {
+            "name": "a steady backlog, or a growing one the engine clears in minutes, is fine",
+            "interval": every,
+            "input_series": [
+                series(BACKLOG, [500] * n),
+                series(BACKLOG, [100 * k for k in range(n)], instance="b:8410"),
+                series(applied, [100_000 * k for k in range(n)], result="new"),
+            ],
+            "alert_rule_test": [check(fires, selfmon.BACKLOG_GROWING, [])],
+        },
+    ]  # fmt: skip
+
+    # Three log rows quarantined at scrape 4, a scrape missed at 5.
+    quarantine = missing([3 if k >= 4 else 0 for k in range(7)], 5)
+    expected = [_expected(rule(selfmon.QUARANTINE), {}, 3)]
+    tests.append(
+        {
+            "name": "quarantined log rows open a ticket at once, through a missed scrape",
+            "interval": every,
+            "input_series": [series(selfmon.QUARANTINED, quarantine)],
+            "alert_rule_test": [
+                check(3, selfmon.QUARANTINE, []),
+                check(4, selfmon.QUARANTINE, expected),
+                check(5, selfmon.QUARANTINE, expected),
+            ],
+        }
+    )
+
+    # Shims drop 2 produce records a scrape from scrape 4 to 9 (a scrape missed at 7),
+    # and 1 consume record of group billing goes missing a scrape; then none, until
+    # 3 more are dropped once the window has passed.
+    window = scrapes(selfmon.LOSS_WINDOW) + scrapes(floor(s))
+    later = 10 + window + 1
+    n = later + 2
+    drops = missing([2 * min(max(k - 3, 0), 6) + 3 * (k >= later) for k in range(n)], 7)
+    gaps = missing([min(max(k - 3, 0), 6) for k in range(n)], 7)
+    produce = {"stream": "orders", "kind": "produce"}
+    consume = {"stream": "orders", "group": "billing", "kind": "consume"}
+    dropped, gone = (r for r in rules if r["alert"] == selfmon.MEASUREMENT_LOSS)
+    tests.append(
+        {
+            "name": "records dropped or missing open a ticket for 15m, with their count",
+            "interval": every,
+            "input_series": [
+                series(f"{RECORDS_DROPPED}_total", drops, group="", **produce),
+                series(f"{RECORDS_MISSING}_total", gaps, **consume),
+            ],
+            "alert_rule_test": [
+                check(3, selfmon.MEASUREMENT_LOSS, []),
+                # the missed scrape: the counts of the scrape before
+                check(7, selfmon.MEASUREMENT_LOSS,
+                      [_expected(dropped, produce, 6), _expected(gone, consume, 3)]),
+                check(9, selfmon.MEASUREMENT_LOSS,
+                      [_expected(dropped, produce, 12), _expected(gone, consume, 6)]),
+                check(later - 1, selfmon.MEASUREMENT_LOSS, []),
+                check(later, selfmon.MEASUREMENT_LOSS, [_expected(dropped, produce, 3)]),
+            ],
+        }
+    )  # fmt: skip
     return tests

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -80,6 +81,12 @@ def parse_scrape_interval(text: str) -> int:
         return parse_interval(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc).replace("has value", "", 1).strip()) from None
+
+
+def _nonempty(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
 
 
 def add_scrape_interval(p: argparse.ArgumentParser) -> None:
@@ -173,6 +180,8 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     if args.tests and not args.output:
         raise CommandError("--tests needs -o/--output (the tests load the rule file)", code=2)
     spec = _load(args)
+    if args.collector_job:
+        spec = dataclasses.replace(spec, collector_job=args.collector_job)
     rules = generate(spec)
     text = render_rules(rules, spec.service)
     try:
@@ -233,7 +242,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="generate Prometheus recording and burn-rate alert rules from an SLO spec",
         description="Generate one Prometheus rule file from an SLO spec: error-ratio "
         "recording rules per window, SLO metadata, multi-window multi-burn-rate alerts "
-        "(MsgtallyErrorBudgetBurn) and MsgtallySLIAbsent.",
+        "(MsgtallyErrorBudgetBurn) and MsgtallySLIAbsent, contract breaches, and the rules "
+        "that watch msgtally itself (collector down, engine stalled, backlog, quarantined "
+        "rows, measurement loss).",
     )
     p.add_argument("spec", metavar="SPEC", help="the SLO spec (YAML)")
     p.add_argument("-o", "--output", metavar="FILE", help="rule file to write (default: stdout)")
@@ -250,6 +261,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     add_buckets(p, "--buckets", "the collector's latency histogram bounds, for latency thresholds")
     add_scrape_interval(p)
+    p.add_argument(
+        "--collector-job",
+        metavar="JOB",
+        type=_nonempty,
+        help="the Prometheus job that scrapes the collector, watched by the rules on msgtally "
+        "itself (up, engine, backlog, measurement loss). Wins over the spec's collector_job; "
+        "default msgtally",
+    )
     p.set_defaults(func=cmd_alerts)
 
     p = sub.add_parser(

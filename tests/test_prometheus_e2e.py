@@ -19,6 +19,7 @@ import httpx
 from sqlalchemy import Engine
 
 from msgtally.alerts import generate, render_rules
+from msgtally.alerts.selfmon import ALERTS
 from msgtally.ingest.db import open_engine
 from msgtally.reconcile import ReconcileConfig
 from msgtally.slis.spec import load_spec
@@ -110,6 +111,13 @@ def test_page_fires_for_the_lossy_stream_only(tmp_path: Path) -> None:
                 time.sleep(0.5)
             assert clean == [0.0]
             assert not [a for a in _alerts(api) if a["labels"]["slo"] == "clean-delivery"]
+            # A live engine and collector: nothing of the rules on msgtally itself, not even
+            # pending; the engine's last pass is a second old or so.
+            mine = [a for name in ALERTS for a in _alerts(api, name)]
+            assert not mine, mine
+            lag = 'time() - max(msgtally_reconcile_last_pass_timestamp_seconds{job="msgtally"})'
+            result = httpx.get(f"{api}/api/v1/query", params={"query": lag}).json()
+            assert float(result["data"]["result"][0]["value"][1]) < 30
         finally:
             stop.set()
             stop_prometheus(proc)

@@ -45,8 +45,9 @@ def distinct_rules() -> list[Path]:
 @pytest.mark.parametrize("spec", distinct_rules(), ids=stem)
 def test_every_spec_has_its_test_files(spec: Path) -> None:
     files = sorted(p.name for p in generated_tests_dir(spec).glob("*.test.yml"))
-    # four tiers, the burn and quiet files, and the contracts file where the spec has contracts
-    assert len(files) == 6 + bool(read_spec_file(spec).contracts)
+    # four tiers, the burn, quiet and self files, and the contracts file where the spec has
+    # contracts
+    assert len(files) == 7 + bool(read_spec_file(spec).contracts)
 
 
 def generated_files() -> list[Path]:
@@ -90,6 +91,16 @@ def test_amtool_check_config(spec: Path) -> None:
         (("(max_over_time(msgtally_messages_lost_total{stream=\"payments\"}[5m] offset 5m))",
           "(msgtally_messages_lost_total{stream=\"payments\"} offset 5m)"),
          "payments.contracts.test.yml"),
+        # A collector down that pages at once: one failed scrape pages.
+        (("    for: 5m\n", ""), "payments.self.test.yml"),
+        # A stall read from the gauge as it is now: a missed scrape restarts the `for`.
+        (('max(max_over_time(msgtally_reconcile_backlog_records{job="msgtally"}[4m])) > 0',
+          'max(msgtally_reconcile_backlog_records{job="msgtally"}) > 0'),
+         "payments.self.test.yml"),
+        # Measurement loss blind to series younger than its window.
+        (("\n        or\n        max by (stream, group, kind) (min_over_time(msgtally_records_"
+          "dropped_total", "\n        and\n        max by (stream, group, kind) (min_over_time("
+          "msgtally_records_dropped_total"), "payments.self.test.yml"),
         # A window of one scrape interval (1m, the default): it never holds two samples,
         # the fast page never fires, and the burn tests notice.
         (("[5m]))", "[1m]))"), "checkout.burn.test.yml"),
@@ -143,7 +154,8 @@ def test_alerts_command_outputs_pass_the_tools(tmp_path: Path) -> None:
     # A 12h period at the default 1m scrape interval: windows of 4m at least.
     assert files == [
         "cli.burn.test.yml", "cli.page-4m.test.yml", "cli.page-6m.test.yml",
-        "cli.quiet.test.yml", "cli.ticket-1h.test.yml", "cli.ticket-20m.test.yml",
+        "cli.quiet.test.yml", "cli.self.test.yml", "cli.ticket-1h.test.yml",
+        "cli.ticket-20m.test.yml",
     ]  # fmt: skip
     tested = run(tool("promtool"), "test", "rules", *files, cwd=tmp_path / "tests")
     assert tested.returncode == 0, tested.stdout
@@ -152,3 +164,6 @@ def test_alerts_command_outputs_pass_the_tools(tmp_path: Path) -> None:
     assert stdout.stdout == (tmp_path / "rules.yml").read_text()
     needs_output = run(*cli, "--buckets", "2.4", "--tests", "x", cwd=tmp_path)
     assert needs_output.returncode == 2
+    job = run(*cli, "--buckets", "0.5,2.4,10", "--collector-job", "msgtally-prod", cwd=tmp_path)
+    assert 'up{job="msgtally-prod"} == 0' in job.stdout
+    assert 'job="msgtally"' not in job.stdout

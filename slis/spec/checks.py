@@ -17,6 +17,7 @@ from .model import (
     DEFAULT_PERIOD,
     DEFAULT_SCRAPE_INTERVAL,
     FLOOR_FITS,
+    RESERVED_SLO_NAMES,
     SLO,
     WINDOW_SCRAPES,
     Alerting,
@@ -115,9 +116,17 @@ def check_slo(
     description: str | None = None,
     alerting: Alerting | None = None,
     threshold_path: Path | None = None,
+    name_path: Path | None = None,
 ) -> SLO | None:
     """The checks every loader shares: objective range, latency threshold vs buckets."""
     threshold_path = threshold_path or (*path, "threshold")
+    if name in RESERVED_SLO_NAMES:
+        r.problem(
+            name_path or (*path, "name"),
+            f"{name!r} names a rule group of msgtally's own (reserved: "
+            f"{', '.join(sorted(RESERVED_SLO_NAMES))})",
+        )
+        name = None
     if objective is not None and not 0 < objective < 100:
         r.problem((*path, "objective"), f"{objective:g} is not a percentage above 0 and below 100")
         objective = None

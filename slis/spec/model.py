@@ -32,8 +32,13 @@ FLOOR_FITS = 10
 ALL_GROUPS = "*"
 # Label names the rules set themselves: a spec may not set them.
 RESERVED_LABELS = frozenset(
-    {"slo", "sli", "service", "stream", "group", "severity", "burn_window", "alertname", "le"}
-)
+    {"slo", "sli", "service", "stream", "group", "severity", "burn_window", "alertname", "le",
+     "semantics", "breach", "kind", "loss", "job", "instance"}
+)  # fmt: skip
+# SLO names whose rule group would be another's (`msgtally-<service>-<name>`).
+RESERVED_SLO_NAMES = frozenset({"contracts", "self"})
+# The Prometheus job that scrapes the collector, watched by the rules on msgtally itself.
+DEFAULT_COLLECTOR_JOB = "msgtally"
 
 _PERIOD = re.compile(r"^([1-9][0-9]*)([dh])$")
 _UNIT_SECONDS = {"d": 86_400, "h": 3_600}
@@ -135,6 +140,7 @@ class Spec:
     labels: Mapping[str, str] = field(default_factory=lambda: _frozen(None))
     contracts: tuple[Contract, ...] = ()
     scrape_interval: int = DEFAULT_SCRAPE_INTERVAL  # seconds, Prometheus's for the collector
+    collector_job: str = DEFAULT_COLLECTOR_JOB
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", _frozen(self.labels))

@@ -16,11 +16,29 @@ from .checks import (
     read_scrape_interval,
 )
 from .fields import FieldReader
-from .model import ALL_GROUPS, SLO, VERSION, Alerting, Contract, Notify, Spec
+from .model import (
+    ALL_GROUPS,
+    DEFAULT_COLLECTOR_JOB,
+    SLO,
+    VERSION,
+    Alerting,
+    Contract,
+    Notify,
+    Spec,
+)
 from .semantics import Semantics
 from .yamldoc import Doc, Path, Problem
 
-_TOP = ("version", "service", "period", "scrape_interval", "labels", "slos", "contracts")
+_TOP = (
+    "version",
+    "service",
+    "period",
+    "scrape_interval",
+    "collector_job",
+    "labels",
+    "slos",
+    "contracts",
+)
 _SLO = ("name", "stream", "group", "sli", "objective", "threshold", "description", "alerting")
 _ALERTING = ("page", "ticket", "runbook", "disable")
 _NOTIFY = ("labels", "annotations", "disable")
@@ -43,6 +61,7 @@ def read_native(
     service = r.name(top, "service", ())
     period = read_period(r, top, "period", ())
     scrape = read_scrape_interval(r, top, (), period, scrape_interval)
+    job = r.string(top, "collector_job", ()) or DEFAULT_COLLECTOR_JOB
     labels = r.text_map(top, "labels", (), labels=True)
     slos: list[SLO] = []
     raw = top.get("slos")
@@ -66,6 +85,7 @@ def read_native(
         slos=tuple(slos),
         contracts=contracts,
         scrape_interval=scrape,
+        collector_job=job,
     )
     return spec, r.problems
 

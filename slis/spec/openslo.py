@@ -192,6 +192,7 @@ def _read_slo(
         threshold_given=threshold is not None,
         description=r.string(spec, "description", ("spec",)),
         threshold_path=tpath,
+        name_path=("metadata", "name"),
     )
 
 
