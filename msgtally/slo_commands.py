@@ -137,7 +137,31 @@ def cmd_check(args: argparse.Namespace) -> int:
     if spec.slos:
         for line in tier_report(spec):
             print(line)
+    for line in maintenance_report(spec):
+        print(line)
     return 0
+
+
+def maintenance_report(spec: Spec) -> list[str]:
+    """Every maintenance window: when, what it mutes."""
+    from msgtally.slis.spec.model import Weekly
+
+    if not spec.maintenance:
+        return []
+    lines = ["maintenance windows (alerts muted, the figures go on):"]
+    for w in spec.maintenance:
+        if isinstance(w.when, Weekly):
+            crosses = " (into the next day)" if w.when.minutes[1] > 1440 else ""
+            when = (
+                f"every {', '.join(w.when.days)}, {w.when.start} to {w.when.end}{crosses}, "
+                f"{w.when.time_zone}"
+            )
+        else:
+            when = f"{w.when.start.isoformat()} to {w.when.end.isoformat()}"
+        scope = f"streams {', '.join(w.streams)}" if w.streams else "the whole service"
+        loud = "contract breaches muted too" if w.mute_contracts else "contract breaches loud"
+        lines.append(f"  {w.name}: {when}; {scope}; {loud}")
+    return lines
 
 
 def tier_report(spec: Spec) -> list[str]:
@@ -192,7 +216,11 @@ def cmd_alerts(args: argparse.Namespace) -> int:
             sys.stdout.write(text)
         if args.alertmanager:
             Path(args.alertmanager).write_text(render_alertmanager(spec), encoding="utf-8")
-            _wrote(Path(args.alertmanager), "Alertmanager inhibit rules")
+            _wrote(
+                Path(args.alertmanager),
+                "Alertmanager inhibit rules"
+                + (", maintenance time intervals and routes" if spec.maintenance else ""),
+            )
         if args.tests:
             directory = Path(args.tests)
             directory.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ import itertools
 import re
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from msgtally.alerts import render_rules
 from msgtally.dashboards import generate
 from msgtally.ingest.db import open_engine
 from msgtally.reconcile import ReconcileConfig
-from msgtally.slis.spec import load_spec
+from msgtally.slis.spec import Spec, load_spec
 from tests.conftest import LiveCollector
 from tests.promserver import Prometheus
 
@@ -166,8 +167,36 @@ def _result(prom: Prometheus, target: dict[str, Any], expr: str, step: int) -> A
     return [series for series in result if series["values"]]
 
 
+def maintenance(now: float) -> str:
+    """A one-off maintenance window around now, one a day ago, a weekly one."""
+
+    def stamp(t: float) -> str:
+        return datetime.fromtimestamp(t - t % 60, UTC).isoformat()
+
+    return (
+        "maintenance:\n"
+        f"  - {{name: now, start: '{stamp(now - 3600)}', end: '{stamp(now + 3600)}'}}\n"
+        f"  - {{name: yesterday, start: '{stamp(now - 90_000)}', end: '{stamp(now - 86_400)}',"
+        " streams: [orders]}\n"
+        "  - {name: weekly, days: [monday], start: '01:00', end: '02:00', time_zone: UTC}\n"
+    )
+
+
+def _annotations(prom: Prometheus, spec: Spec) -> dict[str, int]:
+    """Maintenance annotation queries of every board -> series with data over the range."""
+    out: dict[str, int] = {}
+    for name, board in generate(spec).items():
+        for a in board["annotations"]["list"]:
+            if "expr" in a:
+                target = {"expr": a["expr"]}
+                out[f"{name}: {a['name']}"] = len(_result(prom, target, a["expr"], 60))
+            else:
+                assert a["target"]["queryType"] == "timeRegions"
+    return out
+
+
 def test_every_panel_query_parses_and_returns_data(tmp_path: Path) -> None:
-    spec = load_spec(SPEC)
+    spec = load_spec(SPEC + maintenance(time.time()))
     rules = tmp_path / "rules.yml"
     rules.write_text(render_rules(generate_rules(spec), spec.service))
     queries = panel_queries()
@@ -187,6 +216,7 @@ def test_every_panel_query_parses_and_returns_data(tmp_path: Path) -> None:
                 prom.check_running()
                 variables = _variable_values(prom, spec.service)
                 label_sets, counted = _counted_once(prom, queries)
+                annotations = _annotations(prom, spec)
         finally:
             stop.set()
             traffic.join(15)
@@ -197,6 +227,12 @@ def test_every_panel_query_parses_and_returns_data(tmp_path: Path) -> None:
     assert label_sets == 2
     assert 1.6 < counted < 2.4, f"naive sum / dashboard = {counted}: not counted once"
     assert time.monotonic() - started < WAIT + 30
+    # The one-off window around now shades the range shown; yesterday's does not.
+    assert annotations == {
+        f"{board}: Maintenance: {window}": int(window == "now")
+        for board in ("executive", "oncall", "debug")
+        for window in ("now", "yesterday")
+    }
 
 
 def _wait_for_data(prom: Prometheus, queries: list[Any]) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import MappingProxyType
 
 from msgtally.names import SLIKind
@@ -132,6 +133,51 @@ class Contract:
         return self.group if self.group is not None else ALL_GROUPS
 
 
+# Days of the week, in the week's order (Alertmanager's names).
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+@dataclass(frozen=True)
+class Weekly:
+    """A recurring window: on each of `days`, from `start` to `end` (times of day, HH:MM),
+    in `time_zone` (IANA). An end not after the start crosses midnight into the next day."""
+
+    days: tuple[str, ...]  # WEEKDAYS, in the week's order
+    start: str
+    end: str  # "24:00" is the end of the day
+    time_zone: str
+
+    @property
+    def minutes(self) -> tuple[int, int]:
+        """Start and end in minutes of the day; the end past 1440 when it crosses midnight."""
+        start, end = _minutes(self.start), _minutes(self.end)
+        return start, end if end > start else end + 1440
+
+
+def _minutes(text: str) -> int:
+    hours, minutes = text.split(":")
+    return int(hours) * 60 + int(minutes)
+
+
+@dataclass(frozen=True)
+class Once:
+    """A one-off window, from `start` to `end` (timezone-aware, whole minutes)."""
+
+    start: datetime
+    end: datetime
+
+
+@dataclass(frozen=True)
+class Maintenance:
+    """A maintenance window: alerts of the service (or of `streams`) are muted, not the
+    measurement. Contract breaches stay loud unless `mute_contracts`."""
+
+    name: str
+    when: Weekly | Once
+    streams: tuple[str, ...] = ()  # (): the whole service
+    mute_contracts: bool = False
+
+
 @dataclass(frozen=True)
 class Spec:
     service: str
@@ -141,6 +187,7 @@ class Spec:
     contracts: tuple[Contract, ...] = ()
     scrape_interval: int = DEFAULT_SCRAPE_INTERVAL  # seconds, Prometheus's for the collector
     collector_job: str = DEFAULT_COLLECTOR_JOB
+    maintenance: tuple[Maintenance, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", _frozen(self.labels))
@@ -153,6 +200,11 @@ class Spec:
         for contract in (*own, *wide):
             return contract
         return None
+
+    @property
+    def streams(self) -> tuple[str, ...]:
+        """Every stream the spec names, in SLOs or contracts."""
+        return tuple(sorted({s.stream for s in self.slos} | {c.stream for c in self.contracts}))
 
     def own_groups(self, stream: str) -> tuple[str, ...]:
         """The groups of `stream` with a contract of their own."""

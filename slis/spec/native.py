@@ -16,6 +16,7 @@ from .checks import (
     read_scrape_interval,
 )
 from .fields import FieldReader
+from .maintenance import read_maintenance
 from .model import (
     ALL_GROUPS,
     DEFAULT_COLLECTOR_JOB,
@@ -38,6 +39,7 @@ _TOP = (
     "labels",
     "slos",
     "contracts",
+    "maintenance",
 )
 _SLO = ("name", "stream", "group", "sli", "objective", "threshold", "description", "alerting")
 _ALERTING = ("page", "ticket", "runbook", "disable")
@@ -76,6 +78,8 @@ def read_native(
         names = [i.get("name") if isinstance(i, dict) else None for i in raw]
         check_unique(r, names, [("slos", i, "name") for i in range(len(raw))])
     contracts = _read_contracts(r, top, {slo.stream for slo in slos})
+    streams = {slo.stream for slo in slos} | {c.stream for c in contracts}
+    maintenance = read_maintenance(r, top, streams)
     if r.problems or service is None or period is None or scrape is None:
         return None, r.problems
     spec = Spec(
@@ -86,6 +90,7 @@ def read_native(
         contracts=contracts,
         scrape_interval=scrape,
         collector_job=job,
+        maintenance=maintenance,
     )
     return spec, r.problems
 
