@@ -27,7 +27,7 @@ from msgtally.slis.spec.model import Contract, Spec
 from msgtally.slis.spec.semantics import BREACH_COUNTS, FORBIDS, Breach
 
 from .promql import quote
-from .windows import format_duration, keep_firing_for
+from .windows import floor, format_duration, keep_firing_for
 
 WINDOW_SECONDS = 300
 WINDOW = format_duration(WINDOW_SECONDS)
@@ -56,9 +56,9 @@ def breach_series(spec: Spec, contract: Contract, breach: Breach) -> str:
 def breach_expr(spec: Spec, contract: Contract, breach: Breach) -> str:
     series = breach_series(spec, contract, breach)
     now = f"max by (stream, group) ({series})"
-    # The last value scraped before the window, whatever scrapes were missed then: the
-    # range holds two samples at least (after one missed scrape, one).
-    look = format_duration(max(WINDOW_SECONDS, 2 * spec.scrape_interval))
+    # The last value scraped before the window, whatever scrapes were missed then: a
+    # range of four scrape intervals at least.
+    look = format_duration(max(WINDOW_SECONDS, floor(spec.scrape_interval)))
     before = f"max by (stream, group) (max_over_time({series}[{look}] offset {WINDOW}))"
     return f"{now} - {before} > 0\nor\n{now} > 0 unless {before}"
 

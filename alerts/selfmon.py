@@ -208,7 +208,7 @@ def measurement_loss(spec: Spec, loss: str, series: str) -> Rule:
     # shim's first report may be history: only what it adds after counts).
     before = (
         f"{by} (max_over_time({selector}[{_range(spec)}] offset {window}))\n"
-        f"  or\n  {by} (min_over_time({selector}[{window}]))"
+        f"  or\n  {by} (min_over_time({selector}[{_seconds(LOSS_WINDOW, spec)}]))"
     )
     what = {
         "dropped": "dropped by the shims before sending (buffer full, collector "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -417,3 +418,25 @@ def test_public_names(module: object) -> None:
     public = {n for n in vars(module) if not n.startswith("_")}
     submodules = {n for n in public if type(getattr(module, n)).__name__ == "module"}
     assert public - submodules - {"annotations"} == set(names)
+
+
+@pytest.mark.parametrize("scrape", ["1s", "15s", "1m", "2m", "5m"])
+def test_no_range_of_any_rule_is_shorter_than_four_scrape_intervals(scrape: str) -> None:
+    """Burn windows, contract look-backs, the rules on msgtally itself: every one."""
+    text = (EXAMPLES / "payments.yml").read_text().replace(
+        "service: payments\n", f"service: payments\nscrape_interval: {scrape}\n"
+    )
+    spec = load_spec(text)
+    least = 4 * spec.scrape_interval
+    ranges = [
+        _duration_seconds(d)
+        for group in generate(spec)["groups"]
+        for rule in group["rules"]
+        for d in re.findall(r"\[(\w+)\]", rule["expr"])
+    ]
+    assert ranges and min(ranges) >= least
+
+
+def _duration_seconds(text: str) -> int:
+    units = {"d": DAY, "h": HOUR, "m": 60, "s": 1}
+    return sum(int(n) * units[u] for n, u in re.findall(r"(\d+)([dhms])", text))
