@@ -545,8 +545,10 @@ def sample_values(scrapes: list[int | None]) -> str:
                     break
                 j += 1
         n = j - i
-        if n == 0:
+        if n == 0 or (n == 1 and step != 0):  # a lone value reads better alone
             parts.append(str(first))
+            i += 1
+            continue
         elif step == 0:
             parts.append(f"{first}x{n}")
         else:
