@@ -78,8 +78,8 @@ CALM = 0.5
 # One scrape in MISS_EVERY is missed in the burn tests: every stretch of one more scrape
 # than the shortest window holds (SAMPLES_PER_WINDOW) has a missed one.
 MISS_EVERY = SAMPLES_PER_WINDOW + 1
-# promtool refuses a query that loads more than 10,000 samples; a series of a test
-# stays below this many.
+# promtool refuses a query that loads more than 10,000 samples of a series; a series of
+# a test stays below this many.
 PROMTOOL_SAMPLES = 9_000
 # `{{ $labels.NAME }}`, `{{ $labels.NAME | urlquery }}` and `{{ $value }}`.
 _TEMPLATE = re.compile(

@@ -147,6 +147,9 @@ def test_generated_tests_pass(period: str, scrape: int, tmp_path: Path) -> None:
     (tmp_path / "t").mkdir()
     files = generate_tests(spec, "../rules.yml")
     assert f"{spec.service}.burn.test.yml" in files
+    # What the period changes: the tiers, the burn and the quiet files (the rules on
+    # msgtally itself depend on the scrape interval alone: test_promtool runs them).
+    del files[f"{spec.service}.self.test.yml"]
     for name, data in files.items():
         (tmp_path / "t" / name).write_text(render_tests(data, spec.service))
     out = run(tool("promtool"), "test", "rules", *sorted(files), cwd=tmp_path / "t")
