@@ -201,11 +201,6 @@ class Spec:
             return contract
         return None
 
-    @property
-    def streams(self) -> tuple[str, ...]:
-        """Every stream the spec names, in SLOs or contracts."""
-        return tuple(sorted({s.stream for s in self.slos} | {c.stream for c in self.contracts}))
-
     def own_groups(self, stream: str) -> tuple[str, ...]:
         """The groups of `stream` with a contract of their own."""
         return tuple(c.group for c in self.contracts if c.stream == stream and c.group)
