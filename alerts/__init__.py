@@ -2,4 +2,14 @@
 breach alerts, their promtool tests, the Alertmanager inhibition.
 """
 
-__all__ = ["alertmanager", "contracts", "promql", "promtests", "render", "rules", "windows"]
+__all__ = [
+    "alertmanager",
+    "contracts",
+    "maintenance",
+    "promql",
+    "promtests",
+    "render",
+    "rules",
+    "selfmon",
+    "windows",
+]

@@ -5,7 +5,8 @@ one duplicated delivery on an at-most-once one, pages. Per contract and
 forbidden breach, one `MsgtallyDeliveryContractBreach` rule:
 
     NOW - BEFORE > 0  or  NOW > 0 unless BEFORE
-    NOW = max by (stream, group) (COUNT{sel}), BEFORE = the same `offset 5m`
+    NOW = max by (stream, group) (COUNT{sel})
+    BEFORE = max by (stream, group) (max_over_time(COUNT{sel}[5m] offset 5m))
 
 The difference, not `increase()`, so the value is the exact count of breaches
 in the window (the tallies are read from the store: they never reset, and
@@ -26,8 +27,10 @@ from msgtally.slis.spec.model import Contract, Spec
 from msgtally.slis.spec.semantics import BREACH_COUNTS, FORBIDS, Breach
 
 from .promql import quote
+from .windows import floor, format_duration, keep_firing_for
 
-WINDOW = "5m"
+WINDOW_SECONDS = 300
+WINDOW = format_duration(WINDOW_SECONDS)
 GROUP_NAME = "msgtally-{service}-contracts"
 # What one breach is, in the words of the alert.
 _UNITS = {Breach.LOSS: "ids lost", Breach.DUPLICATE: "duplicate deliveries"}
@@ -53,7 +56,10 @@ def breach_series(spec: Spec, contract: Contract, breach: Breach) -> str:
 def breach_expr(spec: Spec, contract: Contract, breach: Breach) -> str:
     series = breach_series(spec, contract, breach)
     now = f"max by (stream, group) ({series})"
-    before = f"max by (stream, group) ({series} offset {WINDOW})"
+    # The last value scraped before the window, whatever scrapes were missed then: a
+    # range of four scrape intervals at least.
+    look = format_duration(max(WINDOW_SECONDS, floor(spec.scrape_interval)))
+    before = f"max by (stream, group) (max_over_time({series}[{look}] offset {WINDOW}))"
     return f"{now} - {before} > 0\nor\n{now} > 0 unless {before}"
 
 
@@ -67,6 +73,9 @@ def breach_alert(spec: Spec, contract: Contract, breach: Breach) -> Rule:
     return {
         "alert": CONTRACT_ALERT,
         "expr": breach_expr(spec, contract, breach),
+        # A missed scrape makes every series of the collector stale until the next one:
+        # the page rides it out instead of resolving and paging again.
+        "keep_firing_for": format_duration(keep_firing_for(spec.scrape_interval)),
         # stream (and a contract's own group) come with the series too; stated here so
         # that each rule of the file is unique (promtool's lint) and reads on its own.
         "labels": {

@@ -7,7 +7,9 @@ Per SLO, one rule group `msgtally-<service>-<slo>`, in evaluation order:
   budget;
 - `MsgtallyErrorBudgetBurn` once per burn-rate tier (labels `severity`,
   `burn_window`) and `MsgtallySLIAbsent`.
-One group, not three: rules of a group run in order, so an alert always reads
+Then `msgtally-<service>-contracts` (contracts.py), when the spec has any,
+and `msgtally-<service>-self`, the rules that watch msgtally itself (selfmon.py).
+One group per SLO, not three: rules of a group run in order, so an alert always reads
 the recordings of the same evaluation, whatever the evaluation interval.
 Every series carries `service`, `slo`, `sli`, `stream`, `group` and the
 spec's labels, so alerts and dashboards select one SLO by `service` and `slo`.
@@ -33,7 +35,9 @@ from msgtally.slis.spec.model import SLO, Spec
 from .contracts import GROUP_NAME as CONTRACT_GROUP
 from .contracts import contract_rules
 from .promql import error_ratio, presence, quote
-from .windows import Window, format_duration, rule_windows, scale
+from .selfmon import GROUP_NAME as SELF_GROUP
+from .selfmon import self_rules
+from .windows import Window, format_duration, keep_firing_for, rule_windows, spec_windows
 
 Rule = dict[str, Any]
 Group = dict[str, Any]
@@ -131,10 +135,18 @@ def burn_alert(spec: Spec, slo: SLO, w: Window) -> Rule:
     if slo.alerting.runbook:
         annotations["runbook_url"] = slo.alerting.runbook
     annotations.update(notify.annotations)
+    # A page rides out a missed scrape (every series of the collector stale until the
+    # next one) or an evaluation that sees a thin window: it does not resolve and page again.
+    ride_out = (
+        {"keep_firing_for": format_duration(keep_firing_for(spec.scrape_interval))}
+        if w.severity == "page"
+        else {}
+    )
     return {
         "alert": BURN_ALERT,
         "expr": f"{SLI_RECORD}{w.long_text}{sel} > {limit}\n"
         f"and\n{SLI_RECORD}{w.short_text}{sel} > {limit}",
+        **ride_out,
         # service and slo come with the recordings too; stated here so that each
         # rule of the file is unique (promtool's lint) and reads on its own.
         "labels": {
@@ -185,10 +197,7 @@ def alert_rules(spec: Spec, slo: SLO, windows: tuple[Window, ...]) -> list[Rule]
 
 def generate(spec: Spec) -> dict[str, list[Group]]:
     """The rule file of a spec, as plain data ready for YAML."""
-    windows = scale(spec.period.seconds)
-    longs = [w.long for w in windows]
-    if len(set(longs)) != len(longs):
-        raise ValueError(f"period {spec.period.text} gives two tiers the same window")
+    windows = spec_windows(spec)
     groups: list[Group] = []
     for slo in spec.slos:
         rules = [
@@ -201,4 +210,5 @@ def generate(spec: Spec) -> dict[str, list[Group]]:
         groups.append(
             {"name": CONTRACT_GROUP.format(service=spec.service), "rules": contract_rules(spec)}
         )
+    groups.append({"name": SELF_GROUP.format(service=spec.service), "rules": self_rules(spec)})
     return {"groups": groups}

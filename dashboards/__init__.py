@@ -1,4 +1,14 @@
 """Grafana dashboards from the SLO spec: executive, on-call and debug, as JSON.
 """
 
-__all__ = ["build", "debug", "executive", "oncall", "panels", "queries", "render", "sdk"]
+__all__ = [
+    "build",
+    "debug",
+    "executive",
+    "maintenance",
+    "oncall",
+    "panels",
+    "queries",
+    "render",
+    "sdk",
+]

@@ -19,6 +19,7 @@ from msgtally.alerts.promql import PRODUCED, quote
 from msgtally.slis.spec.model import Spec
 
 from . import debug, executive, oncall
+from .maintenance import maintenance_annotations
 from .panels import Format, Kind, Panel, Row, Target, check_rows
 from .sdk import (
     JSONEncoder,
@@ -251,6 +252,8 @@ def build(spec: Spec, board: Board) -> Dashboard:
             .keep_time(True)
         )
     )
+    for annotation in maintenance_annotations(spec, DS):
+        d.annotation(annotation)
     panel_id, y = 1, 0
     for row in rows:
         x = 0

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from msgtally.alerts.rules import num
-from msgtally.alerts.windows import Window, scale
+from msgtally.alerts.windows import Window, spec_windows
 from msgtally.names import counter
 from msgtally.slis.spec.model import Spec
 
@@ -43,8 +45,16 @@ def _burn(spec: Spec, w: Window) -> Panel:
     )
 
 
+def _pairs(panels: list[Panel]) -> list[Row]:
+    """Two panels a row; an odd one out (tiers the scrape interval merged) takes the row."""
+    rows: list[Row] = [tuple(panels[i : i + 2]) for i in range(0, len(panels) - 1, 2)]
+    if len(panels) % 2:
+        rows.append((replace(panels[-1], width=24),))
+    return rows
+
+
 def rows(spec: Spec) -> list[Row]:
-    burns = [_burn(spec, w) for w in scale(spec.period.seconds)]
+    burns = [_burn(spec, w) for w in spec_windows(spec)]
     pair = "{{stream}} / {{group}}"
     return [
         (
@@ -69,7 +79,7 @@ def rows(spec: Spec) -> list[Row]:
                 hide_columns=("Time", "Value", "__name__", "alertstate"),
             ),
         ),
-        *[tuple(burns[i : i + 2]) for i in range(0, len(burns), 2)],
+        *_pairs(burns),
         (
             Panel(
                 Kind.BARGAUGE,

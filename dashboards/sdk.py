@@ -30,6 +30,8 @@ with warnings.catch_warnings():
         timeseries,
     )
     from grafana_foundation_sdk.builders import common as common_builders
+    from grafana_foundation_sdk.cog import builder as cogbuilder
+    from grafana_foundation_sdk.cog import variants as cogvariants
     from grafana_foundation_sdk.cog.encoder import JSONEncoder
     from grafana_foundation_sdk.models import common
     from grafana_foundation_sdk.models import dashboard as model
@@ -40,6 +42,8 @@ __all__ = [
     "JSONEncoder",
     "PromQueryFormat",
     "bargauge",
+    "cogbuilder",
+    "cogvariants",
     "common",
     "common_builders",
     "dashboard",

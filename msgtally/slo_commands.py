@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -72,13 +73,43 @@ def add_buckets(p: argparse.ArgumentParser, flag: str, what: str) -> None:
     )
 
 
-def load_spec_file(path: str, buckets: Sequence[float]) -> Spec:
+def parse_scrape_interval(text: str) -> int:
+    """`15s`, `1m`, `1m30s` -> seconds."""
+    from msgtally.slis.spec.model import parse_interval
+
+    try:
+        return parse_interval(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("has value", "", 1).strip()) from None
+
+
+def _nonempty(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def add_scrape_interval(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--scrape-interval",
+        dest="scrape_interval",
+        type=parse_scrape_interval,
+        metavar="DURATION",
+        help="how often Prometheus scrapes the collector (e.g. 15s, 1m): no alert window is "
+        "shorter than four of them. Wins over the spec's scrape_interval (OpenSLO specs "
+        "have none); default 1m, Prometheus's own",
+    )
+
+
+def load_spec_file(
+    path: str, buckets: Sequence[float], scrape_interval: int | None = None
+) -> Spec:
     """The spec, or every problem printed to stderr (one per line) and a CommandError."""
     from msgtally.slis.spec.load import read_spec_file
     from msgtally.slis.spec.yamldoc import SpecError
 
     try:
-        return read_spec_file(path, buckets=buckets)
+        return read_spec_file(path, buckets=buckets, scrape_interval=scrape_interval)
     except OSError as exc:
         raise CommandError(f"cannot read {path}: {exc.strerror}") from None
     except SpecError as exc:
@@ -88,7 +119,7 @@ def load_spec_file(path: str, buckets: Sequence[float]) -> Spec:
 
 
 def _load(args: argparse.Namespace) -> Spec:
-    return load_spec_file(args.spec, spec_buckets(args))
+    return load_spec_file(args.spec, spec_buckets(args), getattr(args, "scrape_interval", None))
 
 
 def _wrote(path: Path, what: str) -> None:
@@ -96,12 +127,72 @@ def _wrote(path: Path, what: str) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from msgtally.alerts.windows import format_duration
+
     spec = _load(args)
     print(
         f"{args.spec}: ok ({len(spec.slos)} SLOs, service {spec.service}, "
-        f"period {spec.period.text})"
+        f"period {spec.period.text}, scrape interval {format_duration(spec.scrape_interval)})"
     )
+    if spec.slos:
+        for line in tier_report(spec):
+            print(line)
+    for line in maintenance_report(spec):
+        print(line)
     return 0
+
+
+def maintenance_report(spec: Spec) -> list[str]:
+    """Every maintenance window: when, what it mutes."""
+    from msgtally.slis.spec.model import Weekly
+
+    if not spec.maintenance:
+        return []
+    lines = ["maintenance windows (alerts muted, the figures go on):"]
+    for w in spec.maintenance:
+        if isinstance(w.when, Weekly):
+            crosses = " (into the next day)" if w.when.minutes[1] > 1440 else ""
+            when = (
+                f"every {', '.join(w.when.days)}, {w.when.start} to {w.when.end}{crosses}, "
+                f"{w.when.time_zone}"
+            )
+        else:
+            when = f"{w.when.start.isoformat()} to {w.when.end.isoformat()}"
+        scope = f"streams {', '.join(w.streams)}" if w.streams else "the whole service"
+        loud = "contract breaches muted too" if w.mute_contracts else "contract breaches loud"
+        lines.append(f"  {w.name}: {when}; {scope}; {loud}")
+    return lines
+
+
+def tier_report(spec: Spec) -> list[str]:
+    """Every burn-rate tier's effective windows and factor, saying which were raised."""
+    from msgtally.alerts.rules import num
+    from msgtally.alerts.windows import floor, format_duration, spec_windows
+
+    least = format_duration(floor(spec.scrape_interval))
+    lines = [
+        f"burn-rate tiers (no window shorter than {least}: four scrape intervals of "
+        f"{format_duration(spec.scrape_interval)}):"
+    ]
+    for w in spec_windows(spec):
+
+        def window(seconds: int, raised: bool, scaled: int) -> str:
+            text = format_duration(seconds)
+            return f"{text} (raised from {format_duration(scaled)})" if raised else text
+
+        line = (
+            f"  tier {w.tier}: {w.severity} at {num(w.factor)}x over "
+            f"{window(w.long, w.long_raised, w.scaled_long)} and "
+            f"{window(w.short, w.short_raised, w.scaled_short)}: "
+            f"{num(round(w.share * 100, 2))}% of the budget spent in {w.long_text}"
+        )
+        if w.long_raised:
+            line += " (the factor is the period's: a longer window needs more budget spent)"
+        if w.merged:
+            tiers = ", ".join(str(t) for t in w.merged)
+            line += f"; tier {tiers} raised to the same windows, merged into this one"
+        lines.append(line)
+    return lines
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:
@@ -113,6 +204,8 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     if args.tests and not args.output:
         raise CommandError("--tests needs -o/--output (the tests load the rule file)", code=2)
     spec = _load(args)
+    if args.collector_job:
+        spec = dataclasses.replace(spec, collector_job=args.collector_job)
     rules = generate(spec)
     text = render_rules(rules, spec.service)
     try:
@@ -123,7 +216,11 @@ def cmd_alerts(args: argparse.Namespace) -> int:
             sys.stdout.write(text)
         if args.alertmanager:
             Path(args.alertmanager).write_text(render_alertmanager(spec), encoding="utf-8")
-            _wrote(Path(args.alertmanager), "Alertmanager inhibit rules")
+            _wrote(
+                Path(args.alertmanager),
+                "Alertmanager inhibit rules"
+                + (", maintenance time intervals and routes" if spec.maintenance else ""),
+            )
         if args.tests:
             directory = Path(args.tests)
             directory.mkdir(parents=True, exist_ok=True)
@@ -160,10 +257,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "check",
         help="validate an SLO spec",
         description="Validate an SLO spec (msgtally/v1 or OpenSLO) and print every problem "
-        "with its line, SLO and field. Exit code 1 on any problem.",
+        "with its line, SLO and field. Exit code 1 on any problem. A valid spec prints every "
+        "burn-rate tier's effective windows and factor, saying which windows the scrape "
+        "interval raised.",
     )
     p.add_argument("spec", metavar="SPEC", help="the SLO spec (YAML)")
     add_buckets(p, "--buckets", "the collector's latency histogram bounds, for latency thresholds")
+    add_scrape_interval(p)
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser(
@@ -171,7 +271,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="generate Prometheus recording and burn-rate alert rules from an SLO spec",
         description="Generate one Prometheus rule file from an SLO spec: error-ratio "
         "recording rules per window, SLO metadata, multi-window multi-burn-rate alerts "
-        "(MsgtallyErrorBudgetBurn) and MsgtallySLIAbsent.",
+        "(MsgtallyErrorBudgetBurn) and MsgtallySLIAbsent, contract breaches, and the rules "
+        "that watch msgtally itself (collector down, engine stalled, backlog, quarantined "
+        "rows, measurement loss).",
     )
     p.add_argument("spec", metavar="SPEC", help="the SLO spec (YAML)")
     p.add_argument("-o", "--output", metavar="FILE", help="rule file to write (default: stdout)")
@@ -187,6 +289,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="also write `promtool test rules` files proving every alert tier (needs -o)",
     )
     add_buckets(p, "--buckets", "the collector's latency histogram bounds, for latency thresholds")
+    add_scrape_interval(p)
+    p.add_argument(
+        "--collector-job",
+        metavar="JOB",
+        type=_nonempty,
+        help="the Prometheus job that scrapes the collector, watched by the rules on msgtally "
+        "itself (up, engine, backlog, measurement loss). Wins over the spec's collector_job; "
+        "default msgtally",
+    )
     p.set_defaults(func=cmd_alerts)
 
     p = sub.add_parser(
@@ -202,4 +313,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "-o", "--output", metavar="DIR", required=True, help="directory to write the JSON files to"
     )
     add_buckets(p, "--buckets", "the collector's latency histogram bounds, for latency thresholds")
+    add_scrape_interval(p)
     p.set_defaults(func=cmd_dashboards)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -10,8 +11,16 @@ import yaml
 
 from msgtally.alerts.promql import error_ratio, le_matcher, matchers
 from msgtally.alerts.render import render_rules
-from msgtally.alerts.rules import alert_rules, generate, meta_rules, sli_rules
-from msgtally.alerts.windows import LADDER, format_duration, rule_windows, scale, snap
+from msgtally.alerts.rules import alert_rules, generate, meta_rules, num, sli_rules
+from msgtally.alerts.windows import (
+    LADDER,
+    TIERS,
+    floor,
+    format_duration,
+    rule_windows,
+    scale,
+    snap,
+)
 from msgtally.names import BURN_ALERT, SLIKind
 from msgtally.slis.spec.load import load_spec, read_spec_file
 from msgtally.slis.spec.model import SLO, Alerting, Notify, Period, Spec
@@ -20,10 +29,10 @@ from tests.slo_examples import EXAMPLES, generated_tests_dir, outputs, spec_file
 DAY, HOUR = 86_400, 3_600
 
 
-def table(period: str) -> list[tuple[str, float, str, str]]:
+def table(period: str, scrape: int = 1) -> list[tuple[str, float, str, str]]:
     return [
         (w.severity, w.factor, w.long_text, w.short_text)
-        for w in scale(Period.parse(period).seconds)
+        for w in scale(Period.parse(period).seconds, scrape)
     ]
 
 
@@ -44,18 +53,103 @@ def table(period: str) -> list[tuple[str, float, str, str]]:
     ],
 )  # fmt: skip
 def test_window_table_per_period(period: str, expected: list[tuple[str, float, str, str]]) -> None:
-    assert table(period) == expected
+    """What the period alone gives (a 1-second scrape raises nothing here)."""
+    assert table(period, scrape=1) == expected
 
 
-@pytest.mark.parametrize("period", ["1h", "12h", "1d", "7d", "14d", "28d", "30d", "90d", "365d"])
-def test_every_tier_keeps_its_share_of_the_budget(period: str) -> None:
+# The effective windows at the usual scrape intervals (docs/alerts.md has this table):
+# (severity, factor, long, short), every window at least four scrape intervals.
+EFFECTIVE = {
+    ("30d", 15): "page 14.4 1h 5m | page 6 6h 30m | ticket 3 1d 2h | ticket 1 3d 6h",
+    ("30d", 60): "page 14.4 1h 5m | page 6 6h 30m | ticket 3 1d 2h | ticket 1 3d 6h",
+    ("28d", 60): "page 13.44 1h 5m | page 5.6 6h 30m | ticket 2.8 1d 2h "
+    "| ticket 0.9333333333 3d 6h",
+    ("7d", 15): "page 13.44 15m 1m | page 8.4 1h 5m | ticket 2.8 6h 30m "
+    "| ticket 0.9333333333 18h 2h",
+    ("7d", 30): "page 13.44 15m 2m | page 8.4 1h 5m | ticket 2.8 6h 30m "
+    "| ticket 0.9333333333 18h 2h",
+    ("7d", 60): "page 13.44 15m 4m | page 8.4 1h 5m | ticket 2.8 6h 30m "
+    "| ticket 0.9333333333 18h 2h",
+    ("1d", 15): "page 14.4 2m 1m | page 6 12m 1m | ticket 3.2 45m 4m | ticket 1.2 2h 10m",
+    ("1d", 30): "page 14.4 2m 2m | page 6 12m 2m | ticket 3.2 45m 4m | ticket 1.2 2h 10m",
+    ("1d", 60): "page 14.4 4m 4m | page 6 12m 4m | ticket 3.2 45m 4m | ticket 1.2 2h 10m",
+    ("12h", 15): "page 14.4 1m 1m | page 6 6m 1m | ticket 3.6 20m 2m | ticket 1.2 1h 5m",
+    ("12h", 30): "page 14.4 2m 2m | page 6 6m 2m | ticket 3.6 20m 2m | ticket 1.2 1h 5m",
+    ("12h", 60): "page 14.4 4m 4m | page 6 6m 4m | ticket 3.6 20m 4m | ticket 1.2 1h 5m",
+    # The two page tiers get the same windows: one page, the lower factor's.
+    ("1h", 15): "page 6 1m 1m | ticket 3 2m 1m | ticket 1 6m 1m",
+    ("1h", 30): "page 6 2m 2m | ticket 3 2m 2m | ticket 1 6m 2m",
+    ("1h", 60): "page 6 4m 4m | ticket 3 4m 4m | ticket 1 6m 4m",
+}
+
+
+@pytest.mark.parametrize(("period", "scrape"), list(EFFECTIVE), ids=lambda v: str(v))
+def test_effective_windows_at_a_scrape_interval(period: str, scrape: int) -> None:
+    got = " | ".join(
+        f"{sev} {num(factor)} {long} {short}" for sev, factor, long, short in table(period, scrape)
+    )
+    assert got == EFFECTIVE[period, scrape]
+
+
+def _docs_row(period: str, scrape: int) -> str:
+    """A row of docs/alerts.md's table of effective windows."""
+    cells: dict[str, list[str]] = {"page": [], "ticket": []}
+    for w in scale(Period.parse(period).seconds, scrape):
+        long = w.long_text + ("\\*" if w.long_raised else "")
+        short = w.short_text + ("\\*" if w.short_raised else "")
+        merged = f" (tiers {w.merged[0]} and {w.tier})" if w.merged else ""
+        cells[w.severity].append(f"{num(round(w.factor, 2))}x {long} & {short}{merged}")
+    pages = cells["page"] + [""] * (2 - len(cells["page"]))
+    return f"| {period} | {scrape}s | " + " | ".join([*pages, *cells["ticket"]]) + " |"
+
+
+def test_the_docs_table_of_effective_windows_is_the_generators() -> None:
+    docs = (EXAMPLES.parent / "docs" / "alerts.md").read_text()
+    for period in ("30d", "28d", "7d", "1d", "12h", "1h"):
+        for scrape in (15, 30, 60):
+            row = _docs_row(period, scrape).replace(" |  |", " | |")
+            assert row in docs, row
+
+
+def test_raised_windows_keep_the_factor_and_say_so() -> None:
+    day = scale(DAY, 60)
+    assert [(w.long_raised, w.short_raised) for w in day] == [
+        (True, True), (False, True), (False, False), (False, False)
+    ]  # fmt: skip
+    page = day[0]
+    assert (page.scaled_long, page.scaled_short, page.long, page.short) == (120, 10, 240, 240)
+    assert page.factor == 14.4  # the period's factor, kept
+    assert page.share == pytest.approx(0.04)  # twice the tier's 2 %: its window is twice as long
+    hour = scale(HOUR, 60)
+    assert [(w.tier, w.merged) for w in hour] == [(2, (1,)), (3, ()), (4, ())]
+
+
+@pytest.mark.parametrize(
+    ("period", "scrape"),
+    [
+        (period, scrape)
+        for period in ("1h", "12h", "1d", "7d", "14d", "28d", "30d", "90d", "365d")
+        for scrape in (1, 10, 15, 30, 60, 90, 120)
+        # A longer scrape interval is refused by the spec's checks (test_spec.py).
+        if 40 * scrape <= Period.parse(period).seconds
+    ],
+)
+def test_every_tier_keeps_its_factor_and_at_least_its_share(period: str, scrape: int) -> None:
     seconds = Period.parse(period).seconds
-    windows = scale(seconds)
-    assert [w.share for w in windows] == [0.02, 0.05, 0.10, 0.10]
+    windows = scale(seconds, scrape)
+    least = floor(scrape)
+    assert least >= 4 * scrape
     for w in windows:
+        base = TIERS[w.tier - 1].share
+        assert w.factor * w.scaled_long / seconds == pytest.approx(base, rel=1e-9)
         assert w.factor * w.long / seconds == pytest.approx(w.share, rel=1e-9)
-        assert w.short < w.long
-    assert len({w.long for w in windows}) == 4
+        assert w.share >= base - 1e-12
+        assert least <= w.short <= w.long
+        assert w.factor > 1 if w.severity == "page" else w.factor > 0.5
+    tiers = [w.tier for w in windows] + [t for w in windows for t in w.merged]
+    assert sorted(tiers) == [1, 2, 3, 4]
+    keys = [(w.severity, w.long) for w in windows]
+    assert len(set(keys)) == len(keys)
 
 
 @pytest.mark.parametrize(
@@ -191,7 +285,7 @@ def test_alert_rules_per_alerting_options(alerting: Alerting, expected: list[str
     assert got == expected
 
 
-def test_burn_alert_labels_annotations_and_no_for() -> None:
+def test_burn_alert_labels_annotations_no_for_and_pages_ride_out_a_missed_scrape() -> None:
     s = slo(
         alerting=Alerting(
             page=Notify(labels={"route": "pager"}, annotations={"summary": "mine"}),
@@ -210,6 +304,10 @@ def test_burn_alert_labels_annotations_and_no_for() -> None:
     assert page["annotations"]["summary"] == "mine"
     assert page["annotations"]["runbook_url"] == "https://rb"
     assert "for" not in page
+    assert page["keep_firing_for"] == "2m"  # two scrape intervals (1m by default)
+    ticket = alert_rules(spec, s, scale(spec.period.seconds))[2]
+    assert ticket["labels"]["severity"] == "ticket"
+    assert "keep_firing_for" not in ticket and "for" not in ticket
     assert page["expr"] == (
         'msgtally:sli_error:ratio_rate1h{service="svc",slo="o"} > (14.4 * 0.001)\n'
         "and\n"
@@ -228,6 +326,7 @@ MINIMAL = """\
 version: msgtally/v1
 service: svc
 period: 12h
+scrape_interval: 15s
 slos:
   - {name: o, stream: orders, group: billing, sli: delivery, objective: 99}
 """
@@ -243,27 +342,27 @@ def test_render_exact() -> None:
         "groups:",
         "- name: msgtally-svc-o",
         "  rules:",
-        "  - record: msgtally:sli_error:ratio_rate5s",
+        "  - record: msgtally:sli_error:ratio_rate1m",
         "    expr: |-",
-        '      sum(increase(msgtally_messages_lost_total{stream="orders",group="billing"}[5s]))',
+        '      sum(increase(msgtally_messages_lost_total{stream="orders",group="billing"}[1m]))',
         "      /",
         '      (sum(increase(msgtally_messages_produced_total{stream="orders",group="billing"}'
-        "[5s])) > 0)",
+        "[1m])) > 0)",
         "    labels:",
         "      service: svc",
         "      slo: o",
         "      sli: delivery",
         "      stream: orders",
         "      group: billing",
-        "  - record: msgtally:sli_error:ratio_rate30s",
+        "  - record: msgtally:sli_error:ratio_rate2m",
     ]
     assert "&id" not in text and "*id" not in text
     assert yaml.safe_load(text) == generate(load_spec(MINIMAL))
     records = [r.get("record") for r in generate(load_spec(MINIMAL))["groups"][0]["rules"]]
-    assert records[:9] == [
+    assert records[:8] == [
         f"msgtally:sli_error:ratio_rate{w}"
-        for w in ("5s", "30s", "1m", "2m", "5m", "6m", "20m", "1h", "12h")
-    ]
+        for w in ("1m", "2m", "5m", "6m", "20m", "1h", "12h")
+    ] + ["msgtally:slo_objective:ratio"]
 
 
 def test_render_refuses_an_empty_rule_set() -> None:
@@ -316,3 +415,24 @@ def test_every_rule_file_in_the_repo_is_generated() -> None:
             assert path in generated, f"{name} looks like a hand-written rule file"
             assert text.startswith("# Code generated by msgtally")
 
+
+@pytest.mark.parametrize("scrape", ["1s", "15s", "1m", "2m", "5m"])
+def test_no_range_of_any_rule_is_shorter_than_four_scrape_intervals(scrape: str) -> None:
+    """Burn windows, contract look-backs, the rules on msgtally itself: every one."""
+    text = (EXAMPLES / "payments.yml").read_text().replace(
+        "service: payments\n", f"service: payments\nscrape_interval: {scrape}\n"
+    )
+    spec = load_spec(text)
+    least = 4 * spec.scrape_interval
+    ranges = [
+        _duration_seconds(d)
+        for group in generate(spec)["groups"]
+        for rule in group["rules"]
+        for d in re.findall(r"\[(\w+)\]", rule["expr"])
+    ]
+    assert ranges and min(ranges) >= least
+
+
+def _duration_seconds(text: str) -> int:
+    units = {"d": DAY, "h": HOUR, "m": 60, "s": 1}
+    return sum(int(n) * units[u] for n, u in re.findall(r"(\d+)([dhms])", text))

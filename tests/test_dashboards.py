@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import Engine
 
 from msgtally.alerts.rules import generate as generate_rules
-from msgtally.alerts.windows import scale
+from msgtally.alerts.windows import spec_windows
 from msgtally.cli import main
 from msgtally.dashboards import queries as q
 from msgtally.dashboards import sdk
@@ -240,7 +240,7 @@ def test_every_recording_rule_a_panel_reads_is_generated(spec_path: Path) -> Non
         for name in re.findall(r"msgtally:[a-z_:]+[0-9a-z]*", expr)
     }
     assert used and used <= recorded, used - recorded
-    windows = {w.long_text for w in scale(spec.period.seconds)}
+    windows = {w.long_text for w in spec_windows(spec)}
     assert {f"msgtally:sli_error:ratio_rate{w}" for w in windows} <= used
 
 

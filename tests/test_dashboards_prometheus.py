@@ -23,6 +23,7 @@ import itertools
 import re
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from msgtally.alerts.rules import generate as generate_rules
 from msgtally.dashboards.build import generate
 from msgtally.reconcile.config import ReconcileConfig
 from msgtally.slis.spec.load import load_spec
+from msgtally.slis.spec.model import Spec
 from msgtally.store.db import open_store
 from tests.conftest import LiveCollector
 from tests.promserver import Prometheus
@@ -43,6 +45,7 @@ SPEC = """\
 version: msgtally/v1
 service: e2e
 period: 12h
+scrape_interval: 1s
 slos:
   - {name: orders-delivery, stream: orders, group: billing, sli: delivery, objective: 99}
   - {name: orders-duplicates, stream: orders, sli: duplicates, objective: 99}
@@ -165,8 +168,36 @@ def _result(prom: Prometheus, target: dict[str, Any], expr: str, step: int) -> A
     return [series for series in result if series["values"]]
 
 
+def maintenance(now: float) -> str:
+    """A one-off maintenance window around now, one a day ago, a weekly one."""
+
+    def stamp(t: float) -> str:
+        return datetime.fromtimestamp(t - t % 60, UTC).isoformat()
+
+    return (
+        "maintenance:\n"
+        f"  - {{name: now, start: '{stamp(now - 3600)}', end: '{stamp(now + 3600)}'}}\n"
+        f"  - {{name: yesterday, start: '{stamp(now - 90_000)}', end: '{stamp(now - 86_400)}',"
+        " streams: [orders]}\n"
+        "  - {name: weekly, days: [monday], start: '01:00', end: '02:00', time_zone: UTC}\n"
+    )
+
+
+def _annotations(prom: Prometheus, spec: Spec) -> dict[str, int]:
+    """Maintenance annotation queries of every board -> series with data over the range."""
+    out: dict[str, int] = {}
+    for name, board in generate(spec).items():
+        for a in board["annotations"]["list"]:
+            if "expr" in a:
+                target = {"expr": a["expr"]}
+                out[f"{name}: {a['name']}"] = len(_result(prom, target, a["expr"], 60))
+            else:
+                assert a["target"]["queryType"] == "timeRegions"
+    return out
+
+
 def test_every_panel_query_parses_and_returns_data(tmp_path: Path) -> None:
-    spec = load_spec(SPEC)
+    spec = load_spec(SPEC + maintenance(time.time()))
     rules = tmp_path / "rules.yml"
     rules.write_text(render_rules(generate_rules(spec), spec.service))
     queries = panel_queries()
@@ -186,6 +217,7 @@ def test_every_panel_query_parses_and_returns_data(tmp_path: Path) -> None:
                 prom.check_running()
                 variables = _variable_values(prom, spec.service)
                 label_sets, counted = _counted_once(prom, queries)
+                annotations = _annotations(prom, spec)
         finally:
             stop.set()
             traffic.join(15)
@@ -196,6 +228,12 @@ def test_every_panel_query_parses_and_returns_data(tmp_path: Path) -> None:
     assert label_sets == 2
     assert 1.6 < counted < 2.4, f"naive sum / dashboard = {counted}: not counted once"
     assert time.monotonic() - started < WAIT + 30
+    # The one-off window around now shades the range shown; yesterday's does not.
+    assert annotations == {
+        f"{board}: Maintenance: {window}": int(window == "now")
+        for board in ("executive", "oncall", "debug")
+        for window in ("now", "yesterday")
+    }
 
 
 def _wait_for_data(prom: Prometheus, queries: list[Any]) -> list[str]:

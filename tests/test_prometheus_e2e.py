@@ -1,9 +1,9 @@
 """End to end: a real Prometheus scrapes a real collector and fires the generated page alerts.
 
 A 12h SLO period scales the fast-burn windows to 1m and 5s, so Prometheus
-(scrape and rule evaluation every second) can see a budget burn within
-seconds. One stream loses half its messages, the other none: the page fires
-for the lossy one only.
+(scrape and rule evaluation every second, declared in the spec: windows of 4s
+at least) can see a budget burn within seconds. One stream loses half its
+messages, the other none: the page fires for the lossy one only.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from sqlalchemy import Engine
 
 from msgtally.alerts.render import render_rules
 from msgtally.alerts.rules import generate
+from msgtally.alerts.selfmon import ALERTS
 from msgtally.reconcile.config import ReconcileConfig
 from msgtally.slis.spec.load import load_spec
 from msgtally.store.db import open_store
@@ -30,6 +31,7 @@ SPEC = """\
 version: msgtally/v1
 service: e2e
 period: 12h
+scrape_interval: 1s
 slos:
   - {name: lossy-delivery, stream: lossy, group: workers, sli: delivery, objective: 99}
   - {name: clean-delivery, stream: clean, group: workers, sli: delivery, objective: 99}
@@ -110,6 +112,13 @@ def test_page_fires_for_the_lossy_stream_only(tmp_path: Path) -> None:
                 time.sleep(0.5)
             assert clean == [0.0]
             assert not [a for a in _alerts(api) if a["labels"]["slo"] == "clean-delivery"]
+            # A live engine and collector: nothing of the rules on msgtally itself, not even
+            # pending; the engine's last pass is a second old or so.
+            mine = [a for name in ALERTS for a in _alerts(api, name)]
+            assert not mine, mine
+            lag = 'time() - max(msgtally_reconcile_last_pass_timestamp_seconds{job="msgtally"})'
+            result = httpx.get(f"{api}/api/v1/query", params={"query": lag}).json()
+            assert float(result["data"]["result"][0]["value"][1]) < 30
         finally:
             stop.set()
             stop_prometheus(proc)
@@ -120,6 +129,7 @@ def test_page_fires_for_the_lossy_stream_only(tmp_path: Path) -> None:
 CONTRACTS = """\
 version: msgtally/v1
 service: e2e
+scrape_interval: 1s
 contracts:
   - {stream: pay, semantics: exactly-once}
   - {stream: feed, semantics: at-least-once}

@@ -228,7 +228,7 @@ def test_check_command(tmp_path: Path) -> None:
     bad.write_text(BAD)
     ok = subprocess.run([*CLI, "check", str(good)], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
-    assert "ok (2 SLOs, service checkout, period 30d)" in ok.stdout
+    assert "ok (2 SLOs, service checkout, period 30d, scrape interval 1m)" in ok.stdout
     out = subprocess.run([*CLI, "check", str(bad)], capture_output=True, text=True)
     assert out.returncode == 1
     assert out.stdout == ""  # every problem goes to stderr, as for `alerts` and `dashboards`
@@ -257,10 +257,11 @@ def test_check_command(tmp_path: Path) -> None:
 
 
 def test_slo_commands_have_help() -> None:
-    for name in ("check", "alerts"):
+    for name in ("check", "alerts", "dashboards"):
         out = subprocess.run([*CLI, name, "--help"], capture_output=True, text=True, check=True)
         assert f"usage: msgtally {name}" in out.stdout
         assert "--buckets" in out.stdout
+        assert "--scrape-interval" in out.stdout
     for name in ("serve", "reconcile"):
         out = subprocess.run([*CLI, name, "--help"], capture_output=True, text=True, check=True)
         assert "--latency-buckets" in out.stdout
@@ -360,3 +361,85 @@ def test_every_contract_problem_with_line_and_field() -> None:
         (17, "contracts[4].colour"): "unknown field (known: group, semantics, stream)",
         (18, "contracts[5]"): "missing required field 'stream'",
     }
+
+
+SCRAPE = """\
+version: msgtally/v1
+service: s
+period: {period}
+scrape_interval: {scrape}
+slos:
+  - {{name: d, stream: orders, sli: delivery, objective: 99.9}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("scrape", "seconds"), [("15s", 15), ("30s", 30), ("1m", 60), ("1m30s", 90), ("1s", 1)]
+)
+def test_scrape_interval(scrape: str, seconds: int) -> None:
+    assert load_spec(SCRAPE.format(period="1d", scrape=scrape)).scrape_interval == seconds
+
+
+def test_scrape_interval_defaults_to_prometheus_own() -> None:
+    assert load_spec(VALID).scrape_interval == 60
+    # the command line's wins over the spec's
+    text = SCRAPE.format(period="1d", scrape="15s")
+    assert load_spec(text, scrape_interval=30).scrape_interval == 30
+
+
+@pytest.mark.parametrize("scrape", ["15", "0s", "1.5s", "500ms", "1d", "fast", '""', "-15s"])
+def test_bad_scrape_intervals(scrape: str) -> None:
+    (problem,) = check_spec(SCRAPE.format(period="1d", scrape=scrape))
+    assert (problem.line, problem.field) == (4, "scrape_interval")
+    assert "Must be a duration of whole seconds, at least 1s" in problem.message
+
+
+def test_a_scrape_interval_too_long_for_the_period() -> None:
+    (problem,) = check_spec(SCRAPE.format(period="1h", scrape="2m"))
+    assert (problem.line, problem.field) == (4, "scrape_interval")
+    assert problem.message == (
+        "2m is too long for a 1h period: no window is shorter than 4 scrape intervals, and "
+        "10 such windows must fit in the period (at most 1m30s for 1h)"
+    )
+    assert check_spec(SCRAPE.format(period="1h", scrape="90s")) == []
+    text = SCRAPE.format(period="1h", scrape="15s")
+    (flag,) = check_spec(text, scrape_interval=600)
+    assert (flag.line, flag.field) == (None, "--scrape-interval")
+
+
+def test_openslo_takes_the_scrape_interval_from_the_command_line() -> None:
+    text = (EXAMPLES / "inventory-28d.openslo.yml").read_text()
+    assert load_spec(text).scrape_interval == 60
+    assert load_spec(text, scrape_interval=15).scrape_interval == 15
+
+
+def test_check_prints_every_tier_and_what_was_raised(tmp_path: Path) -> None:
+    spec = tmp_path / "slo.yml"
+    spec.write_text(SCRAPE.format(period="1d", scrape="1m"))
+    out = subprocess.run([*CLI, "check", str(spec)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[1:] == [
+        "burn-rate tiers (no window shorter than 4m: four scrape intervals of 1m):",
+        "  tier 1: page at 14.4x over 4m (raised from 2m) and 4m (raised from 10s): 4% of the "
+        "budget spent in 4m (the factor is the period's: a longer window needs more budget "
+        "spent)",
+        "  tier 2: page at 6x over 12m and 4m (raised from 1m): 5% of the budget spent in 12m",
+        "  tier 3: ticket at 3.2x over 45m and 4m: 10% of the budget spent in 45m",
+        "  tier 4: ticket at 1.2x over 2h and 10m: 10% of the budget spent in 2h",
+    ]
+    flag = subprocess.run(
+        [*CLI, "check", str(spec), "--scrape-interval", "15s"], capture_output=True, text=True
+    )
+    assert "scrape interval 15s)" in flag.stdout
+    assert "  tier 1: page at 14.4x over 2m and 1m (raised from 10s): 2% of the budget" in (
+        flag.stdout
+    )
+    hour = tmp_path / "hour.yml"
+    hour.write_text(SCRAPE.format(period="1h", scrape="15s"))
+    out = subprocess.run([*CLI, "check", str(hour)], capture_output=True, text=True)
+    assert "; tier 1 raised to the same windows, merged into this one" in out.stdout
+    bad = subprocess.run(
+        [*CLI, "check", str(hour), "--scrape-interval", "15"], capture_output=True, text=True
+    )
+    assert bad.returncode == 2
+    assert "argument --scrape-interval: '15'. Must be a duration" in bad.stderr

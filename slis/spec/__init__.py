@@ -5,6 +5,7 @@ __all__ = [
     "checks",
     "fields",
     "load",
+    "maintenance",
     "model",
     "native",
     "openslo",

@@ -13,8 +13,19 @@ from typing import Any, TypeVar
 from msgtally.names import SLIKind, bucket_label
 
 from .fields import FieldReader
-from .model import DEFAULT_PERIOD, SLO, Alerting, Contract, Period
-from .yamldoc import Path
+from .model import (
+    DEFAULT_PERIOD,
+    DEFAULT_SCRAPE_INTERVAL,
+    FLOOR_FITS,
+    RESERVED_SLO_NAMES,
+    SLO,
+    WINDOW_SCRAPES,
+    Alerting,
+    Contract,
+    Period,
+    parse_interval,
+)
+from .yamldoc import Path, Problem
 
 E = TypeVar("E", bound=StrEnum)
 
@@ -26,6 +37,47 @@ def read_period(r: FieldReader, m: dict[str, Any], key: str, path: Path) -> Peri
     except ValueError as exc:
         r.problem((*path, key), str(exc))
         return None
+
+
+def read_scrape_interval(
+    r: FieldReader, m: dict[str, Any], path: Path, period: Period | None, override: int | None
+) -> int | None:
+    """The scrape interval: `override` (from --scrape-interval) else the spec's
+    `scrape_interval`, else the default; four of them must fit ten times in the period."""
+    key = "scrape_interval"
+    if override is not None:
+        seconds = override
+    elif key in m:
+        raw = m[key]
+        try:
+            seconds = parse_interval(raw if isinstance(raw, str) else repr(raw))
+        except ValueError as exc:
+            r.problem((*path, key), str(exc))
+            return None
+    else:
+        seconds = DEFAULT_SCRAPE_INTERVAL
+    if period is not None and WINDOW_SCRAPES * seconds * FLOOR_FITS > period.seconds:
+        most = period.seconds // (WINDOW_SCRAPES * FLOOR_FITS)
+        message = (
+            f"{_interval_text(seconds)} is too long for a {period.text} period: no window is "
+            f"shorter than {WINDOW_SCRAPES} scrape intervals, and {FLOOR_FITS} such windows "
+            f"must fit in the period (at most {_interval_text(most)} for {period.text})"
+        )
+        if override is not None:
+            r.problems.append(Problem(None, "--scrape-interval", message))
+        else:
+            r.problem((*path, key), message)
+        return None
+    return seconds
+
+
+def _interval_text(seconds: int) -> str:
+    out = ""
+    for unit, size in (("h", 3_600), ("m", 60), ("s", 1)):
+        n, seconds = divmod(seconds, size)
+        if n:
+            out += f"{n}{unit}"
+    return out or "0s"
 
 
 def check_unique(r: FieldReader, names: list[Any], paths: list[Path]) -> None:
@@ -64,9 +116,17 @@ def check_slo(
     description: str | None = None,
     alerting: Alerting | None = None,
     threshold_path: Path | None = None,
+    name_path: Path | None = None,
 ) -> SLO | None:
     """The checks every loader shares: objective range, latency threshold vs buckets."""
     threshold_path = threshold_path or (*path, "threshold")
+    if name in RESERVED_SLO_NAMES:
+        r.problem(
+            name_path or (*path, "name"),
+            f"{name!r} names a rule group of msgtally's own (reserved: "
+            f"{', '.join(sorted(RESERVED_SLO_NAMES))})",
+        )
+        name = None
     if objective is not None and not 0 < objective < 100:
         r.problem((*path, "objective"), f"{objective:g} is not a percentage above 0 and below 100")
         objective = None

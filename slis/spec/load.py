@@ -18,15 +18,21 @@ from .yamldoc import Doc, Problem, SpecError, parse_documents
 
 
 def load_spec(
-    text: str, *, buckets: Sequence[float] = DEFAULT_BUCKETS, source: str = "spec"
+    text: str,
+    *,
+    buckets: Sequence[float] = DEFAULT_BUCKETS,
+    source: str = "spec",
+    scrape_interval: int | None = None,
 ) -> Spec:
-    """A spec from YAML text, native or OpenSLO; raises SpecError with every problem."""
+    """A spec from YAML text, native or OpenSLO; raises SpecError with every problem.
+
+    `scrape_interval` (seconds, from --scrape-interval) wins over the spec's."""
     docs = list(_documents(text, source))
     first = docs[0].data if docs else None
     if isinstance(first, dict) and "apiVersion" in first:
-        spec, problems = read_openslo(docs, buckets)
+        spec, problems = read_openslo(docs, buckets, scrape_interval)
     elif len(docs) == 1:
-        spec, problems = read_native(docs[0], buckets)
+        spec, problems = read_native(docs[0], buckets, scrape_interval)
     else:
         line = docs[1].line(()) if len(docs) > 1 else 1
         spec, problems = None, [Problem(line, "(document)", "a spec is one YAML document")]
@@ -35,17 +41,31 @@ def load_spec(
     return spec
 
 
-def read_spec_file(path: str | FilePath, *, buckets: Sequence[float] = DEFAULT_BUCKETS) -> Spec:
+def read_spec_file(
+    path: str | FilePath,
+    *,
+    buckets: Sequence[float] = DEFAULT_BUCKETS,
+    scrape_interval: int | None = None,
+) -> Spec:
     path = FilePath(path)
-    return load_spec(path.read_text(encoding="utf-8"), buckets=buckets, source=str(path))
+    return load_spec(
+        path.read_text(encoding="utf-8"),
+        buckets=buckets,
+        source=str(path),
+        scrape_interval=scrape_interval,
+    )
 
 
 def check_spec(
-    text: str, *, buckets: Sequence[float] = DEFAULT_BUCKETS, source: str = "spec"
+    text: str,
+    *,
+    buckets: Sequence[float] = DEFAULT_BUCKETS,
+    source: str = "spec",
+    scrape_interval: int | None = None,
 ) -> list[Problem]:
     """Every problem of a spec; an empty list when it is valid."""
     try:
-        load_spec(text, buckets=buckets, source=source)
+        load_spec(text, buckets=buckets, source=source, scrape_interval=scrape_interval)
     except SpecError as exc:
         return exc.problems
     return []

@@ -7,20 +7,49 @@ from typing import Any
 
 from msgtally.names import SLIKind
 
-from .checks import check_contracts, check_slo, check_unique, read_choice, read_period
+from .checks import (
+    check_contracts,
+    check_slo,
+    check_unique,
+    read_choice,
+    read_period,
+    read_scrape_interval,
+)
 from .fields import FieldReader
-from .model import ALL_GROUPS, SLO, VERSION, Alerting, Contract, Notify, Spec
+from .maintenance import read_maintenance
+from .model import (
+    ALL_GROUPS,
+    DEFAULT_COLLECTOR_JOB,
+    SLO,
+    VERSION,
+    Alerting,
+    Contract,
+    Notify,
+    Spec,
+)
 from .semantics import Semantics
 from .yamldoc import Doc, Path, Problem
 
-_TOP = ("version", "service", "period", "labels", "slos", "contracts")
+_TOP = (
+    "version",
+    "service",
+    "period",
+    "scrape_interval",
+    "collector_job",
+    "labels",
+    "slos",
+    "contracts",
+    "maintenance",
+)
 _SLO = ("name", "stream", "group", "sli", "objective", "threshold", "description", "alerting")
 _ALERTING = ("page", "ticket", "runbook", "disable")
 _NOTIFY = ("labels", "annotations", "disable")
 _CONTRACT = ("stream", "group", "semantics")
 
 
-def read_native(doc: Doc, buckets: Sequence[float]) -> tuple[Spec | None, list[Problem]]:
+def read_native(
+    doc: Doc, buckets: Sequence[float], scrape_interval: int | None = None
+) -> tuple[Spec | None, list[Problem]]:
     """A `msgtally/v1` document -> (Spec, problems); Spec is None when there are problems."""
     r = FieldReader(doc)
     top = r.mapping(doc.data, (), _TOP, required=("version", "service"))
@@ -33,6 +62,8 @@ def read_native(doc: Doc, buckets: Sequence[float]) -> tuple[Spec | None, list[P
         r.problem(("version",), f"has value {version!r}. Must be {VERSION!r}.")
     service = r.name(top, "service", ())
     period = read_period(r, top, "period", ())
+    scrape = read_scrape_interval(r, top, (), period, scrape_interval)
+    job = r.string(top, "collector_job", ()) or DEFAULT_COLLECTOR_JOB
     labels = r.text_map(top, "labels", (), labels=True)
     slos: list[SLO] = []
     raw = top.get("slos")
@@ -47,10 +78,19 @@ def read_native(doc: Doc, buckets: Sequence[float]) -> tuple[Spec | None, list[P
         names = [i.get("name") if isinstance(i, dict) else None for i in raw]
         check_unique(r, names, [("slos", i, "name") for i in range(len(raw))])
     contracts = _read_contracts(r, top, {slo.stream for slo in slos})
-    if r.problems or service is None or period is None:
+    streams = {slo.stream for slo in slos} | {c.stream for c in contracts}
+    maintenance = read_maintenance(r, top, streams)
+    if r.problems or service is None or period is None or scrape is None:
         return None, r.problems
     spec = Spec(
-        service=service, period=period, labels=labels, slos=tuple(slos), contracts=contracts
+        service=service,
+        period=period,
+        labels=labels,
+        slos=tuple(slos),
+        contracts=contracts,
+        scrape_interval=scrape,
+        collector_job=job,
+        maintenance=maintenance,
     )
     return spec, r.problems
 

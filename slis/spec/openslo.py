@@ -25,7 +25,7 @@ from typing import Any
 
 from msgtally.names import INDICATORS, RatioIndicator, SLIKind, counter
 
-from .checks import check_slo, check_unique, read_period
+from .checks import check_slo, check_unique, read_period, read_scrape_interval
 from .fields import FieldReader
 from .model import SLO, Spec
 from .yamldoc import Doc, Path, Problem
@@ -60,8 +60,13 @@ _MATCHER = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*
 _WEEKS = re.compile(r"^([1-9][0-9]*)w$")
 
 
-def read_openslo(docs: list[Doc], buckets: Sequence[float]) -> tuple[Spec | None, list[Problem]]:
-    """OpenSLO documents -> (Spec, problems); Spec is None when there are problems."""
+def read_openslo(
+    docs: list[Doc], buckets: Sequence[float], scrape_interval: int | None = None
+) -> tuple[Spec | None, list[Problem]]:
+    """OpenSLO documents -> (Spec, problems); Spec is None when there are problems.
+
+    OpenSLO has no place for Prometheus's scrape interval: `scrape_interval`
+    (from --scrape-interval) or the default."""
     problems: list[Problem] = []
     slos: list[SLO] = []
     shared: dict[str, tuple[Any, int | None]] = {}
@@ -94,12 +99,18 @@ def read_openslo(docs: list[Doc], buckets: Sequence[float]) -> tuple[Spec | None
     problems += dup.problems
     if problems:
         return None, problems
+    period = shared["period"][0]
+    flag = FieldReader(Doc(data=None))
+    scrape = read_scrape_interval(flag, {}, (), period, scrape_interval)
+    if scrape is None:
+        return None, flag.problems
     return (
         Spec(
             service=shared["service"][0],
-            period=shared["period"][0],
+            period=period,
             labels=shared["labels"][0],
             slos=tuple(slos),
+            scrape_interval=scrape,
         ),
         [],
     )
@@ -181,6 +192,7 @@ def _read_slo(
         threshold_given=threshold is not None,
         description=r.string(spec, "description", ("spec",)),
         threshold_path=tpath,
+        name_path=("metadata", "name"),
     )
 
 
@@ -265,7 +277,7 @@ def _read_indicator(
         r.problem(
             path,
             f"is not one of msgtally's SLIs ({', '.join(SLIKind)}: "
-            "the README's table of SLI kinds)",
+            "the table of SLI kinds in docs/alerts.md)",
         )
         return none
     matchers = [m for _, m in num + total]

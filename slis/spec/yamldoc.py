@@ -6,6 +6,7 @@ as `line N: slo NAME: field: reason`, the way a linter does.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,9 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 Path = tuple[str | int, ...]
+_INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"
+_SEXAGESIMAL = re.compile(r"^[-+]?[0-9][0-9_]*(:[0-5]?[0-9])+(\.[0-9_]*)?$")
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,12 @@ def _convert(node: Node, path: Path, doc: Doc, construct: SafeConstructor) -> An
     if isinstance(node, SequenceNode):
         return [_convert(item, (*path, i), doc, construct) for i, item in enumerate(node.value)]
     assert isinstance(node, ScalarNode)
+    if node.style is None and (
+        node.tag == _TIMESTAMP or (node.tag in (_INT, _FLOAT) and _SEXAGESIMAL.match(node.value))
+    ):
+        # YAML 1.1 reads 22:00 as the number 1320 and 2025-06-14T22:00:00Z as a date: a
+        # spec means the text (a time of day, an RFC 3339 timestamp), checked as such.
+        return node.value
     return construct.construct_object(node, deep=True)
 
 
