@@ -7,6 +7,7 @@ import contextlib
 import gc
 import json
 import logging
+import signal
 import socket
 import sys
 import time
@@ -141,7 +142,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except CommandError as exc:
             sock.close()
             raise CommandError(f"{exc} (OTLP/gRPC: --otlp-grpc-port, --no-otlp-grpc)") from None
-    options = settings.collector_options()
+    token_file = settings.token_file_source()
+    options = settings.collector_options(token_file)
     spec = _spec(settings)
     store = open_store(settings.db)
     app = create_app(store, settings.reconcile_config(), spec=spec, **options)
@@ -161,6 +163,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                f"WARNING: anyone who reaches {settings.host}:{settings.port} can post records"),
             file=sys.stderr,
         )  # fmt: skip
+    if token_file is not None:
+        # A rotation without a restart: the file is read again when it changes and on SIGHUP.
+        token_file.watch()
+        signal.signal(signal.SIGHUP, lambda _sig, _frame: token_file.reload_soon())
     server = uvicorn.Server(uvicorn.Config(app, log_level="info"))
     # Everything loaded so far lives as long as the process: out of the cyclic
     # GC's sight, full collections stop walking it on every few thousand
@@ -169,6 +175,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Ctrl-C or SIGINT: uvicorn has shut down cleanly by the time it re-raises.
     with contextlib.suppress(KeyboardInterrupt):
         server.run(sockets=[sock])
+    if token_file is not None:
+        token_file.stop()
     if not server.started:  # uvicorn logged why (the application did not start)
         raise CommandError("the collector did not start (see above)")
     return 0
@@ -308,8 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--token-file",
         metavar="FILE",
-        help="require `Authorization: Bearer <token>` on every endpoint but /healthz "
-        "(or MSGTALLY_TOKEN)",
+        help="require `Authorization: Bearer <token>` on every endpoint but /healthz, "
+        "with one of the file's tokens (one a line, # comments); the file is read again "
+        "on SIGHUP and when it changes (or MSGTALLY_TOKEN: one token)",
     )
     p.add_argument(
         "--metrics-open", action="store_true", help="with a token, leave /metrics open"

@@ -6,7 +6,6 @@ Read from MSGTALLY_* environment variables; command-line flags override them.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from pydantic import Field, ValidationError, field_validator
@@ -29,6 +28,8 @@ from msgtally.reconcile.config import (
 )
 from msgtally.store.url import DEFAULT_DB_URL
 
+from .auth import TokenError, TokenFile, Tokens
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MSGTALLY_", extra="forbid")
@@ -42,7 +43,7 @@ class Settings(BaseSettings):
     max_inflight: int = Field(default=DEFAULT_MAX_INFLIGHT, ge=1024)
     read_timeout: float = Field(default=DEFAULT_READ_TIMEOUT, gt=0)
     max_series: int = Field(default=DEFAULT_MAX_SERIES, ge=1, le=MAX_SERIES)
-    token: str | None = None  # MSGTALLY_TOKEN; --token-file reads it from a file
+    token: str | None = None  # MSGTALLY_TOKEN; --token-file reads tokens from a file
     token_file: str | None = None
     spec: str | None = None  # an SLO spec whose delivery contracts the SLIs show
     metrics_open: bool = False
@@ -64,28 +65,27 @@ class Settings(BaseSettings):
                 raise ValueError(f"deadline of stream {stream!r} is {seconds}; must be > 0")
         return value
 
-    def bearer_token(self) -> str | None:
-        """The token every request must carry, from the file or the environment."""
+    def token_file_source(self) -> TokenFile | None:
+        """The token file, read (`--token-file`); None without one."""
         if self.token_file is None:
-            return self.token or None
+            return None
         try:
-            token = Path(self.token_file).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise SettingsError(
-                f"--token-file: cannot read {self.token_file}: {exc.strerror}"
-            ) from None
-        if not token:
-            raise SettingsError(f"--token-file: {self.token_file} is empty")
-        return token
+            return TokenFile(self.token_file)
+        except TokenError as exc:
+            raise SettingsError(f"--token-file: {exc}") from None
 
-    def collector_options(self) -> dict[str, Any]:
-        """What msgtally.app.create_app takes from the settings."""
+    def collector_options(self, token_file: TokenFile | None = None) -> dict[str, Any]:
+        """What msgtally.app.create_app takes from the settings (the tokens
+        of `token_file` when given, which its watcher keeps current)."""
+        tokens = token_file.tokens if token_file is not None else None
+        if tokens is None and self.token_file is None and self.token:
+            tokens = Tokens([self.token])
         return {
             "max_body": self.max_body,
             "max_inflight": self.max_inflight,
             "read_timeout": self.read_timeout,
             "max_series": self.max_series,
-            "token": self.bearer_token(),
+            "token": tokens,
             "metrics_open": self.metrics_open,
             "reconcile_interval": self.interval if self.reconcile else None,
             "otlp_grpc": (self.host, self.otlp_grpc_port) if self.otlp_grpc else None,
