@@ -18,13 +18,15 @@ from typing import TYPE_CHECKING
 from msgtally import __version__
 from msgtally.store.url import DEFAULT_DB_URL
 
-from . import slo_commands
+from . import logs, slo_commands
 from .errors import CommandError
 
 if TYPE_CHECKING:
     from msgtally.slis.spec.model import Spec
 
     from .settings import Settings
+
+log = logging.getLogger("msgtally")
 
 # Where a missing module comes from: the extra that installs it.
 _EXTRAS = {
@@ -110,6 +112,23 @@ def _add_reconcile(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_logging(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--log-level",
+        choices=logs.LEVELS,
+        type=str.lower,
+        help="log records at this level and above (default: MSGTALLY_LOG_LEVEL or info)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=logs.FORMATS,
+        type=str.lower,
+        help="text lines, or one JSON object a line: time, level, logger, message (and "
+        "exc_info; method, path, status, duration_ms for access lines) "
+        "(default: MSGTALLY_LOG_FORMAT or text)",
+    )
+
+
 def _listen(host: str, port: int) -> socket.socket:
     """Bind before saying "listening": a busy port is an error, not a log line."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -132,6 +151,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .settings import settings_from_args
 
     settings = settings_from_args(args)
+    logs.configure(settings.log_level, settings.log_format)
     sock = _listen(settings.host, settings.port)
     if settings.otlp_grpc:  # the gRPC server binds once serving; say it is busy now
         if settings.otlp_grpc_port == settings.port != 0:
@@ -149,25 +169,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(store, settings.reconcile_config(), spec=spec, **options)
     loop = f"every {settings.interval:g}s" if settings.reconcile else "off"
     grpc = f"{settings.host}:{settings.otlp_grpc_port}" if settings.otlp_grpc else "off"
-    print(
-        f"msgtally collector on http://{settings.host}:{settings.port} "
-        f"(store: {store.url.render_as_string(hide_password=True)}, "
-        f"reconcile: {loop}, OTLP: /v1/traces and gRPC {grpc})",
-        file=sys.stderr,
-    )
+    log.info(
+        "msgtally collector on http://%s:%d (store: %s, reconcile: %s, OTLP: /v1/traces and "
+        "gRPC %s)", settings.host, settings.port, store.url.render_as_string(hide_password=True),
+        loop, grpc,
+    )  # fmt: skip
     if options["token"] is None:
-        local = settings.host in ("127.0.0.1", "::1", "localhost")
-        print(
-            "no token (--token-file or MSGTALLY_TOKEN): "
-            + ("only this machine can reach it" if local else
-               f"WARNING: anyone who reaches {settings.host}:{settings.port} can post records"),
-            file=sys.stderr,
-        )  # fmt: skip
+        if settings.host in ("127.0.0.1", "::1", "localhost"):
+            log.info("no token (--token-file or MSGTALLY_TOKEN): only this machine can reach it")
+        else:
+            log.warning("no token (--token-file or MSGTALLY_TOKEN): anyone who reaches %s:%d "
+                        "can post records", settings.host, settings.port)  # fmt: skip
+    elif token_file is not None:
+        log.info("%d token(s) from %s, read again on SIGHUP and when it changes",
+                 len(token_file.tokens), token_file.path)  # fmt: skip
     if token_file is not None:
         # A rotation without a restart: the file is read again when it changes and on SIGHUP.
         token_file.watch()
         signal.signal(signal.SIGHUP, lambda _sig, _frame: token_file.reload_soon())
-    server = uvicorn.Server(uvicorn.Config(app, log_level="info"))
+    # Logging is ours (log_config=None): uvicorn's records go through the root
+    # handler; its access log (no duration) is off, ours is on with --access-log.
+    asgi = logs.AccessLog(app) if settings.access_log else app
+    server = uvicorn.Server(uvicorn.Config(asgi, log_config=None, access_log=False))
     # Everything loaded so far lives as long as the process: out of the cyclic
     # GC's sight, full collections stop walking it on every few thousand
     # allocations a request makes (bench/otlp_rate.py, bench/ingest_rate.py).
@@ -190,12 +213,13 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     from .settings import settings_from_args
 
     settings = settings_from_args(args)
+    if args.loop:
+        logs.configure(settings.log_level, settings.log_format)
     store = open_store(settings.db)
     config = settings.reconcile_config()
     if args.loop:
         loop = EngineLoop(store, config, settings.interval)
-        shown = store.url.render_as_string(hide_password=True)
-        print(f"msgtally engine on {shown}", file=sys.stderr)
+        log.info("msgtally engine on %s", store.url.render_as_string(hide_password=True))
         loop.start()
         with contextlib.suppress(KeyboardInterrupt):
             while True:
@@ -323,6 +347,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--metrics-open", action="store_true", help="with a token, leave /metrics open"
     )
+    _add_logging(p)
+    p.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log every HTTP request at INFO on msgtally.access (method, path, status, "
+        "duration; default: MSGTALLY_ACCESS_LOG or off)",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
@@ -340,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--loop", action="store_true", help="keep reconciling every --interval")
     p.add_argument("--interval", type=float, help="seconds between passes with --loop")
+    _add_logging(p)
     p.set_defaults(func=cmd_reconcile)
 
     p = sub.add_parser(
@@ -420,6 +452,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _fail(args: argparse.Namespace, exc: BaseException, message: str, code: int) -> int:
     """One line on stderr, naming the command; the traceback only with -v."""
+    if logs.json_configured():  # a collector logging JSON: its last words are JSON too
+        logging.getLogger("msgtally").error(
+            "msgtally %s: %s", args.command, message, exc_info=exc if args.verbose else None
+        )
+        return code
     if args.verbose:
         traceback.print_exception(exc)
     print(f"msgtally {args.command}: {message}", file=sys.stderr)

@@ -29,6 +29,7 @@ from msgtally.reconcile.config import (
 from msgtally.store.url import DEFAULT_DB_URL
 
 from .auth import TokenError, TokenFile, Tokens
+from .logs import LogFormat, LogLevel
 
 
 class Settings(BaseSettings):
@@ -56,6 +57,14 @@ class Settings(BaseSettings):
     expected_groups: dict[str, list[str]] = Field(default_factory=dict)
     latency_buckets: list[float] = Field(default_factory=lambda: list(DEFAULT_BUCKETS))
     budget: int = Field(default=DEFAULT_BUDGET, ge=1)
+    log_level: LogLevel = "info"
+    log_format: LogFormat = "text"
+    access_log: bool = False
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("stream_deadlines")
     @classmethod
@@ -115,6 +124,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     for name in (
         "db", "host", "port", "deadline", "settle", "remember", "interval", "max_body",
         "max_inflight", "read_timeout", "max_series", "token_file", "spec", "otlp_grpc_port",
+        "log_level", "log_format",
     ):  # fmt: skip
         value = getattr(args, name, None)
         if value is not None:
@@ -127,6 +137,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         overrides["metrics_open"] = True
     if getattr(args, "no_otlp_grpc", False):
         overrides["otlp_grpc"] = False
+    if getattr(args, "access_log", False):
+        overrides["access_log"] = True
     if getattr(args, "stream_deadline", None):
         overrides["stream_deadlines"] = {s: float(v) for s, v in args.stream_deadline}
     if getattr(args, "expect", None):

@@ -80,7 +80,7 @@ def calls(tally: Tally, n_ids: int, group: str = "g") -> None:
 
 
 def test_a_token_file_holds_tokens_one_a_line_with_comments() -> None:
-    text = "# rotated 2024-05-01\n\n  old-token  \r\nnew-token\n# old-token goes next week\nnew-token\n"
+    text = "# rotated 2024-05-01\n\n  old-token  \r\nnew-token\n# old one goes soon\nnew-token\n"
     assert parse_tokens(text, "tokens") == ("old-token", "new-token")
     with pytest.raises(TokenError, match=r"^tokens, line 2: a token is printable ASCII"):
         parse_tokens("good\ntwo words\n", "tokens")
@@ -305,6 +305,7 @@ def test_a_rotation_with_sighup_on_a_running_collector_loses_nothing(
         proc.send_signal(signal.SIGINT)
         proc.wait(20)
     assert proc.returncode == 0, log_path.read_text()
+    assert "read again (SIGHUP): 2 token(s) in force" in log_path.read_text()
     got, want = figures(row, produced=500, delivered=500, attempts=500)
     assert got == want
     assert metrics[UNAUTHORIZED] == refusals >= 1
