@@ -7,6 +7,7 @@ import contextlib
 import gc
 import json
 import logging
+import os
 import signal
 import socket
 import sys
@@ -22,6 +23,8 @@ from . import logs, slo_commands
 from .errors import CommandError
 
 if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
+
     from msgtally.slis.spec.model import Spec
 
     from .settings import Settings
@@ -285,8 +288,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(db=args.db or "msgtally-demo.db", seed=args.seed, ids=args.ids)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a closed stdout under --help or --version is a closed
+    stdout (exit 141), not an error swallowed and an exit code 0."""
+
+    def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
+        if message:
+            (file or sys.stderr).write(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="msgtally",
         description="Message delivery SLIs: joins produced and consumed message ids into "
         "delivered, lost, duplicated, retried, unexpected and latency figures.",
@@ -295,7 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="log more; show tracebacks of errors"
     )
     parser.add_argument("--version", action="version", version=f"msgtally {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub: argparse._SubParsersAction[argparse.ArgumentParser] = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
 
     p = sub.add_parser(
         "serve",
@@ -423,7 +437,38 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     return tuple(known)
 
 
+# The exit code when stdout closes early (`msgtally report | head -1`): what
+# a shell reports for a command that SIGPIPE ended (128 + 13), as for `yes | head`.
+EXIT_STDOUT_CLOSED = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; its exit code (docs/operations.md, "Exit codes")."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, not at exit, where a closed pipe cannot be caught
+    except BrokenPipeError:
+        return _stdout_closed()
+    except SystemExit:  # argparse after --help, --version or a usage error
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            return _stdout_closed()
+        raise
+    return code
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout has gone: stop quietly. What is still buffered
+    goes nowhere (not a traceback at exit)."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return EXIT_STDOUT_CLOSED
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
