@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from msgtally import __version__
+from msgtally.slis.read.report import legend as report_legend
 from msgtally.store.url import DEFAULT_DB_URL
 
 from . import logs, slo_commands
@@ -391,11 +392,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "report",
         help="print the SLIs per stream and group",
-        description="Print the SLIs per stream and consumer group.",
+        description="Print the SLIs per stream and consumer group, from the store:\n"
+        "what the collector's engine has judged so far.",
+        epilog=report_legend(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_db(p)
     _add_spec(p)
-    p.add_argument("--json", action="store_true", help="a JSON list of objects")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="a JSON list, an object per stream and group (the fields of GET /v1/slis)",
+    )
     p.add_argument("--stream", help="only this stream")
     p.add_argument("--group", help="only this consumer group")
     p.set_defaults(func=cmd_report)
