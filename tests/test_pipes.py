@@ -21,7 +21,7 @@ from msgtally.store.db import open_store
 
 T0 = 1_700_000_000.0
 SPEC = Path(__file__).resolve().parents[1] / "examples" / "checkout.yml"
-STREAMS = 300  # a report far larger than a pipe's buffer (64 KiB)
+STREAMS = 120  # a report larger than a pipe's buffer (64 KiB)
 
 
 @pytest.fixture(scope="module")
@@ -57,12 +57,9 @@ def _no_reader(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize(
     "args",
     [
-        ["report"],
         ["report", "--json"],
         ["report", "--help"],
-        ["--help"],
         ["--version"],
-        ["check", str(SPEC)],
         ["alerts", str(SPEC)],
     ],
     ids=" ".join,
