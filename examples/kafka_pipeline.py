@@ -84,6 +84,7 @@ def collector_answers(args: argparse.Namespace) -> bool:
 def create_topics(bootstrap: str, *names: str) -> None:
     """The topic and its dead-letter topic, 3 partitions each (if not there yet)."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.list_topics(timeout=10)  # raises KafkaException when no broker answers
     made = admin.create_topics([NewTopic(n, num_partitions=3, replication_factor=1)
                                 for n in names])  # fmt: skip
     for future in made.values():
@@ -101,9 +102,9 @@ def main() -> int:
         return 1
     try:
         create_topics(args.bootstrap, topic, f"{topic}.dlq")
-    except KafkaException as exc:
+    except (KafkaException, TimeoutError) as exc:
         print(f"cannot create topic {topic} at {args.bootstrap} (--bootstrap, "
-              f"KAFKA_BOOTSTRAP_SERVERS): {exc}", file=sys.stderr)  # fmt: skip
+              f"KAFKA_BOOTSTRAP_SERVERS): {exc!r}", file=sys.stderr)  # fmt: skip
         return 1
     config = {"bootstrap.servers": args.bootstrap}
 

@@ -24,8 +24,8 @@ from msgtally.ingest.intake.metrics import OTHER, REASONS
 from msgtally.reconcile.config import ReconcileConfig
 from msgtally.reconcile.engine import reconcile
 from msgtally.slis.read.report import legend_markdown
-from msgtally.store.db import open_store
-from tests.conftest import LiveCollector, service_unavailable
+from msgtally.store.db import StoreError, open_store
+from tests.conftest import PG_ADMIN_URL, LiveCollector, service_unavailable
 from tests.kafka_broker import Tansu
 
 REPO = Path(__file__).resolve().parents[1]
@@ -208,3 +208,17 @@ def test_every_key_of_slis_and_discrepancies_and_only_those(tmp_path: Path) -> N
     assert answer["next"] is not None  # two lost ids, one a page
     assert keys("### `GET /v1/discrepancies` keys") == list(answer)
     assert keys("Each object of `ids`:") == list(answer["ids"][0])
+
+
+@pytest.mark.postgres
+def test_a_postgresql_database_that_does_not_exist_says_how_to_create_it() -> None:
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/msgtally_never_created"
+    with pytest.raises(StoreError) as error:
+        open_store(url)
+    message = str(error.value)
+    if 'database "msgtally_never_created" does not exist' not in message:
+        service_unavailable(f"PostgreSQL at {PG_ADMIN_URL} unreachable: {message}")
+    assert message.endswith(
+        '; create it first: createdb msgtally_never_created '
+        '(or in psql: CREATE DATABASE "msgtally_never_created";)'
+    )
