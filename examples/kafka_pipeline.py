@@ -35,11 +35,16 @@ import time
 from typing import Any
 
 import httpx
-from confluent_kafka import KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
 
 from msgtally import Tally
-from msgtally.ingest.shim.adapters.kafka import Consumer, Publisher, Received
+
+try:
+    from confluent_kafka import KafkaException, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from msgtally.ingest.shim.adapters.kafka import Consumer, Publisher, Received
+except ModuleNotFoundError as missing:  # the shim alone: no broker client
+    sys.exit(f"this example needs {missing.name}: pip install 'msgtally[kafka]'")
 
 FIGURES = ("produced", "delivered", "lost", "duplicated", "retried", "attempts",
            "dead_lettered", "consume_errors")  # fmt: skip

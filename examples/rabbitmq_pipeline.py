@@ -34,10 +34,15 @@ import time
 from typing import Any
 
 import httpx
-import pika
 
 from msgtally import Tally
-from msgtally.ingest.shim.adapters.rabbitmq import Publisher, Received, tallied
+
+try:
+    import pika
+
+    from msgtally.ingest.shim.adapters.rabbitmq import Publisher, Received, tallied
+except ModuleNotFoundError as missing:  # the shim alone: no broker client
+    sys.exit(f"this example needs {missing.name}: pip install 'msgtally[rabbitmq]'")
 
 FIGURES = ("produced", "delivered", "lost", "duplicated", "retried", "attempts",
            "dead_lettered", "consume_errors")  # fmt: skip
