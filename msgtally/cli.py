@@ -191,6 +191,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # A rotation without a restart: the file is read again when it changes and on SIGHUP.
         token_file.watch()
         signal.signal(signal.SIGHUP, lambda _sig, _frame: token_file.reload_soon())
+    else:  # a reload (`systemctl reload`) must not end the collector (SIGHUP's default)
+        signal.signal(signal.SIGHUP, lambda _sig, _frame: log.info("SIGHUP: no token file "
+                                                                   "to read again"))
     # Logging is ours (log_config=None): uvicorn's records go through the root
     # handler; its access log (no duration) is off, ours is on with --access-log.
     asgi = logs.AccessLog(app) if settings.access_log else app

@@ -30,8 +30,9 @@ REQUESTS = 12
 
 
 class Served:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, proc: subprocess.Popen[bytes]) -> None:
         self.url = url
+        self.proc = proc
         self.lines: list[str] = []
 
 
@@ -47,7 +48,7 @@ def serve(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> Iter
             cwd=tmp_path, stderr=out, stdout=subprocess.DEVNULL,
             env={**os.environ, **(env or {})},
         )  # fmt: skip
-    served = Served(f"http://127.0.0.1:{port}")
+    served = Served(f"http://127.0.0.1:{port}", proc)
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -79,7 +80,12 @@ def traffic(url: str) -> None:
 def test_no_access_log_by_default(tmp_path: Path) -> None:
     with serve(tmp_path) as served:
         traffic(served.url)
+        # `systemctl reload` without a token file: said, and the collector goes on.
+        served.proc.send_signal(signal.SIGHUP)
+        traffic(served.url)
     lines = served.lines
+    assert sum(" INFO msgtally: SIGHUP: no token file to read again" in line
+               for line in lines) == 1  # fmt: skip
     assert any(" INFO msgtally: msgtally collector on " in line for line in lines)
     assert any(" INFO uvicorn.error: Application startup complete." in line for line in lines)
     assert not [line for line in lines if "/v1/records" in line or "/metrics" in line]
