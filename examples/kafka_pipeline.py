@@ -88,7 +88,7 @@ def collector_answers(args: argparse.Namespace) -> bool:
 
 def create_topics(bootstrap: str, *names: str) -> None:
     """The topic and its dead-letter topic, 3 partitions each (if not there yet)."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 4})  # warnings and up
     admin.list_topics(timeout=10)  # raises KafkaException when no broker answers
     made = admin.create_topics([NewTopic(n, num_partitions=3, replication_factor=1)
                                 for n in names])  # fmt: skip

@@ -82,7 +82,8 @@ def run_example(line: str, env: dict[str, str]) -> tuple[str, list[dict[str, Any
         env={**os.environ, **env},
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stderr == ""
+    # Nothing but librdkafka's own log lines (`%6|...|Disconnected`): no traceback, no error.
+    assert all(line.startswith("%") for line in done.stderr.splitlines()), done.stderr
     (stream,) = re.findall(r"GET .*/v1/slis\?stream=(\S+)", done.stdout)
     rows = httpx.get(f"{env['MSGTALLY_COLLECTOR_URL']}/v1/slis", params={"stream": stream})
     return done.stdout, sorted(rows.json(), key=lambda r: r["group"]), stream
