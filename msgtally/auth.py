@@ -85,11 +85,6 @@ class Tokens:
         return "a bearer token is required" if not given else "the token is not valid"
 
 
-def bearer_check(token: str) -> Callable[[bytes], str | None]:
-    """A check of an Authorization value for one token (see `Tokens.check`)."""
-    return Tokens([token]).check
-
-
 class TokenFile:
     """A token file and the tokens it held when last read well.
 
