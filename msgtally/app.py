@@ -6,7 +6,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -39,7 +39,7 @@ from msgtally.slis.spec.model import Spec
 from msgtally.store.db import checkpoint_wal
 from msgtally.store.tables import log_pending
 
-from .auth import BearerAuth, bearer_check
+from .auth import BearerAuth, Tokens
 from .health import router as health_router
 
 log = logging.getLogger("msgtally")
@@ -154,7 +154,7 @@ def create_app(
     max_inflight: int = DEFAULT_MAX_INFLIGHT,
     read_timeout: float = DEFAULT_READ_TIMEOUT,
     max_series: int = DEFAULT_MAX_SERIES,
-    token: str | None = None,
+    token: str | Tokens | None = None,
     metrics_open: bool = False,
     reconcile_interval: float | None = None,
     otlp_grpc: tuple[str, int] | None = None,
@@ -162,8 +162,11 @@ def create_app(
 ) -> FastAPI:
     """The collector. With `reconcile_interval`, it also runs the reconcile loop;
     with `otlp_grpc` (host, port), the OTLP/gRPC server (app.state.otlp_grpc.port);
-    with an SLO `spec`, its SLIs carry the delivery contracts the spec declares."""
+    with an SLO `spec`, its SLIs carry the delivery contracts the spec declares;
+    with a `token` (or `Tokens`, which a token file's watcher replaces), every
+    endpoint but /healthz needs one."""
     config = config or ReconcileConfig()
+    tokens = Tokens([token]) if isinstance(token, str) else token
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StoreCollector(store, config.latency_buckets))
 
@@ -171,7 +174,7 @@ def create_app(
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         grpc_server = None
         if otlp_grpc is not None:  # made here: grpc.aio belongs to the serving loop
-            grpc_server = OtlpGrpc(_app.state, bearer_check(token) if token else None)
+            grpc_server = OtlpGrpc(_app.state, tokens.check if tokens else None)
             port = await grpc_server.start(*otlp_grpc)
             log.info("OTLP/gRPC on %s:%d", otlp_grpc[0], port)
         _app.state.otlp_grpc = grpc_server
@@ -195,9 +198,11 @@ def create_app(
     app.state.intake = Intake(max_body, max_inflight, read_timeout)
     app.state.names = NameGuard(max_series)
     app.state.otlp_metrics = OtlpMetrics(registry)
-    if token is not None:
+    if tokens is not None:
         open_paths = {"/healthz", "/metrics"} if metrics_open else {"/healthz"}
-        app.add_middleware(BearerAuth, token=token, open_paths=open_paths)
+        app.add_middleware(
+            BearerAuth, tokens=tokens, open_paths=open_paths, on_refused=_count_refusal(app)
+        )
     problems.install(app)
     app.state.engine_loop = None
     app.include_router(health_router)
@@ -206,6 +211,18 @@ def create_app(
     app.include_router(slis_router)
     _describe_bodies(app)
     return app
+
+
+def _count_refusal(app: FastAPI) -> Callable[[str], None]:
+    """Count a 401 on an ingest endpoint under the reason `unauthorized`."""
+
+    def refused(path: str) -> None:
+        if path == "/v1/records":
+            ingest_metrics(app.state).rejected(401)
+        elif path == "/v1/traces":
+            app.state.otlp_metrics.rejected("http", 401)
+
+    return refused
 
 
 def _describe_bodies(app: FastAPI) -> None:

@@ -7,6 +7,8 @@ import contextlib
 import gc
 import json
 import logging
+import os
+import signal
 import socket
 import sys
 import time
@@ -15,15 +17,20 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from msgtally import __version__
+from msgtally.slis.read.report import legend as report_legend
 from msgtally.store.url import DEFAULT_DB_URL
 
-from . import quarantine_commands, slo_commands
+from . import logs, quarantine_commands, slo_commands
 from .errors import CommandError
 
 if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
+
     from msgtally.slis.spec.model import Spec
 
     from .settings import Settings
+
+log = logging.getLogger("msgtally")
 
 # Where a missing module comes from: the extra that installs it.
 _EXTRAS = {
@@ -115,6 +122,23 @@ def _add_reconcile(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_logging(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--log-level",
+        choices=logs.LEVELS,
+        type=str.lower,
+        help="log records at this level and above (default: MSGTALLY_LOG_LEVEL or info)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=logs.FORMATS,
+        type=str.lower,
+        help="text lines, or one JSON object a line: time, level, logger, message (and "
+        "exc_info; method, path, status, duration_ms for access lines) "
+        "(default: MSGTALLY_LOG_FORMAT or text)",
+    )
+
+
 def _listen(host: str, port: int) -> socket.socket:
     """Bind before saying "listening": a busy port is an error, not a log line."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -137,6 +161,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .settings import settings_from_args
 
     settings = settings_from_args(args)
+    logs.configure(settings.log_level, settings.log_format)
     sock = _listen(settings.host, settings.port)
     if settings.otlp_grpc:  # the gRPC server binds once serving; say it is busy now
         if settings.otlp_grpc_port == settings.port != 0:
@@ -147,27 +172,38 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except CommandError as exc:
             sock.close()
             raise CommandError(f"{exc} (OTLP/gRPC: --otlp-grpc-port, --no-otlp-grpc)") from None
-    options = settings.collector_options()
+    token_file = settings.token_file_source()
+    options = settings.collector_options(token_file)
     spec = _spec(settings)
     store = open_store(settings.db)
     app = create_app(store, settings.reconcile_config(), spec=spec, **options)
     loop = f"every {settings.interval:g}s" if settings.reconcile else "off"
     grpc = f"{settings.host}:{settings.otlp_grpc_port}" if settings.otlp_grpc else "off"
-    print(
-        f"msgtally collector on http://{settings.host}:{settings.port} "
-        f"(store: {store.url.render_as_string(hide_password=True)}, "
-        f"reconcile: {loop}, OTLP: /v1/traces and gRPC {grpc})",
-        file=sys.stderr,
-    )
+    log.info(
+        "msgtally collector on http://%s:%d (store: %s, reconcile: %s, OTLP: /v1/traces and "
+        "gRPC %s)", settings.host, settings.port, store.url.render_as_string(hide_password=True),
+        loop, grpc,
+    )  # fmt: skip
     if options["token"] is None:
-        local = settings.host in ("127.0.0.1", "::1", "localhost")
-        print(
-            "no token (--token-file or MSGTALLY_TOKEN): "
-            + ("only this machine can reach it" if local else
-               f"WARNING: anyone who reaches {settings.host}:{settings.port} can post records"),
-            file=sys.stderr,
-        )  # fmt: skip
-    server = uvicorn.Server(uvicorn.Config(app, log_level="info"))
+        if settings.host in ("127.0.0.1", "::1", "localhost"):
+            log.info("no token (--token-file or MSGTALLY_TOKEN): only this machine can reach it")
+        else:
+            log.warning("no token (--token-file or MSGTALLY_TOKEN): anyone who reaches %s:%d "
+                        "can post records", settings.host, settings.port)  # fmt: skip
+    elif token_file is not None:
+        log.info("%d token(s) from %s, read again on SIGHUP and when it changes",
+                 len(token_file.tokens), token_file.path)  # fmt: skip
+    if token_file is not None:
+        # A rotation without a restart: the file is read again when it changes and on SIGHUP.
+        token_file.watch()
+        signal.signal(signal.SIGHUP, lambda _sig, _frame: token_file.reload_soon())
+    else:  # a reload (`systemctl reload`) must not end the collector (SIGHUP's default)
+        signal.signal(signal.SIGHUP, lambda _sig, _frame: log.info("SIGHUP: no token file "
+                                                                   "to read again"))
+    # Logging is ours (log_config=None): uvicorn's records go through the root
+    # handler; its access log (no duration) is off, ours is on with --access-log.
+    asgi = logs.AccessLog(app) if settings.access_log else app
+    server = uvicorn.Server(uvicorn.Config(asgi, log_config=None, access_log=False))
     # Everything loaded so far lives as long as the process: out of the cyclic
     # GC's sight, full collections stop walking it on every few thousand
     # allocations a request makes (bench/otlp_rate.py, bench/ingest_rate.py).
@@ -175,6 +211,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Ctrl-C or SIGINT: uvicorn has shut down cleanly by the time it re-raises.
     with contextlib.suppress(KeyboardInterrupt):
         server.run(sockets=[sock])
+    if token_file is not None:
+        token_file.stop()
     if not server.started:  # uvicorn logged why (the application did not start)
         raise CommandError("the collector did not start (see above)")
     return 0
@@ -188,12 +226,13 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     from .settings import settings_from_args
 
     settings = settings_from_args(args)
+    if args.loop:
+        logs.configure(settings.log_level, settings.log_format)
     store = open_store(settings.db)
     config = settings.reconcile_config()
     if args.loop:
         loop = EngineLoop(store, config, settings.interval)
-        shown = store.url.render_as_string(hide_password=True)
-        print(f"msgtally engine on {shown}", file=sys.stderr)
+        log.info("msgtally engine on %s", store.url.render_as_string(hide_password=True))
         loop.start()
         with contextlib.suppress(KeyboardInterrupt):
             while True:
@@ -261,8 +300,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(db=args.db or "msgtally-demo.db", seed=args.seed, ids=args.ids)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a closed stdout under --help or --version is a closed
+    stdout (exit 141), not an error swallowed and an exit code 0."""
+
+    def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
+        if message:
+            (file or sys.stderr).write(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="msgtally",
         description="Message delivery SLIs: joins produced and consumed message ids into "
         "delivered, lost, duplicated, retried, unexpected and latency figures.",
@@ -271,7 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="log more; show tracebacks of errors"
     )
     parser.add_argument("--version", action="version", version=f"msgtally {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub: argparse._SubParsersAction[argparse.ArgumentParser] = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
 
     p = sub.add_parser(
         "serve",
@@ -316,11 +366,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--token-file",
         metavar="FILE",
-        help="require `Authorization: Bearer <token>` on every endpoint but /healthz "
-        "(or MSGTALLY_TOKEN)",
+        help="require `Authorization: Bearer <token>` on every endpoint but /healthz, "
+        "with one of the file's tokens (one a line, # comments); the file is read again "
+        "on SIGHUP and when it changes (or MSGTALLY_TOKEN: one token)",
     )
     p.add_argument(
         "--metrics-open", action="store_true", help="with a token, leave /metrics open"
+    )
+    _add_logging(p)
+    p.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log every HTTP request at INFO on msgtally.access (method, path, status, "
+        "duration; default: MSGTALLY_ACCESS_LOG or off)",
     )
     p.set_defaults(func=cmd_serve)
 
@@ -339,16 +397,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--loop", action="store_true", help="keep reconciling every --interval")
     p.add_argument("--interval", type=float, help="seconds between passes with --loop")
+    _add_logging(p)
     p.set_defaults(func=cmd_reconcile)
 
     p = sub.add_parser(
         "report",
         help="print the SLIs per stream and group",
-        description="Print the SLIs per stream and consumer group.",
+        description="Print the SLIs per stream and consumer group, from the store:\n"
+        "what the collector's engine has judged so far.",
+        epilog=report_legend(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_db(p)
     _add_spec(p)
-    p.add_argument("--json", action="store_true", help="a JSON list of objects")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="a JSON list, an object per stream and group (the fields of GET /v1/slis)",
+    )
     p.add_argument("--stream", help="only this stream")
     p.add_argument("--group", help="only this consumer group")
     p.set_defaults(func=cmd_report)
@@ -391,7 +457,38 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     return tuple(known)
 
 
+# The exit code when stdout closes early (`msgtally report | head -1`): what
+# a shell reports for a command that SIGPIPE ended (128 + 13), as for `yes | head`.
+EXIT_STDOUT_CLOSED = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; its exit code (docs/operations.md, "Exit codes")."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, not at exit, where a closed pipe cannot be caught
+    except BrokenPipeError:
+        return _stdout_closed()
+    except SystemExit:  # argparse after --help, --version or a usage error
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            return _stdout_closed()
+        raise
+    return code
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout has gone: stop quietly. What is still buffered
+    goes nowhere (not a traceback at exit)."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return EXIT_STDOUT_CLOSED
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -420,6 +517,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _fail(args: argparse.Namespace, exc: BaseException, message: str, code: int) -> int:
     """One line on stderr, naming the command; the traceback only with -v."""
+    if logs.json_configured():  # a collector logging JSON: its last words are JSON too
+        logging.getLogger("msgtally").error(
+            "msgtally %s: %s", args.command, message, exc_info=exc if args.verbose else None
+        )
+        return code
     if args.verbose:
         traceback.print_exception(exc)
     print(f"msgtally {args.command}: {message}", file=sys.stderr)

@@ -128,7 +128,9 @@ def run_demo(db: str, seed: int = 7, ids: int = 20_000) -> int:
     print(
         f"\ndata: {path.resolve()}\n"
         f"serve it:  msgtally serve --db {path}   (then GET /v1/slis, /metrics)\n"
-        f"report:    msgtally report --db {path} [--json]"
+        f"report:    msgtally report --db {path} [--json]   (--help: what each column means)\n"
+        "next:      docs/quickstart.md (your own pipeline: examples/rabbitmq_pipeline.py, "
+        "examples/kafka_pipeline.py)"
     )
     store.dispose()
     measured = {(s.stream, s.group) for s in slis}

@@ -38,6 +38,9 @@ from msgtally.reconcile.config import (
 )
 from msgtally.store.url import DEFAULT_DB_URL
 
+from .auth import TokenError, TokenFile, Tokens
+from .logs import LogFormat, LogLevel
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MSGTALLY_", extra="forbid")
@@ -51,7 +54,7 @@ class Settings(BaseSettings):
     max_inflight: int = Field(default=DEFAULT_MAX_INFLIGHT, ge=1024)
     read_timeout: float = Field(default=DEFAULT_READ_TIMEOUT, gt=0)
     max_series: int = Field(default=DEFAULT_MAX_SERIES, ge=1, le=MAX_SERIES)
-    token: str | None = None  # MSGTALLY_TOKEN; --token-file reads it from a file
+    token: str | None = None  # MSGTALLY_TOKEN; --token-file reads tokens from a file
     token_file: str | None = None
     spec: str | None = None  # an SLO spec whose delivery contracts the SLIs show
     metrics_open: bool = False
@@ -64,6 +67,14 @@ class Settings(BaseSettings):
     expected_groups: dict[str, list[str]] = Field(default_factory=dict)
     latency_buckets: list[float] = Field(default_factory=lambda: list(DEFAULT_BUCKETS))
     budget: int = Field(default=DEFAULT_BUDGET, ge=1)
+    log_level: LogLevel = "info"
+    log_format: LogFormat = "text"
+    access_log: bool = False
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("stream_deadlines")
     @classmethod
@@ -73,28 +84,27 @@ class Settings(BaseSettings):
                 raise ValueError(f"deadline of stream {stream!r} is {seconds}; must be > 0")
         return value
 
-    def bearer_token(self) -> str | None:
-        """The token every request must carry, from the file or the environment."""
+    def token_file_source(self) -> TokenFile | None:
+        """The token file, read (`--token-file`); None without one."""
         if self.token_file is None:
-            return self.token or None
+            return None
         try:
-            token = Path(self.token_file).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise SettingsError(
-                f"--token-file: cannot read {self.token_file}: {exc.strerror}"
-            ) from None
-        if not token:
-            raise SettingsError(f"--token-file: {self.token_file} is empty")
-        return token
+            return TokenFile(self.token_file)
+        except TokenError as exc:
+            raise SettingsError(f"--token-file: {exc}") from None
 
-    def collector_options(self) -> dict[str, Any]:
-        """What msgtally.app.create_app takes from the settings."""
+    def collector_options(self, token_file: TokenFile | None = None) -> dict[str, Any]:
+        """What msgtally.app.create_app takes from the settings (the tokens
+        of `token_file` when given, which its watcher keeps current)."""
+        tokens = token_file.tokens if token_file is not None else None
+        if tokens is None and self.token_file is None and self.token:
+            tokens = Tokens([self.token])
         return {
             "max_body": self.max_body,
             "max_inflight": self.max_inflight,
             "read_timeout": self.read_timeout,
             "max_series": self.max_series,
-            "token": self.bearer_token(),
+            "token": tokens,
             "metrics_open": self.metrics_open,
             "reconcile_interval": self.interval if self.reconcile else None,
             "otlp_grpc": (self.host, self.otlp_grpc_port) if self.otlp_grpc else None,
@@ -180,6 +190,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     for name in (
         "db", "host", "port", "deadline", "settle", "remember", "interval", "max_body",
         "max_inflight", "read_timeout", "max_series", "token_file", "spec", "otlp_grpc_port",
+        "log_level", "log_format",
     ):  # fmt: skip
         value = getattr(args, name, None)
         if value is not None:
@@ -192,6 +203,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         overrides["metrics_open"] = True
     if getattr(args, "no_otlp_grpc", False):
         overrides["otlp_grpc"] = False
+    if getattr(args, "access_log", False):
+        overrides["access_log"] = True
     if getattr(args, "stream_deadline", None):
         overrides["stream_deadlines"] = {s: float(v) for s, v in args.stream_deadline}
     if getattr(args, "expect", None):

@@ -229,6 +229,8 @@ def cmd_alerts(args: argparse.Namespace) -> int:
             for name, data in tests.items():
                 (directory / name).write_text(render_tests(data, spec.service), encoding="utf-8")
             _wrote(directory, f"{len(tests)} promtool test files")
+    except BrokenPipeError:
+        raise  # stdout closed early: msgtally.cli.main stops quietly
     except OSError as exc:
         raise CommandError(f"cannot write {exc.filename}: {exc.strerror}") from None
     return 0

@@ -88,6 +88,7 @@ def test_reconcile_now_then_report(tmp_path: Path) -> None:
 
     table = run("report", "--db", db, cwd=tmp_path).stdout
     assert "orders" in table and "billing" in table and "75.00%" in table
+    assert " 2.0s " in table and " 3.0s " in table  # p50, p99: in units a person reads
 
 
 def test_stream_deadline_flag(tmp_path: Path) -> None:

@@ -43,6 +43,7 @@ def ingest_samples(url: str) -> dict[tuple[str, str], float]:
 ZERO = {
     ("msgtally_ingest_records_total", "accepted"): 0.0,
     ("msgtally_ingest_rejected_total", "malformed"): 0.0,
+    ("msgtally_ingest_rejected_total", "unauthorized"): 0.0,
     ("msgtally_ingest_rejected_total", "too_slow"): 0.0,
     ("msgtally_ingest_rejected_total", "too_large"): 0.0,
     ("msgtally_ingest_rejected_total", "invalid"): 0.0,

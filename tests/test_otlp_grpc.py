@@ -141,6 +141,10 @@ def test_the_token_is_checked_in_the_metadata(store: Engine) -> None:
                 request([produce_span("m1")]), metadata=[("authorization", "Bearer s3cret")]
             )
             assert not answer.HasField("partial_success")
+        refused = live.app.state.registry.get_sample_value(
+            "msgtally_otlp_rejected_total", {"transport": "grpc", "reason": "unauthorized"}
+        )
+        assert refused == 2
     assert len(logged(store)) == 1
 
 

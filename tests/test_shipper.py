@@ -380,3 +380,18 @@ def test_interpreter_exit_flushes_queued_records(store: Engine, ending: str) -> 
         rows = stored(store, stream)
     assert done.returncode == (1 if ending == "raise" else 0), done.stderr
     assert len(rows) == 2000
+
+
+def test_a_long_outage_keeps_the_backoff_finite() -> None:
+    """2**failures grew without bound: after about a thousand failures in a row
+    (some nine minutes of a collector away) the delay overflowed a float, and
+    the error cost the batch in hand. The exponent stops growing; the cap holds."""
+    from msgtally.ingest.shim.shipper import Shipper
+
+    shipper = Shipper("http://127.0.0.1:1", source="s", backoff_base=1e-6, backoff_max=1e-4)
+    for failures in (1, 64, 1100, 10**6):
+        shipper._backoff(failures)  # waits at most backoff_max; never raises
+    shipper._held = True  # a refused credential: the longer cap, as finite
+    shipper.auth_backoff_max = 1e-4
+    shipper._backoff(10**6)
+    shipper.close()

@@ -4,6 +4,8 @@
   batches (a resent record is logged again; the engine counts it once).
 - `msgtally_ingest_rejected_total{reason}`: POST /v1/records requests
   refused, nothing of them stored: `malformed` (400: empty or not JSON),
+  `unauthorized` (401: no token, or not one the collector accepts; the shim
+  holds its records and retries),
   `too_slow` (408: the body did not arrive in time), `too_large` (413),
   `invalid` (422: a record breaks the contract), `busy` (429: too many bytes
   in progress; the shim retries), `store_unavailable` (503: the shim retries).
@@ -26,6 +28,7 @@ from msgtally.names import INGEST_RECORDS, INGEST_REJECTED
 # HTTP status of a refused request -> the `reason` label.
 REASONS = {
     400: "malformed",
+    401: "unauthorized",
     408: "too_slow",
     413: "too_large",
     422: "invalid",

@@ -10,6 +10,12 @@ so that the collector knows of records that never come, even from a shim that
 dies with them. Every request says, with its `sequences`, that its records
 are numbered per sequence. Resends carry the same record ids, so the
 collector stores them once.
+
+A collector that refuses the shim's credential (401, 403) refuses the
+service's configuration, not its records: they are held and sent again with
+a longer backoff (up to 30 s), the refusal logged at ERROR once a minute with
+the collector's reason, until a token it accepts is in place (a rotation on
+the collector's side); the buffer's bound still applies.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import os
 import random
 import re
 import threading
+import time
 import weakref
 from collections import Counter, deque
 from collections.abc import Callable
@@ -48,6 +55,9 @@ class _Report(NamedTuple):
 # of it could not reach it. Any other answer refuses the batch for good: it is
 # dropped and counted, never retried (one bad record must not stall a shim).
 _RETRY_STATUS = frozenset({408, 425, 429, 502, 503, 504})
+# The shim's credential refused: its records are held and sent again, more slowly.
+_AUTH_STATUS = frozenset({401, 403})
+AUTH_LOG_EVERY = 60.0  # seconds between two log lines about a refused credential
 
 
 class Shipper:
@@ -64,6 +74,7 @@ class Shipper:
         timeout: float = 5.0,
         backoff_base: float = 0.05,
         backoff_max: float = 1.0,
+        auth_backoff_max: float = 30.0,
         on_drop: Callable[[DropKey, int], None] | None = None,
         on_shipped: Callable[[int], None] | None = None,
         marks: Callable[[], dict[DropKey, int]] | None = None,
@@ -82,6 +93,7 @@ class Shipper:
         self.timeout = timeout
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
+        self.auth_backoff_max = auth_backoff_max
         self._on_drop = on_drop
         self._on_shipped = on_shipped
         # The last seq given per sequence of the producer named `source`.
@@ -98,6 +110,11 @@ class Shipper:
         self._wake = threading.Event()
         self._idle = threading.Event()
         self._idle.set()
+        self._changed = threading.Condition()  # idle, or a credential refused: flush() looks
+        self.auth_refusals = 0  # requests refused for the credential (401, 403)
+        self._held = False  # the last answer refused the credential
+        self._auth_logged = -AUTH_LOG_EVERY
+        self._auth_unlogged = 0  # refusals since the last log line
         self._closed = False
         self._thread: threading.Thread | None = None
         self.dropped: Counter[DropKey] = Counter()
@@ -149,9 +166,25 @@ class Shipper:
         self._thread.start()
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until everything queued so far is sent (or dropped); True if so."""
+        """Wait until everything queued so far is sent (or dropped); True if so.
+
+        It sends at once (a backoff is cut short); False as soon as the
+        collector refuses the shim's credential (the records are held)."""
+        refusals = self.auth_refusals
+        deadline = time.monotonic() + timeout
         self._wake.set()
-        return self._idle.wait(timeout)
+        with self._changed:
+            while not self._idle.is_set() and self.auth_refusals == refusals:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._changed.wait(left)
+        return self._idle.is_set()
+
+    def _set_idle(self) -> None:
+        self._idle.set()
+        with self._changed:
+            self._changed.notify_all()
 
     def close(self, timeout: float = 5.0) -> bool:
         """Flush what is queued (up to `timeout`), then stop; later puts are dropped."""
@@ -185,7 +218,7 @@ class Shipper:
                 self._wake.clear()
         finally:
             client.close()
-            self._idle.set()
+            self._set_idle()
 
     def _ship(self, client: httpx.Client) -> bool:
         """Ships until closed (True); False after an unexpected error."""
@@ -195,11 +228,20 @@ class Shipper:
             while True:
                 if not pending:
                     pending = self._take()
-                if not pending and self._unreported():
-                    # Nothing to send but news of drops: report them on their own.
-                    self._send(client, [])
+                # Nothing to send but news of drops: report them on their own (held
+                # like records when the credential is refused).
+                if (
+                    not pending
+                    and self._unreported()
+                    and self._send(client, []) is None
+                    and self._held
+                    and not self._closed
+                ):
+                    failures += 1
+                    self._backoff(failures)
+                    continue
                 if not pending:
-                    self._idle.set()
+                    self._set_idle()
                     if self._closed:
                         return True
                     self._wake.wait(self.flush_interval)
@@ -214,15 +256,10 @@ class Shipper:
                         for row in [*pending, *self._buffer]:
                             self._drop_locked(row)
                         self._buffer.clear()
-                    self._idle.set()
+                    self._set_idle()
                     return True
                 failures += 1
-                # Full jitter spreads a fleet of shims after a collector outage; the
-                # cap (1 s) is far below the settle allowance, so a shim is back
-                # within a second of the collector, before any verdict is given.
-                delay = random.uniform(0, min(self.backoff_max, self.backoff_base * 2**failures))
-                self._wake.wait(delay)
-                self._wake.clear()
+                self._backoff(failures)
         except Exception:
             # Whatever broke may be in the batch itself: drop it, counted (the
             # collector learns of it), rather than fail on it for ever.
@@ -230,6 +267,20 @@ class Shipper:
                 for row in pending:
                     self._drop_locked(row)
             return False
+
+    def _backoff(self, failures: int) -> None:
+        """Wait before sending again (a flush, or a batch filling, cuts it short).
+
+        Full jitter spreads a fleet of shims after a collector outage; the cap
+        (1 s) is far below the settle allowance, so a shim is back within a
+        second of the collector, before any verdict is given. A refused
+        credential waits longer (up to 30 s): only a change on the collector's
+        side (a token file reloaded) or the service's makes the next try
+        different."""
+        cap = self.auth_backoff_max if self._held else self.backoff_max
+        delay = random.uniform(0, min(cap, self.backoff_base * 2 ** min(failures, 32)))
+        self._wake.wait(delay)
+        self._wake.clear()
 
     def _report_locked(self) -> _Report:
         return _Report(
@@ -273,6 +324,15 @@ class Shipper:
         except httpx.HTTPError as exc:
             log.debug("collector unreachable: %s", exc)
             return None
+        if resp.status_code in _AUTH_STATUS:
+            self._refused_credential(resp, len(rows))
+            return None
+        if self._held and resp.status_code not in _RETRY_STATUS:  # past the collector's check
+            self._held = False
+            log.warning(
+                "collector accepts the shim's credential again (%d requests refused); "
+                "sending the records held", self.auth_refusals,
+            )  # fmt: skip
         if resp.status_code == 200:
             with self._lock:
                 self._reported = report
@@ -307,6 +367,27 @@ class Shipper:
                 self._drop_locked(row)
         return [*rows[:bad], *rows[bad + 1 :]] if bad is not None else []
 
+    def _refused_credential(self, resp: httpx.Response, n: int) -> None:
+        """A 401 or 403: hold the records, say so at ERROR once a minute."""
+        self._held = True
+        self._auth_unlogged += 1
+        with self._changed:
+            self.auth_refusals += 1
+            self._changed.notify_all()
+        now = time.monotonic()
+        if now - self._auth_logged < AUTH_LOG_EVERY:
+            return
+        with self._lock:
+            held = n + len(self._buffer)
+        log.error(
+            "collector at %s refused the shim's credential (%d: %s), %d time(s) since the "
+            "last report; holding %d records and retrying every %g s at most (check the "
+            "token: Tally(token=...) and the collector's --token-file)",
+            self.url, resp.status_code, _reason(resp), self._auth_unlogged, held,
+            self.auth_backoff_max,
+        )  # fmt: skip
+        self._auth_logged, self._auth_unlogged = now, 0
+
     def _after_fork(self) -> None:
         # The parent's records and thread stay with the parent.
         self._init_state()
@@ -319,6 +400,17 @@ def _field(resp: httpx.Response) -> str:
     except (ValueError, KeyError, TypeError):
         return ""
     return field if isinstance(field, str) else ""
+
+
+def _reason(resp: httpx.Response) -> str:
+    """The reason an error answer gives (`detail.reason`), else the start of its body."""
+    try:
+        reason = resp.json()["detail"]["reason"]
+    except (ValueError, KeyError, TypeError):
+        reason = None
+    if isinstance(reason, str):
+        return reason
+    return resp.text[:200] or resp.reason_phrase
 
 
 def _bad_index(resp: httpx.Response, n: int) -> int | None:

@@ -84,7 +84,13 @@ def open_store(url: str = DEFAULT_DB_URL, *, create: bool = True) -> Engine:
             raise StoreError(f"{shown} is not a msgtally store (it has no msgtally tables)")
     except DBAPIError as exc:
         store.dispose()
-        raise StoreError(f"cannot open the store {shown}: {_first_line(exc)}") from None
+        why = _first_line(exc)
+        name = store.url.database
+        missing = f'database "{name}" does not exist'
+        if store.dialect.name == "postgresql" and name and missing in why:
+            # The collector makes its tables, never the database.
+            why += f"; create it first: createdb {name} (or in psql: CREATE DATABASE \"{name}\";)"
+        raise StoreError(f"cannot open the store {shown}: {why}") from None
     return store
 
 

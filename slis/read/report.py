@@ -2,35 +2,105 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from .figures import SLI
+if TYPE_CHECKING:
+    from .figures import SLI
 
-_COLUMNS = (
-    ("stream", "stream"),
-    ("group", "group"),
-    ("produced", "produced"),
-    ("delivered", "delivered"),
-    ("lost", "lost"),
-    ("late", "late"),
-    ("duplicated", "dup"),
-    ("retried", "retried"),
-    ("attempts", "attempts"),
-    ("dead_lettered", "dlq"),
-    ("unexpected", "unexp"),
-    ("recovered", "recov"),
-    ("consume_errors", "errors"),
-    ("records_dropped", "dropped"),
-    ("produce_records_missing", "p.miss"),
-    ("consume_records_missing", "c.miss"),
-    ("delivery_success_ratio", "success"),
-    ("duplicate_ratio", "dup%"),
-    ("latency_p50", "p50"),
-    ("latency_p99", "p99"),
-    ("observed_semantics", "observed"),
-    ("contract", "contract"),
+
+@dataclass(frozen=True)
+class Column:
+    """A column of the report: the SLI field it shows, its title, what it means."""
+
+    field: str
+    title: str
+    meaning: str
+
+
+# The report's columns, in order, and their legend: `msgtally report --help`
+# and docs/quickstart.md show these words (a test holds the docs to them).
+COLUMNS = (
+    Column("stream", "stream", "the stream: topic, queue, subject, webhook"),
+    Column("group", "group", "the consumer group"),
+    Column("produced", "produced", "ids produced: sends the broker acknowledged"),
+    Column("delivered", "delivered", "produced ids the group consumed ok by the deadline"),
+    Column("lost", "lost", "produced ids not consumed ok by the deadline (dead-lettered ones "
+           "included); `*`: records missing may account for some, see the notes"),
+    Column("late", "late", "lost ids consumed ok after the deadline (still counted lost)"),
+    Column("duplicated", "dup", "ok deliveries beyond the first of an id"),
+    Column("retried", "retried", "ids sent or delivered more than once (an attempt above 1)"),
+    Column("attempts", "attempts", "deliveries of sent ids: every consume record, any outcome"),
+    Column("dead_lettered", "dlq", "produced ids dead-lettered (a consume with outcome "
+           "dead_letter)"),
+    Column("unexpected", "unexp", "ids consumed and never produced; `*` as for lost"),
+    Column("recovered", "recov", "ids whose every send was indeterminate (outcome error) "
+           "and that were consumed ok anyway"),
+    Column("consume_errors", "errors", "deliveries whose processing failed (outcome error): "
+           "redelivered, as a rule"),
+    Column("records_dropped", "dropped", "records the shims dropped before sending them "
+           "(measurement loss, not message loss)"),
+    Column("produce_records_missing", "p.miss", "produce records that never reached the "
+           "collector: gaps in the shims' numbering (measurement loss)"),
+    Column("consume_records_missing", "c.miss", "consume records that never reached the "
+           "collector (measurement loss)"),
+    Column("delivery_success_ratio", "success", "delivered / produced"),
+    Column("duplicate_ratio", "dup%", "duplicated / every ok delivery"),
+    Column("latency_p50", "p50", "median latency: first produce to first ok delivery"),
+    Column("latency_p99", "p99", "99th percentile of the same latency"),
+    Column("observed_semantics", "observed", "the strongest delivery semantics the figures "
+           "keep: exactly-once, at-least-once, at-most-once, none"),
+    Column("contract", "contract", "the semantics the SLO spec declares (--spec); BREACHED "
+           "once a breach it forbids happened"),
+)  # fmt: skip
+# The terms the legend defines beside its columns.
+_FOOTNOTES = (
+    "An id is judged for each group: delivered as soon as it is, every other verdict at its "
+    "deadline (first produce + --deadline) + --settle. `-`: no figure yet (nothing to "
+    "divide by, no latency). docs/definitions.md defines every figure exactly.",
 )
+
+
+def legend(width: int = 78) -> str:
+    """The columns' legend as `msgtally report --help` prints it."""
+    pad = max(len(c.title) for c in COLUMNS) + 4
+    lines = ["columns:"]
+    for c in COLUMNS:
+        lines += textwrap.wrap(
+            c.meaning, width, initial_indent=f"  {c.title}".ljust(pad),
+            subsequent_indent=" " * pad,
+        )  # fmt: skip
+    for note in _FOOTNOTES:
+        lines += ["", *textwrap.wrap(note, width)]
+    return "\n".join(lines)
+
+
+def legend_markdown() -> str:
+    """The columns' legend as a Markdown table (docs/quickstart.md holds it)."""
+    rows = [f"| `{c.title}` | {c.meaning} |" for c in COLUMNS]
+    return "\n".join(["| column | meaning |", "|---|---|", *rows])
+
+
+def duration(seconds: float) -> str:
+    """A latency as a person reads it: 850ms, 2.1s, 3m20s, 2h05m, 1d03h; `<1ms`."""
+    if seconds <= 0:
+        return "0ms"
+    if seconds < 0.001:
+        return "<1ms"
+    if seconds < 0.01:
+        return f"{seconds * 1000:.1f}ms"
+    if seconds < 0.9995:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 59.95:
+        return f"{seconds:.1f}s"
+    whole = round(seconds)
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
 
 
 # Figures missing records may have inflated, and by how much at most (SLI.inflation).
@@ -50,7 +120,7 @@ def _cell(name: str, value: object, row: dict[str, Any]) -> str:
     if name.endswith("_ratio"):
         return f"{100 * float(value):.2f}%"  # type: ignore[arg-type]
     if name.startswith("latency_"):
-        return f"{float(value):.3f}s"  # type: ignore[arg-type]
+        return duration(float(value))  # type: ignore[arg-type]
     return str(value)
 
 
@@ -58,12 +128,12 @@ def render_table(slis: Sequence[SLI]) -> str:
     """A fixed-width table; numbers right-aligned, names left-aligned."""
     if not slis:
         return "no SLIs yet: nothing reconciled (ingest records, then run `msgtally reconcile`)"
-    header = [title for _, title in _COLUMNS]
+    header = [c.title for c in COLUMNS]
     rows = [s.to_json() for s in slis]
     for row in rows:
         if row["contract"] is not None and any(row["contract_breaches"].values()):
             row["contract"] = f"{row['contract']} BREACHED"
-    body = [[_cell(name, row[name], row) for name, _ in _COLUMNS] for row in rows]
+    body = [[_cell(c.field, row[c.field], row) for c in COLUMNS] for row in rows]
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:

@@ -77,6 +77,7 @@ class OtlpGrpc:
             given = next((v for k, v in metadata if k == "authorization"), "")
             why = self._authorize(given.encode() if isinstance(given, str) else given)
             if why is not None:
+                state.otlp_metrics.rejected("grpc", 401)
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"authorization: {why}")
         try:
             with state.intake.held() as take:
