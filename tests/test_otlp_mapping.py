@@ -1,4 +1,4 @@
-"""The span -> delivery record mapping (README's table), span by span."""
+"""The span -> delivery record mapping (the table of docs/shim.md), span by span."""
 
 from __future__ import annotations
 

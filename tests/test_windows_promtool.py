@@ -1,6 +1,6 @@
 """Windows a real Prometheus can evaluate: every period, scraped every 15 s and every 60 s.
 
-For each SLO period the README offers and both scrape intervals, one SLO's
+For each SLO period docs/alerts.md offers and both scrape intervals, one SLO's
 rules are generated and proven twice with `promtool test rules`:
 
 - by the tests `msgtally alerts --tests` generates for them;
