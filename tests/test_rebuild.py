@@ -34,12 +34,12 @@ def _flip(body: bytes) -> bytes:
 DAMAGES: dict[str, Callable[[bytes], bytes]] = {
     "truncated": lambda body: body[: len(body) // 2],
     "one byte flipped": _flip,
-    "a future version": lambda body: body[:8] + struct.pack("<I", 4) + body[12:],
+    "a future version": lambda body: body[:8] + struct.pack("<I", 5) + body[12:],
 }
 REASONS = {
     "truncated": "checkpoint: header: field 'length'",
     "one byte flipped": "checkpoint: header: field 'checksum' does not match the body",
-    "a future version": "field 'version' is 4, this machine reads 1 to 3",
+    "a future version": "field 'version' is 5, this machine reads 1 to 4",
 }
 
 

@@ -1,8 +1,9 @@
 /* Checkpoints: the machine's whole state as bytes, and back.
  *
- * Format 3 ("MTMCKPT\0"), written since this machine:
+ * Format 4 ("MTMCKPT\0"), written since this machine (3 was the same but for
+ * the compact ids' first ok deliveries, read as not known):
  *
- *   header  magic "MTMCKPT\0" | version u32 (3) | sections u32 | body length u64 | checksum u64
+ *   header  magic "MTMCKPT\0" | version u32 (4) | sections u32 | body length u64 | checksum u64
  *   body    sections, each: tag u32 | 0 u32 | length u64 | payload
  *
  * Little-endian; the checksum is a 64-bit hash of the body. The sections come
@@ -20,7 +21,7 @@
 
 #include "internal.h"
 
-#define CK_VERSION 3
+#define CK_VERSION 4
 static const uint8_t MAGIC3[8] = {'M', 'T', 'M', 'C', 'K', 'P', 'T', 0};
 static const uint8_t MAGIC2[8] = {'m', 't', 'm', 'c', 'k', 'p', 't', '2'};
 static const uint8_t MAGIC1[8] = {'m', 't', 'm', 'c', 'k', 'p', 't', '1'};
@@ -332,11 +333,20 @@ static int read_compacts(Ck *ck, In *in, Machine *T, int version) {
         if (!bad && (size_t)h.nfp * 8 > left(in)) bad = "nfp (truncated)";
         if (!bad && compact_exists(T, h.hash, h.hash2, h.sid)) bad = "hash (twice)";
         if (bad) return BAD(ck, "compact id %llu: field '%s'", (unsigned long long)i, bad);
-        Compact *c = malloc(sizeof(Compact) + (size_t)h.nfp * 8);
+        Compact *c = malloc(compact_size(h.nfp, h.ngroups));
         if (!c) return -1;
         *c = h;
         memcpy(cfps(c), in->p, (size_t)h.nfp * 8);
         in->p += (size_t)h.nfp * 8;
+        for (uint8_t g = 0; g < h.ngroups; g++) {
+            double ok = version >= 4 ? get_f64(in) : NAN;
+            if (version >= 4 && (in->failed || !(isnan(ok) || (isfinite(ok) && ok >= h.t0)))) {
+                free(c);
+                TRUNC(ck, in, "a compact id's deliveries");
+                return BAD(ck, "compact id %llu: field 'ok_at'", (unsigned long long)i);
+            }
+            cok_at(c)[g] = ok;
+        }
         if (compact_insert(T, c)) { free(c); return -1; }
     }
     return 0;
@@ -430,7 +440,7 @@ int checkpoint_load(Machine *T, const uint8_t *buf, size_t len) {
     uint32_t version = get_u32(&in), nsections = get_u32(&in);
     uint64_t body_len = get_u64(&in), sum = get_u64(&in);
     if (in.failed) return mc_fail(T, MC_ECHECKPOINT, "checkpoint: header: truncated");
-    if (version != CK_VERSION)
+    if (version != CK_VERSION && version != 3)
         return mc_fail(T, MC_ECHECKPOINT, "checkpoint: header: field 'version' is %u, this machine reads 1 to %u",
                        version, CK_VERSION);
     if (nsections != N_SECTIONS)
@@ -459,8 +469,8 @@ int checkpoint_load(Machine *T, const uint8_t *buf, size_t len) {
             case S_STREAMINFO: rc = read_streaminfo(&ck, &sec, T, 1); break;
             case S_COUNTERS: rc = read_counters(&ck, &sec, T); break;
             case S_KNOWN: rc = read_known(&ck, &sec, T, 1); break;
-            case S_ENTRIES: rc = read_entries(&ck, &sec, T, 3); break;
-            case S_COMPACTS: rc = read_compacts(&ck, &sec, T, 3); break;
+            case S_ENTRIES: rc = read_entries(&ck, &sec, T, (int)version); break;
+            case S_COMPACTS: rc = read_compacts(&ck, &sec, T, (int)version); break;
             case S_PRODUCERS: rc = read_names(&ck, &sec, &T->producers); break;
             default: rc = read_sequences(&ck, &sec, T); break;
         }
@@ -605,6 +615,7 @@ static void put_section(Out *o, uint32_t tag, Machine *M) {
                     put_u8(o, c->ngroups);
                     put_u8(o, 0);
                     put(o, cfps(c), (size_t)c->nfp * 8);
+                    for (uint8_t g = 0; g < c->ngroups; g++) put_f64(o, cok_at(c)[g]);
                 }
             }
             break;

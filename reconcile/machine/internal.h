@@ -122,18 +122,24 @@ typedef struct {
  * more than this until it is forgotten: its key (two hashes: the id itself is
  * dropped), t0 and first receipt (when to forget it; the deadline of a group
  * that appears later), how many of the stream's groups it was delivered to,
- * and its records' fingerprints (a resend is still recognised). A record that
- * is not a resend turns it back into an entry (reinflate). */
+ * its records' fingerprints (a resend is still recognised), and when each of
+ * those groups had its ok delivery (its latency, for a verdict row later). A
+ * record that is not a resend turns it back into an entry (reinflate). */
 typedef struct {
     uint64_t hash, hash2;
     double t0, r0;
     uint32_t sid;
     uint16_t nfp;   /* at most MC_FP_INLINE + 2: an id with more is never compact */
     uint8_t ngroups, dead; /* a stream with more than 255 groups has no compact ids */
-    /* followed by uint64_t fps[nfp] */
+    /* followed by uint64_t fps[nfp]; double ok_at[ngroups] (NaN: not known) */
 } Compact;
 
 static inline uint64_t *cfps(Compact *c) { return (uint64_t *)(c + 1); }
+/* The first ok delivery of each of the stream's first `ngroups` groups, in their order. */
+static inline double *cok_at(Compact *c) { return (double *)(cfps(c) + c->nfp); }
+static inline size_t compact_size(uint16_t nfp, uint8_t ngroups) {
+    return sizeof(Compact) + (size_t)nfp * 8 + (size_t)ngroups * sizeof(double);
+}
 static inline Slot *slots_of(Entry *e) { return (Slot *)(e + 1); }
 static inline uint64_t *fps_of(Entry *e) { return (uint64_t *)(slots_of(e) + e->slot_cap); }
 static inline char *id_of(Entry *e) { return (char *)(fps_of(e) + e->fp_cap); }

@@ -909,7 +909,7 @@ int compact_insert(Machine *M, Compact *c) {
     while (M->ctable[j]) j = (j + 1) & M->cmask;
     M->ctable[j] = c;
     M->clive++;
-    M->compact_bytes += sizeof(Compact) + (size_t)c->nfp * 8;
+    M->compact_bytes += compact_size(c->nfp, c->ngroups);
     si->fifo[si->fifo_n++] = c;
     if ((uint64_t)M->clive * 10 > ((uint64_t)M->cmask + 1) * 7 && ctable_grow(M)) return -1;
     return 0;
@@ -933,7 +933,8 @@ static int is_plain(Machine *M, Entry *e) {
 /* Turns a plain delivery into its compact form: the entry leaves memory. */
 static int compact(Machine *M, uint32_t idx) {
     Entry *e = M->pool[idx];
-    Compact *c = malloc(sizeof(Compact) + (size_t)e->nfp * 8);
+    StreamInfo *si = &M->sinfo[e->sid];
+    Compact *c = malloc(compact_size(e->nfp, (uint8_t)si->n));
     if (!c) return -1;
     c->hash = e->hash;
     c->hash2 = key_hash2(e->sid, (const uint8_t *)id_of(e), e->idlen);
@@ -941,9 +942,13 @@ static int compact(Machine *M, uint32_t idx) {
     c->r0 = e->r0;
     c->sid = e->sid;
     c->nfp = e->nfp;
-    c->ngroups = (uint8_t)M->sinfo[e->sid].n;
+    c->ngroups = (uint8_t)si->n;
     c->dead = 0;
     memcpy(cfps(c), fps_of(e), (size_t)e->nfp * 8);
+    for (uint8_t g = 0; g < c->ngroups; g++) { /* is_plain: every group has its slot */
+        Slot *s = find_slot(e, si->gids[g]);
+        cok_at(c)[g] = s ? s->first_ok : NAN;
+    }
     int found;
     uint32_t j = table_find(M, e->sid, (const uint8_t *)id_of(e), e->idlen, e->hash, &found);
     if (found) table_remove_at(M, j);
@@ -979,11 +984,12 @@ static int64_t reinflate(Machine *M, uint32_t cj, const Str *mid) {
         sl->gid = (uint16_t)si->gids[g];
         sl->cls = CLS_DELIVERED;
         sl->n = sl->ok = sl->max_attempt = 1;
-        sl->first_ts = sl->first_ok = c->t0;
+        double ok = cok_at(c)[g]; /* NaN from a checkpoint written before it was kept */
+        sl->first_ts = sl->first_ok = isnan(ok) ? c->t0 : ok;
         sl->flags = SL_ACKED | SL_PANY | SL_LATENCY;
-        sl->latency = NAN; /* observed then, not kept */
+        sl->latency = ok - c->t0; /* observed at the verdict already: for the verdict row */
     }
-    M->compact_bytes -= sizeof(Compact) + (size_t)c->nfp * 8;
+    M->compact_bytes -= compact_size(c->nfp, c->ngroups);
     compact_remove_at(M, cj);
     c->dead = 1; /* freed when the stream's FIFO reaches it */
     int found;
@@ -1006,7 +1012,7 @@ static void expire_compacts(Machine *M, double now, double watermark) {
                 uint32_t k = (uint32_t)c->hash & M->cmask;
                 while (M->ctable[k] && M->ctable[k] != c) k = (k + 1) & M->cmask;
                 if (M->ctable[k] == c) compact_remove_at(M, k);
-                M->compact_bytes -= sizeof(Compact) + (size_t)c->nfp * 8;
+                M->compact_bytes -= compact_size(c->nfp, c->ngroups);
                 M->evicted++;
             }
             free(c);

@@ -1,0 +1,41 @@
+"""Every discrepancy row that has a latency carries it, whenever its records
+came: before the verdict, or after the id was judged, compacted and written
+to a checkpoint (a Kafka consumer re-reading after a crash). A row whose id
+has no latency (never consumed ok, never produced) says so with null."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine
+
+from msgtally.reconcile.config import ReconcileConfig
+from msgtally.slis.read.query import read_discrepancies
+from tests.harness import consume, ingest, produce, run
+
+CONFIG = ReconcileConfig()  # deadline 300 s, settle 10 s, remember 60 s
+
+
+def latencies(store: Engine, kind: str) -> dict[str, float | None]:
+    with store.connect() as conn:
+        return {r["message_id"]: r["latency"] for r in read_discrepancies(conn, kind=kind)}
+
+
+def test_every_row_with_a_latency_carries_it(store: Engine) -> None:
+    ingest(store, [
+        produce("s", "dup-early", 0), consume("s", "dup-early", "g", 0.25),
+        consume("s", "dup-early", "g", 0.75, attempt=2),
+        produce("s", "dup-late", 0), consume("s", "dup-late", "g", 0.5),
+        produce("s", "late", 0), consume("s", "late", "g", 400.0),
+        produce("s", "dead", 0), consume("s", "dead", "g", 1.5),
+        consume("s", "dead", "g", 2.0, attempt=2, outcome="dead_letter"),
+        produce("s", "lost", 0),
+        consume("s", "ghost", "g", 0.5),
+    ])  # fmt: skip
+    run(store, CONFIG, 5)  # dup-late is delivered plainly: judged, compacted, checkpointed
+    # Its duplicate comes afterwards, to a new engine that loads the checkpoint.
+    ingest(store, [consume("s", "dup-late", "g", 6.0, attempt=1)])
+    run(store, CONFIG, 1000)
+    assert latencies(store, "duplicated") == {"dup-early": 0.25, "dup-late": 0.5}
+    assert latencies(store, "late") == {"late": 400.0}
+    assert latencies(store, "dead_lettered") == {"dead": 1.5}
+    assert latencies(store, "lost") == {"late": 400.0, "lost": None}
+    assert latencies(store, "unexpected") == {"ghost": None}
