@@ -258,3 +258,22 @@ def test_one_engine_per_store(store: Engine) -> None:
         with pytest.raises(LeaseHeld):
             reconcile(store, DEFAULT)
     reconcile(store, DEFAULT)  # released with the first one
+
+
+def test_a_back_fill_counts_a_resent_record_once(store: Engine) -> None:
+    """A group that appears after an id was forgotten is owed it from the log,
+    where a record sent twice (same record id) is logged twice: it counts once
+    there too (a resend with another attempt is no retry)."""
+    ingest(store, [
+        produce("s", "m1", 0, record_id="r1"),
+        produce("s", "m1", 1, attempt=2, record_id="r1"),  # a resend of r1
+        consume("s", "m1", "g1", 2),
+    ])  # fmt: skip
+    run_at = [10.0, 400.0]  # judged, then forgotten (300 + 10 + 60)
+    for at in run_at:
+        reconcile(store, DEFAULT, T + at)
+    ingest(store, [produce("s", "m2", 500), consume("s", "m2", "g2", 501)])
+    reconcile(store, DEFAULT, T + 1000)
+    got = figures(store)
+    assert got[("s", "g2")]["lost"] == 1 and got[("s", "g2")]["retried"] == 0
+    assert got[("s", "g1")]["retried"] == 0

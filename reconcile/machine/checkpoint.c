@@ -340,7 +340,7 @@ static int read_compacts(Ck *ck, In *in, Machine *T, int version) {
         in->p += (size_t)h.nfp * 8;
         for (uint8_t g = 0; g < h.ngroups; g++) {
             double ok = version >= 4 ? get_f64(in) : NAN;
-            if (version >= 4 && (in->failed || !(isnan(ok) || (isfinite(ok) && ok >= h.t0)))) {
+            if (version >= 4 && (in->failed || isinf(ok))) { /* NaN: not known; a consume may precede t0 */
                 free(c);
                 TRUNC(ck, in, "a compact id's deliveries");
                 return BAD(ck, "compact id %llu: field 'ok_at'", (unsigned long long)i);

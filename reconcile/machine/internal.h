@@ -297,6 +297,10 @@ struct Machine {
     /* backfill scratch */
     uint32_t *bf_table;
     uint32_t bf_mask, bf_n;
+    /* the produce records a back-fill scan met (id key x fingerprint; 0 empty):
+     * a record sent again counts once there too */
+    uint64_t *bf_seen;
+    size_t bf_seen_mask, bf_seen_n;
     Entry **bf_entries;
     uint32_t bf_cap;
     /* sequences (measurement loss): producer names, the sequences and their

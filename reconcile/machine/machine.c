@@ -1758,10 +1758,42 @@ static void bf_reset(Machine *M) {
     for (uint32_t i = 0; i < M->bf_n; i++) free(M->bf_entries[i]);
     free(M->bf_entries);
     free(M->bf_table);
+    free(M->bf_seen);
+    M->bf_seen = NULL;
+    M->bf_seen_mask = M->bf_seen_n = 0;
     M->bf_entries = NULL;
     M->bf_table = NULL;
     M->bf_n = M->bf_cap = 0;
     M->bf_mask = 0;
+}
+
+/* 1 when the scan met this record of this id before (a resend), else 0 and
+ * it is noted; -1 when memory ran out. */
+static int bf_seen_before(Machine *M, uint64_t id_hash, const Rec *r) {
+    uint64_t key = mix64(id_hash ^ fingerprint(r));
+    if (!key) key = 1;
+    if (!M->bf_seen || M->bf_seen_n * 2 >= M->bf_seen_mask) {
+        size_t mask = M->bf_seen ? M->bf_seen_mask * 2 + 1 : 4095;
+        uint64_t *t = calloc(mask + 1, sizeof(uint64_t));
+        if (!t) return -1;
+        for (size_t i = 0; M->bf_seen && i <= M->bf_seen_mask; i++) {
+            if (!M->bf_seen[i]) continue;
+            size_t k = (size_t)M->bf_seen[i] & mask;
+            while (t[k]) k = (k + 1) & mask;
+            t[k] = M->bf_seen[i];
+        }
+        free(M->bf_seen);
+        M->bf_seen = t;
+        M->bf_seen_mask = mask;
+    }
+    size_t k = (size_t)key & M->bf_seen_mask;
+    while (M->bf_seen[k]) {
+        if (M->bf_seen[k] == key) return 1;
+        k = (k + 1) & M->bf_seen_mask;
+    }
+    M->bf_seen[k] = key;
+    M->bf_seen_n++;
+    return 0;
 }
 
 static int bf_add(Machine *M, uint32_t sid, const Rec *r) {
@@ -1777,6 +1809,8 @@ static int bf_add(Machine *M, uint32_t sid, const Rec *r) {
     if (found) return 0; /* in memory: expect() took care of it */
     int64_t cj = compact_find(M, sid, mid->s, mid->n, h);
     if (cj >= 0) return reinflate(M, (uint32_t)cj, mid) < 0 ? -1 : 0; /* it owes the group now */
+    int seen = bf_seen_before(M, h, r);
+    if (seen) return seen < 0 ? -1 : 0; /* a resend of a record met already: it changes nothing */
     uint32_t j = (uint32_t)h & M->bf_mask;
     Entry *e = NULL;
     while (M->bf_table[j]) {
