@@ -32,6 +32,7 @@ from msgtally.ingest.intake.otlp.http import router as otlp_router
 from msgtally.ingest.intake.otlp.metrics import OtlpMetrics
 from msgtally.reconcile.config import ReconcileConfig
 from msgtally.reconcile.engine import Reconciler
+from msgtally.reconcile.history import Retention, prune
 from msgtally.reconcile.lease import LeaseHeld
 from msgtally.slis.read.api import router as slis_router
 from msgtally.slis.read.exposition import StoreCollector
@@ -58,9 +59,15 @@ class EngineLoop:
     STALE = 30.0  # seconds without a tick, or without progress on a backlog, before unready
     MAX_BACKOFF = 10.0
     STANDBY = 5.0  # seconds between tries to take the lease while another engine holds it
+    PRUNE_EVERY = 60.0  # seconds between prunes of the per-minute and per-hour rows
 
-    def __init__(self, store: Engine, config: ReconcileConfig, interval: float) -> None:
+    def __init__(
+        self, store: Engine, config: ReconcileConfig, interval: float,
+        retention: Retention | None = None,
+    ) -> None:  # fmt: skip
         self._store, self._config, self._interval = store, config, interval
+        self._retention = retention or Retention()
+        self._last_prune = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="msgtally-engine", daemon=True)
         self.reconciler: Reconciler | None = None
@@ -120,6 +127,9 @@ class EngineLoop:
                 self._observe(result.batches)
                 if result.records >= self._config.budget:
                     wait = 0  # a backlog: keep going
+                if time.monotonic() - self._last_prune > self.PRUNE_EVERY:
+                    prune(self._store, time.time(), self._retention)
+                    self._last_prune = time.monotonic()
                 if time.monotonic() - self._last_wal > 2:
                     checkpoint_wal(self._store)
                     self._last_wal = time.monotonic()
@@ -159,6 +169,7 @@ def create_app(
     reconcile_interval: float | None = None,
     otlp_grpc: tuple[str, int] | None = None,
     spec: Spec | None = None,
+    retention: Retention | None = None,
 ) -> FastAPI:
     """The collector. With `reconcile_interval`, it also runs the reconcile loop;
     with `otlp_grpc` (host, port), the OTLP/gRPC server (app.state.otlp_grpc.port);
@@ -178,7 +189,10 @@ def create_app(
             port = await grpc_server.start(*otlp_grpc)
             log.info("OTLP/gRPC on %s:%d", otlp_grpc[0], port)
         _app.state.otlp_grpc = grpc_server
-        loop = EngineLoop(store, config, reconcile_interval) if reconcile_interval else None
+        loop = (
+            EngineLoop(store, config, reconcile_interval, retention)
+            if reconcile_interval else None
+        )  # fmt: skip
         _app.state.engine_loop = loop
         if loop:
             loop.start()

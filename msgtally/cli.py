@@ -120,6 +120,12 @@ def _add_reconcile(p: argparse.ArgumentParser) -> None:
     slo_commands.add_buckets(
         p, "--latency-buckets", "bounds of the latency histogram; include every SLO threshold"
     )
+    p.add_argument(
+        "--retain",
+        metavar="DURATION",
+        help="how long the per-minute figures are kept (7d, 12h, or seconds; default 7d); "
+        "per-hour ones are kept the longest SLO period + 30 days",
+    )
 
 
 def _add_logging(p: argparse.ArgumentParser) -> None:
@@ -176,7 +182,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     options = settings.collector_options(token_file)
     spec = _spec(settings)
     store = open_store(settings.db)
-    app = create_app(store, settings.reconcile_config(), spec=spec, **options)
+    longest = spec.period.seconds if spec is not None else None
+    app = create_app(
+        store, settings.reconcile_config(), spec=spec, retention=settings.retention(longest),
+        **options,
+    )  # fmt: skip
     loop = f"every {settings.interval:g}s" if settings.reconcile else "off"
     grpc = f"{settings.host}:{settings.otlp_grpc_port}" if settings.otlp_grpc else "off"
     log.info(
@@ -231,7 +241,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     store = open_store(settings.db)
     config = settings.reconcile_config()
     if args.loop:
-        loop = EngineLoop(store, config, settings.interval)
+        loop = EngineLoop(store, config, settings.interval, settings.retention(None))
         log.info("msgtally engine on %s", store.url.render_as_string(hide_password=True))
         loop.start()
         with contextlib.suppress(KeyboardInterrupt):

@@ -36,6 +36,8 @@ from msgtally.reconcile.config import (
     DEFAULT_SETTLE,
     ReconcileConfig,
 )
+from msgtally.reconcile.history import DEFAULT_RETAIN, Retention
+from msgtally.slis.spec.model import parse_duration
 from msgtally.store.url import DEFAULT_DB_URL
 
 from .auth import TokenError, TokenFile, Tokens
@@ -67,6 +69,8 @@ class Settings(BaseSettings):
     expected_groups: dict[str, list[str]] = Field(default_factory=dict)
     latency_buckets: list[float] = Field(default_factory=lambda: list(DEFAULT_BUCKETS))
     budget: int = Field(default=DEFAULT_BUDGET, ge=1)
+    # Seconds the per-minute figures are kept (--retain: 7d, 12h, or seconds).
+    retain: float = Field(default=DEFAULT_RETAIN, gt=0)
     log_level: LogLevel = "info"
     log_format: LogFormat = "text"
     access_log: bool = False
@@ -75,6 +79,11 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("retain", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        return parse_duration(value) if isinstance(value, str) else value
 
     @field_validator("stream_deadlines")
     @classmethod
@@ -109,6 +118,10 @@ class Settings(BaseSettings):
             "reconcile_interval": self.interval if self.reconcile else None,
             "otlp_grpc": (self.host, self.otlp_grpc_port) if self.otlp_grpc else None,
         }
+
+    def retention(self, longest_period: float | None) -> Retention:
+        """How long the per-minute rows (--retain) and the per-hour rows are kept."""
+        return Retention.for_period(self.retain, longest_period)
 
     def reconcile_config(self) -> ReconcileConfig:
         return ReconcileConfig(
@@ -190,7 +203,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     for name in (
         "db", "host", "port", "deadline", "settle", "remember", "interval", "max_body",
         "max_inflight", "read_timeout", "max_series", "token_file", "spec", "otlp_grpc_port",
-        "log_level", "log_format",
+        "log_level", "log_format", "retain",
     ):  # fmt: skip
         value = getattr(args, name, None)
         if value is not None:

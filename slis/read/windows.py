@@ -1,0 +1,220 @@
+"""Figures over a window of time: sums of the engine's per-minute and per-hour rows.
+
+A window of `w` seconds at `now` is the last ceil(w / 60) minutes, the
+current (partial) minute included: every figure is the exact sum of those
+minute rows (msgtally.reconcile.outputs writes them with each tick). A
+window reaching past the oldest minute kept (`--retain`) takes the hour rows
+before the first whole hour of the minutes kept, and so starts at an hour.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, Table, func, select
+
+from msgtally.names import COUNT_FIELDS, TALLY_FIELDS
+from msgtally.store.tables import (
+    HOUR,
+    MINUTE,
+    latency_hours,
+    latency_minutes,
+    tally_hours,
+    tally_minutes,
+)
+
+from .figures import QUANTILES, SLI
+from .query import dropped_for, read_drops, read_missing
+
+
+@dataclass
+class Sums:
+    """The tally deltas and latency bucket deltas of one (stream, group), added up."""
+
+    stream: str
+    group: str
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TALLY_FIELDS, 0))
+    latency_sum: float = 0.0
+    buckets: dict[str, int] = field(default_factory=dict)  # le label -> count (not cumulative)
+
+    def add(self, other: Sums) -> None:
+        for name, n in other.counts.items():
+            self.counts[name] += n
+        self.latency_sum += other.latency_sum
+        for le, n in other.buckets.items():
+            self.buckets[le] = self.buckets.get(le, 0) + n
+
+
+@dataclass(frozen=True)
+class Span:
+    """Rows of one resolution with `lo <= at < hi`."""
+
+    counts: Table
+    buckets: Table
+    lo: int
+    hi: int
+
+
+def first_minute(now: float, seconds: float) -> int:
+    """The start of the oldest minute of a window of `seconds` at `now`."""
+    minutes = max(1, math.ceil(seconds / MINUTE))
+    return int(now // MINUTE) * MINUTE - (minutes - 1) * MINUTE
+
+
+def oldest_minute(conn: Connection) -> int | None:
+    """The oldest minute row kept (an index lookup)."""
+    at = conn.execute(select(func.min(tally_minutes.c.at))).scalar()
+    return None if at is None else int(at)
+
+
+def spans(start: int, now: float, oldest: int | None) -> list[Span]:
+    """Which rows make up the window from `start` to `now`, given the oldest minute kept."""
+    end = int(now // MINUTE) * MINUTE + MINUTE  # the current minute included
+    if oldest is None or start >= oldest:
+        return [Span(tally_minutes, latency_minutes, start, end)]
+    boundary = min(-(-oldest // HOUR) * HOUR, end)  # the first whole hour of the minutes kept
+    return [
+        Span(tally_hours, latency_hours, start // HOUR * HOUR, boundary),
+        Span(tally_minutes, latency_minutes, boundary, end),
+    ]
+
+
+def _where(table: Table, span: Span, pairs: Sequence[tuple[str, str]] | None,
+           stream: str | None) -> list[Any]:  # fmt: skip
+    conds: list[Any] = [table.c.at >= span.lo, table.c.at < span.hi]
+    if stream is not None:
+        conds.append(table.c.stream == stream)
+    if pairs is not None:
+        conds.append(table.c.grp.in_(sorted({g for _, g in pairs})))
+    return conds
+
+
+def _sum_span(
+    conn: Connection, span: Span, by: Sequence[str], stream: str | None,
+    pairs: Sequence[tuple[str, str]] | None,
+) -> dict[tuple[Any, ...], Sums]:  # fmt: skip
+    """Sums per key (`by`: column names of the tables) over the span's rows."""
+    t, b = span.counts, span.buckets
+    keys = [t.c[k] for k in by]
+    query = (
+        select(*keys, *(func.sum(t.c[f]) for f in TALLY_FIELDS), func.sum(t.c.latency_sum))
+        .where(*_where(t, span, pairs, stream))
+        .group_by(*keys)
+    )
+    out: dict[tuple[Any, ...], Sums] = {}
+    n = len(by)
+    for row in conn.execute(query):
+        key = tuple(row[:n])
+        values = row[n:]
+        s = out.setdefault(key, Sums(*_names(by, key)))
+        s.counts = {f: int(v or 0) for f, v in zip(TALLY_FIELDS, values, strict=False)}
+        s.latency_sum = float(values[-1] or 0.0)
+    bkeys = [b.c[k] for k in by]
+    bquery = (
+        select(*bkeys, b.c.le, func.sum(b.c.count))
+        .where(*_where(b, span, pairs, stream))
+        .group_by(*bkeys, b.c.le)
+    )
+    for row in conn.execute(bquery):
+        key = tuple(row[:n])
+        s = out.setdefault(key, Sums(*_names(by, key)))
+        s.buckets[str(row[n])] = int(row[n + 1])
+    return out
+
+
+def _names(by: Sequence[str], key: tuple[Any, ...]) -> tuple[str, str]:
+    named = dict(zip(by, key, strict=True))
+    return str(named.get("stream", "")), str(named.get("grp", ""))
+
+
+def read_window(
+    conn: Connection, now: float, seconds: float, *, stream: str | None = None,
+    group: str | None = None,
+) -> list[Sums]:  # fmt: skip
+    """Sums per (stream, group) over the window of `seconds` at `now`, in key order."""
+    start = first_minute(now, seconds)
+    total: dict[tuple[Any, ...], Sums] = {}
+    for span in spans(start, now, oldest_minute(conn)):
+        for key, s in _sum_span(conn, span, ("stream", "grp"), stream, None).items():
+            total.setdefault(key, Sums(s.stream, s.group)).add(s)
+    rows = [s for _, s in sorted(total.items())]
+    return [s for s in rows if group is None or s.group == group]
+
+
+def read_series(
+    conn: Connection, start: float, now: float, pairs: Sequence[tuple[str, str]]
+) -> tuple[int, list[tuple[int, Sums]]]:
+    """The pairs' sums per step from `start` to `now`, added over the pairs: per minute
+    when the minutes kept reach `start` and it is at most a day ago, else per hour.
+    (step seconds, [(at, sums)]) in time order; steps without rows are left out."""
+    oldest = oldest_minute(conn)
+    first = first_minute(start, 0)
+    if (oldest is None or first >= oldest) and now - start <= 86_400:
+        end = int(now // MINUTE) * MINUTE + MINUTE
+        span, step = Span(tally_minutes, latency_minutes, first, end), MINUTE
+    else:
+        end = int(now // HOUR) * HOUR + HOUR
+        span, step = Span(tally_hours, latency_hours, int(start // HOUR * HOUR), end), HOUR
+    streams = {s for s, _ in pairs}
+    out: dict[int, Sums] = {}
+    for stream in sorted(streams):
+        mine = [p for p in pairs if p[0] == stream]
+        rows = _sum_span(conn, span, ("at", "stream", "grp"), stream, mine)
+        for (at, *_), s in rows.items():
+            out.setdefault(int(at), Sums(stream, "*")).add(s)
+    return step, sorted(out.items())
+
+
+def bucket_quantile(buckets: Mapping[str, int], q: float) -> float | None:
+    """The q-quantile of a histogram's buckets (le label -> count, not cumulative),
+    interpolated linearly within its bucket as Prometheus's histogram_quantile does;
+    the highest finite bound when it falls in +Inf. None without observations."""
+    bounds = sorted((math.inf if le == "+Inf" else float(le), n) for le, n in buckets.items())
+    total = sum(n for _, n in bounds)
+    if total <= 0:
+        return None
+    rank = q * total
+    seen, lower = 0, 0.0
+    for upper, n in bounds:
+        if n and seen + n >= rank:
+            if math.isinf(upper):
+                return lower
+            return lower + (upper - lower) * (rank - seen) / n
+        seen += n
+        if not math.isinf(upper):
+            lower = upper
+    return lower
+
+
+def as_slis(conn: Connection, sums: Iterable[Sums]) -> list[SLI]:
+    """Window sums as SLI rows; measurement loss is the running totals (not windowed)."""
+    drops = read_drops(conn)
+    missing = read_missing(conn)
+    out = []
+    for s in sums:
+        fields: dict[str, Any] = {f: s.counts[f] for f in COUNT_FIELDS}
+        fields.update({name: bucket_quantile(s.buckets, q) for name, q in QUANTILES})
+        out.append(
+            SLI(
+                stream=s.stream,
+                group=s.group,
+                latency_count=s.counts["latency_count"],
+                latency_sum=s.latency_sum,
+                records_dropped=dropped_for(drops, s.stream, s.group),
+                produce_records_missing=missing.get((s.stream, "produce", ""), 0),
+                consume_records_missing=missing.get((s.stream, "consume", s.group), 0),
+                **fields,
+            )
+        )
+    return out
+
+
+def read_window_slis(
+    conn: Connection, now: float, seconds: float, stream: str | None = None,
+    group: str | None = None,
+) -> list[SLI]:  # fmt: skip
+    """The SLIs over the window of `seconds` at `now`, per (stream, group)."""
+    return as_slis(conn, read_window(conn, now, seconds, stream=stream, group=group))
