@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 from prometheus_client.registry import CollectorRegistry
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -42,6 +43,8 @@ from msgtally.store.tables import log_pending
 
 from .auth import BearerAuth, Tokens
 from .health import router as health_router
+from .status.pages import STATIC, Links, is_page
+from .status.pages import router as status_router
 
 log = logging.getLogger("msgtally")
 
@@ -170,12 +173,16 @@ def create_app(
     otlp_grpc: tuple[str, int] | None = None,
     spec: Spec | None = None,
     retention: Retention | None = None,
+    links: Links | None = None,
+    ui_open: bool = False,
 ) -> FastAPI:
     """The collector. With `reconcile_interval`, it also runs the reconcile loop;
     with `otlp_grpc` (host, port), the OTLP/gRPC server (app.state.otlp_grpc.port);
     with an SLO `spec`, its SLIs carry the delivery contracts the spec declares;
     with a `token` (or `Tokens`, which a token file's watcher replaces), every
-    endpoint but /healthz needs one."""
+    endpoint but /healthz needs one (the status page takes it once, into a cookie,
+    unless `ui_open`); `links` are where the status page links out (Prometheus,
+    Grafana, traces)."""
     config = config or ReconcileConfig()
     tokens = Tokens([token]) if isinstance(token, str) else token
     registry = CollectorRegistry(auto_describe=False)
@@ -212,17 +219,23 @@ def create_app(
     app.state.intake = Intake(max_body, max_inflight, read_timeout)
     app.state.names = NameGuard(max_series)
     app.state.otlp_metrics = OtlpMetrics(registry)
+    app.state.tokens = tokens
+    app.state.links = links or Links()
     if tokens is not None:
         open_paths = {"/healthz", "/metrics"} if metrics_open else {"/healthz"}
         app.add_middleware(
-            BearerAuth, tokens=tokens, open_paths=open_paths, on_refused=_count_refusal(app)
-        )
+            BearerAuth, tokens=tokens, open_paths=open_paths, on_refused=_count_refusal(app),
+            page_paths=is_page, login="/ui/login", page_open=ui_open,
+            open_prefixes=("/ui/login", "/ui/static/"),
+        )  # fmt: skip
     problems.install(app)
     app.state.engine_loop = None
     app.include_router(health_router)
     app.include_router(ingest_router)
     app.include_router(otlp_router)
     app.include_router(slis_router)
+    app.include_router(status_router())
+    app.mount("/ui/static", StaticFiles(directory=STATIC), name="status-static")
     _describe_bodies(app)
     return app
 

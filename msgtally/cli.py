@@ -182,10 +182,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     options = settings.collector_options(token_file)
     spec = _spec(settings)
     store = open_store(settings.db)
+    from .status.pages import Links
+
     longest = spec.period.seconds if spec is not None else None
+    links = Links(settings.prometheus_url, settings.grafana_url, settings.trace_url)
     app = create_app(
         store, settings.reconcile_config(), spec=spec, retention=settings.retention(longest),
-        **options,
+        links=links, **options,
     )  # fmt: skip
     loop = f"every {settings.interval:g}s" if settings.reconcile else "off"
     grpc = f"{settings.host}:{settings.otlp_grpc_port}" if settings.otlp_grpc else "off"
@@ -194,6 +197,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "gRPC %s)", settings.host, settings.port, store.url.render_as_string(hide_password=True),
         loop, grpc,
     )  # fmt: skip
+    shown = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    print(f"msgtally status page: http://{shown}:{sock.getsockname()[1]}/", file=sys.stderr,
+          flush=True)  # fmt: skip
     if options["token"] is None:
         if settings.host in ("127.0.0.1", "::1", "localhost"):
             log.info("no token (--token-file or MSGTALLY_TOKEN): only this machine can reach it")
@@ -383,6 +389,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--metrics-open", action="store_true", help="with a token, leave /metrics open"
     )
+    p.add_argument(
+        "--ui-open", action="store_true",
+        help="with a token, leave the status page (/) open; otherwise it asks for the token "
+        "once and keeps it in a secure, HTTP-only cookie",
+    )  # fmt: skip
+    p.add_argument("--prometheus-url", metavar="URL",
+                   help="a Prometheus with the generated rules: the status page shows the "
+                   "alerts' state from its ALERTS series")  # fmt: skip
+    p.add_argument("--grafana-url", metavar="URL",
+                   help="the Grafana with the generated dashboards: the status page links them")
+    p.add_argument("--trace-url", metavar="TEMPLATE",
+                   help="a trace's address, {trace_id} filled in (Jaeger: http://jaeger:16686"
+                   "/trace/{trace_id}): the status page links each id")  # fmt: skip
     _add_logging(p)
     p.add_argument(
         "--access-log",

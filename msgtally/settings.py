@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     token_file: str | None = None
     spec: str | None = None  # an SLO spec whose delivery contracts the SLIs show
     metrics_open: bool = False
+    ui_open: bool = False  # with a token, leave the status page open
+    prometheus_url: str | None = None  # the status page shows the alerts' state from it
+    grafana_url: str | None = None  # ... links to the dashboards there
+    trace_url: str | None = None  # ... links each id to its trace: a template with {trace_id}
     reconcile: bool = True
     interval: float = Field(default=0.5, gt=0)
     deadline: float = Field(default=DEFAULT_DEADLINE, gt=0)
@@ -115,6 +119,7 @@ class Settings(BaseSettings):
             "max_series": self.max_series,
             "token": tokens,
             "metrics_open": self.metrics_open,
+            "ui_open": self.ui_open,
             "reconcile_interval": self.interval if self.reconcile else None,
             "otlp_grpc": (self.host, self.otlp_grpc_port) if self.otlp_grpc else None,
         }
@@ -203,7 +208,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     for name in (
         "db", "host", "port", "deadline", "settle", "remember", "interval", "max_body",
         "max_inflight", "read_timeout", "max_series", "token_file", "spec", "otlp_grpc_port",
-        "log_level", "log_format", "retain",
+        "log_level", "log_format", "retain", "prometheus_url", "grafana_url", "trace_url",
     ):  # fmt: skip
         value = getattr(args, name, None)
         if value is not None:
@@ -214,6 +219,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         overrides["reconcile"] = False
     if getattr(args, "metrics_open", False):
         overrides["metrics_open"] = True
+    if getattr(args, "ui_open", False):
+        overrides["ui_open"] = True
     if getattr(args, "no_otlp_grpc", False):
         overrides["otlp_grpc"] = False
     if getattr(args, "access_log", False):

@@ -144,28 +144,26 @@ def read_window(
     return [s for s in rows if group is None or s.group == group]
 
 
+def step_for(seconds: float) -> int:
+    """The resolution of a graph over `seconds`: minutes up to a day, hours beyond."""
+    return MINUTE if seconds <= 86_400 else HOUR
+
+
 def read_series(
-    conn: Connection, start: float, now: float, pairs: Sequence[tuple[str, str]]
-) -> tuple[int, list[tuple[int, Sums]]]:
-    """The pairs' sums per step from `start` to `now`, added over the pairs: per minute
-    when the minutes kept reach `start` and it is at most a day ago, else per hour.
-    (step seconds, [(at, sums)]) in time order; steps without rows are left out."""
-    oldest = oldest_minute(conn)
-    first = first_minute(start, 0)
-    if (oldest is None or first >= oldest) and now - start <= 86_400:
-        end = int(now // MINUTE) * MINUTE + MINUTE
-        span, step = Span(tally_minutes, latency_minutes, first, end), MINUTE
-    else:
-        end = int(now // HOUR) * HOUR + HOUR
-        span, step = Span(tally_hours, latency_hours, int(start // HOUR * HOUR), end), HOUR
-    streams = {s for s, _ in pairs}
+    conn: Connection, start: float, now: float, pairs: Sequence[tuple[str, str]], step: int
+) -> list[tuple[int, Sums]]:
+    """The pairs' sums per step (MINUTE or HOUR) from `start` to `now`, added over the
+    pairs, in time order; steps without rows are left out (and minutes past --retain)."""
+    counts, buckets = (tally_minutes, latency_minutes) if step == MINUTE else (
+        tally_hours, latency_hours)  # fmt: skip
+    span = Span(counts, buckets, int(start // step * step), int(now // step * step) + step)
     out: dict[int, Sums] = {}
-    for stream in sorted(streams):
+    for stream in sorted({s for s, _ in pairs}):
         mine = [p for p in pairs if p[0] == stream]
         rows = _sum_span(conn, span, ("at", "stream", "grp"), stream, mine)
         for (at, *_), s in rows.items():
             out.setdefault(int(at), Sums(stream, "*")).add(s)
-    return step, sorted(out.items())
+    return sorted(out.items())
 
 
 def bucket_quantile(buckets: Mapping[str, int], q: float) -> float | None:
