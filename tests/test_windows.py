@@ -28,7 +28,7 @@ from msgtally.slis.read.windows import (
     read_window,
     read_window_slis,
 )
-from msgtally.store.tables import tally_hours, tally_minutes, tallies
+from msgtally.store.tables import tallies, tally_hours, tally_minutes
 from tests.conftest import LiveCollector
 from tests.harness import ingest
 

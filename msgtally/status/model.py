@@ -23,7 +23,14 @@ from msgtally.slis.read.query import read_in_flight, read_slis
 from msgtally.slis.read.windows import Sums, read_window
 from msgtally.slis.spec import budget
 from msgtally.slis.spec.model import SLO, Spec
-from msgtally.store.tables import log_pending, meta, quarantine, tally_hours, tally_minutes
+from msgtally.store.tables import (
+    HOUR,
+    log_pending,
+    meta,
+    quarantine,
+    tally_hours,
+    tally_minutes,
+)
 
 DEFAULT_PERIOD = 30 * 86_400  # without a spec
 
@@ -171,14 +178,19 @@ def slo_key(slo: SLO) -> str:
 def first_at(conn: Connection, pairs: Sequence[tuple[str, str]]) -> int | None:
     """When the store's rows of these pairs begin: their oldest minute, or hour once
     those minutes are pruned."""
-    found = []
+    firsts = []
     for t in (tally_minutes, tally_hours):
+        found = []
         for stream, group in pairs:
             query = select(func.min(t.c.at)).where(t.c.stream == stream, t.c.grp == group)
             at = conn.execute(query).scalar()
             if at is not None:
                 found.append(int(at))
-    return min(found) if found else None
+        firsts.append(min(found) if found else None)
+    minute, hour = firsts
+    if minute is not None and (hour is None or minute < hour + HOUR):
+        return minute  # the minutes reach back to the first hour: none pruned
+    return hour
 
 
 def _windows(spec: Spec | None) -> tuple[Window, ...]:

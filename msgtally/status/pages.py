@@ -73,7 +73,12 @@ def _ago(seconds: float | None) -> str:
     return "never" if seconds is None else duration(seconds)
 
 
-env.filters.update(pct=_pct, burn=_burn, ago=_ago, dur=format_duration, human=duration)
+def _clock(at: float | None) -> str:
+    return "-" if at is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at)) + "Z"
+
+
+env.filters.update(pct=_pct, burn=_burn, ago=_ago, dur=format_duration, human=duration,
+                   clock=_clock)  # fmt: skip
 env.globals["quote"] = lambda s: quote(s, safe="")
 
 
