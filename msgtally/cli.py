@@ -255,12 +255,22 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
                 time.sleep(3600)
         loop.stop()
         return 0
+    from sqlalchemy import func, select
+
+    from msgtally.store.tables import log_pending
+
+    from .progress import progress
+
     started = time.monotonic()
+    with store.connect() as conn:
+        backlog = int(conn.execute(select(func.coalesce(func.sum(log_pending.c.n), 0)))
+                      .scalar_one())  # fmt: skip
+    with progress("reconciling", backlog or None) as advance:
 
-    def progress(part: TickResult) -> None:
-        print(f"  applied {part.records} records, {part.judged} verdicts", file=sys.stderr)
+        def ticked(part: TickResult) -> None:
+            advance(part.records, f"applied {part.records} records, {part.judged} verdicts")
 
-    result = reconcile(store, config, args.now, on_tick=progress)
+        result = reconcile(store, config, args.now, on_tick=ticked)
     print(
         f"reconciled {result.records} records ({result.batches} log rows): "
         f"{result.judged} verdicts ({time.monotonic() - started:.2f}s)",
@@ -273,15 +283,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     from msgtally.slis.read.figures import with_contracts
     from msgtally.slis.read.query import read_slis
     from msgtally.slis.read.report import render_table
+    from msgtally.slis.read.windows import read_window_slis
+    from msgtally.slis.spec.model import parse_duration
     from msgtally.store.db import open_store
 
     from .settings import settings_from_args
 
     settings = settings_from_args(args)
     spec = _spec(settings)
+    try:
+        since = None if args.since is None else parse_duration(args.since)
+    except ValueError as exc:
+        raise CommandError(f"--since: {exc}") from None
     store = open_store(settings.db, create=False)  # a report never makes a store
     with store.connect() as conn:
-        everything = with_contracts(read_slis(conn), spec)
+        figures = read_slis(conn) if since is None else read_window_slis(conn, time.time(), since)
+        everything = with_contracts(figures, spec)
     slis = [
         s
         for s in everything
@@ -292,10 +309,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([s.to_json() for s in slis], indent=2))
     else:
-        print(render_table(slis))
+        print(render_table(slis, wide=args.wide, colour=_colour(sys.stdout)))
         quarantine_commands.note_under_report(store)
     store.dispose()
     return 0
+
+
+def _colour(out: object) -> bool:
+    """Colours on a terminal, unless NO_COLOR is set (no-color.org)."""
+    isatty = getattr(out, "isatty", None)
+    return bool(isatty and isatty()) and not os.environ.get("NO_COLOR")
 
 
 def _no_such(args: argparse.Namespace, slis: Sequence[object]) -> str:
@@ -446,6 +469,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--stream", help="only this stream")
     p.add_argument("--group", help="only this consumer group")
+    p.add_argument("--since", metavar="WINDOW",
+                   help="the figures judged in this window (5m, 1h, 1d, 30d) instead of the "
+                   "running totals (per-minute rows; per-hour past --retain)")  # fmt: skip
+    p.add_argument("--wide", action="store_true",
+                   help="every column (default: those an on-call reads first, within 100 "
+                   "columns)")  # fmt: skip
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser(
