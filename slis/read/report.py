@@ -131,6 +131,9 @@ def _cell(name: str, value: object, row: dict[str, Any]) -> str:
     return str(value)
 
 
+_WORDS = ("stream", "group", "observed_semantics", "contract")  # left-aligned columns
+
+
 def _cut(name: str) -> str:
     return name if len(name) <= NAME_MAX else name[: NAME_MAX - 1] + "~"
 
