@@ -2,9 +2,10 @@
 
 A window of `w` seconds at `now` is the last ceil(w / 60) minutes, the
 current (partial) minute included: every figure is the exact sum of those
-minute rows (msgtally.reconcile.outputs writes them with each tick). A
-window reaching past the oldest minute kept (`--retain`) takes the hour rows
-before the first whole hour of the minutes kept, and so starts at an hour.
+minute rows (msgtally.reconcile.outputs writes them with each tick), read as
+the hour rows of the whole hours inside the window (each the sum of its
+minutes) and the minute rows at its edges. A window reaching past the oldest
+minute kept (`--retain`) starts at the hour its start falls in.
 """
 
 from __future__ import annotations
@@ -71,15 +72,27 @@ def oldest_minute(conn: Connection) -> int | None:
 
 
 def spans(start: int, now: float, oldest: int | None) -> list[Span]:
-    """Which rows make up the window from `start` to `now`, given the oldest minute kept."""
+    """Which rows make up the window from `start` to `now`, given the oldest minute kept:
+    the whole hours inside it from the hour rows (each the sum of its minutes), the
+    minutes at either edge from the minute rows; past the oldest minute kept, the hours
+    from the one `start` falls in."""
     end = int(now // MINUTE) * MINUTE + MINUTE  # the current minute included
-    if oldest is None or start >= oldest:
-        return [Span(tally_minutes, latency_minutes, start, end)]
-    boundary = min(-(-oldest // HOUR) * HOUR, end)  # the first whole hour of the minutes kept
-    return [
-        Span(tally_hours, latency_hours, start // HOUR * HOUR, boundary),
-        Span(tally_minutes, latency_minutes, boundary, end),
-    ]
+    last_hour = end // HOUR * HOUR
+    out = []
+    if oldest is not None and start < oldest:
+        first_hour = start // HOUR * HOUR
+        if oldest > last_hour:  # no minute before this hour's: its hour row, up to now
+            return [Span(tally_hours, latency_hours, first_hour, last_hour + HOUR)]
+    else:
+        first_hour = -(-start // HOUR) * HOUR
+        if first_hour >= last_hour:
+            return [Span(tally_minutes, latency_minutes, start, end)]
+        if start < first_hour:
+            out.append(Span(tally_minutes, latency_minutes, start, first_hour))
+    out.append(Span(tally_hours, latency_hours, first_hour, last_hour))
+    if last_hour < end:
+        out.append(Span(tally_minutes, latency_minutes, last_hour, end))
+    return out
 
 
 def _where(table: Table, span: Span, pairs: Sequence[tuple[str, str]] | None,
