@@ -198,8 +198,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         loop, grpc,
     )  # fmt: skip
     shown = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
-    print(f"msgtally status page: http://{shown}:{sock.getsockname()[1]}/", file=sys.stderr,
-          flush=True)  # fmt: skip
+    log.info("status page: http://%s:%d/", shown, sock.getsockname()[1])
     if options["token"] is None:
         if settings.host in ("127.0.0.1", "::1", "localhost"):
             log.info("no token (--token-file or MSGTALLY_TOKEN): only this machine can reach it")
