@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 from prometheus_client.registry import CollectorRegistry
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -32,6 +33,7 @@ from msgtally.ingest.intake.otlp.http import router as otlp_router
 from msgtally.ingest.intake.otlp.metrics import OtlpMetrics
 from msgtally.reconcile.config import ReconcileConfig
 from msgtally.reconcile.engine import Reconciler
+from msgtally.reconcile.history import Retention, prune
 from msgtally.reconcile.lease import LeaseHeld
 from msgtally.slis.read.api import router as slis_router
 from msgtally.slis.read.exposition import StoreCollector
@@ -41,6 +43,8 @@ from msgtally.store.tables import log_pending
 
 from .auth import BearerAuth, Tokens
 from .health import router as health_router
+from .status.pages import STATIC, Links, is_page
+from .status.pages import router as status_router
 
 log = logging.getLogger("msgtally")
 
@@ -58,9 +62,15 @@ class EngineLoop:
     STALE = 30.0  # seconds without a tick, or without progress on a backlog, before unready
     MAX_BACKOFF = 10.0
     STANDBY = 5.0  # seconds between tries to take the lease while another engine holds it
+    PRUNE_EVERY = 60.0  # seconds between prunes of the per-minute and per-hour rows
 
-    def __init__(self, store: Engine, config: ReconcileConfig, interval: float) -> None:
+    def __init__(
+        self, store: Engine, config: ReconcileConfig, interval: float,
+        retention: Retention | None = None,
+    ) -> None:  # fmt: skip
         self._store, self._config, self._interval = store, config, interval
+        self._retention = retention or Retention()
+        self._last_prune = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="msgtally-engine", daemon=True)
         self.reconciler: Reconciler | None = None
@@ -120,6 +130,9 @@ class EngineLoop:
                 self._observe(result.batches)
                 if result.records >= self._config.budget:
                     wait = 0  # a backlog: keep going
+                if time.monotonic() - self._last_prune > self.PRUNE_EVERY:
+                    prune(self._store, time.time(), self._retention)
+                    self._last_prune = time.monotonic()
                 if time.monotonic() - self._last_wal > 2:
                     checkpoint_wal(self._store)
                     self._last_wal = time.monotonic()
@@ -159,12 +172,17 @@ def create_app(
     reconcile_interval: float | None = None,
     otlp_grpc: tuple[str, int] | None = None,
     spec: Spec | None = None,
+    retention: Retention | None = None,
+    links: Links | None = None,
+    ui_open: bool = False,
 ) -> FastAPI:
     """The collector. With `reconcile_interval`, it also runs the reconcile loop;
     with `otlp_grpc` (host, port), the OTLP/gRPC server (app.state.otlp_grpc.port);
     with an SLO `spec`, its SLIs carry the delivery contracts the spec declares;
     with a `token` (or `Tokens`, which a token file's watcher replaces), every
-    endpoint but /healthz needs one."""
+    endpoint but /healthz needs one (the status page takes it once, into a cookie,
+    unless `ui_open`); `links` are where the status page links out (Prometheus,
+    Grafana, traces)."""
     config = config or ReconcileConfig()
     tokens = Tokens([token]) if isinstance(token, str) else token
     registry = CollectorRegistry(auto_describe=False)
@@ -178,7 +196,10 @@ def create_app(
             port = await grpc_server.start(*otlp_grpc)
             log.info("OTLP/gRPC on %s:%d", otlp_grpc[0], port)
         _app.state.otlp_grpc = grpc_server
-        loop = EngineLoop(store, config, reconcile_interval) if reconcile_interval else None
+        loop = (
+            EngineLoop(store, config, reconcile_interval, retention)
+            if reconcile_interval else None
+        )  # fmt: skip
         _app.state.engine_loop = loop
         if loop:
             loop.start()
@@ -198,17 +219,23 @@ def create_app(
     app.state.intake = Intake(max_body, max_inflight, read_timeout)
     app.state.names = NameGuard(max_series)
     app.state.otlp_metrics = OtlpMetrics(registry)
+    app.state.tokens = tokens
+    app.state.links = links or Links()
     if tokens is not None:
         open_paths = {"/healthz", "/metrics"} if metrics_open else {"/healthz"}
         app.add_middleware(
-            BearerAuth, tokens=tokens, open_paths=open_paths, on_refused=_count_refusal(app)
-        )
+            BearerAuth, tokens=tokens, open_paths=open_paths, on_refused=_count_refusal(app),
+            page_paths=is_page, login="/ui/login", page_open=ui_open,
+            open_prefixes=("/ui/login", "/ui/static/"),
+        )  # fmt: skip
     problems.install(app)
     app.state.engine_loop = None
     app.include_router(health_router)
     app.include_router(ingest_router)
     app.include_router(otlp_router)
     app.include_router(slis_router)
+    app.include_router(status_router())
+    app.mount("/ui/static", StaticFiles(directory=STATIC), name="status-static")
     _describe_bodies(app)
     return app
 

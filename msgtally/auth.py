@@ -23,6 +23,7 @@ import os
 import threading
 from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
+from urllib.parse import quote
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -171,10 +172,29 @@ class TokenFile:
                 log.exception("token file watcher: unexpected error")
 
 
+# The status page's cookie: the token, kept by the browser after the page asked once.
+COOKIE = "msgtally_token"
+
+
+def cookie_token(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """The token of the page's cookie, as an Authorization value (b"" without one)."""
+    for key, value in headers:
+        if key != b"cookie":
+            continue
+        for part in value.split(b";"):
+            name, _, token = part.strip().partition(b"=")
+            if name == COOKIE.encode() and token:
+                return b"Bearer " + token
+    return b""
+
+
 class BearerAuth:
     """Refuses, with a 401, a request without one of the tokens; `on_refused`
     hears the path of each refusal (the collector counts those on its ingest
-    endpoints)."""
+    endpoints). `page_paths` (the status page and its partials) also take the
+    token from the page's cookie, and a browser without it is sent to `login`;
+    `open_prefixes` need nothing (the page's login and its scripts), nor the
+    page's paths with `page_open` (`--ui-open`)."""
 
     def __init__(
         self,
@@ -182,20 +202,41 @@ class BearerAuth:
         tokens: Tokens,
         open_paths: Collection[str],
         on_refused: Callable[[str], None] | None = None,
+        page_paths: Callable[[str], bool] | None = None,
+        open_prefixes: Collection[str] = (),
+        login: str | None = None,
+        page_open: bool = False,
     ) -> None:
         self.app = app
         self.tokens = tokens
         self.open_paths = frozenset(open_paths)
         self.on_refused = on_refused
+        self.page_paths = page_paths
+        self.open_prefixes = tuple(open_prefixes)
+        self.login = login
+        self.page_open = page_open
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.open_paths:
+        path = scope.get("path", "")
+        if (
+            scope["type"] != "http" or path in self.open_paths
+            or (self.open_prefixes and path.startswith(self.open_prefixes))
+        ):  # fmt: skip
             await self.app(scope, receive, send)
             return
         given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+        page = self.page_paths is not None and self.page_paths(path)
+        if page and self.page_open:
+            await self.app(scope, receive, send)
+            return
+        if page and not given:
+            given = cookie_token(scope["headers"])
         reason = self.tokens.check(given)
         if reason is None:
             await self.app(scope, receive, send)
+            return
+        if page and self.login and scope.get("method") == "GET" and not _htmx(scope):
+            await _redirect(send, f"{self.login}?next={quote(path, safe='/')}")
             return
         if self.on_refused is not None:
             self.on_refused(scope["path"])
@@ -210,3 +251,16 @@ class BearerAuth:
             ],
         })  # fmt: skip
         await send({"type": "http.response.body", "body": body})
+
+
+def _htmx(scope: Scope) -> bool:
+    return any(k == b"hx-request" for k, _ in scope["headers"])
+
+
+async def _redirect(send: Send, location: str) -> None:
+    await send({
+        "type": "http.response.start",
+        "status": 303,
+        "headers": [(b"location", location.encode()), (b"content-length", b"0")],
+    })  # fmt: skip
+    await send({"type": "http.response.body", "body": b""})

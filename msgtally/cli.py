@@ -120,6 +120,12 @@ def _add_reconcile(p: argparse.ArgumentParser) -> None:
     slo_commands.add_buckets(
         p, "--latency-buckets", "bounds of the latency histogram; include every SLO threshold"
     )
+    p.add_argument(
+        "--retain",
+        metavar="DURATION",
+        help="how long the per-minute figures are kept (7d, 12h, or seconds; default 7d); "
+        "per-hour ones are kept the longest SLO period + 30 days",
+    )
 
 
 def _add_logging(p: argparse.ArgumentParser) -> None:
@@ -176,7 +182,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     options = settings.collector_options(token_file)
     spec = _spec(settings)
     store = open_store(settings.db)
-    app = create_app(store, settings.reconcile_config(), spec=spec, **options)
+    from .status.pages import Links
+
+    longest = spec.period.seconds if spec is not None else None
+    links = Links(settings.prometheus_url, settings.grafana_url, settings.trace_url)
+    app = create_app(
+        store, settings.reconcile_config(), spec=spec, retention=settings.retention(longest),
+        links=links, **options,
+    )  # fmt: skip
     loop = f"every {settings.interval:g}s" if settings.reconcile else "off"
     grpc = f"{settings.host}:{settings.otlp_grpc_port}" if settings.otlp_grpc else "off"
     log.info(
@@ -184,6 +197,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "gRPC %s)", settings.host, settings.port, store.url.render_as_string(hide_password=True),
         loop, grpc,
     )  # fmt: skip
+    shown = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    log.info("status page: http://%s:%d/", shown, sock.getsockname()[1])
     if options["token"] is None:
         if settings.host in ("127.0.0.1", "::1", "localhost"):
             log.info("no token (--token-file or MSGTALLY_TOKEN): only this machine can reach it")
@@ -231,7 +246,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     store = open_store(settings.db)
     config = settings.reconcile_config()
     if args.loop:
-        loop = EngineLoop(store, config, settings.interval)
+        loop = EngineLoop(store, config, settings.interval, settings.retention(None))
         log.info("msgtally engine on %s", store.url.render_as_string(hide_password=True))
         loop.start()
         with contextlib.suppress(KeyboardInterrupt):
@@ -239,12 +254,22 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
                 time.sleep(3600)
         loop.stop()
         return 0
+    from sqlalchemy import func, select
+
+    from msgtally.store.tables import log_pending
+
+    from .progress import progress
+
     started = time.monotonic()
+    with store.connect() as conn:
+        backlog = int(conn.execute(select(func.coalesce(func.sum(log_pending.c.n), 0)))
+                      .scalar_one())  # fmt: skip
+    with progress("reconciling", backlog or None) as advance:
 
-    def progress(part: TickResult) -> None:
-        print(f"  applied {part.records} records, {part.judged} verdicts", file=sys.stderr)
+        def ticked(part: TickResult) -> None:
+            advance(part.records, f"applied {part.records} records, {part.judged} verdicts")
 
-    result = reconcile(store, config, args.now, on_tick=progress)
+        result = reconcile(store, config, args.now, on_tick=ticked)
     print(
         f"reconciled {result.records} records ({result.batches} log rows): "
         f"{result.judged} verdicts ({time.monotonic() - started:.2f}s)",
@@ -257,15 +282,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     from msgtally.slis.read.figures import with_contracts
     from msgtally.slis.read.query import read_slis
     from msgtally.slis.read.report import render_table
+    from msgtally.slis.read.windows import read_window_slis
+    from msgtally.slis.spec.model import parse_duration
     from msgtally.store.db import open_store
 
     from .settings import settings_from_args
 
     settings = settings_from_args(args)
     spec = _spec(settings)
+    try:
+        since = None if args.since is None else parse_duration(args.since)
+    except ValueError as exc:
+        raise CommandError(f"--since: {exc}") from None
     store = open_store(settings.db, create=False)  # a report never makes a store
     with store.connect() as conn:
-        everything = with_contracts(read_slis(conn), spec)
+        figures = read_slis(conn) if since is None else read_window_slis(conn, time.time(), since)
+        everything = with_contracts(figures, spec)
     slis = [
         s
         for s in everything
@@ -276,10 +308,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([s.to_json() for s in slis], indent=2))
     else:
-        print(render_table(slis))
+        print(render_table(slis, wide=args.wide, colour=_colour(sys.stdout)))
         quarantine_commands.note_under_report(store)
     store.dispose()
     return 0
+
+
+def _colour(out: object) -> bool:
+    """Colours on a terminal, unless NO_COLOR is set (no-color.org)."""
+    isatty = getattr(out, "isatty", None)
+    return bool(isatty and isatty()) and not os.environ.get("NO_COLOR")
 
 
 def _no_such(args: argparse.Namespace, slis: Sequence[object]) -> str:
@@ -373,6 +411,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--metrics-open", action="store_true", help="with a token, leave /metrics open"
     )
+    p.add_argument(
+        "--ui-open", action="store_true",
+        help="with a token, leave the status page (/) open; otherwise it asks for the token "
+        "once and keeps it in a secure, HTTP-only cookie",
+    )  # fmt: skip
+    p.add_argument("--prometheus-url", metavar="URL",
+                   help="a Prometheus with the generated rules: the status page shows the "
+                   "alerts' state from its ALERTS series")  # fmt: skip
+    p.add_argument("--grafana-url", metavar="URL",
+                   help="the Grafana with the generated dashboards: the status page links them")
+    p.add_argument("--trace-url", metavar="TEMPLATE",
+                   help="a trace's address, {trace_id} filled in (Jaeger: http://jaeger:16686"
+                   "/trace/{trace_id}): the status page links each id")  # fmt: skip
     _add_logging(p)
     p.add_argument(
         "--access-log",
@@ -417,6 +468,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--stream", help="only this stream")
     p.add_argument("--group", help="only this consumer group")
+    p.add_argument("--since", metavar="WINDOW",
+                   help="the figures judged in this window (5m, 1h, 1d, 30d) instead of the "
+                   "running totals (per-minute rows; per-hour past --retain)")  # fmt: skip
+    p.add_argument("--wide", action="store_true",
+                   help="every column (default: those an on-call reads first, within 100 "
+                   "columns)")  # fmt: skip
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser(

@@ -8,6 +8,7 @@ truth of what was injected.
 from __future__ import annotations
 
 import json
+import os
 import random
 import sys
 import time
@@ -28,6 +29,7 @@ from msgtally.store.db import StoreError, open_store
 from msgtally.store.tables import meta
 
 from .app import create_app
+from .progress import progress
 from .server import BackgroundServer
 from .simulate import FLOWS, batches, simulate, truth
 
@@ -86,18 +88,18 @@ def run_demo(db: str, seed: int = 7, ids: int = 20_000) -> int:
         print(f"collector listening on {server.url}, store {path}", file=err)
         sent = 0
         started = time.monotonic()
-        for chunk in batches(records, 2000, random.Random(seed)):
-            resp = client.post(
-                "/v1/records",
-                content=json.dumps(chunk),
-                headers={"content-type": "application/json"},
-            )
-            resp.raise_for_status()
-            sent += len(chunk)
-            if err.isatty():
-                print(f"\r  ingested {sent}/{len(records)} records", end="", file=err)
+        with progress("ingesting", len(records)) as advance:
+            for chunk in batches(records, 2000, random.Random(seed)):
+                resp = client.post(
+                    "/v1/records",
+                    content=json.dumps(chunk),
+                    headers={"content-type": "application/json"},
+                )
+                resp.raise_for_status()
+                sent += len(chunk)
+                advance(len(chunk), f"{sent}/{len(records)} records")
         print(
-            f"\r  ingested {sent} records over HTTP "
+            f"  ingested {sent} records over HTTP "
             f"({sent / (time.monotonic() - started):,.0f} records/s)",
             file=err,
         )
@@ -105,7 +107,9 @@ def run_demo(db: str, seed: int = 7, ids: int = 20_000) -> int:
         client.post("/v1/records", json=records[:500]).raise_for_status()
         print("  resent 500 records, as a shim does after a timeout", file=err)
         started = time.monotonic()
-        result = reconcile(store, config, now)
+        with progress("reconciling", len(records) + 500) as advance:
+            result = reconcile(store, config, now, on_tick=lambda r: advance(
+                r.records, f"applied {r.records} records, {r.judged} verdicts"))  # fmt: skip
         print(
             f"reconciled {result.records} records: {result.judged} verdicts in "
             f"{time.monotonic() - started:.2f}s",
@@ -116,7 +120,8 @@ def run_demo(db: str, seed: int = 7, ids: int = 20_000) -> int:
     with store.connect() as conn:
         slis = with_contracts(read_slis(conn), CONTRACTS)
     print()
-    print(render_table(slis))
+    colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    print(render_table(slis, wide=False, colour=colour))
     declared = ", ".join(f"{c.stream} {c.semantics.value}" for c in CONTRACTS.contracts)
     print(f"(contracts, as an SLO spec would declare them: {declared})")
     print()

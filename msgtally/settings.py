@@ -36,6 +36,8 @@ from msgtally.reconcile.config import (
     DEFAULT_SETTLE,
     ReconcileConfig,
 )
+from msgtally.reconcile.history import DEFAULT_RETAIN, Retention
+from msgtally.slis.spec.model import parse_duration
 from msgtally.store.url import DEFAULT_DB_URL
 
 from .auth import TokenError, TokenFile, Tokens
@@ -58,6 +60,10 @@ class Settings(BaseSettings):
     token_file: str | None = None
     spec: str | None = None  # an SLO spec whose delivery contracts the SLIs show
     metrics_open: bool = False
+    ui_open: bool = False  # with a token, leave the status page open
+    prometheus_url: str | None = None  # the status page shows the alerts' state from it
+    grafana_url: str | None = None  # ... links to the dashboards there
+    trace_url: str | None = None  # ... links each id to its trace: a template with {trace_id}
     reconcile: bool = True
     interval: float = Field(default=0.5, gt=0)
     deadline: float = Field(default=DEFAULT_DEADLINE, gt=0)
@@ -67,6 +73,8 @@ class Settings(BaseSettings):
     expected_groups: dict[str, list[str]] = Field(default_factory=dict)
     latency_buckets: list[float] = Field(default_factory=lambda: list(DEFAULT_BUCKETS))
     budget: int = Field(default=DEFAULT_BUDGET, ge=1)
+    # Seconds the per-minute figures are kept (--retain: 7d, 12h, or seconds).
+    retain: float = Field(default=DEFAULT_RETAIN, gt=0)
     log_level: LogLevel = "info"
     log_format: LogFormat = "text"
     access_log: bool = False
@@ -75,6 +83,11 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("retain", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        return parse_duration(value) if isinstance(value, str) else value
 
     @field_validator("stream_deadlines")
     @classmethod
@@ -106,9 +119,14 @@ class Settings(BaseSettings):
             "max_series": self.max_series,
             "token": tokens,
             "metrics_open": self.metrics_open,
+            "ui_open": self.ui_open,
             "reconcile_interval": self.interval if self.reconcile else None,
             "otlp_grpc": (self.host, self.otlp_grpc_port) if self.otlp_grpc else None,
         }
+
+    def retention(self, longest_period: float | None) -> Retention:
+        """How long the per-minute rows (--retain) and the per-hour rows are kept."""
+        return Retention.for_period(self.retain, longest_period)
 
     def reconcile_config(self) -> ReconcileConfig:
         return ReconcileConfig(
@@ -190,7 +208,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     for name in (
         "db", "host", "port", "deadline", "settle", "remember", "interval", "max_body",
         "max_inflight", "read_timeout", "max_series", "token_file", "spec", "otlp_grpc_port",
-        "log_level", "log_format",
+        "log_level", "log_format", "retain", "prometheus_url", "grafana_url", "trace_url",
     ):  # fmt: skip
         value = getattr(args, name, None)
         if value is not None:
@@ -201,6 +219,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         overrides["reconcile"] = False
     if getattr(args, "metrics_open", False):
         overrides["metrics_open"] = True
+    if getattr(args, "ui_open", False):
+        overrides["ui_open"] = True
     if getattr(args, "no_otlp_grpc", False):
         overrides["otlp_grpc"] = False
     if getattr(args, "access_log", False):

@@ -2,8 +2,9 @@
 
 `engine` (the `Reconciler`: ticks, checkpoints, recovery, back-fill) drives
 the C state machine over the store; `config` holds its settings, `outputs`
-what a tick writes, `lease` the one-engine-per-store lock, `quarantine` the
+what a tick writes, `history` how long its per-minute and per-hour rows are
+kept, `lease` the one-engine-per-store lock, `quarantine` the
 log rows the machine rejects, set aside.
 """
 
-__all__ = ["config", "engine", "lease", "outputs", "quarantine"]
+__all__ = ["config", "engine", "history", "lease", "outputs", "quarantine"]

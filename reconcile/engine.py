@@ -135,7 +135,7 @@ class Reconciler:
             for stream, groups in self.config.expected_groups.items():
                 missing = [g for g in groups if g not in expected.get(stream, ())]
                 if missing:
-                    self._backfill(stream, missing)
+                    self._backfill(stream, missing, time.time())
         except BaseException:
             self._lease.release()
             raise
@@ -330,7 +330,7 @@ class Reconciler:
         if aside:
             batch = [r for i, r in enumerate(batch) if i not in dict(rejected)]
         for stream, groups in _by_stream(new).items():
-            self._backfill(stream, groups)
+            self._backfill(stream, groups, now)
         before = self.core.stats()
         self._fold(batch, now, watermark)
         pairs, rows, missing = self.core.drain()
@@ -345,7 +345,7 @@ class Reconciler:
             return NOTHING
         with write_tx(self.store) as conn:
             quarantine.set_aside(conn, aside)
-            write_pairs(conn, pairs, self.config.latency_buckets)
+            write_pairs(conn, pairs, self.config.latency_buckets, now)
             write_verdicts(conn, rows)
             write_missing(conn, missing)
             write_in_flight(conn, flight)
@@ -422,7 +422,7 @@ class Reconciler:
             )  # fmt: skip
         self._last_checkpoint = time.monotonic()
 
-    def _backfill(self, stream: str, groups: Sequence[str]) -> None:
+    def _backfill(self, stream: str, groups: Sequence[str], now: float) -> None:
         """Groups seen for the first time are owed every id produced on their stream.
 
         Ids in memory get a slot for each; the others are found in the log
@@ -447,7 +447,7 @@ class Reconciler:
         owed = self.core.backfill_finish(stream, groups)
         pairs, rows, missing = self.core.drain()
         with write_tx(self.store) as conn:
-            write_pairs(conn, pairs, self.config.latency_buckets)
+            write_pairs(conn, pairs, self.config.latency_buckets, now)
             write_verdicts(conn, rows)
             write_missing(conn, missing)
             self._event(conn, "expect", {"stream": stream, "groups": list(groups)})

@@ -1,9 +1,10 @@
 """What a tick writes: the engine's drained changes, added to the store.
 
 Tallies, histogram buckets, sketch bins and missing records move by the
-deltas of the tick; verdict rows replace the previous state of their (stream,
-id, group); the in-flight gauge is replaced whole. All of it in the tick's
-transaction.
+deltas of the tick (tallies and buckets also in the rows of the minute and
+the hour of the tick's `now`, which windowed figures add up); verdict rows
+replace the previous state of their (stream, id, group); the in-flight gauge
+is replaced whole. All of it in the tick's transaction.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from sqlalchemy import Connection, case, delete, select, tuple_
 from msgtally.names import TALLY_FIELDS, bucket_label
 from msgtally.store.db import upsert
 from msgtally.store.tables import (
+    TIMELINES,
     in_flight,
     latency_buckets,
     latency_sketch,
@@ -58,7 +60,10 @@ def _add(conn: Connection, table: Any, key: Sequence[str], rows: list[dict[str, 
     conn.execute(stmt, rows)
 
 
-def write_pairs(conn: Connection, pairs: Iterable[Pair], buckets: Sequence[float]) -> None:
+def write_pairs(
+    conn: Connection, pairs: Iterable[Pair], buckets: Sequence[float], now: float
+) -> None:
+    """Add the pairs' deltas to the running totals and to the rows of `now`'s minute and hour."""
     labels = [bucket_label(b) for b in (*buckets, math.inf)]
     tally_rows, bucket_rows, bin_rows = [], [], []
     for stream, group, counts, latency_sum, hist, bins in pairs:
@@ -77,6 +82,13 @@ def write_pairs(conn: Connection, pairs: Iterable[Pair], buckets: Sequence[float
     _add(conn, tallies, ("stream", "grp"), tally_rows)
     _add(conn, latency_buckets, ("stream", "grp", "le"), bucket_rows)
     _add(conn, latency_sketch, ("stream", "grp", "bin"), bin_rows)
+    for counts_table, buckets_table, step in TIMELINES:
+        at = int(now // step) * step
+        _add(conn, counts_table, ("stream", "grp", "at"), [{**r, "at": at} for r in tally_rows])
+        _add(
+            conn, buckets_table, ("stream", "grp", "at", "le"),
+            [{**r, "at": at} for r in bucket_rows],
+        )  # fmt: skip
 
 
 _COLUMNS = ", ".join(VERDICT_COLUMNS)

@@ -47,3 +47,60 @@ def test_report_help_shows_the_legend() -> None:
     assert legend() in out
     for title in ("p.miss", "c.miss", "recov", "unexp", "errors", "attempts", "dlq"):
         assert f"\n  {title} " in out
+
+
+def _demo_slis(tmp_path: Path) -> list[SLI]:
+    """The demo's streams and faults (fewer ids), judged, with its contracts."""
+    from msgtally.demo import CONTRACTS
+    from msgtally.oracle import Record
+    from msgtally.reconcile.config import ReconcileConfig
+    from msgtally.reconcile.engine import reconcile
+    from msgtally.simulate import FLOWS, simulate
+    from msgtally.slis.read.figures import with_contracts
+    from msgtally.slis.read.query import read_slis
+    from msgtally.store.db import open_store
+    from tests.harness import ingest
+
+    store = open_store(f"sqlite:///{tmp_path / 'demo.db'}")
+    records = simulate(1500, start=1_700_000_000.0, seed=7)
+    ingest(store, [Record(**{"group": "", **r}) for r in records])
+    config = ReconcileConfig(stream_deadlines={f.stream: f.deadline for f in FLOWS})
+    reconcile(store, config, 1_700_000_000.0 + 3 * 3600)
+    with store.connect() as conn:
+        slis = with_contracts(read_slis(conn), CONTRACTS)
+    store.dispose()
+    return slis
+
+
+def test_the_default_report_fits_100_columns_for_the_demo_s_streams(tmp_path: Path) -> None:
+    slis = _demo_slis(tmp_path)
+    narrow = render_table(slis, wide=False)
+    pairs = {(s.stream, s.group) for s in slis}
+    assert pairs >= {("orders", "billing"), ("telemetry", "analytics")}
+    assert max(len(line) for line in narrow.splitlines()) <= 100, narrow
+    assert "BREACHED" in narrow and "\x1b[" not in narrow  # payments breaks exactly-once
+    header = narrow.splitlines()[0].split()
+    assert header == ["stream", "group", "produced", "lost", "dup", "dlq", "success", "p99",
+                      "observed", "contract"]  # fmt: skip
+    wide = render_table(slis)
+    assert wide.splitlines()[0].split() == [c.title for c in COLUMNS]  # --wide: every column
+    # Colour, on a terminal: BREACHED in red, padded cells keep their width.
+    coloured = render_table(slis, wide=False, colour=True)
+    assert "\x1b[31;1m" in coloured and "BREACHED" in coloured
+    plain = coloured.replace("\x1b[31;1m", "").replace("\x1b[33m", "").replace("\x1b[0m", "")
+    assert plain == narrow
+
+
+def test_report_since_a_window_and_no_colour_when_piped(tmp_path: Path) -> None:
+    from msgtally.cli import main  # noqa: F401 (the command is run as a user runs it)
+
+    _demo_slis(tmp_path)
+    db = str(tmp_path / "demo.db")
+    run = [sys.executable, "-m", "msgtally.cli", "report", "--db", db]
+    piped = subprocess.run(run, capture_output=True, text=True, check=True, timeout=60).stdout
+    assert "\x1b[" not in piped and "orders" in piped
+    # The demo judged everything 3h after 2023-11-14: nothing in the last hour of today.
+    recent = subprocess.run([*run, "--since", "1h"], capture_output=True, text=True, timeout=60)
+    assert recent.returncode == 0 and recent.stdout.startswith("no SLIs yet"), recent
+    bad = subprocess.run([*run, "--since", "soon"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "--since" in bad.stderr

@@ -12,6 +12,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     Float,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -138,6 +139,44 @@ latency_buckets = Table(
     Column("count", BigInteger, nullable=False),
     PrimaryKeyConstraint("stream", "grp", "le"),
 )
+
+
+def _timeline(name: str) -> tuple[Table, Table]:
+    """The tally deltas and latency bucket deltas of every tick, added up per (stream,
+    group) and step (a minute or an hour): `at` is the step's start, unix seconds, of
+    the tick's `now`. Windowed figures are sums of these rows (msgtally.slis.read.windows);
+    msgtally.reconcile.history prunes them (--retain)."""
+    counts = Table(
+        f"tally_{name}",
+        metadata,
+        Column("stream", String(256), nullable=False),
+        Column("grp", String(256), nullable=False),
+        Column("at", BigInteger, nullable=False),
+        *(Column(n, BigInteger, nullable=False, default=0) for n in TALLY_FIELDS),
+        Column("latency_sum", Double, nullable=False, default=0.0),
+        PrimaryKeyConstraint("stream", "grp", "at"),
+        Index(f"tally_{name}_at", "at"),
+    )
+    buckets = Table(
+        f"latency_{name}",
+        metadata,
+        Column("stream", String(256), nullable=False),
+        Column("grp", String(256), nullable=False),
+        Column("at", BigInteger, nullable=False),
+        Column("le", String(32), nullable=False),
+        Column("count", BigInteger, nullable=False),
+        PrimaryKeyConstraint("stream", "grp", "at", "le"),
+        Index(f"latency_{name}_at", "at"),
+    )
+    return counts, buckets
+
+
+# Per minute, kept --retain (7 days); per hour, kept the longest SLO period + 30 days.
+tally_minutes, latency_minutes = _timeline("minutes")
+tally_hours, latency_hours = _timeline("hours")
+MINUTE, HOUR = 60, 3600
+# (counts, buckets, step in seconds): the two resolutions, finest first.
+TIMELINES = ((tally_minutes, latency_minutes, MINUTE), (tally_hours, latency_hours, HOUR))
 
 # The latency sketch per (stream, group): count per bin (msgtally.slis.read.sketch).
 latency_sketch = Table(

@@ -3,4 +3,14 @@
 Modules are imported by name where they are used (SQLAlchemy, FastAPI).
 """
 
-__all__ = ["api", "exposition", "figures", "query", "report", "sketch"]
+__all__ = [
+    "api",
+    "exposition",
+    "figures",
+    "objectives",
+    "query",
+    "report",
+    "sketch",
+    "traces",
+    "windows",
+]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -13,9 +14,11 @@ from prometheus_client.registry import CollectorRegistry
 from msgtally.ingest.intake.api import StoreDep
 from msgtally.ingest.intake.problems import problem
 from msgtally.record import MAX_TEXT_LENGTH
+from msgtally.slis.spec.model import parse_duration
 
 from .figures import with_contracts
 from .query import DISCREPANCY_KINDS, read_discrepancies, read_slis
+from .windows import first_minute, read_window_slis
 
 router = APIRouter()
 
@@ -27,15 +30,42 @@ Name = Annotated[
 ]
 
 
+Since = Annotated[
+    str | None,
+    Query(description="a window: 5m, 1h, 6h, 1d, 30d or seconds; the figures judged in it "
+          "(the last minutes, the current one included) instead of the running totals"),
+]  # fmt: skip
+
+
+def window_seconds(since: str | None) -> float | None:
+    """The `since` parameter in seconds (a 422 naming it when it is no duration)."""
+    if since is None:
+        return None
+    try:
+        return parse_duration(since)
+    except ValueError as exc:
+        raise problem(422, "since", str(exc)) from None
+
+
 @router.get("/v1/slis")
 def get_slis(
-    request: Request, store: StoreDep, stream: Name = None, group: Name = None
+    request: Request, store: StoreDep, stream: Name = None, group: Name = None,
+    since: Since = None,
 ) -> list[dict[str, Any]]:
     """Current SLIs per stream and consumer group, with the contract the collector's
-    SLO spec (`serve --spec`) declares for each."""
+    SLO spec (`serve --spec`) declares for each; with `since`, over that window."""
+    seconds = window_seconds(since)
+    now = time.time()
     with store.connect() as conn:
-        slis = read_slis(conn, stream, group)
-    return [s.to_json() for s in with_contracts(slis, request.app.state.spec)]
+        if seconds is None:
+            slis = read_slis(conn, stream, group)
+        else:
+            slis = read_window_slis(conn, now, seconds, stream, group)
+    rows = [s.to_json() for s in with_contracts(slis, request.app.state.spec)]
+    if seconds is not None:
+        for row in rows:
+            row["window"] = {"since": since, "start": first_minute(now, seconds), "end": now}
+    return rows
 
 
 @router.get("/v1/discrepancies")

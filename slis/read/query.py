@@ -51,7 +51,7 @@ def read_missing(conn: Connection) -> dict[tuple[str, str, str], int]:
     return {(s, k, g): int(n) for s, k, g, n in conn.execute(query)}
 
 
-def _dropped_for(drops: dict[tuple[str, str, str], int], stream: str, group: str) -> int:
+def dropped_for(drops: dict[tuple[str, str, str], int], stream: str, group: str) -> int:
     return sum(
         n for (s, k, g), n in drops.items() if s == stream and (k == "produce" or g == group)
     )
@@ -80,7 +80,7 @@ def read_slis(conn: Connection, stream: str | None = None, group: str | None = N
                 group=row["grp"],
                 latency_count=int(row["latency_count"]),
                 latency_sum=float(row["latency_sum"]),
-                records_dropped=_dropped_for(drops, *key),
+                records_dropped=dropped_for(drops, *key),
                 produce_records_missing=missing.get((key[0], "produce", ""), 0),
                 consume_records_missing=missing.get((key[0], "consume", key[1]), 0),
                 **fields,

@@ -55,6 +55,13 @@ COLUMNS = (
     Column("contract", "contract", "the semantics the SLO spec declares (--spec); BREACHED "
            "once a breach it forbids happened"),
 )  # fmt: skip
+# What an on-call reads first: the default table, within 100 columns (--wide: every column).
+NARROW = ("stream", "group", "produced", "lost", "duplicated", "dead_lettered",
+          "delivery_success_ratio", "latency_p99", "observed_semantics", "contract")  # fmt: skip
+WIDTH = 100
+NAME_MAX = 18  # stream and group names longer than this are cut (with `~`) in the narrow table
+# ANSI colours on a terminal: red for a breach, yellow for a figure measurement loss may inflate.
+RED, YELLOW, RESET = "\x1b[31;1m", "\x1b[33m", "\x1b[0m"
 # The terms the legend defines beside its columns.
 _FOOTNOTES = (
     "An id is judged for each group: delivered as soon as it is, every other verdict at its "
@@ -124,21 +131,47 @@ def _cell(name: str, value: object, row: dict[str, Any]) -> str:
     return str(value)
 
 
-def render_table(slis: Sequence[SLI]) -> str:
-    """A fixed-width table; numbers right-aligned, names left-aligned."""
+_WORDS = ("stream", "group", "observed_semantics", "contract")  # left-aligned columns
+
+
+def _cut(name: str) -> str:
+    return name if len(name) <= NAME_MAX else name[: NAME_MAX - 1] + "~"
+
+
+def _paint(cell: str, padded: str, colour: bool) -> str:
+    """A padded cell in red (a breach) or yellow (a figure missing records may inflate)."""
+    if not colour:
+        return padded
+    if cell.endswith("BREACHED"):
+        return RED + padded + RESET
+    if cell.endswith(MARK):
+        return YELLOW + padded + RESET
+    return padded
+
+
+def render_table(slis: Sequence[SLI], *, wide: bool = True, colour: bool = False) -> str:
+    """A fixed-width table; numbers right-aligned, names left-aligned. `wide`: every
+    column; otherwise the NARROW ones, within WIDTH columns for names up to NAME_MAX.
+    `colour`: ANSI colours for breaches and for figures measurement loss may inflate."""
     if not slis:
         return "no SLIs yet: nothing reconciled (ingest records, then run `msgtally reconcile`)"
-    header = [c.title for c in COLUMNS]
+    columns = COLUMNS if wide else tuple(c for c in COLUMNS if c.field in NARROW)
+    header = [c.title for c in columns]
     rows = [s.to_json() for s in slis]
     for row in rows:
         if row["contract"] is not None and any(row["contract_breaches"].values()):
             row["contract"] = f"{row['contract']} BREACHED"
-    body = [[_cell(c.field, row[c.field], row) for c in COLUMNS] for row in rows]
+        if not wide:
+            row["stream"], row["group"] = _cut(row["stream"]), _cut(row["group"])
+    body = [[_cell(c.field, row[c.field], row) for c in columns] for row in rows]
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
         pairs = enumerate(zip(cells, widths, strict=True))
-        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in pairs)
+        return "  ".join(
+            _paint(c, c.ljust(w) if i < 2 or (i == len(cells) - 1 and not wide) else c.rjust(w),
+                   colour) for i, (c, w) in pairs
+        ).rstrip()  # fmt: skip
 
     table = [line(header), line(["-" * w for w in widths]), *map(line, body)]
     return "\n".join(table + _notes(rows))
@@ -160,8 +193,9 @@ def _notes(rows: list[dict[str, Any]]) -> list[str]:
     for row in rows:
         for figure, bound, done, kind in _BOUNDS:
             if row[bound]:
-                notes.append(
+                notes += textwrap.wrap(
                     f"{MARK} {row['stream']} / {row['group']}: up to {row[bound]} of the "
-                    f"{figure} ids may have been {done} ({kind} records missing: measurement loss)"
-                )
+                    f"{figure} ids may have been {done} ({kind} records missing: measurement "
+                    "loss)", WIDTH, subsequent_indent="  ",
+                )  # fmt: skip
     return ["", *notes] if notes else []

@@ -51,3 +51,34 @@ def budget_share(factor: float, period_seconds: float, window_seconds: float) ->
 def remaining_budget(error_ratio: float, objective: float) -> float:
     """The budget left over a period whose error ratio was `error_ratio` (may go below 0)."""
     return 1 - burn_rate(error_ratio, objective)
+
+
+def period_budget(events: float, elapsed: float, period_seconds: float, objective: float) -> float:
+    """The errors the whole period may have, in messages: the budget's share of the
+    events the period holds at the rate seen so far (`events` in `elapsed` seconds).
+    A store that covers the whole period (`elapsed` = the period) gives budget x events."""
+    if elapsed <= 0:
+        return 0.0
+    return error_budget(objective) * events * period_seconds / min(elapsed, period_seconds)
+
+
+def budget_left(errors: float, allowed: float) -> float | None:
+    """The share of a budget of `allowed` errors not spent yet (below 0 once overspent);
+    None when nothing is allowed yet (no events)."""
+    return 1 - errors / allowed if allowed > 0 else None
+
+
+def exhaustion(remaining: float, burn: float, period_seconds: float) -> float | None:
+    """Seconds until the budget runs out, burning at `burn` (1: spends the whole budget
+    in one period): `remaining * period / burn`. 0 when it is spent; None when it
+    never runs out at this rate."""
+    if remaining <= 0:
+        return 0.0
+    if burn <= 0:
+        return None
+    return remaining * period_seconds / burn
+
+
+def ideal_left(start: float, t: float, period_seconds: float) -> float:
+    """The budget left at `t` when it is spent evenly over the period from `start`."""
+    return 1 - (t - start) / period_seconds

@@ -6,6 +6,7 @@ objects; `msgtally.alerts` and `msgtally.dashboards` turn them into rules and bo
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -58,6 +59,22 @@ def parse_interval(text: str) -> int:
             f"has value {text!r}. Must be a duration of whole seconds, at least 1s, "
             "e.g. 15s, 30s, 1m."
         )
+    return seconds
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3_600, "d": 86_400}
+
+
+def parse_duration(text: str) -> float:
+    """A window or a retention: `5m`, `1h`, `7d`, `90s`, or plain seconds; > 0."""
+    text = text.strip()
+    unit = _UNITS.get(text[-1:], 0)
+    try:
+        seconds = float(text[:-1]) * unit if unit else float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise ValueError(f"{text!r} is not a duration (e.g. 5m, 1h, 7d, 90s, or seconds)")
     return seconds
 
 
