@@ -1,7 +1,7 @@
 """A producer and two consumer groups on Kafka, measured by msgtally.
 
     pip install 'msgtally[kafka]'
-    msgtally serve --deadline 5 --settle 1 &      # a collector that judges quickly
+    msgtally serve --deadline 20 --settle 1 &      # a collector that judges quickly
     python examples/kafka_pipeline.py
 
 What it does, on a topic of its own (`orders-<random>`, 3 partitions, and its
@@ -77,7 +77,7 @@ def collector_answers(args: argparse.Namespace) -> bool:
         status = httpx.get(f"{args.collector.rstrip('/')}/readyz", headers=headers).status_code
     except httpx.HTTPError as exc:
         print(f"cannot reach the collector at {args.collector} (--collector, "
-              f"MSGTALLY_COLLECTOR_URL): {exc}; start one: msgtally serve --deadline 5 "
+              f"MSGTALLY_COLLECTOR_URL): {exc}; start one: msgtally serve --deadline 20 "
               "--settle 1", file=sys.stderr)  # fmt: skip
         return False
     if status == 401:
@@ -221,7 +221,7 @@ def show_figures(args: argparse.Namespace, n: int) -> int:
     for r in rows:
         print(f"{r['group']:<8}" + "".join(f"{r[name]:>15}" for name in FIGURES))
     if not judged:
-        print("not every order is judged yet: run the collector with --deadline 5 --settle 1 "
+        print("not every order is judged yet: run the collector with --deadline 20 --settle 1 "
               "to see the verdicts at once, or look later (`msgtally report --stream "
               f"{args.stream}`)")  # fmt: skip
     return 0
