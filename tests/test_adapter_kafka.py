@@ -266,6 +266,7 @@ time.sleep(600)  # killed here: processed and reported, never committed
 """
 
 
+@pytest.mark.slow  # a broker fault (a killed consumer, a rebalance): with the slow tests
 def test_a_consumer_killed_before_committing_is_read_again_as_duplicates(
     env: Env, broker: Tansu, topic: str, group: str
 ) -> None:
@@ -308,6 +309,7 @@ def test_a_consumer_killed_before_committing_is_read_again_as_duplicates(
     assert env.discrepancies(topic, "duplicated", group) == sorted(first)
 
 
+@pytest.mark.slow  # a broker fault (a killed consumer, a rebalance): with the slow tests
 def test_a_rebalance_commits_what_was_processed(
     env: Env, broker: Tansu, topic: str, group: str
 ) -> None:

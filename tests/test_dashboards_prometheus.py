@@ -196,6 +196,7 @@ def _annotations(prom: Prometheus, spec: Spec) -> dict[str, int]:
     return out
 
 
+@pytest.mark.slow  # a real Prometheus (or Alertmanager) end to end: with the slow tests
 def test_every_panel_query_parses_and_returns_data(tmp_path: Path) -> None:
     spec = load_spec(SPEC + maintenance(time.time()))
     rules = tmp_path / "rules.yml"

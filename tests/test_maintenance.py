@@ -290,6 +290,7 @@ def _minute(t: datetime) -> str:
     return t.replace(second=0, microsecond=0).isoformat()
 
 
+@pytest.mark.slow  # a real Prometheus (or Alertmanager) end to end: with the slow tests
 def test_a_real_alertmanager_mutes_a_page_inside_a_window_only(
     tmp_path: Path, webhook: Webhook
 ) -> None:

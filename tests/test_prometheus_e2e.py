@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import Engine
 
 from msgtally.alerts.render import render_rules
@@ -64,6 +65,7 @@ def _alerts(api: str, name: str = "MsgtallyErrorBudgetBurn") -> list[dict[str, A
     return [a for a in alerts if a["labels"]["alertname"] == name]
 
 
+@pytest.mark.slow  # a real Prometheus (or Alertmanager) end to end: with the slow tests
 def test_page_fires_for_the_lossy_stream_only(tmp_path: Path) -> None:
     binary = prometheus_binary()
     rules = tmp_path / "rules.yml"
@@ -156,6 +158,7 @@ def _duplicating(url: str, stop: threading.Event) -> None:
             stop.wait(0.2)
 
 
+@pytest.mark.slow  # a real Prometheus (or Alertmanager) end to end: with the slow tests
 def test_one_duplicate_on_an_exactly_once_stream_pages(tmp_path: Path) -> None:
     binary = prometheus_binary()
     rules = tmp_path / "rules.yml"

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,10 +51,19 @@ def test_every_spec_has_its_test_files(spec: Path) -> None:
     assert len(files) == 7 + bool(read_spec_file(spec).contracts)
 
 
-def generated_files() -> list[Path]:
+# The example whose generated tests run in the fast suite (every kind of file:
+# tiers, burn, quiet, self, contracts); the other examples' run with the slow tests.
+FAST_EXAMPLE = "payments"
+
+
+def generated_files() -> list[Any]:
     """Every generated test file of the specs whose rules differ, one test each (they
     spread over the workers)."""
-    return [p for spec in distinct_rules() for p in sorted(generated_tests_dir(spec).glob("*"))]
+    return [
+        p if p.name.startswith(f"{FAST_EXAMPLE}.") else pytest.param(p, marks=pytest.mark.slow)
+        for spec in distinct_rules()
+        for p in sorted(generated_tests_dir(spec).glob("*"))
+    ]
 
 
 @pytest.mark.parametrize("test_file", generated_files(), ids=lambda p: p.name)
@@ -110,6 +120,7 @@ def test_amtool_check_config(spec: Path) -> None:
         ((',group!="notifier"', ""), "payments.contracts.test.yml"),
     ],
 )
+@pytest.mark.slow  # a dozen promtool runs: the generated tests' own proof, with the slow tests
 def test_generated_tests_catch_a_broken_rule(
     change: tuple[str, str], test_file: str, tmp_path: Path
 ) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import Engine
 
 from msgtally.alerts import selfmon
@@ -118,6 +119,7 @@ def _wait(prom: Prometheus, name: str, timeout: float = 60.0) -> list[dict[str, 
     raise AssertionError(f"no {name} within {timeout:.0f}s: {prom.get('alerts')}")
 
 
+@pytest.mark.slow  # a real Prometheus (or Alertmanager) end to end: with the slow tests
 def test_a_real_prometheus_sees_a_stalled_engine_then_a_collector_down(tmp_path: Path) -> None:
     spec = load_spec(SPEC)
     rules = tmp_path / "rules.yml"
