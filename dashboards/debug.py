@@ -108,7 +108,8 @@ def rows(spec: Spec) -> list[Row]:
             Panel(
                 Kind.TIMESERIES,
                 "Messages in flight",
-                "Produced ids not yet delivered whose deadline has not passed.",
+                "Produced ids not judged yet (no in-time delivery so far, deadline + settle not "
+                "reached): in none of the other figures yet.",
                 "short",
                 (Target(q.in_flight(), pair),),
                 width=8,

@@ -79,6 +79,29 @@ def rows(spec: Spec) -> list[Row]:
                 hide_columns=("Time", "Value", "__name__", "alertstate"),
             ),
         ),
+        (
+            Panel(
+                Kind.TIMESERIES,
+                "In flight: produced, not judged yet",
+                "Every other figure counts judged ids only: these are under way (no in-time "
+                "delivery yet, deadline + settle not reached), in none of them. Climbing while "
+                "deliveries stay flat is a stuck consumer before it is a loss.",
+                "short",
+                (Target(q.in_flight(), pair),),
+                width=12,
+                min=0,
+            ),
+            Panel(
+                Kind.TIMESERIES,
+                "Oldest in flight: seconds waiting",
+                "How long the oldest id not judged yet has waited since its first produce. "
+                "Past the stream's deadline it will be judged lost (at deadline + settle).",
+                "s",
+                (Target(q.in_flight_oldest_age(), pair),),
+                width=12,
+                min=0,
+            ),
+        ),
         *_pairs(burns),
         (
             Panel(

@@ -28,6 +28,7 @@ from msgtally.names import (
     BUDGET_RECORD,
     BURN_ALERT,
     IN_FLIGHT,
+    IN_FLIGHT_OLDEST,
     INDICATORS,
     INGEST_RECORDS,
     INGEST_REJECTED,
@@ -206,3 +207,7 @@ def reconcile_backlog() -> str:
 
 def in_flight() -> str:
     return f"max by (stream, group) ({IN_FLIGHT}{{{TALLY}}})"
+
+
+def in_flight_oldest_age() -> str:
+    return f"time() - min by (stream, group) ({IN_FLIGHT_OLDEST}{{{TALLY}}})"

@@ -573,18 +573,19 @@ typedef struct {
     PyObject *out;
 } Flight;
 
-static int flight_cb(void *ctx, uint32_t sid, uint32_t gid, int64_t n) {
+static int flight_cb(void *ctx, uint32_t sid, uint32_t gid, int64_t n, double oldest) {
     Flight *f = ctx;
     PyObject *key = Py_BuildValue("(NN)", stream_str(f->self, sid), group_str(f->self, gid));
-    PyObject *v = key ? PyLong_FromLongLong(n) : NULL;
+    PyObject *v = key ? Py_BuildValue("(Ld)", (long long)n, oldest) : NULL;
     int rc = !v || PyDict_SetItem(f->out, key, v) ? -1 : 0;
     Py_XDECREF(key);
     Py_XDECREF(v);
     return rc;
 }
 
-/* in_flight() -> {(stream, group): n}: acknowledged ids not yet judged for an
- * expected group that has no in-time ok delivery yet. */
+/* in_flight() -> {(stream, group): (n, oldest t0)}: acknowledged ids not yet
+ * judged for an expected group that has no in-time ok delivery yet, and the
+ * first produce of the oldest of them. */
 static PyObject *Machine_in_flight(MachineObject *self, PyObject *Py_UNUSED(ignored)) {
     if (enter(self)) return NULL;
     Flight f = {self, PyDict_New()};
@@ -731,7 +732,7 @@ static PyMethodDef Machine_methods[] = {
     {"apply", (PyCFunction)Machine_apply, METH_VARARGS, "apply(body, received_at) -> records"},
     {"advance", (PyCFunction)Machine_advance, METH_VARARGS, "advance(now, receipt_watermark)"},
     {"drain", (PyCFunction)Machine_drain, METH_NOARGS, "drain() -> (pairs, verdict rows, missing)"},
-    {"in_flight", (PyCFunction)Machine_in_flight, METH_NOARGS, "in_flight() -> {(stream, group): n}"},
+    {"in_flight", (PyCFunction)Machine_in_flight, METH_NOARGS, "in_flight() -> {(stream, group): (n, oldest t0)}"},
     {"stats", (PyCFunction)Machine_stats, METH_NOARGS, "stats() -> dict"},
     {"backfill_scan", (PyCFunction)Machine_backfill_scan, METH_VARARGS, "backfill_scan(body, stream) -> n"},
     {"backfill_finish", (PyCFunction)Machine_backfill_finish, METH_VARARGS, "backfill_finish(stream, groups) -> n"},

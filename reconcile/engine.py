@@ -111,7 +111,7 @@ class Reconciler:
         self.rebuilt: str | None = None
         self._lease = Lease(store)
         self._last_checkpoint = 0.0
-        self._last_in_flight: dict[tuple[str, str], int] | None = None
+        self._last_in_flight: dict[tuple[str, str], tuple[int, float]] | None = None
 
     # -- life -------------------------------------------------------------
 

@@ -155,11 +155,16 @@ def write_missing(conn: Connection, missing: Mapping[tuple[str, str, str], int])
     )
 
 
-def write_in_flight(conn: Connection, counts: Mapping[tuple[str, str], int]) -> None:
+# (stream, group) -> (ids in flight, first produce of the oldest of them)
+InFlight = Mapping[tuple[str, str], tuple[int, float]]
+
+
+def write_in_flight(conn: Connection, flight: InFlight) -> None:
     conn.execute(delete(in_flight))
-    if counts:
+    if flight:
         conn.execute(
-            in_flight.insert(), [{"stream": s, "grp": g, "n": n} for (s, g), n in counts.items()]
+            in_flight.insert(),
+            [{"stream": s, "grp": g, "n": n, "oldest": t0} for (s, g), (n, t0) in flight.items()],
         )
 
 

@@ -204,7 +204,7 @@ def objectives(conn: Connection, spec: Spec | None, now: float) -> list[Objectiv
     period = spec.period.seconds if spec is not None else DEFAULT_PERIOD
     windows = _windows(spec)
     all_time = with_contracts(read_slis(conn), spec)
-    flight = {(s, g): n for s, g, n in read_in_flight(conn)}
+    flight = {(f.stream, f.group): f.n for f in read_in_flight(conn)}
     by_window: dict[int, list[Sums]] = {}
 
     def sums(seconds: int) -> list[Sums]:

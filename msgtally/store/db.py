@@ -15,7 +15,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.pool import QueuePool
 
-from msgtally.store.tables import metadata
+from msgtally.store.tables import in_flight, metadata
 from msgtally.store.url import DEFAULT_DB_URL, normalize_url
 
 
@@ -80,6 +80,7 @@ def open_store(url: str = DEFAULT_DB_URL, *, create: bool = True) -> Engine:
     try:
         if create:
             metadata.create_all(store)
+            _remake_snapshots(store)
         elif not inspect(store).has_table("log"):
             raise StoreError(f"{shown} is not a msgtally store (it has no msgtally tables)")
     except DBAPIError as exc:
@@ -92,6 +93,15 @@ def open_store(url: str = DEFAULT_DB_URL, *, create: bool = True) -> Engine:
             why += f"; create it first: createdb {name} (or in psql: CREATE DATABASE \"{name}\";)"
         raise StoreError(f"cannot open the store {shown}: {why}") from None
     return store
+
+
+def _remake_snapshots(store: Engine) -> None:
+    """The in-flight table holds only the last tick's snapshot: a store made
+    before it had a column gets it made again (the next tick fills it)."""
+    have = {c["name"] for c in inspect(store).get_columns(in_flight.name)}
+    if have != set(in_flight.c.keys()):
+        in_flight.drop(store)
+        in_flight.create(store)
 
 
 def _sqlite_setup(store: Engine) -> None:

@@ -215,13 +215,15 @@ verdicts = Table(
 )
 
 # Acknowledged ids not yet delivered nor judged, per (stream, group), as of the
-# last tick: the consumer-lag view.
+# last tick, and the first produce of the oldest of them: the consumer-lag view.
+# A snapshot rewritten by every tick (a store from before `oldest` gets it remade).
 in_flight = Table(
     "in_flight",
     metadata,
     Column("stream", String(256), nullable=False),
     Column("grp", String(256), nullable=False),
     Column("n", BigInteger, nullable=False),
+    Column("oldest", Double, nullable=True),
     PrimaryKeyConstraint("stream", "grp"),
 )
 

@@ -1580,14 +1580,15 @@ int mc_drain(Machine *M, const McSink *sink) {
 
 /* ---------------------------------------------------------------- in flight */
 
-int mc_in_flight(Machine *M, int (*cb)(void *ctx, uint32_t sid, uint32_t gid, int64_t n), void *ctx) {
+int mc_in_flight(Machine *M, int (*cb)(void *ctx, uint32_t sid, uint32_t gid, int64_t n, double oldest), void *ctx) {
     begin(M);
     /* counted per pair in a small table keyed by (sid, gid) */
     uint32_t mask = 63, np = 0;
     uint64_t *keys = calloc(mask + 1, sizeof(uint64_t)); /* (sid << 32 | gid) + 1, 0 empty */
     int64_t *counts = calloc(mask + 1, sizeof(int64_t));
+    double *oldest = malloc((mask + 1) * sizeof(double)); /* the least t0, per pair */
     int rc = -1;
-    if (!keys || !counts) goto done;
+    if (!keys || !counts || !oldest) goto done;
     for (uint32_t idx = 0; idx < M->pool_n; idx++) {
         Entry *e = M->pool[idx];
         if (!e || !(e->flags & E_ACKED)) continue;
@@ -1600,25 +1601,31 @@ int mc_in_flight(Machine *M, int (*cb)(void *ctx, uint32_t sid, uint32_t gid, in
             while (keys[j] && keys[j] != key) j = (j + 1) & mask;
             if (!keys[j]) {
                 keys[j] = key;
+                oldest[j] = e->t0;
                 np++;
             }
             counts[j]++;
+            if (e->t0 < oldest[j]) oldest[j] = e->t0;
             if ((uint64_t)np * 2 > mask) {
                 uint32_t m2 = mask * 2 + 1;
                 uint64_t *k2 = calloc((size_t)m2 + 1, sizeof(uint64_t));
                 int64_t *c2 = calloc((size_t)m2 + 1, sizeof(int64_t));
-                if (!k2 || !c2) { free(k2); free(c2); goto done; }
+                double *o2 = malloc(((size_t)m2 + 1) * sizeof(double));
+                if (!k2 || !c2 || !o2) { free(k2); free(c2); free(o2); goto done; }
                 for (uint32_t i = 0; i <= mask; i++) {
                     if (!keys[i]) continue;
                     uint32_t k = (uint32_t)mix64(keys[i]) & m2;
                     while (k2[k]) k = (k + 1) & m2;
                     k2[k] = keys[i];
                     c2[k] = counts[i];
+                    o2[k] = oldest[i];
                 }
                 free(keys);
                 free(counts);
+                free(oldest);
                 keys = k2;
                 counts = c2;
+                oldest = o2;
                 mask = m2;
             }
         }
@@ -1627,15 +1634,17 @@ int mc_in_flight(Machine *M, int (*cb)(void *ctx, uint32_t sid, uint32_t gid, in
     for (uint32_t i = 0; i <= mask && !rc; i++) {
         if (!keys[i]) continue;
         uint64_t key = keys[i] - 1;
-        if (cb(ctx, (uint32_t)(key >> 32), (uint32_t)key, counts[i])) {
+        if (cb(ctx, (uint32_t)(key >> 32), (uint32_t)key, counts[i], oldest[i])) {
             free(keys);
             free(counts);
+            free(oldest);
             return mc_fail(M, MC_ECALLBACK, "an output callback failed"), MC_ECALLBACK;
         }
     }
 done:
     free(keys);
     free(counts);
+    free(oldest);
     return result(M, rc);
 }
 

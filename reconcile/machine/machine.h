@@ -139,7 +139,7 @@ int mc_install_row(Machine *M, const McInstallRow *row);
 int mc_install_finish(Machine *M, size_t mark);
 int mc_advance(Machine *M, double now, double watermark);
 int mc_drain(Machine *M, const McSink *sink);
-int mc_in_flight(Machine *M, int (*cb)(void *ctx, uint32_t sid, uint32_t gid, int64_t n), void *ctx);
+int mc_in_flight(Machine *M, int (*cb)(void *ctx, uint32_t sid, uint32_t gid, int64_t n, double oldest), void *ctx);
 void mc_stats(const Machine *M, McStats *out);
 
 /* Back-fill of groups new to a stream: scan every body applied so far, then finish. */

@@ -22,6 +22,7 @@ from msgtally.names import (
     BACKLOG,
     COUNTERS,
     IN_FLIGHT,
+    IN_FLIGHT_OLDEST,
     LAST_PASS,
     LATENCY,
     QUARANTINED,
@@ -111,9 +112,18 @@ class StoreCollector(Collector):
             "Produced ids not yet delivered whose deadline has not passed.",
             labels=LABELS,
         )
-        for stream, grp, n in in_flight:
-            flight.add_metric((stream, grp), n)
+        oldest = GaugeMetricFamily(
+            IN_FLIGHT_OLDEST,
+            "First produce (unix seconds) of the oldest produced id not yet delivered nor "
+            "judged: time() minus it is how long the oldest has waited.",
+            labels=LABELS,
+        )
+        for f in in_flight:
+            flight.add_metric((f.stream, f.group), f.n)
+            if f.oldest is not None:
+                oldest.add_metric((f.stream, f.group), f.oldest)
         yield flight
+        yield oldest
         applied = int(facts.get("records_applied", 0))
         repeated = int(facts.get("records_repeated", 0))
         engine_records = CounterMetricFamily(

@@ -53,6 +53,11 @@ class SLI:
     # found, from dead shims too): the stream's produces, this group's consumes.
     produce_records_missing: int = 0
     consume_records_missing: int = 0
+    # Produced ids not judged yet for the group (as of the engine's last tick):
+    # every figure above counts judged ids only, so these are in none of them
+    # yet; and how long the oldest of them has waited since its first produce.
+    in_flight: int = 0
+    in_flight_oldest_age_seconds: float | None = None
     # The delivery semantics the SLO spec declares for this stream and group, if any.
     contract: Semantics | None = None
 

@@ -7,7 +7,8 @@ group) or per id by the engine, so nothing here scans history.
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, and_, func, select, tuple_
 
@@ -57,8 +58,14 @@ def dropped_for(drops: dict[tuple[str, str, str], int], stream: str, group: str)
     )
 
 
-def read_slis(conn: Connection, stream: str | None = None, group: str | None = None) -> list[SLI]:
-    """Every (stream, group) with a tally, filtered by stream and group if given."""
+def read_slis(
+    conn: Connection,
+    stream: str | None = None,
+    group: str | None = None,
+    now: float | None = None,
+) -> list[SLI]:
+    """Every (stream, group) with a tally or ids in flight, filtered by stream and
+    group if given; the oldest in flight's age as of `now` (the clock)."""
     t = tallies
     query = select(t).order_by(t.c.stream, t.c.grp)
     if stream is not None:
@@ -68,21 +75,35 @@ def read_slis(conn: Connection, stream: str | None = None, group: str | None = N
     drops = read_drops(conn)
     missing = read_missing(conn)
     sketches = _sketches(conn)
+    flight = {
+        (f.stream, f.group): f
+        for f in read_in_flight(conn)
+        if stream in (None, f.stream) and group in (None, f.group)
+    }
+    clock = time.time() if now is None else now
+    rows = {(r["stream"], r["grp"]): r for r in conn.execute(query).mappings().all()}
     out = []
-    for row in conn.execute(query).mappings().all():
-        key = (row["stream"], row["grp"])
+    for key in sorted(rows.keys() | flight.keys()):
+        row = rows.get(key)
         bins = sketches.get(key, {})
-        fields: dict[str, Any] = {f: int(row[f]) for f in COUNT_FIELDS}
+        fields: dict[str, Any] = {f: int(row[f]) if row else 0 for f in COUNT_FIELDS}
         fields.update({name: quantile(bins, q) for name, q in QUANTILES})
+        waiting = flight.get(key)
         out.append(
             SLI(
-                stream=row["stream"],
-                group=row["grp"],
-                latency_count=int(row["latency_count"]),
-                latency_sum=float(row["latency_sum"]),
+                stream=key[0],
+                group=key[1],
+                latency_count=int(row["latency_count"]) if row else 0,
+                latency_sum=float(row["latency_sum"]) if row else 0.0,
                 records_dropped=dropped_for(drops, *key),
                 produce_records_missing=missing.get((key[0], "produce", ""), 0),
                 consume_records_missing=missing.get((key[0], "consume", key[1]), 0),
+                in_flight=waiting.n if waiting else 0,
+                in_flight_oldest_age_seconds=(
+                    max(0.0, clock - waiting.oldest)
+                    if waiting and waiting.oldest is not None
+                    else None
+                ),
                 **fields,
             )
         )
@@ -139,7 +160,17 @@ def read_discrepancies(
     ]
 
 
-def read_in_flight(conn: Connection) -> list[tuple[str, str, int]]:
-    """Acknowledged ids not yet delivered nor judged, per expected group (last tick)."""
+class InFlight(NamedTuple):
+    """Acknowledged ids not yet delivered nor judged for a group (as of the last
+    tick), and the first produce of the oldest of them."""
+
+    stream: str
+    group: str
+    n: int
+    oldest: float | None
+
+
+def read_in_flight(conn: Connection) -> list[InFlight]:
     f = in_flight
-    return [(s, g, int(n)) for s, g, n in conn.execute(select(f.c.stream, f.c.grp, f.c.n))]
+    rows = conn.execute(select(f.c.stream, f.c.grp, f.c.n, f.c.oldest))
+    return [InFlight(s, g, int(n), None if t is None else float(t)) for s, g, n, t in rows]

@@ -46,6 +46,8 @@ COLUMNS = (
            "collector: gaps in the shims' numbering (measurement loss)"),
     Column("consume_records_missing", "c.miss", "consume records that never reached the "
            "collector (measurement loss)"),
+    Column("in_flight", "flight", "produced ids not judged yet for the group (none of the "
+           "figures counts them yet: every one counts judged ids only)"),
     Column("delivery_success_ratio", "success", "delivered / produced"),
     Column("duplicate_ratio", "dup%", "duplicated / every ok delivery"),
     Column("latency_p50", "p50", "median latency: first produce to first ok delivery"),
