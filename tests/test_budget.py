@@ -9,6 +9,8 @@ from msgtally.slis.spec.budget import (
     burn_factor,
     burn_rate,
     error_budget,
+    exhaustion,
+    ideal_left,
     objective_ratio,
     remaining_budget,
 )
@@ -63,3 +65,22 @@ def test_burn_rate_and_remaining_budget() -> None:
 def test_burn_factor_needs_positive_durations() -> None:
     with pytest.raises(ValueError):
         burn_factor(0.02, 30 * DAY, 0)
+
+
+def test_a_constant_burn_runs_the_budget_out_when_the_forecast_says() -> None:
+    """Burning at a constant rate r (r = 1 spends the budget in one period), the
+    budget left falls by r / period a second: it reaches 0 at remaining * period / r,
+    and the forecast says exactly that, however much is left when it is asked."""
+    period = 30 * 86_400
+    for burn in (0.5, 1.0, 2.0, 14.4):
+        for asked_at in (0.0, 3 * 86_400.0, 10 * 86_400.0):
+            left = 1 - burn * asked_at / period
+            if left <= 0:
+                assert exhaustion(left, burn, period) == 0.0
+                continue
+            out_in = exhaustion(left, burn, period)
+            assert out_in is not None
+            assert asked_at + out_in == pytest.approx(period / burn)  # the start's forecast
+    assert exhaustion(0.4, 0.0, period) is None  # no burn: never
+    assert exhaustion(-0.1, 3.0, period) == 0.0  # spent already
+    assert ideal_left(0.0, period / 4, period) == 0.75

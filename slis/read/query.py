@@ -111,6 +111,10 @@ def read_slis(
 
 
 def _kind_filter(kind: str) -> Any:
+    """The verdict rows whose id counts for `kind`: a count of the machine's
+    `counts_of` above 0, read off the row's stored slot state. The property
+    tests hold every kind's ids to the oracle's, as they hold the tallies
+    (tests/harness.py `assert_discrepancies`, on both stores)."""
     v = verdicts
     return {
         "lost": v.c.cls == "lost",
