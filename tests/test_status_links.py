@@ -120,3 +120,33 @@ def test_grafana_links_open_the_boards_msgtally_dashboards_makes(tmp_path: Path)
     assert hrefs == [f"https://grafana.example/d/{u}" for u in uids]
     assert len(set(uids)) == len(BOARDS)
     store.dispose()
+
+
+def test_the_detail_page_names_what_each_shim_instance_dropped(tmp_path: Path) -> None:
+    """Running totals from two instances, resent and raised: the page shows each
+    instance's last totals on the SLO's pairs (its produces, its consumes of the
+    SLO's group), the largest first, and nothing of other groups or streams."""
+    store = open_store(f"sqlite:///{tmp_path / 'store.db'}")
+
+    def report(source: str, *dropped: tuple[str, str, str | None, int]) -> None:
+        body = {"records": [], "source": source, "dropped": [
+            {"stream": s, "kind": k, **({"group": g} if g else {}), "total": n}
+            for s, k, g, n in dropped]}  # fmt: skip
+        assert httpx.post(f"{live.url}/v1/records", json=body).status_code == 200
+
+    with LiveCollector(store, ReconcileConfig(), spec=_spec()) as live:
+        report("web-1", ("orders", "produce", None, 3), ("orders", "consume", "billing", 5))
+        report("web-1", ("orders", "produce", None, 3), ("orders", "consume", "billing", 7))
+        report("web-2", ("orders", "consume", "billing", 2), ("orders", "consume", "shipping", 9),
+               ("events", "produce", None, 4))  # fmt: skip
+        html = httpx.get(f"{live.url}/slo/orders-billing").text
+        events = httpx.get(f"{live.url}/ui/slo/events-delivery/tiles").text
+    table = re.search(r'<table class="loss" id="dropped-by">.*?</table>', html, re.S)
+    assert table
+    rows = [[re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<td[^>]*>(.*?)</td>", tr)]
+            for tr in re.findall(r"<tr>(<td.*?)</tr>", table.group(0))]  # fmt: skip
+    assert rows == [["web-1", "consume", "billing", "7"], ["web-1", "produce", "-", "3"],
+                    ["web-2", "consume", "billing", "2"]]  # fmt: skip
+    assert re.findall(r'<td class="mid">(web-\d)</td><td>(\w+)</td><td>[^<]*</td><td>(\d+)',
+                      events) == [("web-2", "produce", "4")]  # fmt: skip
+    store.dispose()

@@ -19,7 +19,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from sqlalchemy import Engine
 
 from msgtally.alerts.windows import format_duration
-from msgtally.slis.read.query import DISCREPANCY_KINDS, read_discrepancies
+from msgtally.slis.read.query import DISCREPANCY_KINDS, read_discrepancies, read_drops_by_source
 from msgtally.slis.read.report import duration
 from msgtally.slis.read.traces import trace_ids
 from msgtally.slis.spec.model import Spec, parse_duration
@@ -133,6 +133,13 @@ def _range(o: model.Objective, text: str | None) -> int:
     return max(60, min(seconds, o.period))
 
 
+def _dropped_by(request: Request, o: model.Objective) -> list[tuple[str, str, str, int]]:
+    """Measurement loss per shim instance: what each dropped on the SLO's pairs."""
+    store: Engine = request.app.state.store
+    with store.connect() as conn:
+        return read_drops_by_source(conn, o.stream, None if o.group == "*" else o.group)
+
+
 def _ids(request: Request, o: model.Objective) -> dict[str, list[dict[str, Any]]]:
     """The first ids behind each discrepancy count of the SLO's pairs, with trace links."""
     store: Engine = request.app.state.store
@@ -184,7 +191,7 @@ def router() -> APIRouter:
         presets = [p for p in PRESETS if p < o.period] + [o.period]
         return _render(
             "detail.html", **_ctx(request), o=o, seconds=seconds, presets=presets,
-            head=_header(request, now), ids=_ids(request, o),
+            head=_header(request, now), ids=_ids(request, o), dropped_by=_dropped_by(request, o),
             boards=request.app.state.links.boards(request.app.state.spec),
             spec_text=_spec_text(request, o),
         )  # fmt: skip
@@ -192,7 +199,8 @@ def router() -> APIRouter:
     @r.get("/ui/slo/{key:path}/tiles", response_class=HTMLResponse)
     def tiles(request: Request, key: str) -> HTMLResponse:
         o = _find(request, key, time.time())
-        return _render("_tiles.html", **_ctx(request), o=o, ids=_ids(request, o))
+        return _render("_tiles.html", **_ctx(request), o=o, ids=_ids(request, o),
+                       dropped_by=_dropped_by(request, o))  # fmt: skip
 
     @r.get("/ui/slo/{key:path}/graphs.json")
     def graphs(request: Request, key: str,

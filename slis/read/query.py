@@ -52,6 +52,21 @@ def read_missing(conn: Connection) -> dict[tuple[str, str, str], int]:
     return {(s, k, g): int(n) for s, k, g, n in conn.execute(query)}
 
 
+def read_drops_by_source(
+    conn: Connection, stream: str, group: str | None
+) -> list[tuple[str, str, str, int]]:
+    """What each shim instance dropped on `stream` (its produces, and its consumes of
+    `group`, or of every group): (source, kind, group, total), the largest first."""
+    d = shim_drops
+    query = select(d.c.source, d.c.kind, d.c.grp, d.c.total).where(
+        d.c.stream == stream, d.c.total > 0
+    )
+    if group is not None:
+        query = query.where((d.c.kind == "produce") | (d.c.grp == group))
+    rows = [(src, k, g, int(n)) for src, k, g, n in conn.execute(query)]
+    return sorted(rows, key=lambda r: (-r[3], r[0], r[1], r[2]))
+
+
 def dropped_for(drops: dict[tuple[str, str, str], int], stream: str, group: str) -> int:
     return sum(
         n for (s, k, g), n in drops.items() if s == stream and (k == "produce" or g == group)
