@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +28,7 @@ from msgtally.ingest.shim.announce import MAX_CONFIGS, Announcements, RetryConfi
 from msgtally.ingest.shim.tally import Tally
 from msgtally.names import RETRY_CONTRADICTION_ALERT
 from msgtally.reconcile.config import ReconcileConfig
+from msgtally.slis.read.report import retry_notes
 from msgtally.slis.read.retry_configs import read_audit
 from msgtally.slis.spec.load import load_spec
 from msgtally.slis.spec.model import Contract, Spec
@@ -358,3 +361,50 @@ def test_the_ticket_fires_in_prometheus_before_any_loss(
             assert float(alert["value"]) == 1
             assert "1 consumer instances" in alert["annotations"]["summary"]
     store.dispose()
+
+
+# -- the report -------------------------------------------------------------------------
+
+
+def test_the_report_lists_the_findings_within_100_columns(tmp_path: Path) -> None:
+    db = tmp_path / "store.db"
+    store = open_store(f"sqlite:///{db}")
+    now = time.time()
+    long_group = "a-consumer-group-with-a-rather-long-name-for-its-team"
+    announced = [
+        ("svc/a", {**CONFIG}),
+        ("svc/b", {**CONFIG, "acks": "before"}),
+        ("svc/c", {**CONFIG, "group": long_group}),
+    ]
+    for source, config in announced:
+        batch = {"records": [], "source": source, "retry_configs": [config]}
+        write_batch(store, parse_body(json.dumps(batch).encode()), received_at=now)
+    store.dispose()
+    (tmp_path / "spec.yml").write_text(
+        "version: msgtally/v1\nservice: shop\nslos:\n"
+        "  - {name: orders, stream: orders, sli: delivery, objective: 99}\n"
+        "contracts:\n  - {stream: orders, semantics: at-least-once}\n"
+    )
+    run = [sys.executable, "-m", "msgtally.cli", "report", "--db", str(db)]
+    out = subprocess.run(
+        [*run, "--spec", str(tmp_path / "spec.yml")], capture_output=True, text=True,
+        check=True, timeout=60,
+    ).stdout  # fmt: skip
+    notes = out[out.index("retry configurations") :].splitlines()
+    assert notes == [
+        "retry configurations (instances with each finding; GET /v1/retry-configs):",
+        "  orders / billing (2 instances, 2 configurations, contract at-least-once): drift 2,",
+        "    acks_before_processing 1, contradicts_contract 1",
+    ]
+    assert max(len(line) for line in out.splitlines()) <= 100
+    # The long group's one instance has no finding: no line. Without the spec, no
+    # contract to contradict.
+    assert long_group not in out
+    reread = open_store(f"sqlite:///{db}")
+    with reread.connect() as conn:
+        sound = [a for a in read_audit(conn, time.time(), None) if a.group == long_group]
+    reread.dispose()
+    assert retry_notes(sound) == ["retry configurations: 1 group audited, no finding"]
+    plain = subprocess.run(run, capture_output=True, text=True, check=True, timeout=60).stdout
+    assert "drift 2, acks_before_processing 1\n" in plain
+    assert "contradicts_contract" not in plain
