@@ -408,3 +408,15 @@ def test_the_report_lists_the_findings_within_100_columns(tmp_path: Path) -> Non
     plain = subprocess.run(run, capture_output=True, text=True, check=True, timeout=60).stdout
     assert "drift 2, acks_before_processing 1\n" in plain
     assert "contradicts_contract" not in plain
+
+
+def test_configurations_past_the_series_bound_are_left_out(store: Engine) -> None:
+    # One name fits: the record's. The configuration's own pair does not: it is left
+    # out, like a sequence mark, and the records are stored.
+    with LiveCollector(store, ReconcileConfig(), max_series=1) as live:
+        resp = httpx.post(f"{live.url}/v1/records", json=body(CONFIG))
+        assert resp.json() == {"accepted": 1}
+        assert audits(live.url) == []
+    with store.connect() as conn:
+        assert len(conn.execute(select(log)).all()) == 1
+        assert conn.execute(select(retry_configs)).all() == []
