@@ -28,6 +28,7 @@ from msgtally.ingest.shim.announce import MAX_CONFIGS, Announcements, RetryConfi
 from msgtally.ingest.shim.tally import Tally
 from msgtally.names import RETRY_CONTRADICTION_ALERT
 from msgtally.reconcile.config import ReconcileConfig
+from msgtally.server import BackgroundServer
 from msgtally.slis.read.report import retry_notes
 from msgtally.slis.read.retry_configs import read_audit
 from msgtally.slis.spec.load import load_spec
@@ -420,3 +421,68 @@ def test_configurations_past_the_series_bound_are_left_out(store: Engine) -> Non
     with store.connect() as conn:
         assert len(conn.execute(select(log)).all()) == 1
         assert conn.execute(select(retry_configs)).all() == []
+
+
+# -- every adapter announces what it knows ---------------------------------------------
+
+
+def test_every_adapter_announces_its_consumers_configuration(store: Engine) -> None:
+    import redis
+    from fastapi import Depends, FastAPI
+
+    from msgtally.ingest.shim.adapters import kafka, mqtt, nats, redis_streams
+    from msgtally.ingest.shim.adapters.webhooks.receiver import TallyDependency, TallyMiddleware
+
+    with LiveCollector(store, ReconcileConfig()) as live:
+        tally = Tally("orders", live.url, registry=CollectorRegistry(), tracing=False)
+        jittered = RetryPolicy(backoff_base=0.5, backoff_cap=10.0, jitter=True)
+        nats.tallied(tally, "nats", _noop, nak_delay=2.0)
+        nats.tallied(tally, "nats-policy", _noop, nak_delay=2.0, retry=jittered)
+        mqtt.tallied(tally, "mqtt", _noop, acks="before", dead_letter_topic="orders/dead")
+        client = redis.Redis(port=6379)
+        redis_streams.Consumer(client, tally, "orders-key", "redis", "c1", _noop, max_attempts=0)
+        client.close()
+        raw = kafka.Consumer(
+            {"bootstrap.servers": "127.0.0.1:1"}, tally, "kafka", ["orders"], _noop,
+            acks="before", retry=jittered,
+        )  # fmt: skip
+        raw.consumer.close()  # never joined: nothing to commit
+        app = FastAPI()
+        app.add_middleware(TallyMiddleware, tally=tally, group="hooks", max_attempts=8,
+                           retry=RetryPolicy(1.0, 60.0, jitter=True))  # fmt: skip
+        delivery = TallyDependency(tally, group="hooks-dep", stream="orders")
+
+        @app.post("/hooks/orders")
+        async def hook(d: Any = Depends(delivery)) -> None:  # noqa: B008
+            return None
+
+        assert tally.flush()
+        assert {a["group"] for a in audits(live.url)} == {
+            "nats", "nats-policy", "mqtt", "redis", "kafka"
+        }  # the webhook receivers announce at their first request
+        with BackgroundServer(app) as receiver:  # a real server, real sockets
+            httpx.post(f"{receiver.url}/hooks/orders", headers={"idempotency-key": "k1"},
+                       timeout=10).raise_for_status()  # fmt: skip
+        assert tally.flush()
+        got = {a["group"]: a["configs"] for a in audits(live.url, stream="orders")}
+        tally.close()
+
+    def config(**given: Any) -> list[dict[str, Any]]:
+        base = {"acks": "after", "max_attempts": None, "backoff_base": 0.0, "backoff_cap": 0.0,
+                "jitter": False, "dead_letter": None, "instances": 1}  # fmt: skip
+        return [{**base, **given}]
+
+    assert got == {
+        "nats": config(backoff_base=2.0, backoff_cap=2.0),
+        "nats-policy": config(backoff_base=0.5, backoff_cap=10.0, jitter=True),
+        "mqtt": config(acks="before", dead_letter="orders/dead"),
+        "redis": config(dead_letter="orders-key:dead-letter"),  # max_attempts 0: no limit
+        "kafka": config(acks="before", max_attempts=5, backoff_base=0.5, backoff_cap=10.0,
+                        jitter=True, dead_letter="orders.dlq"),
+        "hooks": config(max_attempts=8, backoff_base=1.0, backoff_cap=60.0, jitter=True),
+        "hooks-dep": config(),
+    }  # fmt: skip
+
+
+def _noop(received: Any) -> None:
+    return None

@@ -228,12 +228,16 @@ class Consuming(Generic[H]):
         # (max_attempts 0 or less: no limit, as is_last reads it).
         limit = max_attempts if max_attempts is not None and max_attempts > 0 else None
         self.retry_config = RetryConfig.of(acks, limit, retry)
+        self._announced: set[str] = set()  # streams announced: each delivery looks here
         if stream or tally.stream:
             self.announce(stream or tally.stream or "")
 
     def announce(self, stream: str) -> None:
-        """Tell the collector this consumer's retry configuration for `stream`."""
-        self.tally.announce_config(stream, self.group, self.retry_config)
+        """Tell the collector this consumer's retry configuration for `stream` (once:
+        the shipper sends it again by itself, and to a forked child's collector)."""
+        if stream not in self._announced:
+            self.tally.announce_config(stream, self.group, self.retry_config)
+            self._announced.add(stream)
 
 
 class Tallied(Consuming[Handler[R]]):

@@ -239,9 +239,14 @@ class Consumer(Tallied[Received]):
         dead_letter_producer: confluent_kafka.Producer | None = None,
         retry: RetryPolicy | None = None,
     ) -> None:
-        # `retry` is announced, its dead-letter target `dead_letter_topic` unless given.
-        if dead_letter_topic is not None and (retry is None or retry.dead_letter is None):
-            retry = replace(retry or RetryPolicy(), dead_letter=dead_letter_topic)
+        # `retry` is announced, its dead-letter target `dead_letter_topic` unless given
+        # (by default `<topic>.dlq`: named when there is one topic).
+        subscribed = list(topics)
+        if retry is None or retry.dead_letter is None:
+            target = dead_letter_topic or (
+                f"{subscribed[0]}.dlq" if len(subscribed) == 1 else "<topic>.dlq"
+            )  # fmt: skip
+            retry = replace(retry or RetryPolicy(), dead_letter=target)
         super().__init__(tally, group, handler, stream, acks, max_attempts, retry)
         settings = {**CONSUMER_DEFAULTS, **config, **_CONSUMER_POLICY, "group.id": group}
         self.consumer = confluent_kafka.Consumer(settings)
@@ -255,7 +260,7 @@ class Consumer(Tallied[Received]):
         }
         # Deliveries seen per record, to number the re-reads of this process.
         self._attempts: OrderedDict[tuple[str, int, int], int] = OrderedDict()
-        self.consumer.subscribe(list(topics), on_revoke=self._revoked, on_lost=self._lost)
+        self.consumer.subscribe(subscribed, on_revoke=self._revoked, on_lost=self._lost)
 
     def read(self, max_records: int = 100, timeout: float = 1.0) -> list[Received]:
         """Read up to `max_records` records (waiting up to `timeout` s for the

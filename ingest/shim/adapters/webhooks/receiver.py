@@ -124,6 +124,7 @@ class _Reader:
         self.tally = tally
         self.group = group
         self.retry_config = RetryConfig.of("after", max_attempts, retry)
+        self._announced: set[str] = set()  # streams announced: each request looks here
         self._id_names = [n.lower().encode("latin-1") for n in (MESSAGE_ID_HEADER, *id_headers)]
         self._attempt_names = [n.lower().encode("latin-1") for n in attempt_headers]
         self._unidentified = _unidentified_counter(registry or REGISTRY)
@@ -156,7 +157,9 @@ class _Reader:
     @contextmanager
     def reporting(self, received: Received) -> Iterator[Received]:
         """Report the request around the app, unless it has no id."""
-        self.tally.announce_config(received.stream, self.group, self.retry_config)
+        if received.stream not in self._announced:
+            self.tally.announce_config(received.stream, self.group, self.retry_config)
+            self._announced.add(received.stream)
         if not received.message_id:
             yield received
             return
