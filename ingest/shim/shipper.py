@@ -7,7 +7,9 @@ counted. Drop totals travel with the next batch that gets through, so the
 collector can tell measurement loss from message loss; so do the high-water
 marks of the shim's sequences (the last seq given per stream, kind and group),
 so that the collector knows of records that never come, even from a shim that
-dies with them. Every request says, with its `sequences`, that its records
+dies with them; so do the consumers' retry configurations (msgtally.ingest.shim.
+announce: when new or changed, on their own if need be, and all again now and
+then with records). Every request says, with its `sequences`, that its records
 are numbered per sequence. Resends carry the same record ids, so the
 collector stores them once.
 
@@ -307,15 +309,15 @@ class Shipper:
         with self._lock:
             if self._reported != self._report_locked():
                 return True
-        return "retry_configs" not in self._refused and self.announcements.changed()
+        return self._announcing() and self.announcements.changed()
+
+    def _announcing(self) -> bool:
+        # Configurations need the source that names their instance.
+        return not {"retry_configs", "source"} & self._refused
 
     def _body(self, rows: list[Row]) -> tuple[bytes, _Report]:
         records = [record_to_json(row) for row in rows]
-        configs = (
-            {}
-            if {"retry_configs", "source"} & self._refused
-            else self.announcements.due(time.monotonic(), bool(rows))
-        )
+        configs = self.announcements.due(time.monotonic(), bool(rows)) if self._announcing() else {}
         with self._lock:
             report = self._report_locked()._replace(configs=configs)
             told = self._reported.marks
