@@ -1,5 +1,5 @@
 """Prometheus rules from the SLO spec: recordings, burn-rate alerts, contract
-breach alerts, their promtool tests, the Alertmanager inhibition.
+breach alerts, the retry-configuration ticket, their promtool tests, the Alertmanager inhibition.
 """
 
 __all__ = [
@@ -9,6 +9,7 @@ __all__ = [
     "promql",
     "promtests",
     "render",
+    "retry",
     "rules",
     "selfmon",
     "windows",

@@ -23,7 +23,9 @@ the scrape interval; the burn file, which proves the windows, never does.)
   samples (not `n + 1`), so a window of one interval never holds two.
 - A quiet file proves that counters that do not move fire nothing, and that
   missing counters fire `MsgtallySLIAbsent`; a contracts file, that each
-  forbidden breach pages at once, rides out a missed scrape and clears.
+  forbidden breach pages at once, rides out a missed scrape and clears, and
+  that consumers configured against a contract open a ticket at once (retry.py),
+  through a missed scrape, until they are configured right.
 
 One file per tier (its evaluation interval fits its windows), the burn file,
 the quiet file and the contracts file; `rule_files` points at the rule file
@@ -43,11 +45,15 @@ from msgtally.names import (
     BACKLOG,
     BURN_ALERT,
     CONTRACT_ALERT,
+    CONTRADICTS_CONTRACT,
+    FINDINGS,
     INDICATORS,
     LAST_PASS,
     RECONCILE_RECORDS,
     RECORDS_DROPPED,
     RECORDS_MISSING,
+    RETRY_CONTRADICTION_ALERT,
+    RETRY_FINDINGS,
     SLI_RECORD,
     RatioIndicator,
     bucket_label,
@@ -60,6 +66,7 @@ from msgtally.slis.spec.semantics import BREACH_COUNTS, FORBIDS, Breach
 from . import selfmon
 from .contracts import WINDOW_SECONDS, breach_alert
 from .promql import PRODUCED, quote
+from .retry import contradiction_alert
 from .rules import absent_alert, burn_alert, num, sli_labels
 from .windows import (
     SAMPLES_PER_WINDOW,
@@ -507,7 +514,7 @@ def generate_tests(spec: Spec, rule_file: str) -> dict[str, TestFile]:
         files[f"{spec.service}.contracts.test.yml"] = {
             "rule_files": [rule_file],
             "evaluation_interval": format_duration(spec.scrape_interval),
-            "tests": contract_tests(spec),
+            "tests": [*contract_tests(spec), *retry_tests(spec)],
         }
     return files
 
@@ -840,3 +847,74 @@ def self_tests(spec: Spec) -> list[dict[str, Any]]:
         }
     )  # fmt: skip
     return tests
+
+
+def retry_tests(spec: Spec) -> list[dict[str, Any]]:
+    """Per contract, two consumer instances configured against it from one scrape on
+    (the gauge the collector's audit exposes): the ticket fires at that scrape with
+    their count, rides out a missed scrape, and clears keep_firing_for after they are
+    configured right; the other findings alone (instances that drift, ack before
+    processing on a stream allowed to, ...) open no ticket."""
+    s = spec.scrape_interval
+    keep = keep_firing_for(s) // s
+    wrong, missed = 3, 4  # the scrape that first shows the finding; one missed after it
+    fixed = missed + 2  # the first scrape showing 0 again
+    end = fixed + keep + 2
+
+    def at(scrape: int) -> str:
+        return format_duration(scrape * s) if scrape else "0s"
+
+    def values(inside: int) -> str:
+        return sample_values(
+            [None if k == missed else (inside if wrong <= k < fixed else 0) for k in range(end + 1)]
+        )
+
+    tests: list[dict[str, Any]] = []
+    for contract in spec.contracts:
+        labels = _contract_labels(spec, contract)
+        name = f"{labels['stream']} / {labels['group']} ({contract.semantics.value})"
+        expected = [_expected(contradiction_alert(spec, contract), labels, 2)]
+        gauges = [
+            {
+                "series": _selector(RETRY_FINDINGS, {**labels, "finding": finding}),
+                "values": values(2 if finding == CONTRADICTS_CONTRACT else 0),
+            }
+            for finding in FINDINGS
+        ]
+        others = [
+            {"series": _selector(RETRY_FINDINGS, {**labels, "finding": finding}),
+             "values": values(0 if finding == CONTRADICTS_CONTRACT else 3)}
+            for finding in FINDINGS
+        ]  # fmt: skip
+        tests += [
+            {
+                "name": f"{name}: consumers configured against the contract open a ticket",
+                "interval": format_duration(s),
+                "input_series": gauges,
+                "alert_rule_test": [
+                    {"eval_time": at(t), "alertname": RETRY_CONTRADICTION_ALERT,
+                     "exp_alerts": exp}
+                    for t, exp in (
+                        (wrong - 1, []),
+                        (wrong, expected),
+                        (missed, expected),
+                        (fixed + keep - 1, expected),
+                        (fixed + keep + 1, []),
+                    )
+                ],
+            },
+            {
+                "name": f"{name}: other retry-configuration findings open no ticket",
+                "interval": format_duration(s),
+                "input_series": others,
+                "alert_rule_test": [
+                    {"eval_time": at(t), "alertname": RETRY_CONTRADICTION_ALERT,
+                     "exp_alerts": []}
+                    for t in (wrong, missed, fixed - 1)
+                ],
+            },
+        ]  # fmt: skip
+    return tests
+
+
+

@@ -7,7 +7,8 @@ Per SLO, one rule group `msgtally-<service>-<slo>`, in evaluation order:
   budget;
 - `MsgtallyErrorBudgetBurn` once per burn-rate tier (labels `severity`,
   `burn_window`) and `MsgtallySLIAbsent`.
-Then `msgtally-<service>-contracts` (contracts.py), when the spec has any,
+Then `msgtally-<service>-contracts` (contracts.py, and retry.py's ticket on
+consumers configured against a contract), when the spec has any,
 and `msgtally-<service>-self`, the rules that watch msgtally itself (selfmon.py).
 One group per SLO, not three: rules of a group run in order, so an alert always reads
 the recordings of the same evaluation, whatever the evaluation interval.
@@ -35,6 +36,7 @@ from msgtally.slis.spec.model import SLO, Spec
 from .contracts import GROUP_NAME as CONTRACT_GROUP
 from .contracts import contract_rules
 from .promql import error_ratio, presence, quote
+from .retry import retry_rules
 from .selfmon import GROUP_NAME as SELF_GROUP
 from .selfmon import self_rules
 from .windows import Window, format_duration, keep_firing_for, rule_windows, spec_windows
@@ -208,7 +210,10 @@ def generate(spec: Spec) -> dict[str, list[Group]]:
         groups.append({"name": f"msgtally-{spec.service}-{slo.name}", "rules": rules})
     if spec.contracts:
         groups.append(
-            {"name": CONTRACT_GROUP.format(service=spec.service), "rules": contract_rules(spec)}
+            {
+                "name": CONTRACT_GROUP.format(service=spec.service),
+                "rules": [*contract_rules(spec), *retry_rules(spec)],
+            }
         )
     groups.append({"name": SELF_GROUP.format(service=spec.service), "rules": self_rules(spec)})
     return {"groups": groups}

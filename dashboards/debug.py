@@ -11,7 +11,8 @@ from .panels import Format, Kind, Panel, Row, Target
 TITLE = "Debug"
 WHAT = (
     "End-to-end latency, attempts per message, duplicates and retries per group, unexpected "
-    "and recovered ids, and the collector itself: ingest rate, rejected requests, reconcile lag."
+    "and recovered ids, and the collector itself: ingest rate, rejected requests, reconcile lag; "
+    "the consumers' retry configurations audited."
 )
 QUANTILES = (0.5, 0.9, 0.99)
 
@@ -133,6 +134,31 @@ def rows(spec: Spec) -> list[Row]:
                 "Records ingested and not yet reconciled.",
                 "short",
                 (Target(q.reconcile_backlog(), "records"),),
+                width=12,
+                min=0,
+            ),
+        ),
+        (
+            Panel(
+                Kind.TABLE,
+                "Retry configuration findings",
+                "Consumer instances per finding of the audit of what they announce: drift "
+                "(the group's instances disagree: all of them count), no_jitter (backoff "
+                "without jitter: retry storms), acks_before_processing (at most once), "
+                "no_retries (max attempts 1), contradicts_contract (against the stream's "
+                "contract). The configurations: GET /v1/retry-configs on the collector.",
+                "none",
+                (Target(q.retry_findings(), instant=True, format=Format.TABLE),),
+                width=12,
+                hide_columns=("Time",),
+            ),
+            Panel(
+                Kind.TIMESERIES,
+                "Retry configuration findings over time",
+                "The same counts over time: a finding that appears with a deploy is that "
+                "deploy's configuration.",
+                "short",
+                (Target(q.retry_findings(), f"{pair} {{{{finding}}}}"),),
                 width=12,
                 min=0,
             ),

@@ -151,4 +151,19 @@ def rows(spec: Spec) -> list[Row]:
                 min=0,
             ),
         ),
+        (
+            Panel(
+                Kind.TABLE,
+                "Consumers configured against their contract",
+                "Consumer instances whose announced retry configuration contradicts the "
+                "stream's delivery contract (the MsgtallyRetryConfigContradiction ticket): "
+                "acks before processing or one attempt on an at-least-once or exactly-once "
+                "stream, retries on an at-most-once one. Nothing is lost yet; the "
+                "configurations: GET /v1/retry-configs on the collector.",
+                "none",
+                (Target(q.retry_contradictions(), instant=True, format=Format.TABLE),),
+                width=24,
+                hide_columns=("Time",),
+            ),
+        ),
     ]

@@ -27,6 +27,7 @@ from msgtally.names import (
     BACKLOG,
     BUDGET_RECORD,
     BURN_ALERT,
+    CONTRADICTS_CONTRACT,
     IN_FLIGHT,
     IN_FLIGHT_OLDEST,
     INDICATORS,
@@ -37,6 +38,7 @@ from msgtally.names import (
     RECORDS_DROPPED,
     RECORDS_MISSING,
     REMAINING_RECORD,
+    RETRY_FINDINGS,
     SLI_RECORD,
     RatioIndicator,
     SLIKind,
@@ -211,3 +213,17 @@ def in_flight() -> str:
 
 def in_flight_oldest_age() -> str:
     return f"time() - min by (stream, group) ({IN_FLIGHT_OLDEST}{{{TALLY}}})"
+
+
+# --- retry configurations --------------------------------------------------------
+
+
+def retry_findings() -> str:
+    """Consumer instances per finding of the retry-configuration audit, findings only."""
+    return f"max by (stream, group, finding) ({RETRY_FINDINGS}{{{TALLY}}}) > 0"
+
+
+def retry_contradictions() -> str:
+    """Consumer instances configured against their stream's contract (the ticket's series)."""
+    finding = f"finding={quote(CONTRADICTS_CONTRACT)}"
+    return f"max by (stream, group) ({RETRY_FINDINGS}{{{finding},{TALLY}}}) > 0"

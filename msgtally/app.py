@@ -186,7 +186,7 @@ def create_app(
     config = config or ReconcileConfig()
     tokens = Tokens([token]) if isinstance(token, str) else token
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(store, config.latency_buckets))
+    registry.register(StoreCollector(store, config.latency_buckets, spec))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

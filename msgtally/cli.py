@@ -281,7 +281,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from msgtally.slis.read.figures import with_contracts
     from msgtally.slis.read.query import read_slis
-    from msgtally.slis.read.report import render_table
+    from msgtally.slis.read.report import render_table, retry_notes
+    from msgtally.slis.read.retry_configs import read_audit
     from msgtally.slis.read.windows import read_window_slis
     from msgtally.slis.spec.model import parse_duration
     from msgtally.store.db import open_store
@@ -298,6 +299,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     with store.connect() as conn:
         figures = read_slis(conn) if since is None else read_window_slis(conn, time.time(), since)
         everything = with_contracts(figures, spec)
+        audits = [
+            a for a in read_audit(conn, time.time(), spec)
+            if args.stream in (None, a.stream) and args.group in (None, a.group)
+        ]  # fmt: skip
     slis = [
         s
         for s in everything
@@ -309,6 +314,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(json.dumps([s.to_json() for s in slis], indent=2))
     else:
         print(render_table(slis, wide=args.wide, colour=_colour(sys.stdout)))
+        notes = retry_notes(audits)
+        if notes:
+            print("\n" + "\n".join(notes))
         quarantine_commands.note_under_report(store)
     store.dispose()
     return 0
@@ -455,7 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
         "report",
         help="print the SLIs per stream and group",
         description="Print the SLIs per stream and consumer group, from the store:\n"
-        "what the collector's engine has judged so far.",
+        "what the collector's engine has judged so far; under the table, the findings\n"
+        "of the audit of the consumers' retry configurations (with --spec, those that\n"
+        "contradict a delivery contract too).",
         epilog=report_legend(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -154,3 +154,11 @@ REMAINING_RECORD = "msgtally:slo_error_budget_remaining:ratio"
 BURN_ALERT = "MsgtallyErrorBudgetBurn"
 ABSENT_ALERT = "MsgtallySLIAbsent"
 CONTRACT_ALERT = "MsgtallyDeliveryContractBreach"
+
+# The retry-configuration audit (msgtally.slis.read.retry_audit): the gauge of instances
+# with each finding per (stream, group), its findings in order, and the ticket that
+# opens when a configuration contradicts the stream's delivery contract.
+RETRY_FINDINGS = "msgtally_retry_config_findings"
+FINDINGS = ("drift", "no_jitter", "acks_before_processing", "no_retries", "contradicts_contract")
+CONTRADICTS_CONTRACT = "contradicts_contract"
+RETRY_CONTRADICTION_ALERT = "MsgtallyRetryConfigContradiction"

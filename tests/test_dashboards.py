@@ -273,6 +273,7 @@ def test_every_metric_a_panel_reads_is_exposed_by_the_collector(
         "source": "shim",
         "dropped": [{"stream": "orders", "kind": "produce", "total": 1}],
         "sequences": [{"producer": "shim", "stream": "orders", "kind": "produce", "last": 1}],
+        "retry_configs": [{"stream": "orders", "group": "billing", "acks": "before"}],
     }
     httpx.post(f"{collector.url}/v1/records", json=body).raise_for_status()
     reconcile(store, ReconcileConfig(), now=t0 + 1000)

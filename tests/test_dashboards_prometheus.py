@@ -53,6 +53,8 @@ slos:
      objective: 95}
   - {name: payments-retries, stream: payments, group: billing, sli: retries, objective: 98}
   - {name: payments-delivery, stream: payments, sli: delivery, objective: 99}
+contracts:
+  - {stream: orders, semantics: at-least-once}
 """
 STREAMS = ("orders", "payments")
 GROUPS = ("billing", "shipping")
@@ -114,6 +116,11 @@ def _traffic(url: str, stop: threading.Event) -> None:
                      "last": n + 1},
                     {"producer": "test-shim", "stream": "payments", "kind": "consume",
                      "group": "billing", "last": n + 1},
+                ],
+                # A consumer acking before processing on an at-least-once stream.
+                "retry_configs": [
+                    {"stream": "orders", "group": "billing", "acks": "before",
+                     "max_attempts": 5},
                 ],
             }  # fmt: skip
             client.post("/v1/records", json=body).raise_for_status()
@@ -208,7 +215,7 @@ def test_every_panel_query_parses_and_returns_data(tmp_path: Path) -> None:
     stop = threading.Event()
     config = ReconcileConfig(deadline=1.0, settle=0.0)
     started = time.monotonic()
-    with LiveCollector(store, config, reconcile_interval=0.25) as collector:
+    with LiveCollector(store, config, reconcile_interval=0.25, spec=spec) as collector:
         traffic = threading.Thread(target=_traffic, args=(collector.url, stop), daemon=True)
         traffic.start()
         try:

@@ -47,6 +47,7 @@ class NameGuard:
         of_records = {(r.stream, group_of(r)) for r in batch.records}
         of_marks = {(m.stream, m.group) for m in batch.sequences or ()}
         wanted = of_records | of_marks | {(d.stream, d.group) for d in batch.drops}
+        wanted |= {(c.stream, c.group) for c in batch.retry_configs}
         with self._lock:
             new = wanted - self._known
         if not new:
@@ -70,6 +71,10 @@ class NameGuard:
                     batch = batch._replace(
                         sequences=[m for m in batch.sequences if (m.stream, m.group) not in left]
                     )
+                # A configuration under no name is left out, like a mark.
+                batch = batch._replace(retry_configs=[
+                    c for c in batch.retry_configs if (c.stream, c.group) not in left
+                ])  # fmt: skip
                 wanted = (wanted - new) | fits
                 new = fits
             # another collector may be adding the same name right now

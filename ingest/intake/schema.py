@@ -13,12 +13,13 @@ record is accepted or refused the same way whatever the store.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Annotated, Literal, NamedTuple
 
 import msgspec
 from msgspec import Meta, Struct
 
+from msgtally.ingest.shim.announce import ACKS, MAX_BACKOFF, MAX_CONFIGS
 from msgtally.record import FIELD_NAMES as FIELDS
 from msgtally.record import (
     MAX_ATTEMPT,
@@ -88,14 +89,35 @@ class SequenceMark(Struct, forbid_unknown_fields=True):
     group: Annotated[str, Meta(max_length=MAX_TEXT_LENGTH)] = ""
 
 
+Seconds = Annotated[float, Meta(ge=0, le=MAX_BACKOFF)]
+
+
+class RetryConfigReport(Struct, forbid_unknown_fields=True):
+    """How one consumer instance (the request's `source`) acks and retries a stream
+    as a group (msgtally.ingest.shim.announce): acks before or after processing, or
+    manual; max attempts (null: no limit); the redelivery backoff's base and cap
+    in seconds; jitter; the dead-letter target (null: none)."""
+
+    stream: Text
+    group: Text
+    acks: Literal["after", "before", "manual"]
+    max_attempts: Attempt | None = None
+    backoff_base: Seconds = 0.0
+    backoff_cap: Seconds = 0.0
+    jitter: bool = False
+    dead_letter: Text | None = None
+
+
 class Envelope(Struct, forbid_unknown_fields=True):
     """A shim's request: its records, its instance name, its drop totals, and,
-    from a sender that numbers its records per sequence, its high-water marks."""
+    from a sender that numbers its records per sequence, its high-water marks;
+    from one whose consumers announce them, their retry configurations."""
 
     records: list[Record]
     source: Text | None = None
     dropped: list[DropReport] = []
     sequences: list[SequenceMark] | None = None
+    retry_configs: Annotated[list[RetryConfigReport], Meta(max_length=MAX_CONFIGS)] = []
 
 
 class Batch(NamedTuple):
@@ -104,6 +126,7 @@ class Batch(NamedTuple):
     source: str | None
     # None: the sender does not number per sequence, its seqs are not checked.
     sequences: list[SequenceMark] | None = None
+    retry_configs: Sequence[RetryConfigReport] = ()
 
 
 class RecordError(ValueError):
@@ -138,6 +161,8 @@ _REASONS: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...] = (
     (re.compile(r"^Invalid enum value (.*)$"),
      lambda m: f"must be one of ok, error, dead_letter (a consume outcome), got {m[1]}"),
     (re.compile(r"^Number out of range$"), lambda m: "number out of range"),
+    (re.compile(r"^Expected `array` of length <= (\d+)$"),
+     lambda m: f"more than {m[1]} items"),
 )  # fmt: skip
 
 
@@ -164,6 +189,9 @@ def _located(exc: msgspec.ValidationError) -> RecordError:
     kind = _KIND.match(reason) if path.endswith(".kind") else None
     if kind is not None:  # a record's tag, or the kind of a drop total or a mark
         return RecordError(path, f"must be 'produce' or 'consume', got {kind[1]}")
+    acks = _KIND.match(reason) if path.endswith(".acks") else None
+    if acks is not None:
+        return RecordError(path, f"must be {', '.join(map(repr, ACKS))}, got {acks[1]}")
     return RecordError(path, _plain(reason))
 
 
@@ -182,11 +210,17 @@ def parse_body(body: bytes) -> Batch:
     if isinstance(payload, list):
         batch = Batch(payload, [], None)
     else:
-        batch = Batch(payload.records, payload.dropped, payload.source, payload.sequences)
+        batch = Batch(
+            payload.records, payload.dropped, payload.source, payload.sequences,
+            payload.retry_configs,
+        )  # fmt: skip
         if batch.drops and batch.source is None:
             raise RecordError("source", "field required with 'dropped'")
+        if batch.retry_configs and batch.source is None:
+            raise RecordError("source", "field required with 'retry_configs'")
         _check_marks(batch.sequences or [])
-    if not batch.records and not batch.drops and not batch.sequences:
+        _check_configs(batch.retry_configs)
+    if not batch.records and not batch.drops and not batch.sequences and not batch.retry_configs:
         raise RecordError("body", "no records")
     if b"\\u0000" in body:  # NUL: no store can hold it in text (a rare, slow path)
         _refuse_nul(batch)
@@ -200,6 +234,22 @@ def _check_marks(marks: list[SequenceMark]) -> None:
             raise RecordError(f"sequences[{i}].group", "field required for a consume sequence")
         if mark.kind == "produce" and mark.group:
             raise RecordError(f"sequences[{i}].group", "only consume sequences carry a group")
+
+
+def _check_configs(configs: Sequence[RetryConfigReport]) -> None:
+    """A cap not below its base; one configuration per stream and group."""
+    seen: set[tuple[str, str]] = set()
+    for i, c in enumerate(configs):
+        if c.backoff_cap < c.backoff_base:
+            raise RecordError(
+                f"retry_configs[{i}].backoff_cap",
+                f"must be at least backoff_base ({c.backoff_base:g}), got {c.backoff_cap:g}",
+            )
+        if (c.stream, c.group) in seen:
+            raise RecordError(
+                f"retry_configs[{i}]", f"a second configuration for {c.stream!r} / {c.group!r}"
+            )
+        seen.add((c.stream, c.group))
 
 
 def _refuse_nul(batch: Batch) -> None:
@@ -216,6 +266,10 @@ def _refuse_nul(batch: Batch) -> None:
         for name in ("producer", "stream", "group"):
             if "\x00" in getattr(mark, name):
                 raise RecordError(f"sequences[{i}].{name}", "contains a NUL character")
+    for i, c in enumerate(batch.retry_configs):
+        for name in ("stream", "group", "dead_letter"):
+            if "\x00" in (getattr(c, name) or ""):
+                raise RecordError(f"retry_configs[{i}].{name}", "contains a NUL character")
     if batch.source is not None and "\x00" in batch.source:
         raise RecordError("source", "contains a NUL character")
 

@@ -2,22 +2,23 @@
 
 A batch becomes one log row (msgtally.ingest.intake.logbody: its records and sequence
 marks) and one pending row for the engine, in one transaction with the shim's
-drop totals: a 2xx answer means all of it is committed, a failure means none
-of it is. Recognising a record sent twice is the engine's job (it knows the
+drop totals and retry configurations: a 2xx answer means all of it is committed,
+a failure means none of it is. Recognising a record sent twice is the engine's job (it knows the
 ids in flight): ingest only appends, whatever the traffic.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
-from sqlalchemy import Connection, Engine, case, insert
+from sqlalchemy import Connection, Engine, case, delete, insert
 
 from msgtally.ingest.intake import logbody
 from msgtally.ingest.intake.cardinality import NameGuard
-from msgtally.ingest.intake.schema import Batch, DropReport
+from msgtally.ingest.intake.schema import Batch, DropReport, RetryConfigReport
 from msgtally.store.db import upsert, write_tx
-from msgtally.store.tables import log, log_pending, shim_drops
+from msgtally.store.tables import RETRY_CONFIG_TTL, log, log_pending, retry_configs, shim_drops
 
 
 def write_batch(
@@ -33,7 +34,7 @@ def write_batch(
     `guard`, a batch that would name more series than it allows is refused
     (RecordError), nothing of it stored.
     """
-    if not batch.records and not batch.drops and not batch.sequences:
+    if not batch.records and not batch.drops and not batch.sequences and not batch.retry_configs:
         return 0
     at = time.time() if received_at is None else received_at
     admitted: set[tuple[str, str]] = set()
@@ -51,6 +52,9 @@ def write_batch(
         if batch.drops:
             assert batch.source is not None  # the schema requires it with drops
             _store_drops(conn, batch.source, batch.drops)
+        if batch.retry_configs:
+            assert batch.source is not None  # the schema requires it with configurations
+            _store_configs(conn, batch.source, batch.retry_configs, at)
     if guard is not None:
         guard.remember(admitted)
     return len(batch.records)
@@ -75,3 +79,30 @@ def _store_drops(conn: Connection, source: str, drops: list[DropReport]) -> None
             for d in drops
         ],
     )
+
+
+def _store_configs(
+    conn: Connection, source: str, configs: Sequence[RetryConfigReport], at: float
+) -> None:
+    """What the instance announced replaces what it announced before; instances
+    silent for RETRY_CONFIG_TTL go (only here: a rare write, once a minute a shim)."""
+    conn.execute(delete(retry_configs).where(retry_configs.c.seen_at < at - RETRY_CONFIG_TTL))
+    stmt = upsert(conn, retry_configs)
+    columns = ("acks", "max_attempts", "backoff_base", "backoff_cap", "jitter", "dead_letter",
+               "seen_at")  # fmt: skip
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["stream", "grp", "source"],
+        set_={name: stmt.excluded[name] for name in columns},
+    )
+    conn.execute(
+        stmt,
+        [
+            {
+                "stream": c.stream, "grp": c.group, "source": source, "acks": c.acks,
+                "max_attempts": c.max_attempts, "backoff_base": c.backoff_base,
+                "backoff_cap": c.backoff_cap, "jitter": int(c.jitter),
+                "dead_letter": c.dead_letter, "seen_at": at,
+            }
+            for c in configs
+        ],
+    )  # fmt: skip

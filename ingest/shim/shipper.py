@@ -7,7 +7,9 @@ counted. Drop totals travel with the next batch that gets through, so the
 collector can tell measurement loss from message loss; so do the high-water
 marks of the shim's sequences (the last seq given per stream, kind and group),
 so that the collector knows of records that never come, even from a shim that
-dies with them. Every request says, with its `sequences`, that its records
+dies with them; so do the consumers' retry configurations (msgtally.ingest.shim.
+announce: when new or changed, on their own if need be, and all again now and
+then with records). Every request says, with its `sequences`, that its records
 are numbered per sequence. Resends carry the same record ids, so the
 collector stores them once.
 
@@ -35,6 +37,7 @@ from typing import Any, NamedTuple
 
 import httpx
 
+from msgtally.ingest.shim.announce import Announcements, RetryConfig
 from msgtally.ingest.shim.wire import FIELDS, record_to_json
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,8 @@ class _Report(NamedTuple):
 
     drops: Counter[DropKey]
     marks: dict[DropKey, int]
+    # Retry configurations sent with the request (msgtally.ingest.shim.announce).
+    configs: dict[tuple[str, str], RetryConfig] = {}  # noqa: RUF012 (never mutated)
 
 # Worth sending again: the collector is busy or restarting, or a proxy in front
 # of it could not reach it. Any other answer refuses the batch for good: it is
@@ -101,6 +106,8 @@ class Shipper:
         self._headers = {"content-type": "application/json"}
         if token is not None:
             self._headers["authorization"] = f"Bearer {token}"
+        # The consumers' retry configurations, kept through a fork (the child announces them).
+        self.announcements = Announcements()
         self._init_state()
         _register(self)
 
@@ -148,6 +155,16 @@ class Shipper:
         its total reaches the collector like the buffer's drops."""
         with self._lock:
             self._count_locked(key)
+            self._idle.clear()  # flush() waits until the collector knows
+            if self._thread is None and not self._closed:
+                self._start_locked()
+        self._wake.set()
+
+    def announce(self, stream: str, group: str, config: RetryConfig) -> None:
+        """A consumer's retry configuration: sent at once when new or changed."""
+        if not self.announcements.set(stream, group, config):
+            return
+        with self._lock:
             self._idle.clear()  # flush() waits until the collector knows
             if self._thread is None and not self._closed:
                 self._start_locked()
@@ -290,12 +307,19 @@ class Shipper:
 
     def _unreported(self) -> bool:
         with self._lock:
-            return self._reported != self._report_locked()
+            if self._reported != self._report_locked():
+                return True
+        return self._announcing() and self.announcements.changed()
+
+    def _announcing(self) -> bool:
+        # Configurations need the source that names their instance.
+        return not {"retry_configs", "source"} & self._refused
 
     def _body(self, rows: list[Row]) -> tuple[bytes, _Report]:
         records = [record_to_json(row) for row in rows]
+        configs = self.announcements.due(time.monotonic(), bool(rows)) if self._announcing() else {}
         with self._lock:
-            report = self._report_locked()
+            report = self._report_locked()._replace(configs=configs)
             told = self._reported.marks
         body: dict[str, Any] = {
             "records": records,
@@ -314,6 +338,8 @@ class Shipper:
                 {"stream": s, "kind": k, "group": g, "total": n}
                 for (s, k, g), n in report.drops.items()
             ]
+        if configs:
+            body["retry_configs"] = self.announcements.body(configs)
         return json.dumps(body).encode(), report
 
     def _send(self, client: httpx.Client, rows: list[Row]) -> list[Row] | None:
@@ -335,7 +361,8 @@ class Shipper:
             )  # fmt: skip
         if resp.status_code == 200:
             with self._lock:
-                self._reported = report
+                self._reported = report._replace(configs={})
+            self.announcements.told(report.configs, time.monotonic())
             self.shipped += len(rows)
             if self._on_shipped is not None:
                 self._on_shipped(len(rows))
@@ -343,7 +370,7 @@ class Shipper:
         if resp.status_code in _RETRY_STATUS:
             return None
         part = _field(resp).split("[", 1)[0]
-        if part in ("dropped", "sequences", "source"):
+        if part in ("dropped", "sequences", "source", "retry_configs"):
             # The report, not a record, was refused: give that part up (it would
             # be refused with every batch) and send the records again.
             log.warning("collector refused the shim's report: %s", resp.text[:500])
@@ -389,8 +416,9 @@ class Shipper:
         self._auth_logged, self._auth_unlogged = now, 0
 
     def _after_fork(self) -> None:
-        # The parent's records and thread stay with the parent.
+        # The parent's records and thread stay with the parent; the child announces anew.
         self._init_state()
+        self.announcements.forget()
 
 
 def _field(resp: httpx.Response) -> str:

@@ -27,6 +27,7 @@ from typing import Any
 from opentelemetry.trace import Status, StatusCode, TracerProvider
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
+from msgtally.ingest.shim.announce import RetryConfig, RetryPolicy
 from msgtally.ingest.shim.shipper import DropKey, Shipper
 from msgtally.ingest.shim.tracing import MESSAGE_ID, MessagingTracer, span_ids
 from msgtally.record import (
@@ -417,6 +418,40 @@ class Tally:
                     ids = span_ids(span)
                     _end(span, delivery.outcome)
                 self._emit("consume", s, group, message_id, attempt, delivery.outcome, ids, None)
+
+    # -- retry configuration ------------------------------------------------
+
+    def announce(
+        self,
+        group: str,
+        *,
+        stream: str | None = None,
+        acks: str = "after",
+        max_attempts: int | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> RetryConfig:
+        """Tell the collector how this instance consumes `stream` as `group`: acks
+        mode (`after`, `before` or `manual` processing), max attempts (None: no
+        limit) and `retry` (backoff, jitter, dead-letter target). Sent at once
+        when new or changed, and again now and then with the records; the
+        adapters announce for their consumers. ValueError for a configuration
+        the collector would refuse (naming the field)."""
+        s = stream or self.stream
+        if not _text_ok(s):
+            raise ValueError(f"stream {s!r} is not {_TEXT}")
+        if not _text_ok(group):
+            raise ValueError(f"group {group!r} is not {_TEXT}")
+        assert isinstance(s, str)
+        config = RetryConfig.of(acks, max_attempts, retry)
+        self.shipper.announce(s, group, config)
+        return config
+
+    def announce_config(self, stream: str, group: str, config: RetryConfig) -> None:
+        """The per-message path of `announce` for a checked configuration and
+        names (an adapter's): a few checks and a dict lookup. Names no record may
+        carry are left out (their records are refused too)."""
+        if _text_ok(stream) and _text_ok(group):
+            self.shipper.announce(stream, group, config)
 
     # -- lifecycle ----------------------------------------------------------
 

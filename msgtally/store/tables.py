@@ -269,3 +269,28 @@ meta = Table(
     Column("key", String(64), primary_key=True),
     Column("value", String(256), nullable=False),
 )
+
+# The retry configuration each consumer instance (`source`, the shim's instance id)
+# last announced per (stream, group), and when (`seen_at`, the collector's clock):
+# the audit reads those seen within RETRY_CONFIG_TTL, and the intake deletes older
+# ones when it writes new ones. max_attempts NULL: no limit; dead_letter NULL: none.
+retry_configs = Table(
+    "retry_configs",
+    metadata,
+    Column("stream", String(256), nullable=False),
+    Column("grp", String(256), nullable=False),
+    Column("source", String(256), nullable=False),
+    Column("acks", String(8), nullable=False),
+    Column("max_attempts", BigInteger, nullable=True),
+    Column("backoff_base", Double, nullable=False),
+    Column("backoff_cap", Double, nullable=False),
+    Column("jitter", SmallInteger, nullable=False),
+    Column("dead_letter", String(256), nullable=True),
+    Column("seen_at", Double, nullable=False),
+    PrimaryKeyConstraint("stream", "grp", "source"),
+    Index("retry_configs_seen_at", "seen_at"),
+)
+# An instance that has not announced for this long (seconds) is gone: shims announce
+# every minute with their records (msgtally.ingest.shim.announce.RESEND_EVERY), so
+# this is fifteen missed announcements, or a consumer idle for 15 minutes.
+RETRY_CONFIG_TTL = 900.0

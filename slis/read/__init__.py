@@ -10,6 +10,8 @@ __all__ = [
     "objectives",
     "query",
     "report",
+    "retry_audit",
+    "retry_configs",
     "sketch",
     "traces",
     "windows",

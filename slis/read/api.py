@@ -1,4 +1,4 @@
-"""The collector's read endpoints: /v1/slis, /v1/discrepancies, /metrics."""
+"""The collector's read endpoints: /v1/slis, /v1/discrepancies, /v1/retry-configs, /metrics."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from msgtally.slis.spec.model import parse_duration
 
 from .figures import with_contracts
 from .query import DISCREPANCY_KINDS, read_discrepancies, read_slis
+from .retry_configs import read_audit
 from .windows import first_minute, read_window_slis
 
 router = APIRouter()
@@ -88,6 +89,19 @@ def get_discrepancies(
     last = ids[-1] if len(ids) == limit else None
     nxt = encode_cursor((last["stream"], last["message_id"], last["group"])) if last else None
     return {"kind": kind, "stream": stream, "group": group, "ids": ids, "next": nxt}
+
+
+@router.get("/v1/retry-configs")
+def get_retry_configs(
+    request: Request, store: StoreDep, stream: Name = None, group: Name = None
+) -> list[dict[str, Any]]:
+    """Per stream and consumer group, the retry configurations its instances announced
+    (those heard from in the last 15 minutes), with their instance counts and the
+    audit's findings (instances with each); `contradicts_contract` needs the
+    collector's SLO spec (`serve --spec`)."""
+    with store.connect() as conn:
+        audits = read_audit(conn, time.time(), request.app.state.spec, stream, group)
+    return [a.to_json() for a in audits]
 
 
 @router.get("/metrics")

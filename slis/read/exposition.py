@@ -7,6 +7,7 @@ collector restart and agree between collectors behind a load balancer.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable, Iterator
 
 from prometheus_client.core import (
@@ -29,11 +30,14 @@ from msgtally.names import (
     RECONCILE_RECORDS,
     RECORDS_DROPPED,
     RECORDS_MISSING,
+    RETRY_FINDINGS,
     bucket_label,
 )
+from msgtally.slis.spec.model import Spec
 from msgtally.store.tables import latency_buckets, log_pending, meta, quarantine, tallies
 
 from .query import read_drops, read_in_flight, read_missing
+from .retry_configs import read_audit
 
 LABELS = ("stream", "group")
 
@@ -45,9 +49,10 @@ def _le_value(label: str) -> float:
 class StoreCollector(Collector):
     """A prometheus-client collector over the store's tallies."""
 
-    def __init__(self, store: Engine, bounds: Iterable[float]) -> None:
+    def __init__(self, store: Engine, bounds: Iterable[float], spec: Spec | None = None) -> None:
         self._engine = store
         self._bounds = tuple(bounds)
+        self._spec = spec  # the contracts the retry audit holds configurations to
 
     def collect(self) -> Iterator[Metric]:
         with self._engine.connect() as conn:
@@ -61,6 +66,7 @@ class StoreCollector(Collector):
             ).scalar_one()
             facts = dict(conn.execute(select(meta.c.key, meta.c.value)).all())
             aside = conn.execute(select(func.count()).select_from(quarantine)).scalar_one()
+            audits = read_audit(conn, time.time(), self._spec)
         last_pass = facts.get("last_pass_at")
 
         for column, (name, doc) in COUNTERS.items():
@@ -150,3 +156,13 @@ class StoreCollector(Collector):
                 "The time a reconcile pass last finished (its `now`).",
                 value=float(last_pass),
             )
+        findings = GaugeMetricFamily(
+            RETRY_FINDINGS,
+            "Consumer instances whose announced retry configuration has the finding "
+            "(drift, no_jitter, acks_before_processing, no_retries, contradicts_contract).",
+            labels=(*LABELS, "finding"),
+        )
+        for a in audits:
+            for finding, n in a.findings.items():
+                findings.add_metric((a.stream, a.group, finding), n)
+        yield findings

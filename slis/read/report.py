@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .figures import SLI
+    from .retry_audit import GroupAudit
 
 
 @dataclass(frozen=True)
@@ -201,3 +202,25 @@ def _notes(rows: list[dict[str, Any]]) -> list[str]:
                     "loss)", WIDTH, subsequent_indent="  ",
                 )  # fmt: skip
     return ["", *notes] if notes else []
+
+
+def retry_notes(audits: Sequence[GroupAudit]) -> list[str]:
+    """The lines under the table on the consumers' retry configurations: each stream
+    and group with a finding, the instances with each (GET /v1/retry-configs has
+    the configurations themselves); one line when nothing was found."""
+    if not audits:
+        return []
+    found = [a for a in audits if any(a.findings.values())]
+    if not found:
+        groups = "group" if len(audits) == 1 else "groups"
+        return [f"retry configurations: {len(audits)} {groups} audited, no finding"]
+    lines = ["retry configurations (instances with each finding; GET /v1/retry-configs):"]
+    for a in found:
+        contract = f", contract {a.contract}" if a.contract else ""
+        what = ", ".join(f"{name} {n}" for name, n in a.findings.items() if n)
+        lines += textwrap.wrap(
+            f"{a.stream} / {a.group} ({a.instances} instances, {len(a.settings)} "
+            f"configurations{contract}): {what}",
+            WIDTH, initial_indent="  ", subsequent_indent="    ",
+        )  # fmt: skip
+    return lines

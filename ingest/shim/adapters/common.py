@@ -14,6 +14,14 @@ Every adapter module speaks the same dialect:
 
 Stream, everywhere: the call's `stream=`, else the publisher's or consumer's,
 else `tally.stream`, else the destination (queue, subject, key, topic).
+
+Every consumer announces its retry configuration (msgtally.ingest.shim.announce)
+per stream and group: its `acks` and `max_attempts`, and the `retry=`
+`RetryPolicy` it is given (backoff, jitter, dead-letter target: the broker's
+or the service's settings, which the adapter cannot read), or what the
+adapter itself knows of them (a dead-letter topic or key). It announces when
+made, if its stream is known then, and on every delivery of a stream it has
+not announced (one dict lookup otherwise).
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Generic, Literal, ParamSpec, Protocol, TypeVar
 
+from msgtally.ingest.shim.announce import RetryConfig, RetryPolicy
 from msgtally.ingest.shim.tally import Delivery, Tally
 
 __all__ = [
@@ -36,6 +45,7 @@ __all__ = [
     "Handler",
     "Outcome",
     "Received",
+    "RetryPolicy",
     "Step",
     "Tallied",
     "body_digest",
@@ -205,6 +215,7 @@ class Consuming(Generic[H]):
         stream: str | None,
         acks: Acks,
         max_attempts: int | None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         check_acks(acks)
         self.tally = tally
@@ -213,6 +224,20 @@ class Consuming(Generic[H]):
         self.stream = stream
         self.acks = acks
         self.max_attempts = max_attempts
+        # ValueError now, naming the field, for a configuration the collector refuses
+        # (max_attempts 0 or less: no limit, as is_last reads it).
+        limit = max_attempts if max_attempts is not None and max_attempts > 0 else None
+        self.retry_config = RetryConfig.of(acks, limit, retry)
+        self._announced: set[str] = set()  # streams announced: each delivery looks here
+        if stream or tally.stream:
+            self.announce(stream or tally.stream or "")
+
+    def announce(self, stream: str) -> None:
+        """Tell the collector this consumer's retry configuration for `stream` (once:
+        the shipper sends it again by itself, and to a forked child's collector)."""
+        if stream not in self._announced:
+            self.tally.announce_config(stream, self.group, self.retry_config)
+            self._announced.add(stream)
 
 
 class Tallied(Consuming[Handler[R]]):
@@ -221,6 +246,7 @@ class Tallied(Consuming[Handler[R]]):
 
     def consume(self, received: R) -> R:
         """Report, run and settle one delivery; returns it with its outcome."""
+        self.announce(received.stream)
         for step in steps(received, self.acks, self.max_attempts):
             if step == "run" or step == "give_up":
                 with handling(self.tally, self.group, received, self.max_attempts):

@@ -86,14 +86,14 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import confluent_kafka
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from msgtally.ingest.shim.adapters import common
-from msgtally.ingest.shim.adapters.common import Acks, Handler, Step, Tallied
+from msgtally.ingest.shim.adapters.common import Acks, Handler, RetryPolicy, Step, Tallied
 from msgtally.ingest.shim.tally import MESSAGE_ID_HEADER, Tally
 
 __all__ = [
@@ -237,8 +237,17 @@ class Consumer(Tallied[Received]):
         max_attempts: int | None = 5,
         dead_letter_topic: str | None = None,
         dead_letter_producer: confluent_kafka.Producer | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
-        super().__init__(tally, group, handler, stream, acks, max_attempts)
+        # `retry` is announced, its dead-letter target `dead_letter_topic` unless given
+        # (by default `<topic>.dlq`: named when there is one topic).
+        subscribed = list(topics)
+        if retry is None or retry.dead_letter is None:
+            target = dead_letter_topic or (
+                f"{subscribed[0]}.dlq" if len(subscribed) == 1 else "<topic>.dlq"
+            )  # fmt: skip
+            retry = replace(retry or RetryPolicy(), dead_letter=target)
+        super().__init__(tally, group, handler, stream, acks, max_attempts, retry)
         settings = {**CONSUMER_DEFAULTS, **config, **_CONSUMER_POLICY, "group.id": group}
         self.consumer = confluent_kafka.Consumer(settings)
         self.dead_letter_topic = dead_letter_topic
@@ -251,7 +260,7 @@ class Consumer(Tallied[Received]):
         }
         # Deliveries seen per record, to number the re-reads of this process.
         self._attempts: OrderedDict[tuple[str, int, int], int] = OrderedDict()
-        self.consumer.subscribe(list(topics), on_revoke=self._revoked, on_lost=self._lost)
+        self.consumer.subscribe(subscribed, on_revoke=self._revoked, on_lost=self._lost)
 
     def read(self, max_records: int = 100, timeout: float = 1.0) -> list[Received]:
         """Read up to `max_records` records (waiting up to `timeout` s for the

@@ -91,7 +91,7 @@ import copy
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
@@ -99,7 +99,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from msgtally.ingest.shim.adapters import common
-from msgtally.ingest.shim.adapters.common import Acks, Handler, Step, Tallied
+from msgtally.ingest.shim.adapters.common import Acks, Handler, RetryPolicy, Step, Tallied
 from msgtally.ingest.shim.tally import MESSAGE_ID_HEADER, Tally
 
 __all__ = [
@@ -325,9 +325,13 @@ def tallied(
     acks: Acks = "after",
     max_attempts: int | None = None,
     dead_letter_topic: str | None = None,
+    retry: RetryPolicy | None = None,
 ) -> MqttConsumer:
-    """An `on_message` callback that reports every delivery and acknowledges it."""
-    consumer = MqttConsumer(tally, group, handler, stream, acks, max_attempts)
+    """An `on_message` callback that reports every delivery and acknowledges it.
+    `retry` is announced (its dead-letter target `dead_letter_topic` unless given)."""
+    if dead_letter_topic is not None and (retry is None or retry.dead_letter is None):
+        retry = replace(retry or RetryPolicy(), dead_letter=dead_letter_topic)
+    consumer = MqttConsumer(tally, group, handler, stream, acks, max_attempts, retry)
     consumer.dead_letter_topic = dead_letter_topic
     return consumer
 

@@ -77,6 +77,7 @@ from msgtally.ingest.shim.adapters.common import (
     Acks,
     AsyncHandler,
     Consuming,
+    RetryPolicy,
     Step,
     handling,
     steps,
@@ -181,6 +182,7 @@ class JetStreamConsumer(Consuming[AsyncHandler[Received]]):
             stream=common.stream_for(self.tally, msg.subject, self.stream),
             headers=msg.headers or {},
         )
+        self.announce(received.stream)
         for step in steps(received, self.acks, self.max_attempts):
             if step == "run":
                 with handling(self.tally, self.group, received, self.max_attempts):
@@ -215,9 +217,13 @@ def tallied(
     acks: Acks = "after",
     max_attempts: int | None = None,
     nak_delay: float | None = None,
+    retry: RetryPolicy | None = None,
 ) -> JetStreamConsumer:
-    """A consumer for `async def handler(received)`; see the module docstring."""
-    consumer = JetStreamConsumer(tally, group, handler, stream, acks, max_attempts)
+    """A consumer for `async def handler(received)`; see the module docstring. `retry`
+    is announced (without it: a backoff of `nak_delay`, no jitter)."""
+    if retry is None and nak_delay:
+        retry = RetryPolicy(backoff_base=nak_delay)
+    consumer = JetStreamConsumer(tally, group, handler, stream, acks, max_attempts, retry)
     consumer.nak_delay = nak_delay
     return consumer
 

@@ -13,7 +13,7 @@ In the adapters' common dialect (`msgtally.ingest.shim.adapters.common`):
   property when unset, and returns the message id (uuid4 hex unless given or
   already in `properties.message_id`).
 - `tallied(tally, group, handler, *, stream=None, acks="after",
-  max_attempts=None) -> RabbitConsumer`: an `on_message_callback` for
+  max_attempts=None, retry=None) -> RabbitConsumer`: an `on_message_callback` for
   `channel.basic_consume` (the `common.Consumer` contract); calls
   `handler(received)` inside `tally.processing`, then settles the message.
 - `Received`: the common one (`message_id`, `attempt`, `stream`, `body`,
@@ -88,7 +88,7 @@ import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
 from msgtally.ingest.shim.adapters import common
-from msgtally.ingest.shim.adapters.common import Acks, Handler, Step, Tallied
+from msgtally.ingest.shim.adapters.common import Acks, Handler, RetryPolicy, Step, Tallied
 from msgtally.ingest.shim.tally import MESSAGE_ID_HEADER, Tally
 
 __all__ = [
@@ -233,9 +233,11 @@ def tallied(
     stream: str | None = None,
     acks: Acks = "after",
     max_attempts: int | None = None,
+    retry: RetryPolicy | None = None,
 ) -> RabbitConsumer:
-    """An `on_message_callback` that reports every delivery and settles it."""
-    return RabbitConsumer(tally, group, handler, stream, acks, max_attempts)
+    """An `on_message_callback` that reports every delivery and settles it; `retry`:
+    the queue's redelivery backoff and dead-letter exchange, announced."""
+    return RabbitConsumer(tally, group, handler, stream, acks, max_attempts, retry)
 
 
 if TYPE_CHECKING:

@@ -63,14 +63,14 @@ Ack policy (`acks=`):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.typing import EncodableT, FieldT
 
 from msgtally.ingest.shim.adapters import common
-from msgtally.ingest.shim.adapters.common import Acks, Handler, Step, Tallied
+from msgtally.ingest.shim.adapters.common import Acks, Handler, RetryPolicy, Step, Tallied
 from msgtally.ingest.shim.tally import MESSAGE_ID_HEADER, Tally
 
 __all__ = [
@@ -159,12 +159,20 @@ class Consumer(Tallied[Received]):
         acks: Acks = "after",
         max_attempts: int | None = 5,
         dead_letter_key: str | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
-        super().__init__(tally, group, handler, stream=stream, acks=acks, max_attempts=max_attempts)
+        dead_letter_key = dead_letter_key or f"{key}:dead-letter"
+        # `retry` is announced, its dead-letter target the dead-letter key unless given.
+        if retry is None or retry.dead_letter is None:
+            retry = replace(retry or RetryPolicy(), dead_letter=dead_letter_key)
+        super().__init__(
+            tally, group, handler, stream=stream, acks=acks, max_attempts=max_attempts,
+            retry=retry,
+        )  # fmt: skip
         self.client = client
         self.key = key
         self.name = name
-        self.dead_letter_key = dead_letter_key or f"{key}:dead-letter"
+        self.dead_letter_key = dead_letter_key
 
     def create_group(self, start_id: str = "0") -> bool:
         """Create the group (and the stream); False when it already exists."""

@@ -46,6 +46,12 @@ like a new message. A request with none of them is not reported (its
 attempt comes from the first of `attempt_headers` with a positive integer
 (default `msgtally-attempt`), else 1. The trace context (`traceparent`)
 links the CONSUMER span to the sender's PRODUCER span.
+
+Both announce the retry configuration (msgtally.ingest.shim.announce) of
+their stream and group: acks `after` (the answer follows the processing),
+and what the sender does on a failure, which only the service knows: its
+`max_attempts` (None: not known, no limit) and `retry` (backoff, jitter,
+dead-letter target).
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from msgtally.ingest.shim.adapters import common
 from msgtally.ingest.shim.adapters.webhooks import ATTEMPT_HEADER
+from msgtally.ingest.shim.announce import RetryConfig, RetryPolicy
 from msgtally.ingest.shim.tally import MESSAGE_ID_HEADER, Tally
 
 __all__ = [
@@ -111,9 +118,13 @@ class _Reader:
         id_headers: Sequence[str],
         attempt_headers: Sequence[str],
         registry: CollectorRegistry | None,
+        max_attempts: int | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.tally = tally
         self.group = group
+        self.retry_config = RetryConfig.of("after", max_attempts, retry)
+        self._announced: set[str] = set()  # streams announced: each request looks here
         self._id_names = [n.lower().encode("latin-1") for n in (MESSAGE_ID_HEADER, *id_headers)]
         self._attempt_names = [n.lower().encode("latin-1") for n in attempt_headers]
         self._unidentified = _unidentified_counter(registry or REGISTRY)
@@ -146,6 +157,9 @@ class _Reader:
     @contextmanager
     def reporting(self, received: Received) -> Iterator[Received]:
         """Report the request around the app, unless it has no id."""
+        if received.stream not in self._announced:
+            self.tally.announce_config(received.stream, self.group, self.retry_config)
+            self._announced.add(received.stream)
         if not received.message_id:
             yield received
             return
@@ -177,11 +191,15 @@ class TallyMiddleware:
         id_headers: Sequence[str] = DEFAULT_ID_HEADERS,
         attempt_headers: Sequence[str] = (ATTEMPT_HEADER,),
         registry: CollectorRegistry | None = None,
+        max_attempts: int | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.app = app
         self._stream = stream
         self._methods = frozenset(m.upper() for m in methods)
-        self._reader = _Reader(tally, group, id_headers, attempt_headers, registry)
+        self._reader = _Reader(
+            tally, group, id_headers, attempt_headers, registry, max_attempts, retry
+        )
 
     def _stream_of(self, path: str) -> str | None:
         if callable(self._stream):
@@ -225,9 +243,13 @@ class TallyDependency:
         id_headers: Sequence[str] = DEFAULT_ID_HEADERS,
         attempt_headers: Sequence[str] = (ATTEMPT_HEADER,),
         registry: CollectorRegistry | None = None,
+        max_attempts: int | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.stream = stream
-        self._reader = _Reader(tally, group, id_headers, attempt_headers, registry)
+        self._reader = _Reader(
+            tally, group, id_headers, attempt_headers, registry, max_attempts, retry
+        )
 
     async def __call__(self, request: Request) -> AsyncIterator[Received]:
         reader = self._reader
