@@ -269,3 +269,17 @@ meta = Table(
     Column("key", String(64), primary_key=True),
     Column("value", String(256), nullable=False),
 )
+
+# Failed records by error class, per (stream, kind, group) ("" for produces):
+# running totals, counted by the engine once per record (a resend never
+# counts), written with the tick that applied them.
+delivery_errors = Table(
+    "delivery_errors",
+    metadata,
+    Column("stream", String(256), nullable=False),
+    Column("kind", String(8), nullable=False),
+    Column("grp", String(256), nullable=False),
+    Column("error", String(16), nullable=False),
+    Column("total", BigInteger, nullable=False),
+    PrimaryKeyConstraint("stream", "kind", "grp", "error"),
+)
