@@ -160,7 +160,7 @@ def run_core(
     for body in bodies:
         core.apply(body, now)
     core.advance(now, float("inf"))
-    pairs, _verdicts, _missing = core.drain()
+    pairs, _verdicts, _missing, _errors = core.drain()
     return time.perf_counter() - started, core, pairs
 
 

@@ -60,6 +60,8 @@ RECONCILE_RECORDS = "msgtally_reconcile_records"
 BACKLOG = "msgtally_reconcile_backlog_records"
 QUARANTINED = "msgtally_reconcile_quarantined_rows"
 LAST_PASS = "msgtally_reconcile_last_pass_timestamp_seconds"
+# Failed records by error class (msgtally.record.ERROR_CLASSES), labels stream, group, kind, error.
+DELIVERY_ERRORS = "msgtally_delivery_errors"
 INGEST_RECORDS = "msgtally_ingest_records"
 INGEST_REJECTED = "msgtally_ingest_rejected"
 

@@ -36,6 +36,7 @@ class Record(NamedTuple):
     trace_id: str | None = None
     span_id: str | None = None
     record_id: str | None = None
+    error: str | None = None
 
 
 class Mark(NamedTuple):
@@ -182,6 +183,18 @@ def oracle(
             g.latencies.sort()
             result[(stream, group)] = g
     return result
+
+
+def error_counts(records: Iterable[Record]) -> dict[tuple[str, str, str, str], int]:
+    """Failed records by error class, per (stream, kind, group, class), group ""
+    for produces: every kept record (a resend is one) that carries a class,
+    whatever its id became."""
+    out: dict[tuple[str, str, str, str], int] = {}
+    for r in dedupe(records):
+        if r.error is not None:
+            key = (r.stream, r.kind, r.group if r.kind == "consume" else "", r.error)
+            out[key] = out.get(key, 0) + 1
+    return out
 
 
 def nearest_rank(values: Sequence[float], q: float) -> float | None:

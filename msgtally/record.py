@@ -23,6 +23,9 @@ MAX_DROP_TOTAL = 2**40  # one shim's running total; many summed stay far below 2
 KINDS = ("produce", "consume")
 PRODUCE_OUTCOMES = ("ok", "error")
 CONSUME_OUTCOMES = ("ok", "error", "dead_letter")
+# Why a send or a processing failed: the classes an on-call tells apart
+# (docs/adapters.md says how each adapter and OTLP span is classified).
+ERROR_CLASSES = ("auth", "serialization", "timeout", "throttled", "unavailable", "poison", "other")
 
 
 class Field(NamedTuple):
@@ -58,6 +61,9 @@ FIELDS: tuple[Field, ...] = (
     Field("trace_id", "hex", "no", 32, 32, "the OpenTelemetry trace of the record's span"),
     Field("span_id", "hex", "no", 16, 16, "the record's OpenTelemetry span"),
     _text("record_id", "no", "unique per record, so that a resend is recognised"),
+    Field("error", "choice", "no", 0, 0,
+          "the class of a failed send or processing (absent: not classified); only with "
+          "outcome `error` or `dead_letter`", ERROR_CLASSES),
 )  # fmt: skip
 
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in FIELDS)

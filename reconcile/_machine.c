@@ -480,7 +480,7 @@ static PyObject *Machine_advance(MachineObject *self, PyObject *args) {
 
 typedef struct {
     MachineObject *self;
-    PyObject *pairs, *verdicts, *missing;
+    PyObject *pairs, *verdicts, *missing, *errors;
 } Drained;
 
 static int pair_cb(void *ctx, const McPairOut *p) {
@@ -547,15 +547,31 @@ static int missing_cb(void *ctx, uint32_t sid, int consume, uint32_t gid, int64_
     return rc;
 }
 
-/* drain() -> (pairs, verdicts, missing): what changed since the last drain.
+static int errors_cb(void *ctx, uint32_t sid, int consume, uint32_t gid, const int64_t *counts) {
+    Drained *d = ctx;
+    for (int k = 0; k < MC_N_ERROR; k++) {
+        if (!counts[k]) continue;
+        PyObject *key = Py_BuildValue("(NsNs)", stream_str(d->self, sid), consume ? "consume" : "produce",
+                                      consume ? group_str(d->self, gid) : PyUnicode_FromString(""), MC_ERROR_NAMES[k]);
+        PyObject *v = key ? PyLong_FromLongLong(counts[k]) : NULL;
+        int rc = !v || PyDict_SetItem(d->errors, key, v) ? -1 : 0;
+        Py_XDECREF(v);
+        Py_XDECREF(key);
+        if (rc) return -1;
+    }
+    return 0;
+}
+
+/* drain() -> (pairs, verdicts, missing, errors): what changed since the last drain.
  * pairs: [(stream, group, {tally: delta}, latency_sum, histogram, sketch bins)];
- * missing: {(stream, kind, group): records declared missing}. */
+ * missing: {(stream, kind, group): records declared missing};
+ * errors: {(stream, kind, group, error class): records applied} (group "" for a produce). */
 static PyObject *Machine_drain(MachineObject *self, PyObject *Py_UNUSED(ignored)) {
     if (enter(self)) return NULL;
-    Drained d = {self, PyList_New(0), PyList_New(0), PyDict_New()};
-    int rc = d.pairs && d.verdicts && d.missing ? MC_OK : MC_ECALLBACK;
+    Drained d = {self, PyList_New(0), PyList_New(0), PyDict_New(), PyDict_New()};
+    int rc = d.pairs && d.verdicts && d.missing && d.errors ? MC_OK : MC_ECALLBACK;
     if (!rc) {
-        McSink sink = {&d, pair_cb, verdict_cb, missing_cb};
+        McSink sink = {&d, pair_cb, verdict_cb, missing_cb, errors_cb};
         rc = mc_drain(self->m, &sink);
     }
     leave(self);
@@ -563,9 +579,10 @@ static PyObject *Machine_drain(MachineObject *self, PyObject *Py_UNUSED(ignored)
         Py_XDECREF(d.pairs);
         Py_XDECREF(d.verdicts);
         Py_XDECREF(d.missing);
+        Py_XDECREF(d.errors);
         return PyErr_Occurred() ? NULL : raise(self, rc);
     }
-    return Py_BuildValue("(NNN)", d.pairs, d.verdicts, d.missing);
+    return Py_BuildValue("(NNNN)", d.pairs, d.verdicts, d.missing, d.errors);
 }
 
 typedef struct {
@@ -731,7 +748,7 @@ static PyMethodDef Machine_methods[] = {
     {"install", (PyCFunction)Machine_install, METH_O, "install(verdict rows)"},
     {"apply", (PyCFunction)Machine_apply, METH_VARARGS, "apply(body, received_at) -> records"},
     {"advance", (PyCFunction)Machine_advance, METH_VARARGS, "advance(now, receipt_watermark)"},
-    {"drain", (PyCFunction)Machine_drain, METH_NOARGS, "drain() -> (pairs, verdict rows, missing)"},
+    {"drain", (PyCFunction)Machine_drain, METH_NOARGS, "drain() -> (pairs, verdict rows, missing, errors)"},
     {"in_flight", (PyCFunction)Machine_in_flight, METH_NOARGS, "in_flight() -> {(stream, group): (n, oldest t0)}"},
     {"stats", (PyCFunction)Machine_stats, METH_NOARGS, "stats() -> dict"},
     {"backfill_scan", (PyCFunction)Machine_backfill_scan, METH_VARARGS, "backfill_scan(body, stream) -> n"},
@@ -837,5 +854,13 @@ PyMODINIT_FUNC PyInit__machine(void) {
         Py_DECREF(m);
         return NULL;
     }
+    PyObject *classes = PyTuple_New(MC_N_ERROR);
+    if (!classes) { Py_DECREF(m); return NULL; }
+    for (int k = 0; k < MC_N_ERROR; k++) {
+        PyObject *name = PyUnicode_FromString(MC_ERROR_NAMES[k]);
+        if (!name) { Py_DECREF(classes); Py_DECREF(m); return NULL; }
+        PyTuple_SET_ITEM(classes, k, name);
+    }
+    if (PyModule_AddObject(m, "ERROR_CLASSES", classes)) { Py_DECREF(classes); Py_DECREF(m); return NULL; }
     return m;
 }

@@ -58,6 +58,7 @@ from .config import ReconcileConfig
 from .lease import Lease
 from .outputs import (
     load_verdicts,
+    write_errors,
     write_in_flight,
     write_meta,
     write_missing,
@@ -333,7 +334,7 @@ class Reconciler:
             self._backfill(stream, groups, now)
         before = self.core.stats()
         self._fold(batch, now, watermark)
-        pairs, rows, missing = self.core.drain()
+        pairs, rows, missing, errors = self.core.drain()
         flight = self.core.in_flight()
         stats = self.core.stats()
         # A tick changed the state if it applied records, judged or forgot ids, or
@@ -341,13 +342,15 @@ class Reconciler:
         changed = bool(batch) or any(
             stats[k] != before[k] for k in ("judged", "evicted", "records_missing")
         )
-        if not changed and not aside and not pairs and not rows and flight == self._last_in_flight:
+        if (not changed and not aside and not pairs and not rows and not errors
+                and flight == self._last_in_flight):  # fmt: skip
             return NOTHING
         with write_tx(self.store) as conn:
             quarantine.set_aside(conn, aside)
             write_pairs(conn, pairs, self.config.latency_buckets, now)
             write_verdicts(conn, rows)
             write_missing(conn, missing)
+            write_errors(conn, errors)
             write_in_flight(conn, flight)
             if changed:
                 self.tick_no += 1
@@ -445,11 +448,12 @@ class Reconciler:
                     log_.info("back-filling %d new group(s) of stream %r: %d log rows",
                               len(groups), stream, scanned)  # fmt: skip
         owed = self.core.backfill_finish(stream, groups)
-        pairs, rows, missing = self.core.drain()
+        pairs, rows, missing, errors = self.core.drain()
         with write_tx(self.store) as conn:
             write_pairs(conn, pairs, self.config.latency_buckets, now)
             write_verdicts(conn, rows)
             write_missing(conn, missing)
+            write_errors(conn, errors)
             self._event(conn, "expect", {"stream": stream, "groups": list(groups)})
             self.checkpoint(conn)
         if owed or scanned:

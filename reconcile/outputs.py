@@ -1,6 +1,7 @@
 """What a tick writes: the engine's drained changes, added to the store.
 
-Tallies, histogram buckets, sketch bins and missing records move by the
+Tallies, histogram buckets, sketch bins, missing records and failed records
+by error class move by the
 deltas of the tick (tallies and buckets also in the rows of the minute and
 the hour of the tick's `now`, which windowed figures add up); verdict rows
 replace the previous state of their (stream, id, group); the in-flight gauge
@@ -19,6 +20,7 @@ from msgtally.names import TALLY_FIELDS, bucket_label
 from msgtally.store.db import upsert
 from msgtally.store.tables import (
     TIMELINES,
+    delivery_errors,
     in_flight,
     latency_buckets,
     latency_sketch,
@@ -153,6 +155,15 @@ def write_missing(conn: Connection, missing: Mapping[tuple[str, str, str], int])
             for (s, k, g), n in missing.items()
         ],
     )
+
+
+def write_errors(conn: Connection, errors: Mapping[tuple[str, str, str, str], int]) -> None:
+    """Add failed records per (stream, kind, group, error class) to the running totals."""
+    _add(
+        conn, delivery_errors, ("stream", "kind", "grp", "error"),
+        [{"stream": s, "kind": k, "grp": g, "error": e, "total": n}
+         for (s, k, g, e), n in errors.items()],
+    )  # fmt: skip
 
 
 # (stream, group) -> (ids in flight, first produce of the oldest of them)

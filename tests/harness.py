@@ -25,7 +25,7 @@ from msgtally.oracle import (
 )
 from msgtally.reconcile.config import ReconcileConfig
 from msgtally.reconcile.engine import reconcile
-from msgtally.slis.read.query import read_discrepancies, read_missing, read_slis
+from msgtally.slis.read.query import read_discrepancies, read_errors, read_missing, read_slis
 from msgtally.slis.read.sketch import RELATIVE_ERROR
 from msgtally.store.db import write_tx
 from msgtally.store.tables import log, meta, metadata
@@ -83,6 +83,12 @@ def missing(store: Engine) -> dict[tuple[str, str, str], int]:
     """Records the engine declared missing, per (stream, kind, group)."""
     with store.connect() as conn:
         return read_missing(conn)
+
+
+def errors(store: Engine) -> dict[tuple[str, str, str, str], int]:
+    """Failed records the engine counted by class, per (stream, kind, group, class)."""
+    with store.connect() as conn:
+        return read_errors(conn)
 
 
 def logged(store: Engine, stream: str | None = None) -> list[dict[str, Any]]:

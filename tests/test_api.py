@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, func, select
 
 from msgtally.reconcile.config import ReconcileConfig
@@ -88,6 +89,11 @@ BAD_RECORDS = [
     (rec("m", outcome="dead_letter"), "records[1].outcome", "must be one of"),
     (rec("m", "consume", outcome="dead_letter", group=7), "records[1].group", "string"),
     (rec("m", trace_id="xyz"), "records[1].trace_id", "32 hexadecimal"),
+    (rec("m", outcome="error", error="network"), "records[1].error",
+     "must be one of auth, serialization, timeout, throttled, unavailable, poison, other, "
+     "got 'network'"),
+    (rec("m", "consume", error="auth"), "records[1].error", "on an ok record"),
+    (rec("m", outcome="ok", error="timeout"), "records[1].error", "on an ok record"),
     (rec("m", colour="red"), "records[1].colour", "unknown field"),
     ("not an object", "records[1]", "must be an object"),
     (rec("m\x00"), "records[1].message_id", "NUL"),
@@ -221,6 +227,56 @@ def test_slis_and_discrepancies_endpoints(store: Engine, collector: LiveCollecto
     bad_cursor = {"kind": "lost", "after": "nope"}
     assert httpx.get(f"{collector.url}/v1/discrepancies", params=bad_cursor).status_code == 422
     assert httpx.get(f"{collector.url}/v1/discrepancies").status_code == 422
+
+
+def test_error_classes_are_counted_once_per_record_and_served(
+    store: Engine, collector: LiveCollector
+) -> None:
+    """Failed records by class, per stream, kind and group: on /v1/slis and /metrics,
+    a resent request counted once, records without a class in no class."""
+    batch = [
+        rec("m1", outcome="error", error="timeout", record_id="p1"),
+        rec("m1", attempt=2),  # the retry went through
+        rec("m2", outcome="error"),  # not classified
+        rec("m3"),
+        rec("m1", "consume", outcome="error", error="serialization", record_id="c1"),
+        rec("m1", "consume", attempt=2, ts=T0 + 2, outcome="error", error="serialization",
+            record_id="c2"),
+        rec("m1", "consume", attempt=3, ts=T0 + 3, outcome="dead_letter", error="poison"),
+        rec("m3", "consume", outcome="error", error="auth", record_id="c3"),
+        rec("m3", "consume", attempt=2, ts=T0 + 4),
+        rec("m3", "consume", group="audit", outcome="error", error="auth", record_id="c4"),
+        rec("m3", "consume", group="audit", attempt=2, ts=T0 + 4),
+    ]  # fmt: skip
+    for _ in range(2):  # the second request is a resend of the first: nothing counts twice
+        httpx.post(f"{collector.url}/v1/records", json=batch).raise_for_status()
+    reconcile(store, ReconcileConfig(), now=T0 + 1000)
+
+    slis = {s["group"]: s for s in httpx.get(f"{collector.url}/v1/slis").json()}
+    zero = dict.fromkeys(
+        ("auth", "serialization", "timeout", "throttled", "unavailable", "poison", "other"), 0
+    )
+    produce = {**zero, "timeout": 1}
+    assert slis["billing"]["errors"] == {
+        "produce": produce, "consume": {**zero, "serialization": 2, "poison": 1, "auth": 1},
+    }  # fmt: skip
+    assert slis["audit"]["errors"] == {"produce": produce, "consume": {**zero, "auth": 1}}
+    assert slis["billing"]["consume_errors"] == 3  # outcome error, classified or not
+
+    text = httpx.get(f"{collector.url}/metrics").text
+    series = {
+        (x.labels["stream"], x.labels["kind"], x.labels["group"], x.labels["error"]): x.value
+        for family in text_string_to_metric_families(text)
+        for x in family.samples
+        if x.name == "msgtally_delivery_errors_total"
+    }
+    assert series == {
+        ("orders", "produce", "", "timeout"): 1,
+        ("orders", "consume", "billing", "serialization"): 2,
+        ("orders", "consume", "billing", "poison"): 1,
+        ("orders", "consume", "billing", "auth"): 1,
+        ("orders", "consume", "audit", "auth"): 1,
+    }
 
 
 def test_the_engine_applies_what_is_pending_and_keeps_the_log(

@@ -119,7 +119,7 @@ def behaviour(core: _machine.Machine) -> list[Any]:
 
     shown = [counts(), core.expected(), core.in_flight()]
     core.advance(T + 10**7, T + 10**7)
-    pairs, rows, missing = core.drain()
+    pairs, rows, missing, _errors = core.drain()
     return [*shown, sorted(pairs, key=repr), sorted(rows, key=repr), missing, counts()]
 
 
@@ -153,7 +153,7 @@ def test_a_compact_id_keeps_its_latency_for_a_later_verdict_row() -> None:
             core = again
         core.apply(msgspec.msgpack.encode((2, None, [{**first, "ts": T + 3}])), T + 3)
         core.advance(T + 20, T + 20)
-        _pairs, rows, _missing = core.drain()
+        _pairs, rows, _missing, _errors = core.drain()
         assert len(rows) == 1 and 0.25 in rows[0], rows
 
 

@@ -41,7 +41,7 @@ def test_the_engine_refuses_a_group_past_its_stream_limit_and_stays_whole() -> N
     with pytest.raises(_machine.EngineError, match=f"{LIMIT} consumer groups, the limit"):
         core.expect("s", "one-too-many")
     core.advance(T + 10, T + 10)
-    pairs, _rows, _missing = core.drain()
+    pairs, _rows, _missing, _errors = core.drain()
     lost = {group: counts["lost"] for _stream, group, counts, *_ in pairs}
     assert lost == {f"g{i}": 3 for i in range(LIMIT)}
 
@@ -140,7 +140,7 @@ def test_a_million_deliveries_of_one_id_count_exactly_and_resends_are_recognised
     core.apply(bodies[50], T)  # a shim resends a batch from the middle
     core.apply(bodies[-1], T)
     core.advance(T + 10_000, T + 10_000)
-    (pair,), rows, _missing = core.drain()
+    (pair,), rows, _missing, _errors = core.drain()
     counts = pair[2]
     assert counts["attempts"] == n
     assert counts["consume_errors"] == n - 1

@@ -17,6 +17,7 @@ from msgtally.ingest.intake import logbody
 from msgtally.ingest.intake.schema import parse_batch
 from msgtally.reconcile import _machine
 from msgtally.reconcile.config import ReconcileConfig
+from msgtally.record import ERROR_CLASSES
 from tests.harness import T
 
 C = ReconcileConfig()
@@ -67,6 +68,11 @@ REJECTED = [
      "log body: record 2: field 'message_id' is not UTF-8"),
     (body(*GOOD, marks=[["p", "QQ", "produce", "", 3]]).replace(b"QQ", b"\xed\xff"),
      "log body: mark 0: a name is not UTF-8"),
+    (body(*GOOD, rec("b", outcome="error", error="network")),
+     "log body: record 2: field 'error' is none of the error classes"),
+    (body(*GOOD, rec("b", error="auth")), "log body: record 2: field 'error' on an ok record"),
+    (body(*GOOD, rec("b", outcome="error", error=5)),
+     "log body: record 2: field 'error' is not a string"),
 ]  # fmt: skip
 
 
@@ -84,6 +90,38 @@ def test_a_body_the_machine_rejects_names_the_fault_and_changes_nothing(
     assert core.dumps() == state  # nothing of it applied, not even its first records
     core.apply(body(*GOOD), T)  # and the machine goes on
     assert core.stats()["records"] == 4
+
+
+def test_error_classes_are_counted_per_record_applied_once() -> None:
+    """Each record's class, when it applies: a resend (in memory or in compact
+    form), counts nothing; a record without a class counts in none."""
+    core = fresh()
+    assert _machine.ERROR_CLASSES == ERROR_CLASSES  # the C table is the record's vocabulary
+    failed = [
+        rec("a", outcome="error", error="timeout"),
+        rec("a", attempt=2),
+        rec("a", "consume", ts=T + 1, outcome="error", error="serialization"),
+        rec("a", "consume", ts=T + 2, attempt=2),
+        rec("b", outcome="error"),
+        rec("c", "consume", group="h", outcome="dead_letter", error="poison"),
+    ]
+    core.apply(body(*failed), T)
+    core.apply(body(*failed), T)  # a resend
+    *_, errors = core.drain()
+    assert errors == {
+        ("s", "produce", "", "timeout"): 1,
+        ("s", "consume", "g", "serialization"): 1,
+        ("s", "consume", "h", "poison"): 1,
+    }
+    plain = [rec("d"), rec("d", "consume", ts=T + 1), rec("d", "consume", group="h", ts=T + 1)]
+    core.apply(body(*plain), T)
+    core.advance(T + 1000, T + 1000)  # d judged and kept in compact form
+    core.drain()
+    # the same record but for its class is another record; the compact id's resend is not
+    core.apply(body(*plain, rec("d", "consume", ts=T + 1, outcome="error", error="auth")), T)
+    *_, errors = core.drain()
+    assert errors == {("s", "consume", "g", "auth"): 1}
+    assert core.drain()[3] == {}  # drained: nothing twice
 
 
 def test_a_body_past_the_limit_of_groups_is_rejected_whole() -> None:
@@ -176,6 +214,6 @@ def test_machines_share_nothing() -> None:
         core.apply(body(*GOOD, rec("b"), rec("b", "consume", outcome="error")), T)
         core.advance(T + 400, T + 400)
     drained = [core.drain() for core in (one, two)]
-    s_pairs = [[p for p in pairs if p[0] == "s"] for pairs, _rows, _missing in drained]
+    s_pairs = [[p for p in pairs if p[0] == "s"] for pairs, _rows, _missing, _errors in drained]
     assert s_pairs[0] == s_pairs[1]
     assert drained[0][1] == drained[1][1]

@@ -138,12 +138,13 @@ class MachineFuzz(RuleBasedStateMachine):
 
     @rule()
     def drain(self) -> None:
-        pairs, rows, missing = self.core.drain()
+        pairs, rows, missing, errors = self.core.drain()
         for _stream, _group, counts, _sum, hist, bins in pairs:
             assert all(isinstance(v, int) for v in counts.values())
             assert len(hist) == 4 and all(isinstance(k, int) for k in bins)
         assert all(len(r) == 14 for r in rows)
         assert all(n >= 0 for n in missing.values())
+        assert all(n > 0 and e in _machine.ERROR_CLASSES for (_s, _k, _g, e), n in errors.items())
 
     @rule(stream=st.sampled_from(STREAMS), groups=st.lists(st.sampled_from((*GROUPS, "new")),
                                                            max_size=3))  # fmt: skip

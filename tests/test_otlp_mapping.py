@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanType
 
+from msgtally.ingest.intake.otlp.errortype import error_class_of
 from msgtally.ingest.intake.otlp.mapping import (
     FROM_SHIM,
     NO_MESSAGE_ID,
@@ -157,6 +158,52 @@ def test_the_outcome() -> None:
     assert one(span({**SEND, "msgtally.outcome": "ok"}, CONSUMER, error=True)) == consume(
         outcome="ok"
     )
+
+
+def test_error_type_gives_the_class_of_a_failure() -> None:
+    timeout = {**SEND, "error.type": "java.net.SocketTimeoutException"}
+    assert one(span(timeout, CONSUMER, error=True)) == consume(outcome="error", error="timeout")
+    # error.type is set only when the operation failed: it alone says so
+    assert one(span(timeout, PRODUCER)) == produce(outcome="error", error="timeout")
+    dead = {**timeout, "msgtally.outcome": "dead_letter", "error.type": "JsonParseException"}
+    assert one(span(dead, CONSUMER)) == consume(outcome="dead_letter", error="serialization")
+    # an explicit ok outcome wins: a record that says ok has no class
+    ok = {**timeout, "msgtally.outcome": "ok"}
+    assert one(span(ok, CONSUMER, error=True)) == consume(outcome="ok")
+    # a failure without error.type is not classified
+    assert one(span(SEND, CONSUMER, error=True)) == consume(outcome="error")
+    assert map_span(span({**SEND, "error.type": True}, PRODUCER), "app", "svc") == Refused(
+        "error.type: must be a string, got a boolean"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "error_class"),
+    [
+        ("timeout", "timeout"), ("Poison", "poison"), ("other", "other"),
+        ("DEADLINE_EXCEEDED", "timeout"), ("UNAUTHENTICATED", "auth"),
+        ("PERMISSION_DENIED", "auth"), ("RESOURCE_EXHAUSTED", "throttled"),
+        ("UNAVAILABLE", "unavailable"), ("DATA_LOSS", "serialization"),
+        ("401", "auth"), ("429", "throttled"), ("503", "unavailable"), ("504", "timeout"),
+        ("500", "other"), (422, "serialization"),
+        ("builtins.TimeoutError", "timeout"), ("TimeoutError", "timeout"),
+        ("pika.exceptions.ProbableAuthenticationError", "auth"),
+        ("redis.exceptions.ConnectionError", "unavailable"),
+        ("httpx.ConnectTimeout", "timeout"),
+        ("json.decoder.JSONDecodeError", "serialization"),
+        ("org.apache.kafka.common.errors.SaslAuthenticationException", "auth"),
+        ("org.apache.kafka.common.errors.NotLeaderOrFollowerException", "unavailable"),
+        ("org.apache.kafka.common.errors.RecordDeserializationException", "serialization"),
+        ("software.amazon.awssdk.services.sqs.model.OverLimitException", "other"),
+        ("ThrottlingException", "throttled"), ("QuotaExceededError", "throttled"),
+        ("System.UnauthorizedAccessException", "auth"),
+        ("java.net.ConnectException", "unavailable"), ("ECONNREFUSED", "unavailable"),
+        ("ETIMEDOUT", "timeout"),
+        ("java.lang.NullPointerException", "other"), ("_OTHER", "other"),
+    ],
+)  # fmt: skip
+def test_error_type_values(value: str | int, error_class: str) -> None:
+    assert error_class_of(value) == error_class
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import grpc
@@ -37,11 +37,11 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 from sqlalchemy import Engine
 
 from msgtally.ingest.shim.tally import Tally
-from msgtally.oracle import Record, oracle
+from msgtally.oracle import Record, error_counts, oracle
 from msgtally.reconcile.config import ReconcileConfig
 from msgtally.reconcile.engine import reconcile
 from tests.conftest import LiveCollector
-from tests.harness import assert_discrepancies, assert_figures, figures, repeats
+from tests.harness import assert_discrepancies, assert_figures, errors, figures, repeats
 from tests.otlp_support import T_NS
 
 T = T_NS / 1e9
@@ -58,10 +58,25 @@ class Event:
     group: str = ""
     attempt: int = 1
     outcome: str = "ok"
+    error_type: str | None = None  # the span's error.type, on the conventions that set it
 
     def record(self) -> Record:
         ts = (T_NS + self.at_ms * 10**6) / 1e9  # what the collector reads: end / 1e9
-        return Record(self.stream, self.kind, self.mid, ts, self.group, self.attempt, self.outcome)
+        error = ERROR_TYPES[self.error_type] if self.error_type else None
+        return Record(self.stream, self.kind, self.mid, ts, self.group, self.attempt, self.outcome,
+                      error=error)  # fmt: skip
+
+
+# error.type values as instrumentations write them, and the class each is counted in
+ERROR_TYPES = {
+    "org.apache.kafka.common.errors.TimeoutException": "timeout",
+    "SaslAuthenticationException": "auth",
+    "builtins.UnicodeDecodeError": "serialization",
+    "com.fasterxml.jackson.core.JsonParseException": "serialization",
+    "RESOURCE_EXHAUSTED": "throttled",
+    "503": "unavailable",
+    "java.lang.IllegalStateException": "other",
+}
 
 
 # stream -> the groups consuming it
@@ -93,7 +108,15 @@ def history(seed: int, ids: int = 40) -> list[Event]:
                 out += _deliveries(stream, mid, g, t0 + 60, rnd)
         for i in range(2):  # consumed, never produced
             out.append(Event(stream, "consume", f"{stream}-u{i}", 5000 + i, groups[0]))
-    return out
+    types = random.Random(seed + 1)  # apart: the faults above stay those of the seed
+    return [_with_error_type(e, types) for e in out]
+
+
+def _with_error_type(ev: Event, rnd: random.Random) -> Event:
+    """The failures of the conventions that say why (current, Pub/Sub) carry error.type."""
+    if ev.outcome == "ok" or ev.stream not in ("orders", "payments"):
+        return ev
+    return replace(ev, error_type=rnd.choice(sorted(ERROR_TYPES)))
 
 
 def _deliveries(stream: str, mid: str, g: str, t: int, rnd: random.Random) -> list[Event]:
@@ -142,10 +165,12 @@ def current(tracer: Tracer, ev: Event) -> None:
     """Current conventions (a Kafka client): send / process, msgtally's attempt and outcome."""
     attrs: dict[str, Any] = {"messaging.system": "kafka", "messaging.destination.name": ev.stream,
                              "messaging.message.id": ev.mid}  # fmt: skip
-    if ev.kind == "produce":
+    if ev.error_type:
+        attrs["error.type"] = ev.error_type
+    if ev.kind == "produce":  # error.type alone says the send failed (no status set)
         attrs.update({"messaging.operation.type": "send", "msgtally.attempt": ev.attempt})
         _span(tracer, ev, f"send {ev.stream}", SpanKind.PRODUCER, attrs,
-              error=ev.outcome == "error")  # fmt: skip
+              error=ev.outcome == "error" and not ev.error_type)  # fmt: skip
         return
     attrs.update({"messaging.operation.type": "process", "messaging.consumer.group.name": ev.group,
                   "msgtally.attempt": ev.attempt})  # fmt: skip
@@ -160,6 +185,8 @@ def pubsub(tracer: Tracer, ev: Event) -> None:
     attrs: dict[str, Any] = {"messaging.system": "gcp_pubsub",
                              "messaging.destination.name": ev.stream,
                              "messaging.message.id": ev.mid}  # fmt: skip
+    if ev.error_type:
+        attrs["error.type"] = ev.error_type
     if ev.kind == "produce":
         attrs.update({"messaging.operation.type": "publish", "msgtally.attempt": ev.attempt})
         _span(tracer, ev, "publish", SpanKind.CLIENT, attrs, error=ev.outcome == "error")
@@ -370,6 +397,10 @@ def test_sdk_spans_through_both_exporters_give_exact_slis(store: Engine, transpo
     want = oracle(records)
     assert_figures(figures(store), want)
     assert_discrepancies(store, want)
+    # every failure's error.type counted in its class, once (the resent export counts nothing)
+    classes = error_counts(records)
+    assert errors(store) == classes
+    assert {c for (_s, _k, _g, c) in classes} == set(ERROR_TYPES.values())
     # the history has every fault, on every stream's conventions
     got = figures(store)
     for stream in GROUPS:

@@ -25,9 +25,10 @@ from hypothesis import HealthCheck, Phase, given, note, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine
 
-from msgtally.oracle import COUNT_NAMES, ID_KINDS, Record, oracle
+from msgtally.oracle import COUNT_NAMES, ID_KINDS, Record, error_counts, oracle
 from msgtally.reconcile.config import DEFAULT_BUDGET, ReconcileConfig
 from msgtally.reconcile.engine import reconcile
+from msgtally.record import ERROR_CLASSES
 from msgtally.slis.read.query import read_discrepancies
 from tests.harness import (
     Figures,
@@ -35,6 +36,7 @@ from tests.harness import (
     assert_discrepancies,
     assert_figures,
     discrepancy_ids,
+    errors,
     figures,
     ingest,
     repeats,
@@ -81,6 +83,7 @@ class History:
 
 def _short(r: Record) -> str:
     extra = f" rid={r.record_id}" if r.record_id else ""
+    extra += f" error={r.error}" if r.error else ""
     grp = f" {r.group}" if r.group else ""
     return (
         f"{r.kind:7} {r.stream}/{r.message_id}{grp} t={r.ts - T:+g}"
@@ -99,6 +102,13 @@ def _record_id(draw: Callable[..., Any], counter: list[int]) -> str | None:
     return f"r{counter[0]}"
 
 
+def _error(draw: Callable[..., Any], outcome: str) -> str | None:
+    """A failed record's class, often none (not classified); an ok record has none."""
+    if outcome == "ok":
+        return None
+    return draw(st.sampled_from((None, *ERROR_CLASSES[:3], ERROR_CLASSES[-1])))
+
+
 @st.composite
 def message_records(
     draw: Callable[..., Any], stream: str, mid: str, counter: list[int]
@@ -106,19 +116,19 @@ def message_records(
     """The records of one message id on one stream: a few produces and consumes."""
     out = []
     for _ in range(draw(st.integers(0, 2))):
+        outcome = draw(st.sampled_from(("ok", "ok", "ok", "error")))
         out.append(Record(
             stream, "produce", mid, T + draw(st.sampled_from(PRODUCE_OFFSETS)), "",
-            draw(st.sampled_from((1, 1, 2))),
-            draw(st.sampled_from(("ok", "ok", "ok", "error"))),
-            record_id=_record_id(draw, counter),
+            draw(st.sampled_from((1, 1, 2))), outcome,
+            record_id=_record_id(draw, counter), error=_error(draw, outcome),
         ))
     for _ in range(draw(st.integers(0 if out else 1, 4))):
+        outcome = draw(st.sampled_from(("ok", "ok", "ok", "error", "dead_letter")))
         out.append(Record(
             stream, "consume", mid, T + draw(st.sampled_from(OFFSETS)),
             draw(st.sampled_from(GROUPS)),
-            draw(st.sampled_from((1, 1, 1, 2, 3))),
-            draw(st.sampled_from(("ok", "ok", "ok", "error", "dead_letter"))),
-            record_id=_record_id(draw, counter),
+            draw(st.sampled_from((1, 1, 1, 2, 3))), outcome,
+            record_id=_record_id(draw, counter), error=_error(draw, outcome),
         ))
     return out
 
@@ -198,6 +208,7 @@ def test_one_shot_matches_the_oracle(store: Engine) -> None:
         want = _oracle(history)
         assert_figures(figures(store), want)
         assert_discrepancies(store, want)
+        assert errors(store) == error_counts(history.records)
 
     check()
 
@@ -274,6 +285,7 @@ def test_incremental_matches_one_shot(store: Engine) -> None:
             previous = current
         incremental = previous
         incremental_ids = {k: discrepancy_ids(store, k) for k in ID_KINDS}
+        incremental_errors = errors(store)
 
         wipe(store)
         ingest(store, arrival)
@@ -284,6 +296,7 @@ def test_incremental_matches_one_shot(store: Engine) -> None:
         # and both are the oracle's (records kept in arrival order for resends)
         want = _oracle(history, arrival)
         assert_figures(incremental, want)
+        assert incremental_errors == errors(store) == error_counts(arrival)
 
     check()
 
@@ -343,11 +356,13 @@ def test_any_arrival_order_only_adds(store: Engine) -> None:
             _assert_consistent(store, current)
             previous = current
 
+        assert errors(store) == error_counts(history.records)
         before = repeats(store)
         everything = [r for batch in batches for r in batch]
         ingest(store, everything)
         reconcile(store, history.config, passes[-1] + 1000)
         assert repeats(store) - before == len(everything)
         _assert_same_figures(figures(store), previous)
+        assert errors(store) == error_counts(history.records)  # a resend counts nothing
 
     check()

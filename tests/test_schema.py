@@ -50,6 +50,13 @@ def test_a_produce_and_a_consume_are_told_apart_by_kind() -> None:
          "records[0].stream", "contains a NUL character"),
         (b'{"records":[],"dropped":[{"stream":"s","kind":"produce","total":1}]}',
          "source", "field required with 'dropped'"),
+        (b'[{"kind":"produce","stream":"s","message_id":"m","ts":1,"outcome":"error",'
+         b'"error":"oops"}]', "records[0].error", "must be one of auth, serialization, "
+         "timeout, throttled, unavailable, poison, other, got 'oops'"),
+        # a key spelled with an escape is the same key
+        (b'[{"kind":"produce","stream":"s","message_id":"m","ts":1,"\\u0065rror":"auth"}]',
+         "records[0].error", "an error class (auth) on an ok record: only a record with "
+         "outcome error or dead_letter has one"),
     ],
 )  # fmt: skip
 def test_every_refusal_names_its_field_and_reason(body: bytes, field: str, reason: str) -> None:

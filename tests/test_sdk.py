@@ -9,6 +9,7 @@ threaded and an asyncio service.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import threading
 import time
@@ -370,6 +371,13 @@ def _bad_calls(t: Tally) -> list[tuple[str, Callable[[], object]]]:
 
         return run
 
+    def failing(error: Any, **kw: Any) -> Callable[[], object]:
+        def run() -> None:
+            with t.processing("m", group="g", **kw) as delivery:
+                delivery.failed(error)
+
+        return run
+
     long = "x" * 257
     return [
         ("id None", lambda: t.produced(None)),  # type: ignore[arg-type]
@@ -389,6 +397,10 @@ def _bad_calls(t: Tally) -> list[tuple[str, Callable[[], object]]]:
         ("sending stream too long", in_sending("m", stream=long)),
         ("processing id empty", in_processing("", group="g")),
         ("processing group int", in_processing("m", group=7)),
+        ("error class unknown", lambda: t.produced("m", outcome="error", error="network")),
+        ("error class on ok", lambda: t.consumed("m", group="g", error="auth")),
+        ("error class unhashable", lambda: t.produced("m", outcome="error", error=["auth"])),  # type: ignore[arg-type]
+        ("processing fails with an unknown class", failing("oops")),
     ]
 
 
@@ -424,6 +436,70 @@ def test_the_sending_handle_fails_without_raising_and_learns_a_late_id(store: En
     assert rows[1]["span_id"] == f"{late.span_id:016x}"
     dropped = samples(registry, "msgtally_sdk_records_dropped_total")
     assert dropped == {(("group", ""), ("kind", "produce"), ("stream", stream)): 1.0}
+
+
+def test_failures_carry_their_class(store: Engine) -> None:
+    """An exception out of a `sending` or `processing` block is classified; a
+    class given is kept; a record without one has none; all counted exactly."""
+    stream = unique("classes")
+    with LiveCollector(store, CONFIG) as live:
+        tally = Tally(stream, collector_url=live.url, registry=CollectorRegistry(),
+                      tracing=False, flush_interval=0.05)  # fmt: skip
+        with pytest.raises(TimeoutError), tally.sending("p1"):
+            raise TimeoutError("no confirm")
+        with tally.sending("p2") as sending:
+            sending.failed("throttled")
+        tally.produced("p3", outcome="error")  # not classified
+        tally.produced("p4")
+        for mid, exc in (("p1", _json_error()), ("p2", ValueError("a bug")),
+                         ("p4", _wrapped(ConnectionRefusedError()))):  # fmt: skip
+            with pytest.raises(type(exc)), tally.processing(mid, group="g"):
+                raise exc
+        with tally.processing("p3", group="g") as delivery:
+            delivery.dead_letter("poison")
+        with tally.processing("p4", group="g", attempt=2) as delivery:
+            delivery.failed("auth")
+            delivery.dead_letter()  # the class of the failure stays
+        tally.consumed("p1", group="g", attempt=2, outcome="error", error="auth")
+        tally.consumed("p2", group="g", attempt=2)
+        assert tally.flush(10)
+        rows = stored(store, stream)
+        slis = settle_and_read(store, live.url)
+        tally.close()
+    got = {(r["kind"], r["message_id"], r["attempt"]): (r["outcome"], r["error"]) for r in rows}
+    assert got == {
+        ("produce", "p1", 1): ("error", "timeout"),
+        ("produce", "p2", 1): ("error", "throttled"),
+        ("produce", "p3", 1): ("error", None),
+        ("produce", "p4", 1): ("ok", None),
+        ("consume", "p1", 1): ("error", "serialization"),
+        ("consume", "p2", 1): ("error", "other"),
+        ("consume", "p4", 1): ("error", "unavailable"),
+        ("consume", "p3", 1): ("dead_letter", "poison"),
+        ("consume", "p4", 2): ("dead_letter", "auth"),
+        ("consume", "p1", 2): ("error", "auth"),
+        ("consume", "p2", 2): ("ok", None),
+    }
+    errors = slis[(stream, "g")]["errors"]
+    assert {k: n for k, n in errors["produce"].items() if n} == {"timeout": 1, "throttled": 1}
+    assert {k: n for k, n in errors["consume"].items() if n} == {
+        "serialization": 1, "other": 1, "unavailable": 1, "poison": 1, "auth": 2,
+    }  # fmt: skip
+
+
+def _json_error() -> Exception:
+    try:
+        json.loads("{")
+    except ValueError as exc:
+        return exc
+    raise AssertionError("decoded")
+
+
+def _wrapped(cause: BaseException) -> Exception:
+    try:
+        raise RuntimeError("handler failed") from cause
+    except RuntimeError as exc:
+        return exc
 
 
 def test_bad_arguments_never_raise_and_are_counted(store: Engine) -> None:

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Annotated, Literal, NamedTuple
+from typing import Annotated, Literal, NamedTuple, get_args
 
 import msgspec
 from msgspec import Meta, Struct
 
 from msgtally.ingest.shim.announce import ACKS, MAX_BACKOFF, MAX_CONFIGS
-from msgtally.record import FIELD_NAMES as FIELDS
 from msgtally.record import (
+    ERROR_CLASSES,
     MAX_ATTEMPT,
     MAX_DROP_TOTAL,
     MAX_ID_LENGTH,
@@ -29,6 +29,7 @@ from msgtally.record import (
     MAX_TEXT_LENGTH,
     MAX_TS,
 )
+from msgtally.record import FIELD_NAMES as FIELDS
 
 Text = Annotated[str, Meta(min_length=1, max_length=MAX_TEXT_LENGTH)]
 MessageId = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LENGTH)]
@@ -37,6 +38,10 @@ Attempt = Annotated[int, Meta(ge=1, le=MAX_ATTEMPT)]
 Seq = Annotated[int, Meta(ge=0, le=MAX_SEQ)]
 TraceId = Annotated[str, Meta(pattern="^[0-9a-fA-F]{32}$")]
 SpanId = Annotated[str, Meta(pattern="^[0-9a-fA-F]{16}$")]
+ErrorClass = Literal[
+    "auth", "serialization", "timeout", "throttled", "unavailable", "poison", "other"
+]
+assert get_args(ErrorClass) == ERROR_CLASSES  # the vocabulary is msgtally.record's
 
 
 class _Record(
@@ -51,6 +56,7 @@ class _Record(
     trace_id: TraceId | None = None
     span_id: SpanId | None = None
     record_id: Text | None = None
+    error: ErrorClass | None = None
 
 
 class Produce(_Record, tag="produce"):
@@ -143,6 +149,7 @@ _PATH = re.compile(r"^(?P<reason>.*) - at `\$(?P<path>[^`]*)`$", re.S)
 _MISSING = re.compile(r"^Object missing required field `(?P<name>[^`]+)`$")
 _UNKNOWN = re.compile(r"^Object contains unknown field `(?P<name>[^`]+)`$")
 _KIND = re.compile(r"^Invalid (?:enum )?value (.*)$")
+_ENUM = re.compile(r"^Invalid enum value (.*)$")
 _TYPES = {"str": "a string", "int": "an integer", "float": "a number", "object": "an object",
           "array": "an array", "null": "null", "bool": "a boolean"}  # fmt: skip
 # msgspec's wording -> the contract's, for the refusals a sender meets most.
@@ -192,6 +199,9 @@ def _located(exc: msgspec.ValidationError) -> RecordError:
     acks = _KIND.match(reason) if path.endswith(".acks") else None
     if acks is not None:
         return RecordError(path, f"must be {', '.join(map(repr, ACKS))}, got {acks[1]}")
+    bad_class = _ENUM.match(reason) if path.endswith(".error") else None
+    if bad_class is not None:
+        return RecordError(path, f"must be one of {', '.join(ERROR_CLASSES)}, got {bad_class[1]}")
     return RecordError(path, _plain(reason))
 
 
@@ -224,7 +234,21 @@ def parse_body(body: bytes) -> Batch:
         raise RecordError("body", "no records")
     if b"\\u0000" in body:  # NUL: no store can hold it in text (a rare, slow path)
         _refuse_nul(batch)
+    # An error class says why a record failed: an `ok` record has none. Only a
+    # body that names `error` (or escapes a key) can carry one: the slow path.
+    if b'"error"' in body or b"\\u" in body:
+        _refuse_class_of_ok(batch.records)
     return batch
+
+
+def _refuse_class_of_ok(records: list[Record]) -> None:
+    for i, record in enumerate(records):
+        if record.error is not None and record.outcome == "ok":
+            raise RecordError(
+                f"records[{i}].error",
+                f"an error class ({record.error}) on an ok record: only a record with "
+                "outcome error or dead_letter has one",
+            )
 
 
 def _check_marks(marks: list[SequenceMark]) -> None:

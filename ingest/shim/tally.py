@@ -28,10 +28,12 @@ from opentelemetry.trace import Status, StatusCode, TracerProvider
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
 from msgtally.ingest.shim.announce import RetryConfig, RetryPolicy
+from msgtally.ingest.shim.classify import classify
 from msgtally.ingest.shim.shipper import DropKey, Shipper
 from msgtally.ingest.shim.tracing import MESSAGE_ID, MessagingTracer, span_ids
 from msgtally.record import (
     CONSUME_OUTCOMES,
+    ERROR_CLASSES,
     MAX_ATTEMPT,
     MAX_ID_LENGTH,
     MAX_TEXT_LENGTH,
@@ -103,35 +105,47 @@ def _instance_id(name: str | None) -> str:
 
 
 class Delivery:
-    """What a consumer handler can say about the message it is processing."""
+    """What a consumer handler can say about the message it is processing.
 
-    __slots__ = ("outcome",)
+    `error`: the failure's class (msgtally.record.ERROR_CLASSES), None when not
+    classified; an exception out of the handler is classified
+    (msgtally.ingest.shim.classify)."""
+
+    __slots__ = ("error", "outcome")
 
     def __init__(self) -> None:
         self.outcome = "ok"
+        self.error: str | None = None
 
-    def dead_letter(self) -> None:
-        """Mark the message as sent to the dead-letter queue."""
+    def dead_letter(self, error: str | None = None) -> None:
+        """Mark the message as sent to the dead-letter queue (`error`: why, when known;
+        a class given before, by a failure, stays unless this one says otherwise)."""
         self.outcome = "dead_letter"
+        self.error = error or self.error
 
-    def failed(self) -> None:
-        """Mark processing as failed without raising (it will be redelivered)."""
+    def failed(self, error: str | None = None) -> None:
+        """Mark processing as failed without raising (it will be redelivered);
+        `error`: the failure's class, when known."""
         self.outcome = "error"
+        self.error = error or self.error
 
 
 class Sending:
     """What a publisher can say about the message it is sending."""
 
-    __slots__ = ("headers", "message_id", "outcome")
+    __slots__ = ("error", "headers", "message_id", "outcome")
 
     def __init__(self, message_id: str | None) -> None:
         self.headers: dict[str, str] = {}
         self.message_id = message_id
         self.outcome = "ok"
+        self.error: str | None = None
 
-    def failed(self) -> None:
-        """The send was not confirmed (without raising): indeterminate."""
+    def failed(self, error: str | None = None) -> None:
+        """The send was not confirmed (without raising): indeterminate; `error`:
+        the failure's class (msgtally.record.ERROR_CLASSES), when known."""
         self.outcome = "error"
+        self.error = error or self.error
 
 
 class Tally:
@@ -227,7 +241,7 @@ class Tally:
 
     def _problem(
         self, kind: str, s: object, message_id: object, group: object, outcome: object,
-        ts: object,
+        ts: object, error: object = None,
     ) -> str | None:
         """Why a record cannot be sent, or None. Checked here, because one bad
         record would make the collector refuse its whole batch. (A bad attempt
@@ -244,6 +258,11 @@ class Tally:
             allowed = PRODUCE_OUTCOMES if kind == "produce" else CONSUME_OUTCOMES
             if outcome not in allowed:
                 return f"outcome {outcome!r} is not {', '.join(allowed[:-1])} or {allowed[-1]}"
+        if error is not None:
+            if error not in ERROR_CLASSES:
+                return f"error {error!r} is not one of {', '.join(ERROR_CLASSES)}"
+            if outcome == "ok":
+                return f"error {error!r} on an ok record"
         return None
 
     def _emit(
@@ -256,6 +275,7 @@ class Tally:
         outcome: str,
         ids: tuple[str | None, str | None],
         ts: float | None,
+        error: str | None = None,
     ) -> None:
         """Count the record and queue it, a tuple in the record's field order."""
         lane = self._lanes.get((s, group, outcome))
@@ -276,6 +296,7 @@ class Tally:
                 ids[0],
                 ids[1],
                 f"{self.instance}:{next(self._record_n)}",
+                None if outcome == "ok" else error,
             )
         )
 
@@ -290,15 +311,17 @@ class Tally:
         outcome: str = "ok",
         headers: MutableMapping[str, str] | None = None,
         ts: float | None = None,
+        error: str | None = None,
     ) -> MutableMapping[str, str]:
-        """Report a send (`ok`: the broker acknowledged; `error`: indeterminate).
+        """Report a send (`ok`: the broker acknowledged; `error`: indeterminate,
+        with the failure's class in `error` when known).
 
         Returns the headers to send with the message (message id and W3C trace
         context), `headers` itself when given.
         """
         out = headers if isinstance(headers, MutableMapping) else {}
         s = stream or self.stream
-        why = self._problem("produce", s, message_id, "", outcome, ts)
+        why = self._problem("produce", s, message_id, "", outcome, ts, error)
         if why is not None:
             self._reject(s, "produce", "", why)
             return out
@@ -308,7 +331,7 @@ class Tally:
         if self._tracer is not None:
             span, ids = self._tracer.send(s, message_id, out)
             _end(span, outcome)
-        self._emit("produce", s, "", message_id, attempt, outcome, ids, ts)
+        self._emit("produce", s, "", message_id, attempt, outcome, ids, ts, error)
         return out
 
     @contextmanager
@@ -317,7 +340,7 @@ class Tally:
     ) -> Iterator[Sending]:
         """Wrap a publish: yields a `Sending` whose `headers` go with the message.
         `ok` when the block ends; `error` (indeterminate) when it raises
-        (re-raised) or calls `sending.failed()`.
+        (re-raised, its exception classified) or calls `sending.failed()`.
 
         `message_id=None`: the id is known only once the broker answered (a
         Kafka offset); set `sending.message_id` before the block ends. The
@@ -338,13 +361,16 @@ class Tally:
                 span, ids = self._tracer.send(s, message_id or "", handle.headers)
         try:
             yield handle
-        except BaseException:
+        except BaseException as exc:
             handle.outcome = "error"
+            handle.error = handle.error or classify(exc)
             raise
         finally:
             mid = handle.message_id
             if why is None and message_id is None:
                 why = self._problem("produce", s, mid, "", "ok", None)
+            if why is None and handle.outcome != "ok":
+                why = self._problem("produce", s, mid, "", handle.outcome, None, handle.error)
             if why is not None:
                 self._reject(s, "produce", "", why)
             else:
@@ -353,7 +379,7 @@ class Tally:
                     if message_id is None:
                         span.set_attribute(MESSAGE_ID, mid)
                     _end(span, handle.outcome)
-                self._emit("produce", s, "", mid, attempt, handle.outcome, ids, None)
+                self._emit("produce", s, "", mid, attempt, handle.outcome, ids, None, handle.error)
 
     # -- consumer side ----------------------------------------------------
 
@@ -367,10 +393,12 @@ class Tally:
         outcome: str = "ok",
         headers: Mapping[str, Any] | None = None,
         ts: float | None = None,
+        error: str | None = None,
     ) -> None:
-        """Report a delivery and its processing result: ok, error or dead_letter."""
+        """Report a delivery and its processing result: ok, error or dead_letter
+        (with the failure's class in `error` when known)."""
         s = stream or self.stream
-        why = self._problem("consume", s, message_id, group, outcome, ts)
+        why = self._problem("consume", s, message_id, group, outcome, ts, error)
         if why is not None:
             self._reject(s, "consume", group, why)
             return
@@ -380,7 +408,7 @@ class Tally:
             span = self._tracer.process(s, message_id, group, _attempt(attempt), _mapping(headers))
             ids = span_ids(span)
             _end(span, outcome)
-        self._emit("consume", s, group, message_id, attempt, outcome, ids, ts)
+        self._emit("consume", s, group, message_id, attempt, outcome, ids, ts, error)
 
     @contextmanager
     def processing(
@@ -392,8 +420,8 @@ class Tally:
         attempt: int = 1,
         headers: Mapping[str, Any] | None = None,
     ) -> Iterator[Delivery]:
-        """Wrap a handler: `ok` when it returns, `error` when it raises (re-raised),
-        `dead_letter` when it calls `delivery.dead_letter()`."""
+        """Wrap a handler: `ok` when it returns, `error` when it raises (re-raised,
+        its exception classified), `dead_letter` when it calls `delivery.dead_letter()`."""
         delivery = Delivery()
         s = stream or self.stream
         why = self._problem("consume", s, message_id, group, "ok", None)
@@ -407,17 +435,26 @@ class Tally:
             yield delivery
         except BaseException as exc:
             delivery.outcome = "error"
+            delivery.error = delivery.error or classify(exc)
             if span is not None:
                 span.record_exception(exc)
             raise
         finally:
+            if why is None and delivery.outcome != "ok":
+                why = self._problem("consume", s, message_id, group, delivery.outcome, None,
+                                    delivery.error)  # fmt: skip
+                if why is not None:
+                    self._reject(s, "consume", group, why)
             if why is None:
                 assert isinstance(s, str)
                 ids: tuple[str | None, str | None] = (None, None)
                 if span is not None:
                     ids = span_ids(span)
                     _end(span, delivery.outcome)
-                self._emit("consume", s, group, message_id, attempt, delivery.outcome, ids, None)
+                self._emit(
+                    "consume", s, group, message_id, attempt, delivery.outcome, ids, None,
+                    delivery.error,
+                )  # fmt: skip
 
     # -- retry configuration ------------------------------------------------
 

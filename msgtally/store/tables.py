@@ -294,3 +294,18 @@ retry_configs = Table(
 # every minute with their records (msgtally.ingest.shim.announce.RESEND_EVERY), so
 # this is fifteen missed announcements, or a consumer idle for 15 minutes.
 RETRY_CONFIG_TTL = 900.0
+
+
+# Failed records by error class, per (stream, kind, group) ("" for produces):
+# running totals, counted by the engine once per record (a resend never
+# counts), written with the tick that applied them.
+delivery_errors = Table(
+    "delivery_errors",
+    metadata,
+    Column("stream", String(256), nullable=False),
+    Column("kind", String(8), nullable=False),
+    Column("grp", String(256), nullable=False),
+    Column("error", String(16), nullable=False),
+    Column("total", BigInteger, nullable=False),
+    PrimaryKeyConstraint("stream", "kind", "grp", "error"),
+)

@@ -160,9 +160,14 @@ typedef struct {
     uint32_t n, mask;
 } BinMap;
 
+/* The pair of a stream's produce records (their error classes): no group has this index. */
+#define PRODUCE_GID UINT32_MAX
+
 typedef struct {
     uint32_t sid, gid;
     int dirty;
+    int errors_dirty;
+    int64_t errors[MC_N_ERROR]; /* records by error class (a produce pair has only these) */
     int64_t counts[MC_N_TALLY];
     double latency_sum;
     int64_t *hist; /* nbounds + 1 (+Inf) */

@@ -6,9 +6,13 @@
 #include <string.h>
 
 #include "limits.h"
+#include "machine.h"
 
 const char *const LB_FIELD_NAMES[N_FIELDS] = {"stream", "kind", "message_id", "ts", "group", "attempt",
-                                            "outcome", "producer", "seq", "trace_id", "span_id", "record_id"};
+                                            "outcome", "producer", "seq", "trace_id", "span_id", "record_id",
+                                            "error"};
+const char *const MC_ERROR_NAMES[MC_N_ERROR] = {"auth", "serialization", "timeout", "throttled",
+                                                "unavailable", "poison", "other"};
 
 static uint64_t be(const uint8_t *p, int n) {
     uint64_t v = 0;
@@ -144,7 +148,7 @@ static inline int field_of(const Str *key) {
         case 2: return KEY("ts", F_TS);
         case 3: return KEY("seq", F_SEQ);
         case 4: return KEY("kind", F_KIND);
-        case 5: return KEY("group", F_GROUP);
+        case 5: return key->s[0] == 'g' ? KEY("group", F_GROUP) : KEY("error", F_ERROR);
         case 6: return KEY("stream", F_STREAM);
         case 7: return key->s[0] == 'a' ? KEY("attempt", F_ATTEMPT) : key->s[0] == 'o' ? KEY("outcome", F_OUTCOME)
                                                                                   : KEY("span_id", F_SPAN_ID);
@@ -277,6 +281,15 @@ int lb_record(Cursor *c, Rec *r, uint32_t index, char err[LB_ERR]) {
     else if (is(outcome, "dead_letter")) r->outcome = O_DEAD_LETTER;
     else FAIL("log body: record %u: field 'outcome' is none of ok, error, dead_letter", index);
     if (r->kind == K_CONSUME && r->text[F_GROUP].nil) FAIL("log body: record %u: a consume without field 'group'", index);
+    r->error = 0;
+    const Str *error = &r->text[F_ERROR];
+    if (!error->nil) {
+        for (int k = 0; k < MC_N_ERROR && !r->error; k++)
+            if (error->n == strlen(MC_ERROR_NAMES[k]) && memcmp(error->s, MC_ERROR_NAMES[k], error->n) == 0)
+                r->error = (uint8_t)(k + 1);
+        if (!r->error) FAIL("log body: record %u: field 'error' is none of the error classes", index);
+        if (r->outcome == O_OK) FAIL("log body: record %u: field 'error' on an ok record", index);
+    }
     return 0;
 }
 

@@ -17,11 +17,13 @@
 #include <string.h>
 
 enum { F_STREAM, F_KIND, F_MESSAGE_ID, F_TS, F_GROUP, F_ATTEMPT, F_OUTCOME, F_PRODUCER, F_SEQ,
-       F_TRACE_ID, F_SPAN_ID, F_RECORD_ID, N_FIELDS };
+       F_TRACE_ID, F_SPAN_ID, F_RECORD_ID, F_ERROR, N_FIELDS };
 /* The record's fields in wire order (msgtally.record; tests/test_record.py holds them together). */
 extern const char *const LB_FIELD_NAMES[N_FIELDS];
 enum { K_PRODUCE = 0, K_CONSUME = 1 };
 enum { O_OK = 0, O_ERROR = 1, O_DEAD_LETTER = 2 };
+/* A record's error class: 0 none (not classified), else 1 + its index in
+ * MC_ERROR_NAMES (machine.h). */
 
 typedef struct {
     const uint8_t *s;
@@ -35,6 +37,7 @@ typedef struct {
     int64_t attempt, seq;
     int has_seq;
     uint8_t kind, outcome; /* K_*, O_* */
+    uint8_t error;         /* 0: none; 1 + index in MC_ERROR_NAMES */
     /* the machine's, looked up before the record applies: -1 not known yet */
     int32_t sid, gid;
     uint8_t expected; /* the stream expects the group already */

@@ -337,6 +337,16 @@ static int add_delta(Machine *M, uint32_t sid, uint32_t gid, const int64_t befor
     return 0;
 }
 
+/* Counts a record's error class (applied once: a resend never gets here). */
+static int count_error(Machine *M, const Rec *r, uint32_t sid, uint32_t gid) {
+    if (!r->error) return 0;
+    Pair *p = pair_of(M, sid, r->kind == K_PRODUCE ? PRODUCE_GID : gid);
+    if (!p) return -1;
+    p->errors[r->error - 1]++;
+    p->errors_dirty = 1;
+    return 0;
+}
+
 /* ------------------------------------------------------------- the id table */
 
 static int table_grow(Machine *M) { return ptable_grow(&M->table, &M->mask); }
@@ -1094,7 +1104,7 @@ static uint64_t fingerprint(const Rec *r) {
     const Str *rid = &r->text[F_RECORD_ID];
     if (!rid->nil) return hash_bytes(rid->s, rid->n, 0x7265636F72646964ULL);
     static const int fields[] = {F_KIND, F_GROUP, F_OUTCOME, F_PRODUCER, F_TRACE_ID, F_SPAN_ID};
-    uint8_t buf[sizeof fields / sizeof fields[0] * (4 + MC_MAX_TEXT_BYTES) + 32];
+    uint8_t buf[sizeof fields / sizeof fields[0] * (4 + MC_MAX_TEXT_BYTES) + 33];
     size_t n = 0;
     for (size_t k = 0; k < sizeof fields / sizeof fields[0]; k++) {
         const Str *s = &r->text[fields[k]];
@@ -1115,6 +1125,9 @@ static uint64_t fingerprint(const Rec *r) {
     memcpy(buf + n, tail, sizeof tail);
     n += sizeof tail;
     buf[n++] = (uint8_t)r->has_seq;
+    /* the error class only when set: a record without one hashes as before it existed
+     * (checkpoints hold fingerprints) */
+    if (r->error) buf[n++] = r->error;
     return hash_bytes(buf, n, 0x6669656C64730000ULL);
 }
 
@@ -1180,6 +1193,7 @@ static int apply_record(Machine *M, const Rec *r, double received_at, const Plac
             if (advance_slot(M, (uint32_t)idx, &ss[k], before)) return -1;
         }
         e->p_max_attempt = new_p;
+        if (count_error(M, r, (uint32_t)sid, 0)) return -1;
         e->flags |= E_PANY;
         if (r->outcome == O_OK) e->flags |= E_ACKED;
         if (!(e->flags & E_T0_FROZEN) && r->ts < e->t0) e->t0 = r->ts;
@@ -1194,6 +1208,7 @@ static int apply_record(Machine *M, const Rec *r, double received_at, const Plac
             if (!s) return -1;
             e = M->pool[idx];
         }
+        if (count_error(M, r, (uint32_t)sid, (uint32_t)gid)) return -1;
         int64_t before[MC_N_TALLY];
         counts_of(e, s, before);
         s->n++;
@@ -1563,6 +1578,13 @@ int mc_drain(Machine *M, const McSink *sink) {
     M->arena_n = 0;
     for (uint32_t i = 0; i < M->npairs && !failed; i++) {
         Pair *p = &M->pairs[i];
+        if (p->errors_dirty) {
+            int produce = p->gid == PRODUCE_GID;
+            failed = sink->errors(sink->ctx, p->sid, !produce, produce ? 0 : p->gid, p->errors);
+            memset(p->errors, 0, sizeof p->errors);
+            p->errors_dirty = 0;
+            if (failed) break;
+        }
         if (!p->dirty) continue;
         McPairOut out = {p->sid, p->gid, p->counts, p->latency_sum, p->hist, M->nbounds + 1,
                          p->bins.keys, p->bins.vals, p->bins.keys ? p->bins.mask + 1 : 0};

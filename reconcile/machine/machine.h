@@ -44,6 +44,9 @@ enum { MC_TALLY_PRODUCED, MC_TALLY_DELIVERED, MC_TALLY_LOST, MC_TALLY_LATE, MC_T
        MC_TALLY_UNEXPECTED, MC_TALLY_DUPLICATED, MC_TALLY_RETRIED, MC_TALLY_ATTEMPTS,
        MC_TALLY_DEAD_LETTERED, MC_TALLY_CONSUME_ERRORS, MC_TALLY_LATENCY_COUNT, MC_N_TALLY };
 extern const char *const MC_TALLY_NAMES[MC_N_TALLY];
+/* Error classes of failed records (msgtally.record.ERROR_CLASSES, in order). */
+enum { MC_N_ERROR = 7 };
+extern const char *const MC_ERROR_NAMES[MC_N_ERROR];
 extern const char *const MC_CLASS_NAMES[6]; /* pending, delivered, lost, recovered, unexpected, none */
 
 #define MC_SKETCH_GAMMA (1.01 / 0.99) /* DDSketch, relative accuracy 0.01: (g - 1) / (g + 1) */
@@ -84,6 +87,8 @@ typedef struct {
     int (*pair)(void *ctx, const McPairOut *p);
     int (*verdict)(void *ctx, const McVerdict *v);
     int (*missing)(void *ctx, uint32_t sid, int consume, uint32_t gid, int64_t n);
+    /* records per error class (MC_N_ERROR counts) of a (stream, kind, group); gid unused for a produce */
+    int (*errors)(void *ctx, uint32_t sid, int consume, uint32_t gid, const int64_t *counts);
 } McSink;
 
 typedef struct {

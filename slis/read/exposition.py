@@ -22,6 +22,7 @@ from sqlalchemy import Engine, func, select
 from msgtally.names import (
     BACKLOG,
     COUNTERS,
+    DELIVERY_ERRORS,
     IN_FLIGHT,
     IN_FLIGHT_OLDEST,
     LAST_PASS,
@@ -36,7 +37,7 @@ from msgtally.names import (
 from msgtally.slis.spec.model import Spec
 from msgtally.store.tables import latency_buckets, log_pending, meta, quarantine, tallies
 
-from .query import read_drops, read_in_flight, read_missing
+from .query import read_drops, read_errors, read_in_flight, read_missing
 from .retry_configs import read_audit
 
 LABELS = ("stream", "group")
@@ -61,6 +62,7 @@ class StoreCollector(Collector):
             in_flight = read_in_flight(conn)
             drops = read_drops(conn)
             missing = read_missing(conn)
+            errors = read_errors(conn)
             backlog = conn.execute(
                 select(func.coalesce(func.sum(log_pending.c.n), 0))
             ).scalar_one()
@@ -112,6 +114,16 @@ class StoreCollector(Collector):
         for (stream, kind, grp), n in sorted(missing.items()):
             gaps.add_metric((stream, grp, kind), n)
         yield gaps
+
+        failed = CounterMetricFamily(
+            DELIVERY_ERRORS,
+            "Failed records (outcome error or dead_letter) by error class, per record: a "
+            "stream's produces (group \"\"), a group's consumes.",
+            labels=(*LABELS, "kind", "error"),
+        )
+        for (stream, kind, grp, error), n in sorted(errors.items()):
+            failed.add_metric((stream, grp, kind, error), n)
+        yield failed
 
         flight = GaugeMetricFamily(
             IN_FLIGHT,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from msgtally.names import COUNT_FIELDS, INDICATORS, RatioIndicator, SLIKind
@@ -60,6 +60,10 @@ class SLI:
     in_flight_oldest_age_seconds: float | None = None
     # The delivery semantics the SLO spec declares for this stream and group, if any.
     contract: Semantics | None = None
+    # Failed records by error class (msgtally.record.ERROR_CLASSES), counted per
+    # record: {"produce": the stream's, "consume": this group's}. Running totals,
+    # in figures over a window too (not windowed, as measurement loss).
+    errors: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def _sum(self, columns: tuple[str, ...]) -> int:
         return sum(int(getattr(self, c)) for c in columns)

@@ -13,7 +13,9 @@ from typing import Any, NamedTuple
 from sqlalchemy import Connection, and_, func, select, tuple_
 
 from msgtally.names import COUNT_FIELDS
+from msgtally.record import ERROR_CLASSES, KINDS
 from msgtally.store.tables import (
+    delivery_errors,
     in_flight,
     latency_sketch,
     records_missing,
@@ -67,6 +69,24 @@ def read_drops_by_source(
     return sorted(rows, key=lambda r: (-r[3], r[0], r[1], r[2]))
 
 
+def read_errors(conn: Connection) -> dict[tuple[str, str, str, str], int]:
+    """Failed records by error class, per (stream, kind, group, class); group "" for produces."""
+    e = delivery_errors
+    query = select(e.c.stream, e.c.kind, e.c.grp, e.c.error, e.c.total)
+    return {(s, k, g, c): int(n) for s, k, g, c, n in conn.execute(query)}
+
+
+def errors_for(
+    errors: dict[tuple[str, str, str, str], int], stream: str, group: str
+) -> dict[str, dict[str, int]]:
+    """A row's failed records by class: the stream's produces, this group's consumes."""
+    out = {kind: dict.fromkeys(ERROR_CLASSES, 0) for kind in KINDS}
+    for (s, k, g, c), n in errors.items():
+        if s == stream and (k == "produce" or g == group) and c in ERROR_CLASSES:
+            out[k][c] += n
+    return out
+
+
 def dropped_for(drops: dict[tuple[str, str, str], int], stream: str, group: str) -> int:
     return sum(
         n for (s, k, g), n in drops.items() if s == stream and (k == "produce" or g == group)
@@ -89,6 +109,7 @@ def read_slis(
         query = query.where(t.c.grp == group)
     drops = read_drops(conn)
     missing = read_missing(conn)
+    errors = read_errors(conn)
     sketches = _sketches(conn)
     flight = {
         (f.stream, f.group): f
@@ -113,6 +134,7 @@ def read_slis(
                 records_dropped=dropped_for(drops, *key),
                 produce_records_missing=missing.get((key[0], "produce", ""), 0),
                 consume_records_missing=missing.get((key[0], "consume", key[1]), 0),
+                errors=errors_for(errors, *key),
                 in_flight=waiting.n if waiting else 0,
                 in_flight_oldest_age_seconds=(
                     max(0.0, clock - waiting.oldest)

@@ -28,7 +28,7 @@ from msgtally.store.tables import (
 )
 
 from .figures import QUANTILES, SLI
-from .query import dropped_for, read_drops, read_missing
+from .query import dropped_for, errors_for, read_drops, read_errors, read_missing
 
 
 @dataclass
@@ -201,9 +201,11 @@ def bucket_quantile(buckets: Mapping[str, int], q: float) -> float | None:
 
 
 def as_slis(conn: Connection, sums: Iterable[Sums]) -> list[SLI]:
-    """Window sums as SLI rows; measurement loss is the running totals (not windowed)."""
+    """Window sums as SLI rows; measurement loss and the error classes are the
+    running totals (not windowed)."""
     drops = read_drops(conn)
     missing = read_missing(conn)
+    errors = read_errors(conn)
     out = []
     for s in sums:
         fields: dict[str, Any] = {f: s.counts[f] for f in COUNT_FIELDS}
@@ -217,6 +219,7 @@ def as_slis(conn: Connection, sums: Iterable[Sums]) -> list[SLI]:
                 records_dropped=dropped_for(drops, s.stream, s.group),
                 produce_records_missing=missing.get((s.stream, "produce", ""), 0),
                 consume_records_missing=missing.get((s.stream, "consume", s.group), 0),
+                errors=errors_for(errors, s.stream, s.group),
                 **fields,
             )
         )

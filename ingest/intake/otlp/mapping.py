@@ -23,6 +23,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
+from msgtally.ingest.intake.otlp.errortype import ERROR_TYPE, error_class_of
 from msgtally.ingest.shim.tracing import (
     ATTEMPT,
     CONSUMER_GROUP,
@@ -68,7 +69,7 @@ IGNORED: Final = (FROM_SHIM, NOT_MESSAGING, NOT_A_DELIVERY, NO_MESSAGE_ID)
 
 _WANTED: Final = frozenset(
     (*DESTINATIONS, *MESSAGE_IDS, *OPERATIONS, *GROUPS, *ATTEMPTS, *SETTLEMENTS,
-     BATCH_COUNT, OUTCOME)
+     BATCH_COUNT, OUTCOME, ERROR_TYPE)
 )  # fmt: skip
 WANTED_KEYS: Final = tuple(sorted(_WANTED))  # for _spans.views
 _Id = tuple[int | None, str, object]  # (link index, attribute, message id)
@@ -285,6 +286,14 @@ def map_view(view: SpanView, scope: str, service: object) -> Mapped | Ignored | 
         base["outcome"], source["outcome"] = DEAD_LETTER, "messaging.operation.name"
     elif status == Status.STATUS_CODE_ERROR:
         base["outcome"], source["outcome"] = "error", "status"
+    error_type = attrs.get(ERROR_TYPE)
+    if error_type is not None:  # set only when the operation failed (the conventions)
+        if type(error_type) not in (str, int):
+            return Refused(f"{ERROR_TYPE}: must be a string, got {_kind_of(error_type)}")
+        if "outcome" not in base:
+            base["outcome"], source["outcome"] = "error", ERROR_TYPE
+        if base["outcome"] != "ok":  # an explicit msgtally.outcome ok wins: no class
+            base["error"], source["error"] = error_class_of(error_type), ERROR_TYPE  # type: ignore[arg-type]
     for field in _FROM_ATTRIBUTES:  # in the records' order; the other fields are never bytes
         if type(base.get(field)) is bytes:  # JSON would carry it as base64 text
             return Refused(f"{source[field]}: must not be bytes")

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Generic, Literal, ParamSpec, Protocol, TypeVar
 
 from msgtally.ingest.shim.announce import RetryConfig, RetryPolicy
+from msgtally.ingest.shim.classify import classify
 from msgtally.ingest.shim.tally import Delivery, Tally
 
 __all__ = [
@@ -88,13 +89,20 @@ class Received(Generic[B]):
         outcome: Outcome = self.delivery.outcome  # type: ignore[assignment]
         return outcome
 
-    def dead_letter(self) -> None:
-        """Give up on it: the broker's dead-letter route takes it."""
-        self.delivery.dead_letter()
+    @property
+    def error(self) -> str | None:
+        """The failure's class (msgtally.record.ERROR_CLASSES), None when not classified."""
+        return self.delivery.error
 
-    def failed(self) -> None:
-        """Processing failed without an exception: it is left for redelivery."""
-        self.delivery.failed()
+    def dead_letter(self, error: str | None = None) -> None:
+        """Give up on it: the broker's dead-letter route takes it (`error`: why,
+        e.g. "poison" or "serialization", when known)."""
+        self.delivery.dead_letter(error)
+
+    def failed(self, error: str | None = None) -> None:
+        """Processing failed without an exception: it is left for redelivery
+        (`error`: the failure's class, when known)."""
+        self.delivery.failed(error)
 
 
 R = TypeVar("R", bound=Received)  # type: ignore[type-arg]
@@ -117,10 +125,12 @@ class Consumer(Protocol[P, T_co]):
     - the handler returns: `ok`;
     - it raises (logged, not re-raised, so one bad message does not stop the
       consumer) or calls `received.failed()`: `error`, left for redelivery;
+      the exception's class is the record's error class (`classify`);
     - it calls `received.dead_letter()`, or fails on attempt `max_attempts`
-      or later: `dead_letter`, the broker's dead-letter route takes it;
+      or later: `dead_letter`, the broker's dead-letter route takes it (with
+      the last failure's class);
     - a delivery beyond `max_attempts` (consumers kept dying on it) is
-      dead-lettered without running the handler.
+      dead-lettered without running the handler: error class `poison`.
 
     `acks`: `"after"` (at least once, the default): ok -> ack, error ->
     redelivery, dead_letter -> the dead-letter route; the record is emitted
@@ -176,9 +186,9 @@ def handling(
     tally: Tally, group: str, received: Received[B], max_attempts: int | None
 ) -> Iterator[Received[B]]:
     """Report one delivery around the handler: ok when it returns, error when it
-    raises (logged and swallowed) or fails, dead_letter when it dead-letters or
-    fails its last attempt. `asyncio.CancelledError` is reported error and
-    propagates."""
+    raises (logged and swallowed, its exception classified) or fails,
+    dead_letter when it dead-letters or fails its last attempt.
+    `asyncio.CancelledError` is reported error and propagates."""
     with tally.processing(
         received.message_id,
         group=group,
@@ -189,14 +199,14 @@ def handling(
         received.delivery = delivery
         try:
             yield received
-        except Exception:
+        except Exception as exc:
             log.exception(
                 "handler failed on %s %s (attempt %d)",
                 received.stream,
                 received.message_id,
                 received.attempt,
             )
-            delivery.failed()
+            delivery.failed(classify(exc))
         if delivery.outcome == "error" and is_last(received.attempt, max_attempts):
             delivery.dead_letter()
 
@@ -253,7 +263,7 @@ class Tallied(Consuming[Handler[R]]):
                     if step == "run":
                         self.handler(received)
                     else:
-                        received.dead_letter()
+                        received.dead_letter("poison")
             else:
                 self.settle(received, step)
         return received

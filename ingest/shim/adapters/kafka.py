@@ -94,6 +94,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from msgtally.ingest.shim.adapters import common
 from msgtally.ingest.shim.adapters.common import Acks, Handler, RetryPolicy, Step, Tallied
+from msgtally.ingest.shim.classify import kafka_error_class
 from msgtally.ingest.shim.tally import MESSAGE_ID_HEADER, Tally
 
 __all__ = [
@@ -177,7 +178,7 @@ class Publisher:
 
         def delivered(err: KafkaError | None, message: Message) -> None:
             if err is not None:
-                sending.failed()
+                sending.failed(kafka_error_class(err))
             elif message_id is None:
                 sending.message_id = record_id(message)
             block.__exit__(None, None, None)

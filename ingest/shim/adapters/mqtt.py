@@ -100,6 +100,7 @@ from paho.mqtt.properties import Properties
 
 from msgtally.ingest.shim.adapters import common
 from msgtally.ingest.shim.adapters.common import Acks, Handler, RetryPolicy, Step, Tallied
+from msgtally.ingest.shim.classify import mqtt_rc_class
 from msgtally.ingest.shim.tally import MESSAGE_ID_HEADER, Tally
 
 __all__ = [
@@ -219,20 +220,21 @@ class Publisher:
             elif self.envelope:
                 data = wrap(sending.headers, data)
             info = self.client.publish(topic, data, q, retain, props)
-            confirmed = _confirmed(info, self.timeout if timeout is None else timeout)
-            if not confirmed:
-                sending.failed()
-        return Published(mid, info, confirmed)
+            failure = _failure(info, self.timeout if timeout is None else timeout)
+            if failure is not None:
+                sending.failed(failure)
+        return Published(mid, info, failure is None)
 
 
-def _confirmed(info: mqtt.MQTTMessageInfo, timeout: float) -> bool:
+def _failure(info: mqtt.MQTTMessageInfo, timeout: float) -> str | None:
+    """None once the broker acknowledged (QoS 0: written), else the error class."""
     if info.rc != mqtt.MQTT_ERR_SUCCESS:
-        return False
+        return mqtt_rc_class(info.rc)
     try:
         info.wait_for_publish(timeout)
-        return info.is_published()
-    except (RuntimeError, ValueError):
-        return False
+    except (RuntimeError, ValueError):  # paho: the client is not connected, or no queue
+        return mqtt_rc_class(info.rc) if info.rc != mqtt.MQTT_ERR_SUCCESS else "unavailable"
+    return None if info.is_published() else "timeout"
 
 
 def _user_properties(message: mqtt.MQTTMessage) -> dict[str, str]:

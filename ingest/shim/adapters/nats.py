@@ -189,7 +189,7 @@ class JetStreamConsumer(Consuming[AsyncHandler[Received]]):
                     await self.handler(received)
             elif step == "give_up":  # JetStream stops at max_deliver: not seen here
                 with handling(self.tally, self.group, received, self.max_attempts):
-                    received.dead_letter()
+                    received.dead_letter("poison")
             else:
                 await _settle(self._settlement(msg, step))
         return received

@@ -37,6 +37,7 @@ import httpx
 
 from msgtally.ingest.shim.adapters import common
 from msgtally.ingest.shim.adapters.webhooks import ATTEMPT_HEADER
+from msgtally.ingest.shim.classify import classify, http_status_class
 from msgtally.ingest.shim.tally import Tally
 
 __all__ = ["AsyncPublisher", "Options", "Publisher", "WebhookResult"]
@@ -126,8 +127,10 @@ class _Publishing(Generic[C]):
                     answer = await send(built)
                 except httpx.TransportError as exc:
                     answer = exc
-                if not (isinstance(answer, httpx.Response) and answer.is_success):
-                    sending.failed()
+                if isinstance(answer, httpx.TransportError):
+                    sending.failed(classify(answer))
+                elif not answer.is_success:
+                    sending.failed(http_status_class(answer.status_code))
             if isinstance(answer, httpx.TransportError):
                 if attempt >= self.max_attempts:
                     answer.add_note(f"msgtally: message id {mid}, {attempt} attempts")

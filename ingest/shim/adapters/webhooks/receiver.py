@@ -68,6 +68,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from msgtally.ingest.shim.adapters import common
 from msgtally.ingest.shim.adapters.webhooks import ATTEMPT_HEADER
 from msgtally.ingest.shim.announce import RetryConfig, RetryPolicy
+from msgtally.ingest.shim.classify import http_status_class
 from msgtally.ingest.shim.tally import MESSAGE_ID_HEADER, Tally
 
 __all__ = [
@@ -228,7 +229,7 @@ class TallyMiddleware:
         with reader.reporting(received):
             await self.app(scope, receive, send_status)
             if received.outcome == "ok" and not 200 <= status < 300:
-                received.failed()
+                received.failed(http_status_class(status))
 
 
 class TallyDependency:
