@@ -60,6 +60,8 @@ RECONCILE_RECORDS = "msgtally_reconcile_records"
 BACKLOG = "msgtally_reconcile_backlog_records"
 QUARANTINED = "msgtally_reconcile_quarantined_rows"
 LAST_PASS = "msgtally_reconcile_last_pass_timestamp_seconds"
+# The receipt time of the oldest log row held (the log is pruned past --retain).
+LOG_HELD_SINCE = "msgtally_log_held_since_timestamp_seconds"
 INGEST_RECORDS = "msgtally_ingest_records"
 INGEST_REJECTED = "msgtally_ingest_rejected"
 

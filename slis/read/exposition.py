@@ -25,12 +25,14 @@ from msgtally.names import (
     IN_FLIGHT_OLDEST,
     LAST_PASS,
     LATENCY,
+    LOG_HELD_SINCE,
     QUARANTINED,
     RECONCILE_RECORDS,
     RECORDS_DROPPED,
     RECORDS_MISSING,
     bucket_label,
 )
+from msgtally.store.held import log_held_since
 from msgtally.store.tables import latency_buckets, log_pending, meta, quarantine, tallies
 
 from .query import read_drops, read_in_flight, read_missing
@@ -61,6 +63,7 @@ class StoreCollector(Collector):
             ).scalar_one()
             facts = dict(conn.execute(select(meta.c.key, meta.c.value)).all())
             aside = conn.execute(select(func.count()).select_from(quarantine)).scalar_one()
+            held = log_held_since(conn)
         last_pass = facts.get("last_pass_at")
 
         for column, (name, doc) in COUNTERS.items():
@@ -144,6 +147,13 @@ class StoreCollector(Collector):
             "Log rows the engine set aside, their bodies rejected (msgtally quarantine list).",
             value=int(aside),
         )
+        if held is not None:
+            yield GaugeMetricFamily(
+                LOG_HELD_SINCE,
+                "The receipt time (unix seconds) of the oldest log row held: the log is pruned "
+                "past --retain; a group first seen now is back-filled from this time on.",
+                value=held,
+            )
         if last_pass is not None:
             yield GaugeMetricFamily(
                 LAST_PASS,

@@ -60,6 +60,13 @@ class SLI:
     in_flight_oldest_age_seconds: float | None = None
     # The delivery semantics the SLO spec declares for this stream and group, if any.
     contract: Semantics | None = None
+    # The receipt time of the oldest log row the store holds (the log is pruned
+    # past --retain; None: the log is empty): the same for every pair.
+    log_held_since: float | None = None
+    # A group first seen after the log was pruned is back-filled from what the log
+    # held then: its figures count the ids received from this time on (None: from
+    # the start, the log was whole, or the group was no back-fill).
+    backfilled_since: float | None = None
 
     def _sum(self, columns: tuple[str, ...]) -> int:
         return sum(int(getattr(self, c)) for c in columns)

@@ -13,7 +13,9 @@ from typing import Any, NamedTuple
 from sqlalchemy import Connection, and_, func, select, tuple_
 
 from msgtally.names import COUNT_FIELDS
+from msgtally.store.held import log_held_since
 from msgtally.store.tables import (
+    backfills,
     in_flight,
     latency_sketch,
     records_missing,
@@ -81,6 +83,8 @@ def read_slis(
         if stream in (None, f.stream) and group in (None, f.group)
     }
     clock = time.time() if now is None else now
+    held = log_held_since(conn)
+    since = read_backfills(conn)
     rows = {(r["stream"], r["grp"]): r for r in conn.execute(query).mappings().all()}
     out = []
     for key in sorted(rows.keys() | flight.keys()):
@@ -104,10 +108,18 @@ def read_slis(
                     if waiting and waiting.oldest is not None
                     else None
                 ),
+                log_held_since=held,
+                backfilled_since=since.get(key),
                 **fields,
             )
         )
     return out
+
+
+def read_backfills(conn: Connection) -> dict[tuple[str, str], float]:
+    """Groups back-filled from a pruned log: (stream, group) -> from when they count ids."""
+    b = backfills
+    return {(s, g): float(t) for s, g, t in conn.execute(select(b.c.stream, b.c.grp, b.c.since))}
 
 
 def _kind_filter(kind: str) -> Any:
