@@ -31,8 +31,9 @@ from msgtally.ingest.intake.metrics import ingest_metrics
 from msgtally.ingest.intake.otlp.grpc_server import OtlpGrpc
 from msgtally.ingest.intake.otlp.http import router as otlp_router
 from msgtally.ingest.intake.otlp.metrics import OtlpMetrics
+from msgtally.reconcile import retention as log_retention
 from msgtally.reconcile.config import ReconcileConfig
-from msgtally.reconcile.engine import Reconciler
+from msgtally.reconcile.engine import Reconciler, checkpoint_interval
 from msgtally.reconcile.history import Retention, prune
 from msgtally.reconcile.lease import LeaseHeld
 from msgtally.slis.read.api import router as slis_router
@@ -63,6 +64,11 @@ class EngineLoop:
     MAX_BACKOFF = 10.0
     STANDBY = 5.0  # seconds between tries to take the lease while another engine holds it
     PRUNE_EVERY = 60.0  # seconds between prunes of the per-minute and per-hour rows
+    # Seconds between prunes of the log and the verdicts; a pass takes at most
+    # PRUNE_CHUNKS short transactions of each, and goes on after the next tick
+    # while there is more (msgtally.reconcile.retention).
+    PRUNE_LOG_EVERY = 5.0
+    PRUNE_CHUNKS = 8
 
     def __init__(
         self, store: Engine, config: ReconcileConfig, interval: float,
@@ -71,6 +77,8 @@ class EngineLoop:
         self._store, self._config, self._interval = store, config, interval
         self._retention = retention or Retention()
         self._last_prune = 0.0
+        self._last_log_prune = 0.0
+        self._prune_more = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="msgtally-engine", daemon=True)
         self.reconciler: Reconciler | None = None
@@ -124,7 +132,10 @@ class EngineLoop:
             wait = self._interval
             try:
                 if self.reconciler is None:
-                    self.reconciler = Reconciler(self._store, self._config).open()
+                    self.reconciler = Reconciler(
+                        self._store, self._config,
+                        checkpoint_every=checkpoint_interval(self._retention.minutes),
+                    ).open()  # fmt: skip
                 result = self.reconciler.tick(time.time())
                 self.state, self.last_ok, self.failures = "running", time.monotonic(), 0
                 self._observe(result.batches)
@@ -133,6 +144,9 @@ class EngineLoop:
                 if time.monotonic() - self._last_prune > self.PRUNE_EVERY:
                     prune(self._store, time.time(), self._retention)
                     self._last_prune = time.monotonic()
+                due = time.monotonic() - self._last_log_prune > self.PRUNE_LOG_EVERY
+                if self._prune_more or due:
+                    self._prune_log()
                 if time.monotonic() - self._last_wal > 2:
                     checkpoint_wal(self._store)
                     self._last_wal = time.monotonic()
@@ -149,6 +163,19 @@ class EngineLoop:
                 wait = min(self.MAX_BACKOFF, self._interval * 2 ** min(self.failures, 16))
             self._stop.wait(wait)
         self._drop(checkpoint=True)
+
+    def _prune_log(self) -> None:
+        """A few chunks of the log and verdicts past their retention, and a step of
+        space given back; the rest after the next tick."""
+        done = log_retention.prune(
+            self._store, time.time(), self._retention, max_chunks=self.PRUNE_CHUNKS
+        )
+        log_retention.reclaim(self._store, max_steps=1)
+        self._prune_more = done.more
+        self._last_log_prune = time.monotonic()
+        if done.log_rows or done.verdicts:
+            log.debug("pruned %d log rows (%d ticks), %d verdict rows",
+                      done.log_rows, done.ticks, done.verdicts)  # fmt: skip
 
     def _drop(self, *, checkpoint: bool) -> None:
         reconciler, self.reconciler = self.reconciler, None

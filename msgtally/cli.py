@@ -123,8 +123,16 @@ def _add_reconcile(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--retain",
         metavar="DURATION",
-        help="how long the per-minute figures are kept (7d, 12h, or seconds; default 7d); "
-        "per-hour ones are kept the longest SLO period + 30 days",
+        help="how long the log and the per-minute figures are kept (7d, 12h, or seconds; "
+        "default 7d); log rows go once applied, past every kept checkpoint and older than "
+        "this; per-hour figures are kept the longest SLO period + 30 days "
+        "(default: MSGTALLY_RETAIN)",
+    )
+    p.add_argument(
+        "--retain-verdicts",
+        metavar="DURATION",
+        help="how long the per-id rows of discrepant ids (GET /v1/discrepancies) are kept "
+        "past their deadline (default 90d; MSGTALLY_RETAIN_VERDICTS)",
     )
 
 

@@ -62,6 +62,10 @@ QUARANTINED = "msgtally_reconcile_quarantined_rows"
 LAST_PASS = "msgtally_reconcile_last_pass_timestamp_seconds"
 # Failed records by error class (msgtally.record.ERROR_CLASSES), labels stream, group, kind, error.
 DELIVERY_ERRORS = "msgtally_delivery_errors"
+
+
+# The receipt time of the oldest log row held (the log is pruned past --retain).
+LOG_HELD_SINCE = "msgtally_log_held_since_timestamp_seconds"
 INGEST_RECORDS = "msgtally_ingest_records"
 INGEST_REJECTED = "msgtally_ingest_rejected"
 

@@ -36,7 +36,7 @@ from msgtally.reconcile.config import (
     DEFAULT_SETTLE,
     ReconcileConfig,
 )
-from msgtally.reconcile.history import DEFAULT_RETAIN, Retention
+from msgtally.reconcile.history import DEFAULT_RETAIN, DEFAULT_RETAIN_VERDICTS, Retention
 from msgtally.slis.spec.model import parse_duration
 from msgtally.store.url import DEFAULT_DB_URL
 
@@ -73,8 +73,10 @@ class Settings(BaseSettings):
     expected_groups: dict[str, list[str]] = Field(default_factory=dict)
     latency_buckets: list[float] = Field(default_factory=lambda: list(DEFAULT_BUCKETS))
     budget: int = Field(default=DEFAULT_BUDGET, ge=1)
-    # Seconds the per-minute figures are kept (--retain: 7d, 12h, or seconds).
+    # Seconds the log and the per-minute figures are kept (--retain: 7d, 12h, or seconds).
     retain: float = Field(default=DEFAULT_RETAIN, gt=0)
+    # Seconds the verdict rows of discrepant ids are kept past their deadline.
+    retain_verdicts: float = Field(default=DEFAULT_RETAIN_VERDICTS, gt=0)
     log_level: LogLevel = "info"
     log_format: LogFormat = "text"
     access_log: bool = False
@@ -84,7 +86,7 @@ class Settings(BaseSettings):
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
-    @field_validator("retain", mode="before")
+    @field_validator("retain", "retain_verdicts", mode="before")
     @classmethod
     def _duration(cls, value: object) -> object:
         return parse_duration(value) if isinstance(value, str) else value
@@ -125,8 +127,9 @@ class Settings(BaseSettings):
         }
 
     def retention(self, longest_period: float | None) -> Retention:
-        """How long the per-minute rows (--retain) and the per-hour rows are kept."""
-        return Retention.for_period(self.retain, longest_period)
+        """How long the log and the per-minute rows (--retain), the per-hour rows and
+        the verdict rows (--retain-verdicts) are kept."""
+        return Retention.for_period(self.retain, longest_period, self.retain_verdicts)
 
     def reconcile_config(self) -> ReconcileConfig:
         return ReconcileConfig(
@@ -208,7 +211,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     for name in (
         "db", "host", "port", "deadline", "settle", "remember", "interval", "max_body",
         "max_inflight", "read_timeout", "max_series", "token_file", "spec", "otlp_grpc_port",
-        "log_level", "log_format", "retain", "prometheus_url", "grafana_url", "trace_url",
+        "log_level", "log_format", "retain", "retain_verdicts", "prometheus_url", "grafana_url",
+        "trace_url",
     ):  # fmt: skip
         value = getattr(args, name, None)
         if value is not None:

@@ -10,10 +10,14 @@ lands on the state the crashed engine had committed, and every figure stays
 exactly what an uninterrupted run gives.
 
 The ticks are kept, with the events that changed the state between them (the
-configuration an engine started with, groups back-filled): a checkpoint that
-does not load is set aside (checkpoint_rejected, with the reason) and the
-state is rebuilt by replaying that whole history from an empty machine, the
-same log rows at the same clocks, without writing a figure again.
+configuration an engine started with, groups back-filled), and the last few
+checkpoints (CHECKPOINTS_KEPT), each at its own tick: a checkpoint that does
+not load is set aside (checkpoint_rejected, with the reason) and the state is
+rebuilt from the previous one by replaying the history after it, the same log
+rows at the same clocks, without writing a figure again. Without any
+checkpoint that loads, the whole history is replayed from an empty machine.
+The log is pruned past --retain (msgtally.reconcile.retention), never past
+the oldest checkpoint kept: the history a fallback replays is always held.
 
 Two clocks drive the verdicts: `now`, for deadlines (the wall clock, or the
 time a batch run is asked to judge at), and the receipt watermark: the
@@ -36,7 +40,9 @@ from typing import Any
 from sqlalchemy import Connection, Engine, delete, func, select
 
 from msgtally.store.db import upsert, write_tx
+from msgtally.store.held import log_held_since
 from msgtally.store.tables import (
+    backfills,
     checkpoint,
     checkpoint_rejected,
     engine_events,
@@ -65,10 +71,21 @@ from .outputs import (
     write_pairs,
     write_verdicts,
 )
+from .retention import pruned_tick
 
 log_ = logging.getLogger(__name__)
 
 DEFAULT_CHECKPOINT_EVERY = 60.0  # seconds between checkpoints of a running engine
+# Checkpoints kept, each at its own tick: a damaged one falls back to the one
+# before it. The log is held back to the oldest of them.
+CHECKPOINTS_KEPT = 3
+
+
+def checkpoint_interval(retain: float) -> float:
+    """Seconds between checkpoints of a running engine whose log is kept `retain`:
+    the log is held back to the oldest checkpoint kept, so the checkpoints kept
+    span at most half the window (a short window checkpoints more often)."""
+    return min(DEFAULT_CHECKPOINT_EVERY, retain / (2 * CHECKPOINTS_KEPT))
 
 
 @dataclass(frozen=True)
@@ -108,7 +125,8 @@ class Reconciler:
         self.checkpoint_every = checkpoint_every
         self.core = self._fresh()
         self.tick_no = 0
-        # Why the state was rebuilt from the log at open (a checkpoint set aside), or None.
+        # Why the state was rebuilt from the log at open (a checkpoint set aside: from
+        # an older one, or from an empty machine), or None.
         self.rebuilt: str | None = None
         self._lease = Lease(store)
         self._last_checkpoint = 0.0
@@ -174,22 +192,36 @@ class Reconciler:
         )
 
     def _recover(self) -> None:
-        """The checkpoint, then the history after it; a checkpoint that does not
-        load is set aside and the whole history replayed instead."""
+        """The latest checkpoint that loads, then the history after it; those that
+        do not load are set aside. Without one, the whole history is replayed."""
         with self.store.connect() as conn:
-            saved = conn.execute(
-                select(checkpoint.c.tick, checkpoint.c.taken_at, checkpoint.c.body)
-            ).first()
-        if saved is not None:
+            kept = conn.execute(
+                select(checkpoint.c.id, checkpoint.c.tick, checkpoint.c.taken_at,
+                       checkpoint.c.body).order_by(checkpoint.c.tick.desc())
+            ).all()  # fmt: skip
+            pruned = pruned_tick(conn)
+        loaded = False
+        for saved in kept:
             try:
                 self.core.loads(saved.body)
-                self.tick_no = int(saved.tick)
             except _machine.CheckpointError as exc:
                 self._set_aside(saved, str(exc))
                 self.core = self._fresh()
-        # Without a checkpoint (a fresh store, or a rebuild cut short) the whole
-        # history is replayed too.
-        rebuild = saved is None or self.rebuilt is not None
+                continue
+            self.tick_no, loaded = int(saved.tick), True
+            if self.rebuilt is not None:
+                log_.warning("the state is rebuilt from the checkpoint of tick %d and the "
+                             "log after it", saved.tick)  # fmt: skip
+            break
+        # Without a checkpoint (a fresh store, or every one damaged) the whole
+        # history is replayed.
+        rebuild = not loaded
+        if rebuild and pruned:
+            log_.error(
+                "no checkpoint of this store loads and its log is pruned (through tick %d): "
+                "the state is rebuilt from the log still held. Ids produced before it are "
+                "unknown to the engine: their later records may count as unexpected", pruned,
+            )  # fmt: skip
         replayed = self._replay(after=self.tick_no, rebuild=rebuild)
         if replayed and not rebuild:
             log_.info("replayed %d ticks after checkpoint", replayed)
@@ -198,7 +230,7 @@ class Reconciler:
         self.rebuilt = reason
         log_.error(
             "the engine's checkpoint (tick %d) does not load: %s. It is set aside in "
-            "table checkpoint_rejected; the state is rebuilt from the log",
+            "table checkpoint_rejected; the state is rebuilt from an older one or the log",
             saved.tick, reason,
         )  # fmt: skip
         with write_tx(self.store) as conn:
@@ -208,7 +240,7 @@ class Reconciler:
                     rejected_at=time.time(),
                 )
             )  # fmt: skip
-            conn.execute(delete(checkpoint))
+            conn.execute(delete(checkpoint).where(checkpoint.c.id == saved.id))
 
     def _replay(self, *, after: int, rebuild: bool) -> int:
         """Replays the recorded ticks and events numbered after `after`, in order,
@@ -231,7 +263,9 @@ class Reconciler:
             elif kind == "configure":
                 self._configure(what)
             elif kind == "expect":
-                self._replay_backfill(number, what["stream"], what["groups"])
+                # held_after: the log was pruned through that tick when it ran (0: never).
+                held_after = int(what.get("held_after", 0))
+                self._replay_backfill(number, what["stream"], what["groups"], held_after)
             self.tick_no = number
             if rebuild and n % 1000 == 999:
                 log_.info("rebuilding the engine's state: %d of %d ticks", n + 1, len(history))
@@ -251,17 +285,26 @@ class Reconciler:
         if new and not rebuild:
             raise RuntimeError(f"tick {row.tick} names a new group: the store is inconsistent")
         for stream, groups in _by_stream(new).items():  # an unrecorded back-fill: see below
-            self._replay_backfill(int(row.tick), stream, groups)
+            with self.store.connect() as conn:
+                held_after = pruned_tick(conn)
+            self._replay_backfill(int(row.tick), stream, groups, held_after)
         self._fold(batch, row.now, row.watermark)
         self.core.drain()  # written by the engine that ran the tick
 
-    def _replay_backfill(self, number: int, stream: str, groups: Sequence[str]) -> None:
-        """A back-fill again: the groups, and the log rows applied before it (those
-        of the ticks numbered before it) scanned for the ids it owed them."""
+    def _replay_backfill(
+        self, number: int, stream: str, groups: Sequence[str], held_after: int
+    ) -> None:
+        """A back-fill again: the groups, and the log rows it scanned (those of the
+        ticks numbered before it and after `held_after`, where the log was pruned
+        through then) scanned again for the ids it owed them. Pruning never goes
+        past the ticks a back-fill after the oldest checkpoint scanned."""
         self.core.expect_groups(stream, groups)
         with self.store.connect() as conn:
             applied: list[int] = []
-            for r in conn.execute(select(ticks.c.log_ids).where(ticks.c.tick < number)):
+            scanned = select(ticks.c.log_ids).where(
+                ticks.c.tick < number, ticks.c.tick > held_after
+            )
+            for r in conn.execute(scanned):
                 applied += [int(i) for i in r.log_ids.split(",") if i]
             applied.sort()
             for i in range(0, len(applied), 500):
@@ -410,11 +453,15 @@ class Reconciler:
     # -- checkpoints and new groups --------------------------------------------
 
     def checkpoint(self, conn: Connection | None = None) -> None:
-        """Write the whole state. The ticks before it stay: a rebuild replays them."""
+        """Write the whole state, in place of the oldest of the CHECKPOINTS_KEPT (or
+        of one at this same tick). The ticks before it stay: a fallback replays them."""
         body = self.core.dumps()
         with _tx(self.store, conn) as c:
+            slots = {int(r.id): int(r.tick)
+                     for r in c.execute(select(checkpoint.c.id, checkpoint.c.tick))}  # fmt: skip
+            slot = _slot(slots, self.tick_no)
             stmt = upsert(c, checkpoint).values(
-                id=1, tick=self.tick_no, taken_at=time.time(), body=body
+                id=slot, tick=self.tick_no, taken_at=time.time(), body=body
             )
             c.execute(
                 stmt.on_conflict_do_update(
@@ -436,6 +483,9 @@ class Reconciler:
         started = time.monotonic()
         scanned = 0
         with self.store.connect() as conn:
+            # What the log holds: the back-fill owes nothing for the ids pruned from it.
+            held_after = pruned_tick(conn)
+            since = log_held_since(conn) if held_after else None
             applied = (
                 select(log.c.id, log.c.body)
                 .where(log.c.id.not_in(select(log_pending.c.id)))
@@ -454,7 +504,11 @@ class Reconciler:
             write_verdicts(conn, rows)
             write_missing(conn, missing)
             write_errors(conn, errors)
-            self._event(conn, "expect", {"stream": stream, "groups": list(groups)})
+            self._event(
+                conn, "expect", {"stream": stream, "groups": list(groups), "held_after": held_after}
+            )
+            if since is not None:
+                _record_backfill(conn, stream, groups, since, now)
             self.checkpoint(conn)
         if owed or scanned:
             log_.info(
@@ -472,6 +526,30 @@ def _tx(store: Engine, conn: Connection | None) -> Iterator[Connection]:
     else:
         with write_tx(store) as c:
             yield c
+
+
+def _slot(slots: dict[int, int], tick: int) -> int:
+    """The checkpoint slot (1..CHECKPOINTS_KEPT) a checkpoint at `tick` goes to:
+    the one at that tick already, a free one, or the oldest's."""
+    for slot, at in slots.items():
+        if at == tick:
+            return slot
+    free = [n for n in range(1, CHECKPOINTS_KEPT + 1) if n not in slots]
+    if free:
+        return free[0]
+    return min(slots, key=lambda n: slots[n])
+
+
+def _record_backfill(
+    conn: Connection, stream: str, groups: Sequence[str], since: float, now: float
+) -> None:
+    """Groups back-filled from a pruned log: from when their figures count ids."""
+    stmt = upsert(conn, backfills)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["stream", "grp"],
+        set_={"since": stmt.excluded.since, "at": stmt.excluded.at},
+    )
+    conn.execute(stmt, [{"stream": stream, "grp": g, "since": since, "at": now} for g in groups])
 
 
 def _by_stream(pairs: Sequence[tuple[str, str]]) -> dict[str, list[str]]:

@@ -25,12 +25,16 @@ from msgtally.oracle import (
 )
 from msgtally.reconcile.config import ReconcileConfig
 from msgtally.reconcile.engine import reconcile
+from msgtally.reconcile.history import Retention
 from msgtally.slis.read.query import read_discrepancies, read_errors, read_missing, read_slis
 from msgtally.slis.read.sketch import RELATIVE_ERROR
 from msgtally.store.db import write_tx
 from msgtally.store.tables import log, meta, metadata
 
 T = 1_700_000_000.0  # a base time; histories are offsets from it
+# Histories dated from T are years old: a collector that must keep their log and
+# verdict rows (a rebuild, a late record for a forgotten id) keeps everything.
+KEEP_ALL = Retention(minutes=1e12, hours=1e12, verdicts=1e12)
 
 Figures = dict[tuple[str, str], dict[str, Any]]
 QUANTILES = (("latency_p50", 0.50), ("latency_p90", 0.90), ("latency_p99", 0.99))

@@ -1,7 +1,8 @@
-"""A checkpoint that does not load: set aside with the reason, and the state
-rebuilt from the whole log (every recorded tick and event replayed at its
-clocks, nothing written twice). Every figure equals an uninterrupted run's.
-On SQLite and on PostgreSQL."""
+"""Checkpoints that do not load: set aside with the reason, and, every kept
+one damaged, the state rebuilt from the whole log (every recorded tick and
+event replayed at its clocks, nothing written twice). Every figure equals an
+uninterrupted run's. On SQLite and on PostgreSQL. (One damaged checkpoint
+falling back to the one before it: tests/test_retention.py.)"""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from msgtally.reconcile.config import ReconcileConfig
 from msgtally.reconcile.engine import Reconciler
 from msgtally.store.tables import checkpoint, checkpoint_rejected
 from tests.conftest import LiveCollector
-from tests.harness import T, consume, figures, ingest, produce, wipe
+from tests.harness import KEEP_ALL, T, consume, figures, ingest, produce, wipe
 from tests.test_engine import Batches, snapshot, timed_histories
 
 
@@ -44,9 +45,11 @@ REASONS = {
 
 
 def damage(store: Engine, how: str) -> None:
+    """Damages every checkpoint kept: none loads."""
     with store.begin() as conn:
-        body = conn.execute(select(checkpoint.c.body)).scalar_one()
-        conn.execute(update(checkpoint).values(body=DAMAGES[how](bytes(body))))
+        for slot, body in conn.execute(select(checkpoint.c.id, checkpoint.c.body)).all():
+            damaged = DAMAGES[how](bytes(body))
+            conn.execute(update(checkpoint).where(checkpoint.c.id == slot).values(body=damaged))
 
 
 def _run(
@@ -100,8 +103,8 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_figures_stay_exact(
         assert snapshot(store) == uninterrupted
         assert opened[1].rebuilt is not None and REASONS[how] in opened[1].rebuilt
         with store.connect() as conn:
-            (row,) = conn.execute(select(checkpoint_rejected)).all()
-        assert REASONS[how] in row.reason and row.rejected_at > 0
+            rows = conn.execute(select(checkpoint_rejected)).all()
+        assert rows and all(REASONS[how] in r.reason and r.rejected_at > 0 for r in rows)
 
     check()
 
@@ -121,7 +124,7 @@ def _collector_run(store: Engine, config: ReconcileConfig, how: str | None) -> d
     _history(store, config)
     if how is not None:
         damage(store, how)
-    with LiveCollector(store, config, reconcile_interval=0.05) as live:
+    with LiveCollector(store, config, reconcile_interval=0.05, retention=KEEP_ALL) as live:
         deadline = time.monotonic() + 30
         while httpx.get(f"{live.url}/readyz").json().get("engine") != "running":
             assert time.monotonic() < deadline, "the collector did not start its engine"
@@ -150,5 +153,5 @@ def test_the_collector_starts_on_a_damaged_checkpoint_and_says_why(
     assert said and REASONS[how] in said[0].getMessage()
     assert "set aside in table checkpoint_rejected" in said[0].getMessage()
     with store.connect() as conn:
-        (row,) = conn.execute(select(checkpoint_rejected)).all()
-    assert REASONS[how] in row.reason
+        rows = conn.execute(select(checkpoint_rejected)).all()
+    assert rows and all(REASONS[how] in r.reason for r in rows)

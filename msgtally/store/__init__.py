@@ -1,6 +1,6 @@
-"""The store: its tables, opening it (SQLite or PostgreSQL), its URL.
+"""The store: its tables, opening it (SQLite or PostgreSQL), its URL, what the log holds.
 
 Every part imports it; it imports nothing of msgtally but the names.
 """
 
-__all__ = ["db", "tables", "url"]
+__all__ = ["db", "held", "tables", "url"]

@@ -15,7 +15,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.pool import QueuePool
 
-from msgtally.store.tables import in_flight, metadata
+from msgtally.store.tables import in_flight, log, metadata, ticks, verdicts, verdicts_deadline
 from msgtally.store.url import DEFAULT_DB_URL, normalize_url
 
 
@@ -81,6 +81,10 @@ def open_store(url: str = DEFAULT_DB_URL, *, create: bool = True) -> Engine:
         if create:
             metadata.create_all(store)
             _remake_snapshots(store)
+            # An index made after its table: create_all leaves existing tables as they are.
+            verdicts_deadline.create(store, checkfirst=True)
+            if store.dialect.name == "postgresql":
+                _pg_storage(store)
         elif not inspect(store).has_table("log"):
             raise StoreError(f"{shown} is not a msgtally store (it has no msgtally tables)")
     except DBAPIError as exc:
@@ -104,12 +108,43 @@ def _remake_snapshots(store: Engine) -> None:
         in_flight.create(store)
 
 
+# PostgreSQL's autovacuum on the tables the engine prunes from the head (log,
+# ticks, verdicts): vacuumed after 1% of their rows (+ 10,000) are dead rather
+# than 20%, without the cost delay, so freed space is reused by new rows before
+# the table grows (docs/retention.md).
+PG_STORAGE = {
+    "autovacuum_vacuum_scale_factor": "0.01",
+    "autovacuum_vacuum_threshold": "10000",
+    "autovacuum_vacuum_cost_delay": "0",
+    "autovacuum_analyze_scale_factor": "0.02",
+}
+
+
+def _pg_storage(store: Engine) -> None:
+    """Set PG_STORAGE on the pruned tables, where it is not set already (the
+    ALTER takes a lock autovacuum also takes: not on every open)."""
+    wanted = [f"{k}={v}" for k, v in PG_STORAGE.items()]
+    with store.begin() as conn:
+        for table in (log, ticks, verdicts):
+            have = conn.exec_driver_sql(
+                "SELECT reloptions FROM pg_class WHERE oid = %(t)s::regclass", {"t": table.name}
+            ).scalar()
+            if not set(wanted) <= set(have or ()):
+                options = ", ".join(f"{k} = {v}" for k, v in PG_STORAGE.items())
+                conn.exec_driver_sql(f"ALTER TABLE {table.name} SET ({options})")
+
+
 def _sqlite_setup(store: Engine) -> None:
     @event.listens_for(store, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Take transaction control from the sqlite3 module so BEGIN is ours.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
+        # Pages freed by pruning (msgtally.reconcile.retention) go back to the file
+        # system in steps (PRAGMA incremental_vacuum). Takes effect only on a new
+        # file, before its first table and before WAL: a store made without it
+        # needs one `msgtally vacuum --full`.
+        cur.execute("PRAGMA auto_vacuum=INCREMENTAL")
         cur.execute("PRAGMA journal_mode=WAL")
         # Once checkpointed, the WAL file shrinks back to this (bytes).
         cur.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
@@ -169,4 +204,3 @@ def write_tx(store: Engine) -> Iterator[Connection]:
         conn = conn.execution_options(sqlite_begin="IMMEDIATE")
         with conn.begin():
             yield conn
-

@@ -309,3 +309,22 @@ delivery_errors = Table(
     Column("total", BigInteger, nullable=False),
     PrimaryKeyConstraint("stream", "kind", "grp", "error"),
 )
+
+
+# --- retention (msgtally.reconcile.retention) ---
+
+# Groups back-filled when the log no longer held all it once did (pruned past
+# --retain): their figures count the ids the log held from `since` (the receipt
+# time of the oldest row held then) on; earlier ids owe them nothing.
+backfills = Table(
+    "backfills",
+    metadata,
+    Column("stream", String(256), nullable=False),
+    Column("grp", String(256), nullable=False),
+    Column("since", Double, nullable=False),
+    Column("at", Double, nullable=False),
+    PrimaryKeyConstraint("stream", "grp"),
+)
+
+# Verdict rows are pruned --retain-verdicts past their deadline, oldest first.
+verdicts_deadline = Index("verdicts_deadline", verdicts.c.deadline)

@@ -27,6 +27,7 @@ from msgtally.names import (
     IN_FLIGHT_OLDEST,
     LAST_PASS,
     LATENCY,
+    LOG_HELD_SINCE,
     QUARANTINED,
     RECONCILE_RECORDS,
     RECORDS_DROPPED,
@@ -35,6 +36,7 @@ from msgtally.names import (
     bucket_label,
 )
 from msgtally.slis.spec.model import Spec
+from msgtally.store.held import log_held_since
 from msgtally.store.tables import latency_buckets, log_pending, meta, quarantine, tallies
 
 from .query import read_drops, read_errors, read_in_flight, read_missing
@@ -69,6 +71,7 @@ class StoreCollector(Collector):
             facts = dict(conn.execute(select(meta.c.key, meta.c.value)).all())
             aside = conn.execute(select(func.count()).select_from(quarantine)).scalar_one()
             audits = read_audit(conn, time.time(), self._spec)
+            held = log_held_since(conn)
         last_pass = facts.get("last_pass_at")
 
         for column, (name, doc) in COUNTERS.items():
@@ -162,6 +165,13 @@ class StoreCollector(Collector):
             "Log rows the engine set aside, their bodies rejected (msgtally quarantine list).",
             value=int(aside),
         )
+        if held is not None:
+            yield GaugeMetricFamily(
+                LOG_HELD_SINCE,
+                "The receipt time (unix seconds) of the oldest log row held: the log is pruned "
+                "past --retain; a group first seen now is back-filled from this time on.",
+                value=held,
+            )
         if last_pass is not None:
             yield GaugeMetricFamily(
                 LAST_PASS,

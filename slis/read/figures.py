@@ -64,6 +64,13 @@ class SLI:
     # record: {"produce": the stream's, "consume": this group's}. Running totals,
     # in figures over a window too (not windowed, as measurement loss).
     errors: dict[str, dict[str, int]] = field(default_factory=dict)
+    # The receipt time of the oldest log row the store holds (the log is pruned
+    # past --retain; None: the log is empty): the same for every pair.
+    log_held_since: float | None = None
+    # A group first seen after the log was pruned is back-filled from what the log
+    # held then: its figures count the ids received from this time on (None: from
+    # the start, the log was whole, or the group was no back-fill).
+    backfilled_since: float | None = None
 
     def _sum(self, columns: tuple[str, ...]) -> int:
         return sum(int(getattr(self, c)) for c in columns)

@@ -14,7 +14,9 @@ from sqlalchemy import Connection, and_, func, select, tuple_
 
 from msgtally.names import COUNT_FIELDS
 from msgtally.record import ERROR_CLASSES, KINDS
+from msgtally.store.held import log_held_since
 from msgtally.store.tables import (
+    backfills,
     delivery_errors,
     in_flight,
     latency_sketch,
@@ -117,6 +119,8 @@ def read_slis(
         if stream in (None, f.stream) and group in (None, f.group)
     }
     clock = time.time() if now is None else now
+    held = log_held_since(conn)
+    since = read_backfills(conn)
     rows = {(r["stream"], r["grp"]): r for r in conn.execute(query).mappings().all()}
     out = []
     for key in sorted(rows.keys() | flight.keys()):
@@ -141,10 +145,18 @@ def read_slis(
                     if waiting and waiting.oldest is not None
                     else None
                 ),
+                log_held_since=held,
+                backfilled_since=since.get(key),
                 **fields,
             )
         )
     return out
+
+
+def read_backfills(conn: Connection) -> dict[tuple[str, str], float]:
+    """Groups back-filled from a pruned log: (stream, group) -> from when they count ids."""
+    b = backfills
+    return {(s, g): float(t) for s, g, t in conn.execute(select(b.c.stream, b.c.grp, b.c.since))}
 
 
 def _kind_filter(kind: str) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -190,9 +191,32 @@ def quarantine_note(ids: Sequence[int]) -> str:
     )
 
 
+def utc(at: float) -> str:
+    """A unix time as the report shows it: to the second, UTC."""
+    return datetime.datetime.fromtimestamp(at, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def held_note(held_since: float | None) -> str:
+    """The line under the table that says how far back the log goes."""
+    if held_since is None:
+        return "the log holds no records"
+    return (
+        f"the log holds the records received since {utc(held_since)} (older ones are pruned "
+        "past --retain; every figure above still counts them)"
+    )
+
+
 def _notes(rows: list[dict[str, Any]]) -> list[str]:
-    """What each mark means: the ids that records missing may account for."""
+    """What each mark means: the ids that records missing may account for; the
+    groups back-filled from a pruned log; how far back the log goes."""
     notes = []
+    for row in rows:
+        if row["backfilled_since"] is not None:
+            notes += textwrap.wrap(
+                f"{row['stream']} / {row['group']}: a group first seen after the log was "
+                f"pruned: it counts the ids received since {utc(row['backfilled_since'])}",
+                WIDTH, subsequent_indent="  ",
+            )  # fmt: skip
     for row in rows:
         for figure, bound, done, kind in _BOUNDS:
             if row[bound]:
@@ -201,6 +225,9 @@ def _notes(rows: list[dict[str, Any]]) -> list[str]:
                     f"{figure} ids may have been {done} ({kind} records missing: measurement "
                     "loss)", WIDTH, subsequent_indent="  ",
                 )  # fmt: skip
+    if rows:
+        notes += textwrap.wrap(held_note(rows[0]["log_held_since"]), WIDTH,
+                               subsequent_indent="  ")  # fmt: skip
     return ["", *notes] if notes else []
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, Table, func, select
 
 from msgtally.names import COUNT_FIELDS, TALLY_FIELDS
+from msgtally.store.held import log_held_since
 from msgtally.store.tables import (
     HOUR,
     MINUTE,
@@ -28,7 +29,14 @@ from msgtally.store.tables import (
 )
 
 from .figures import QUANTILES, SLI
-from .query import dropped_for, errors_for, read_drops, read_errors, read_missing
+from .query import (
+    dropped_for,
+    errors_for,
+    read_backfills,
+    read_drops,
+    read_errors,
+    read_missing,
+)
 
 
 @dataclass
@@ -206,6 +214,8 @@ def as_slis(conn: Connection, sums: Iterable[Sums]) -> list[SLI]:
     drops = read_drops(conn)
     missing = read_missing(conn)
     errors = read_errors(conn)
+    held = log_held_since(conn)
+    since = read_backfills(conn)
     out = []
     for s in sums:
         fields: dict[str, Any] = {f: s.counts[f] for f in COUNT_FIELDS}
@@ -220,6 +230,8 @@ def as_slis(conn: Connection, sums: Iterable[Sums]) -> list[SLI]:
                 produce_records_missing=missing.get((s.stream, "produce", ""), 0),
                 consume_records_missing=missing.get((s.stream, "consume", s.group), 0),
                 errors=errors_for(errors, s.stream, s.group),
+                log_held_since=held,
+                backfilled_since=since.get((s.stream, s.group)),
                 **fields,
             )
         )
