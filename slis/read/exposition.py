@@ -33,7 +33,7 @@ from msgtally.names import (
 )
 from msgtally.store.tables import latency_buckets, log_pending, meta, quarantine, tallies
 
-from .query import read_drops, read_in_flight, read_missing
+from .query import read_drops, read_in_flight, read_missing, summed_tallies
 
 LABELS = ("stream", "group")
 
@@ -51,8 +51,15 @@ class StoreCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         with self._engine.connect() as conn:
-            rows = conn.execute(select(tallies).where(tallies.c.grp != "")).mappings().all()
-            bucket_rows = conn.execute(select(latency_buckets)).all()
+            t = tallies
+            query = summed_tallies().where(t.c.grp != "").order_by(t.c.stream, t.c.grp)
+            rows = conn.execute(query).mappings().all()
+            b = latency_buckets
+            bucket_rows = conn.execute(
+                select(b.c.stream, b.c.grp, b.c.le, func.sum(b.c["count"])).group_by(
+                    b.c.stream, b.c.grp, b.c.le
+                )
+            ).all()
             in_flight = read_in_flight(conn)
             drops = read_drops(conn)
             missing = read_missing(conn)
