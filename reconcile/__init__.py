@@ -7,4 +7,4 @@ kept, `lease` the one-engine-per-store lock, `quarantine` the
 log rows the machine rejects, set aside.
 """
 
-__all__ = ["config", "engine", "history", "lease", "outputs", "quarantine"]
+__all__ = ["config", "engine", "history", "lease", "outputs", "partitioned", "quarantine"]

@@ -3,4 +3,4 @@
 Every part imports it; it imports nothing of msgtally but the names.
 """
 
-__all__ = ["db", "tables", "url"]
+__all__ = ["db", "kafka_log", "tables", "url"]
