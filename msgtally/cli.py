@@ -20,12 +20,14 @@ from msgtally import __version__
 from msgtally.slis.read.report import legend as report_legend
 from msgtally.store.url import DEFAULT_DB_URL
 
-from . import logs, quarantine_commands, slo_commands
+from . import kafka_commands, logs, quarantine_commands, slo_commands
 from .errors import CommandError
 
 if TYPE_CHECKING:
     from _typeshed import SupportsWrite
+    from sqlalchemy import Engine
 
+    from msgtally.ingest.intake.kafka_log import KafkaWriter
     from msgtally.slis.spec.model import Spec
 
     from .settings import Settings
@@ -44,6 +46,7 @@ _EXTRAS = {
     "opentelemetry": "collector",  # opentelemetry-proto (the api is always there)
     "pydantic": "collector",
     "pydantic_settings": "collector",
+    "confluent_kafka": "kafka",
     "yaml": "slo",
     "grafana_foundation_sdk": "slo",
 }
@@ -190,6 +193,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     options = settings.collector_options(token_file)
     spec = _spec(settings)
     store = open_store(settings.db)
+    writer = _kafka_writer(store, args.log) if args.log else None
+    if writer is not None:
+        options["reconcile_interval"] = None  # the workers reconcile (msgtally worker)
     from .status.pages import Links
 
     longest = spec.period.seconds if spec is not None else None
@@ -198,7 +204,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         store, settings.reconcile_config(), spec=spec, retention=settings.retention(longest),
         links=links, **options,
     )  # fmt: skip
-    loop = f"every {settings.interval:g}s" if settings.reconcile else "off"
+    loop = f"every {settings.interval:g}s" if options["reconcile_interval"] else "off"
+    if writer is not None:
+        loop = f"off: the log is {writer.log}, msgtally worker reconciles it"
     grpc = f"{settings.host}:{settings.otlp_grpc_port}" if settings.otlp_grpc else "off"
     log.info(
         "msgtally collector on http://%s:%d (store: %s, reconcile: %s, OTLP: /v1/traces and "
@@ -234,11 +242,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Ctrl-C or SIGINT: uvicorn has shut down cleanly by the time it re-raises.
     with contextlib.suppress(KeyboardInterrupt):
         server.run(sockets=[sock])
+    if writer is not None:
+        writer.close()
     if token_file is not None:
         token_file.stop()
     if not server.started:  # uvicorn logged why (the application did not start)
         raise CommandError("the collector did not start (see above)")
     return 0
+
+
+def _kafka_writer(store: Engine, url: str) -> KafkaWriter:
+    """The collector's way to the Kafka log: every accepted request goes there."""
+    from msgtally.ingest.intake.kafka_log import KafkaWriter
+    from msgtally.ingest.intake.writer import log_to
+    from msgtally.store.kafka_log import open_log
+
+    where, count = open_log(store, url)
+    writer = KafkaWriter(where, count).start()
+    log_to(store, writer)
+    return writer
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
@@ -440,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace-url", metavar="TEMPLATE",
                    help="a trace's address, {trace_id} filled in (Jaeger: http://jaeger:16686"
                    "/trace/{trace_id}): the status page links each id")  # fmt: skip
+    kafka_commands.add_log(p, required=False)
     _add_logging(p)
     p.add_argument(
         "--access-log",
@@ -508,6 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     quarantine_commands.register(sub, _add_db)
+    kafka_commands.register(sub, _add_db, _add_reconcile, _add_logging)
     slo_commands.register(sub)
     return parser
 
@@ -527,6 +551,12 @@ def _known_errors() -> tuple[type[BaseException], ...]:
         from .settings import SettingsError
 
         known += [SettingsError, LeaseHeld]
+    except ImportError:
+        pass
+    try:
+        from msgtally.store.kafka_log import KafkaLogError
+
+        known.append(KafkaLogError)
     except ImportError:
         pass
     return tuple(known)

@@ -8,4 +8,6 @@ the space given back, `lease` the one-engine-per-store lock, `quarantine`
 the log rows the machine rejects, set aside.
 """
 
-__all__ = ["config", "engine", "history", "lease", "outputs", "quarantine", "retention"]
+__all__ = [
+    "config", "engine", "history", "lease", "outputs", "partitioned", "quarantine", "retention",
+]

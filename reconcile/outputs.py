@@ -63,32 +63,38 @@ def _add(conn: Connection, table: Any, key: Sequence[str], rows: list[dict[str, 
 
 
 def write_pairs(
-    conn: Connection, pairs: Iterable[Pair], buckets: Sequence[float], now: float
+    conn: Connection, pairs: Iterable[Pair], buckets: Sequence[float], now: float, part: int = 0
 ) -> None:
-    """Add the pairs' deltas to the running totals and to the rows of `now`'s minute and hour."""
+    """Add the pairs' deltas to the running totals and to the rows of `now`'s minute
+    and hour, in the rows of partition `part` (0 for the single engine)."""
     labels = [bucket_label(b) for b in (*buckets, math.inf)]
     tally_rows, bucket_rows, bin_rows = [], [], []
     for stream, group, counts, latency_sum, hist, bins in pairs:
-        row: dict[str, Any] = {"stream": stream, "grp": group}
+        row: dict[str, Any] = {"stream": stream, "grp": group, "part": part}
         row.update({name: int(counts.get(name, 0)) for name in TALLY_FIELDS})
         row["latency_sum"] = latency_sum
         tally_rows.append(row)
         bucket_rows += [
-            {"stream": stream, "grp": group, "le": labels[i], "count": n}
+            {"stream": stream, "grp": group, "part": part, "le": labels[i], "count": n}
             for i, n in enumerate(hist)
             if n
         ]
         bin_rows += [
-            {"stream": stream, "grp": group, "bin": b, "count": n} for b, n in bins.items() if n
+            {"stream": stream, "grp": group, "part": part, "bin": b, "count": n}
+            for b, n in bins.items()
+            if n
         ]
-    _add(conn, tallies, ("stream", "grp"), tally_rows)
-    _add(conn, latency_buckets, ("stream", "grp", "le"), bucket_rows)
-    _add(conn, latency_sketch, ("stream", "grp", "bin"), bin_rows)
+    _add(conn, tallies, ("stream", "grp", "part"), tally_rows)
+    _add(conn, latency_buckets, ("stream", "grp", "le", "part"), bucket_rows)
+    _add(conn, latency_sketch, ("stream", "grp", "bin", "part"), bin_rows)
     for counts_table, buckets_table, step in TIMELINES:
         at = int(now // step) * step
-        _add(conn, counts_table, ("stream", "grp", "at"), [{**r, "at": at} for r in tally_rows])
         _add(
-            conn, buckets_table, ("stream", "grp", "at", "le"),
+            conn, counts_table, ("stream", "grp", "at", "part"),
+            [{**r, "at": at} for r in tally_rows],
+        )  # fmt: skip
+        _add(
+            conn, buckets_table, ("stream", "grp", "at", "le", "part"),
             [{**r, "at": at} for r in bucket_rows],
         )  # fmt: skip
 
@@ -132,7 +138,9 @@ def write_verdicts(conn: Connection, rows: Sequence[Sequence[Any]]) -> None:
 _COUNT_MAX = 2**63 - 1
 
 
-def write_missing(conn: Connection, missing: Mapping[tuple[str, str, str], int]) -> None:
+def write_missing(
+    conn: Connection, missing: Mapping[tuple[str, str, str], int], part: int = 0
+) -> None:
     """Add records declared missing, per (stream, kind, group); totals stop at
     the column's bound rather than fail the tick (seqs are the sender's)."""
     if not missing:
@@ -140,7 +148,7 @@ def write_missing(conn: Connection, missing: Mapping[tuple[str, str, str], int])
     t = records_missing
     stmt = upsert(conn, t)
     stmt = stmt.on_conflict_do_update(
-        index_elements=["stream", "kind", "grp"],
+        index_elements=["stream", "kind", "grp", "part"],
         set_={
             "total": case(
                 (t.c.total > _COUNT_MAX - stmt.excluded.total, _COUNT_MAX),
@@ -151,17 +159,20 @@ def write_missing(conn: Connection, missing: Mapping[tuple[str, str, str], int])
     conn.execute(
         stmt,
         [
-            {"stream": s, "kind": k, "grp": g, "total": min(n, _COUNT_MAX)}
+            {"stream": s, "kind": k, "grp": g, "part": part, "total": min(n, _COUNT_MAX)}
             for (s, k, g), n in missing.items()
         ],
     )
 
 
-def write_errors(conn: Connection, errors: Mapping[tuple[str, str, str, str], int]) -> None:
-    """Add failed records per (stream, kind, group, error class) to the running totals."""
+def write_errors(
+    conn: Connection, errors: Mapping[tuple[str, str, str, str], int], part: int = 0
+) -> None:
+    """Add failed records per (stream, kind, group, error class) to partition `part`'s
+    running totals."""
     _add(
-        conn, delivery_errors, ("stream", "kind", "grp", "error"),
-        [{"stream": s, "kind": k, "grp": g, "error": e, "total": n}
+        conn, delivery_errors, ("stream", "kind", "grp", "error", "part"),
+        [{"stream": s, "kind": k, "grp": g, "error": e, "part": part, "total": n}
          for (s, k, g, e), n in errors.items()],
     )  # fmt: skip
 
@@ -170,13 +181,15 @@ def write_errors(conn: Connection, errors: Mapping[tuple[str, str, str, str], in
 InFlight = Mapping[tuple[str, str], tuple[int, float]]
 
 
-def write_in_flight(conn: Connection, flight: InFlight) -> None:
-    conn.execute(delete(in_flight))
+def write_in_flight(conn: Connection, flight: InFlight, part: int = 0) -> None:
+    """Replace partition `part`'s snapshot of the ids in flight."""
+    conn.execute(delete(in_flight).where(in_flight.c.part == part))
     if flight:
         conn.execute(
             in_flight.insert(),
-            [{"stream": s, "grp": g, "n": n, "oldest": t0} for (s, g), (n, t0) in flight.items()],
-        )
+            [{"stream": s, "grp": g, "part": part, "n": n, "oldest": t0}
+             for (s, g), (n, t0) in flight.items()],
+        )  # fmt: skip
 
 
 def write_meta(conn: Connection, facts: Mapping[str, object]) -> None:

@@ -8,6 +8,7 @@ __all__ = [
     "api",
     "bounds",
     "cardinality",
+    "kafka_log",
     "limits",
     "logbody",
     "metrics",

@@ -12,6 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from msgtally.ingest.intake.bounds import Intake
 from msgtally.ingest.intake.cardinality import NameGuard
+from msgtally.ingest.intake.kafka_log import LogUnavailable
 from msgtally.ingest.intake.metrics import IngestMetrics, ingest_metrics
 from msgtally.ingest.intake.problems import problem
 from msgtally.ingest.intake.schema import Envelope, Record, RecordError, parse_body
@@ -59,7 +60,11 @@ def _decode_and_store(store: Engine, body: bytes, guard: NameGuard) -> int:
         raise problem(422, exc.field, exc.reason) from None
     except SQLAlchemyError as exc:
         # Nothing of the batch is stored (one transaction); the shim retries.
-        raise problem(503, None, f"store unavailable: {type(exc).__name__}") from None
+        raise problem(
+            503, None, f"store unavailable: {type(exc).__name__}", headers={"Retry-After": "1"}
+        ) from None
+    except LogUnavailable as exc:  # the Kafka log: nothing promised, the shim resends
+        raise problem(503, None, str(exc), headers={"Retry-After": "1"}) from None
 
 
 @router.post(

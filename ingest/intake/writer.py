@@ -5,20 +5,46 @@ marks) and one pending row for the engine, in one transaction with the shim's
 drop totals and retry configurations: a 2xx answer means all of it is committed,
 a failure means none of it is. Recognising a record sent twice is the engine's job (it knows the
 ids in flight): ingest only appends, whatever the traffic.
+
+With the log on Kafka (`log_to`), the records and marks go to the topic
+instead (msgtally.ingest.intake.kafka_log), acknowledged before the
+transaction of the names and drop totals commits: a 2xx still means all of
+it is kept, and a failure (LogUnavailable) that the sender must resend.
 """
 
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Sequence
+from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine, case, delete, insert
 
 from msgtally.ingest.intake import logbody
 from msgtally.ingest.intake.cardinality import NameGuard
-from msgtally.ingest.intake.schema import Batch, DropReport, RetryConfigReport
+from msgtally.ingest.intake.schema import Batch, DropReport, Record, RetryConfigReport
 from msgtally.store.db import upsert, write_tx
 from msgtally.store.tables import RETRY_CONFIG_TTL, log, log_pending, retry_configs, shim_drops
+
+
+class LogSink(Protocol):
+    """Where a store's log goes when it is not the `log` table."""
+
+    def append(self, records: list[Record], marks: Any, received_at: float) -> None: ...
+
+
+_sinks: weakref.WeakKeyDictionary[Engine, LogSink] = weakref.WeakKeyDictionary()
+
+
+def log_to(store: Engine, sink: LogSink | None) -> None:
+    """Every batch written to `store` from now on logs its records to `sink`
+    (the Kafka log), or to the `log` table again with None: one switch that
+    every way in (records, OTLP over HTTP and gRPC) follows."""
+    if sink is None:
+        _sinks.pop(store, None)
+    else:
+        _sinks[store] = sink
 
 
 def write_batch(
@@ -38,10 +64,13 @@ def write_batch(
         return 0
     at = time.time() if received_at is None else received_at
     admitted: set[tuple[str, str]] = set()
+    sink = _sinks.get(store)
     with write_tx(store) as conn:
         if guard is not None:
             batch, admitted = guard.admit(conn, batch)
-        if batch.records or batch.sequences:
+        if sink is not None:
+            sink.append(batch.records, batch.sequences, at)
+        elif batch.records or batch.sequences:
             # Marks alone are a log row too: the engine reads them in log order.
             body = logbody.encode(batch.records, batch.sequences)
             n = len(batch.records)

@@ -3,4 +3,4 @@
 Every part imports it; it imports nothing of msgtally but the names.
 """
 
-__all__ = ["db", "held", "tables", "url"]
+__all__ = ["db", "held", "kafka_log", "tables", "url"]

@@ -15,7 +15,15 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.pool import QueuePool
 
-from msgtally.store.tables import in_flight, log, metadata, ticks, verdicts, verdicts_deadline
+from msgtally.store.tables import (
+    PARTITIONED,
+    in_flight,
+    log,
+    metadata,
+    ticks,
+    verdicts,
+    verdicts_deadline,
+)
 from msgtally.store.url import DEFAULT_DB_URL, normalize_url
 
 
@@ -79,6 +87,7 @@ def open_store(url: str = DEFAULT_DB_URL, *, create: bool = True) -> Engine:
     shown = store.url.render_as_string(hide_password=True)
     try:
         if create:
+            _add_partition_column(store)
             metadata.create_all(store)
             _remake_snapshots(store)
             # An index made after its table: create_all leaves existing tables as they are.
@@ -97,6 +106,28 @@ def open_store(url: str = DEFAULT_DB_URL, *, create: bool = True) -> Engine:
             why += f"; create it first: createdb {name} (or in psql: CREATE DATABASE \"{name}\";)"
         raise StoreError(f"cannot open the store {shown}: {why}") from None
     return store
+
+
+def _add_partition_column(store: Engine) -> None:
+    """Output tables from before the Kafka log had no `part` column (and a key
+    without it): each is copied aside, made again, and refilled as partition 0,
+    in one transaction."""
+    have = inspect(store)
+    old = [name for name in PARTITIONED if have.has_table(name)
+           and "part" not in {c["name"] for c in have.get_columns(name)}]  # fmt: skip
+    if not old:
+        return
+    with write_tx(store) as conn:
+        for name in old:
+            table = metadata.tables[name]
+            columns = ", ".join(c.name for c in table.c if c.name != "part")
+            conn.exec_driver_sql(f"CREATE TABLE _old_{name} AS SELECT * FROM {name}")
+            conn.exec_driver_sql(f"DROP TABLE {name}")
+            table.create(conn)
+            conn.exec_driver_sql(
+                f"INSERT INTO {name} ({columns}, part) SELECT {columns}, 0 FROM _old_{name}"
+            )
+            conn.exec_driver_sql(f"DROP TABLE _old_{name}")
 
 
 def _remake_snapshots(store: Engine) -> None:

@@ -118,6 +118,13 @@ checkpoint = Table(
 )
 
 
+# `part` in the engine's output tables: the partition of the Kafka log whose
+# worker wrote the row (msgtally.reconcile.partitioned), 0 for the single
+# engine. Workers never write each other's rows; every read sums over `part`.
+PARTITIONED = ("tallies", "latency_buckets", "latency_sketch", "tally_minutes",
+               "latency_minutes", "tally_hours", "latency_hours", "in_flight",
+               "records_missing", "delivery_errors")  # fmt: skip
+
 # The running totals per (stream, group): what /metrics and the SLIs read.
 tallies = Table(
     "tallies",
@@ -126,7 +133,8 @@ tallies = Table(
     Column("grp", String(256), nullable=False),
     *(Column(name, BigInteger, nullable=False, default=0) for name in TALLY_FIELDS),
     Column("latency_sum", Double, nullable=False, default=0.0),
-    PrimaryKeyConstraint("stream", "grp"),
+    Column("part", Integer, nullable=False, default=0, server_default="0"),
+    PrimaryKeyConstraint("stream", "grp", "part"),
 )
 
 # Latency histogram per (stream, group), one row per bucket (not cumulative).
@@ -137,7 +145,8 @@ latency_buckets = Table(
     Column("grp", String(256), nullable=False),
     Column("le", String(32), nullable=False),
     Column("count", BigInteger, nullable=False),
-    PrimaryKeyConstraint("stream", "grp", "le"),
+    Column("part", Integer, nullable=False, default=0, server_default="0"),
+    PrimaryKeyConstraint("stream", "grp", "le", "part"),
 )
 
 
@@ -154,7 +163,8 @@ def _timeline(name: str) -> tuple[Table, Table]:
         Column("at", BigInteger, nullable=False),
         *(Column(n, BigInteger, nullable=False, default=0) for n in TALLY_FIELDS),
         Column("latency_sum", Double, nullable=False, default=0.0),
-        PrimaryKeyConstraint("stream", "grp", "at"),
+        Column("part", Integer, nullable=False, default=0, server_default="0"),
+        PrimaryKeyConstraint("stream", "grp", "at", "part"),
         Index(f"tally_{name}_at", "at"),
     )
     buckets = Table(
@@ -165,7 +175,8 @@ def _timeline(name: str) -> tuple[Table, Table]:
         Column("at", BigInteger, nullable=False),
         Column("le", String(32), nullable=False),
         Column("count", BigInteger, nullable=False),
-        PrimaryKeyConstraint("stream", "grp", "at", "le"),
+        Column("part", Integer, nullable=False, default=0, server_default="0"),
+        PrimaryKeyConstraint("stream", "grp", "at", "le", "part"),
         Index(f"latency_{name}_at", "at"),
     )
     return counts, buckets
@@ -186,7 +197,8 @@ latency_sketch = Table(
     Column("grp", String(256), nullable=False),
     Column("bin", Integer, nullable=False),
     Column("count", BigInteger, nullable=False),
-    PrimaryKeyConstraint("stream", "grp", "bin"),
+    Column("part", Integer, nullable=False, default=0, server_default="0"),
+    PrimaryKeyConstraint("stream", "grp", "bin", "part"),
 )
 
 # The verdict of every (stream, id, group) of an id that counts for a
@@ -224,7 +236,8 @@ in_flight = Table(
     Column("grp", String(256), nullable=False),
     Column("n", BigInteger, nullable=False),
     Column("oldest", Double, nullable=True),
-    PrimaryKeyConstraint("stream", "grp"),
+    Column("part", Integer, nullable=False, default=0, server_default="0"),
+    PrimaryKeyConstraint("stream", "grp", "part"),
 )
 
 # What each shim instance (`source`) dropped before sending: running totals,
@@ -250,7 +263,8 @@ records_missing = Table(
     Column("kind", String(8), nullable=False),
     Column("grp", String(256), nullable=False),
     Column("total", BigInteger, nullable=False),
-    PrimaryKeyConstraint("stream", "kind", "grp"),
+    Column("part", Integer, nullable=False, default=0, server_default="0"),
+    PrimaryKeyConstraint("stream", "kind", "grp", "part"),
 )
 
 # Every (stream, group) a record named ("" for produces): a bound on the series.
@@ -307,7 +321,8 @@ delivery_errors = Table(
     Column("grp", String(256), nullable=False),
     Column("error", String(16), nullable=False),
     Column("total", BigInteger, nullable=False),
-    PrimaryKeyConstraint("stream", "kind", "grp", "error"),
+    Column("part", Integer, nullable=False, default=0, server_default="0"),
+    PrimaryKeyConstraint("stream", "kind", "grp", "error", "part"),
 )
 
 
@@ -328,3 +343,40 @@ backfills = Table(
 
 # Verdict rows are pruned --retain-verdicts past their deadline, oldest first.
 verdicts_deadline = Index("verdicts_deadline", verdicts.c.deadline)
+
+# The Kafka log's partitions (msgtally worker), one row each: the offset of the
+# next message to apply (offsets live here, committed with the figures they
+# produced), the partition's clock (its latest receipt time), and the fencing
+# epoch, bumped by each worker that takes the partition: a commit names the
+# epoch it holds and changes nothing once another worker took it over.
+partitions = Table(
+    "partitions",
+    metadata,
+    Column("part", Integer, primary_key=True, autoincrement=False),
+    Column("epoch", BigInteger, nullable=False),
+    Column("next_offset", BigInteger, nullable=False),
+    Column("clock", Double, nullable=False),
+    Column("owner", String(256), nullable=False),
+)
+
+# Each partition's machine state at one offset: a worker that takes the
+# partition loads it and replays the topic from `next_offset` on.
+partition_checkpoints = Table(
+    "partition_checkpoints",
+    metadata,
+    Column("part", Integer, primary_key=True, autoincrement=False),
+    Column("next_offset", BigInteger, nullable=False),
+    Column("clock", Double, nullable=False),
+    Column("taken_at", Double, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+)
+
+# Consumer groups seen on some partition, announced to every worker: each
+# partition's machine expects them and back-fills its own ids from the topic.
+announced_groups = Table(
+    "announced_groups",
+    metadata,
+    Column("stream", String(256), nullable=False),
+    Column("grp", String(256), nullable=False),
+    PrimaryKeyConstraint("stream", "grp"),
+)

@@ -39,7 +39,7 @@ from msgtally.slis.spec.model import Spec
 from msgtally.store.held import log_held_since
 from msgtally.store.tables import latency_buckets, log_pending, meta, quarantine, tallies
 
-from .query import read_drops, read_errors, read_in_flight, read_missing
+from .query import read_drops, read_errors, read_in_flight, read_missing, summed_tallies
 from .retry_configs import read_audit
 
 LABELS = ("stream", "group")
@@ -59,8 +59,15 @@ class StoreCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         with self._engine.connect() as conn:
-            rows = conn.execute(select(tallies).where(tallies.c.grp != "")).mappings().all()
-            bucket_rows = conn.execute(select(latency_buckets)).all()
+            t = tallies
+            query = summed_tallies().where(t.c.grp != "").order_by(t.c.stream, t.c.grp)
+            rows = conn.execute(query).mappings().all()
+            b = latency_buckets
+            bucket_rows = conn.execute(
+                select(b.c.stream, b.c.grp, b.c.le, func.sum(b.c["count"])).group_by(
+                    b.c.stream, b.c.grp, b.c.le
+                )
+            ).all()
             in_flight = read_in_flight(conn)
             drops = read_drops(conn)
             missing = read_missing(conn)

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, and_, func, select, tuple_
 
-from msgtally.names import COUNT_FIELDS
+from msgtally.names import COUNT_FIELDS, TALLY_FIELDS
 from msgtally.record import ERROR_CLASSES, KINDS
 from msgtally.store.held import log_held_since
 from msgtally.store.tables import (
@@ -35,9 +35,23 @@ DISCREPANCY_KINDS = ("lost", "late", "duplicated", "unexpected", "dead_lettered"
 def _sketches(conn: Connection) -> dict[tuple[str, str], dict[int, int]]:
     k = latency_sketch
     out: dict[tuple[str, str], dict[int, int]] = {}
-    for stream, grp, b, n in conn.execute(select(k.c.stream, k.c.grp, k.c.bin, k.c.count)):
+    query = select(k.c.stream, k.c.grp, k.c.bin, func.sum(k.c.count)).group_by(
+        k.c.stream, k.c.grp, k.c.bin
+    )
+    for stream, grp, b, n in conn.execute(query):
         out.setdefault((stream, grp), {})[int(b)] = int(n)
     return out
+
+
+def summed_tallies() -> Any:
+    """The running totals per (stream, group): the rows of every partition added up
+    (one row, partition 0, on a single engine's store). Columns named as `tallies`'."""
+    t = tallies
+    return select(
+        t.c.stream, t.c.grp,
+        *(func.sum(t.c[name]).label(name) for name in TALLY_FIELDS),
+        func.sum(t.c.latency_sum).label("latency_sum"),
+    ).group_by(t.c.stream, t.c.grp)  # fmt: skip
 
 
 def read_drops(conn: Connection) -> dict[tuple[str, str, str], int]:
@@ -52,7 +66,9 @@ def read_drops(conn: Connection) -> dict[tuple[str, str, str], int]:
 def read_missing(conn: Connection) -> dict[tuple[str, str, str], int]:
     """Records missing from the senders' numbering, per (stream, kind, group)."""
     m = records_missing
-    query = select(m.c.stream, m.c.kind, m.c.grp, m.c.total)
+    query = select(m.c.stream, m.c.kind, m.c.grp, func.sum(m.c.total)).group_by(
+        m.c.stream, m.c.kind, m.c.grp
+    )
     return {(s, k, g): int(n) for s, k, g, n in conn.execute(query)}
 
 
@@ -74,7 +90,9 @@ def read_drops_by_source(
 def read_errors(conn: Connection) -> dict[tuple[str, str, str, str], int]:
     """Failed records by error class, per (stream, kind, group, class); group "" for produces."""
     e = delivery_errors
-    query = select(e.c.stream, e.c.kind, e.c.grp, e.c.error, e.c.total)
+    query = select(e.c.stream, e.c.kind, e.c.grp, e.c.error, func.sum(e.c.total)).group_by(
+        e.c.stream, e.c.kind, e.c.grp, e.c.error
+    )
     return {(s, k, g, c): int(n) for s, k, g, c, n in conn.execute(query)}
 
 
@@ -103,8 +121,8 @@ def read_slis(
 ) -> list[SLI]:
     """Every (stream, group) with a tally or ids in flight, filtered by stream and
     group if given; the oldest in flight's age as of `now` (the clock)."""
+    query = summed_tallies().order_by(tallies.c.stream, tallies.c.grp)
     t = tallies
-    query = select(t).order_by(t.c.stream, t.c.grp)
     if stream is not None:
         query = query.where(t.c.stream == stream)
     if group is not None:
@@ -225,5 +243,8 @@ class InFlight(NamedTuple):
 
 def read_in_flight(conn: Connection) -> list[InFlight]:
     f = in_flight
-    rows = conn.execute(select(f.c.stream, f.c.grp, f.c.n, f.c.oldest))
+    query = select(f.c.stream, f.c.grp, func.sum(f.c.n), func.min(f.c.oldest)).group_by(
+        f.c.stream, f.c.grp
+    )
+    rows = conn.execute(query)
     return [InFlight(s, g, int(n), None if t is None else float(t)) for s, g, n, t in rows]

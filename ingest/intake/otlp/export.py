@@ -21,6 +21,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from msgtally.ingest.intake.cardinality import NameGuard
+from msgtally.ingest.intake.kafka_log import LogUnavailable
 from msgtally.ingest.intake.otlp.decode import PROTOBUF, parse
 from msgtally.ingest.intake.otlp.mapping import (
     WANTED_KEYS,
@@ -249,3 +250,5 @@ def export_body(store: Engine, body: bytes, media: str, guard: NameGuard | None)
         raise problem(
             503, None, f"store unavailable: {type(exc).__name__}", headers={"Retry-After": "1"}
         ) from None
+    except LogUnavailable as exc:  # the Kafka log: nothing promised, the exporter retries
+        raise problem(503, None, str(exc), headers={"Retry-After": "1"}) from None

@@ -1,0 +1,237 @@
+"""`msgtally worker`: the engine over the Kafka log, one machine per partition.
+
+Workers join one consumer group on the log's topic; Kafka's group protocol
+gives each the partitions it owns and moves them when a worker comes, goes
+or stalls. Offsets are not committed to Kafka: they live in the store,
+committed with the figures (msgtally.reconcile.partitioned.partition), and a
+worker that is assigned a partition seeks to its checkpoint's offset.
+
+The loop: poll a batch, feed each message to its partition's machine, then
+commit every partition that changed at most every `commit_every` seconds
+(with its checkpoint every `checkpoint_every`), and have every partition
+expect the groups another one announced. A partition whose commit fails is
+dropped and taken again: its machine reloads from the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from sqlalchemy import Engine
+
+from msgtally.store.kafka_log import KafkaLog, KafkaLogError
+
+from ..config import ReconcileConfig
+from .partition import Fenced, Partition, announce, read_announced
+
+log_ = logging.getLogger(__name__)
+
+DEFAULT_COMMIT_EVERY = 0.5  # seconds between a partition's commits
+DEFAULT_CHECKPOINT_EVERY = 60.0  # seconds between a partition's checkpoints
+DEFAULT_SESSION_TIMEOUT = 10.0  # seconds without the worker's heartbeats before its partitions move
+ANNOUNCE_EVERY = 1.0  # seconds between looks at the groups announced in the store
+
+
+class Worker:
+    """One worker process's consumer and partitions; `run` until `stop`."""
+
+    def __init__(
+        self, store: Engine, log: KafkaLog, config: ReconcileConfig, *,
+        commit_every: float = DEFAULT_COMMIT_EVERY,
+        checkpoint_every: float = DEFAULT_CHECKPOINT_EVERY,
+        session_timeout: float = DEFAULT_SESSION_TIMEOUT,
+        group_id: str | None = None,
+    ) -> None:  # fmt: skip
+        from confluent_kafka import Consumer  # the `kafka` extra
+
+        self.store, self.log, self.config = store, log, config
+        self.commit_every, self.checkpoint_every = commit_every, checkpoint_every
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.parts: dict[int, Partition] = {}
+        self._stop = threading.Event()
+        self._last_commit: dict[int, float] = {}
+        self._last_announced = 0.0
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": log.bootstrap,
+                "group.id": group_id or f"msgtally-workers.{log.topic}",
+                "enable.auto.commit": False,  # offsets live in the store
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": int(session_timeout * 1000),
+                "heartbeat.interval.ms": max(100, int(session_timeout * 1000) // 5),
+                "max.poll.interval.ms": max(int(session_timeout * 1000) + 1000, 60_000),
+                "client.id": self.owner,
+            }
+        )
+        # The configuration's expected groups: announced to every partition.
+        announce(store, [(s, g) for s, gs in config.expected_groups.items() for g in gs])
+
+    # -- life -------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        self._consumer.subscribe(
+            [self.log.topic], on_assign=self._assigned, on_revoke=self._revoked,
+            on_lost=self._lost,
+        )  # fmt: skip
+        try:
+            while not self._stop.is_set():
+                self.step()
+            self._commit_all(checkpoint=True)
+        finally:
+            self._consumer.close()  # leaves the group: the partitions move at once
+
+    def step(self, timeout: float = 0.2) -> int:
+        """One poll, fed and committed; returns the messages fed."""
+        fed = 0
+        for msg in self._consumer.consume(2000, timeout):
+            err = msg.error()
+            if err is not None:
+                if err.fatal():
+                    raise KafkaLogError(f"{self.log}: {err.str()}")
+                log_.warning("%s: %s", self.log, err.str())
+                continue
+            part = self.parts.get(msg.partition() or 0)
+            if part is None:
+                continue  # not ours (any more): its new owner reads it
+            try:
+                part.feed(_offset(msg), msg.value() or b"", self._scan)
+            except Fenced as exc:
+                self._drop(part, str(exc))
+                continue
+            fed += 1
+        self._commit_due()
+        if time.monotonic() - self._last_announced > ANNOUNCE_EVERY:
+            self._adopt_announced()
+        return fed
+
+    # -- assignment -------------------------------------------------------------
+
+    def _assigned(self, consumer: Any, assigned: list[Any]) -> None:
+        for tp in assigned:
+            part = Partition.take(self.store, self.config, tp.partition, self.owner)
+            self.parts[tp.partition] = part
+            self._last_commit[tp.partition] = time.monotonic()
+            tp.offset = part.next_offset
+            log_.info("partition %d taken (epoch %d): from offset %d, %d to replay",
+                      part.part, part.epoch, part.next_offset,
+                      part.committed - part.next_offset)  # fmt: skip
+        consumer.assign(assigned)
+
+    def _revoked(self, consumer: Any, revoked: list[Any]) -> None:
+        for tp in revoked:
+            part = self.parts.pop(tp.partition, None)
+            if part is not None:
+                try:
+                    part.commit(checkpoint=True)
+                except Fenced:
+                    pass
+                except Exception:
+                    log_.exception("partition %d: last commit failed", tp.partition)
+        consumer.unassign()
+
+    def _lost(self, consumer: Any, lost: list[Any]) -> None:
+        for tp in lost:  # another worker may own it already: commit nothing
+            self.parts.pop(tp.partition, None)
+        consumer.unassign()
+
+    def _drop(self, part: Partition, why: str) -> None:
+        log_.warning("partition %d dropped: %s", part.part, why)
+        self.parts.pop(part.part, None)
+
+    def _retake(self, part: Partition) -> None:
+        """After a failed commit: the machine again from the store, the topic again
+        from the checkpoint's offset."""
+        from confluent_kafka import TopicPartition
+
+        fresh = Partition.take(self.store, self.config, part.part, self.owner)
+        self.parts[part.part] = fresh
+        self._consumer.seek(TopicPartition(self.log.topic, part.part, fresh.next_offset))
+
+    # -- commits ----------------------------------------------------------------
+
+    def _commit_due(self) -> None:
+        now = time.monotonic()
+        for number, part in list(self.parts.items()):
+            if not part.changed or now - self._last_commit.get(number, 0.0) < self.commit_every:
+                continue
+            self._commit(part, checkpoint=part.checkpoint_due(self.checkpoint_every))
+            self._last_commit[number] = now
+
+    def _commit_all(self, *, checkpoint: bool) -> None:
+        for part in list(self.parts.values()):
+            self._commit(part, checkpoint=checkpoint)
+
+    def _commit(self, part: Partition, *, checkpoint: bool) -> None:
+        try:
+            part.commit(checkpoint=checkpoint)
+        except Fenced as exc:
+            self._drop(part, str(exc))
+        except Exception:
+            log_.exception("partition %d: commit failed; taken again from the store", part.part)
+            self.parts.pop(part.part, None)
+            self._retake(part)
+
+    def _adopt_announced(self) -> None:
+        """Groups announced in the store that a live partition's machine does not
+        expect yet: back-filled there (each partition owes them its own ids)."""
+        self._last_announced = time.monotonic()
+        groups = read_announced(self.store)
+        if not groups:
+            return
+        for part in list(self.parts.values()):
+            if part.replaying:
+                continue
+            expected = part.core.expected()
+            new = [(s, g) for s, g in groups if g not in expected.get(s, ())]
+            if new:
+                try:
+                    part.expect(new, self._scan)
+                except Fenced as exc:
+                    self._drop(part, str(exc))
+
+    # -- the topic's history ------------------------------------------------------
+
+    def _scan(self, partition: int, before: int) -> Iterator[bytes]:
+        """The partition's messages from the oldest the topic keeps up to `before`."""
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        reader = Consumer(
+            {
+                "bootstrap.servers": self.log.bootstrap,
+                "group.id": f"{self.owner}.scan",
+                "enable.auto.commit": False,
+            }
+        )
+        try:
+            reader.assign([TopicPartition(self.log.topic, partition, OFFSET_BEGINNING)])
+            while True:
+                msg = reader.poll(5.0)
+                if msg is None:
+                    raise KafkaLogError(
+                        f"{self.log}: partition {partition} gave nothing before offset {before}"
+                    )
+                if msg.error() is not None:
+                    continue
+                if _offset(msg) >= before:
+                    return
+                yield msg.value() or b""
+                if _offset(msg) + 1 >= before:
+                    return
+        finally:
+            reader.close()
+
+
+def _offset(msg: Any) -> int:
+    offset = msg.offset()
+    assert offset is not None  # a message read from a partition has one
+    return int(offset)

@@ -1,0 +1,69 @@
+"""The engine's output tables keep a row per partition of the Kafka log (`part`):
+reads add them up, and a store made before the column gets it, its rows as
+partition 0."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine, create_engine, inspect, select
+
+from msgtally.names import TALLY_FIELDS
+from msgtally.reconcile.outputs import write_in_flight, write_missing, write_pairs
+from msgtally.slis.read.query import read_in_flight, read_missing, read_slis
+from msgtally.store.db import open_store, write_tx
+from msgtally.store.tables import PARTITIONED, tallies
+
+
+def _pair(delivered: int, latency: float) -> tuple[object, ...]:
+    counts = {"produced": delivered, "delivered": delivered, "latency_count": delivered}
+    hist = (delivered, 0, 0)
+    return ("s", "g", counts, latency * delivered, hist, {7: delivered})
+
+
+def test_reads_add_up_the_partitions(store: Engine) -> None:
+    buckets = (1.0, 5.0)
+    with write_tx(store) as conn:
+        write_pairs(conn, [_pair(2, 0.5)], buckets, 1000.0)  # type: ignore[list-item]
+        write_pairs(conn, [_pair(3, 0.5)], buckets, 1000.0, part=5)  # type: ignore[list-item]
+        write_missing(conn, {("s", "produce", ""): 4})
+        write_missing(conn, {("s", "produce", ""): 6}, part=5)
+        write_in_flight(conn, {("s", "g"): (1, 50.0)})
+        write_in_flight(conn, {("s", "g"): (2, 40.0)}, part=5)
+        write_in_flight(conn, {("s", "g"): (7, 30.0)}, part=6)
+        write_in_flight(conn, {}, part=6)  # partition 6 has nothing in flight any more
+    with store.connect() as conn:
+        (sli,) = read_slis(conn, now=100.0)
+        assert (sli.produced, sli.delivered, sli.latency_count) == (5, 5, 5)
+        assert sli.latency_sum == 2.5
+        assert sli.produce_records_missing == 10
+        assert read_missing(conn) == {("s", "produce", ""): 10}
+        ((stream, group, n, oldest),) = read_in_flight(conn)
+        assert (stream, group, n, oldest) == ("s", "g", 3, 40.0)
+        parts = sorted(r.part for r in conn.execute(select(tallies.c.part)))
+        assert parts == [0, 5]
+
+
+def test_a_store_from_before_gets_the_column(tmp_path: object) -> None:
+    path = f"{tmp_path}/old.db"
+    old = create_engine(f"sqlite:///{path}")
+    counts = ", ".join(f"{n} BIGINT NOT NULL DEFAULT 0" for n in TALLY_FIELDS)
+    with old.begin() as conn:
+        conn.exec_driver_sql(
+            f"CREATE TABLE tallies (stream VARCHAR(256) NOT NULL, grp VARCHAR(256) NOT NULL, "
+            f"{counts}, latency_sum FLOAT NOT NULL DEFAULT 0, PRIMARY KEY (stream, grp))"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO tallies (stream, grp, produced, delivered) VALUES ('s', 'g', 9, 8)"
+        )
+    old.dispose()
+    store = open_store(path)
+    assert "part" in {c["name"] for c in inspect(store).get_columns("tallies")}
+    with store.connect() as conn:
+        (sli,) = read_slis(conn, now=0.0)
+        assert (sli.produced, sli.delivered) == (9, 8)
+        assert [r.part for r in conn.execute(select(tallies.c.part))] == [0]
+    with write_tx(store) as conn:  # the new key: partition 0 adds to the old row
+        write_pairs(conn, [_pair(1, 0.0)], (1.0, 5.0), 0.0)  # type: ignore[list-item]
+    with store.connect() as conn:
+        assert read_slis(conn, now=0.0)[0].produced == 10
+    for name in PARTITIONED:
+        assert "part" in {c["name"] for c in inspect(store).get_columns(name)}
