@@ -11,6 +11,10 @@ from typing import Any
 
 log = logging.getLogger("msgtally")
 
+# Defaults of `topic create`, here so building the parser loads no store module.
+DEFAULT_PARTITIONS = 64  # the unit of rescaling: at most this many workers share the work
+DEFAULT_RETENTION_MS = 7 * 86_400_000  # what the topic keeps (workers replay from it)
+
 LOG_HELP = (
     "the log on Kafka, kafka://HOST:PORT/TOPIC (several brokers: HOST:PORT,HOST:PORT): "
     "collectors append accepted requests to it, workers reconcile it"
@@ -27,8 +31,6 @@ def register(
     add_reconcile: Callable[[argparse.ArgumentParser], None],
     add_logging: Callable[[argparse.ArgumentParser], None],
 ) -> None:
-    from msgtally.store.kafka_log import DEFAULT_PARTITIONS, DEFAULT_RETENTION_MS
-
     p = sub.add_parser(
         "topic",
         help="the Kafka log's topic: create it",

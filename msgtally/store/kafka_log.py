@@ -37,8 +37,6 @@ from msgtally.store.tables import meta, partitions
 
 SCHEME = "kafka"
 VERSION = 1
-DEFAULT_PARTITIONS = 64  # the unit of rescaling: at most this many workers share the work
-DEFAULT_RETENTION_MS = 7 * 86_400_000  # what the topic keeps (workers replay from it)
 PARTITIONS_KEY = "log_partitions"  # meta: the topic's partition count, fixed at first use
 
 
