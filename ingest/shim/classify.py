@@ -17,7 +17,18 @@ has the tables in words.
 
 from __future__ import annotations
 
-__all__ = ["LIBRARIES", "classify", "http_status_class", "kafka_error_class", "mqtt_rc_class"]
+from typing import Any
+
+from msgtally.record import ERROR_CLASSES
+
+__all__ = [
+    "LIBRARIES",
+    "classify",
+    "http_status_class",
+    "kafka_error_class",
+    "markdown",
+    "mqtt_rc_class",
+]
 
 # package -> {exception class name: error class}. The builtins first: a
 # library's own class, being more derived, is met first along the MRO.
@@ -207,3 +218,70 @@ def classify(exc: BaseException) -> str:
         at = at.__cause__
         seen += 1
     return "other"
+
+
+# The tables in docs/adapters.md, one per client library (its packages), in this order.
+SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Python's own (any adapter; a handler's own exceptions)",
+     ("builtins", "asyncio", "concurrent")),
+    ("A handler's decoding (json, msgspec)", ("json", "msgspec")),
+    ("RabbitMQ (pika)", ("pika",)),
+    ("NATS (nats-py)", ("nats",)),
+    ("Redis Streams (redis-py)", ("redis",)),
+    ("MQTT (paho-mqtt)", ("paho",)),
+    ("Kafka (confluent-kafka)", ("cimpl", "confluent_kafka")),
+    ("Webhooks (httpx)", ("httpx", "httpcore")),
+)  # fmt: skip
+
+
+def _codes(package: str) -> dict[str, list[str]]:
+    """What an instance says beyond its class (_refine), by class, as the doc shows it."""
+    out: dict[str, list[str]] = {}
+
+    def add(table: dict[Any, str], shown: str) -> None:
+        for code, error_class in table.items():
+            out.setdefault(error_class, []).append(shown.format(code))
+
+    if package == "pika":
+        add(AMQP_REPLIES, "reply code {}")
+    elif package == "nats":
+        add(_statuses(), "API error {}")
+    elif package == "redis":
+        add(REDIS_REPLIES, "reply `{}`")
+    elif package == "paho":
+        add(MQTT_CODES, "result `{}`")
+    elif package == "cimpl":
+        add(KAFKA_CODES, "`{}`")
+    elif package == "httpx":
+        add(_statuses(), "status {}")
+    return out
+
+
+def _statuses() -> dict[int, str]:
+    """The HTTP statuses http_status_class does not call `other`."""
+    return {s: c for s in range(400, 600) if (c := http_status_class(s)) != "other"}
+
+
+def markdown() -> str:
+    """The tables above in Markdown (docs/adapters.md holds them: tests/test_adapters_doc.py):
+    per library, each error class with the exception classes and the codes that give it."""
+    parts = []
+    for title, packages in SECTIONS:
+        rows = [f"#### {title}", "", "| class | exceptions | codes |", "|---|---|---|"]
+        codes: dict[str, list[str]] = {}
+        for package in packages:
+            for error_class, shown in _codes(package).items():
+                codes.setdefault(error_class, []).extend(shown)
+        for error_class in ERROR_CLASSES:
+            names = [
+                f"`{n}`" if p == "builtins" else f"`{p}.{n}`"
+                for p in packages
+                for n, c in LIBRARIES[p].items()
+                if c == error_class
+            ]
+            shown = codes.get(error_class, [])
+            if names or shown:
+                rows.append(f"| `{error_class}` | {', '.join(names) or '-'} | "
+                            f"{', '.join(shown) or '-'} |")  # fmt: skip
+        parts.append("\n".join(rows))
+    return "\n\n".join(parts) + "\n"
