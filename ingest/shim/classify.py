@@ -71,6 +71,7 @@ LIBRARIES: dict[str, dict[str, str]] = {
         "NoStreamResponseError": "unavailable",
         "JsonParseError": "serialization",
         "APIError": "other",  # refined by its code below
+        "Error": "other",  # the server's -ERR on connect: refined by its words below
     },
     "redis": {
         "AuthenticationError": "auth", "AuthenticationWrongNumberOfArgsError": "auth",
@@ -130,6 +131,12 @@ REDIS_REPLIES = {"NOAUTH": "auth", "WRONGPASS": "auth", "NOPERM": "auth", "OOM":
                  "BUSY": "unavailable", "LOADING": "unavailable", "MASTERDOWN": "unavailable",
                  "READONLY": "unavailable", "TRYAGAIN": "unavailable",
                  "CLUSTERDOWN": "unavailable"}  # fmt: skip
+# A NATS server's -ERR, which nats-py raises on connect as a plain `Error`
+# ("nats: 'Authorization Violation'"), by words in it (lower case).
+NATS_REPLIES = {"authorization violation": "auth", "authentication expired": "auth",
+                "authentication revoked": "auth", "permissions violation": "auth",
+                "maximum connections exceeded": "throttled",
+                "maximum account active connections exceeded": "throttled"}  # fmt: skip
 # AMQP reply codes of a channel or connection the broker closed.
 AMQP_REPLIES = {403: "auth", 530: "auth", 404: "unavailable", 320: "unavailable",
                 406: "other", 506: "throttled"}  # fmt: skip
@@ -191,6 +198,9 @@ def _refine(package: str, name: str, exc: BaseException, found: str) -> str:
     if package == "pika" and name.endswith("ClosedByBroker"):
         code = getattr(exc, "reply_code", None)
         return AMQP_REPLIES.get(code, found) if isinstance(code, int) else found
+    if package == "nats" and name == "Error":
+        text = str(exc).lower()
+        return next((c for words, c in NATS_REPLIES.items() if words in text), found)
     if package == "nats" and name == "APIError":
         code = getattr(exc, "code", None)
         return http_status_class(code) if isinstance(code, int) and code >= 400 else found
@@ -246,6 +256,7 @@ def _codes(package: str) -> dict[str, list[str]]:
         add(AMQP_REPLIES, "reply code {}")
     elif package == "nats":
         add(_statuses(), "API error {}")
+        add(NATS_REPLIES, "server error '{}' (an `Error` on connect)")
     elif package == "redis":
         add(REDIS_REPLIES, "reply `{}`")
     elif package == "paho":
