@@ -28,6 +28,7 @@ __all__ = [
     "kafka_error_class",
     "markdown",
     "mqtt_rc_class",
+    "mqtt_reason_class",
 ]
 
 # package -> {exception class name: error class}. The builtins first: a
@@ -152,6 +153,16 @@ MQTT_NUMBERS = {11: "MQTT_ERR_AUTH", 12: "MQTT_ERR_ACL_DENIED", 8: "MQTT_ERR_TLS
                 15: "MQTT_ERR_QUEUE_SIZE", 16: "MQTT_ERR_KEEPALIVE"}  # fmt: skip
 
 
+# MQTT v5 reason codes of a PUBACK / PUBREC that refused a publish; the others are `other`.
+MQTT_REASONS = {0x87: "auth", 0x97: "throttled", 0x99: "serialization"}  # fmt: skip
+
+
+def mqtt_reason_class(reason: object) -> str:
+    """The class of an MQTT v5 reason code that refused a publish (paho's ReasonCode)."""
+    value = getattr(reason, "value", reason)
+    return MQTT_REASONS.get(value, "other") if isinstance(value, int) else "other"
+
+
 def mqtt_rc_class(rc: object) -> str:
     """The class of a paho-mqtt publish result code that is not success."""
     name = getattr(rc, "name", None)
@@ -261,6 +272,7 @@ def _codes(package: str) -> dict[str, list[str]]:
         add(REDIS_REPLIES, "reply `{}`")
     elif package == "paho":
         add(MQTT_CODES, "result `{}`")
+        add({f"0x{k:02X}": c for k, c in MQTT_REASONS.items()}, "PUBACK reason {}")
     elif package == "cimpl":
         add(KAFKA_CODES, "`{}`")
     elif package == "httpx":
