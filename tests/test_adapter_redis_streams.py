@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 import redis
 from opentelemetry.trace import SpanKind, StatusCode
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from msgtally.ingest.shim.adapters.common import Acks
 from msgtally.ingest.shim.adapters.redis_streams import (
@@ -341,9 +343,11 @@ def test_error_classes_on_the_real_server(
     obs = Observed()
     tally = env.tally(traced=False)
     name, password = acl_user
+    # redis-py retries a refused AUTH (a ConnectionError) with backoff: seconds, no news.
+    once = Retry(NoBackoff(), 0)
     with client() as rp, redis.Redis(REDIS_HOST, REDIS_PORT, username=name, password=password,
                                       socket_timeout=5) as allowed, redis.Redis(
-        REDIS_HOST, REDIS_PORT, username=name, password="rotated", socket_timeout=5
+        REDIS_HOST, REDIS_PORT, username=name, password="rotated", socket_timeout=5, retry=once
     ) as refused:  # fmt: skip
         with pytest.raises(redis.AuthenticationError):
             Publisher(refused, tally).publish(key, {"payload": "{}"}, message_id="refused")
