@@ -11,8 +11,8 @@ from .panels import Format, Kind, Panel, Row, Target
 TITLE = "Debug"
 WHAT = (
     "End-to-end latency, attempts per message, duplicates and retries per group, unexpected "
-    "and recovered ids, and the collector itself: ingest rate, rejected requests, reconcile lag; "
-    "the consumers' retry configurations audited."
+    "and recovered ids, failed records by error class, and the collector itself: ingest rate, "
+    "rejected requests, reconcile lag; the consumers' retry configurations audited."
 )
 QUANTILES = (0.5, 0.9, 0.99)
 
@@ -81,6 +81,34 @@ def rows(spec: Spec) -> list[Row]:
                     Target(q.tally(counter("recovered"), q.RATE, fn="rate"), f"{pair} recovered"),
                 ),
                 width=8,
+                min=0,
+            ),
+        ),
+        (
+            Panel(
+                Kind.TIMESERIES,
+                "Auth and serialization errors",
+                "Failed sends (produce) and deliveries (consume) per second whose class an "
+                "on-call acts on at once: auth (a credential rotated, expired or refused: "
+                "check the service's secret against the broker's users), serialization (a "
+                "body that does not encode or decode: a producer deploy changed the format, "
+                "or a consumer reads the wrong topic). docs/adapters.md: what each adapter "
+                "counts in which class.",
+                "cps",
+                (Target(q.act_now_errors(), f"{pair} {{{{kind}}}} {{{{error}}}}"),),
+                width=12,
+                min=0,
+            ),
+            Panel(
+                Kind.TIMESERIES,
+                "Failed records by error class",
+                "Failed sends and deliveries (outcome error or dead_letter) per second by "
+                "class: auth, serialization, timeout, throttled (the broker pushed back), "
+                "unavailable (down or unreachable), poison (consumers kept failing on it), "
+                "other. Every selected stream and group; records without a class are in none.",
+                "cps",
+                (Target(q.errors_by_class(), "{{error}}"),),
+                width=12,
                 min=0,
             ),
         ),

@@ -17,7 +17,7 @@ WHAT = (
     "Live delivery success, burn rate per alert tier against its threshold, firing alerts, "
     "where messages are lost and, beside it, the records the shims dropped or that are "
     "missing from their numbering (measurement loss, not message loss), processing failures "
-    "and dead letters."
+    "and dead letters, auth and serialization errors."
 )
 LIVE = "5m"
 BURN_UNIT = "suffix:x"
@@ -148,6 +148,20 @@ def rows(spec: Spec) -> list[Row]:
                     ),
                 ),
                 width=8,
+                min=0,
+            ),
+        ),
+        (
+            Panel(
+                Kind.TIMESERIES,
+                "Auth and serialization errors",
+                "Failed sends and deliveries per second of the two classes to act on at once: "
+                "auth (a credential rotated, expired or refused), serialization (a body that "
+                "does not decode: a producer changed the format). The other classes: the "
+                "Debug board; what each adapter counts where: docs/adapters.md.",
+                "cps",
+                (Target(q.act_now_errors(), f"{pair} {{{{kind}}}} {{{{error}}}}"),),
+                width=24,
                 min=0,
             ),
         ),

@@ -28,6 +28,7 @@ from msgtally.names import (
     BUDGET_RECORD,
     BURN_ALERT,
     CONTRADICTS_CONTRACT,
+    DELIVERY_ERRORS,
     IN_FLIGHT,
     IN_FLIGHT_OLDEST,
     INDICATORS,
@@ -213,6 +214,35 @@ def in_flight() -> str:
 
 def in_flight_oldest_age() -> str:
     return f"time() - min by (stream, group) ({IN_FLIGHT_OLDEST}{{{TALLY}}})"
+
+
+# --- error classes ---------------------------------------------------------------
+
+# The classes an on-call acts on at once: a credential rotated or revoked, a
+# producer deploy that changed the body's format (docs/adapters.md).
+ACT_NOW = ("auth", "serialization")
+
+
+def _errors(classes: Sequence[str] = ()) -> str:
+    """Failed records per second by (stream, group, kind, class), deduplicated over
+    collectors; produces carry no group (group=""): they show whatever groups are
+    selected."""
+    only = f'error=~"{"|".join(classes)}",' if classes else ""
+    return (
+        "max by (stream, group, kind, error) "
+        f"(rate({DELIVERY_ERRORS}_total{{{only}{DROPS}}}[{RATE}]))"
+    )
+
+
+def errors_by_class() -> str:
+    """Failed records per second by error class, every selected stream and group."""
+    return f"sum by (error) ({_errors()})"
+
+
+def act_now_errors() -> str:
+    """Failed records per second of the auth and serialization classes, per stream,
+    group and kind."""
+    return f"{_errors(ACT_NOW)} > 0"
 
 
 # --- retry configurations --------------------------------------------------------

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from msgtally import __version__
+from msgtally.record import ERROR_CLASSES
 from msgtally.slis.read.report import legend as report_legend
 from msgtally.store.url import DEFAULT_DB_URL
 
@@ -311,7 +312,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from msgtally.slis.read.figures import with_contracts
     from msgtally.slis.read.query import read_slis
-    from msgtally.slis.read.report import render_table, retry_notes
+    from msgtally.slis.read.report import error_notes, render_table, retry_notes
     from msgtally.slis.read.retry_configs import read_audit
     from msgtally.slis.read.windows import read_window_slis
     from msgtally.slis.spec.model import parse_duration
@@ -344,6 +345,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(json.dumps([s.to_json() for s in slis], indent=2))
     else:
         print(render_table(slis, wide=args.wide, colour=_colour(sys.stdout)))
+        notes = error_notes(slis)
+        if notes:
+            print("\n" + "\n".join(notes))
         notes = retry_notes(audits)
         if notes:
             print("\n" + "\n".join(notes))
@@ -494,9 +498,11 @@ def build_parser() -> argparse.ArgumentParser:
         "report",
         help="print the SLIs per stream and group",
         description="Print the SLIs per stream and consumer group, from the store:\n"
-        "what the collector's engine has judged so far; under the table, the findings\n"
-        "of the audit of the consumers' retry configurations (with --spec, those that\n"
-        "contradict a delivery contract too).",
+        "what the collector's engine has judged so far. Under the table: the failed\n"
+        "records by error class, each stream's sends and each group's deliveries\n"
+        f"({', '.join(ERROR_CLASSES)};\n"
+        "with --json: each row's `errors`); the findings of the audit of the consumers'\n"
+        "retry configurations (with --spec, those that contradict a delivery contract too).",
         epilog=report_legend(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -74,15 +74,30 @@ class Env:
     def registry(self, tally: Tally) -> CollectorRegistry:
         return self.registries[id(tally)]
 
-    def figures(self, stream: str, group: str = GROUP) -> dict[str, int]:
-        """Flush every shim, reconcile past every deadline, read the collector's SLIs."""
+    def row(self, stream: str, group: str = GROUP) -> dict[str, Any]:
+        """Flush every shim, reconcile past every deadline, read the collector's SLI row."""
         for tally in self.tallies:
             assert tally.flush(15), "shim did not flush"
         reconcile(self.store, self.config, now=time.time() + self.config.deadline + 60)
         resp = httpx.get(f"{self.live.url}/v1/slis", params={"stream": stream, "group": group})
         resp.raise_for_status()
         (row,) = resp.json()
+        assert isinstance(row, dict)
+        return row
+
+    def figures(self, stream: str, group: str = GROUP) -> dict[str, int]:
+        """The collector's figures (`row`), those every adapter test checks."""
+        row = self.row(stream, group)
         return {k: int(row[k]) for k in FIGURES}
+
+    def errors(self, stream: str, group: str = GROUP) -> dict[str, dict[str, int]]:
+        """The failed records by error class the collector reports (`row`): the stream's
+        produces and the group's consumes, the classes with a count only."""
+        row = self.row(stream, group)
+        return {
+            kind: {c: int(n) for c, n in counts.items() if n}
+            for kind, counts in row["errors"].items()
+        }
 
     def discrepancies(self, stream: str, kind: str, group: str = GROUP) -> list[str]:
         """The message ids the collector reports for one discrepancy kind, sorted."""

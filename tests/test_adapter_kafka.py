@@ -13,6 +13,7 @@ message a handler got without trusting the adapter's header parsing.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import signal
@@ -41,6 +42,7 @@ from msgtally.ingest.shim.adapters.kafka import (
     record_id,
 )
 from msgtally.ingest.shim.tally import MESSAGE_ID_HEADER, Tally
+from msgtally.server import free_port
 from tests.adapter_support import Env, Observed, adapter_env, faulty, figures_of
 from tests.conftest import service_unavailable
 from tests.kafka_broker import Tansu
@@ -426,3 +428,56 @@ def test_a_tally_without_a_collector_never_blocks_produce(broker: Tansu, topic: 
         assert time.monotonic() - start < 10
         assert confirmed == [True] * 200
         tally.close(timeout=0.1)
+
+
+def test_error_classes_on_the_real_broker(
+    env: Env, broker: Tansu, topic: str, group: str
+) -> None:
+    """Failures each in its class, counted exactly in /v1/slis: records whose value
+    does not decode in the handler (serialization; dead-lettered, max_attempts 1), and
+    a produce to a broker that is not there, its delivery report _MSG_TIMED_OUT
+    (timeout)."""
+    obs = Observed()
+    tally = env.tally()
+    publisher = Publisher({"bootstrap.servers": broker.bootstrap}, tally)
+    good = [f"good-{i}-{uuid.uuid4().hex[:6]}" for i in range(3)]
+    bad = [f"bad-{i}-{uuid.uuid4().hex[:6]}" for i in range(2)]
+    for mid in good:
+        publisher.publish(topic, json.dumps({"id": mid}), key=mid, message_id=mid)
+    for mid in bad:
+        publisher.publish(topic, b"{not json " + mid.encode(), key=mid, message_id=mid)
+    assert publisher.flush(15) == 0
+    for mid in good + bad:
+        obs.produce(mid)
+
+    reports: list[KafkaError | None] = []
+    nowhere = Publisher({"bootstrap.servers": f"127.0.0.1:{free_port()}",
+                         "message.timeout.ms": 1000}, tally)  # fmt: skip
+    nowhere.publish(topic, b"{}", message_id="timed-out",
+                    on_delivery=lambda err, _msg: reports.append(err))  # fmt: skip
+    assert nowhere.flush(15) == 0
+    (report,) = reports
+    assert report is not None and report.code() == KafkaError._MSG_TIMED_OUT
+    obs.produce("timed-out", acked=False)
+
+    def handle(msg: Received) -> None:
+        json.loads(msg.body)  # JSONDecodeError: serialization
+
+    c = Consumer(consumer_config(broker), tally, group, [topic], handle, max_attempts=1)
+    seen: list[Received] = []
+    deadline = time.monotonic() + 40
+    while len(seen) < 5:
+        assert time.monotonic() < deadline, "the broker did not deliver in time"
+        seen += c.read(timeout=0.1)
+    c.close()
+    for r in seen:
+        obs.deliver(r.message_id, r.attempt, r.outcome)
+
+    assert sorted(r.message_id for r in seen) == sorted(good + bad)
+    assert env.errors(topic, group) == {
+        "produce": {"timeout": 1},
+        "consume": {"serialization": 2},
+    }
+    assert env.figures(topic, group) == obs.expected() == figures_of(
+        produced=5, delivered=3, lost=2, attempts=5, dead_lettered=2
+    )

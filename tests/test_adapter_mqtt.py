@@ -10,7 +10,11 @@ equal what the test observed.
 
 from __future__ import annotations
 
+import getpass
+import json
+import shutil
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -26,7 +30,8 @@ from paho.mqtt.properties import Properties
 from msgtally.ingest.shim.adapters.common import body_digest
 from msgtally.ingest.shim.adapters.mqtt import ENVELOPE_MAGIC, Publisher, Received, tallied, unwrap
 from msgtally.ingest.shim.tally import MESSAGE_ID_HEADER
-from tests.adapter_support import Env, Observed, adapter_env, figures_of
+from msgtally.server import free_port
+from tests.adapter_support import GROUP, Env, Observed, adapter_env, figures_of
 from tests.conftest import service_unavailable
 
 HOST, PORT = "127.0.0.1", 1883
@@ -359,3 +364,107 @@ def test_fallback_ids_and_dead_letter_topic(env: Env, peers: Callable[..., Peer]
     assert env.discrepancies(topic, "lost") == [doomed.message_id]
     # The two digests travelled without trace context; the others linked.
     assert env.check_links() == (2, 2)
+
+
+@pytest.fixture
+def guarded(tmp_path: Path) -> Iterator[int]:
+    """A second Mosquitto, started for this test on a free port with a password file
+    and an ACL (the shared one takes anyone and is not to be restarted): user `svc`,
+    password `current`, may publish and subscribe under `msgtally-test/` only. Its port."""
+    binary, passwd = shutil.which("mosquitto") or "", shutil.which("mosquitto_passwd") or ""
+    if not (binary and passwd):
+        service_unavailable("mosquitto is not installed: no broker with auth to start")
+    port = free_port()
+    subprocess.run([passwd, "-b", "-c", str(tmp_path / "pw"), "svc", "current"], check=True,
+                   capture_output=True, timeout=30)  # fmt: skip
+    (tmp_path / "acl").write_text("user svc\ntopic readwrite msgtally-test/#\n")
+    conf = tmp_path / "mosquitto.conf"
+    # `user`: started as root, mosquitto would switch to its own user, who cannot
+    # read the test's private directory; as anyone else it stays who it is.
+    conf.write_text(f"listener {port} {HOST}\nallow_anonymous false\npersistence false\n"
+                    f"user {getpass.getuser()}\npassword_file {tmp_path / 'pw'}\n"
+                    f"acl_file {tmp_path / 'acl'}\nlog_dest file {tmp_path / 'log'}\n")  # fmt: skip
+    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection((HOST, port), timeout=1).close()
+                break
+            except OSError:
+                log = tmp_path / "log"
+                assert proc.poll() is None and time.monotonic() < deadline, (
+                    log.read_text() if log.exists() else "no mosquitto"
+                )
+                time.sleep(0.05)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_error_classes_on_a_broker_with_auth(env: Env, guarded: int) -> None:
+    """Failures Mosquitto really produces, each in its class, counted exactly in
+    /v1/slis: a publish its ACL refuses (MQTT v5 PUBACK 0x87 not authorized: auth), a
+    publisher whose password it refuses (CONNACK not authorized, then no connection:
+    unavailable), payloads that do not decode in the handler (serialization)."""
+    topic = f"msgtally-test/classes/{uuid.uuid4().hex[:8]}"
+    tally = env.tally()
+    obs = Observed()
+    clients: list[mqtt.Client] = []
+
+    def client(password: str) -> tuple[mqtt.Client, threading.Event]:
+        made = mqtt.Client(V2, client_id=f"t-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5)
+        made.username_pw_set("svc", password)
+        answered = threading.Event()
+        made.on_connect = lambda *_args: answered.set()
+        made.connect(HOST, guarded, keepalive=30)
+        made.loop_start()
+        clients.append(made)
+        assert answered.wait(10), "no CONNACK"
+        return made, answered
+
+    handled: list[Received] = []
+
+    def handle(msg: Received) -> None:
+        handled.append(msg)
+        json.loads(msg.body)  # JSONDecodeError: serialization
+
+    try:
+        sub, _ = client("current")
+        sub.on_message = tallied(tally, GROUP, handle, max_attempts=1)
+        subscribed = threading.Event()
+        sub.on_subscribe = lambda *_args: subscribed.set()
+        sub.subscribe(topic, qos=1)
+        assert subscribed.wait(10), "no SUBACK"
+
+        pub, _ = client("current")
+        publisher = Publisher(pub, tally)
+        sends = [json.dumps({"n": i}).encode() for i in range(3)] + [b"{not json", b"{nor"]
+        for i, data in enumerate(sends):
+            assert publisher.publish(topic, data, message_id=f"m{i}").confirmed
+            obs.produce(f"m{i}")
+        denied = publisher.publish("elsewhere/x", b"{}", message_id="denied", stream=topic)
+        assert not denied.confirmed
+        refused, _ = client("rotated")
+        assert not refused.is_connected()
+        lost = Publisher(refused, tally).publish(topic, b"{}", message_id="refused", timeout=2)
+        assert not lost.confirmed
+        obs.produce("denied", acked=False)
+        obs.produce("refused", acked=False)
+        wait(lambda: len(handled) == 5)
+    finally:
+        for made in clients:
+            made.loop_stop()
+            made.disconnect()
+    for msg in handled:
+        obs.deliver(msg.message_id, msg.attempt, msg.outcome)
+    assert sorted(m.message_id for m in handled) == [f"m{i}" for i in range(5)]
+    assert env.errors(topic) == {
+        "produce": {"auth": 1, "unavailable": 1},
+        "consume": {"serialization": 2},
+    }
+    assert env.figures(topic) == obs.expected() == figures_of(
+        produced=5, delivered=3, lost=2, attempts=5, dead_lettered=2
+    )

@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 import socket
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -40,6 +42,7 @@ from msgtally.ingest.shim.adapters.nats import (
     tallied,
 )
 from msgtally.ingest.shim.tally import MESSAGE_ID_HEADER, Tally
+from msgtally.server import free_port
 from tests.adapter_support import GROUP, Env, Observed, adapter_env, figures_of
 from tests.conftest import service_unavailable
 
@@ -472,3 +475,88 @@ def test_never_blocks_the_event_loop_with_the_collector_down(names: tuple[str, s
     tally.close(timeout=0.1)
     assert outcomes == ["ok"] * 50
     assert lags and max(lags) < 0.1, max(lags)
+
+
+@pytest.fixture
+def guarded() -> Iterator[str]:
+    """A second nats-server, started for this test on a free port with a user and a
+    password (the shared one takes anyone and is not to be restarted); its host:port."""
+    binary = shutil.which("nats-server")
+    if binary is None:
+        service_unavailable("nats-server is not installed: no server with auth to start")
+    assert binary is not None
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "-a", "127.0.0.1", "-p", str(port), "--user", "svc", "--pass", "current"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "no nats-server"
+                time.sleep(0.05)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_error_classes_on_the_real_server(
+    env: Env, names: tuple[str, str], guarded: str
+) -> None:
+    """Failures NATS really produces, each in its class, counted exactly in /v1/slis:
+    a publish no stream takes (JetStream has no responder: unavailable), a handler
+    forwarding to a server that refuses its password (nats-py's plain `Error`
+    'Authorization Violation': auth), a payload that does not decode (serialization).
+    max_attempts 1: each failure is terminated (dead_letter) with its class."""
+    stream, subject = names
+    obs = Observed()
+    tally = env.tally()
+    seen: list[Received] = []
+
+    async def forward() -> None:
+        nc = await nats.connect(f"nats://svc:rotated@{guarded}", connect_timeout=2,
+                                allow_reconnect=False, max_reconnect_attempts=0)  # fmt: skip
+        await nc.close()
+
+    async def handle(msg: Received) -> None:
+        if "forward" in json.loads(msg.body):  # JSONDecodeError: serialization
+            await forward()  # refused: auth
+
+    async def body(nc: NATS, js: JetStreamContext) -> None:
+        publisher = Publisher(js, tally)
+        good = [json.dumps({"n": i}).encode() for i in range(3)]
+        sends = [*good, b"{not json 1", b"{not json 2", b'{"forward": 1}', b'{"forward": 2}']
+        for i, data in enumerate(sends):
+            await publisher.publish(subject, data, message_id=f"m{i}")
+            obs.produce(f"m{i}")
+        with pytest.raises(NoStreamResponseError):
+            await Publisher(js, tally, stream=subject).publish(
+                f"nowhere.{uuid.uuid4().hex}", b"{}", message_id="no-stream"
+            )
+        obs.produce("no-stream", acked=False)
+
+        await add_durable(js, stream, subject)
+        wrapped = tallied(tally, GROUP, handle, max_attempts=1)
+
+        async def run(msg: Msg) -> str:
+            received = await wrapped(msg)
+            seen.append(received)
+            obs.deliver(received.message_id, received.attempt, received.outcome)
+            return received.outcome
+
+        await drain(js, stream, run, lambda: len(seen) >= len(sends))
+
+    asyncio.run(with_stream(stream, subject, body))
+    assert sorted(r.outcome for r in seen) == ["dead_letter"] * 4 + ["ok"] * 3
+    assert env.errors(subject) == {
+        "produce": {"unavailable": 1},
+        "consume": {"serialization": 2, "auth": 2},
+    }
+    assert env.figures(subject) == obs.expected() == figures_of(
+        produced=7, delivered=3, lost=4, attempts=7, dead_lettered=4
+    )

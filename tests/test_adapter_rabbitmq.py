@@ -10,6 +10,7 @@ the collector reports must equal what the test observed.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,12 +20,12 @@ from typing import Any
 import pika
 import pytest
 from opentelemetry.trace import SpanKind
-from pika.exceptions import AMQPConnectionError, UnroutableError
+from pika.exceptions import AMQPConnectionError, ChannelClosedByBroker, UnroutableError
 
 from msgtally.ingest.shim.adapters.common import body_digest
 from msgtally.ingest.shim.adapters.rabbitmq import Publisher, Received, tallied
 from msgtally.ingest.shim.tally import MESSAGE_ID_HEADER
-from tests.adapter_support import Env, Observed, adapter_env, figures_of
+from tests.adapter_support import GROUP, Env, Observed, adapter_env, figures_of
 from tests.conftest import service_unavailable
 
 PARAMS = pika.ConnectionParameters(
@@ -342,3 +343,56 @@ def test_fallback_ids_and_unconfirmed_publish(
     assert env.figures(queue) == expected
     # No trace context travelled: the consumer spans have no links.
     assert env.check_links() == (0, 3)
+
+
+def test_error_classes_on_the_real_broker(
+    env: Env, connect: Callable[[], pika.BlockingConnection], names: Callable[[str], str]
+) -> None:
+    """Three failures RabbitMQ really produces, each in its class, counted exactly in
+    /v1/slis: a handler forwarding with a password the broker refuses (auth), a body
+    that does not decode (serialization), a publish to an exchange that does not
+    exist (the broker closes the channel, 404: unavailable)."""
+    queue = names("")
+    conn = connect()
+    conn.channel().queue_declare(queue)
+    tally = env.tally()
+    publisher = Publisher(conn.channel(), tally)
+    obs = Observed()
+    good = [publisher.publish(queue, json.dumps({"n": i}).encode()) for i in range(3)]
+    bad = [publisher.publish(queue, b"{not json " + bytes([48 + i])) for i in range(2)]
+    forward = [publisher.publish(queue, json.dumps({"forward": i}).encode()) for i in range(2)]
+    for mid in good + bad + forward:
+        obs.produce(mid)
+    gone = Publisher(conn.channel(), tally)
+    with pytest.raises(ChannelClosedByBroker) as closed:
+        gone.publish(queue, b"{}", exchange=names(".missing"), message_id="to-nowhere")
+    assert closed.value.reply_code == 404
+    obs.produce("to-nowhere", acked=False)
+
+    rotated = pika.ConnectionParameters(
+        host="127.0.0.1", port=5672, credentials=pika.PlainCredentials("guest", "rotated"),
+        connection_attempts=1, socket_timeout=5,
+    )  # fmt: skip
+    seen: list[str] = []
+
+    def handle(msg: Received) -> None:
+        seen.append(msg.message_id)
+        body = json.loads(msg.body)  # JSONDecodeError: serialization
+        if "forward" in body:  # downstream, with a password the broker no longer takes
+            pika.BlockingConnection(rotated).close()  # ProbableAuthenticationError: auth
+
+    ch = conn.channel()
+    ch.basic_consume(queue, tallied(tally, GROUP, handle, max_attempts=1))
+    pump(conn, lambda: len(seen) == 7)
+    quiet(conn)
+    for mid in seen:
+        obs.deliver(mid, 1, "ok" if mid in good else "dead_letter")
+
+    assert sorted(seen) == sorted(good + bad + forward)
+    assert env.errors(queue) == {
+        "produce": {"unavailable": 1},
+        "consume": {"serialization": 2, "auth": 2},
+    }
+    assert env.figures(queue) == obs.expected() == figures_of(
+        produced=7, delivered=3, lost=4, attempts=7, dead_lettered=4
+    )

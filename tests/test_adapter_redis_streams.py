@@ -10,6 +10,7 @@ a handler got without trusting the adapter's field parsing.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,6 +20,8 @@ from typing import Any
 import pytest
 import redis
 from opentelemetry.trace import SpanKind, StatusCode
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from msgtally.ingest.shim.adapters.common import Acks
 from msgtally.ingest.shim.adapters.redis_streams import (
@@ -314,3 +317,64 @@ def test_trace_context_fallback_id_restart_and_failed_add(env: Env, key: str) ->
         produced=1, delivered=1, retried=1, attempts=2, unexpected=1, consume_errors=2
     )
     assert env.discrepancies(key, "unexpected") == [raw_entry]
+
+
+@pytest.fixture
+def acl_user(key: str) -> Iterator[tuple[str, str]]:
+    """A user of this test alone (ACL SETUSER: no other client of the shared server is
+    touched), allowed on the test's keys; removed after. (name, password)"""
+    name, password = f"msgtally-test-{uuid.uuid4().hex[:10]}", uuid.uuid4().hex
+    with client() as r:
+        r.execute_command("ACL", "SETUSER", name, "on", f">{password}", "~msgtally:test:*",
+                          "+@all")  # fmt: skip
+        try:
+            yield name, password
+        finally:
+            r.execute_command("ACL", "DELUSER", name)
+
+
+def test_error_classes_on_the_real_server(
+    env: Env, key: str, acl_user: tuple[str, str]
+) -> None:
+    """Failures Redis really produces, each in its class, counted exactly in
+    /v1/slis: a producer whose password the server refuses (AUTH of an ACL user:
+    auth), a key the user may not write (NOPERM: auth), an entry whose payload does
+    not decode in the handler (serialization)."""
+    obs = Observed()
+    tally = env.tally(traced=False)
+    name, password = acl_user
+    # redis-py retries a refused AUTH (a ConnectionError) with backoff: seconds, no news.
+    once = Retry(NoBackoff(), 0)
+    with client() as rp, redis.Redis(REDIS_HOST, REDIS_PORT, username=name, password=password,
+                                      socket_timeout=5) as allowed, redis.Redis(
+        REDIS_HOST, REDIS_PORT, username=name, password="rotated", socket_timeout=5, retry=once
+    ) as refused:  # fmt: skip
+        with pytest.raises(redis.AuthenticationError):
+            Publisher(refused, tally).publish(key, {"payload": "{}"}, message_id="refused")
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            Publisher(allowed, tally, stream=key).publish(
+                f"elsewhere:{key}", {"payload": "{}"}, message_id="not-allowed"
+            )
+        obs.produce("refused", acked=False)
+        obs.produce("not-allowed", acked=False)
+        publisher = Publisher(allowed, tally)
+        good = [f"good-{i}" for i in range(3)]
+        bad = [f"bad-{i}" for i in range(2)]
+        for mid in good:
+            publisher.publish(key, {"body": mid, "payload": json.dumps({"n": mid})},
+                              message_id=mid)  # fmt: skip
+        for mid in bad:
+            publisher.publish(key, {"body": mid, "payload": "{not json"}, message_id=mid)
+        for mid in good + bad:
+            obs.produce(mid)
+
+        def handle(msg: Received) -> None:
+            json.loads(msg.body[b"payload"])  # JSONDecodeError: serialization
+
+        c = Consumer(rp, tally, key, GROUP, "c1", handle, max_attempts=1)
+        handled = note(obs, c.read(count=100))
+    assert sorted(h.message_id for h in handled) == sorted(good + bad)
+    assert env.errors(key) == {"produce": {"auth": 2}, "consume": {"serialization": 2}}
+    assert env.figures(key) == obs.expected() == figures_of(
+        produced=5, delivered=3, lost=2, attempts=5, dead_lettered=2
+    )

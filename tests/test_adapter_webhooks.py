@@ -13,6 +13,7 @@ id) and one with no id at all (not reported, counted).
 # dependencies in Annotated[...], which FastAPI must evaluate at definition.
 
 import asyncio
+import json
 import threading
 import time
 import uuid
@@ -371,3 +372,69 @@ def test_publisher_gives_up_and_raises_with_the_message_id() -> None:
     )
     assert value == 3
     tally.close(timeout=0.1)
+
+
+def test_error_classes_over_real_http(tmp_path: Path) -> None:
+    """Failures each side of a real webhook, in their classes, counted exactly in
+    /v1/slis: a sender whose token the receiver refuses (401: auth, both sides), a
+    body the receiver cannot read and answers 400 (serialization, both sides), and
+    one it fails to decode by raising (serialization at the receiver; the sender
+    sees uvicorn's 500: other)."""
+    stream = f"classes-{uuid.uuid4().hex[:8]}"
+
+    async def receiving(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        headers = dict(scope["headers"])
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        status = 200
+        if headers.get(b"authorization") != b"Bearer current":
+            status = 401
+        elif headers.get(b"x-strict") == b"raise":
+            json.loads(body)  # JSONDecodeError, raised: the middleware classifies it
+        else:
+            try:
+                json.loads(body)
+            except json.JSONDecodeError:
+                status = 400
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    token = {"authorization": "Bearer current"}
+    with adapter_env(tmp_path, "http") as env:
+        tally = env.tally(traced=False)
+        registry = env.registry(tally)
+        app = TallyMiddleware(receiving, tally=tally, group=GROUP, stream=stream,
+                              registry=registry)  # fmt: skip
+        with (
+            BackgroundServer(app) as hooks,  # type: ignore[arg-type]
+            Publisher(tally, stream=stream, max_attempts=1) as publisher,
+        ):
+            sends = [
+                ("ok-1", token, b'{"n": 1}'),
+                ("ok-2", token, b'{"n": 2}'),
+                ("rotated", {"authorization": "Bearer previous"}, b'{"n": 3}'),
+                ("garbled", token, b"{not json"),
+                ("raised", {**token, "x-strict": "raise"}, b"{not json"),
+            ]
+            results = {
+                mid: publisher.publish(hooks.url, content=body, headers=headers, message_id=mid)
+                for mid, headers, body in sends
+            }
+        assert {mid: (r.ok, r.attempts) for mid, r in results.items()} == {
+            "ok-1": (True, 1), "ok-2": (True, 1), "rotated": (False, 1),
+            "garbled": (False, 1), "raised": (False, 1),
+        }  # fmt: skip
+        wait_for(lambda: consumed_total(registry) == 5)
+        errors = env.errors(stream, GROUP)
+        got = env.figures(stream, GROUP)
+    assert errors == {
+        "produce": {"auth": 1, "serialization": 1, "other": 1},
+        "consume": {"auth": 1, "serialization": 2},
+    }
+    # The failed sends are indeterminate (sent, never confirmed), their deliveries
+    # consume errors; the two ok ones delivered.
+    assert got == figures_of(produced=2, delivered=2, attempts=5, consume_errors=3)

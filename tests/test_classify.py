@@ -87,6 +87,10 @@ CASES: list[tuple[str, BaseException, str]] = [
     ("pika heartbeat", pika.exceptions.AMQPHeartbeatTimeout(), "timeout"),
     ("nats timeout", nats.errors.TimeoutError(), "timeout"),
     ("nats auth", nats.errors.AuthorizationError(), "auth"),
+    # what nats-py raises on connect when the server refuses the credentials
+    ("nats refused on connect", nats.errors.Error("nats: 'Authorization Violation'"), "auth"),
+    ("nats too many", nats.errors.Error("nats: 'maximum connections exceeded'"), "throttled"),
+    ("nats other -ERR", nats.errors.Error("nats: 'Unknown Protocol Operation'"), "other"),
     ("nats no servers", nats.errors.NoServersError(), "unavailable"),
     ("nats no responders", nats.errors.NoRespondersError(), "unavailable"),
     ("nats slow consumer", nats.errors.SlowConsumerError("s", "", 1, None), "throttled"),

@@ -111,6 +111,20 @@ def test_latency_and_collector_queries() -> None:
     assert q.reconcile_lag() == "time() - max(msgtally_reconcile_last_pass_timestamp_seconds)"
 
 
+def test_error_class_queries() -> None:
+    """Produces carry no group (group=""): they show whatever groups are selected;
+    each series counted once over collectors (max by every label of the counter)."""
+    assert q.errors_by_class() == (
+        "sum by (error) (max by (stream, group, kind, error) (rate("
+        'msgtally_delivery_errors_total{stream=~"$stream",group=~"$group|"}[$__rate_interval])))'
+    )
+    assert q.act_now_errors() == (
+        "max by (stream, group, kind, error) (rate(msgtally_delivery_errors_total{"
+        'error=~"auth|serialization",stream=~"$stream",group=~"$group|"}[$__rate_interval]))'
+        " > 0"
+    )
+
+
 @pytest.mark.parametrize(
     ("text", "escaped"),
     [("orders", "orders"), ("index-updates", "index-updates"), ("a.b", "a\\.b"),
@@ -269,6 +283,7 @@ def test_every_metric_a_panel_reads_is_exposed_by_the_collector(
             {**produce, "message_id": "m1"},
             {**produce, "message_id": "m1", "kind": "consume", "group": "billing", "ts": t0 + 1},
             {**produce, "message_id": "m2", "ts": t0 + 990},  # in flight at t0 + 1000
+            {**produce, "message_id": "m3", "outcome": "error", "error": "auth"},
         ],
         "source": "shim",
         "dropped": [{"stream": "orders", "kind": "produce", "total": 1}],

@@ -2,10 +2,10 @@
 
 A real collector takes traffic on two streams and two consumer groups with
 every kind of discrepancy (loss, duplicates, retries, dead letters, consume
-errors, unexpected and recovered ids, latency, shim drops, refused
-requests); a real Prometheus scrapes it every second with the rules that
-`msgtally alerts` generates from the same spec (a 12h period: windows of
-seconds and minutes). Then each panel target's PromQL, with Grafana's
+errors and failed sends with their error classes, unexpected and recovered
+ids, latency, shim drops, refused requests); a real Prometheus scrapes it
+every second with the rules that `msgtally alerts` generates from the same
+spec (a 12h period: windows of seconds and minutes). Then each panel target's PromQL, with Grafana's
 variables substituted as Grafana would, goes to Prometheus's query API, as
 an instant or a range query like the panel's: it must parse and return data.
 The `orders`/`billing` pair loses half its messages, so the page alert
@@ -76,17 +76,20 @@ def _records(n: int, now: float) -> list[dict[str, Any]]:
         mid = f"{stream}-{i}"
         out.append({"stream": stream, "kind": "produce", "message_id": mid, "ts": now,
                     "attempt": 2 if i % 5 == 0 else 1,  # retried; an error produce is recovered
-                    "outcome": "error" if i % 9 == 0 else "ok"})  # fmt: skip
+                    "outcome": "error" if i % 9 == 0 else "ok",
+                    **({"error": "auth" if i % 2 else "timeout"} if i % 9 == 0 else {}),
+                    })  # fmt: skip
         for group in GROUPS:
             if stream == "orders" and group == "billing" and i % 2:
                 continue  # lost: half of orders never reach billing
             late = now + 0.05 + (i % 10) * 0.08  # latency 0.05 .. 0.77 s
             consume = {"stream": stream, "kind": "consume", "message_id": mid, "group": group}
             if group == "shipping" and i % 7 == 0:
-                out.append({**consume, "ts": late, "outcome": "dead_letter"})
+                out.append({**consume, "ts": late, "outcome": "dead_letter", "error": "poison"})
                 continue
             if i % 6 == 0:  # a processing failure, then a redelivery
-                out.append({**consume, "ts": late - 0.01, "outcome": "error"})
+                out.append({**consume, "ts": late - 0.01, "outcome": "error",
+                            "error": "serialization"})  # fmt: skip
                 out.append({**consume, "ts": late, "attempt": 2})
             else:
                 out.append({**consume, "ts": late})

@@ -56,11 +56,29 @@ records = st.fixed_dictionaries(
         "record_id": texts,
         "trace_id": st.sampled_from(("AB12", "ab12", "ff")),
         "span_id": texts,
+        # the classes the machine counts, and text it must reject (an unknown class)
+        "error": st.one_of(st.sampled_from(_machine.ERROR_CLASSES), texts),
         "extra": st.one_of(
             st.none(), st.integers(-(2**63), 2**63), st.lists(st.booleans(), max_size=3)
         ),
     },
 )
+# Well-formed failures with their class, mixed in so that some bodies pass whole
+# and the classes are counted (a body with one bad record is rejected whole).
+failures = st.one_of(
+    st.fixed_dictionaries({
+        "stream": st.sampled_from(STREAMS), "kind": st.just("produce"),
+        "message_id": st.sampled_from(IDS), "ts": st.floats(T - 1000, T + 5000),
+        "outcome": st.just("error"), "error": st.sampled_from(_machine.ERROR_CLASSES),
+    }),
+    st.fixed_dictionaries({
+        "stream": st.sampled_from(STREAMS), "kind": st.just("consume"),
+        "message_id": st.sampled_from(IDS), "ts": st.floats(T - 1000, T + 5000),
+        "group": st.sampled_from(GROUPS), "attempt": st.integers(1, 5),
+        "outcome": st.sampled_from(("error", "dead_letter")),
+        "error": st.sampled_from(_machine.ERROR_CLASSES),
+    }),
+)  # fmt: skip
 marks = st.one_of(
     st.none(),
     st.lists(
@@ -74,7 +92,7 @@ marks = st.one_of(
 
 @st.composite
 def bodies(draw: Any) -> bytes:
-    recs = draw(st.lists(records, max_size=12))
+    recs = draw(st.lists(st.one_of(records, failures), max_size=12))
     for r in recs:  # consumes name their group, mostly
         if r["kind"] == "consume" and "group" not in r and draw(st.integers(0, 9)):
             r["group"] = draw(st.sampled_from(GROUPS))
@@ -94,6 +112,10 @@ def bodies(draw: Any) -> bytes:
     elif damage == "garbage":
         body = draw(st.binary(max_size=64))
     return body
+
+
+# The error classes the machine counted over the whole run: the target feeds them.
+CLASSES_COUNTED: set[str] = set()
 
 
 def fresh(
@@ -145,6 +167,7 @@ class MachineFuzz(RuleBasedStateMachine):
         assert all(len(r) == 14 for r in rows)
         assert all(n >= 0 for n in missing.values())
         assert all(n > 0 and e in _machine.ERROR_CLASSES for (_s, _k, _g, e), n in errors.items())
+        CLASSES_COUNTED.update(e for (_s, _k, _g, e) in errors)
 
     @rule(stream=st.sampled_from(STREAMS), groups=st.lists(st.sampled_from((*GROUPS, "new")),
                                                            max_size=3))  # fmt: skip
@@ -240,5 +263,6 @@ def test_the_machine_survives_whatever_it_is_fed() -> None:
         runs += 1
         rng.random()
     assert runs
+    assert CLASSES_COUNTED, "no record with an error class was ever counted"
 
 

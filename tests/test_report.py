@@ -3,16 +3,21 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import Engine
 
+from msgtally.record import ERROR_CLASSES
 from msgtally.slis.read.figures import SLI
 from msgtally.slis.read.report import COLUMNS, duration, legend, render_table
 
 REPO = Path(__file__).resolve().parents[1]
+T0 = 1_700_000_000.0
 
 
 @pytest.mark.parametrize(
@@ -104,3 +109,67 @@ def test_report_since_a_window_and_no_colour_when_piped(tmp_path: Path) -> None:
     assert recent.returncode == 0 and recent.stdout.startswith("no SLIs yet"), recent
     bad = subprocess.run([*run, "--since", "soon"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "--since" in bad.stderr
+
+
+def test_report_shows_failed_records_by_error_class(
+    db_url: str, store: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A known history of failures, classified and not: the section under the table
+    and --json give each stream's failed sends and each group's failed deliveries by
+    class, exactly (a resent request counted once), on both stores."""
+    from msgtally.cli import main
+    from msgtally.ingest.intake.schema import Batch, parse_batch
+    from msgtally.ingest.intake.writer import write_batch
+    from msgtally.reconcile.config import ReconcileConfig
+    from msgtally.reconcile.engine import reconcile
+
+    def rec(stream: str, mid: str, group: str = "", **extra: Any) -> dict[str, Any]:
+        kind = {"kind": "consume", "group": group, "ts": T0 + 1} if group else {"kind": "produce"}
+        return {"stream": stream, "message_id": mid, "ts": T0, **kind, **extra}
+
+    records = [
+        rec("orders", "m1", outcome="error", error="timeout"),
+        rec("orders", "m1", attempt=2),
+        rec("orders", "m2", outcome="error", error="unavailable"),  # never confirmed
+        rec("orders", "m3"),
+        rec("orders", "m4", outcome="error"),  # failed, not classified: in no class
+        rec("orders", "m4", attempt=2),
+        rec("orders", "m1", "billing", outcome="error", error="serialization"),
+        rec("orders", "m1", "billing", attempt=2),
+        rec("orders", "m3", "billing", outcome="error", error="auth"),
+        rec("orders", "m3", "billing", attempt=2, outcome="error", error="auth"),
+        rec("orders", "m3", "billing", attempt=3, outcome="dead_letter", error="poison"),
+        rec("orders", "m1", "audit"),
+        rec("orders", "m4", "audit", outcome="error", error="throttled", record_id="a4"),
+        rec("payments", "p1"),
+        rec("payments", "p1", "billing"),
+    ]
+    write_batch(store, Batch(parse_batch(records), [], None))
+    # A resend of one record (the same record_id) is counted once.
+    write_batch(store, Batch(parse_batch([records[-3]]), [], None))
+    reconcile(store, ReconcileConfig(), T0 + 1000)
+
+    assert main(["report", "--db", db_url]) == 0
+    text = capsys.readouterr().out
+    section = text[text.index("failed records by error class") :].strip().splitlines()
+    assert section == [
+        "failed records by error class (running totals; what each means: docs/adapters.md):",
+        "  orders (produce): timeout 1, unavailable 1",
+        "  orders / audit (consume): throttled 1",
+        "  orders / billing (consume): auth 2, serialization 1, poison 1",
+    ]
+    assert main(["report", "--db", db_url, "--stream", "payments"]) == 0
+    assert "failed records by error class: none" in capsys.readouterr().out
+
+    assert main(["report", "--db", db_url, "--json"]) == 0
+    rows = {(r["stream"], r["group"]): r["errors"] for r in json.loads(capsys.readouterr().out)}
+    zero = dict.fromkeys(ERROR_CLASSES, 0)
+    produce = {**zero, "timeout": 1, "unavailable": 1}
+    assert rows == {
+        ("orders", "audit"): {"produce": produce, "consume": {**zero, "throttled": 1}},
+        ("orders", "billing"): {
+            "produce": produce,
+            "consume": {**zero, "auth": 2, "serialization": 1, "poison": 1},
+        },
+        ("payments", "billing"): {"produce": zero, "consume": zero},
+    }

@@ -17,7 +17,19 @@ has the tables in words.
 
 from __future__ import annotations
 
-__all__ = ["LIBRARIES", "classify", "http_status_class", "kafka_error_class", "mqtt_rc_class"]
+from typing import Any
+
+from msgtally.record import ERROR_CLASSES
+
+__all__ = [
+    "LIBRARIES",
+    "classify",
+    "http_status_class",
+    "kafka_error_class",
+    "markdown",
+    "mqtt_rc_class",
+    "mqtt_reason_class",
+]
 
 # package -> {exception class name: error class}. The builtins first: a
 # library's own class, being more derived, is met first along the MRO.
@@ -60,6 +72,7 @@ LIBRARIES: dict[str, dict[str, str]] = {
         "NoStreamResponseError": "unavailable",
         "JsonParseError": "serialization",
         "APIError": "other",  # refined by its code below
+        "Error": "other",  # the server's -ERR on connect: refined by its words below
     },
     "redis": {
         "AuthenticationError": "auth", "AuthenticationWrongNumberOfArgsError": "auth",
@@ -119,6 +132,12 @@ REDIS_REPLIES = {"NOAUTH": "auth", "WRONGPASS": "auth", "NOPERM": "auth", "OOM":
                  "BUSY": "unavailable", "LOADING": "unavailable", "MASTERDOWN": "unavailable",
                  "READONLY": "unavailable", "TRYAGAIN": "unavailable",
                  "CLUSTERDOWN": "unavailable"}  # fmt: skip
+# A NATS server's -ERR, which nats-py raises on connect as a plain `Error`
+# ("nats: 'Authorization Violation'"), by words in it (lower case).
+NATS_REPLIES = {"authorization violation": "auth", "authentication expired": "auth",
+                "authentication revoked": "auth", "permissions violation": "auth",
+                "maximum connections exceeded": "throttled",
+                "maximum account active connections exceeded": "throttled"}  # fmt: skip
 # AMQP reply codes of a channel or connection the broker closed.
 AMQP_REPLIES = {403: "auth", 530: "auth", 404: "unavailable", 320: "unavailable",
                 406: "other", 506: "throttled"}  # fmt: skip
@@ -132,6 +151,16 @@ MQTT_CODES = {"MQTT_ERR_AUTH": "auth", "MQTT_ERR_ACL_DENIED": "auth", "MQTT_ERR_
 MQTT_NUMBERS = {11: "MQTT_ERR_AUTH", 12: "MQTT_ERR_ACL_DENIED", 8: "MQTT_ERR_TLS",
                 4: "MQTT_ERR_NO_CONN", 7: "MQTT_ERR_CONN_LOST", 5: "MQTT_ERR_CONN_REFUSED",
                 15: "MQTT_ERR_QUEUE_SIZE", 16: "MQTT_ERR_KEEPALIVE"}  # fmt: skip
+
+
+# MQTT v5 reason codes of a PUBACK / PUBREC that refused a publish; the others are `other`.
+MQTT_REASONS = {0x87: "auth", 0x97: "throttled", 0x99: "serialization"}  # fmt: skip
+
+
+def mqtt_reason_class(reason: object) -> str:
+    """The class of an MQTT v5 reason code that refused a publish (paho's ReasonCode)."""
+    value = getattr(reason, "value", reason)
+    return MQTT_REASONS.get(value, "other") if isinstance(value, int) else "other"
 
 
 def mqtt_rc_class(rc: object) -> str:
@@ -180,6 +209,9 @@ def _refine(package: str, name: str, exc: BaseException, found: str) -> str:
     if package == "pika" and name.endswith("ClosedByBroker"):
         code = getattr(exc, "reply_code", None)
         return AMQP_REPLIES.get(code, found) if isinstance(code, int) else found
+    if package == "nats" and name == "Error":
+        text = str(exc).lower()
+        return next((c for words, c in NATS_REPLIES.items() if words in text), found)
     if package == "nats" and name == "APIError":
         code = getattr(exc, "code", None)
         return http_status_class(code) if isinstance(code, int) and code >= 400 else found
@@ -207,3 +239,72 @@ def classify(exc: BaseException) -> str:
         at = at.__cause__
         seen += 1
     return "other"
+
+
+# The tables in docs/adapters.md, one per client library (its packages), in this order.
+SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Python's own (any adapter; a handler's own exceptions)",
+     ("builtins", "asyncio", "concurrent")),
+    ("A handler's decoding (json, msgspec)", ("json", "msgspec")),
+    ("RabbitMQ (pika)", ("pika",)),
+    ("NATS (nats-py)", ("nats",)),
+    ("Redis Streams (redis-py)", ("redis",)),
+    ("MQTT (paho-mqtt)", ("paho",)),
+    ("Kafka (confluent-kafka)", ("cimpl", "confluent_kafka")),
+    ("Webhooks (httpx)", ("httpx", "httpcore")),
+)  # fmt: skip
+
+
+def _codes(package: str) -> dict[str, list[str]]:
+    """What an instance says beyond its class (_refine), by class, as the doc shows it."""
+    out: dict[str, list[str]] = {}
+
+    def add(table: dict[Any, str], shown: str) -> None:
+        for code, error_class in table.items():
+            out.setdefault(error_class, []).append(shown.format(code))
+
+    if package == "pika":
+        add(AMQP_REPLIES, "reply code {}")
+    elif package == "nats":
+        add(_statuses(), "API error {}")
+        add(NATS_REPLIES, "server error '{}' (an `Error` on connect)")
+    elif package == "redis":
+        add(REDIS_REPLIES, "reply `{}`")
+    elif package == "paho":
+        add(MQTT_CODES, "result `{}`")
+        add({f"0x{k:02X}": c for k, c in MQTT_REASONS.items()}, "PUBACK reason {}")
+    elif package == "cimpl":
+        add(KAFKA_CODES, "`{}`")
+    elif package == "httpx":
+        add(_statuses(), "status {}")
+    return out
+
+
+def _statuses() -> dict[int, str]:
+    """The HTTP statuses http_status_class does not call `other`."""
+    return {s: c for s in range(400, 600) if (c := http_status_class(s)) != "other"}
+
+
+def markdown() -> str:
+    """The tables above in Markdown (docs/adapters.md holds them: tests/test_adapters_doc.py):
+    per library, each error class with the exception classes and the codes that give it."""
+    parts = []
+    for title, packages in SECTIONS:
+        rows = [f"#### {title}", "", "| class | exceptions | codes |", "|---|---|---|"]
+        codes: dict[str, list[str]] = {}
+        for package in packages:
+            for error_class, shown in _codes(package).items():
+                codes.setdefault(error_class, []).extend(shown)
+        for error_class in ERROR_CLASSES:
+            names = [
+                f"`{n}`" if p == "builtins" else f"`{p}.{n}`"
+                for p in packages
+                for n, c in LIBRARIES[p].items()
+                if c == error_class
+            ]
+            shown = codes.get(error_class, [])
+            if names or shown:
+                rows.append(f"| `{error_class}` | {', '.join(names) or '-'} | "
+                            f"{', '.join(shown) or '-'} |")  # fmt: skip
+        parts.append("\n".join(rows))
+    return "\n\n".join(parts) + "\n"

@@ -231,6 +231,36 @@ def _notes(rows: list[dict[str, Any]]) -> list[str]:
     return ["", *notes] if notes else []
 
 
+ERRORS_TITLE = "failed records by error class"
+
+
+def error_notes(slis: Sequence[SLI]) -> list[str]:
+    """The lines under the table on why sends and deliveries failed: each stream's
+    failed produce records and each group's failed consume records by error class
+    (msgtally.record.ERROR_CLASSES; docs/adapters.md says what each means and
+    what to do), the largest first. Running totals, with --since too. One line
+    when no failed record carries a class."""
+    if not slis:
+        return []
+    lines: list[str] = []
+    streams: set[str] = set()
+    for s in slis:
+        rows = []
+        if s.stream not in streams:  # a stream's produces are the same on each of its rows
+            streams.add(s.stream)
+            rows.append((s.stream, "produce", s.errors.get("produce", {})))
+        rows.append((f"{s.stream} / {s.group}", "consume", s.errors.get("consume", {})))
+        for who, kind, counts in rows:
+            found = sorted(((c, n) for c, n in counts.items() if n), key=lambda cn: -cn[1])
+            if found:
+                what = ", ".join(f"{c} {n}" for c, n in found)
+                lines += textwrap.wrap(f"{who} ({kind}): {what}", WIDTH,
+                                       initial_indent="  ", subsequent_indent="    ")  # fmt: skip
+    if not lines:
+        return [f"{ERRORS_TITLE}: none"]
+    return [f"{ERRORS_TITLE} (running totals; what each means: docs/adapters.md):", *lines]
+
+
 def retry_notes(audits: Sequence[GroupAudit]) -> list[str]:
     """The lines under the table on the consumers' retry configurations: each stream
     and group with a finding, the instances with each (GET /v1/retry-configs has

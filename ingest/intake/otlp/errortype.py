@@ -7,7 +7,7 @@ only when the operation failed. A value is read, in order: as one of the
 known identifiers below; as a Python exception the shim's tables know
 (msgtally.ingest.shim.classify); by the words in its type's name, whatever
 the language; else `other`. docs/adapters.md has these tables, generated
-from here (tests/test_otlp_mapping.py holds them together).
+from here (tests/test_adapters_doc.py holds them together).
 """
 
 from __future__ import annotations

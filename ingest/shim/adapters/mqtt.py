@@ -55,7 +55,10 @@ Where the id and trace context travel:
   share an id, so use it only for payloads that are unique.
 
 Produce outcome: QoS 1 and 2: `ok` when the broker acknowledged (PUBACK /
-PUBCOMP) within `timeout`; `error` (indeterminate) when it did not, when the
+PUBCOMP) within `timeout`; `error` (indeterminate) when it did not, when an
+MQTT v5 broker refused it in that acknowledgment (a reason code from 0x80, e.g.
+0x87 not authorized by an ACL; heard through `on_publish`, which the publisher
+chains: set your own `on_publish` before making the `Publisher`), when the
 client was disconnected (paho may still send a queued QoS > 0 message after
 reconnecting: it then shows up as `recovered`), or when `publish` raised (the
 exception propagates). QoS 0 has no acknowledgment: `ok` means the client
@@ -95,12 +98,13 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from msgtally.ingest.shim.adapters import common
 from msgtally.ingest.shim.adapters.common import Acks, Handler, RetryPolicy, Step, Tallied
-from msgtally.ingest.shim.classify import mqtt_rc_class
+from msgtally.ingest.shim.classify import mqtt_rc_class, mqtt_reason_class
 from msgtally.ingest.shim.tally import MESSAGE_ID_HEADER, Tally
 
 __all__ = [
@@ -185,6 +189,21 @@ class Publisher:
         self.v5 = client.protocol == mqtt.MQTTv5
         self.envelope = (not self.v5) if envelope is None else (envelope and not self.v5)
         self.timeout = timeout
+        # An MQTT v5 broker refuses a publish in its PUBACK / PUBREC (0x87 not
+        # authorized: an ACL; 0x97 quota exceeded) and paho still marks it
+        # published: only `on_publish` hears the reason code. Chained, not replaced.
+        self._refused: dict[int, object] = {}
+        if self.v5 and client.callback_api_version == CallbackAPIVersion.VERSION2:
+            previous: Any = client.on_publish  # a VERSION2 callback: five arguments
+
+            def on_publish(c: mqtt.Client, userdata: Any, mid: int, reason: Any,
+                           props: Any) -> None:  # fmt: skip
+                if getattr(reason, "is_failure", False):
+                    self._refused[mid] = reason
+                if previous is not None:
+                    previous(c, userdata, mid, reason, props)
+
+            client.on_publish = on_publish
 
     def publish(
         self,
@@ -221,6 +240,9 @@ class Publisher:
                 data = wrap(sending.headers, data)
             info = self.client.publish(topic, data, q, retain, props)
             failure = _failure(info, self.timeout if timeout is None else timeout)
+            refused = self._refused.pop(info.mid, None)
+            if failure is None and refused is not None:
+                failure = mqtt_reason_class(refused)
             if failure is not None:
                 sending.failed(failure)
         return Published(mid, info, failure is None)
