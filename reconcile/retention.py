@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, delete, func, select, text, tuple_
 
-from msgtally.store.db import upsert, write_tx
+from msgtally.store.db import upsert, write_script, write_tx
 from msgtally.store.tables import (
     checkpoint,
     engine_events,
@@ -252,8 +252,7 @@ def reclaim(store: Engine, max_steps: int | None = 1) -> int:
         free = free_pages(store)
         if not free:
             break
-        with write_tx(store) as conn:
-            conn.exec_driver_sql(f"PRAGMA incremental_vacuum({RECLAIM_PAGES})").all()
+        write_script(store, f"BEGIN IMMEDIATE; PRAGMA incremental_vacuum({RECLAIM_PAGES}); COMMIT;")
         given += min(free, RECLAIM_PAGES)
         steps += 1
     return given
