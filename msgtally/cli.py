@@ -21,7 +21,7 @@ from msgtally.record import ERROR_CLASSES
 from msgtally.slis.read.report import legend as report_legend
 from msgtally.store.url import DEFAULT_DB_URL
 
-from . import kafka_commands, logs, quarantine_commands, slo_commands
+from . import kafka_commands, logs, quarantine_commands, slo_commands, vacuum_command
 from .errors import CommandError
 
 if TYPE_CHECKING:
@@ -124,6 +124,10 @@ def _add_reconcile(p: argparse.ArgumentParser) -> None:
     slo_commands.add_buckets(
         p, "--latency-buckets", "bounds of the latency histogram; include every SLO threshold"
     )
+    _add_retain(p)
+
+
+def _add_retain(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--retain",
         metavar="DURATION",
@@ -537,6 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     quarantine_commands.register(sub, _add_db)
+    vacuum_command.register(sub, _add_db, _add_retain, _add_spec)
     kafka_commands.register(sub, _add_db, _add_reconcile, _add_logging)
     slo_commands.register(sub)
     return parser

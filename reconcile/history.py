@@ -11,9 +11,10 @@ are pruned by msgtally.reconcile.retention.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, delete
+from sqlalchemy import Connection, Engine, delete
 
 from msgtally.store.db import write_tx
 from msgtally.store.tables import TIMELINES
@@ -47,12 +48,19 @@ class Retention:
 
 def prune(store: Engine, now: float, retention: Retention) -> int:
     """Delete the rows older than their resolution is kept; the number deleted."""
-    deleted = 0
     with write_tx(store) as conn:
-        for (counts, buckets, _step), keep in zip(
-            TIMELINES, (retention.minutes, retention.hours), strict=True
-        ):
-            cutoff = int(now - keep)
-            for table in (counts, buckets):
-                deleted += conn.execute(delete(table).where(table.c.at < cutoff)).rowcount
+        return prune_rows(conn, now, retention)
+
+
+def prune_rows(conn: Connection, now: float, retention: Retention) -> int:
+    """`prune` in the caller's transaction."""
+    deleted = 0
+    for (counts, buckets, _step), keep in zip(
+        TIMELINES, (retention.minutes, retention.hours), strict=True
+    ):
+        if math.isinf(keep):
+            continue
+        cutoff = int(now - keep)
+        for table in (counts, buckets):
+            deleted += conn.execute(delete(table).where(table.c.at < cutoff)).rowcount
     return deleted

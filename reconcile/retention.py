@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, delete, func, select, text, tuple_
 
-from msgtally.store.db import upsert, write_tx
+from msgtally.store.db import upsert, write_script, write_tx
 from msgtally.store.tables import (
     checkpoint,
     engine_events,
@@ -38,7 +38,7 @@ from msgtally.store.tables import (
     verdicts,
 )
 
-from .history import Retention
+from .history import Retention, prune_rows
 
 CHUNK_ROWS = 1000  # log rows (or verdict rows) per prune transaction
 RECLAIM_PAGES = 2000  # SQLite pages given back per transaction (8 MB at 4 KiB)
@@ -125,67 +125,75 @@ def prune_log_chunk(store: Engine, cutoff: float) -> tuple[int, int, bool]:
     received before `cutoff` and that the prune bound is past, with their log rows,
     in one transaction. (log rows, ticks deleted, whether the next chunk may find more)."""
     with write_tx(store) as conn:
-        bound = prune_bound(conn)
-        candidates = conn.execute(
-            select(ticks.c.tick, ticks.c.log_ids, ticks.c.now)
-            .where(ticks.c.tick <= bound).order_by(ticks.c.tick).limit(256)
-        ).all()  # fmt: skip
-        wanted = [i for r in candidates for i in _ids(r.log_ids)][: CHUNK_ROWS * 2]
-        received = _received(conn, wanted)
-        chosen: list[int] = []
-        last_tick, newest, more = 0, 0.0, False
-        for r in candidates:
-            ids = _ids(r.log_ids)
-            unread = any(i not in received for i in ids)
-            if chosen and (len(chosen) + len(ids) > CHUNK_ROWS or unread):
-                more = True  # the chunk is full: the next one goes on
-                break
-            if unread:  # a tick larger than a chunk goes whole
-                received.update(_received(conn, ids))
-            times = [received[i] for i in ids if i in received]
-            at = max(times) if times else float(r.now)
-            if at >= cutoff:  # inside the window: this tick and every later one stay
-                break
-            chosen += ids
-            last_tick, newest = int(r.tick), max(newest, at)
-        else:
-            more = len(candidates) == 256
-        if not last_tick:
-            return 0, 0, False
-        for i in range(0, len(chosen), 500):
-            conn.execute(delete(log).where(log.c.id.in_(chosen[i : i + 500])))
-        gone = conn.execute(delete(ticks).where(ticks.c.tick <= last_tick)).rowcount
-        conn.execute(delete(engine_events).where(engine_events.c.tick <= last_tick))
-        before = _facts(conn, PRUNED_ID, PRUNED_RECEIVED)
-        facts = {
-            PRUNED_TICK: str(last_tick),
-            PRUNED_ID: str(max([int(before.get(PRUNED_ID, 0)), *chosen])),
-            PRUNED_RECEIVED: repr(max(float(before.get(PRUNED_RECEIVED, 0.0)), newest)),
-        }
-        stmt = upsert(conn, meta)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["key"], set_={"value": stmt.excluded.value}
-        )
-        conn.execute(stmt, [{"key": k, "value": v} for k, v in facts.items()])
+        return _log_chunk(conn, cutoff)
+
+
+def _log_chunk(conn: Connection, cutoff: float) -> tuple[int, int, bool]:
+    bound = prune_bound(conn)
+    candidates = conn.execute(
+        select(ticks.c.tick, ticks.c.log_ids, ticks.c.now)
+        .where(ticks.c.tick <= bound).order_by(ticks.c.tick).limit(256)
+    ).all()  # fmt: skip
+    wanted = [i for r in candidates for i in _ids(r.log_ids)][: CHUNK_ROWS * 2]
+    received = _received(conn, wanted)
+    chosen: list[int] = []
+    last_tick, newest, more = 0, 0.0, False
+    for r in candidates:
+        ids = _ids(r.log_ids)
+        unread = any(i not in received for i in ids)
+        if chosen and (len(chosen) + len(ids) > CHUNK_ROWS or unread):
+            more = True  # the chunk is full: the next one goes on
+            break
+        if unread:  # a tick larger than a chunk goes whole
+            received.update(_received(conn, ids))
+        times = [received[i] for i in ids if i in received]
+        at = max(times) if times else float(r.now)
+        if at >= cutoff:  # inside the window: this tick and every later one stay
+            break
+        chosen += ids
+        last_tick, newest = int(r.tick), max(newest, at)
+    else:
+        more = len(candidates) == 256
+    if not last_tick:
+        return 0, 0, False
+    for i in range(0, len(chosen), 500):
+        conn.execute(delete(log).where(log.c.id.in_(chosen[i : i + 500])))
+    gone = conn.execute(delete(ticks).where(ticks.c.tick <= last_tick)).rowcount
+    conn.execute(delete(engine_events).where(engine_events.c.tick <= last_tick))
+    before = _facts(conn, PRUNED_ID, PRUNED_RECEIVED)
+    facts = {
+        PRUNED_TICK: str(last_tick),
+        PRUNED_ID: str(max([int(before.get(PRUNED_ID, 0)), *chosen])),
+        PRUNED_RECEIVED: repr(max(float(before.get(PRUNED_RECEIVED, 0.0)), newest)),
+    }
+    stmt = upsert(conn, meta)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["key"], set_={"value": stmt.excluded.value}
+    )
+    conn.execute(stmt, [{"key": k, "value": v} for k, v in facts.items()])
     return len(chosen), int(gone), more
 
 
 def prune_verdicts_chunk(store: Engine, cutoff: float) -> tuple[int, bool]:
     """Deletes up to CHUNK_ROWS verdict rows whose deadline is before `cutoff`, in
     one transaction. (rows deleted, whether there may be more)."""
-    v = verdicts
     with write_tx(store) as conn:
-        keys = [
-            tuple(r)
-            for r in conn.execute(
-                select(v.c.stream, v.c.message_id, v.c.grp)
-                .where(v.c.deadline < cutoff).limit(CHUNK_ROWS)
-            )
-        ]  # fmt: skip
-        for i in range(0, len(keys), 300):
-            conn.execute(
-                delete(v).where(tuple_(v.c.stream, v.c.message_id, v.c.grp).in_(keys[i : i + 300]))
-            )
+        return _verdicts_chunk(conn, cutoff)
+
+
+def _verdicts_chunk(conn: Connection, cutoff: float) -> tuple[int, bool]:
+    v = verdicts
+    keys = [
+        tuple(r)
+        for r in conn.execute(
+            select(v.c.stream, v.c.message_id, v.c.grp)
+            .where(v.c.deadline < cutoff).limit(CHUNK_ROWS)
+        )
+    ]  # fmt: skip
+    for i in range(0, len(keys), 300):
+        conn.execute(
+            delete(v).where(tuple_(v.c.stream, v.c.message_id, v.c.grp).in_(keys[i : i + 300]))
+        )
     return len(keys), len(keys) == CHUNK_ROWS
 
 
@@ -200,10 +208,48 @@ def prune(
     """Prunes the log (--retain) and the verdicts (--retain-verdicts) as of `now`,
     a chunk per transaction, at most `max_chunks` of each (None: until done).
     The caller holds the engine's lease (msgtally.reconcile.lease)."""
+    return _prune(
+        lambda cutoff: prune_log_chunk(store, cutoff),
+        lambda cutoff: prune_verdicts_chunk(store, cutoff),
+        now, retention, max_chunks, on_chunk,
+    )  # fmt: skip
+
+
+class _Undone(Exception):
+    """Rolls a dry run's transaction back, carrying what it would have deleted."""
+
+    def __init__(self, pruned: Pruned, rows: int) -> None:
+        self.pruned, self.rows = pruned, rows
+
+
+def due(store: Engine, now: float, retention: Retention) -> tuple[Pruned, int]:
+    """What `prune` and msgtally.reconcile.history's `prune` would delete as of
+    `now` (and the per-minute and per-hour rows): the same code, counting in one
+    transaction that is rolled back (it holds the store's write lock meanwhile)."""
+    try:
+        with write_tx(store) as conn:
+            pruned = _prune(
+                lambda cutoff: _log_chunk(conn, cutoff),
+                lambda cutoff: _verdicts_chunk(conn, cutoff),
+                now, retention, None, None,
+            )  # fmt: skip
+            raise _Undone(pruned, prune_rows(conn, now, retention))
+    except _Undone as undone:
+        return undone.pruned, undone.rows
+
+
+def _prune(
+    log_chunk: Callable[[float], tuple[int, int, bool]],
+    verdicts_chunk: Callable[[float], tuple[int, bool]],
+    now: float,
+    retention: Retention,
+    max_chunks: int | None,
+    on_chunk: Callable[[Pruned], None] | None,
+) -> Pruned:
     total = Pruned()
     chunks, more = 0, True
     while more and (max_chunks is None or chunks < max_chunks):
-        rows, gone, more = prune_log_chunk(store, now - retention.minutes)
+        rows, gone, more = log_chunk(now - retention.minutes)
         chunks += 1
         if rows or gone:
             part = Pruned(log_rows=rows, ticks=gone, more=more)
@@ -213,7 +259,7 @@ def prune(
     log_more = more
     chunks, more = 0, True
     while more and (max_chunks is None or chunks < max_chunks):
-        n, more = prune_verdicts_chunk(store, now - retention.verdicts)
+        n, more = verdicts_chunk(now - retention.verdicts)
         chunks += 1
         if n:
             part = Pruned(verdicts=n, more=more)
@@ -252,8 +298,7 @@ def reclaim(store: Engine, max_steps: int | None = 1) -> int:
         free = free_pages(store)
         if not free:
             break
-        with write_tx(store) as conn:
-            conn.exec_driver_sql(f"PRAGMA incremental_vacuum({RECLAIM_PAGES})").all()
+        write_script(store, f"BEGIN IMMEDIATE; PRAGMA incremental_vacuum({RECLAIM_PAGES}); COMMIT;")
         given += min(free, RECLAIM_PAGES)
         steps += 1
     return given

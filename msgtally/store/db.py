@@ -227,6 +227,18 @@ def _writer_lock(store: Engine) -> threading.Lock | None:
         return _writers.setdefault(str(store.url.database), threading.Lock())
 
 
+def write_script(store: Engine, script: str) -> None:
+    """SQLite: run `script` (its own BEGIN IMMEDIATE ... COMMIT) to completion, as
+    this process's one writer. A PRAGMA such as incremental_vacuum does its work
+    a step at a time, and the driver's execute() takes only the first step (and
+    leaves the statement open): executescript steps each statement to its end."""
+    lock = _writer_lock(store)
+    with lock or contextlib.nullcontext(), store.connect() as conn:
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        raw.executescript(script)
+
+
 @contextmanager
 def write_tx(store: Engine) -> Iterator[Connection]:
     """A write transaction: committed on success, rolled back on any error."""
