@@ -22,6 +22,7 @@ from msgtally.cli import build_parser
 from msgtally.server import BackgroundServer, free_port
 from msgtally.settings import Settings, read_config_file
 from msgtally.store.db import open_store
+from msgtally.store.kafka_log import parse_log_url
 from tests.conftest import service_unavailable
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,18 +78,40 @@ def _containers(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     return [
         (doc["metadata"]["name"], c)
         for doc in docs
-        if doc["kind"] == "Deployment"
+        if doc["kind"] in ("Deployment", "Job")
         for c in doc["spec"]["template"]["spec"]["containers"]
     ]
 
 
+def _selected(docs: list[dict[str, Any]], label: str) -> set[tuple[str, str]]:
+    """What `kubectl apply -l LABEL=yes` applies."""
+    return {
+        (d["kind"], d["metadata"]["name"])
+        for d in docs
+        if d["metadata"].get("labels", {}).get(label) == "yes"
+    }
+
+
 def test_the_kubernetes_manifest_runs_commands_the_collector_takes(tmp_path: Path) -> None:
     docs = [d for d in yaml.safe_load_all((DEPLOY / "kubernetes.yml").read_text()) if d]
-    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
-    assert {("Deployment", "msgtally-ingest"), ("Deployment", "msgtally-engine")} <= kinds
+    # Two deployments in one file, each applied alone by its label (the header says how).
+    single = _selected(docs, "msgtally-single")
+    distributed = _selected(docs, "msgtally-distributed")
+    assert single == {("ConfigMap", "msgtally"), ("Deployment", "msgtally-ingest"),
+                      ("Deployment", "msgtally-engine"), ("Service", "msgtally")}  # fmt: skip
+    assert distributed == {
+        ("ConfigMap", "msgtally"), ("Job", "msgtally-topic"),
+        ("Deployment", "msgtally-collector"), ("Deployment", "msgtally-worker"),
+        ("Service", "msgtally-collector"),
+    }  # fmt: skip
+    assert single | distributed == {(d["kind"], d["metadata"]["name"]) for d in docs}
+    header = (DEPLOY / "kubernetes.yml").read_text().split("\napiVersion", 1)[0]
+    assert "-l msgtally-single=yes" in header and "-l msgtally-distributed=yes" in header
     by_name = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
     assert by_name["msgtally-engine"]["spec"]["replicas"] == 1
     assert by_name["msgtally-ingest"]["spec"]["replicas"] > 1
+    assert by_name["msgtally-collector"]["spec"]["replicas"] > 1
+    assert by_name["msgtally-worker"]["spec"]["replicas"] > 1
     # The configuration file it mounts is one the collector reads.
     (config_map,) = [d for d in docs if d["kind"] == "ConfigMap"]
     config = tmp_path / "msgtally.yml"
@@ -96,18 +119,34 @@ def test_the_kubernetes_manifest_runs_commands_the_collector_takes(tmp_path: Pat
     read_config_file(str(config))
     with BackgroundServer(create_app(open_store(f"sqlite:///{tmp_path / 'store.db'}"))) as live:
         probe_status = {p: httpx.get(live.url + p).status_code for p in ("/healthz", "/readyz")}
+    commands = {}
+    logs = set()
     for name, container in _containers(docs):
         args = container["args"]
         assert args[0] == "msgtally"
         parsed = build_parser().parse_args(args[1:])
-        assert parsed.command == "serve"
-        assert ("--no-reconcile" in args) == (name == "msgtally-ingest")
+        commands[name] = parsed.command
+        if parsed.command == "serve":
+            assert ("--no-reconcile" in args) == (name == "msgtally-ingest")
+            assert (parsed.log is not None) == (name == "msgtally-collector")
+        if getattr(parsed, "log", None) is not None:
+            logs.add(parse_log_url(parsed.log))
         for env in container.get("env", []):
             assert env["name"].removeprefix("MSGTALLY_").lower() in Settings.model_fields
         for probe in ("readinessProbe", "livenessProbe"):
-            assert probe_status[container[probe]["httpGet"]["path"]] == 200
-    (service,) = [d for d in docs if d["kind"] == "Service"]
-    assert service["spec"]["selector"] == {"app": "msgtally", "role": "ingest"}
+            if parsed.command == "serve":
+                assert probe_status[container[probe]["httpGet"]["path"]] == 200
+            else:  # no HTTP: Kafka's group protocol watches a worker
+                assert probe not in container
+    assert commands == {
+        "msgtally-ingest": "serve", "msgtally-engine": "serve", "msgtally-topic": "topic",
+        "msgtally-collector": "serve", "msgtally-worker": "worker",
+    }  # fmt: skip
+    assert len(logs) == 1  # the Job, the collectors and the workers name one topic
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    assert services["msgtally"]["spec"]["selector"] == {"app": "msgtally", "role": "ingest"}
+    collector = {"app": "msgtally", "role": "collector"}
+    assert services["msgtally-collector"]["spec"]["selector"] == collector
 
 
 def _dockerfile_steps() -> dict[str, list[str]]:

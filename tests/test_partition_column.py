@@ -10,7 +10,7 @@ from msgtally.names import TALLY_FIELDS
 from msgtally.reconcile.outputs import write_in_flight, write_missing, write_pairs
 from msgtally.slis.read.query import read_in_flight, read_missing, read_slis
 from msgtally.store.db import open_store, write_tx
-from msgtally.store.tables import PARTITIONED, tallies
+from msgtally.store.tables import PARTITIONED, TIMELINES, latency_buckets, tallies
 
 
 def _pair(delivered: int, latency: float) -> tuple[object, ...]:
@@ -67,3 +67,28 @@ def test_a_store_from_before_gets_the_column(tmp_path: object) -> None:
         assert read_slis(conn, now=0.0)[0].produced == 10
     for name in PARTITIONED:
         assert "part" in {c["name"] for c in inspect(store).get_columns(name)}
+
+
+def test_counters_add_rows_of_one_key_and_to_the_stored_ones(store: Engine) -> None:
+    # PostgreSQL adds a tick's rows in one statement (every column an array, rows of
+    # one key summed first); SQLite row by row: the same totals.
+    buckets = (1.0, 5.0)
+    with write_tx(store) as conn:
+        write_pairs(conn, [_pair(2, 0.5), _pair(3, 1.0)], buckets, 1000.0)  # type: ignore[list-item]
+    with write_tx(store) as conn:
+        write_pairs(conn, [_pair(4, 0.25)], buckets, 1030.0, part=2)  # type: ignore[list-item]
+        write_pairs(conn, [_pair(1, 2.0)], buckets, 1000.0)  # type: ignore[list-item]
+    with store.connect() as conn:
+        (sli,) = read_slis(conn, now=100.0)
+        assert (sli.produced, sli.delivered, sli.latency_count) == (10, 10, 10)
+        assert sli.latency_sum == 1.0 + 3.0 + 1.0 + 2.0
+        rows = conn.execute(select(tallies.c.part, tallies.c.produced).order_by(tallies.c.part))
+        assert [tuple(r) for r in rows] == [(0, 6), (2, 4)]
+        minute = TIMELINES[0][0]
+        at = conn.execute(select(minute.c.at, minute.c.produced).order_by(minute.c.at))
+        assert [tuple(r) for r in at] == [(960, 6), (1020, 4)]
+        le = conn.execute(
+            select(latency_buckets.c.le, latency_buckets.c["count"])
+            .where(latency_buckets.c.part == 0)
+        )  # fmt: skip
+        assert {r[0]: r[1] for r in le} == {"1.0": 6}
