@@ -63,9 +63,6 @@ class Partition:
         self.store, self.config, self.part, self.epoch = store, config, part, epoch
         c = config
         self.core = _machine.Machine(c.deadline, c.settle, c.remember, c.latency_buckets)
-        self.core.configure(c.deadline, c.settle, c.remember)
-        for stream, seconds in c.stream_deadlines.items():
-            self.core.set_deadline(stream, seconds)
         self.next_offset = offset  # the next message to apply
         self.committed = committed  # below it, the figures are in the store: replay
         self.clock = clock
@@ -95,13 +92,21 @@ class Partition:
         if saved is None:
             if committed:
                 raise RuntimeError(f"partition {part} has an offset but no checkpoint")
-            return cls(store, config, part, int(row.epoch), offset=0, clock=0.0, committed=0)
-        taken = cls(
-            store, config, part, int(row.epoch), offset=int(saved.next_offset),
-            clock=float(saved.clock), committed=committed,
-        )  # fmt: skip
-        taken.core.loads(saved.body)
+            taken = cls(store, config, part, int(row.epoch), offset=0, clock=0.0, committed=0)
+        else:
+            taken = cls(
+                store, config, part, int(row.epoch), offset=int(saved.next_offset),
+                clock=float(saved.clock), committed=committed,
+            )  # fmt: skip
+            taken.core.loads(saved.body)  # into a fresh machine: before any setting
+        taken._configure()
         return taken
+
+    def _configure(self) -> None:
+        c = self.config
+        self.core.configure(c.deadline, c.settle, c.remember)
+        for stream, seconds in c.stream_deadlines.items():
+            self.core.set_deadline(stream, seconds)
 
     @property
     def replaying(self) -> bool:

@@ -57,6 +57,9 @@ class Worker:
         self._stop = threading.Event()
         self._last_commit: dict[int, float] = {}
         self._last_announced = 0.0
+        # An exception in a rebalance callback cannot cross librdkafka (consume would
+        # raise a SystemError): kept here and raised by `step` once consume returns.
+        self._failure: BaseException | None = None
         self._consumer = Consumer(
             {
                 "bootstrap.servers": log.bootstrap,
@@ -109,6 +112,9 @@ class Worker:
                 self._drop(part, str(exc))
                 continue
             fed += 1
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
         self._commit_due()
         if time.monotonic() - self._last_announced > ANNOUNCE_EVERY:
             self._adopt_announced()
@@ -117,32 +123,45 @@ class Worker:
     # -- assignment -------------------------------------------------------------
 
     def _assigned(self, consumer: Any, assigned: list[Any]) -> None:
-        for tp in assigned:
-            part = Partition.take(self.store, self.config, tp.partition, self.owner)
-            self.parts[tp.partition] = part
-            self._last_commit[tp.partition] = time.monotonic()
-            tp.offset = part.next_offset
-            log_.info("partition %d taken (epoch %d): from offset %d, %d to replay",
-                      part.part, part.epoch, part.next_offset,
-                      part.committed - part.next_offset)  # fmt: skip
-        consumer.assign(assigned)
+        try:
+            for tp in assigned:
+                part = Partition.take(self.store, self.config, tp.partition, self.owner)
+                self.parts[tp.partition] = part
+                self._last_commit[tp.partition] = time.monotonic()
+                tp.offset = part.next_offset
+                log_.info("partition %d taken (epoch %d): from offset %d, %d to replay",
+                          part.part, part.epoch, part.next_offset,
+                          part.committed - part.next_offset)  # fmt: skip
+            consumer.assign(assigned)
+        except BaseException as exc:
+            self._failure = exc
 
     def _revoked(self, consumer: Any, revoked: list[Any]) -> None:
-        for tp in revoked:
-            part = self.parts.pop(tp.partition, None)
-            if part is not None:
+        try:
+            for tp in revoked:
+                part = self.parts.pop(tp.partition, None)
+                if part is None:
+                    continue
                 try:
                     part.commit(checkpoint=True)
                 except Fenced:
-                    pass
+                    log_.info("partition %d revoked: another worker took it first", part.part)
                 except Exception:
                     log_.exception("partition %d: last commit failed", tp.partition)
-        consumer.unassign()
+            log_.info("partitions revoked: %s", _numbers(revoked))
+            consumer.unassign()
+        except BaseException as exc:
+            self._failure = exc
 
     def _lost(self, consumer: Any, lost: list[Any]) -> None:
-        for tp in lost:  # another worker may own it already: commit nothing
-            self.parts.pop(tp.partition, None)
-        consumer.unassign()
+        try:
+            for tp in lost:  # another worker may own it already: commit nothing
+                self.parts.pop(tp.partition, None)
+            log_.warning("partitions lost (the group went on without this worker): %s; "
+                         "nothing more committed on them", _numbers(lost))  # fmt: skip
+            consumer.unassign()
+        except BaseException as exc:
+            self._failure = exc
 
     def _drop(self, part: Partition, why: str) -> None:
         log_.warning("partition %d dropped: %s", part.part, why)
@@ -229,6 +248,10 @@ class Worker:
                     return
         finally:
             reader.close()
+
+
+def _numbers(tps: list[Any]) -> str:
+    return ",".join(str(tp.partition) for tp in tps) or "none"
 
 
 def _offset(msg: Any) -> int:

