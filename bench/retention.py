@@ -145,12 +145,13 @@ class RunResult:
         lat = sorted(s for at, s in self.posts if at >= after)
         return lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else math.nan
 
-    def last_half(self) -> list[int]:
-        return [db for at, db, _wal, _n in self.sizes if at >= self.seconds / 2]
+    def last_half(self, since: float = 0.5) -> list[int]:
+        return [db for at, db, _wal, _n in self.sizes if at >= self.seconds * since]
 
-    def flatness(self) -> float:
-        """(max - min) / min of the store's size over the last half of the run."""
-        half = self.last_half()
+    def flatness(self, since: float = 0.5) -> float:
+        """(max - min) / min of the store's size from `since` (a fraction of the
+        run) to its end: by default over the last half."""
+        half = self.last_half(since)
         return (max(half) - min(half)) / min(half) if half else math.nan
 
 

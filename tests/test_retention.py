@@ -283,6 +283,7 @@ def _bench() -> Any:
     spec = importlib.util.spec_from_file_location("bench_retention", BENCH / "retention.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -292,8 +293,11 @@ def test_a_steady_rate_through_a_collector_keeps_the_store_flat_and_exact(
     tmp_path: Path,
 ) -> None:
     bench = _bench()
-    run = bench.run(tmp_path, seconds=60, window=20, rate=1500, pruned=True, deadline=5,
+    # A short run reaches its steady size only after the window and the kept
+    # checkpoints (~30 s): its last third is held flat; the bench's 10-minute
+    # run holds the last half (docs/retention.md gives its figures).
+    run = bench.run(tmp_path, seconds=90, window=20, rate=1500, pruned=True, deadline=5,
                     remember=5, progress=print)  # fmt: skip
     assert run.problems == [], run.problems
     assert run.held_since_age is not None and run.held_since_age < 20 + 30
-    assert run.flatness() <= bench.GOAL_FLAT, run.sizes
+    assert run.flatness(since=2 / 3) <= bench.GOAL_FLAT, run.sizes
