@@ -1617,7 +1617,7 @@ int mc_in_flight(Machine *M, int (*cb)(void *ctx, uint32_t sid, uint32_t gid, in
         StreamInfo *si = &M->sinfo[e->sid];
         for (uint32_t g = 0; g < si->n; g++) {
             Slot *s = find_slot(e, si->gids[g]);
-            if (s && (s->cls != CLS_PENDING || s->ok > 0)) continue;
+            if (s && s->cls != CLS_PENDING) continue; /* judged: no longer in flight */
             uint64_t key = (((uint64_t)e->sid << 32) | si->gids[g]) + 1;
             uint32_t j = (uint32_t)mix64(key) & mask;
             while (keys[j] && keys[j] != key) j = (j + 1) & mask;
