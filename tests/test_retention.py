@@ -293,13 +293,17 @@ def test_a_steady_rate_through_a_collector_keeps_the_log_to_its_window_and_exact
     tmp_path: Path,
 ) -> None:
     bench = _bench()
-    # What a short run can hold: the log's rows stay the window's (flat over the
-    # last half) and every figure is exact. The file's size swings by a
+    # What a short run can hold: the log never holds more than the window's rows
+    # plus the ticks the kept checkpoints still need (~15 s here), and every
+    # figure is exact. The file's size swings by a
     # checkpoint of the engine's state, large against a store this small: the
     # bench's 10-minute run measures its flatness (docs/retention.md).
     run = bench.run(tmp_path, seconds=60, window=20, rate=1500, pruned=True, deadline=5,
                     remember=5, progress=print)  # fmt: skip
     assert run.problems == [], run.problems
     assert run.held_since_age is not None and run.held_since_age < 20 + 30
-    rows = [n for at, _db, _wal, n in run.sizes if at >= run.seconds / 2]
-    assert (max(rows) - min(rows)) / min(rows) <= bench.GOAL_FLAT, run.sizes
+    # The rows of the run's first 35 s (nothing is pruned before 20 s): a bound
+    # an unpruned log passes by 25 s and never comes back under.
+    bound = max(n for at, _db, _wal, n in run.sizes if at <= 20 + 15)
+    held = [n for at, _db, _wal, n in run.sizes if at >= run.seconds / 2]
+    assert max(held) <= bound, (bound, held)
