@@ -302,8 +302,9 @@ def test_a_steady_rate_through_a_collector_keeps_the_log_to_its_window_and_exact
                     remember=5, progress=print)  # fmt: skip
     assert run.problems == [], run.problems
     assert run.held_since_age is not None and run.held_since_age < 20 + 30
-    # The rows of the run's first 35 s (nothing is pruned before 20 s): a bound
-    # an unpruned log passes right after and never comes back under.
-    bound = max(n for at, _db, _wal, n in run.sizes if at <= 20 + 15)
+    # Requests a second, from the samples before anything can be pruned: an
+    # unpruned log passes window + 15 s of them at 35 s and never comes back.
+    per_second = max(n / at for at, _db, _wal, n in run.sizes if 0 < at <= 20)
+    bound = per_second * (20 + 15)
     held = [n for at, _db, _wal, n in run.sizes if at >= run.seconds / 2]
     assert max(held) <= bound, (bound, held)
