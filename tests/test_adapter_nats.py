@@ -519,9 +519,12 @@ def test_error_classes_on_the_real_server(
     seen: list[Received] = []
 
     async def forward() -> None:
-        nc = await nats.connect(f"nats://svc:rotated@{guarded}", connect_timeout=2,
-                                allow_reconnect=False, max_reconnect_attempts=0)  # fmt: skip
-        await nc.close()
+        nc = NATS()  # closed even when the connect is refused: no socket left open
+        try:
+            await nc.connect(f"nats://svc:rotated@{guarded}", connect_timeout=2,
+                             allow_reconnect=False, max_reconnect_attempts=0)  # fmt: skip
+        finally:
+            await nc.close()
 
     async def handle(msg: Received) -> None:
         if "forward" in json.loads(msg.body):  # JSONDecodeError: serialization
