@@ -105,8 +105,30 @@ def _working(store: Engine, pid: int, at_least: int = 20) -> bool:
     return bool(mine) and all(offsets[p] >= at_least for p in mine)
 
 
+def _owning(store: Engine) -> set[int]:
+    """The pids of the workers that own partitions now."""
+    return {pid for pid, _epoch in owners(store).values()}
+
+
 def _owned_by(store: Engine, pids: set[int]) -> bool:
-    return {pid for pid, _epoch in owners(store).values()} <= pids
+    return _owning(store) <= pids
+
+
+def _two_under_load(
+    broker: Tansu, pg_url: str, store: Engine, tmp_path: Path, workers: list[WorkerProcess],
+    seed: int,
+) -> tuple[KafkaLog, list[list[Record]], SteadyProducer]:
+    """Workers a and b sharing the partitions while the collectors produce, a
+    having committed on each of its own: the moment a fault is worth injecting."""
+    log = _topic(broker, store)
+    requests = history(seed, 1500, time.time() - 2000)
+    workers += [WorkerProcess(pg_url, log, tmp_path, n) for n in ("a", "b")]
+    a, b = workers
+    wait_for("both workers to own partitions", lambda: _owning(store) == {a.pid, b.pid})
+    producer = SteadyProducer(log, PARTS, requests, rate=40).start()
+    wait_for("a third of the requests", lambda: producer.sent > len(requests) // 3)
+    wait_for("a to commit on each of its partitions", lambda: _working(store, a.pid))
+    return log, requests, producer
 
 
 @pytest.mark.slow
@@ -116,15 +138,8 @@ def test_a_worker_killed_mid_tick(
     """SIGKILL: no last commit, no leave. After its session times out, its
     partitions go to the other worker, which loads each one's checkpoint and
     replays the topic to the committed offset without writing, then goes on."""
-    log = _topic(broker, store)
-    requests = history(11, 1500, time.time() - 2000)
-    workers += [WorkerProcess(pg_url, log, tmp_path, n) for n in ("a", "b")]
+    log, requests, producer = _two_under_load(broker, pg_url, store, tmp_path, workers, 11)
     a, b = workers
-    wait_for("both workers to own partitions",
-             lambda: {pid for pid, _ in owners(store).values()} == {a.pid, b.pid})  # fmt: skip
-    producer = SteadyProducer(log, PARTS, requests, rate=40).start()
-    wait_for("a third of the requests", lambda: producer.sent > len(requests) // 3)
-    wait_for("a to commit on each of its partitions", lambda: _working(store, a.pid))
     a.signal(signal.SIGKILL)
     a.proc.wait()
     wait_for("b to own every partition", lambda: _owned_by(store, {b.pid}), 60)
@@ -142,22 +157,14 @@ def test_a_worker_stalled_past_its_session_is_fenced(
     """SIGSTOP past the session timeout: its partitions move to the other worker
     (a new epoch each). Resumed, it commits nothing on them (its epoch is over:
     every such commit is rolled back) and rejoins the group; the figures stay exact."""
-    log = _topic(broker, store)
-    requests = history(12, 1500, time.time() - 2000)
-    workers += [WorkerProcess(pg_url, log, tmp_path, n) for n in ("a", "b")]
+    log, requests, producer = _two_under_load(broker, pg_url, store, tmp_path, workers, 12)
     a, b = workers
-    wait_for("both workers to own partitions",
-             lambda: {pid for pid, _ in owners(store).values()} == {a.pid, b.pid})  # fmt: skip
-    producer = SteadyProducer(log, PARTS, requests, rate=40).start()
-    wait_for("a third of the requests", lambda: producer.sent > len(requests) // 3)
-    wait_for("a to commit on each of its partitions", lambda: _working(store, a.pid))
     a.signal(signal.SIGSTOP)
     held = {p for p, (pid, _e) in owners(store).items() if pid == a.pid}
     wait_for("b to own every partition", lambda: _owned_by(store, {b.pid}), 60)
     time.sleep(SESSION_TIMEOUT)
     a.signal(signal.SIGCONT)
-    wait_for("a to own partitions again",
-             lambda: {pid for pid, _ in owners(store).values()} == {a.pid, b.pid}, 90)  # fmt: skip
+    wait_for("a to own partitions again", lambda: _owning(store) == {a.pid, b.pid}, 90)
     final = time.time() + 10_000
     producer.finish(final)
     _settled(store, log, workers)
