@@ -16,9 +16,8 @@ from sqlalchemy import Engine, func, select
 
 from msgtally.ingest.intake.kafka_log import KafkaWriter, split
 from msgtally.ingest.intake.writer import log_to
-from msgtally.ingest.shim.wire import record_to_json
 from msgtally.names import TALLY_FIELDS
-from msgtally.oracle import oracle
+from msgtally.oracle import missing_records, oracle
 from msgtally.reconcile.outputs import VERDICT_COLUMNS
 from msgtally.reconcile.partitioned.partition import Fenced, Partition
 from msgtally.store.db import open_store
@@ -30,11 +29,13 @@ from msgtally.store.kafka_log import (
     open_log,
     parse_log_url,
     partition_of,
+    sequence_partition,
 )
-from msgtally.store.tables import partitions, tallies, verdicts
+from msgtally.store.tables import partitions, records_missing, tallies, verdicts
 from tests.conftest import LiveCollector
-from tests.harness import assert_discrepancies, assert_figures, figures
+from tests.harness import assert_discrepancies, assert_figures, figures, missing
 from tests.kafka_broker import Tansu, started_broker
+from tests.partitioned_sequences import Numbered, envelope, numbered, single_engine
 from tests.partitioned_support import (
     CONFIG,
     WorkerThread,
@@ -42,7 +43,6 @@ from tests.partitioned_support import (
     batch_of,
     history,
     new_topic,
-    single_engine,
     wait_applied,
 )
 
@@ -101,13 +101,15 @@ def test_two_collectors_two_workers_give_the_single_engines_figures(
         log_to(store, writer)
     workers = [WorkerThread(pg_url, log) for _ in range(2)]
     requests = history(7, 300, time.time() - 2000)
+    # From senders that number their records, with holes, then their last marks.
+    sent, tails = numbered(requests, seed=7)
+    sent.append(Numbered([], tails))
     try:
         one, two = (LiveCollector(store, CONFIG) for store in collectors)
         with one, two:
-            for i, request in enumerate(requests):
+            for i, request in enumerate(sent):
                 url = (one, two)[i % 2].url
-                body = [record_to_json(r) for r in request]
-                answer = httpx.post(f"{url}/v1/records", json=body, timeout=30)
+                answer = httpx.post(f"{url}/v1/records", json=envelope(request), timeout=30)
                 assert answer.status_code == 200, answer.text
         final = time.time() + 10_000  # past every deadline: every id judged
         writers[0].beat(final)
@@ -120,15 +122,22 @@ def test_two_collectors_two_workers_give_the_single_engines_figures(
         for store in collectors:
             log_to(store, None)
     single = _open(opened, f"sqlite:///{tmp_path / 'single.db'}")
-    single_engine(single, requests, final)
-    sent = [r for request in requests for r in request]
-    want = oracle(sent, deadline=CONFIG.deadline, stream_deadlines=CONFIG.stream_deadlines,
+    single_engine(single, sent, CONFIG, final)
+    records = [r for request in sent for r in request.records]
+    want = oracle(records, deadline=CONFIG.deadline, stream_deadlines=CONFIG.stream_deadlines,
                   expected_groups=CONFIG.expected_groups)  # fmt: skip
     assert_figures(figures(single), want)
     assert_figures(figures(collectors[0]), want)
     assert_discrepancies(collectors[0], want)
-    assert_same(collectors[0], single)
+    assert_same(collectors[0], single)  # records missing too
     assert {g for _s, g in figures(collectors[0])} >= {"cfg", "g4"}
+    # Holes found exactly, each sequence whole on the partition that owns it: the
+    # count from the numbering itself, over several partitions, every kind.
+    assert missing(collectors[0]) == missing_records(records, tails)
+    assert len(missing(collectors[0])) >= 6
+    owners = {sequence_partition(m.producer, m.stream, m.kind, m.group, count) for m in tails}
+    assert owners == set(range(count))
+    assert len(_missing_parts(collectors[0])) >= 3
     # The rows themselves, as the workers' commits wrote them (arrays unnested,
     # verdicts by COPY) and as the single engine did. Every verdict row of the
     # workers is the single engine's, and every row of a discrepant id, outside
@@ -136,7 +145,7 @@ def test_two_collectors_two_workers_give_the_single_engines_figures(
     # rows differ in what no read shows (max_attempt 0 against 1 on back-filled
     # losses), and the single engine keeps rows of a few delivered ids that the
     # workers do not; figures and reports are equal (assert_same).
-    backfilled = {(r.stream, r.message_id) for r in requests[-1]}
+    backfilled = {(r.stream, r.message_id) for r in requests[-1]}  # the g4 request
 
     def outside(store: Engine) -> set[tuple[Any, ...]]:
         rows = _verdict_rows(store)
@@ -151,6 +160,12 @@ def test_two_collectors_two_workers_give_the_single_engines_figures(
     for key, row in want.items():
         assert got[key][:-1] == row[:-1], key  # every count exactly
         assert got[key][-1] == pytest.approx(row[-1], rel=1e-12), key  # latency_sum
+
+
+def _missing_parts(store: Engine) -> set[int]:
+    """The partitions that declared records missing."""
+    with store.connect() as conn:
+        return {int(p) for (p,) in conn.execute(select(records_missing.c.part).distinct())}
 
 
 def _verdict_rows(store: Engine) -> list[tuple[Any, ...]]:
