@@ -17,9 +17,10 @@ from sqlalchemy import Engine, func, select
 
 from msgtally.ingest.intake.kafka_log import KafkaWriter, slices, split
 from msgtally.ingest.intake.schema import parse_body
-from msgtally.ingest.intake.writer import log_to
+from msgtally.ingest.intake.writer import log_to, write_batch
 from msgtally.names import TALLY_FIELDS
 from msgtally.oracle import missing_records, oracle
+from msgtally.reconcile.engine import Reconciler
 from msgtally.reconcile.outputs import VERDICT_COLUMNS
 from msgtally.reconcile.partitioned.partition import Fenced, Partition
 from msgtally.store.db import open_store
@@ -33,10 +34,11 @@ from msgtally.store.kafka_log import (
     partition_of,
     sequence_partition,
 )
-from msgtally.store.tables import partitions, records_missing, tallies, verdicts
+from msgtally.store.tables import partitions, records_missing, tallies, tally_minutes, verdicts
 from tests.conftest import LiveCollector
 from tests.harness import assert_discrepancies, assert_figures, figures, missing
 from tests.kafka_broker import Tansu, started_broker
+from tests.partitioned_reads import assert_reads_same
 from tests.partitioned_sequences import Numbered, envelope, numbered, single_engine
 from tests.partitioned_support import (
     CONFIG,
@@ -288,3 +290,49 @@ def test_a_worker_that_lost_its_partition_commits_nothing(
     with store.connect() as conn:
         row = conn.execute(select(partitions).where(partitions.c.part == 1)).one()
     assert (row.next_offset, row.clock) == (1, 5000.0)
+
+
+@pytest.mark.slow
+def test_windowed_reads_are_the_single_engines(
+    broker: Tansu, pg_url: str, tmp_path: Path, opened: list[Engine]
+) -> None:
+    """Requests received minutes apart, across an hour, hours ago (the receipt
+    clocks the test's, every partition's clock moved with each): workers that
+    catch up on the whole topic at once write every per-minute and per-hour row
+    where the single engine, ticking at each receipt, writes it. Every read is
+    the same: windows, series, objectives, status rows, /metrics, the report
+    (but for what tests.partitioned_reads names: g4's windowed rows, the engine's
+    bookkeeping)."""
+    store = _open(opened, pg_url)
+    log = new_topic(broker, 4)
+    count = open_log(store, str(log))[1]
+    base = (time.time() // 3600 - 3) * 3600 - 600  # ten minutes before an hour, ~3 h ago
+    sent, tails = numbered(history(13, 300, base), seed=13)
+    sent.append(Numbered([], tails))
+    clocks = [base + 90 + 41 * i for i in range(len(sent))]  # over ~30 minutes
+    final = clocks[-1] + 900  # past every deadline: every id judged
+    writer = KafkaWriter(log, count, heartbeat_every=3600).start()  # beats by hand
+    single = _open(opened, f"sqlite:///{tmp_path / 'single.db'}")
+    with Reconciler(single, CONFIG) as engine:  # live: it ticks at each receipt
+        for request, at in zip(sent, clocks, strict=True):
+            batch = parse_body(json.dumps(envelope(request)).encode())
+            writer.append(batch.records, batch.sequences, at)
+            writer.beat(at)  # every partition's clock at the receipt's
+            write_batch(single, batch, received_at=at)
+            engine.catch_up(at, final=False)
+        writer.beat(final)
+        writer.close()
+        engine.catch_up(final, final=False)
+    workers = [WorkerThread(pg_url, log) for _ in range(2)]  # the backlog at once
+    try:
+        wait_applied(store, log, count)
+    finally:
+        for w in workers:
+            w.stop()
+    # Resends come after their ids' verdicts here, and after the ids are forgotten:
+    # both engines count them on the verdict rows kept (not the oracle's one shot).
+    assert_same(store, single)
+    with store.connect() as conn:  # the history spread over many minutes, both hours
+        ats = {int(a) for (a,) in conn.execute(select(tally_minutes.c.at).distinct())}
+    assert len(ats) >= 10 and len({a // 3600 for a in ats}) == 2
+    assert_reads_same(store, pg_url, single, f"sqlite:///{tmp_path / 'single.db'}")

@@ -24,13 +24,15 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from sqlalchemy import Connection, Engine, select, update
 
 from msgtally.store.db import upsert, write_tx
 from msgtally.store.kafka_log import KafkaLogError, decode_message
-from msgtally.store.tables import announced_groups, partition_checkpoints, partitions
+from msgtally.store.tables import MINUTE, announced_groups, partition_checkpoints, partitions
 
 from .. import _machine
 from ..config import ReconcileConfig
@@ -47,6 +49,8 @@ log_ = logging.getLogger(__name__)
 
 # A scan of the partition's messages before an offset: (offset, raw message) in order.
 Scan = Callable[[int, int], Iterable[bytes]]
+# What the machine drained (pairs, verdict rows, records missing, errors), at its clock.
+Held = tuple[float, tuple[Any, Any, Any, Any]]
 
 
 class Fenced(Exception):
@@ -69,6 +73,7 @@ class Partition:
         self.records = 0  # applied since taken (replays included)
         self.rejected = 0  # messages whose body the machine refused, skipped
         self._changed = False
+        self._held: list[Held] = []  # drained since the last commit, written by the next
         self._last_checkpoint = time.monotonic()
 
     # -- taking -----------------------------------------------------------------
@@ -127,6 +132,8 @@ class Partition:
             log_.error("partition %d offset %d: message skipped: %s", self.part, offset, exc)
             self._moved(offset)
             return
+        if message.received_at // MINUTE > self.clock // MINUTE:
+            self._hold()  # judged in the minute that ends: its rows are that minute's
         self.clock = max(self.clock, message.received_at)
         if message.body is not None:
             new, rejected = self.core.screen([message.body])
@@ -143,11 +150,29 @@ class Partition:
                 self.records += self.core.apply(message.body, message.received_at)
                 keys = self.core.deferred_keys()
                 if keys:  # ids forgotten since: their verdict rows, from the store
-                    with self.store.connect() as conn:
-                        self.core.install(load_verdicts(conn, keys))
+                    self.core.install(self._verdicts(keys))
                     self.core.apply_deferred()
         self.core.advance(self.clock, self.clock)
         self._moved(offset)
+
+    def _hold(self) -> None:
+        """Drain what the machine judged so far, at its clock, for the next commit to
+        write: the per-minute rows get the minute each verdict was given in, as the
+        single engine's tick at that time writes them, however many messages a
+        commit covers."""
+        if not self.replaying:  # a replay's figures are in the store already
+            self._held.append((self.clock, self.core.drain()))
+
+    def _verdicts(self, keys: Sequence[tuple[str, str]]) -> list[tuple[Any, ...]]:
+        """The verdict rows of these forgotten ids: the store's, then those judged
+        since the last commit (not in the store yet), the latest of each."""
+        with self.store.connect() as conn:
+            rows = {(r[0], r[1], r[2]): r for r in load_verdicts(conn, keys)}
+        self._hold()
+        wanted = set(keys)
+        for _at, (_pairs, judged, _missing, _errors) in self._held:
+            rows.update({(r[0], r[1], r[2]): tuple(r) for r in judged if (r[0], r[1]) in wanted})
+        return list(rows.values())
 
     def _moved(self, offset: int) -> None:
         self.next_offset = offset + 1
@@ -193,7 +218,7 @@ class Partition:
         worker has taken the partition."""
         if self.replaying:
             return
-        pairs, rows, missing, errors = self.core.drain()
+        self._hold()
         flight = self.core.in_flight()
         body = self.core.dumps() if checkpoint else None
         p = partitions
@@ -205,7 +230,14 @@ class Partition:
             if moved != 1:
                 raise Fenced(f"partition {self.part}: another worker took it (epoch "
                              f"{self.epoch} is over)")  # fmt: skip
-            write_pairs(conn, pairs, self.config.latency_buckets, self.clock, self.part)
+            rows: list[Any] = []  # one write of each kind: the latest verdict row wins
+            missing: Counter[Any] = Counter()
+            errors: Counter[Any] = Counter()
+            for at, (pairs, judged, declared, failed) in self._held:  # in the order judged
+                write_pairs(conn, pairs, self.config.latency_buckets, at, self.part)
+                rows += judged
+                missing.update(declared)
+                errors.update(failed)
             write_verdicts(conn, rows)
             write_missing(conn, missing, self.part)
             write_errors(conn, errors, self.part)
@@ -215,6 +247,7 @@ class Partition:
             if body is not None:
                 _save_checkpoint(conn, self.part, self.next_offset, self.clock, body)
         self.committed = self.next_offset
+        self._held = []
         self._changed = False
         if body is not None:
             self._last_checkpoint = time.monotonic()

@@ -129,6 +129,10 @@ class Worker:
                 self.parts[tp.partition] = part
                 self._last_commit[tp.partition] = time.monotonic()
                 tp.offset = part.next_offset
+                # Expected before its first message, as the single engine expects the
+                # configured groups before its first tick: each id judged for them
+                # when it is due, not at the next adoption after a backlog.
+                self._adopt(part, read_announced(self.store))
                 log_.info("partition %d taken (epoch %d): from offset %d, %d to replay",
                           part.part, part.epoch, part.next_offset,
                           part.committed - part.next_offset)  # fmt: skip
@@ -208,15 +212,19 @@ class Worker:
         if not groups:
             return
         for part in list(self.parts.values()):
-            if part.replaying:
-                continue
-            expected = part.core.expected()
-            new = [(s, g) for s, g in groups if g not in expected.get(s, ())]
-            if new:
-                try:
-                    part.expect(new, self._scan)
-                except Fenced as exc:
-                    self._drop(part, str(exc))
+            self._adopt(part, groups)
+
+    def _adopt(self, part: Partition, groups: list[tuple[str, str]]) -> None:
+        """The announced groups this partition's machine does not expect yet, expected."""
+        if part.replaying:
+            return  # after the replay: its figures were made without them
+        expected = part.core.expected()
+        new = [(s, g) for s, g in groups if g not in expected.get(s, ())]
+        if new:
+            try:
+                part.expect(new, self._scan)
+            except Fenced as exc:
+                self._drop(part, str(exc))
 
     # -- the topic's history ------------------------------------------------------
 
