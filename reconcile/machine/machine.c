@@ -985,6 +985,10 @@ static int64_t reinflate(Machine *M, uint32_t cj, const Str *mid) {
     e->t0 = c->t0;
     e->r0 = c->r0;
     e->flags = E_PANY | E_ACKED | E_T0_FROZEN;
+    /* is_plain: produced, never retried. A produce counts its attempt as at least
+     * 1 (apply, bf_add): so does the entry again, and a group expected since gets
+     * the verdict row an id still in memory would give it. */
+    e->p_max_attempt = 1;
     memcpy(id_of(e), mid->s, mid->n);
     memcpy(fps_of(e), cfps(c), (size_t)c->nfp * 8);
     e->nfp = c->nfp;
