@@ -5,6 +5,7 @@ same figures as the single engine, exactly, on a real Kafka-protocol broker
 from __future__ import annotations
 
 import json
+import logging
 import time
 import zlib
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from sqlalchemy import Engine, func, select
 
@@ -340,3 +342,48 @@ def test_windowed_reads_are_the_single_engines(
         ats = {int(a) for (a,) in conn.execute(select(tally_minutes.c.at).distinct())}
     assert len(ats) >= 10 and len({a // 3600 for a in ats}) == 2
     assert_reads_same(store, pg_url, single, f"sqlite:///{tmp_path / 'single.db'}")
+
+
+def test_a_back_fill_reads_the_partition_once_for_every_stream_and_logs_its_progress(
+    broker: Tansu, pg_url: str, opened: list[Engine], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Groups new on two streams at once: one pass over the partition's messages
+    serves both, a line every 1000 messages says how far it is (as the single
+    engine's back-fill does), and every id produced before is owed to each."""
+    store = _open(opened, pg_url)
+    log = new_topic(broker, 1)
+    open_log(store, str(log))
+    messages = []
+    for i in range(2500):  # an id of each stream per message, consumed by g1
+        records = [
+            {"stream": s, "kind": k, "message_id": f"m{i}", "ts": 5000.0 + i, "group": g}
+            for s in ("s1", "s2")
+            for k, g in (("produce", ""), ("consume", "g1"))
+        ]  # fmt: skip
+        body = msgspec.msgpack.encode(
+            (2, None, [{k: v for k, v in r.items() if v} for r in records])
+        )
+        messages.append(encode_message(f"r{i}", 5000.0 + i, body))
+    scans: list[int] = []
+
+    def scan(_part: int, before: int) -> Iterator[bytes]:
+        scans.append(before)
+        return (raw for raw in messages[:before])
+
+    part = Partition.take(store, CONFIG, 0, "w")
+    for offset, raw in enumerate(messages):
+        part.feed(offset, raw, scan)
+    assert scans == []  # g1 came with the first message: nothing before it to scan
+    caplog.set_level(logging.INFO, logger="msgtally.reconcile.partitioned.partition")
+    owed = part.expect([("s1", "late"), ("s2", "late"), ("s2", "later")], scan)
+    assert scans == [2500]
+    progress = [r.getMessage() for r in caplog.records if "back-filling" in r.getMessage()]
+    assert progress == [f"partition 0: back-filling 3 new group(s): {n} of 2500 messages"
+                        for n in (1000, 2000)]  # fmt: skip
+    assert 0 < owed < 3 * 2500  # the others in memory still, judged when due
+    part.feed(len(messages), encode_message("", 100_000.0, None), scan)  # past every deadline
+    part.commit()
+    got = figures(store)
+    for pair in (("s1", "late"), ("s2", "late"), ("s2", "later")):
+        assert (got[pair]["produced"], got[pair]["lost"]) == (2500, 2500), pair
+    assert (got[("s1", "g1")]["produced"], got[("s1", "g1")]["delivered"]) == (2500, 2500)

@@ -144,8 +144,10 @@ class Partition:
             else:
                 if new:
                     if self.replaying:  # a back-fill commits a checkpoint: none to replay
-                        raise RuntimeError(f"partition {self.part} offset {offset}: new "
-                                           "groups in a replay; the store is inconsistent")
+                        raise RuntimeError(
+                            f"partition {self.part} offset {offset}: new "
+                            "groups in a replay; the store is inconsistent"
+                        )
                     self.expect(new, scan)
                 self.records += self.core.apply(message.body, message.received_at)
                 keys = self.core.deferred_keys()
@@ -188,15 +190,24 @@ class Partition:
         by_stream: dict[str, list[str]] = {}
         for stream, group in groups:
             by_stream.setdefault(stream, []).append(group)
-        owed = 0
-        for stream, names in by_stream.items():  # the machine back-fills one stream at a time
+        started = time.monotonic()
+        for stream, names in by_stream.items():
             self.core.expect_groups(stream, names)
-            if self.next_offset:
-                for raw in scan(self.part, self.next_offset):
-                    body = decode_message(raw).body
-                    if body is not None:
+        scanned = 0
+        if self.next_offset:  # one pass over the partition's messages for every stream
+            for raw in scan(self.part, self.next_offset):
+                body = decode_message(raw).body
+                if body is not None:
+                    for stream in by_stream:
                         self.core.backfill_scan(body, stream)
-            owed += self.core.backfill_finish(stream, names)
+                scanned += 1
+                if scanned % 1000 == 0:  # as the single engine's back-fill logs it
+                    log_.info("partition %d: back-filling %d new group(s): %d of %d messages",
+                              self.part, len(groups), scanned, self.next_offset)  # fmt: skip
+        owed = sum(self.core.backfill_finish(s, names) for s, names in by_stream.items())
+        log_.info("partition %d: %d new group(s) (%s): owed %d verdicts of earlier ids "
+                  "(%d messages, %.1fs)", self.part, len(groups), describe(groups[:5]), owed,
+                  scanned, time.monotonic() - started)  # fmt: skip
         self._changed = True
         self.commit(checkpoint=True, announce=groups)
         return owed
@@ -210,9 +221,7 @@ class Partition:
     def checkpoint_due(self, every: float) -> bool:
         return time.monotonic() - self._last_checkpoint > every
 
-    def commit(
-        self, *, checkpoint: bool = False, announce: Sequence[tuple[str, str]] = ()
-    ) -> None:
+    def commit(self, *, checkpoint: bool = False, announce: Sequence[tuple[str, str]] = ()) -> None:
         """Write what changed and the offset, fenced by the epoch; with the whole
         state too when `checkpoint`. Raises Fenced (nothing written) once another
         worker has taken the partition."""
