@@ -144,10 +144,8 @@ class Partition:
             else:
                 if new:
                     if self.replaying:  # a back-fill commits a checkpoint: none to replay
-                        raise RuntimeError(
-                            f"partition {self.part} offset {offset}: new "
-                            "groups in a replay; the store is inconsistent"
-                        )
+                        raise RuntimeError(f"partition {self.part} offset {offset}: new "
+                                           "groups in a replay; the store is inconsistent")
                     self.expect(new, scan)
                 self.records += self.core.apply(message.body, message.received_at)
                 keys = self.core.deferred_keys()
@@ -221,7 +219,9 @@ class Partition:
     def checkpoint_due(self, every: float) -> bool:
         return time.monotonic() - self._last_checkpoint > every
 
-    def commit(self, *, checkpoint: bool = False, announce: Sequence[tuple[str, str]] = ()) -> None:
+    def commit(
+        self, *, checkpoint: bool = False, announce: Sequence[tuple[str, str]] = ()
+    ) -> None:
         """Write what changed and the offset, fenced by the epoch; with the whole
         state too when `checkpoint`. Raises Fenced (nothing written) once another
         worker has taken the partition."""
