@@ -275,3 +275,36 @@ def test_a_group_back_filled_gets_one_row_whether_its_id_is_in_memory_compact_or
     assert rows["compact"] == rows["in memory"] == rows["gone"], rows
     (row,) = rows["gone"]
     assert (row[3], row[VERDICT_COLUMNS.index("max_attempt")]) == ("lost", 1)
+
+
+def test_one_scan_back_fills_several_streams_each_finished_on_its_own() -> None:
+    """A back-fill may read the log once for several streams (each body scanned for
+    each); each stream's finish owes its own ids alone, as separate scans would."""
+    log = [body(rec(f"m{i}", stream=s), rec(f"m{i}", "consume", stream=s, ts=T + 1))
+           for i in range(5) for s in ("s", "t")]  # fmt: skip
+    owed: dict[str, list[int]] = {}
+    rows: dict[str, set[tuple[Any, ...]]] = {}
+    for how in ("one scan", "a scan each"):
+        core = fresh()
+        for b in log:
+            core.apply(b, T)
+        core.advance(T + 1000, T + 1000)  # judged and forgotten: only the scan finds them
+        core.drain()
+        core.expect_groups("s", ["new"])
+        core.expect_groups("t", ["new", "newer"])
+        streams = (("s", ["new"]), ("t", ["new", "newer"]))
+        if how == "one scan":
+            for b in log:
+                for s, _ in streams:
+                    core.backfill_scan(b, s)
+            owed[how] = [core.backfill_finish(s, g) for s, g in streams]
+        else:
+            owed[how] = []
+            for s, g in streams:
+                for b in log:
+                    core.backfill_scan(b, s)
+                owed[how].append(core.backfill_finish(s, g))
+        rows[how] = {tuple(r) for r in core.drain()[1]}
+    assert owed["one scan"] == owed["a scan each"] == [5, 10]
+    assert rows["one scan"] == rows["a scan each"]
+    assert {(r[0], r[2]) for r in rows["one scan"]} == {("s", "new"), ("t", "new"), ("t", "newer")}
