@@ -132,3 +132,57 @@ class SteadyProducer:
         assert self.sent == len(self.requests)
         self.writer.beat(final)
         self.writer.close()
+
+
+class CollectorProcess:
+    """`msgtally serve --log kafka://...` in a process of its own, its log in a
+    file; ready once /readyz answers."""
+
+    def __init__(self, url: str, log: KafkaLog, logs: Path, name: str) -> None:
+        from msgtally.server import free_port
+
+        self.name, self.port = name, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = logs / f"collector-{name}.log"
+        command = [
+            sys.executable, "-m", "msgtally.cli", "serve", "--db", url, "--log", str(log),
+            "--port", str(self.port), "--no-otlp-grpc", *config_flags(),
+        ]  # fmt: skip
+        with open(self.log_path, "wb") as out:
+            self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        wait_for(f"collector {name} to be ready", self._ready, 30)
+
+    def _ready(self) -> bool:
+        import httpx
+
+        assert self.proc.poll() is None, self.text()[-3000:]
+        try:
+            return httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def signal(self, sig: signal.Signals) -> None:
+        os.kill(self.proc.pid, sig)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.kill()
+        self.proc.wait()
+
+    def refused(self) -> dict[str, float]:
+        """Its /metrics: POST /v1/records refused, by reason."""
+        import httpx
+
+        from msgtally.names import INGEST_REJECTED
+
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith(f"{INGEST_REJECTED}_total{{"):
+                labels, value = line.rsplit(" ", 1)
+                out[labels.split('reason="', 1)[1].split('"', 1)[0]] = float(value)
+        return out
+
+    def text(self) -> str:
+        return self.log_path.read_text(errors="replace")

@@ -1,15 +1,21 @@
-"""The engine over the Kafka log under faults: a worker killed, a worker stalled
-past its session (fenced). Each ends with every figure
+"""The engine over the Kafka log under faults. Each ends with every figure
 exactly the single engine's and the oracle's (SLIs, discrepancy ids, latency
 buckets, records missing), on a real Kafka-protocol broker (Tansu) and the
-real PostgreSQL; workers are real `msgtally worker` processes.
+real PostgreSQL; workers and collectors are real `msgtally worker` and
+`msgtally serve --log` processes, fed by the real shim's shipper where a
+collector is in the path.
+
+- a worker SIGKILLed mid-tick; a worker stalled (SIGSTOP) past its session,
+  fenced;
+- a collector SIGKILLed after the broker acknowledged a request's slices and
+  before it answered: the shim resends to the other collector, counted once.
 
 Not here yet: workers leaving cleanly under load. On Tansu 0.6.0 a member that
 sends LeaveGroup can stay named group leader in later JoinGroup answers, so the
 remaining members wait for an assignment nobody sends (seen in librdkafka's
 cgrp debug log); a test of it failed half its runs for that reason, not ours.
-Nor a collector killed between producing and answering, or the broker and the
-store restarted (docs/scaling.md says what is and is not proven)."""
+Nor the broker and the store restarted (docs/scaling.md says what is and is
+not proven)."""
 
 from __future__ import annotations
 
@@ -19,15 +25,21 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, insert, text
 
+from msgtally.ingest.intake.kafka_log import KafkaWriter
+from msgtally.ingest.shim.announce import RetryConfig
+from msgtally.ingest.shim.shipper import Shipper
 from msgtally.oracle import Record, oracle
 from msgtally.store.db import open_store
 from msgtally.store.kafka_log import KafkaLog, open_log
+from msgtally.store.tables import retry_configs
+from tests.failover_proxy import FailoverProxy
 from tests.harness import assert_discrepancies, assert_figures, figures
 from tests.kafka_broker import Tansu, started_broker
 from tests.partitioned_procs import (
     SESSION_TIMEOUT,
+    CollectorProcess,
     SteadyProducer,
     WorkerProcess,
     owners,
@@ -38,8 +50,10 @@ from tests.partitioned_support import (
     CONFIG,
     assert_same,
     committed,
+    high_watermarks,
     history,
     new_topic,
+    read_topic,
     single_engine,
 )
 from tests.partitioned_support import wait_applied as _wait_applied
@@ -65,6 +79,15 @@ def workers() -> Iterator[list[WorkerProcess]]:
     started: list[WorkerProcess] = []
     yield started
     stop_all(started)
+
+
+@pytest.fixture
+def collectors() -> Iterator[list[CollectorProcess]]:
+    """Collector processes the test starts: none outlives it."""
+    started: list[CollectorProcess] = []
+    yield started
+    for c in started:
+        c.kill()
 
 
 def _topic(broker: Tansu, store: Engine) -> KafkaLog:
@@ -170,3 +193,92 @@ def test_a_worker_stalled_past_its_session_is_fenced(
     _settled(store, log, workers)
     _check(store, requests, final, tmp_path)
     assert held
+
+
+def _ship(shipper: Shipper, requests: Sequence[Sequence[Record]]) -> None:
+    """The requests' records through the real shim's shipper, all answered 200."""
+    for request in requests:
+        for r in request:
+            shipper.put(tuple(r))
+        time.sleep(0.01)
+    assert shipper.flush(120)
+
+
+def _blocked_by(store: Engine, pid: int) -> bool:
+    """A session of the store waits for a lock that the session `pid` holds."""
+    with store.connect() as conn:
+        waiting = conn.execute(
+            text("SELECT count(*) FROM pg_stat_activity WHERE :pid = ANY(pg_blocking_pids(pid))"),
+            {"pid": pid},
+        ).scalar_one()  # fmt: skip
+        return bool(waiting)
+
+
+def _final_beat(log: KafkaLog) -> float:
+    """A heartbeat on every partition past every deadline: every id judged."""
+    final = time.time() + 10_000
+    writer = KafkaWriter(log, PARTS)
+    writer.beat(final)
+    writer.close()
+    return final
+
+
+@pytest.mark.slow
+def test_a_collector_killed_between_producing_and_answering(
+    broker: Tansu, pg_url: str, store: Engine, tmp_path: Path, workers: list[WorkerProcess],
+    collectors: list[CollectorProcess],
+) -> None:  # fmt: skip
+    """Collector a acknowledged by the broker for every slice of a request, then
+    SIGKILLed before it answers; the shim's shipper sends the request again, through
+    the address both collectors sit behind, to collector b. The request is in the
+    topic twice, under two request ids, and counted once.
+
+    The kill lands in the window by the write path's order: the slices are
+    produced and acknowledged first, then the request's names, drop totals and
+    retry configurations commit in the store, then the answer. The test holds a
+    row of `retry_configs` that the request's transaction must write (an
+    uncommitted insert of the same key), so a's request waits in the store with
+    its slices in the topic; a is killed once PostgreSQL shows it waiting."""
+    log = _topic(broker, store)
+    requests = history(13, 600, time.time() - 2000)
+    workers.append(WorkerProcess(pg_url, log, tmp_path, "w"))
+    collectors += [CollectorProcess(pg_url, log, tmp_path, n) for n in ("a", "b")]
+    a, b = collectors
+    proxy = FailoverProxy([a.port, b.port])
+    # A long flush interval: a request leaves on a full batch, an announcement or a flush.
+    shipper = Shipper(proxy.url, source="svc-1", batch_size=100, flush_interval=60, timeout=60)
+    third = len(requests) // 3
+    try:
+        _ship(shipper, requests[:third])
+        before = high_watermarks(log, PARTS)
+        with store.connect() as lock:
+            lock.execute(insert(retry_configs).values(
+                stream="s1", grp="g1", source="svc-1", acks="after", backoff_base=0.0,
+                backoff_cap=0.0, jitter=0, seen_at=time.time(),
+            ))  # fmt: skip
+            me = lock.execute(text("SELECT pg_backend_pid()")).scalar_one()
+            for r in requests[third]:
+                shipper.put(tuple(r))
+            shipper.announce("s1", "g1", RetryConfig())  # the next request carries it
+            wait_for("a's request to wait in the store", lambda: _blocked_by(store, me))
+            at_kill = high_watermarks(log, PARTS)
+            a.kill()
+            lock.rollback()
+        _ship(shipper, requests[third + 1 :])
+    finally:
+        shipper.close()
+        proxy.close()
+    b.kill()  # every request answered; its heartbeats would move the topic's end
+    final = _final_beat(log)
+    _settled(store, log, workers)
+    _check(store, requests, final, tmp_path)
+    # The killed request: its slices were in the topic before a died ...
+    killed = read_topic(log, PARTS, before, at_kill)
+    assert len({rid for rid, _ids in killed}) == 1
+    sent = {r.record_id for r in requests[third]}
+    assert {i for _rid, ids in killed for i in ids} == sent
+    # ... and are again, under another request id: b's answer to the shim's resend.
+    again = read_topic(log, PARTS, at_kill, high_watermarks(log, PARTS))
+    resent = {i for rid, ids in again if rid != killed[0][0] for i in ids}
+    assert sent <= resent
+    assert proxy.served[-1] == b.port and a.port in proxy.served
