@@ -176,7 +176,11 @@ class CollectorProcess:
 
         from msgtally.names import INGEST_REJECTED
 
-        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        answer = httpx.get(f"{self.url}/metrics", timeout=10)
+        if answer.status_code != 200:  # a stale pooled connection after the store restarted
+            answer = httpx.get(f"{self.url}/metrics", timeout=10)
+        answer.raise_for_status()
+        text = answer.text
         out: dict[str, float] = {}
         for line in text.splitlines():
             if line.startswith(f"{INGEST_REJECTED}_total{{"):
@@ -186,3 +190,37 @@ class CollectorProcess:
 
     def text(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+class ShimFeeder:
+    """The requests' records through the real shim's shipper (to `url`), `rate`
+    requests a second, in a thread; `sent` counts the requests put."""
+
+    def __init__(self, url: str, requests: Sequence[Sequence[Record]], rate: float) -> None:
+        from msgtally.ingest.shim.shipper import Shipper
+
+        # Requests of ~40 records; resends within a second (the backoff's cap).
+        self.shipper = Shipper(url, source="svc-1", batch_size=200, flush_interval=0.2,
+                               timeout=30)  # fmt: skip
+        self.requests, self.rate = requests, rate
+        self.sent = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> ShimFeeder:
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        for request in self.requests:
+            for r in request:
+                self.shipper.put(tuple(r))
+            self.sent += 1
+            time.sleep(1 / self.rate)
+
+    def finish(self, timeout: float = 120.0) -> None:
+        """Every record put and answered 200 (none dropped)."""
+        self.thread.join(timeout)
+        assert self.sent == len(self.requests)
+        assert self.shipper.flush(timeout)
+        self.shipper.close()
+        assert not self.shipper.dropped, self.shipper.dropped

@@ -11,6 +11,13 @@ commit every partition that changed at most every `commit_every` seconds
 (with its checkpoint every `checkpoint_every`), and have every partition
 expect the groups another one announced. A partition whose commit fails is
 dropped and taken again: its machine reloads from the store.
+
+The store may go away (PostgreSQL restarted, a failover): the worker does not
+die. A partition whose commit, look-up or taking fails on the store is set
+aside, its messages skipped, and taken again from the store (its checkpoint,
+the topic read again from the checkpoint's offset) once the store answers,
+tried every STORE_RETRY_EVERY seconds. Commits are transactions: a commit
+lost with the store is either in it whole or not at all.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from msgtally.store.kafka_log import KafkaLog, KafkaLogError
 
@@ -36,6 +44,7 @@ DEFAULT_COMMIT_EVERY = 0.5  # seconds between a partition's commits
 DEFAULT_CHECKPOINT_EVERY = 60.0  # seconds between a partition's checkpoints
 DEFAULT_SESSION_TIMEOUT = 10.0  # seconds without the worker's heartbeats before its partitions move
 ANNOUNCE_EVERY = 1.0  # seconds between looks at the groups announced in the store
+STORE_RETRY_EVERY = 1.0  # seconds between tries to take set-aside partitions again
 
 
 class Worker:
@@ -57,6 +66,10 @@ class Worker:
         self._stop = threading.Event()
         self._last_commit: dict[int, float] = {}
         self._last_announced = 0.0
+        # Assigned partitions without a machine: the store failed them; taken again later.
+        self._aside: set[int] = set()
+        self._last_retake = 0.0
+        self._store_down = False
         # An exception in a rebalance callback cannot cross librdkafka (consume would
         # raise a SystemError): kept here and raised by `step` once consume returns.
         self._failure: BaseException | None = None
@@ -111,6 +124,9 @@ class Worker:
             except Fenced as exc:
                 self._drop(part, str(exc))
                 continue
+            except SQLAlchemyError as exc:
+                self._set_aside(part.part, exc)
+                continue
             fed += 1
         if self._failure is not None:
             failure, self._failure = self._failure, None
@@ -118,6 +134,8 @@ class Worker:
         self._commit_due()
         if time.monotonic() - self._last_announced > ANNOUNCE_EVERY:
             self._adopt_announced()
+        if self._aside and time.monotonic() - self._last_retake > STORE_RETRY_EVERY:
+            self._retake_aside()
         return fed
 
     # -- assignment -------------------------------------------------------------
@@ -125,7 +143,11 @@ class Worker:
     def _assigned(self, consumer: Any, assigned: list[Any]) -> None:
         try:
             for tp in assigned:
-                part = Partition.take(self.store, self.config, tp.partition, self.owner)
+                try:
+                    part = Partition.take(self.store, self.config, tp.partition, self.owner)
+                except SQLAlchemyError as exc:  # read from wherever; sought when taken
+                    self._set_aside(tp.partition, exc)
+                    continue
                 self.parts[tp.partition] = part
                 self._last_commit[tp.partition] = time.monotonic()
                 tp.offset = part.next_offset
@@ -139,6 +161,7 @@ class Worker:
     def _revoked(self, consumer: Any, revoked: list[Any]) -> None:
         try:
             for tp in revoked:
+                self._aside.discard(tp.partition)
                 part = self.parts.pop(tp.partition, None)
                 if part is None:
                     continue
@@ -156,6 +179,7 @@ class Worker:
     def _lost(self, consumer: Any, lost: list[Any]) -> None:
         try:
             for tp in lost:  # another worker may own it already: commit nothing
+                self._aside.discard(tp.partition)
                 self.parts.pop(tp.partition, None)
             log_.warning("partitions lost (the group went on without this worker): %s; "
                          "nothing more committed on them", _numbers(lost))  # fmt: skip
@@ -167,14 +191,37 @@ class Worker:
         log_.warning("partition %d dropped: %s", part.part, why)
         self.parts.pop(part.part, None)
 
-    def _retake(self, part: Partition) -> None:
-        """After a failed commit: the machine again from the store, the topic again
+    def _set_aside(self, number: int, exc: BaseException) -> None:
+        """The partition's machine is gone (the store failed it): its messages are
+        skipped until `_retake_aside` takes it again from the store."""
+        self.parts.pop(number, None)
+        self._aside.add(number)
+        if not self._store_down:
+            self._store_down = True
+            log_.warning("the store failed (%s): partition %d set aside, taken again from "
+                         "the store once it answers", _first_line(exc), number)  # fmt: skip
+
+    def _retake_aside(self) -> None:
+        """Set-aside partitions: the machine again from the store, the topic again
         from the checkpoint's offset."""
         from confluent_kafka import TopicPartition
 
-        fresh = Partition.take(self.store, self.config, part.part, self.owner)
-        self.parts[part.part] = fresh
-        self._consumer.seek(TopicPartition(self.log.topic, part.part, fresh.next_offset))
+        self._last_retake = time.monotonic()
+        for number in sorted(self._aside):
+            try:
+                fresh = Partition.take(self.store, self.config, number, self.owner)
+            except SQLAlchemyError:
+                return  # still away: the next try in STORE_RETRY_EVERY
+            self._aside.discard(number)
+            self.parts[number] = fresh
+            self._last_commit[number] = time.monotonic()
+            self._consumer.seek(TopicPartition(self.log.topic, number, fresh.next_offset))
+            log_.info("partition %d taken again (epoch %d): from offset %d, %d to replay",
+                      number, fresh.epoch, fresh.next_offset,
+                      fresh.committed - fresh.next_offset)  # fmt: skip
+        if self._store_down:
+            self._store_down = False
+            log_.warning("the store answers again: every partition taken again")
 
     # -- commits ----------------------------------------------------------------
 
@@ -195,16 +242,20 @@ class Worker:
             part.commit(checkpoint=checkpoint)
         except Fenced as exc:
             self._drop(part, str(exc))
+        except SQLAlchemyError as exc:
+            self._set_aside(part.part, exc)
         except Exception:
             log_.exception("partition %d: commit failed; taken again from the store", part.part)
-            self.parts.pop(part.part, None)
-            self._retake(part)
+            self._set_aside(part.part, RuntimeError("commit failed"))
 
     def _adopt_announced(self) -> None:
         """Groups announced in the store that a live partition's machine does not
         expect yet: back-filled there (each partition owes them its own ids)."""
         self._last_announced = time.monotonic()
-        groups = read_announced(self.store)
+        try:
+            groups = read_announced(self.store)
+        except SQLAlchemyError:
+            return  # the store is away: the next look in ANNOUNCE_EVERY
         if not groups:
             return
         for part in list(self.parts.values()):
@@ -217,6 +268,8 @@ class Worker:
                     part.expect(new, self._scan)
                 except Fenced as exc:
                     self._drop(part, str(exc))
+                except SQLAlchemyError as exc:
+                    self._set_aside(part.part, exc)
 
     # -- the topic's history ------------------------------------------------------
 
@@ -248,6 +301,10 @@ class Worker:
                     return
         finally:
             reader.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _numbers(tps: list[Any]) -> str:
