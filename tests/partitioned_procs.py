@@ -194,15 +194,19 @@ class CollectorProcess:
 
 class ShimFeeder:
     """The requests' records through the real shim's shipper (to `url`), `rate`
-    requests a second, in a thread; `sent` counts the requests put."""
+    requests a second, in a thread; `sent` counts the requests put. With
+    `whole`, each request is flushed before the next: one shim request each,
+    so that an id's records arrive together however long the collector takes
+    (an id's records further apart than --settle are judged apart, by design)."""
 
-    def __init__(self, url: str, requests: Sequence[Sequence[Record]], rate: float) -> None:
+    def __init__(self, url: str, requests: Sequence[Sequence[Record]], rate: float, *,
+                 whole: bool = False) -> None:  # fmt: skip
         from msgtally.ingest.shim.shipper import Shipper
 
         # Requests of ~40 records; resends within a second (the backoff's cap).
         self.shipper = Shipper(url, source="svc-1", batch_size=200, flush_interval=0.2,
                                timeout=30)  # fmt: skip
-        self.requests, self.rate = requests, rate
+        self.requests, self.rate, self.whole = requests, rate, whole
         self.sent = 0
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -214,6 +218,9 @@ class ShimFeeder:
         for request in self.requests:
             for r in request:
                 self.shipper.put(tuple(r))
+            if self.whole:
+                while not self.shipper.flush(60):
+                    pass
             self.sent += 1
             time.sleep(1 / self.rate)
 

@@ -12,12 +12,13 @@ commit every partition that changed at most every `commit_every` seconds
 expect the groups another one announced. A partition whose commit fails is
 dropped and taken again: its machine reloads from the store.
 
-The store may go away (PostgreSQL restarted, a failover): the worker does not
-die. A partition whose commit, look-up or taking fails on the store is set
-aside, its messages skipped, and taken again from the store (its checkpoint,
-the topic read again from the checkpoint's offset) once the store answers,
-tried every STORE_RETRY_EVERY seconds. Commits are transactions: a commit
-lost with the store is either in it whole or not at all.
+The store or the broker may go away (PostgreSQL restarted, a failover, the
+broker unreachable): the worker does not die. A partition whose commit,
+look-up or taking fails on the store, or whose back-fill cannot read the
+topic, is set aside, its messages skipped, and taken again from the store
+(its checkpoint, the topic read again from the checkpoint's offset), tried
+every STORE_RETRY_EVERY seconds. Commits are transactions: a commit lost
+with the store is either in it whole or not at all.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ class Worker:
             except Fenced as exc:
                 self._drop(part, str(exc))
                 continue
-            except SQLAlchemyError as exc:
+            except (SQLAlchemyError, KafkaLogError) as exc:  # a back-fill's scan: the topic
                 self._set_aside(part.part, exc)
                 continue
             fed += 1
@@ -192,11 +193,14 @@ class Worker:
         self.parts.pop(part.part, None)
 
     def _set_aside(self, number: int, exc: BaseException) -> None:
-        """The partition's machine is gone (the store failed it): its messages are
-        skipped until `_retake_aside` takes it again from the store."""
+        """The partition's machine is gone (the store or the topic failed it): its
+        messages are skipped until `_retake_aside` takes it again from the store."""
         self.parts.pop(number, None)
         self._aside.add(number)
-        if not self._store_down:
+        if isinstance(exc, KafkaLogError):
+            log_.warning("partition %d set aside, taken again from the store: %s", number,
+                         _first_line(exc))  # fmt: skip
+        elif not self._store_down:
             self._store_down = True
             log_.warning("the store failed (%s): partition %d set aside, taken again from "
                          "the store once it answers", _first_line(exc), number)  # fmt: skip
@@ -268,7 +272,7 @@ class Worker:
                     part.expect(new, self._scan)
                 except Fenced as exc:
                     self._drop(part, str(exc))
-                except SQLAlchemyError as exc:
+                except (SQLAlchemyError, KafkaLogError) as exc:
                     self._set_aside(part.part, exc)
 
     # -- the topic's history ------------------------------------------------------
