@@ -364,9 +364,8 @@ def test_the_broker_unreachable_past_the_sessions(
     wait_for("both workers to own partitions", lambda: _owning(store) == {a.pid, b.pid})
     collectors.append(CollectorProcess(pg_url, log, tmp_path, "c"))
     collector = collectors[0]
-    feeder = ShimFeeder(collector.url, requests, rate=40, whole=True).start()
+    feeder = ShimFeeder(collector.url, requests, rate=20, whole=True).start()
     wait_for("a quarter of the requests", lambda: feeder.sent > len(requests) // 4)
-    wait_for("a to commit on each of its partitions", lambda: _working(store, a.pid))
     epochs = {p: e for p, (_pid, e) in owners(store).items()}
     assert feeder.sent < len(requests) * 3 // 4  # under load
     os.kill(broker.proc.pid, signal.SIGSTOP)
