@@ -381,3 +381,35 @@ def test_the_broker_unreachable_past_the_sessions(
     _check(store, requests, final, tmp_path)
     assert all(w.proc.poll() is None for w in workers)
     assert all(e > epochs[p] for p, (_pid, e) in owners(store).items())  # taken again
+
+
+@pytest.mark.slow
+def test_workers_added_and_removed_under_load(
+    broker: Tansu, pg_url: str, store: Engine, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    """2 workers, then 4 (partitions move to the new ones, each taken from its
+    checkpoint), then 2 again: the first two are stopped with SIGTERM, commit
+    every partition a last time (fenced) and exit without leaving the group, so
+    their partitions move once their sessions lapse (msgtally worker's default:
+    Tansu 0.6.0 mishandles a member that leaves). All while the collectors'
+    write path produces; the figures stay exact."""
+    log = _topic(broker, store)
+    requests = history(16, 3000, time.time() - 2000)
+    workers += [WorkerProcess(pg_url, log, tmp_path, n) for n in ("a", "b")]
+    wait_for("two workers to own partitions", lambda: len(_owning(store)) == 2)
+    producer = SteadyProducer(log, PARTS, requests, rate=12).start()
+    wait_for("a quarter of the requests", lambda: producer.sent > len(requests) // 4)
+    workers += [WorkerProcess(pg_url, log, tmp_path, n) for n in ("c", "d")]
+    every = {w.pid for w in workers}
+    wait_for("four workers to own partitions", lambda: _owning(store) == every, 90)
+    assert producer.sent < len(requests) * 3 // 4  # under load
+    for w in workers[:2]:
+        assert w.stop() == 0
+        assert "stopped; its partitions move after its session" in w.text()
+    rest = {w.pid for w in workers[2:]}
+    wait_for("the two left to own every partition", lambda: _owned_by(store, rest), 90)
+    assert producer.sent < len(requests)  # still under load
+    final = time.time() + 10_000
+    producer.finish(final)
+    _settled(store, log, workers)
+    _check(store, requests, final, tmp_path)

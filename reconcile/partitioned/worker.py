@@ -57,12 +57,14 @@ class Worker:
         checkpoint_every: float = DEFAULT_CHECKPOINT_EVERY,
         session_timeout: float = DEFAULT_SESSION_TIMEOUT,
         group_id: str | None = None,
+        leave_group: bool = False,
     ) -> None:  # fmt: skip
         from confluent_kafka import Consumer  # the `kafka` extra
 
         self.store, self.log, self.config = store, log, config
         self.commit_every, self.checkpoint_every = commit_every, checkpoint_every
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.leave_group = leave_group
         self.parts: dict[int, Partition] = {}
         self._stop = threading.Event()
         self._last_commit: dict[int, float] = {}
@@ -96,6 +98,13 @@ class Worker:
         self._stop.set()
 
     def run(self) -> None:
+        """Until `stop`; then a last fenced commit of every partition, with its
+        checkpoint. With `leave_group` the consumer then leaves the group (its
+        partitions move at once); without, it stays a member until its session
+        times out (the process exits without closing it: `msgtally worker`), as a
+        killed worker's does. Tansu 0.6.0 can keep a member that left named group
+        leader, and the others then wait for an assignment nobody sends; a
+        session that lapses is handled as a crash, everywhere."""
         self._consumer.subscribe(
             [self.log.topic], on_assign=self._assigned, on_revoke=self._revoked,
             on_lost=self._lost,
@@ -105,7 +114,8 @@ class Worker:
                 self.step()
             self._commit_all(checkpoint=True)
         finally:
-            self._consumer.close()  # leaves the group: the partitions move at once
+            if self.leave_group:
+                self._consumer.close()
 
     def step(self, timeout: float = 0.2) -> int:
         """One poll, fed and committed; returns the messages fed."""
