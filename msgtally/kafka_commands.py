@@ -131,6 +131,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every, session_timeout=args.session_timeout,
         leave_group=args.leave_group,
     )  # fmt: skip
+    worker.check_replayable(count)  # a store the topic cannot rebuild: refused
 
     def stop(_sig: int, _frame: Any) -> None:
         worker.stop()

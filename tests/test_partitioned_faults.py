@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -37,8 +39,9 @@ from msgtally.ingest.intake.kafka_log import KafkaWriter
 from msgtally.ingest.shim.announce import RetryConfig
 from msgtally.ingest.shim.shipper import Shipper
 from msgtally.oracle import Record, oracle
+from msgtally.reconcile.partitioned.worker import unreplayable
 from msgtally.store.db import open_store
-from msgtally.store.kafka_log import KafkaLog, open_log
+from msgtally.store.kafka_log import KafkaLog, create_topic, open_log
 from msgtally.store.tables import retry_configs
 from tests.failover_proxy import FailoverProxy
 from tests.harness import assert_discrepancies, assert_figures, figures
@@ -55,7 +58,9 @@ from tests.partitioned_procs import (
 )
 from tests.partitioned_support import (
     CONFIG,
+    WorkerThread,
     assert_same,
+    batch_of,
     committed,
     high_watermarks,
     history,
@@ -413,3 +418,52 @@ def test_workers_added_and_removed_under_load(
     producer.finish(final)
     _settled(store, log, workers)
     _check(store, requests, final, tmp_path)
+
+
+@pytest.mark.slow
+def test_a_store_the_topic_cannot_rebuild_is_refused(
+    broker: Tansu, pg_url: str, store: Engine, tmp_path: Path
+) -> None:
+    """`msgtally worker` refuses to start on a store whose offsets the topic
+    does not hold: exit 1, the partition, its offset and the topic's watermark
+    named. Shown for real on the end side: the broker lost its log (a new Tansu:
+    in memory, as a restarted one) and the topic was made again, same name and
+    partition count, while the store had committed past its end.
+
+    The other side, a checkpoint older than the topic's oldest offset, cannot
+    be brought about on Tansu 0.6.0 here: it does not answer DeleteRecords (it
+    drops the connection), its in-memory storage does not apply retention.ms,
+    and this build has no durable storage engine. That refusal is held by the
+    decision itself, `unreplayable`, below, on watermarks as a broker gives them."""
+    log = _topic(broker, store)
+    writer = KafkaWriter(log, PARTS).start()
+    for request in history(17, 200, time.time() - 2000):
+        writer.append(batch_of(request).records, None, time.time())
+    writer.close()
+    worker = WorkerThread(pg_url, log)
+    try:
+        _wait_applied(store, log, PARTS)
+    finally:
+        worker.stop()
+    ends = committed(store)
+    with Tansu(tmp_path / "lost.log") as lost:  # the same topic, its log gone
+        again = KafkaLog(lost.bootstrap, log.topic)
+        create_topic(again, PARTS, retention_ms=3_600_000)
+        run = subprocess.run(
+            [sys.executable, "-m", "msgtally.cli", "worker", "--db", pg_url, "--log", str(again)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert run.returncode == 1, run.stderr
+    part = min(ends)
+    assert (f"partition {part}: the store has committed up to offset {ends[part]} but the "
+            "topic ends at offset 0 (high watermark)") in run.stderr  # fmt: skip
+
+
+def test_a_checkpoint_older_than_the_topic_keeps_cannot_be_replayed() -> None:
+    refusal = unreplayable(3, checkpoint=120, committed=180, low=500, high=900)
+    assert refusal is not None
+    assert refusal.startswith("partition 3: its checkpoint is at offset 120 but the topic's "
+                              "oldest offset (low watermark) is 500")  # fmt: skip
+    assert unreplayable(3, checkpoint=500, committed=900, low=500, high=900) is None
+    assert unreplayable(3, checkpoint=0, committed=0, low=0, high=0) is None
+    assert unreplayable(3, checkpoint=10, committed=901, low=0, high=900) is not None

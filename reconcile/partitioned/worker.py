@@ -37,7 +37,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from msgtally.store.kafka_log import KafkaLog, KafkaLogError
 
 from ..config import ReconcileConfig
-from .partition import Fenced, Partition, announce, read_announced
+from .partition import Fenced, Partition, announce, checkpoint_offsets, read_announced
 
 log_ = logging.getLogger(__name__)
 
@@ -93,6 +93,28 @@ class Worker:
         announce(store, [(s, g) for s, gs in config.expected_groups.items() for g in gs])
 
     # -- life -------------------------------------------------------------------
+
+    def check_replayable(self, count: int, timeout: float = 15.0) -> None:
+        """Refuse (KafkaLogError) a store whose partitions the topic cannot rebuild:
+        a checkpoint older than the topic's oldest offset (retention deleted what
+        its replay needs), or offsets committed past the topic's end (the topic is
+        not the one the store was filled from: recreated, or a broker that lost its
+        log). Partitions the store has nothing of yet are not checked."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        saved = checkpoint_offsets(self.store)
+        for part, (checkpoint, committed) in sorted(saved.items()):
+            if part >= count:
+                continue
+            try:
+                low, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(self.log.topic, part), timeout=timeout
+                )
+            except KafkaException as exc:
+                raise KafkaLogError(f"{self.log}: the brokers do not answer ({exc})") from None
+            refusal = unreplayable(part, checkpoint, committed, int(low), int(high))
+            if refusal is not None:
+                raise KafkaLogError(f"{self.log}: {refusal}")
 
     def stop(self) -> None:
         self._stop.set()
@@ -315,6 +337,26 @@ class Worker:
                     return
         finally:
             reader.close()
+
+
+def unreplayable(part: int, checkpoint: int, committed: int, low: int, high: int) -> str | None:
+    """Why the topic, holding offsets `low` to `high` of the partition, cannot
+    rebuild the partition whose checkpoint is at `checkpoint` and whose figures
+    are committed up to `committed`; None when it can."""
+    if checkpoint < low:
+        return (
+            f"partition {part}: its checkpoint is at offset {checkpoint} but the topic's "
+            f"oldest offset (low watermark) is {low}: retention deleted messages its "
+            "replay needs. Keep the topic's retention well above --checkpoint-every; "
+            "this store cannot go on from this topic"
+        )
+    if committed > high:
+        return (
+            f"partition {part}: the store has committed up to offset {committed} but the "
+            f"topic ends at offset {high} (high watermark): it is not the topic the store "
+            "was filled from (recreated, or the broker lost its log)"
+        )
+    return None
 
 
 def _first_line(exc: BaseException) -> str:
