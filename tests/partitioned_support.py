@@ -157,6 +157,9 @@ class WorkerThread:
 
     def __init__(self, url: str, log: KafkaLog, **options: Any) -> None:
         self.store = open_store(url)
+        # Leaving the group when stopped: the consumer closed, not left to the
+        # test process's end (msgtally worker exits without leaving instead).
+        options.setdefault("leave_group", True)
         self.worker = Worker(self.store, log, CONFIG, session_timeout=6.0, **options)
         self.thread = threading.Thread(target=self.worker.run, daemon=True)
         self.thread.start()

@@ -18,7 +18,7 @@ from msgtally.ingest.intake.kafka_log import KafkaWriter, split
 from msgtally.ingest.intake.writer import log_to
 from msgtally.ingest.shim.wire import record_to_json
 from msgtally.names import TALLY_FIELDS
-from msgtally.oracle import oracle
+from msgtally.oracle import Record, oracle
 from msgtally.reconcile.outputs import VERDICT_COLUMNS
 from msgtally.reconcile.partitioned.partition import Fenced, Partition
 from msgtally.store.db import open_store
@@ -201,3 +201,60 @@ def test_a_worker_that_lost_its_partition_commits_nothing(
     with store.connect() as conn:
         row = conn.execute(select(partitions).where(partitions.c.part == 1)).one()
     assert (row.next_offset, row.clock) == (1, 5000.0)
+
+
+def test_a_group_seen_on_one_partition_is_owed_every_partitions_ids(
+    broker: Tansu, pg_url: str, tmp_path: Path, opened: list[Engine]
+) -> None:
+    """A consumer group, solo, whose consume records all land on partition 0
+    (it consumes only ids of s1 that hash there) is owed every id produced on
+    s1, on every partition: the others learn of it only through the store
+    (the announced groups), each back-fills its own ids from the topic (those
+    produced before solo first appeared) and owes it the ids produced after.
+    Every figure is the single engine's and the oracle's."""
+    parts = 4
+    store = _open(opened, pg_url)
+    log = new_topic(broker, parts)
+    open_log(store, str(log))
+
+    def with_solo(request: list[Record]) -> list[Record]:
+        solo = [
+            Record("s1", "consume", r.message_id, r.ts + 0.5, "solo",
+                   record_id=f"{r.message_id}/solo")
+            for r in request
+            if r.kind == "produce" and r.stream == "s1"
+            and partition_of("s1", r.message_id, parts) == 0
+        ]  # fmt: skip
+        return [*request, *solo]
+
+    base = history(18, 400, time.time() - 2000)
+    third = len(base) // 3  # solo appears a third of the way in
+    requests = [*base[:third], *(with_solo(r) for r in base[third:])]
+    seen = {partition_of(r.stream, r.message_id, parts) for q in requests for r in q
+            if r.group == "solo"}  # fmt: skip
+    assert seen == {0}
+    writer = KafkaWriter(log, parts).start()
+    workers = [WorkerThread(pg_url, log) for _ in range(2)]
+    try:
+        for request in requests:
+            writer.append(batch_of(request).records, None, time.time())
+        final = time.time() + 10_000
+        writer.beat(final)
+        writer.close()
+        wait_applied(store, log, parts)
+    finally:
+        for w in workers:
+            w.stop()
+    single = _open(opened, f"sqlite:///{tmp_path / 'single.db'}")
+    single_engine(single, requests, final)
+    sent = [r for request in requests for r in request]
+    want = oracle(sent, deadline=CONFIG.deadline, stream_deadlines=CONFIG.stream_deadlines,
+                  expected_groups=CONFIG.expected_groups)  # fmt: skip
+    assert_figures(figures(store), want)
+    assert_discrepancies(store, want)
+    assert_same(store, single)
+    solo = figures(store)[("s1", "solo")]
+    on_0 = {r.message_id for r in sent if r.stream == "s1" and r.kind == "produce"
+            and partition_of("s1", r.message_id, parts) == 0}  # fmt: skip
+    assert solo["produced"] > 2 * len(on_0)  # owed by every partition, not 0's alone
+    assert 0 < solo["delivered"] <= len(on_0)
