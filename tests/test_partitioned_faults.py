@@ -7,6 +7,10 @@ collector is in the path.
 
 - a worker SIGKILLed mid-tick; a worker stalled (SIGSTOP) past its session,
   fenced;
+- workers added and removed under load (2 -> 4 -> 2): removed by SIGTERM,
+  which commits and exits without leaving the group (Tansu 0.6.0 can keep a
+  member that left named group leader, and the rest then wait for an
+  assignment nobody sends: a clean-leave test failed half its runs for that);
 - a collector SIGKILLed after the broker acknowledged a request's slices and
   before it answered: the shim resends to the other collector, counted once;
 - PostgreSQL stopped with `-m immediate` under load and started again (a
@@ -14,12 +18,9 @@ collector is in the path.
 - the broker unreachable (SIGSTOP) past the workers' sessions and the
   collector's produce timeout, then resumed: 503s, resends, the group formed
   again. A real restart of this in-memory broker loses the log, so it is not
-  shown (the test's docstring says what one would need).
+  shown (the test's docstring says what one would need);
+- a store the topic cannot rebuild is refused by `msgtally worker`.
 
-Not here yet: workers leaving cleanly under load. On Tansu 0.6.0 a member that
-sends LeaveGroup can stay named group leader in later JoinGroup answers, so the
-remaining members wait for an assignment nobody sends (seen in librdkafka's
-cgrp debug log); a test of it failed half its runs for that reason, not ours.
 docs/scaling.md says what is and is not proven."""
 
 from __future__ import annotations
