@@ -210,12 +210,13 @@ def test_a_worker_stalled_past_its_session_is_fenced(
 
 
 def _ship(shipper: Shipper, requests: Sequence[Sequence[Record]]) -> None:
-    """The requests' records through the real shim's shipper, all answered 200."""
+    """The requests' records through the real shim's shipper, each request
+    flushed (one shim request: an id's records together, as the history has
+    them), all answered 200."""
     for request in requests:
         for r in request:
             shipper.put(tuple(r))
-        time.sleep(0.01)
-    assert shipper.flush(120)
+        assert shipper.flush(120)
 
 
 def _blocked_by(store: Engine, pid: int) -> bool:
@@ -260,7 +261,7 @@ def test_a_collector_killed_between_producing_and_answering(
     a, b = collectors
     proxy = FailoverProxy([a.port, b.port])
     # A long flush interval: a request leaves on a full batch, an announcement or a flush.
-    shipper = Shipper(proxy.url, source="svc-1", batch_size=100, flush_interval=60, timeout=60)
+    shipper = Shipper(proxy.url, source="svc-1", batch_size=500, flush_interval=60, timeout=60)
     third = len(requests) // 3
     try:
         _ship(shipper, requests[:third])
@@ -324,7 +325,7 @@ def test_the_store_restarted_under_load(
         a, b = workers
         wait_for("both workers to own partitions", lambda: _owning(store) == {a.pid, b.pid})
         collectors.append(CollectorProcess(cluster.url, log, tmp_path, "c"))
-        feeder = ShimFeeder(collectors[0].url, requests, rate=20).start()
+        feeder = ShimFeeder(collectors[0].url, requests, rate=20, whole=True).start()
         wait_for("a quarter of the requests", lambda: feeder.sent > len(requests) // 4)
         wait_for("a to commit on each of its partitions", lambda: _working(store, a.pid))
         store.dispose()  # the test's own connections: not in the way of the stop
