@@ -21,7 +21,7 @@ from msgtally.ingest.intake.kafka_log import KafkaWriter, slices, split
 from msgtally.ingest.intake.schema import parse_body
 from msgtally.ingest.intake.writer import log_to, write_batch
 from msgtally.names import TALLY_FIELDS
-from msgtally.oracle import missing_records, oracle
+from msgtally.oracle import Record, missing_records, oracle
 from msgtally.reconcile.engine import Reconciler
 from msgtally.reconcile.outputs import VERDICT_COLUMNS
 from msgtally.reconcile.partitioned.partition import Fenced, Partition
@@ -37,6 +37,7 @@ from msgtally.store.kafka_log import (
     sequence_partition,
 )
 from msgtally.store.tables import partitions, records_missing, tallies, tally_minutes, verdicts
+from tests import partitioned_support
 from tests.conftest import LiveCollector
 from tests.harness import assert_discrepancies, assert_figures, figures, missing
 from tests.kafka_broker import Tansu, started_broker
@@ -387,3 +388,58 @@ def test_a_back_fill_reads_the_partition_once_for_every_stream_and_logs_its_prog
     for pair in (("s1", "late"), ("s2", "late"), ("s2", "later")):
         assert (got[pair]["produced"], got[pair]["lost"]) == (2500, 2500), pair
     assert (got[("s1", "g1")]["produced"], got[("s1", "g1")]["delivered"]) == (2500, 2500)
+def test_a_group_seen_on_one_partition_is_owed_every_partitions_ids(
+    broker: Tansu, pg_url: str, tmp_path: Path, opened: list[Engine]
+) -> None:
+    """A consumer group, solo, whose consume records all land on partition 0
+    (it consumes only ids of s1 that hash there) is owed every id produced on
+    s1, on every partition: the others learn of it only through the store
+    (the announced groups), each back-fills its own ids from the topic (those
+    produced before solo first appeared) and owes it the ids produced after.
+    Every figure is the single engine's and the oracle's."""
+    parts = 4
+    store = _open(opened, pg_url)
+    log = new_topic(broker, parts)
+    open_log(store, str(log))
+
+    def with_solo(request: list[Record]) -> list[Record]:
+        solo = [
+            Record("s1", "consume", r.message_id, r.ts + 0.5, "solo",
+                   record_id=f"{r.message_id}/solo")
+            for r in request
+            if r.kind == "produce" and r.stream == "s1"
+            and partition_of("s1", r.message_id, parts) == 0
+        ]  # fmt: skip
+        return [*request, *solo]
+
+    base = history(18, 400, time.time() - 2000)
+    third = len(base) // 3  # solo appears a third of the way in
+    requests = [*base[:third], *(with_solo(r) for r in base[third:])]
+    seen = {partition_of(r.stream, r.message_id, parts) for q in requests for r in q
+            if r.group == "solo"}  # fmt: skip
+    assert seen == {0}
+    writer = KafkaWriter(log, parts).start()
+    workers = [WorkerThread(pg_url, log) for _ in range(2)]
+    try:
+        for request in requests:
+            writer.append(batch_of(request).records, None, time.time())
+        final = time.time() + 10_000
+        writer.beat(final)
+        writer.close()
+        wait_applied(store, log, parts)
+    finally:
+        for w in workers:
+            w.stop()
+    single = _open(opened, f"sqlite:///{tmp_path / 'single.db'}")
+    partitioned_support.single_engine(single, requests, final)  # requests of records
+    sent = [r for request in requests for r in request]
+    want = oracle(sent, deadline=CONFIG.deadline, stream_deadlines=CONFIG.stream_deadlines,
+                  expected_groups=CONFIG.expected_groups)  # fmt: skip
+    assert_figures(figures(store), want)
+    assert_discrepancies(store, want)
+    assert_same(store, single)
+    solo = figures(store)[("s1", "solo")]
+    on_0 = {r.message_id for r in sent if r.stream == "s1" and r.kind == "produce"
+            and partition_of("s1", r.message_id, parts) == 0}  # fmt: skip
+    assert solo["produced"] > 2 * len(on_0)  # owed by every partition, not 0's alone
+    assert 0 < solo["delivered"] <= len(on_0)

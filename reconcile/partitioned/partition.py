@@ -280,6 +280,22 @@ def _save_checkpoint(conn: Connection, part: int, offset: int, clock: float, bod
     )
 
 
+def checkpoint_offsets(store: Engine) -> dict[int, tuple[int, int]]:
+    """Per partition the store has figures of: (its checkpoint's offset, 0 without
+    one; the offset committed up to)."""
+    p, c = partitions, partition_checkpoints
+    with store.connect() as conn:
+        rows = conn.execute(
+            select(p.c.part, c.c.next_offset, p.c.next_offset)
+            .select_from(p.outerjoin(c, c.c.part == p.c.part))
+        )  # fmt: skip
+        return {
+            int(part): (int(saved or 0), int(committed))
+            for part, saved, committed in rows
+            if saved is not None or committed
+        }
+
+
 def read_announced(store: Engine) -> list[tuple[str, str]]:
     with store.connect() as conn:
         rows = conn.execute(select(announced_groups.c.stream, announced_groups.c.grp))
