@@ -25,6 +25,8 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, Engine, select, update
 
@@ -35,11 +37,14 @@ from msgtally.store.tables import announced_groups, partition_checkpoints, parti
 from .. import _machine
 from ..config import ReconcileConfig
 from ..outputs import (
+    InFlight,
+    Pair,
+    add_pairs,
+    array_literal,
     load_verdicts,
+    replace_in_flight,
     write_errors,
-    write_in_flight,
     write_missing,
-    write_pairs,
     write_verdicts,
 )
 
@@ -191,33 +196,99 @@ class Partition:
         """Write what changed and the offset, fenced by the epoch; with the whole
         state too when `checkpoint`. Raises Fenced (nothing written) once another
         worker has taken the partition."""
-        if self.replaying:
-            return
+        if commit([self], checkpoint=checkpoint, announce=announce):
+            raise Fenced(f"partition {self.part}: another worker took it (epoch "
+                         f"{self.epoch} is over)")  # fmt: skip
+
+    def _drain(self, checkpoint: bool) -> Tick:
         pairs, rows, missing, errors = self.core.drain()
         flight = self.core.in_flight()
         body = self.core.dumps() if checkpoint else None
-        p = partitions
-        with write_tx(self.store) as conn:
-            moved = conn.execute(
-                update(p).where(p.c.part == self.part, p.c.epoch == self.epoch)
-                .values(next_offset=self.next_offset, clock=self.clock)
-            ).rowcount  # fmt: skip
-            if moved != 1:
-                raise Fenced(f"partition {self.part}: another worker took it (epoch "
-                             f"{self.epoch} is over)")  # fmt: skip
-            write_pairs(conn, pairs, self.config.latency_buckets, self.clock, self.part)
-            write_verdicts(conn, rows)
-            write_missing(conn, missing, self.part)
-            write_errors(conn, errors, self.part)
-            write_in_flight(conn, flight, self.part)
+        return Tick(self, self.next_offset, self.clock, pairs, rows, missing, errors, flight, body)
+
+    def _committed(self, tick: Tick) -> None:
+        self.committed = tick.offset
+        self._changed = False
+        if tick.checkpoint is not None:
+            self._last_checkpoint = time.monotonic()
+
+
+@dataclass(frozen=True)
+class Tick:
+    """What one partition's commit writes: drained from its machine at `offset`."""
+
+    partition: Partition
+    offset: int
+    clock: float
+    pairs: list[Pair]
+    verdicts: list[Any]
+    missing: dict[tuple[str, str, str], int]
+    errors: dict[tuple[str, str, str, str], int]
+    flight: InFlight
+    checkpoint: bytes | None
+
+    @property
+    def part(self) -> int:
+        return self.partition.part
+
+
+def commit(
+    parts: Sequence[Partition], *, checkpoint: bool | Callable[[Partition], bool] = False,
+    announce: Sequence[tuple[str, str]] = (),
+) -> list[Partition]:  # fmt: skip
+    """Commit what changed in each partition (not replaying) and its offset, in one
+    transaction of their store, each fenced by its epoch: one statement per
+    table for them all, as a partition's commit cost more in statements than
+    in rows (bench/distributed.py). With its whole state too where `checkpoint`
+    (a flag, or asked of each partition). Returns the partitions another worker
+    has taken: nothing of theirs is written, the others' commits go in."""
+    live = [p for p in parts if not p.replaying]
+    if not live:
+        return []
+    store, config = live[0].store, live[0].config
+    wants = checkpoint if callable(checkpoint) else (lambda _p: checkpoint)
+    ticks = [p._drain(bool(wants(p))) for p in live]
+    with write_tx(store) as conn:
+        moved = _move(conn, ticks)
+        ours = [t for t in ticks if t.part in moved]
+        if ours:
+            add_pairs(conn, [(t.part, t.clock, t.pairs) for t in ours], config.latency_buckets)
+            write_verdicts(conn, [r for t in ours for r in t.verdicts])
+            for t in ours:
+                write_missing(conn, t.missing, t.part)
+                write_errors(conn, t.errors, t.part)
+            replace_in_flight(conn, {t.part: t.flight for t in ours})
             if announce:
                 _announce(conn, announce)
-            if body is not None:
-                _save_checkpoint(conn, self.part, self.next_offset, self.clock, body)
-        self.committed = self.next_offset
-        self._changed = False
-        if body is not None:
-            self._last_checkpoint = time.monotonic()
+            for t in ours:
+                if t.checkpoint is not None:
+                    _save_checkpoint(conn, t.part, t.offset, t.clock, t.checkpoint)
+    for t in ours:
+        t.partition._committed(t)
+    return [t.partition for t in ticks if t.part not in moved]
+
+
+def _move(conn: Connection, ticks: Sequence[Tick]) -> set[int]:
+    """The fence: each partition's row moved to its tick's offset and clock where
+    its epoch is still ours (the row locked until the commit). Returns the
+    partitions moved."""
+    p = partitions
+    if conn.dialect.name != "postgresql":
+        return {t.part for t in ticks if conn.execute(
+            update(p).where(p.c.part == t.part, p.c.epoch == t.partition.epoch)
+            .values(next_offset=t.offset, clock=t.clock)).rowcount == 1}  # fmt: skip
+    names = ("part", "epoch", "next_offset", "clock")
+    columns = ([t.part for t in ticks], [t.partition.epoch for t in ticks],
+               [t.offset for t in ticks], [t.clock for t in ticks])  # fmt: skip
+    types = [p.c[n].type for n in names]
+    arrays = ", ".join(f"%s::{t.compile(dialect=conn.dialect)}[]" for t in types)
+    moved = conn.exec_driver_sql(
+        f"UPDATE partitions AS p SET next_offset = u.next_offset, clock = u.clock "
+        f"FROM unnest({arrays}) AS u({', '.join(names)}) "
+        "WHERE p.part = u.part AND p.epoch = u.epoch RETURNING p.part",
+        tuple(array_literal(c, t) for c, t in zip(columns, types, strict=True)),
+    )
+    return {int(r[0]) for r in moved}
 
 
 def _announce(conn: Connection, groups: Sequence[tuple[str, str]]) -> None:

@@ -20,7 +20,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from sqlalchemy import Engine
@@ -28,7 +28,7 @@ from sqlalchemy import Engine
 from msgtally.store.kafka_log import KafkaLog, KafkaLogError
 
 from ..config import ReconcileConfig
-from .partition import Fenced, Partition, announce, read_announced
+from .partition import Fenced, Partition, announce, commit, read_announced
 
 log_ = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class Worker:
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.parts: dict[int, Partition] = {}
         self._stop = threading.Event()
-        self._last_commit: dict[int, float] = {}
+        self._last_commit = time.monotonic()
         self._last_announced = 0.0
         # An exception in a rebalance callback cannot cross librdkafka (consume would
         # raise a SystemError): kept here and raised by `step` once consume returns.
@@ -127,7 +127,6 @@ class Worker:
             for tp in assigned:
                 part = Partition.take(self.store, self.config, tp.partition, self.owner)
                 self.parts[tp.partition] = part
-                self._last_commit[tp.partition] = time.monotonic()
                 tp.offset = part.next_offset
                 log_.info("partition %d taken (epoch %d): from offset %d, %d to replay",
                           part.part, part.epoch, part.next_offset,
@@ -138,16 +137,12 @@ class Worker:
 
     def _revoked(self, consumer: Any, revoked: list[Any]) -> None:
         try:
-            for tp in revoked:
-                part = self.parts.pop(tp.partition, None)
-                if part is None:
-                    continue
-                try:
-                    part.commit(checkpoint=True)
-                except Fenced:
+            parts = [p for tp in revoked if (p := self.parts.pop(tp.partition, None))]
+            try:
+                for part in commit(parts, checkpoint=True):
                     log_.info("partition %d revoked: another worker took it first", part.part)
-                except Exception:
-                    log_.exception("partition %d: last commit failed", tp.partition)
+            except Exception:
+                log_.exception("partitions %s: last commit failed", _numbers(revoked))
             log_.info("partitions revoked: %s", _numbers(revoked))
             consumer.unassign()
         except BaseException as exc:
@@ -179,26 +174,35 @@ class Worker:
     # -- commits ----------------------------------------------------------------
 
     def _commit_due(self) -> None:
+        """Every `commit_every` seconds, every partition that changed, in one
+        transaction."""
         now = time.monotonic()
-        for number, part in list(self.parts.items()):
-            if not part.changed or now - self._last_commit.get(number, 0.0) < self.commit_every:
-                continue
-            self._commit(part, checkpoint=part.checkpoint_due(self.checkpoint_every))
-            self._last_commit[number] = now
+        if now - self._last_commit < self.commit_every:
+            return
+        self._last_commit = now
+        every = self.checkpoint_every
+        self._commit([p for p in self.parts.values() if p.changed],
+                     checkpoint=lambda p: p.checkpoint_due(every))  # fmt: skip
 
     def _commit_all(self, *, checkpoint: bool) -> None:
-        for part in list(self.parts.values()):
-            self._commit(part, checkpoint=checkpoint)
+        self._commit(list(self.parts.values()), checkpoint=checkpoint)
 
-    def _commit(self, part: Partition, *, checkpoint: bool) -> None:
+    def _commit(
+        self, parts: list[Partition], *, checkpoint: bool | Callable[[Partition], bool]
+    ) -> None:
+        if not parts:
+            return
         try:
-            part.commit(checkpoint=checkpoint)
-        except Fenced as exc:
-            self._drop(part, str(exc))
+            fenced = commit(parts, checkpoint=checkpoint)
         except Exception:
-            log_.exception("partition %d: commit failed; taken again from the store", part.part)
-            self.parts.pop(part.part, None)
-            self._retake(part)
+            log_.exception("partitions %s: commit failed; taken again from the store",
+                           ",".join(str(p.part) for p in parts))  # fmt: skip
+            for part in parts:
+                self.parts.pop(part.part, None)
+                self._retake(part)
+            return
+        for part in fenced:
+            self._drop(part, f"another worker took it (epoch {part.epoch} is over)")
 
     def _adopt_announced(self) -> None:
         """Groups announced in the store that a live partition's machine does not
