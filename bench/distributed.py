@@ -3,6 +3,7 @@ Kafka log into PostgreSQL, against the engine alone on the same records.
 
     python bench/distributed.py             # 300k ids (~950k records), 1, 2, 4 workers; ~3 min
     python bench/distributed.py --profile   # + py-spy on the one worker of a fourth run
+    python bench/distributed.py --before /tmp/old  # + the workers of another checkout, in turn
 
 One workload (bench/_common.Workload: string uuid-like ids, 2 groups, loss,
 duplicates, retries, dead letters, late and unexpected ids), cut into
@@ -12,7 +13,8 @@ records' own clock (a live collector's), and judged at those clocks:
 1. reference: the engine alone (msgtally.reconcile._machine, the single
    machine of `msgtally serve`) over the requests as log bodies, each applied
    at its receipt time and judged at it, drained every `--drain` bodies, then
-   judged past every deadline: records/s of wall and of CPU;
+   judged past every deadline: records/s of wall and of CPU, `--repeat` times
+   (the ratios take the median);
 2. the engine alone, partitioned: one machine per partition over the same
    requests split as the collectors split them (no Kafka, no store): what
    partitioning itself costs;
@@ -227,6 +229,7 @@ def summed_tallies(store: Engine) -> Tallies:
 @dataclass
 class Run:
     workers: int
+    label: str
     records: int
     launch_to_done: float
     steady: float  # seconds from every partition owned to done
@@ -254,7 +257,7 @@ def records_below(per_message: Sequence[Sequence[int]], offsets: dict[int, int])
 def drain_with_workers(
     log_: KafkaLog, per_message: Sequence[Sequence[int]], n: int,
     workload: Workload, reference: Alone, config: ReconcileConfig, work: Path,
-    profile_seconds: float = 0.0,
+    profile_seconds: float = 0.0, code: Path | None = None,
 ) -> Run:  # fmt: skip
     total = sum(map(sum, per_message))
     ends = {p: len(counts) for p, counts in enumerate(per_message)}
@@ -267,7 +270,8 @@ def drain_with_workers(
             db = conn.execute(text("SELECT current_database()")).scalar_one()
         outs = [(work / f"worker-{n}-{i}.log").open("wb") for i in range(n)]
         started = time.perf_counter()
-        procs = [subprocess.Popen(worker_cmd(log_, url, config), stdout=out,
+        env = {**os.environ, "PYTHONPATH": str(code)} if code else None
+        procs = [subprocess.Popen(worker_cmd(log_, url, config), stdout=out, env=env,
                                   stderr=subprocess.STDOUT) for out in outs]  # fmt: skip
         owners = {f"{os.uname().nodename}:{p.pid}" for p in procs}
         steady_at: float | None = None
@@ -346,7 +350,8 @@ def drain_with_workers(
         profile = summarize_profile(work / "profile.txt")
     assert steady_at is not None
     return Run(
-        workers=n, records=total, launch_to_done=done - started, steady=done - steady_at,
+        workers=n, label=f"{n} before" if code else str(n), records=total,
+        launch_to_done=done - started, steady=done - steady_at,
         steady_records=total - steady_from, worker_cpu=worker_cpu, pg_cpu=pg_cpu,
         ticks=ticks - takes, rows=rows,
         table_bytes={t: after.sizes[t] - before.sizes.get(t, 0) for t in after.sizes},
@@ -362,13 +367,14 @@ def drain_with_workers(
 # Frames that name a part of the worker's loop, most specific first.
 PARTS = (
     ("write_verdicts", "commit: verdict rows"),
-    ("write_pairs", "commit: tallies, buckets, sketch, minute and hour rows"),
-    ("write_in_flight", "commit: the in-flight snapshot"),
+    ("add_pairs", "commit: tallies, buckets, sketch, minute and hour rows"),
+    ("replace_in_flight", "commit: the in-flight snapshot"),
     ("write_missing", "commit: missing records"),
     ("write_errors", "commit: error classes"),
-    ("_save_checkpoint", "commit: checkpoint"),
-    ("write_tx", "commit: the transaction, the fence"),
-    ("commit", "commit: the rest (drain, in_flight, dumps)"),
+    ("_save_checkpoints", "commit: checkpoints"),
+    ("_drain", "commit: draining the machines (drain, in_flight, dumps)"),
+    ("_move", "commit: the fence"),
+    ("commit", "commit: the rest (the transaction)"),
     ("decode_message", "feed: decoding the message"),
     ("feed", "feed: the state machine (screen, apply, advance)"),
     ("consume", "poll: librdkafka's consume"),
@@ -424,6 +430,10 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true",
                     help="then one more run of one worker under py-spy")  # fmt: skip
     ap.add_argument("--keep", help="keep the worker logs and the profile in this directory")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="runs of the engine alone (default 3; the ratios take the median)")
+    ap.add_argument("--before", type=Path,
+                    help="a checkout of another commit: its workers run too, before ours")
     args = ap.parse_args()
 
     busy0 = machine_busy()
@@ -441,10 +451,13 @@ def main() -> None:
             sliced[p].append((at, logbody.encode(slice_, None)))
 
     log("1. the engine alone")
-    alone = engine_alone(whole, final, args.drain, config, n_records)
-    exact_alone = not compare_tallies(workload.expected, alone.tallies)
-    log(f"   {alone.rate:,.0f} records/s ({alone.cpu_rate:,.0f} per CPU second), "
-        f"{'exact' if exact_alone else 'WRONG'}")  # fmt: skip
+    alones = []
+    for _ in range(args.repeat):
+        alones.append(engine_alone(whole, final, args.drain, config, n_records))
+        log(f"   {alones[-1].rate:,.0f} records/s ({alones[-1].cpu_rate:,.0f} per CPU second)")
+    alones.sort(key=lambda a: a.cpu_rate)
+    alone = alones[len(alones) // 2]
+    exact_alone = all(not compare_tallies(workload.expected, a.tallies) for a in alones)
     log(f"2. the engine alone, {args.partitions} machines")
     parted = engine_alone(sliced, final, args.drain, config, n_records)
     exact_parted = not compare_tallies(workload.expected, parted.tallies)
@@ -472,6 +485,10 @@ def main() -> None:
 
         log("3. the workers")
         for n in counts:
+            if args.before:
+                log(f"   {n} worker(s) of {args.before}")
+                runs.append(drain_with_workers(*topic(), n, workload, alone, config, work,
+                                               code=args.before))  # fmt: skip
             log(f"   {n} worker(s)")
             runs.append(drain_with_workers(*topic(), n, workload, alone, config, work))
         if args.profile:
@@ -490,7 +507,9 @@ def main() -> None:
     )
     print(
         f"engine alone (reference):      {alone.rate:12,.0f} records/s, "
-        f"{alone.cpu_rate:,.0f} per CPU second; {'exact' if exact_alone else 'WRONG'}"
+        f"{alone.cpu_rate:,.0f} per CPU second (median of {len(alones)}: "
+        f"{alones[0].cpu_rate:,.0f}-{alones[-1].cpu_rate:,.0f}); "
+        f"{'exact' if exact_alone else 'WRONG'}"
     )
     print(
         f"engine alone, {args.partitions} machines:    {parted.rate:12,.0f} records/s "
@@ -502,8 +521,9 @@ def main() -> None:
     )
     print()
     print(
-        "workers | total rec/s | per worker | per worker CPU-s | ratio (goal >= "
-        f"{GOAL_PER_WORKER}x) | PostgreSQL CPU/record | from launch | exact"
+        "workers | total rec/s | per worker | per worker CPU-s | ratio per CPU-s (goal >= "
+        f"{GOAL_PER_WORKER}x) | ratio per worker, wall | PostgreSQL CPU/record | from launch "
+        "| exact"
     )
     for r in runs:
         print(line_of(r, alone))
@@ -512,7 +532,7 @@ def main() -> None:
     for r in runs:
         per = max(1, r.ticks)
         detail = ", ".join(f"{t} {v / per:.1f}" for t, v in r.rows.items() if v)
-        print(f"  {r.workers} worker(s): {r.ticks} ticks ({r.ticks / r.steady:,.0f}/s), "
+        print(f"  {r.label} worker(s): {r.ticks} ticks ({r.ticks / r.steady:,.0f}/s), "
               f"{sum(r.rows.values()) / per:.1f} rows a tick ({detail}); tables grew "
               f"{sum(r.table_bytes.values()) / per / 1024:.1f} KiB a tick "
               f"({sum(r.table_bytes.values()) / 2**20:.1f} MiB, {r.verdicts:,} verdict rows); "
@@ -529,9 +549,10 @@ def line_of(r: Run, alone: Alone) -> str:
     rate = r.steady_records / r.steady
     cpu = sum(r.worker_cpu)
     per_cpu = r.steady_records / cpu if cpu else float("nan")
-    return (f"{r.workers:7d} | {rate:11,.0f} | {rate / r.workers:10,.0f} | {per_cpu:16,.0f} | "
-            f"{per_cpu / alone.cpu_rate:24.3f}x | {r.pg_cpu / r.records * 1e6:18.1f} us | "
-            f"{r.launch_to_done:9.1f} s | {'yes' if r.exact else 'NO'}")  # fmt: skip
+    return (f"{r.label:>8} | {rate:11,.0f} | {rate / r.workers:10,.0f} | {per_cpu:16,.0f} | "
+            f"{per_cpu / alone.cpu_rate:32.3f}x | {rate / r.workers / alone.rate:21.3f}x | "
+            f"{r.pg_cpu / r.records * 1e6:18.1f} us | {r.launch_to_done:9.1f} s | "
+            f"{'yes' if r.exact else 'NO'}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -74,6 +74,7 @@ class Partition:
         self.records = 0  # applied since taken (replays included)
         self.rejected = 0  # messages whose body the machine refused, skipped
         self._changed = False
+        self._announce: list[tuple[str, str]] = []  # back-filled since the last commit
         self._last_checkpoint = time.monotonic()
 
     # -- taking -----------------------------------------------------------------
@@ -163,8 +164,10 @@ class Partition:
     def expect(self, groups: Sequence[tuple[str, str]], scan: Scan) -> int:
         """Back-fill groups new to this machine: every id produced on their streams
         before is owed them, those in memory and those in the partition's messages
-        before `next_offset` (`scan`). Committed at once, with a checkpoint, so
-        that no replay has to do it again. Returns the verdicts owed."""
+        before `next_offset` (`scan`). Committed by the partition's next commit,
+        with a checkpoint and the groups announced, so that no replay has to do
+        it again (until then, a replay stops short of it: the groups are new
+        again after it). Returns the verdicts owed."""
         by_stream: dict[str, list[str]] = {}
         for stream, group in groups:
             by_stream.setdefault(stream, []).append(group)
@@ -178,7 +181,7 @@ class Partition:
                         self.core.backfill_scan(body, stream)
             owed += self.core.backfill_finish(stream, names)
         self._changed = True
-        self.commit(checkpoint=True, announce=groups)
+        self._announce += groups
         return owed
 
     # -- committing ---------------------------------------------------------------
@@ -190,25 +193,26 @@ class Partition:
     def checkpoint_due(self, every: float) -> bool:
         return time.monotonic() - self._last_checkpoint > every
 
-    def commit(
-        self, *, checkpoint: bool = False, announce: Sequence[tuple[str, str]] = ()
-    ) -> None:
+    def commit(self, *, checkpoint: bool = False) -> None:
         """Write what changed and the offset, fenced by the epoch; with the whole
         state too when `checkpoint`. Raises Fenced (nothing written) once another
         worker has taken the partition."""
-        if commit([self], checkpoint=checkpoint, announce=announce):
+        if commit([self], checkpoint=checkpoint):
             raise Fenced(f"partition {self.part}: another worker took it (epoch "
                          f"{self.epoch} is over)")  # fmt: skip
 
     def _drain(self, checkpoint: bool) -> Tick:
         pairs, rows, missing, errors = self.core.drain()
         flight = self.core.in_flight()
-        body = self.core.dumps() if checkpoint else None
-        return Tick(self, self.next_offset, self.clock, pairs, rows, missing, errors, flight, body)
+        # A back-fill is committed with a checkpoint: a replay must not meet it.
+        body = self.core.dumps() if checkpoint or self._announce else None
+        return Tick(self, self.next_offset, self.clock, pairs, rows, missing, errors, flight, body,
+                    tuple(self._announce))  # fmt: skip
 
     def _committed(self, tick: Tick) -> None:
         self.committed = tick.offset
         self._changed = False
+        self._announce.clear()
         if tick.checkpoint is not None:
             self._last_checkpoint = time.monotonic()
 
@@ -226,6 +230,7 @@ class Tick:
     errors: dict[tuple[str, str, str, str], int]
     flight: InFlight
     checkpoint: bytes | None
+    announce: tuple[tuple[str, str], ...]  # groups back-filled since the last commit
 
     @property
     def part(self) -> int:
@@ -233,14 +238,14 @@ class Tick:
 
 
 def commit(
-    parts: Sequence[Partition], *, checkpoint: bool | Callable[[Partition], bool] = False,
-    announce: Sequence[tuple[str, str]] = (),
-) -> list[Partition]:  # fmt: skip
+    parts: Sequence[Partition], *, checkpoint: bool | Callable[[Partition], bool] = False
+) -> list[Partition]:
     """Commit what changed in each partition (not replaying) and its offset, in one
     transaction of their store, each fenced by its epoch: one statement per
     table for them all, as a partition's commit cost more in statements than
     in rows (bench/distributed.py). With its whole state too where `checkpoint`
-    (a flag, or asked of each partition). Returns the partitions another worker
+    (a flag, or asked of each partition) or a back-fill is to commit, and the
+    groups back-filled announced to the other partitions. Returns the partitions another worker
     has taken: nothing of theirs is written, the others' commits go in."""
     live = [p for p in parts if not p.replaying]
     if not live:
@@ -258,11 +263,10 @@ def commit(
                 write_missing(conn, t.missing, t.part)
                 write_errors(conn, t.errors, t.part)
             replace_in_flight(conn, {t.part: t.flight for t in ours})
-            if announce:
-                _announce(conn, announce)
-            for t in ours:
-                if t.checkpoint is not None:
-                    _save_checkpoint(conn, t.part, t.offset, t.clock, t.checkpoint)
+            groups = {g for t in ours for g in t.announce}
+            if groups:
+                _announce(conn, sorted(groups))
+            _save_checkpoints(conn, [t for t in ours if t.checkpoint is not None])
     for t in ours:
         t.partition._committed(t)
     return [t.partition for t in ticks if t.part not in moved]
@@ -296,17 +300,18 @@ def _announce(conn: Connection, groups: Sequence[tuple[str, str]]) -> None:
     conn.execute(stmt, [{"stream": s, "grp": g} for s, g in groups])
 
 
-def _save_checkpoint(conn: Connection, part: int, offset: int, clock: float, body: bytes) -> None:
+def _save_checkpoints(conn: Connection, ticks: Sequence[Tick]) -> None:
+    if not ticks:
+        return
     c = partition_checkpoints
-    stmt = upsert(conn, c).values(
-        part=part, next_offset=offset, clock=clock, taken_at=time.time(), body=body
+    stmt = upsert(conn, c)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["part"],
+        set_={k: stmt.excluded[k] for k in ("next_offset", "clock", "taken_at", "body")},
     )
-    conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["part"],
-            set_={k: stmt.excluded[k] for k in ("next_offset", "clock", "taken_at", "body")},
-        )
-    )
+    now = time.time()
+    conn.execute(stmt, [{"part": t.part, "next_offset": t.offset, "clock": t.clock,
+                         "taken_at": now, "body": t.checkpoint} for t in ticks])  # fmt: skip
 
 
 def read_announced(store: Engine) -> list[tuple[str, str]]:

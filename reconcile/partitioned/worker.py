@@ -28,7 +28,7 @@ from sqlalchemy import Engine
 from msgtally.store.kafka_log import KafkaLog, KafkaLogError
 
 from ..config import ReconcileConfig
-from .partition import Fenced, Partition, announce, commit, read_announced
+from .partition import Partition, announce, commit, read_announced
 
 log_ = logging.getLogger(__name__)
 
@@ -106,11 +106,7 @@ class Worker:
             part = self.parts.get(msg.partition() or 0)
             if part is None:
                 continue  # not ours (any more): its new owner reads it
-            try:
-                part.feed(_offset(msg), msg.value() or b"", self._scan)
-            except Fenced as exc:
-                self._drop(part, str(exc))
-                continue
+            part.feed(_offset(msg), msg.value() or b"", self._scan)
             fed += 1
         if self._failure is not None:
             failure, self._failure = self._failure, None
@@ -216,11 +212,8 @@ class Worker:
                 continue
             expected = part.core.expected()
             new = [(s, g) for s, g in groups if g not in expected.get(s, ())]
-            if new:
-                try:
-                    part.expect(new, self._scan)
-                except Fenced as exc:
-                    self._drop(part, str(exc))
+            if new:  # committed with the partition's next commit
+                part.expect(new, self._scan)
 
     # -- the topic's history ------------------------------------------------------
 
