@@ -270,8 +270,10 @@ def drain_with_workers(
             db = conn.execute(text("SELECT current_database()")).scalar_one()
         outs = [(work / f"worker-{n}-{i}.log").open("wb") for i in range(n)]
         started = time.perf_counter()
+        # Run from the scratch directory: `python -m` puts the working directory
+        # first on the path, and a checkout there would shadow `code`.
         env = {**os.environ, "PYTHONPATH": str(code)} if code else None
-        procs = [subprocess.Popen(worker_cmd(log_, url, config), stdout=out, env=env,
+        procs = [subprocess.Popen(worker_cmd(log_, url, config), stdout=out, env=env, cwd=work,
                                   stderr=subprocess.STDOUT) for out in outs]  # fmt: skip
         owners = {f"{os.uname().nodename}:{p.pid}" for p in procs}
         steady_at: float | None = None
@@ -314,6 +316,9 @@ def drain_with_workers(
                 time.sleep(0.05)
             done = time.perf_counter()
             worker_cpu = [cpu_of(p.pid) - c for p, c in zip(procs, cpu_at_steady, strict=True)]
+            log(f"  {n} worker(s): drained {done - steady_at:.1f} s after, worker CPU "
+                f"{', '.join(f'{c:.2f}' for c in cpu_at_steady)} s then, "
+                f"{', '.join(f'{c:.2f}' for c in worker_cpu)} s more")  # fmt: skip
             pg_cpu = sum(c for c in map(cpu_of, pg_pids) if c == c)
         finally:
             for p in procs:
