@@ -369,21 +369,22 @@ def drain_with_workers(
 # Where a worker's time goes
 # ---------------------------------------------------------------------------
 
-# Frames that name a part of the worker's loop, most specific first.
+# Frames that name a part of the worker's loop, most specific first (the names
+# of this checkout's functions, and of those before them, for --before).
 PARTS = (
-    ("write_verdicts", "commit: verdict rows"),
-    ("add_pairs", "commit: tallies, buckets, sketch, minute and hour rows"),
-    ("replace_in_flight", "commit: the in-flight snapshot"),
-    ("write_missing", "commit: missing records"),
-    ("write_errors", "commit: error classes"),
-    ("_save_checkpoints", "commit: checkpoints"),
-    ("_drain", "commit: draining the machines (drain, in_flight, dumps)"),
-    ("_move", "commit: the fence"),
-    ("commit", "commit: the rest (the transaction)"),
-    ("decode_message", "feed: decoding the message"),
-    ("feed", "feed: the state machine (screen, apply, advance)"),
-    ("consume", "poll: librdkafka's consume"),
-    ("step", "the loop itself"),
+    (("write_verdicts",), "commit: verdict rows"),
+    (("add_pairs", "write_pairs"), "commit: tallies, buckets, sketch, minute and hour rows"),
+    (("replace_in_flight", "write_in_flight"), "commit: the in-flight snapshot"),
+    (("write_missing",), "commit: missing records"),
+    (("write_errors",), "commit: error classes"),
+    (("_save_checkpoints", "_save_checkpoint"), "commit: checkpoints"),
+    (("_drain",), "commit: draining the machines (drain, in_flight, dumps)"),
+    (("_move",), "commit: the fence"),
+    (("commit",), "commit: the rest (the transaction, the fence, drains)"),
+    (("decode_message",), "feed: decoding the message"),
+    (("feed",), "feed: the state machine (screen, apply, advance)"),
+    (("consume",), "poll: librdkafka's consume"),
+    (("step",), "the loop itself"),
 )
 
 
@@ -399,8 +400,8 @@ def summarize_profile(path: Path) -> list[str]:
         total += n
         names = [frame.split(" (", 1)[0] for frame in stack.split(";")]
         part = "elsewhere (start, rebalances, scans)"
-        for frame, label in PARTS:
-            if any(name == frame or name.endswith("." + frame) for name in names):
+        for frames, label in PARTS:
+            if any(name == f or name.endswith("." + f) for name in names for f in frames):
                 part = label
                 break
         shares[part] += n
@@ -496,11 +497,12 @@ def main() -> None:
                                                code=args.before))  # fmt: skip
             log(f"   {n} worker(s)")
             runs.append(drain_with_workers(*topic(), n, workload, alone, config, work))
-        if args.profile:
-            log("4. one worker under py-spy")
-            seconds = runs[0].steady * 1.5 if runs else 20.0
-            profiled = drain_with_workers(*topic(), 1, workload, alone, config, work,
-                                          profile_seconds=seconds)  # fmt: skip
+        profiled: list[Run] = []
+        for code in ([args.before, None] if args.before else [None]) if args.profile else []:
+            log(f"4. one worker{f' of {code}' if code else ''} under py-spy")
+            seconds = max(r.steady for r in runs) * 1.5 if runs else 20.0
+            profiled.append(drain_with_workers(*topic(), 1, workload, alone, config, work,
+                                               profile_seconds=seconds, code=code))  # fmt: skip
         busy1 = machine_busy()
 
     busy = (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1])
@@ -543,10 +545,10 @@ def main() -> None:
               f"({sum(r.table_bytes.values()) / 2**20:.1f} MiB, {r.verdicts:,} verdict rows); "
               f"WAL {r.wal_bytes / per / 1024:.1f} KiB a tick (the cluster's: other databases "
               "too)")  # fmt: skip
-    if args.profile:
+    for run in profiled:
         print()
-        print("one worker under py-spy (its run: " + line_of(profiled, alone).strip() + "):")
-        for share in profiled.profile:
+        print("one worker under py-spy (its run: " + line_of(run, alone).strip() + "):")
+        for share in run.profile:
             print(f"  {share}")
 
 

@@ -8,9 +8,10 @@ worker that is assigned a partition seeks to its checkpoint's offset.
 
 The loop: poll a batch, feed each message to its partition's machine, then
 commit every partition that changed, all in one transaction, `commit_every`
-seconds after the last commit ended, or COMMIT_SHARE times as long as that
-commit took if longer (up to MAX_COMMIT_EVERY): under load, commits take at
-most a fifth of the worker's time, and fewer, fuller ticks cost the store
+seconds after the last commit ended. While the worker is behind (a poll
+comes back full), the wait is COMMIT_SHARE times as long as the last commit
+took, if that is longer (up to MAX_COMMIT_EVERY): under load, commits take
+at most a fifth of the worker's time, and fewer, fuller ticks cost the store
 less per record (their rows are per pair and latency bin, not per record).
 Each partition's checkpoint goes with its commit every `checkpoint_every`;
 every partition expects the groups another one announced. Partitions whose
@@ -42,7 +43,8 @@ DEFAULT_COMMIT_EVERY = 0.5  # seconds between a partition's commits
 DEFAULT_CHECKPOINT_EVERY = 60.0  # seconds between a partition's checkpoints
 DEFAULT_SESSION_TIMEOUT = 10.0  # seconds without the worker's heartbeats before its partitions move
 ANNOUNCE_EVERY = 1.0  # seconds between looks at the groups announced in the store
-COMMIT_SHARE = 4.0  # the wait after a commit: at least this many times its duration
+POLL_MAX = 2000  # messages a poll takes; a full poll means the worker is behind
+COMMIT_SHARE = 4.0  # behind, the wait after a commit: at least this many times its duration
 MAX_COMMIT_EVERY = 10.0  # seconds: the longest that wait grows to under load
 
 
@@ -64,7 +66,8 @@ class Worker:
         self.parts: dict[int, Partition] = {}
         self._stop = threading.Event()
         self._last_commit = time.monotonic()  # when the last commit ended
-        self._commit_wait = commit_every  # the wait from there to the next
+        self._commit_wait = commit_every  # the wait from there to the next, when behind
+        self._behind = False
         self._last_announced = 0.0
         # An exception in a rebalance callback cannot cross librdkafka (consume would
         # raise a SystemError): kept here and raised by `step` once consume returns.
@@ -109,7 +112,9 @@ class Worker:
     def step(self, timeout: float = 0.2) -> int:
         """One poll, fed and committed; returns the messages fed."""
         fed = 0
-        for msg in self._consumer.consume(2000, timeout):
+        batch = self._consumer.consume(POLL_MAX, timeout)
+        self._behind = len(batch) == POLL_MAX  # more is waiting: under load
+        for msg in batch:
             err = msg.error()
             if err is not None:
                 if err.fatal():
@@ -186,7 +191,8 @@ class Worker:
         """Every partition that changed, in one transaction, once the wait since
         the last commit is over; the next wait from its duration."""
         started = time.monotonic()
-        if started - self._last_commit < self._commit_wait:
+        wait = self._commit_wait if self._behind else self.commit_every
+        if started - self._last_commit < wait:
             return
         every = self.checkpoint_every
         self._commit([p for p in self.parts.values() if p.changed],
