@@ -18,16 +18,21 @@ records' own clock (a live collector's), and judged at those clocks:
 2. the engine alone, partitioned: one machine per partition over the same
    requests split as the collectors split them (no Kafka, no store): what
    partitioning itself costs;
-3. the partitioned path: a topic of `--partitions` on a Tansu broker (the test
-   extra), every request produced through the collector's KafkaWriter
-   (idempotent, acks=all), then 1, 2 and 4 `msgtally worker` processes
-   draining it into a fresh PostgreSQL database each: records/s in total and
-   per worker (of wall, from the moment every partition is owned, and per
-   worker CPU-second), the ratio of a worker's CPU rate to (1)'s in the same
-   run (goal >= 0.5x), PostgreSQL's CPU for the run, and what the store
-   absorbed per tick (a partition's commit): rows per table, bytes of tables
-   and of WAL;
-4. with `--profile`: a fourth run of one worker under py-spy: where its time goes.
+3. a topic of `--partitions` on a Tansu broker (the test extra), every
+   request produced through the collector's KafkaWriter (idempotent,
+   acks=all), read by a bare consumer: what the broker serves, the ceiling
+   of any worker's wall rate here;
+4. the partitioned path: 1, 2 and 4 `msgtally worker` processes draining
+   such a topic into a fresh PostgreSQL database each: records/s in total
+   and per worker (of wall, from the moment every partition is owned, and
+   per worker CPU-second), the ratios of a worker's CPU rate and of its wall
+   rate to (1)'s in the same run (goal >= 0.5x), PostgreSQL's CPU for the
+   run, and what the store absorbed per tick (a partition's commit): rows
+   per table, bytes of tables and of WAL. With `--before DIR` (a checkout of
+   another commit, its C extensions built or copied in), that checkout's
+   workers too, before ours at each count, each on a topic of its own;
+5. with `--profile`: one more run of one worker (and of --before's) under
+   py-spy: where its time goes.
 
 Every run checks the summed tallies against the workload's ground truth, and
 the verdict rows against the reference's.
@@ -365,6 +370,27 @@ def drain_with_workers(
     )  # fmt: skip
 
 
+def bare_consumer(log_: KafkaLog, per_message: Sequence[Sequence[int]], records: int) -> float:
+    """Records/s of a consumer that only reads every message of the topic, with the
+    workers' consumer settings: what the broker can serve on this machine."""
+    from confluent_kafka import Consumer
+
+    want = sum(len(counts) for counts in per_message)
+    consumer = Consumer({"bootstrap.servers": log_.bootstrap, "group.id": f"bare.{log_.topic}",
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})  # fmt: skip
+    consumer.subscribe([log_.topic])
+    got, started = 0, 0.0
+    try:
+        while got < want:
+            batch = consumer.consume(2000, 1.0)
+            if batch and not started:
+                started = time.perf_counter()  # from the first message: the join excluded
+            got += sum(1 for m in batch if m.error() is None)
+        return records / (time.perf_counter() - started)
+    finally:
+        consumer.close()
+
+
 # ---------------------------------------------------------------------------
 # Where a worker's time goes
 # ---------------------------------------------------------------------------
@@ -489,7 +515,10 @@ def main() -> None:
                 "through the collector's writer")  # fmt: skip
             return log_, per_message
 
-        log("3. the workers")
+        log("3. the broker alone: a bare consumer reads a topic")
+        fetched = bare_consumer(*topic(), n_records)
+        log(f"   {fetched:,.0f} records/s")
+        log("4. the workers")
         for n in counts:
             if args.before:
                 log(f"   {n} worker(s) of {args.before}")
@@ -499,7 +528,7 @@ def main() -> None:
             runs.append(drain_with_workers(*topic(), n, workload, alone, config, work))
         profiled: list[Run] = []
         for code in ([args.before, None] if args.before else [None]) if args.profile else []:
-            log(f"4. one worker{f' of {code}' if code else ''} under py-spy")
+            log(f"5. one worker{f' of {code}' if code else ''} under py-spy")
             seconds = max(r.steady for r in runs) * 1.5 if runs else 20.0
             profiled.append(drain_with_workers(*topic(), 1, workload, alone, config, work,
                                                profile_seconds=seconds, code=code))  # fmt: skip
@@ -525,6 +554,10 @@ def main() -> None:
     print(
         f"producing through KafkaWriter: {min(produced):12,.0f}-{max(produced):,.0f} records/s "
         "(one collector thread, each request acknowledged before the next)"
+    )
+    print(
+        f"the broker alone:              {fetched:12,.0f} records/s (a bare consumer reads "
+        "the topic: no worker drains it faster)"
     )
     print()
     print(
