@@ -153,39 +153,46 @@ def write_pairs(
 
 
 def add_pairs(conn: Connection, ticks: Sequence[PairsOf], buckets: Sequence[float]) -> None:
-    """`write_pairs` for the ticks of several partitions at once: the rows built as
-    columns (no row of its own), one statement per table family."""
+    """`write_pairs` for the ticks of several partitions at once: the deltas of one
+    key (a partition given for several ticks) summed here, the rows built as
+    columns, one statement per table family."""
     labels = [bucket_label(b) for b in (*buckets, math.inf)]
-    t: Columns = {n: [] for n in _TALLY}
-    b: Columns = {n: [] for n in _BUCKET}
-    s: Columns = {n: [] for n in _BIN}
+    field = {name: i for i, name in enumerate(TALLY_FIELDS)}
+    counts_of: dict[tuple[Any, ...], list[Any]] = {}  # (stream, grp, part, *ats): counts
+    hists: dict[tuple[Any, ...], int] = {}  # (stream, grp, part, *ats, le): count
+    bins_of: dict[tuple[Any, ...], int] = {}  # (stream, grp, part, bin): count
     for part, now, pairs in ticks:
         ats = [int(now // step) * step for _counts, _buckets, step in TIMELINES]
         for stream, group, counts, latency_sum, hist, bins in pairs:
             key = (stream, group, part, *ats)
-            for name, v in zip(_TALLY, key, strict=False):
-                t[name].append(v)
-            for name in TALLY_FIELDS:
-                t[name].append(counts.get(name, 0))
-            t["latency_sum"].append(latency_sum)
-            les = [(labels[i], n) for i, n in enumerate(hist) if n]
-            _extend(b, key, les)
-            _extend(s, key[:3], [(k, n) for k, n in bins.items() if n])
+            row = counts_of.get(key)
+            if row is None:
+                row = counts_of[key] = [0] * len(TALLY_FIELDS) + [0.0]
+            for name, n in counts.items():
+                row[field[name]] += n
+            row[-1] += latency_sum
+            for i, n in enumerate(hist):
+                if n:
+                    k = (*key, labels[i])
+                    hists[k] = hists.get(k, 0) + n
+            for b, n in bins.items():
+                if n:
+                    k = (stream, group, part, b)
+                    bins_of[k] = bins_of.get(k, 0) + n
     timelines = [(c, bt) for c, bt, _step in TIMELINES]
-    _add(conn, tallies, ("stream", "grp", "part"), t, [c for c, _ in timelines])
-    _add(conn, latency_buckets, ("stream", "grp", "le", "part"), b, [bt for _, bt in timelines])
-    _add(conn, latency_sketch, ("stream", "grp", "bin", "part"), s)
+    _add(conn, tallies, ("stream", "grp", "part"),
+         _columns(_TALLY, [(*k, *v) for k, v in counts_of.items()]), [c for c, _ in timelines])
+    _add(conn, latency_buckets, ("stream", "grp", "le", "part"),
+         _columns(_BUCKET, [(*k, v) for k, v in hists.items()]), [bt for _, bt in timelines])
+    _add(conn, latency_sketch, ("stream", "grp", "bin", "part"),
+         _columns(_BIN, [(*k, v) for k, v in bins_of.items()]))  # fmt: skip
 
 
-def _extend(columns: Columns, key: Sequence[Any], rows: Sequence[tuple[Any, Any]]) -> None:
-    """Append rows of (name, count) under one key: the key's columns first, in order."""
+def _columns(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> Columns:
+    """Rows (in `names` order) as columns."""
     if not rows:
-        return
-    names = list(columns)
-    for name, v in zip(names, key, strict=False):
-        columns[name] += [v] * len(rows)
-    columns[names[-2]] += [r[0] for r in rows]
-    columns[names[-1]] += [r[1] for r in rows]
+        return {n: [] for n in names}
+    return dict(zip(names, map(list, zip(*rows, strict=True)), strict=True))
 
 
 _COLUMNS = ", ".join(VERDICT_COLUMNS)

@@ -257,7 +257,12 @@ def commit(
         moved = _move(conn, ticks)
         ours = [t for t in ticks if t.part in moved]
         if ours:
-            add_pairs(conn, [(t.part, t.clock, t.pairs) for t in ours], config.latency_buckets)
+            # Counters are sums: every partition's deltas go under the lowest
+            # partition moved, whose row this transaction holds locked, so no
+            # other commit writes those rows meanwhile; a batch adds one row
+            # per key, not one per partition (PostgreSQL's cost is per row).
+            shard = min(t.part for t in ours)
+            add_pairs(conn, [(shard, t.clock, t.pairs) for t in ours], config.latency_buckets)
             write_verdicts(conn, [r for t in ours for r in t.verdicts])
             for t in ours:
                 write_missing(conn, t.missing, t.part)
