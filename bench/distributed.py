@@ -24,8 +24,9 @@ records' own clock (a live collector's), and judged at those clocks:
    of any worker's wall rate here;
 4. the partitioned path: 1, 2 and 4 `msgtally worker` processes draining
    such a topic into a fresh PostgreSQL database each: records/s in total
-   and per worker (of wall, from the moment every partition is owned, and
-   per worker CPU-second), the ratios of a worker's CPU rate and of its wall
+   and per worker (of wall, from the moment every partition is owned; and
+   per worker CPU-second, every record over the workers' CPU from each one's
+   first partition taken), the ratios of a worker's CPU rate and of its wall
    rate to (1)'s in the same run (goal >= 0.5x), PostgreSQL's CPU for the
    run, and what the store absorbed per tick (a partition's commit): rows
    per table, bytes of tables and of WAL. With `--before DIR` (a checkout of
@@ -239,7 +240,7 @@ class Run:
     launch_to_done: float
     steady: float  # seconds from every partition owned to done
     steady_records: int
-    worker_cpu: list[float]  # from every partition owned to done
+    worker_cpu: list[float]  # each from its first partition taken to done
     pg_cpu: float
     ticks: int
     rows: dict[str, int]
@@ -280,10 +281,14 @@ def drain_with_workers(
         env = {**os.environ, "PYTHONPATH": str(code)} if code else None
         procs = [subprocess.Popen(worker_cmd(log_, url, config), stdout=out, env=env, cwd=work,
                                   stderr=subprocess.STDOUT) for out in outs]  # fmt: skip
-        owners = {f"{os.uname().nodename}:{p.pid}" for p in procs}
+        names = [f"{os.uname().nodename}:{p.pid}" for p in procs]
+        owners = set(names)
+        # A worker's CPU counts from its first partition taken (its start, imports
+        # and the group's join left out) with every record: with several workers,
+        # the first to join feeds until the group rebalances, before all own theirs.
+        cpu_at_take: list[float | None] = [None] * n
         steady_at: float | None = None
         steady_from = 0
-        cpu_at_steady = [0.0] * n
         spy: subprocess.Popen[bytes] | None = None
         pg_pids: set[int] = set()
         try:
@@ -299,10 +304,13 @@ def drain_with_workers(
                         "SELECT pid FROM pg_stat_activity WHERE datname = :db AND pid <> :me"),
                         {"db": db, "me": me})}  # fmt: skip
                 offsets = {int(r[0]): int(r[2]) for r in rows}
+                owning = {r[1] for r in rows}
+                for i, (name, p) in enumerate(zip(names, procs, strict=True)):
+                    if cpu_at_take[i] is None and name in owning:
+                        cpu_at_take[i] = cpu_of(p.pid)
                 if steady_at is None and {r[1] for r in rows} == owners:
                     steady_at = time.perf_counter()
                     steady_from = records_below(per_message, offsets)
-                    cpu_at_steady = [cpu_of(p.pid) for p in procs]
                     log(
                         f"  {n} worker(s): every partition owned after "
                         f"{steady_at - started:.1f} s, {steady_from:,} records committed"
@@ -320,9 +328,10 @@ def drain_with_workers(
                     raise RuntimeError("the workers did not drain the topic in 30 minutes")
                 time.sleep(0.05)
             done = time.perf_counter()
-            worker_cpu = [cpu_of(p.pid) - c for p, c in zip(procs, cpu_at_steady, strict=True)]
+            worker_cpu = [cpu_of(p.pid) - (c or 0.0) for p, c in zip(procs, cpu_at_take,
+                                                                      strict=True)]  # fmt: skip
             log(f"  {n} worker(s): drained {done - steady_at:.1f} s after, worker CPU "
-                f"{', '.join(f'{c:.2f}' for c in cpu_at_steady)} s then, "
+                f"{', '.join(f'{c or 0:.2f}' for c in cpu_at_take)} s at their first take, "
                 f"{', '.join(f'{c:.2f}' for c in worker_cpu)} s more")  # fmt: skip
             pg_cpu = sum(c for c in map(cpu_of, pg_pids) if c == c)
         finally:
@@ -588,7 +597,7 @@ def main() -> None:
 def line_of(r: Run, alone: Alone) -> str:
     rate = r.steady_records / r.steady
     cpu = sum(r.worker_cpu)
-    per_cpu = r.steady_records / cpu if cpu else float("nan")
+    per_cpu = r.records / cpu if cpu else float("nan")
     return (f"{r.label:>8} | {rate:11,.0f} | {rate / r.workers:10,.0f} | {per_cpu:16,.0f} | "
             f"{per_cpu / alone.cpu_rate:32.3f}x | {rate / r.workers / alone.rate:21.3f}x | "
             f"{r.pg_cpu / r.records * 1e6:18.1f} us | {r.launch_to_done:9.1f} s | "
