@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -224,10 +224,10 @@ class Tick:
     partition: Partition
     offset: int
     clock: float
-    pairs: list[Pair]
-    verdicts: list[Any]
-    missing: dict[tuple[str, str, str], int]
-    errors: dict[tuple[str, str, str, str], int]
+    pairs: Sequence[Pair]
+    verdicts: Sequence[Any]
+    missing: Mapping[tuple[str, str, str], int]
+    errors: Mapping[tuple[str, str, str, str], int]
     flight: InFlight
     checkpoint: bytes | None
     announce: tuple[tuple[str, str], ...]  # groups back-filled since the last commit
@@ -287,8 +287,8 @@ def _move(conn: Connection, ticks: Sequence[Tick]) -> set[int]:
             update(p).where(p.c.part == t.part, p.c.epoch == t.partition.epoch)
             .values(next_offset=t.offset, clock=t.clock)).rowcount == 1}  # fmt: skip
     names = ("part", "epoch", "next_offset", "clock")
-    columns = ([t.part for t in ticks], [t.partition.epoch for t in ticks],
-               [t.offset for t in ticks], [t.clock for t in ticks])  # fmt: skip
+    columns: list[list[Any]] = [[t.part for t in ticks], [t.partition.epoch for t in ticks],
+                                [t.offset for t in ticks], [t.clock for t in ticks]]
     types = [p.c[n].type for n in names]
     arrays = ", ".join(f"%s::{t.compile(dialect=conn.dialect)}[]" for t in types)
     moved = conn.exec_driver_sql(
