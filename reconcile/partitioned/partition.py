@@ -4,13 +4,14 @@ A worker that is assigned the partition `take`s it: the partition's row in
 the store gets a new epoch (the fence), the machine loads the partition's
 checkpoint, and the topic is read again from the checkpoint's offset.
 Messages below the committed offset are replayed (their figures are in the
-store already: nothing is written); from the committed offset on, each
+store already: nothing is written); from the committed offset on, a
 `commit` writes what changed (tally, histogram and sketch deltas, per-minute
 and per-hour rows, verdict rows, records missing, the in-flight snapshot)
-together with the new offset, in one transaction that first moves the
-partition's row `WHERE epoch = <ours>`: once another worker has taken the
-partition, that matches nothing and the whole transaction is rolled back
-(Fenced). Nothing is ever counted twice or lost across a move.
+together with the new offset, for any number of a worker's partitions in one
+transaction that first moves each partition's row `WHERE epoch = <ours>`:
+once another worker has taken a partition, that matches nothing, and
+nothing of that partition is written (it is fenced: its worker drops it).
+Nothing is ever counted twice or lost across a move.
 
 The clock is the log's: each message carries the receipt time the collector
 gave it (heartbeats only that), the partition's clock is the latest of them,
