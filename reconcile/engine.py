@@ -460,16 +460,15 @@ class Reconciler:
             slots = {int(r.id): int(r.tick)
                      for r in c.execute(select(checkpoint.c.id, checkpoint.c.tick))}  # fmt: skip
             slot = _slot(slots, self.tick_no)
-            stmt = upsert(c, checkpoint).values(
-                id=slot, tick=self.tick_no, taken_at=time.time(), body=body
-            )
+            # Deleted, then inserted: SQLite writes an updated row's new pages before
+            # it frees the old ones, so an update grows the file by a whole state at
+            # every checkpoint; a delete first frees pages the insert then reuses.
+            c.execute(delete(checkpoint).where(checkpoint.c.id == slot))
             c.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=["id"],
-                    set_={"tick": stmt.excluded.tick, "taken_at": stmt.excluded.taken_at,
-                          "body": stmt.excluded.body},
+                checkpoint.insert().values(
+                    id=slot, tick=self.tick_no, taken_at=time.time(), body=body
                 )
-            )  # fmt: skip
+            )
         self._last_checkpoint = time.monotonic()
 
     def _backfill(self, stream: str, groups: Sequence[str], now: float) -> None:

@@ -31,6 +31,14 @@ def body(*records: dict[str, Any], marks: list[Any] | None = None) -> bytes:
     return msgspec.msgpack.encode((2, marks, list(records)))
 
 
+def sliced(*records: dict[str, Any], runs: list[Any], marks: list[Any] | None = None) -> bytes:
+    """A partition's slice on the Kafka log (version 3)."""
+    return msgspec.msgpack.encode((3, [] if marks is None else marks, runs, list(records)))
+
+
+RUN = ["p", "s", "produce", "", [1, 2]]
+
+
 def rec(mid: str = "m", kind: str = "produce", **more: Any) -> dict[str, Any]:
     r: dict[str, Any] = {"stream": "s", "kind": kind, "message_id": mid, "ts": T}
     if kind == "consume":
@@ -43,7 +51,34 @@ GOOD = rec("a"), rec("a", "consume", ts=T + 1)
 
 REJECTED = [
     (b"\xc1", "log body: not a msgpack array"),
-    (msgspec.msgpack.encode((3, None, [])), "log body: version 3, this machine reads 1 and 2"),
+    (msgspec.msgpack.encode((4, None, [], [])),
+     "log body: version 4, this machine reads 1, 2 and 3"),
+    (msgspec.msgpack.encode((3, None, [])), "log body: version 3 with 3 parts"),
+    (msgspec.msgpack.encode((3, None, [], [])), "log body: version 3: the marks are not an array"),
+    (msgspec.msgpack.encode((3, [], None, [])), "log body: version 3: the runs are not an array"),
+    (sliced(*GOOD, runs=[RUN, ["p", "s", "produce", "", [3, -1]]]),
+     "log body: run 1: seq 1 is not an integer of 0 or more"),
+    (sliced(*GOOD, runs=[["p", "s", "produce", "", [2.5]]]),
+     "log body: run 0: seq 0 is not an integer of 0 or more"),
+    (sliced(*GOOD, runs=[["p", "s", "produce", "", [None]]]),
+     "log body: run 0: seq 0 is not an integer of 0 or more"),
+    (sliced(*GOOD, runs=[["p", "s", "produce", ""]]),
+     "log body: run 0: not [producer, stream, kind, group, seqs]"),
+    (sliced(*GOOD, runs=[["p", "s", "sent", "", [1]]]),
+     "log body: run 0: the kind is neither produce nor consume"),
+    (sliced(*GOOD, runs=[["p", None, "produce", "", [1]]]), "log body: run 0: a name is nil"),
+    (sliced(*GOOD, runs=[["p", 3, "produce", "", [1]]]), "log body: run 0: a name is not a string"),
+    (sliced(*GOOD, runs=[["p", "s", "produce", "", 1]]),
+     "log body: run 0: the seqs are not an array"),
+    (sliced(*GOOD, runs=[["p" * 1025, "s", "produce", "", [1]]]),
+     "log body: run 0: a name is past the limit"),
+    (sliced(*GOOD, runs=[["QQ", "s", "produce", "", [1]]]).replace(b"QQ", b"\xc3\x28"),
+     "log body: run 0: a name is not UTF-8"),
+    (sliced(runs=[["p", "s", "produce", "", []]]).replace(b"\xa0\x90", b"\xa0\xdd\xff\xff\xff\xff"),
+     "log body: the runs are truncated"),
+    (sliced(*GOOD, runs=[RUN], marks=[["p", "s", "produce", "", "x"]]),
+     "log body: mark 0: 'last' is not an integer"),
+    (sliced(runs=[RUN, RUN])[:-4], "log body: the runs are truncated"),
     (msgspec.msgpack.encode((2, 7, [])), "log body: the marks are neither nil nor an array"),
     (msgspec.msgpack.encode((2, None, 5)), "log body: the records are not an array"),
     (b"\x93\x02\xc0\xdd\xff\xff\xff\xff", "log body: 4294967295 records in 0 bytes"),

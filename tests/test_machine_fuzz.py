@@ -89,6 +89,14 @@ marks = st.one_of(
     ),
 )
 
+# A Kafka slice's runs (version 3): one sequence's seqs each, some negative or huge.
+runs = st.lists(
+    st.tuples(st.sampled_from(("p1", "p2")), st.sampled_from(STREAMS),
+              st.sampled_from(("produce", "consume", "other")), st.sampled_from(("", *GROUPS)),
+              st.lists(st.one_of(st.integers(0, 40), st.integers(-3, 2**63 - 1)), max_size=8)),
+    max_size=4,
+)  # fmt: skip
+
 
 @st.composite
 def bodies(draw: Any) -> bytes:
@@ -96,8 +104,14 @@ def bodies(draw: Any) -> bytes:
     for r in recs:  # consumes name their group, mostly
         if r["kind"] == "consume" and "group" not in r and draw(st.integers(0, 9)):
             r["group"] = draw(st.sampled_from(GROUPS))
-    version = draw(st.sampled_from((2, 2, 2, 1)))
-    body = msgspec.msgpack.encode((2, draw(marks), recs) if version == 2 else (1, recs))
+    version = draw(st.sampled_from((2, 2, 2, 1, 3, 3)))
+    if version == 3:  # a slice's marks are an array: nil now and then, to be refused
+        slice_marks = draw(marks)
+        if slice_marks is None and draw(st.integers(0, 3)):
+            slice_marks = []
+        body = msgspec.msgpack.encode((3, slice_marks, draw(runs), recs))
+    else:
+        body = msgspec.msgpack.encode((2, draw(marks), recs) if version == 2 else (1, recs))
     damage = draw(st.sampled_from(("none", "none", "flip", "cut", "insert", "garbage")))
     if damage == "flip" and body:
         b = bytearray(body)
@@ -116,6 +130,8 @@ def bodies(draw: Any) -> bytes:
 
 # The error classes the machine counted over the whole run: the target feeds them.
 CLASSES_COUNTED: set[str] = set()
+# Kafka slices (version 3) the machine applied: the target reaches their runs.
+SLICES_APPLIED = [0]
 
 
 def fresh(
@@ -143,6 +159,8 @@ class MachineFuzz(RuleBasedStateMachine):
             pass  # a limit of the state: the engine would start again
         else:
             self.applied.append(body)
+            if body[:2] == b"\x94\x03":  # [3, marks, runs, records]
+                SLICES_APPLIED[0] += 1
 
     @rule(bodies=st.lists(bodies(), max_size=4))
     def screen(self, bodies: list[bytes]) -> None:
@@ -264,5 +282,6 @@ def test_the_machine_survives_whatever_it_is_fed() -> None:
         rng.random()
     assert runs
     assert CLASSES_COUNTED, "no record with an error class was ever counted"
+    assert SLICES_APPLIED[0], "no Kafka slice (version 3) was ever applied"
 
 

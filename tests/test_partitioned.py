@@ -4,6 +4,7 @@ same figures as the single engine, exactly, on a real Kafka-protocol broker
 
 from __future__ import annotations
 
+import json
 import time
 import zlib
 from collections.abc import Iterator
@@ -14,12 +15,11 @@ import httpx
 import pytest
 from sqlalchemy import Engine, func, select
 
-from msgtally.ingest.intake import logbody
-from msgtally.ingest.intake.kafka_log import KafkaWriter, split
+from msgtally.ingest.intake.kafka_log import KafkaWriter, slices, split
+from msgtally.ingest.intake.schema import parse_body
 from msgtally.ingest.intake.writer import log_to
-from msgtally.ingest.shim.wire import record_to_json
 from msgtally.names import TALLY_FIELDS
-from msgtally.oracle import oracle
+from msgtally.oracle import missing_records, oracle
 from msgtally.reconcile import _machine
 from msgtally.reconcile.outputs import VERDICT_COLUMNS
 from msgtally.reconcile.partitioned.partition import Fenced, Partition, commit
@@ -32,11 +32,13 @@ from msgtally.store.kafka_log import (
     open_log,
     parse_log_url,
     partition_of,
+    sequence_partition,
 )
-from msgtally.store.tables import partitions, tallies, verdicts
+from msgtally.store.tables import partitions, records_missing, tallies, verdicts
 from tests.conftest import LiveCollector
-from tests.harness import assert_discrepancies, assert_figures, figures
+from tests.harness import assert_discrepancies, assert_figures, figures, missing
 from tests.kafka_broker import Tansu, started_broker
+from tests.partitioned_sequences import Numbered, envelope, numbered, single_engine
 from tests.partitioned_support import (
     CONFIG,
     WorkerThread,
@@ -44,7 +46,6 @@ from tests.partitioned_support import (
     batch_of,
     history,
     new_topic,
-    single_engine,
     wait_applied,
 )
 
@@ -103,13 +104,15 @@ def test_two_collectors_two_workers_give_the_single_engines_figures(
         log_to(store, writer)
     workers = [WorkerThread(pg_url, log) for _ in range(2)]
     requests = history(7, 300, time.time() - 2000)
+    # From senders that number their records, with holes, then their last marks.
+    sent, tails = numbered(requests, seed=7)
+    sent.append(Numbered([], tails))
     try:
         one, two = (LiveCollector(store, CONFIG) for store in collectors)
         with one, two:
-            for i, request in enumerate(requests):
+            for i, request in enumerate(sent):
                 url = (one, two)[i % 2].url
-                body = [record_to_json(r) for r in request]
-                answer = httpx.post(f"{url}/v1/records", json=body, timeout=30)
+                answer = httpx.post(f"{url}/v1/records", json=envelope(request), timeout=30)
                 assert answer.status_code == 200, answer.text
         final = time.time() + 10_000  # past every deadline: every id judged
         writers[0].beat(final)
@@ -122,15 +125,22 @@ def test_two_collectors_two_workers_give_the_single_engines_figures(
         for store in collectors:
             log_to(store, None)
     single = _open(opened, f"sqlite:///{tmp_path / 'single.db'}")
-    single_engine(single, requests, final)
-    sent = [r for request in requests for r in request]
-    want = oracle(sent, deadline=CONFIG.deadline, stream_deadlines=CONFIG.stream_deadlines,
+    single_engine(single, sent, CONFIG, final)
+    records = [r for request in sent for r in request.records]
+    want = oracle(records, deadline=CONFIG.deadline, stream_deadlines=CONFIG.stream_deadlines,
                   expected_groups=CONFIG.expected_groups)  # fmt: skip
     assert_figures(figures(single), want)
     assert_figures(figures(collectors[0]), want)
     assert_discrepancies(collectors[0], want)
-    assert_same(collectors[0], single)
+    assert_same(collectors[0], single)  # records missing too
     assert {g for _s, g in figures(collectors[0])} >= {"cfg", "g4"}
+    # Holes found exactly, each sequence whole on the partition that owns it: the
+    # count from the numbering itself, over several partitions, every kind.
+    assert missing(collectors[0]) == missing_records(records, tails)
+    assert len(missing(collectors[0])) >= 6
+    owners = {sequence_partition(m.producer, m.stream, m.kind, m.group, count) for m in tails}
+    assert owners == set(range(count))
+    assert len(_missing_parts(collectors[0])) >= 3
     # The rows themselves, as the workers' commits wrote them (arrays unnested,
     # verdicts by COPY) and as the single engine did. Every verdict row of the
     # workers is the single engine's, and every row of a discrepant id, outside
@@ -138,7 +148,7 @@ def test_two_collectors_two_workers_give_the_single_engines_figures(
     # rows differ in what no read shows (max_attempt 0 against 1 on back-filled
     # losses), and the single engine keeps rows of a few delivered ids that the
     # workers do not; figures and reports are equal (assert_same).
-    backfilled = {(r.stream, r.message_id) for r in requests[-1]}
+    backfilled = {(r.stream, r.message_id) for r in requests[-1]}  # the g4 request
 
     def outside(store: Engine) -> set[tuple[Any, ...]]:
         rows = _verdict_rows(store)
@@ -153,6 +163,82 @@ def test_two_collectors_two_workers_give_the_single_engines_figures(
     for key, row in want.items():
         assert got[key][:-1] == row[:-1], key  # every count exactly
         assert got[key][-1] == pytest.approx(row[-1], rel=1e-12), key  # latency_sum
+
+
+def test_a_partition_taken_over_replays_its_sequences_and_counts_each_hole_once(
+    broker: Tansu, pg_url: str, opened: list[Engine]
+) -> None:
+    """An owner commits a checkpoint, then figures past it, and goes; the next one
+    loads the checkpoint and replays what the first committed without writing it
+    again. The clocks are the messages' (every request's receipt time, and a
+    heartbeat at it), so the replay declares the same holes at the same messages:
+    each counted once, the numbering's own count in the end."""
+    store = _open(opened, pg_url)
+    log = new_topic(broker, 3)
+    count = open_log(store, str(log))[1]
+    sent, tails = numbered(history(11, 200, 5000.0), seed=11, lose=0.08)
+    sent.append(Numbered([], tails))
+    writer = KafkaWriter(log, count, heartbeat_every=3600).start()  # beats by hand
+    produced = dict.fromkeys(range(count), len(sent) + 1)  # a heartbeat each, and the last
+    for i, request in enumerate(sent):
+        batch = parse_body(json.dumps(envelope(request)).encode())
+        writer.append(batch.records, batch.sequences, 6000.0 + i)
+        writer.beat(6000.0 + i)  # every partition's clock moves with the request's
+        for part in slices(batch.records, batch.sequences, count):
+            produced[part] += 1
+    writer.beat(100_000.0)  # past every deadline: every hole settled
+    writer.close()
+    halfway: dict[tuple[str, str, str], int] = {}
+    for part in range(count):
+        messages = _messages(log, part, produced[part])
+        scan = _scan_of(messages)
+        first = Partition.take(store, CONFIG, part, "first")
+        for offset, raw in messages[: len(messages) // 2]:
+            first.feed(offset, raw, scan)
+        first.commit(checkpoint=True)
+        for offset, raw in messages[len(messages) // 2 : 3 * len(messages) // 4]:
+            first.feed(offset, raw, scan)
+        first.commit()  # figures past the checkpoint: the next owner replays them
+        second = Partition.take(store, CONFIG, part, "second")
+        assert second.replaying
+        for offset, raw in messages[second.next_offset :]:
+            second.feed(offset, raw, scan)
+        second.commit()
+        if part == 0:
+            halfway = missing(store)
+    records = [r for request in sent for r in request.records]
+    assert missing(store) == missing_records(records, tails)
+    assert 0 < sum(halfway.values()) < sum(missing(store).values())
+
+
+def _messages(log: KafkaLog, part: int, n: int) -> list[tuple[int, bytes]]:
+    """The partition's first `n` messages, with their offsets (Tansu's high
+    watermark may lag the last acknowledged message: the count is the test's)."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    reader = Consumer({"bootstrap.servers": log.bootstrap, "group.id": "reader"})
+    try:
+        reader.assign([TopicPartition(log.topic, part, OFFSET_BEGINNING)])
+        out: list[tuple[int, bytes]] = []
+        while len(out) < n:
+            msg = reader.poll(10.0)
+            assert msg is not None, f"partition {part}: {len(out)} of {n} messages read"
+            if msg.error() is None:
+                out.append((int(msg.offset() or 0), msg.value() or b""))
+        assert [o for o, _ in out] == list(range(n))
+        return out
+    finally:
+        reader.close()
+
+
+def _scan_of(messages: list[tuple[int, bytes]]) -> Any:
+    return lambda _part, before: (raw for offset, raw in messages if offset < before)
+
+
+def _missing_parts(store: Engine) -> set[int]:
+    """The partitions that declared records missing."""
+    with store.connect() as conn:
+        return {int(p) for (p,) in conn.execute(select(records_missing.c.part).distinct())}
 
 
 def _verdict_rows(store: Engine) -> list[tuple[Any, ...]]:
@@ -218,7 +304,7 @@ def test_a_commit_of_several_partitions_writes_those_still_its_own(
     parts = [Partition.take(store, CONFIG, p, "old") for p in range(3)]
     Partition.take(store, CONFIG, 0, "new")  # the group moved partition 0: a new epoch
     records = [r for request in history(3, 60, 4000.0) for r in batch_of(request).records]
-    bodies = {p: logbody.encode(rs, None) for p, rs in split(records, 3).items()}
+    bodies = slices(records, None, 3)
     assert set(bodies) == {0, 1, 2}
     for part in parts:
         part.feed(0, encode_message("r", 4100.0, bodies[part.part]), lambda _p, _o: iter(()))

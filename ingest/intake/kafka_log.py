@@ -8,6 +8,12 @@ timeout raises LogUnavailable (503 with Retry-After): the shim sends the
 request again, its slices land on the same partitions, and the workers'
 machines count a record sent twice once, as the single engine does.
 
+A sender that numbers its records per sequence (a request with `sequences`)
+has each sequence checked on the one partition that owns it
+(msgtally.store.kafka_log.sequence_partition): every slice of such a request
+is a version 3 log body, with the runs and marks of the sequences its
+partition owns (`split_sequences`) beside the records of the ids it owns.
+
 A heartbeat goes to every partition each `heartbeat_every` seconds: it moves
 the partition's clock, so deadlines expire on quiet partitions too.
 """
@@ -22,8 +28,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from msgtally.ingest.intake import logbody
-from msgtally.ingest.intake.schema import Record
-from msgtally.store.kafka_log import KafkaLog, encode_message, heartbeat, partition_of
+from msgtally.ingest.intake.schema import Consume, Record, SequenceMark
+from msgtally.store.kafka_log import (
+    KafkaLog,
+    encode_message,
+    heartbeat,
+    partition_of,
+    sequence_partition,
+)
 
 log_ = logging.getLogger(__name__)
 
@@ -42,6 +54,50 @@ def split(records: Sequence[Record], count: int) -> dict[int, list[Record]]:
     for r in records:
         out.setdefault(partition_of(r.stream, r.message_id, count), []).append(r)
     return out
+
+
+def split_sequences(
+    records: Sequence[Record], marks: Sequence[SequenceMark], count: int
+) -> dict[int, tuple[list[logbody.Mark], list[logbody.Run]]]:
+    """A numbering sender's request, its sequences' part per partition: the marks
+    and the runs (each sequence's seqs, in the records' order) of the sequences
+    the partition owns. The records counted are those the single engine checks:
+    with a producer and a seq."""
+    runs: dict[tuple[str, str, str, str], list[int]] = {}
+    for r in records:
+        if r.producer is None or r.seq is None:
+            continue
+        if type(r) is Consume:
+            key = (r.producer, r.stream, "consume", r.group)
+        else:
+            key = (r.producer, r.stream, "produce", "")
+        seqs = runs.get(key)
+        if seqs is None:
+            seqs = runs[key] = []
+        seqs.append(r.seq)
+    out: dict[int, tuple[list[logbody.Mark], list[logbody.Run]]] = {}
+    for key, seqs in runs.items():
+        out.setdefault(sequence_partition(*key, count), ([], []))[1].append((*key, seqs))
+    for m in marks:
+        part = sequence_partition(m.producer, m.stream, m.kind, m.group, count)
+        out.setdefault(part, ([], []))[0].append(logbody.mark_of(m))
+    return out
+
+
+def slices(
+    records: Sequence[Record], marks: Sequence[SequenceMark] | None, count: int
+) -> dict[int, bytes]:
+    """A request's log body per partition: the records of the ids each owns; from
+    a numbering sender (`marks` not None, maybe empty), every slice in version 3,
+    with the runs and marks of the sequences each owns."""
+    parts = split(records, count)
+    if marks is None:
+        return {p: logbody.encode(rs, None) for p, rs in parts.items()}
+    numbered = split_sequences(records, marks, count)
+    return {
+        p: logbody.encode_slice(parts.get(p, []), *numbered.get(p, ([], [])))
+        for p in sorted(parts.keys() | numbered.keys())
+    }
 
 
 class _Pending:
@@ -104,23 +160,22 @@ class KafkaWriter:
         self._producer.flush(self.timeout)
 
     def append(
-        self, records: Sequence[Record], marks: Any, received_at: float
+        self, records: Sequence[Record], marks: Sequence[SequenceMark] | None, received_at: float
     ) -> None:
         """Produce the request's slices; return once all are acknowledged.
 
-        `marks` (the sender's sequence marks) are not carried: a partition sees
-        a slice of a sender's numbering, and would take the rest for holes.
+        With `marks` (a numbering sender's request, maybe no marks), every slice
+        is a version 3 body: the sequences' runs and marks go to the partitions
+        that own the sequences, beside the ids' records.
         """
-        del marks
-        parts = split(records, self.partitions)
-        if not parts:
+        bodies = slices(records, marks, self.partitions)
+        if not bodies:
             return
         request_id = uuid.uuid4().hex
-        pending = _Pending(len(parts))
+        pending = _Pending(len(bodies))
         try:
-            for p, slice_ in parts.items():
-                value = encode_message(request_id, received_at, logbody.encode(slice_, None))
-                self._produce(value, p, pending.delivered)
+            for p, body in bodies.items():
+                self._produce(encode_message(request_id, received_at, body), p, pending.delivered)
         except BufferError as exc:
             raise LogUnavailable(f"the producer's queue is full ({exc})") from None
         if not pending.done.wait(self.timeout + 5):

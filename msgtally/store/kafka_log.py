@@ -20,6 +20,16 @@ A message is msgpack [1, request_id, received_at, body]:
 A record goes to partition crc32(stream + NUL + message id) mod partitions
 (zlib's CRC-32, the same in every process and release): every record of an
 id, a resend too, lands on one partition, whose machine alone knows it.
+
+A sender's numbering is checked on another partition: its sequence
+(producer, stream, kind, group; group "" for a produce) is owned by
+partition crc32(producer + NUL + stream + NUL + kind + NUL + group) mod
+partitions, and a numbering sender's request carries there, in that
+partition's slice, the seqs of the sequence's records (runs) and its marks
+(msgtally.ingest.intake.logbody, version 3). So one machine sees the whole
+of a sequence, as the single engine does, and finds its holes; the machines
+of the ids do not check seqs at all (they would see a slice of a numbering
+and take the rest for holes).
 """
 
 from __future__ import annotations
@@ -96,6 +106,12 @@ def heartbeat(received_at: float) -> bytes:
 def partition_of(stream: str, message_id: str, count: int) -> int:
     """The partition of every record of (stream, message id)."""
     return zlib.crc32(stream.encode() + b"\0" + message_id.encode()) % count
+
+
+def sequence_partition(producer: str, stream: str, kind: str, group: str, count: int) -> int:
+    """The partition that checks the numbering of (producer, stream, kind, group)."""
+    key = b"\0".join(s.encode() for s in (producer, stream, kind, group))
+    return zlib.crc32(key) % count
 
 
 # -- the topic ---------------------------------------------------------------------

@@ -359,6 +359,7 @@ int machine_init(Machine *M, double deadline, double settle, double remember, co
 /* sequences.c */
 int seq_record(Machine *M, const Rec *r, uint32_t sid, double at);
 int seq_marks(Machine *M, Cursor *c, double at);
+int seq_runs(Machine *M, Cursor *c, double at);
 int seq_advance(Machine *M, double watermark);
 int seq_drain(Machine *M, const McSink *sink);
 int64_t seq_index(Machine *M, uint32_t pid, uint32_t sid, uint32_t gid, int kind);

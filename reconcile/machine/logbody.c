@@ -182,6 +182,17 @@ int lb_utf8_slow(const uint8_t *p, uint32_t n) {
 
 #define FAIL(...) do { snprintf(err, LB_ERR, __VA_ARGS__); return -1; } while (0)
 
+/* An array at c, kept whole as [*into]: 0, -1 not an array, -2 truncated. */
+static int array_part(Cursor *c, Cursor *into) {
+    Cursor at = *c;
+    uint32_t m;
+    if (mp_array(&at, &m)) return -1;
+    at = *c;
+    if (mp_skip(c, 0)) return -2;
+    *into = (Cursor){at.p, c->p};
+    return 0;
+}
+
 int lb_open(Body *b, const uint8_t *buf, size_t len, char err[LB_ERR]) {
     Cursor c = {buf, buf + len};
     uint32_t n;
@@ -189,23 +200,28 @@ int lb_open(Body *b, const uint8_t *buf, size_t len, char err[LB_ERR]) {
     double d;
     int isf, nil;
     b->marks.p = b->marks.end = NULL;
-    if (mp_array(&c, &n) || (n != 2 && n != 3)) FAIL("log body: not a msgpack array [version, marks, records]");
+    b->runs.p = b->runs.end = NULL;
+    if (mp_array(&c, &n) || n < 2 || n > 4) FAIL("log body: not a msgpack array [version, marks, records]");
     if (mp_number(&c, &version, &d, &isf, &nil) || isf || nil) FAIL("log body: the version is not an integer");
-    if (version != 1 && version != 2) FAIL("log body: version %lld, this machine reads 1 and 2", (long long)version);
+    if (version < 1 || version > 3) FAIL("log body: version %lld, this machine reads 1, 2 and 3", (long long)version);
     if ((uint32_t)version != n - 1) FAIL("log body: version %lld with %u parts", (long long)version, n);
-    if (version == 2) {
+    if (version >= 2) {
         if (c.p >= c.end) FAIL("log body: truncated before its marks");
-        if (*c.p == 0xc0) {
+        if (*c.p == 0xc0 && version == 2) {
             c.p++;
         } else {
-            Cursor at = c;
-            uint32_t m;
-            if (mp_array(&at, &m)) FAIL("log body: the marks are neither nil nor an array");
-            at = c;
-            if (mp_skip(&c, 0)) FAIL("log body: the marks are truncated");
-            b->marks = (Cursor){at.p, c.p};
+            int got = array_part(&c, &b->marks);
+            if (got == -1 && version == 2) FAIL("log body: the marks are neither nil nor an array");
+            if (got == -1) FAIL("log body: version 3: the marks are not an array");
+            if (got) FAIL("log body: the marks are truncated");
         }
     }
+    if (version == 3) {
+        int got = array_part(&c, &b->runs);
+        if (got == -1) FAIL("log body: version 3: the runs are not an array");
+        if (got) FAIL("log body: the runs are truncated");
+    }
+    b->record_seqs = version == 2 && b->marks.p;
     if (mp_array(&c, &b->count)) FAIL("log body: the records are not an array");
     if (b->count > (size_t)(c.end - c.p)) FAIL("log body: %u records in %zu bytes", b->count, (size_t)(c.end - c.p));
     b->records = c;
@@ -298,22 +314,52 @@ int lb_marks_open(Cursor *c, uint32_t *n, char err[LB_ERR]) {
     return 0;
 }
 
+/* The names of a sequence, [producer, stream, kind, group, ...] (a mark's or
+ * a run's, `what` and `index` for the reason): 0, or -1 with the reason. */
+static int sequence_names(Cursor *c, Str *producer, Str *stream, Str *kind_name, Str *group, uint8_t *kind,
+                          const char *what, uint32_t index, char err[LB_ERR]) {
+    if (mp_str(c, producer) || mp_str(c, stream) || mp_str(c, kind_name) || mp_str(c, group))
+        FAIL("log body: %s %u: a name is not a string", what, index);
+    if (producer->nil || stream->nil || kind_name->nil || group->nil)
+        FAIL("log body: %s %u: a name is nil", what, index);
+    if (producer->n > MC_MAX_TEXT_BYTES || stream->n > MC_MAX_TEXT_BYTES || group->n > MC_MAX_TEXT_BYTES)
+        FAIL("log body: %s %u: a name is past the limit of %u bytes", what, index, MC_MAX_TEXT_BYTES);
+    if (!lb_is_utf8(producer->s, producer->n) || !lb_is_utf8(stream->s, stream->n) || !lb_is_utf8(group->s, group->n))
+        FAIL("log body: %s %u: a name is not UTF-8", what, index);
+    if (is(kind_name, "consume")) *kind = K_CONSUME;
+    else if (is(kind_name, "produce")) *kind = K_PRODUCE;
+    else FAIL("log body: %s %u: the kind is neither produce nor consume", what, index);
+    return 0;
+}
+
 int lb_mark(Cursor *c, Mark *m, uint32_t index, char err[LB_ERR]) {
     uint32_t parts;
     double d;
     int isf, nil;
     if (mp_array(c, &parts) || parts != 5) FAIL("log body: mark %u: not [producer, stream, kind, group, last]", index);
-    if (mp_str(c, &m->producer) || mp_str(c, &m->stream) || mp_str(c, &m->kind_name) || mp_str(c, &m->group))
-        FAIL("log body: mark %u: a name is not a string", index);
-    if (m->producer.nil || m->stream.nil || m->kind_name.nil || m->group.nil)
-        FAIL("log body: mark %u: a name is nil", index);
-    if (m->producer.n > MC_MAX_TEXT_BYTES || m->stream.n > MC_MAX_TEXT_BYTES || m->group.n > MC_MAX_TEXT_BYTES)
-        FAIL("log body: mark %u: a name is past the limit of %u bytes", index, MC_MAX_TEXT_BYTES);
-    if (!lb_is_utf8(m->producer.s, m->producer.n) || !lb_is_utf8(m->stream.s, m->stream.n) || !lb_is_utf8(m->group.s, m->group.n))
-        FAIL("log body: mark %u: a name is not UTF-8", index);
+    if (sequence_names(c, &m->producer, &m->stream, &m->kind_name, &m->group, &m->kind, "mark", index, err)) return -1;
     if (mp_number(c, &m->last, &d, &isf, &nil) || isf || nil) FAIL("log body: mark %u: 'last' is not an integer", index);
-    if (is(&m->kind_name, "consume")) m->kind = K_CONSUME;
-    else if (is(&m->kind_name, "produce")) m->kind = K_PRODUCE;
-    else FAIL("log body: mark %u: the kind is neither produce nor consume", index);
+    return 0;
+}
+
+int lb_runs_open(Cursor *c, uint32_t *n, char err[LB_ERR]) {
+    if (mp_array(c, n)) FAIL("log body: the runs are not an array");
+    return 0;
+}
+
+int lb_run(Cursor *c, Run *r, uint32_t index, char err[LB_ERR]) {
+    uint32_t parts;
+    if (mp_array(c, &parts) || parts != 5) FAIL("log body: run %u: not [producer, stream, kind, group, seqs]", index);
+    if (sequence_names(c, &r->producer, &r->stream, &r->kind_name, &r->group, &r->kind, "run", index, err)) return -1;
+    if (mp_array(c, &r->count)) FAIL("log body: run %u: the seqs are not an array", index);
+    if (r->count > (size_t)(c->end - c->p)) FAIL("log body: run %u: %u seqs in %zu bytes", index, r->count, (size_t)(c->end - c->p));
+    return 0;
+}
+
+int lb_run_seq(Cursor *c, int64_t *seq, uint32_t run, uint32_t index, char err[LB_ERR]) {
+    double d;
+    int isf, nil;
+    if (mp_number(c, seq, &d, &isf, &nil) || isf || nil || *seq < 0)
+        FAIL("log body: run %u: seq %u is not an integer of 0 or more", run, index);
     return 0;
 }

@@ -1,10 +1,19 @@
 /* Reading log bodies (msgtally.ingest.logbody) without building objects.
  *
- * A log body is msgpack: [2, marks, [record, ...]], each record a map from
- * the field names of msgtally.ingest.schema to their values, as msgspec
- * encodes the validated records (fields at their default left out); marks is
- * nil, or the sender's sequence marks, each [producer, stream, kind, group,
- * last]. Bodies of version 1, [1, [record, ...]], have no marks.
+ * A log body is msgpack, in one of three versions:
+ * - [2, marks, [record, ...]]: each record a map from the field names of
+ *   msgtally.ingest.schema to their values, as msgspec encodes the validated
+ *   records (fields at their default left out); marks is nil (the records'
+ *   seqs are not checked), or the sender's sequence marks, each [producer,
+ *   stream, kind, group, last] (the records' seqs are checked);
+ * - [1, [record, ...]]: written before sequences were checked, no marks;
+ * - [3, marks, runs, [record, ...]]: a slice of a request on the Kafka log.
+ *   The records are those of this partition's ids; their seqs are never
+ *   checked. The sequence state gets the runs instead, each [producer,
+ *   stream, kind, group, [seq, ...]] (one sequence's seqs in the request's
+ *   order), and the marks (an array, maybe empty): those of the sequences
+ *   this partition owns, applied to the sequence state only, never joined as
+ *   records (msgtally.store.kafka_log says which partition owns which).
  *
  * Every reader says what is wrong and where in `err` ("record 3: field 'ts'
  * is not a number"): a body the machine rejects is set aside with that
@@ -53,10 +62,19 @@ typedef struct {
     const uint8_t *p, *end;
 } Cursor;
 
+/* A run (version 3): the names of a sequence, then `count` seqs to read with lb_run_seq. */
 typedef struct {
-    Cursor records; /* at the first record */
-    Cursor marks;   /* at the marks' array; marks.p NULL: a body without marks */
-    uint32_t count; /* records */
+    Str producer, stream, kind_name, group;
+    uint32_t count;
+    uint8_t kind;
+} Run;
+
+typedef struct {
+    Cursor records;  /* at the first record */
+    Cursor marks;    /* at the marks' array; marks.p NULL: a body without marks */
+    Cursor runs;     /* at the runs' array (version 3); runs.p NULL: none */
+    uint32_t count;  /* records */
+    uint8_t record_seqs; /* the records' seqs are checked (version 2 with marks) */
 } Body;
 
 #define LB_ERR 192 /* room for a reason */
@@ -68,6 +86,11 @@ int lb_record(Cursor *c, Rec *r, uint32_t index, char err[LB_ERR]);
 /* The marks' count, then each mark: 0, or -1 with the reason. */
 int lb_marks_open(Cursor *c, uint32_t *n, char err[LB_ERR]);
 int lb_mark(Cursor *c, Mark *m, uint32_t index, char err[LB_ERR]);
+/* The runs' count, then each run's names and count, then its seqs (each an
+ * integer >= 0): 0, or -1 with the reason. */
+int lb_runs_open(Cursor *c, uint32_t *n, char err[LB_ERR]);
+int lb_run(Cursor *c, Run *r, uint32_t index, char err[LB_ERR]);
+int lb_run_seq(Cursor *c, int64_t *seq, uint32_t run, uint32_t index, char err[LB_ERR]);
 /* Whether bytes are UTF-8 (surrogates let through, as Python's "surrogatepass").
  * Names become Python strings and ids go back to the store as text. ASCII, the
  * common case, is checked eight bytes at a time, inline: it runs for every record. */

@@ -1332,6 +1332,18 @@ static int read_body(Machine *M, const uint8_t *buf, size_t len, Body *b) {
         for (uint32_t i = 0; i < n; i++)
             if (lb_mark(&m, &mk, i, err)) return mc_fail(M, MC_EBODY, "%s", err);
     }
+    if (b->runs.p) {
+        Cursor c = b->runs;
+        uint32_t n;
+        Run run;
+        int64_t seq;
+        if (lb_runs_open(&c, &n, err)) return mc_fail(M, MC_EBODY, "%s", err);
+        for (uint32_t i = 0; i < n; i++) {
+            if (lb_run(&c, &run, i, err)) return mc_fail(M, MC_EBODY, "%s", err);
+            for (uint32_t k = 0; k < run.count; k++)
+                if (lb_run_seq(&c, &seq, i, k, err)) return mc_fail(M, MC_EBODY, "%s", err);
+        }
+    }
     return 0;
 }
 
@@ -1370,10 +1382,16 @@ int mc_apply(Machine *M, const uint8_t *body, size_t len, double received_at, ui
         Place at;
         if (place_of(M, r, &at)) { rc = -1; break; }
         /* the seq is checked whatever becomes of the record (a resend, deferred) */
-        if (b.marks.p && seq_record(M, r, (uint32_t)at.sid, received_at)) { rc = -1; break; }
+        if (b.record_seqs && seq_record(M, r, (uint32_t)at.sid, received_at)) { rc = -1; break; }
         /* an id not in memory whose verdict is in the store waits to be loaded */
         if (!at.found && M->known_n && known_has(M, at.h)) rc = defer(M, r, received_at);
         else rc = apply_record(M, r, received_at, &at);
+    }
+    /* a slice's runs (version 3): the sequence state alone, before the marks, as
+     * a whole body's records come before its marks */
+    if (!rc && b.runs.p) {
+        Cursor runs = b.runs;
+        rc = seq_runs(M, &runs, received_at);
     }
     if (!rc && b.marks.p) {
         Cursor m = b.marks;

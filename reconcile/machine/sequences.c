@@ -225,6 +225,28 @@ int seq_marks(Machine *M, Cursor *c, double at) {
     return 0;
 }
 
+/* Applies a slice's runs (read whole before: they are well-formed): each seq
+ * as a record of its sequence numbered so, received at `at`. */
+int seq_runs(Machine *M, Cursor *c, double at) {
+    uint32_t n;
+    char err[LB_ERR];
+    if (lb_runs_open(c, &n, err)) return mc_fail(M, MC_EBODY, "%s", err);
+    for (uint32_t i = 0; i < n; i++) {
+        Run run;
+        if (lb_run(c, &run, i, err)) return mc_fail(M, MC_EBODY, "%s", err);
+        int64_t sid = stream_index(M, &run.stream);
+        if (sid < 0) return -1;
+        int64_t ki = seq_find(M, &run.producer, (uint32_t)sid, run.kind, &run.group);
+        if (ki == -1) return -1;
+        for (uint32_t k = 0; k < run.count; k++) {
+            int64_t seq;
+            if (lb_run_seq(c, &seq, i, k, err)) return mc_fail(M, MC_EBODY, "%s", err);
+            if (ki >= 0 && seq_see(M, (uint32_t)ki, (uint64_t)seq, at)) return -1;
+        }
+    }
+    return 0;
+}
+
 /* Removes, out of holes [i, i + n), the first ones due by the watermark (`wait`
  * after they opened); *gone says how many; returns how many seqs they held. */
 static uint64_t holes_due(Machine *M, SeqKey *k, uint32_t i, uint32_t n, double wait, double watermark,
