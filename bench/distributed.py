@@ -3,6 +3,7 @@ Kafka log into PostgreSQL, against the engine alone on the same records.
 
     python bench/distributed.py             # 300k ids (~950k records), 1, 2, 4 workers; ~3 min
     python bench/distributed.py --profile   # + py-spy on the one worker of a fourth run
+    python bench/distributed.py --before /tmp/old  # + the workers of another checkout, in turn
 
 One workload (bench/_common.Workload: string uuid-like ids, 2 groups, loss,
 duplicates, retries, dead letters, late and unexpected ids), cut into
@@ -12,20 +13,27 @@ records' own clock (a live collector's), and judged at those clocks:
 1. reference: the engine alone (msgtally.reconcile._machine, the single
    machine of `msgtally serve`) over the requests as log bodies, each applied
    at its receipt time and judged at it, drained every `--drain` bodies, then
-   judged past every deadline: records/s of wall and of CPU;
+   judged past every deadline: records/s of wall and of CPU, `--repeat` times
+   (the ratios take the median);
 2. the engine alone, partitioned: one machine per partition over the same
    requests split as the collectors split them (no Kafka, no store): what
    partitioning itself costs;
-3. the partitioned path: a topic of `--partitions` on a Tansu broker (the test
-   extra), every request produced through the collector's KafkaWriter
-   (idempotent, acks=all), then 1, 2 and 4 `msgtally worker` processes
-   draining it into a fresh PostgreSQL database each: records/s in total and
-   per worker (of wall, from the moment every partition is owned, and per
-   worker CPU-second), the ratio of a worker's CPU rate to (1)'s in the same
-   run (goal >= 0.5x), PostgreSQL's CPU for the run, and what the store
-   absorbed per tick (a partition's commit): rows per table, bytes of tables
-   and of WAL;
-4. with `--profile`: a fourth run of one worker under py-spy: where its time goes.
+3. a topic of `--partitions` on a Tansu broker (the test extra), every
+   request produced through the collector's KafkaWriter (idempotent,
+   acks=all), read by a bare consumer: what the broker serves, the ceiling
+   of any worker's wall rate here;
+4. the partitioned path: 1, 2 and 4 `msgtally worker` processes draining
+   such a topic into a fresh PostgreSQL database each: records/s in total
+   and per worker (of wall, from the moment every partition is owned; and
+   per worker CPU-second, every record over the workers' CPU from each one's
+   first partition taken), the ratios of a worker's CPU rate and of its wall
+   rate to (1)'s in the same run (goal >= 0.5x), PostgreSQL's CPU for the
+   run, and what the store absorbed per tick (a partition's commit): rows
+   per table, bytes of tables and of WAL. With `--before DIR` (a checkout of
+   another commit, its C extensions built or copied in), that checkout's
+   workers too, before ours at each count, each on a topic of its own;
+5. with `--profile`: one more run of one worker (and of --before's) under
+   py-spy: where its time goes.
 
 Every run checks the summed tallies against the workload's ground truth, and
 the verdict rows against the reference's.
@@ -227,11 +235,12 @@ def summed_tallies(store: Engine) -> Tallies:
 @dataclass
 class Run:
     workers: int
+    label: str
     records: int
     launch_to_done: float
     steady: float  # seconds from every partition owned to done
     steady_records: int
-    worker_cpu: list[float]  # from every partition owned to done
+    worker_cpu: list[float]  # each from its first partition taken to done
     pg_cpu: float
     ticks: int
     rows: dict[str, int]
@@ -254,7 +263,7 @@ def records_below(per_message: Sequence[Sequence[int]], offsets: dict[int, int])
 def drain_with_workers(
     log_: KafkaLog, per_message: Sequence[Sequence[int]], n: int,
     workload: Workload, reference: Alone, config: ReconcileConfig, work: Path,
-    profile_seconds: float = 0.0,
+    profile_seconds: float = 0.0, code: Path | None = None,
 ) -> Run:  # fmt: skip
     total = sum(map(sum, per_message))
     ends = {p: len(counts) for p, counts in enumerate(per_message)}
@@ -267,12 +276,19 @@ def drain_with_workers(
             db = conn.execute(text("SELECT current_database()")).scalar_one()
         outs = [(work / f"worker-{n}-{i}.log").open("wb") for i in range(n)]
         started = time.perf_counter()
-        procs = [subprocess.Popen(worker_cmd(log_, url, config), stdout=out,
+        # Run from the scratch directory: `python -m` puts the working directory
+        # first on the path, and a checkout there would shadow `code`.
+        env = {**os.environ, "PYTHONPATH": str(code)} if code else None
+        procs = [subprocess.Popen(worker_cmd(log_, url, config), stdout=out, env=env, cwd=work,
                                   stderr=subprocess.STDOUT) for out in outs]  # fmt: skip
-        owners = {f"{os.uname().nodename}:{p.pid}" for p in procs}
+        names = [f"{os.uname().nodename}:{p.pid}" for p in procs]
+        owners = set(names)
+        # A worker's CPU counts from its first partition taken (its start, imports
+        # and the group's join left out) with every record: with several workers,
+        # the first to join feeds until the group rebalances, before all own theirs.
+        cpu_at_take: list[float | None] = [None] * n
         steady_at: float | None = None
         steady_from = 0
-        cpu_at_steady = [0.0] * n
         spy: subprocess.Popen[bytes] | None = None
         pg_pids: set[int] = set()
         try:
@@ -288,10 +304,13 @@ def drain_with_workers(
                         "SELECT pid FROM pg_stat_activity WHERE datname = :db AND pid <> :me"),
                         {"db": db, "me": me})}  # fmt: skip
                 offsets = {int(r[0]): int(r[2]) for r in rows}
+                owning = {r[1] for r in rows}
+                for i, (name, p) in enumerate(zip(names, procs, strict=True)):
+                    if cpu_at_take[i] is None and name in owning:
+                        cpu_at_take[i] = cpu_of(p.pid)
                 if steady_at is None and {r[1] for r in rows} == owners:
                     steady_at = time.perf_counter()
                     steady_from = records_below(per_message, offsets)
-                    cpu_at_steady = [cpu_of(p.pid) for p in procs]
                     log(
                         f"  {n} worker(s): every partition owned after "
                         f"{steady_at - started:.1f} s, {steady_from:,} records committed"
@@ -309,7 +328,11 @@ def drain_with_workers(
                     raise RuntimeError("the workers did not drain the topic in 30 minutes")
                 time.sleep(0.05)
             done = time.perf_counter()
-            worker_cpu = [cpu_of(p.pid) - c for p, c in zip(procs, cpu_at_steady, strict=True)]
+            worker_cpu = [cpu_of(p.pid) - (c or 0.0) for p, c in zip(procs, cpu_at_take,
+                                                                      strict=True)]  # fmt: skip
+            log(f"  {n} worker(s): drained {done - steady_at:.1f} s after, worker CPU "
+                f"{', '.join(f'{c or 0:.2f}' for c in cpu_at_take)} s at their first take, "
+                f"{', '.join(f'{c:.2f}' for c in worker_cpu)} s more")  # fmt: skip
             pg_cpu = sum(c for c in map(cpu_of, pg_pids) if c == c)
         finally:
             for p in procs:
@@ -346,7 +369,8 @@ def drain_with_workers(
         profile = summarize_profile(work / "profile.txt")
     assert steady_at is not None
     return Run(
-        workers=n, records=total, launch_to_done=done - started, steady=done - steady_at,
+        workers=n, label=f"{n} before" if code else str(n), records=total,
+        launch_to_done=done - started, steady=done - steady_at,
         steady_records=total - steady_from, worker_cpu=worker_cpu, pg_cpu=pg_cpu,
         ticks=ticks - takes, rows=rows,
         table_bytes={t: after.sizes[t] - before.sizes.get(t, 0) for t in after.sizes},
@@ -355,24 +379,47 @@ def drain_with_workers(
     )  # fmt: skip
 
 
+def bare_consumer(log_: KafkaLog, per_message: Sequence[Sequence[int]], records: int) -> float:
+    """Records/s of a consumer that only reads every message of the topic, with the
+    workers' consumer settings: what the broker can serve on this machine."""
+    from confluent_kafka import Consumer
+
+    want = sum(len(counts) for counts in per_message)
+    consumer = Consumer({"bootstrap.servers": log_.bootstrap, "group.id": f"bare.{log_.topic}",
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})  # fmt: skip
+    consumer.subscribe([log_.topic])
+    got, started = 0, 0.0
+    try:
+        while got < want:
+            batch = consumer.consume(2000, 1.0)
+            if batch and not started:
+                started = time.perf_counter()  # from the first message: the join excluded
+            got += sum(1 for m in batch if m.error() is None)
+        return records / (time.perf_counter() - started)
+    finally:
+        consumer.close()
+
+
 # ---------------------------------------------------------------------------
 # Where a worker's time goes
 # ---------------------------------------------------------------------------
 
-# Frames that name a part of the worker's loop, most specific first.
+# Frames that name a part of the worker's loop, most specific first (the names
+# of this checkout's functions, and of those before them, for --before).
 PARTS = (
-    ("write_verdicts", "commit: verdict rows"),
-    ("write_pairs", "commit: tallies, buckets, sketch, minute and hour rows"),
-    ("write_in_flight", "commit: the in-flight snapshot"),
-    ("write_missing", "commit: missing records"),
-    ("write_errors", "commit: error classes"),
-    ("_save_checkpoint", "commit: checkpoint"),
-    ("write_tx", "commit: the transaction, the fence"),
-    ("commit", "commit: the rest (drain, in_flight, dumps)"),
-    ("decode_message", "feed: decoding the message"),
-    ("feed", "feed: the state machine (screen, apply, advance)"),
-    ("consume", "poll: librdkafka's consume"),
-    ("step", "the loop itself"),
+    (("write_verdicts",), "commit: verdict rows"),
+    (("add_pairs", "write_pairs"), "commit: tallies, buckets, sketch, minute and hour rows"),
+    (("replace_in_flight", "write_in_flight"), "commit: the in-flight snapshot"),
+    (("write_missing",), "commit: missing records"),
+    (("write_errors",), "commit: error classes"),
+    (("_save_checkpoints", "_save_checkpoint"), "commit: checkpoints"),
+    (("_drain",), "commit: draining the machines (drain, in_flight, dumps)"),
+    (("_move",), "commit: the fence"),
+    (("commit",), "commit: the rest (the transaction, the fence, drains)"),
+    (("decode_message",), "feed: decoding the message"),
+    (("feed",), "feed: the state machine (screen, apply, advance)"),
+    (("consume",), "poll: librdkafka's consume"),
+    (("step",), "the loop itself"),
 )
 
 
@@ -388,8 +435,8 @@ def summarize_profile(path: Path) -> list[str]:
         total += n
         names = [frame.split(" (", 1)[0] for frame in stack.split(";")]
         part = "elsewhere (start, rebalances, scans)"
-        for frame, label in PARTS:
-            if any(name == frame or name.endswith("." + frame) for name in names):
+        for frames, label in PARTS:
+            if any(name == f or name.endswith("." + f) for name in names for f in frames):
                 part = label
                 break
         shares[part] += n
@@ -424,6 +471,10 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true",
                     help="then one more run of one worker under py-spy")  # fmt: skip
     ap.add_argument("--keep", help="keep the worker logs and the profile in this directory")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="runs of the engine alone (default 3; the ratios take the median)")
+    ap.add_argument("--before", type=Path,
+                    help="a checkout of another commit: its workers run too, before ours")
     args = ap.parse_args()
 
     busy0 = machine_busy()
@@ -441,10 +492,13 @@ def main() -> None:
             sliced[p].append((at, logbody.encode(slice_, None)))
 
     log("1. the engine alone")
-    alone = engine_alone(whole, final, args.drain, config, n_records)
-    exact_alone = not compare_tallies(workload.expected, alone.tallies)
-    log(f"   {alone.rate:,.0f} records/s ({alone.cpu_rate:,.0f} per CPU second), "
-        f"{'exact' if exact_alone else 'WRONG'}")  # fmt: skip
+    alones = []
+    for _ in range(args.repeat):
+        alones.append(engine_alone(whole, final, args.drain, config, n_records))
+        log(f"   {alones[-1].rate:,.0f} records/s ({alones[-1].cpu_rate:,.0f} per CPU second)")
+    alones.sort(key=lambda a: a.cpu_rate)
+    alone = alones[len(alones) // 2]
+    exact_alone = all(not compare_tallies(workload.expected, a.tallies) for a in alones)
     log(f"2. the engine alone, {args.partitions} machines")
     parted = engine_alone(sliced, final, args.drain, config, n_records)
     exact_parted = not compare_tallies(workload.expected, parted.tallies)
@@ -470,15 +524,23 @@ def main() -> None:
                 "through the collector's writer")  # fmt: skip
             return log_, per_message
 
-        log("3. the workers")
+        log("3. the broker alone: a bare consumer reads a topic")
+        fetched = bare_consumer(*topic(), n_records)
+        log(f"   {fetched:,.0f} records/s")
+        log("4. the workers")
         for n in counts:
+            if args.before:
+                log(f"   {n} worker(s) of {args.before}")
+                runs.append(drain_with_workers(*topic(), n, workload, alone, config, work,
+                                               code=args.before))  # fmt: skip
             log(f"   {n} worker(s)")
             runs.append(drain_with_workers(*topic(), n, workload, alone, config, work))
-        if args.profile:
-            log("4. one worker under py-spy")
-            seconds = runs[0].steady * 1.5 if runs else 20.0
-            profiled = drain_with_workers(*topic(), 1, workload, alone, config, work,
-                                          profile_seconds=seconds)  # fmt: skip
+        profiled: list[Run] = []
+        for code in ([args.before, None] if args.before else [None]) if args.profile else []:
+            log(f"5. one worker{f' of {code}' if code else ''} under py-spy")
+            seconds = max(r.steady for r in runs) * 1.5 if runs else 20.0
+            profiled.append(drain_with_workers(*topic(), 1, workload, alone, config, work,
+                                               profile_seconds=seconds, code=code))  # fmt: skip
         busy1 = machine_busy()
 
     busy = (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1])
@@ -490,7 +552,9 @@ def main() -> None:
     )
     print(
         f"engine alone (reference):      {alone.rate:12,.0f} records/s, "
-        f"{alone.cpu_rate:,.0f} per CPU second; {'exact' if exact_alone else 'WRONG'}"
+        f"{alone.cpu_rate:,.0f} per CPU second (median of {len(alones)}: "
+        f"{alones[0].cpu_rate:,.0f}-{alones[-1].cpu_rate:,.0f}); "
+        f"{'exact' if exact_alone else 'WRONG'}"
     )
     print(
         f"engine alone, {args.partitions} machines:    {parted.rate:12,.0f} records/s "
@@ -500,10 +564,15 @@ def main() -> None:
         f"producing through KafkaWriter: {min(produced):12,.0f}-{max(produced):,.0f} records/s "
         "(one collector thread, each request acknowledged before the next)"
     )
+    print(
+        f"the broker alone:              {fetched:12,.0f} records/s (a bare consumer reads "
+        "the topic: no worker drains it faster)"
+    )
     print()
     print(
-        "workers | total rec/s | per worker | per worker CPU-s | ratio (goal >= "
-        f"{GOAL_PER_WORKER}x) | PostgreSQL CPU/record | from launch | exact"
+        "workers | total rec/s | per worker | per worker CPU-s | ratio per CPU-s (goal >= "
+        f"{GOAL_PER_WORKER}x) | ratio per worker, wall | PostgreSQL CPU/record | from launch "
+        "| exact"
     )
     for r in runs:
         print(line_of(r, alone))
@@ -512,26 +581,27 @@ def main() -> None:
     for r in runs:
         per = max(1, r.ticks)
         detail = ", ".join(f"{t} {v / per:.1f}" for t, v in r.rows.items() if v)
-        print(f"  {r.workers} worker(s): {r.ticks} ticks ({r.ticks / r.steady:,.0f}/s), "
+        print(f"  {r.label} worker(s): {r.ticks} ticks ({r.ticks / r.steady:,.0f}/s), "
               f"{sum(r.rows.values()) / per:.1f} rows a tick ({detail}); tables grew "
               f"{sum(r.table_bytes.values()) / per / 1024:.1f} KiB a tick "
               f"({sum(r.table_bytes.values()) / 2**20:.1f} MiB, {r.verdicts:,} verdict rows); "
               f"WAL {r.wal_bytes / per / 1024:.1f} KiB a tick (the cluster's: other databases "
               "too)")  # fmt: skip
-    if args.profile:
+    for run in profiled:
         print()
-        print("one worker under py-spy (its run: " + line_of(profiled, alone).strip() + "):")
-        for share in profiled.profile:
+        print("one worker under py-spy (its run: " + line_of(run, alone).strip() + "):")
+        for share in run.profile:
             print(f"  {share}")
 
 
 def line_of(r: Run, alone: Alone) -> str:
     rate = r.steady_records / r.steady
     cpu = sum(r.worker_cpu)
-    per_cpu = r.steady_records / cpu if cpu else float("nan")
-    return (f"{r.workers:7d} | {rate:11,.0f} | {rate / r.workers:10,.0f} | {per_cpu:16,.0f} | "
-            f"{per_cpu / alone.cpu_rate:24.3f}x | {r.pg_cpu / r.records * 1e6:18.1f} us | "
-            f"{r.launch_to_done:9.1f} s | {'yes' if r.exact else 'NO'}")  # fmt: skip
+    per_cpu = r.records / cpu if cpu else float("nan")
+    return (f"{r.label:>8} | {rate:11,.0f} | {rate / r.workers:10,.0f} | {per_cpu:16,.0f} | "
+            f"{per_cpu / alone.cpu_rate:32.3f}x | {rate / r.workers / alone.rate:21.3f}x | "
+            f"{r.pg_cpu / r.records * 1e6:18.1f} us | {r.launch_to_done:9.1f} s | "
+            f"{'yes' if r.exact else 'NO'}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -134,7 +134,7 @@ def main() -> None:
     bodies, records = make_bodies(args.ids, args.batch, args.seed)
     reference = json_loads_rate(bodies, records)
     results = []
-    serve_args = () if args.store else ("--no-reconcile",)
+    serve_args = () if args.engine else ("--no-reconcile",)
     with scratch_dir() as directory:
         stores = [("SQLite", f"sqlite:///{directory / 'ingest.db'}")]
         for name, url in stores:

@@ -76,7 +76,8 @@ def register(
     add_log(w, required=True)
     w.add_argument(
         "--commit-every", type=float, default=0.5, metavar="SECONDS",
-        help="seconds between a partition's commits to the store (default 0.5)",
+        help="seconds between a worker's commits to the store (default 0.5); while it is "
+        "behind, 4 times as long as the last commit took, if longer, up to 10",
     )  # fmt: skip
     w.add_argument(
         "--checkpoint-every", type=float, default=60.0, metavar="SECONDS",

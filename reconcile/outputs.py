@@ -51,50 +51,97 @@ VERDICT_COLUMNS = (
 )
 
 
-def _add(conn: Connection, table: Any, key: Sequence[str], rows: list[dict[str, Any]]) -> None:
-    """INSERT ... ON CONFLICT DO UPDATE SET x = x + excluded.x, for counters."""
-    if not rows:
+Columns = dict[str, list[Any]]  # rows of one table as columns, by column name
+# A tick of one machine: (partition, its clock `now`, its drained pairs).
+PairsOf = tuple[int, float, Iterable[Pair]]
+
+
+def _add(conn: Connection, table: Any, key: Sequence[str], columns: Columns,
+         timelines: Sequence[Any] = ()) -> None:  # fmt: skip
+    """INSERT ... ON CONFLICT DO UPDATE SET x = x + excluded.x, for counters: the
+    rows into `table` and, when `timelines` are given (the per-minute and per-hour
+    tables), into each of them at the row's `at<i>` column."""
+    if not columns[key[0]]:
         return
     if conn.dialect.name == "postgresql":
-        _add_arrays(conn, table, key, rows)
+        sql = _add_sql(conn.dialect, table, tuple(timelines), tuple(key), tuple(columns))
+        conn.exec_driver_sql(sql, tuple(array_literal(v, table_type(table, timelines, n))
+                                        for n, v in columns.items()))  # fmt: skip
         return
-    stmt = upsert(conn, table)
-    values = [name for name in rows[0] if name not in key]
-    stmt = stmt.on_conflict_do_update(
-        index_elements=list(key), set_={n: table.c[n] + stmt.excluded[n] for n in values}
-    )
-    conn.execute(stmt, rows)
+    names = list(columns)
+    rows = [dict(zip(names, r, strict=True)) for r in zip(*columns.values(), strict=True)]
+    for i, to in enumerate((table, *timelines)):
+        stmt = upsert(conn, to)
+        values = [n for n in names if n not in key and n not in _AT]
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[*key, *(["at"] if i else [])],
+            set_={n: to.c[n] + stmt.excluded[n] for n in values},
+        )
+        at = f"at{i - 1}"
+        conn.execute(stmt, [{**{n: r[n] for n in (*key, *values)},
+                             **({"at": r[at]} if i else {})} for r in rows])  # fmt: skip
 
 
-def _add_arrays(
-    conn: Connection, table: Any, key: Sequence[str], rows: list[dict[str, Any]]
-) -> None:
-    """`_add` on PostgreSQL in one statement whatever the rows: each column sent as
-    one array, unnested server-side, rows of one key summed first (a statement may
-    not update a row twice). A tick of a busy partition adds hundreds of sketch
-    and bucket rows, and one parameter set per row cost more than the state
-    machine did (bench/distributed.py)."""
-    names = tuple(rows[0])
-    sql = _add_sql(conn.dialect, table, tuple(key), names)
-    columns = tuple([row[n] for row in rows] for n in names)
-    conn.exec_driver_sql(sql, columns)
+def table_type(table: Any, timelines: Sequence[Any], name: str) -> Any:
+    """The SQL type of column `name` of `_add`'s columns (`at<i>`: the timelines' `at`)."""
+    return timelines[0].c.at.type if name in _AT else table.c[name].type
 
 
 @functools.lru_cache(maxsize=64)
-def _add_sql(dialect: Any, table: Any, key: tuple[str, ...], names: tuple[str, ...]) -> str:
-    """The statement of `_add_arrays`, made once per table and columns (making it
-    cost as much as running it)."""
+def _add_sql(
+    dialect: Any, table: Any, timelines: tuple[Any, ...], key: tuple[str, ...],
+    names: tuple[str, ...],
+) -> str:  # fmt: skip
+    """`_add` on PostgreSQL: one statement whatever the rows and tables. Each column
+    goes as one array literal, unnested once server-side; each table takes its
+    rows of one key summed first (a statement may not update a row twice). A
+    tick of a busy partition adds hundreds of sketch and bucket rows, and one
+    parameter set per row cost more than the state machine did, one statement
+    per table as much again (bench/distributed.py)."""
     q = dialect.identifier_preparer.quote
-    to, keys = q(table.name), ", ".join(q(n) for n in key)
-    values = [q(n) for n in names if n not in key]
-    arrays = ", ".join(f"%s::{table.c[n].type.compile(dialect=dialect)}[]" for n in names)
-    return (
-        f"INSERT INTO {to} ({keys}, {', '.join(values)}) "
-        f"SELECT {keys}, {', '.join(f'sum({v})' for v in values)} "
-        f"FROM unnest({arrays}) AS u({', '.join(q(n) for n in names)}) "
-        f"GROUP BY {keys} ON CONFLICT ({keys}) DO UPDATE SET "
-        + ", ".join(f"{v} = {to}.{v} + excluded.{v}" for v in values)
+    values = [q(n) for n in names if n not in key and n not in _AT]
+    arrays = ", ".join(
+        f"%s::{table_type(table, timelines, n).compile(dialect=dialect)}[]" for n in names
     )
+    inserts = []
+    for i, to in enumerate((table, *timelines)):
+        keys = [q(n) for n in key] + ([q("at")] if i else [])
+        picked = [q(n) for n in key] + ([q(f"at{i - 1}")] if i else [])
+        name = q(to.name)
+        inserts.append(
+            f"INSERT INTO {name} ({', '.join(keys)}, {', '.join(values)}) "
+            f"SELECT {', '.join(picked)}, {', '.join(f'sum({v})' for v in values)} FROM u "
+            f"GROUP BY {', '.join(picked)} ON CONFLICT ({', '.join(keys)}) DO UPDATE SET "
+            + ", ".join(f"{v} = {name}.{v} + excluded.{v}" for v in values)
+        )
+    ctes = [f"u AS (SELECT * FROM unnest({arrays}) AS u({', '.join(q(n) for n in names)}))"]
+    ctes += [f"w{i} AS ({sql})" for i, sql in enumerate(inserts[:-1])]
+    return f"WITH {', '.join(ctes)} {inserts[-1]}"
+
+
+def array_literal(values: Sequence[Any], type_: Any) -> str:
+    """A PostgreSQL array literal of `values`, by the column's type: formatted here
+    in one join, as psycopg's list adaptation costs per element what the rest
+    of a row's write does. None is NULL; floats go as repr (exact: PostgreSQL
+    reads the shortest repr back to the same double)."""
+    python = type_.python_type
+    if python is str:
+        return "{" + ",".join(_quoted(v) for v in values) + "}"
+    if python is float:
+        return "{" + ",".join("NULL" if v is None else repr(v) for v in values) + "}"
+    return "{" + ",".join(map(str, values)) + "}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _quoted(value: str) -> str:
+    """An array literal's element: double-quoted, its backslashes and quotes escaped."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+_AT = tuple(f"at{i}" for i in range(len(TIMELINES)))
+_TALLY = ("stream", "grp", "part", *_AT, *TALLY_FIELDS, "latency_sum")
+_BUCKET = ("stream", "grp", "part", *_AT, "le", "count")
+_BIN = ("stream", "grp", "part", "bin", "count")
 
 
 def write_pairs(
@@ -102,36 +149,50 @@ def write_pairs(
 ) -> None:
     """Add the pairs' deltas to the running totals and to the rows of `now`'s minute
     and hour, in the rows of partition `part` (0 for the single engine)."""
+    add_pairs(conn, [(part, now, pairs)], buckets)
+
+
+def add_pairs(conn: Connection, ticks: Sequence[PairsOf], buckets: Sequence[float]) -> None:
+    """`write_pairs` for the ticks of several partitions at once: the deltas of one
+    key (a partition given for several ticks) summed here, the rows built as
+    columns, one statement per table family."""
     labels = [bucket_label(b) for b in (*buckets, math.inf)]
-    tally_rows, bucket_rows, bin_rows = [], [], []
-    for stream, group, counts, latency_sum, hist, bins in pairs:
-        row: dict[str, Any] = {"stream": stream, "grp": group, "part": part}
-        row.update({name: int(counts.get(name, 0)) for name in TALLY_FIELDS})
-        row["latency_sum"] = latency_sum
-        tally_rows.append(row)
-        bucket_rows += [
-            {"stream": stream, "grp": group, "part": part, "le": labels[i], "count": n}
-            for i, n in enumerate(hist)
-            if n
-        ]
-        bin_rows += [
-            {"stream": stream, "grp": group, "part": part, "bin": b, "count": n}
-            for b, n in bins.items()
-            if n
-        ]
-    _add(conn, tallies, ("stream", "grp", "part"), tally_rows)
-    _add(conn, latency_buckets, ("stream", "grp", "le", "part"), bucket_rows)
-    _add(conn, latency_sketch, ("stream", "grp", "bin", "part"), bin_rows)
-    for counts_table, buckets_table, step in TIMELINES:
-        at = int(now // step) * step
-        _add(
-            conn, counts_table, ("stream", "grp", "at", "part"),
-            [{**r, "at": at} for r in tally_rows],
-        )  # fmt: skip
-        _add(
-            conn, buckets_table, ("stream", "grp", "at", "le", "part"),
-            [{**r, "at": at} for r in bucket_rows],
-        )  # fmt: skip
+    field = {name: i for i, name in enumerate(TALLY_FIELDS)}
+    counts_of: dict[tuple[Any, ...], list[Any]] = {}  # (stream, grp, part, *ats): counts
+    hists: dict[tuple[Any, ...], int] = {}  # (stream, grp, part, *ats, le): count
+    bins_of: dict[tuple[Any, ...], int] = {}  # (stream, grp, part, bin): count
+    for part, now, pairs in ticks:
+        ats = [int(now // step) * step for _counts, _buckets, step in TIMELINES]
+        for stream, group, counts, latency_sum, hist, bins in pairs:
+            key = (stream, group, part, *ats)
+            row = counts_of.get(key)
+            if row is None:
+                row = counts_of[key] = [0] * len(TALLY_FIELDS) + [0.0]
+            for name, n in counts.items():
+                row[field[name]] += n
+            row[-1] += latency_sum
+            for i, n in enumerate(hist):
+                if n:
+                    k = (*key, labels[i])
+                    hists[k] = hists.get(k, 0) + n
+            for b, n in bins.items():
+                if n:
+                    k = (stream, group, part, b)
+                    bins_of[k] = bins_of.get(k, 0) + n
+    timelines = [(c, bt) for c, bt, _step in TIMELINES]
+    _add(conn, tallies, ("stream", "grp", "part"),
+         _columns(_TALLY, [(*k, *v) for k, v in counts_of.items()]), [c for c, _ in timelines])
+    _add(conn, latency_buckets, ("stream", "grp", "le", "part"),
+         _columns(_BUCKET, [(*k, v) for k, v in hists.items()]), [bt for _, bt in timelines])
+    _add(conn, latency_sketch, ("stream", "grp", "bin", "part"),
+         _columns(_BIN, [(*k, v) for k, v in bins_of.items()]))  # fmt: skip
+
+
+def _columns(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> Columns:
+    """Rows (in `names` order) as columns."""
+    if not rows:
+        return {n: [] for n in names}
+    return dict(zip(names, map(list, zip(*rows, strict=True)), strict=True))
 
 
 _COLUMNS = ", ".join(VERDICT_COLUMNS)
@@ -205,11 +266,11 @@ def write_errors(
 ) -> None:
     """Add failed records per (stream, kind, group, error class) to partition `part`'s
     running totals."""
-    _add(
-        conn, delivery_errors, ("stream", "kind", "grp", "error", "part"),
-        [{"stream": s, "kind": k, "grp": g, "error": e, "part": part, "total": n}
-         for (s, k, g, e), n in errors.items()],
-    )  # fmt: skip
+    key = ("stream", "kind", "grp", "error")
+    columns: Columns = {n: [k[i] for k in errors] for i, n in enumerate(key)}
+    columns["part"] = [part] * len(errors)
+    columns["total"] = list(errors.values())
+    _add(conn, delivery_errors, (*key, "part"), columns)
 
 
 # (stream, group) -> (ids in flight, first produce of the oldest of them)
@@ -218,13 +279,27 @@ InFlight = Mapping[tuple[str, str], tuple[int, float]]
 
 def write_in_flight(conn: Connection, flight: InFlight, part: int = 0) -> None:
     """Replace partition `part`'s snapshot of the ids in flight."""
-    conn.execute(delete(in_flight).where(in_flight.c.part == part))
-    if flight:
-        conn.execute(
-            in_flight.insert(),
-            [{"stream": s, "grp": g, "part": part, "n": n, "oldest": t0}
-             for (s, g), (n, t0) in flight.items()],
-        )  # fmt: skip
+    replace_in_flight(conn, {part: flight})
+
+
+def replace_in_flight(conn: Connection, flights: Mapping[int, InFlight]) -> None:
+    """`write_in_flight` for several partitions at once: two statements."""
+    conn.execute(delete(in_flight).where(in_flight.c.part.in_(list(flights))))
+    names = ("stream", "grp", "part", "n", "oldest")
+    rows = [(s, g, part, n, t0) for part, flight in flights.items()
+            for (s, g), (n, t0) in flight.items()]  # fmt: skip
+    if not rows:
+        return
+    if conn.dialect.name != "postgresql":
+        conn.execute(in_flight.insert(), [dict(zip(names, r, strict=True)) for r in rows])
+        return
+    types = [in_flight.c[n].type for n in names]
+    arrays = ", ".join(f"%s::{t.compile(dialect=conn.dialect)}[]" for t in types)
+    columns = zip(*rows, strict=True)
+    conn.exec_driver_sql(
+        f"INSERT INTO in_flight ({', '.join(names)}) SELECT * FROM unnest({arrays})",
+        tuple(array_literal(c, t) for c, t in zip(columns, types, strict=True)),
+    )
 
 
 def write_meta(conn: Connection, facts: Mapping[str, object]) -> None:

@@ -118,9 +118,13 @@ checkpoint = Table(
 )
 
 
-# `part` in the engine's output tables: the partition of the Kafka log whose
-# worker wrote the row (msgtally.reconcile.partitioned), 0 for the single
-# engine. Workers never write each other's rows; every read sums over `part`.
+# `part` in the engine's output tables: 0 for the single engine. On the Kafka
+# log (msgtally.reconcile.partitioned), a partition of the log: the in-flight
+# snapshot, records missing and error counts are each partition's own rows; a
+# worker's commit adds the counter deltas of all its partitions (tallies,
+# buckets, sketch bins, their minute and hour rows) to the rows of the lowest
+# partition it moved, whose row it holds locked, so no two commits write the
+# same rows at once. Every read sums over `part`.
 PARTITIONED = ("tallies", "latency_buckets", "latency_sketch", "tally_minutes",
                "latency_minutes", "tally_hours", "latency_hours", "in_flight",
                "records_missing", "delivery_errors")  # fmt: skip

@@ -4,13 +4,14 @@ A worker that is assigned the partition `take`s it: the partition's row in
 the store gets a new epoch (the fence), the machine loads the partition's
 checkpoint, and the topic is read again from the checkpoint's offset.
 Messages below the committed offset are replayed (their figures are in the
-store already: nothing is written); from the committed offset on, each
+store already: nothing is written); from the committed offset on, a
 `commit` writes what changed (tally, histogram and sketch deltas, per-minute
 and per-hour rows, verdict rows, records missing, the in-flight snapshot)
-together with the new offset, in one transaction that first moves the
-partition's row `WHERE epoch = <ours>`: once another worker has taken the
-partition, that matches nothing and the whole transaction is rolled back
-(Fenced). Nothing is ever counted twice or lost across a move.
+together with the new offset, for any number of a worker's partitions in one
+transaction that first moves each partition's row `WHERE epoch = <ours>`:
+once another worker has taken a partition, that matches nothing, and
+nothing of that partition is written (it is fenced: its worker drops it).
+Nothing is ever counted twice or lost across a move.
 
 The clock is the log's: each message carries the receipt time the collector
 gave it (heartbeats only that), the partition's clock is the latest of them,
@@ -25,7 +26,8 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, select, update
@@ -37,11 +39,14 @@ from msgtally.store.tables import MINUTE, announced_groups, partition_checkpoint
 from .. import _machine
 from ..config import ReconcileConfig
 from ..outputs import (
+    InFlight,
+    Pair,
+    add_pairs,
+    array_literal,
     load_verdicts,
+    replace_in_flight,
     write_errors,
-    write_in_flight,
     write_missing,
-    write_pairs,
     write_verdicts,
 )
 
@@ -74,6 +79,7 @@ class Partition:
         self.rejected = 0  # messages whose body the machine refused, skipped
         self._changed = False
         self._held: list[Held] = []  # drained since the last commit, written by the next
+        self._announce: list[tuple[str, str]] = []  # back-filled since the last commit
         self._last_checkpoint = time.monotonic()
 
     # -- taking -----------------------------------------------------------------
@@ -183,8 +189,10 @@ class Partition:
     def expect(self, groups: Sequence[tuple[str, str]], scan: Scan) -> int:
         """Back-fill groups new to this machine: every id produced on their streams
         before is owed them, those in memory and those in the partition's messages
-        before `next_offset` (`scan`). Committed at once, with a checkpoint, so
-        that no replay has to do it again. Returns the verdicts owed."""
+        before `next_offset` (`scan`). Committed by the partition's next commit,
+        with a checkpoint and the groups announced, so that no replay has to do
+        it again (until then, a replay stops short of it: the groups are new
+        again after it). Returns the verdicts owed."""
         by_stream: dict[str, list[str]] = {}
         for stream, group in groups:
             by_stream.setdefault(stream, []).append(group)
@@ -207,7 +215,7 @@ class Partition:
                   "(%d messages, %.1fs)", self.part, len(groups), describe(groups[:5]), owed,
                   scanned, time.monotonic() - started)  # fmt: skip
         self._changed = True
-        self.commit(checkpoint=True, announce=groups)
+        self._announce += groups
         return owed
 
     # -- committing ---------------------------------------------------------------
@@ -219,47 +227,125 @@ class Partition:
     def checkpoint_due(self, every: float) -> bool:
         return time.monotonic() - self._last_checkpoint > every
 
-    def commit(
-        self, *, checkpoint: bool = False, announce: Sequence[tuple[str, str]] = ()
-    ) -> None:
+    def commit(self, *, checkpoint: bool = False) -> None:
         """Write what changed and the offset, fenced by the epoch; with the whole
         state too when `checkpoint`. Raises Fenced (nothing written) once another
         worker has taken the partition."""
-        if self.replaying:
-            return
+        if commit([self], checkpoint=checkpoint):
+            raise Fenced(f"partition {self.part}: another worker took it (epoch "
+                         f"{self.epoch} is over)")  # fmt: skip
+
+    def _drain(self, checkpoint: bool) -> Tick:
+        """What the commit writes: everything held since the last commit (kept
+        until it is in: `_committed`), each drain's pairs at the clock it was
+        judged at, the verdict rows in the order judged."""
         self._hold()
+        pairs: list[tuple[float, Sequence[Pair]]] = []
+        rows: list[Any] = []
+        missing: Counter[Any] = Counter()
+        errors: Counter[Any] = Counter()
+        for at, (judged_pairs, judged, declared, failed) in self._held:
+            pairs.append((at, judged_pairs))
+            rows += judged
+            missing.update(declared)
+            errors.update(failed)
         flight = self.core.in_flight()
-        body = self.core.dumps() if checkpoint else None
-        p = partitions
-        with write_tx(self.store) as conn:
-            moved = conn.execute(
-                update(p).where(p.c.part == self.part, p.c.epoch == self.epoch)
-                .values(next_offset=self.next_offset, clock=self.clock)
-            ).rowcount  # fmt: skip
-            if moved != 1:
-                raise Fenced(f"partition {self.part}: another worker took it (epoch "
-                             f"{self.epoch} is over)")  # fmt: skip
-            rows: list[Any] = []  # one write of each kind: the latest verdict row wins
-            missing: Counter[Any] = Counter()
-            errors: Counter[Any] = Counter()
-            for at, (pairs, judged, declared, failed) in self._held:  # in the order judged
-                write_pairs(conn, pairs, self.config.latency_buckets, at, self.part)
-                rows += judged
-                missing.update(declared)
-                errors.update(failed)
-            write_verdicts(conn, rows)
-            write_missing(conn, missing, self.part)
-            write_errors(conn, errors, self.part)
-            write_in_flight(conn, flight, self.part)
-            if announce:
-                _announce(conn, announce)
-            if body is not None:
-                _save_checkpoint(conn, self.part, self.next_offset, self.clock, body)
-        self.committed = self.next_offset
+        # A back-fill is committed with a checkpoint: a replay must not meet it.
+        body = self.core.dumps() if checkpoint or self._announce else None
+        return Tick(self, self.next_offset, self.clock, pairs, rows, missing, errors, flight, body,
+                    tuple(self._announce))  # fmt: skip
+
+    def _committed(self, tick: Tick) -> None:
+        self.committed = tick.offset
         self._held = []
         self._changed = False
-        if body is not None:
+        self._announce.clear()
+        if tick.checkpoint is not None:
             self._last_checkpoint = time.monotonic()
+
+
+@dataclass(frozen=True)
+class Tick:
+    """What one partition's commit writes: drained from its machine at `offset`."""
+
+    partition: Partition
+    offset: int
+    clock: float
+    pairs: Sequence[tuple[float, Sequence[Pair]]]  # at the clock each was judged at
+    verdicts: Sequence[Any]
+    missing: Mapping[tuple[str, str, str], int]
+    errors: Mapping[tuple[str, str, str, str], int]
+    flight: InFlight
+    checkpoint: bytes | None
+    announce: tuple[tuple[str, str], ...]  # groups back-filled since the last commit
+
+    @property
+    def part(self) -> int:
+        return self.partition.part
+
+
+def commit(
+    parts: Sequence[Partition], *, checkpoint: bool | Callable[[Partition], bool] = False
+) -> list[Partition]:
+    """Commit what changed in each partition (not replaying) and its offset, in one
+    transaction of their store, each fenced by its epoch: one statement per
+    table for them all, as a partition's commit cost more in statements than
+    in rows (bench/distributed.py). With its whole state too where `checkpoint`
+    (a flag, or asked of each partition) or a back-fill is to commit, and the
+    groups back-filled announced to the other partitions. Returns the partitions another worker
+    has taken: nothing of theirs is written, the others' commits go in."""
+    live = [p for p in parts if not p.replaying]
+    if not live:
+        return []
+    store, config = live[0].store, live[0].config
+    wants = checkpoint if callable(checkpoint) else (lambda _p: checkpoint)
+    ticks = [p._drain(bool(wants(p))) for p in live]
+    with write_tx(store) as conn:
+        moved = _move(conn, ticks)
+        ours = [t for t in ticks if t.part in moved]
+        if ours:
+            # Counters are sums: every partition's deltas go under the lowest
+            # partition moved, whose row this transaction holds locked, so no
+            # other commit writes those rows meanwhile; a batch adds one row
+            # per key, not one per partition (PostgreSQL's cost is per row).
+            shard = min(t.part for t in ours)
+            add_pairs(conn, [(shard, at, pairs) for t in ours for at, pairs in t.pairs],
+                      config.latency_buckets)  # fmt: skip
+            write_verdicts(conn, [r for t in ours for r in t.verdicts])
+            for t in ours:
+                write_missing(conn, t.missing, t.part)
+                write_errors(conn, t.errors, t.part)
+            replace_in_flight(conn, {t.part: t.flight for t in ours})
+            groups = {g for t in ours for g in t.announce}
+            if groups:
+                _announce(conn, sorted(groups))
+            _save_checkpoints(conn, [t for t in ours if t.checkpoint is not None])
+    for t in ours:
+        t.partition._committed(t)
+    return [t.partition for t in ticks if t.part not in moved]
+
+
+def _move(conn: Connection, ticks: Sequence[Tick]) -> set[int]:
+    """The fence: each partition's row moved to its tick's offset and clock where
+    its epoch is still ours (the row locked until the commit). Returns the
+    partitions moved."""
+    p = partitions
+    if conn.dialect.name != "postgresql":
+        return {t.part for t in ticks if conn.execute(
+            update(p).where(p.c.part == t.part, p.c.epoch == t.partition.epoch)
+            .values(next_offset=t.offset, clock=t.clock)).rowcount == 1}  # fmt: skip
+    names = ("part", "epoch", "next_offset", "clock")
+    columns: list[list[Any]] = [[t.part for t in ticks], [t.partition.epoch for t in ticks],
+                                [t.offset for t in ticks], [t.clock for t in ticks]]
+    types = [p.c[n].type for n in names]
+    arrays = ", ".join(f"%s::{t.compile(dialect=conn.dialect)}[]" for t in types)
+    moved = conn.exec_driver_sql(
+        f"UPDATE partitions AS p SET next_offset = u.next_offset, clock = u.clock "
+        f"FROM unnest({arrays}) AS u({', '.join(names)}) "
+        "WHERE p.part = u.part AND p.epoch = u.epoch RETURNING p.part",
+        tuple(array_literal(c, t) for c, t in zip(columns, types, strict=True)),
+    )
+    return {int(r[0]) for r in moved}
 
 
 def _announce(conn: Connection, groups: Sequence[tuple[str, str]]) -> None:
@@ -267,17 +353,18 @@ def _announce(conn: Connection, groups: Sequence[tuple[str, str]]) -> None:
     conn.execute(stmt, [{"stream": s, "grp": g} for s, g in groups])
 
 
-def _save_checkpoint(conn: Connection, part: int, offset: int, clock: float, body: bytes) -> None:
+def _save_checkpoints(conn: Connection, ticks: Sequence[Tick]) -> None:
+    if not ticks:
+        return
     c = partition_checkpoints
-    stmt = upsert(conn, c).values(
-        part=part, next_offset=offset, clock=clock, taken_at=time.time(), body=body
+    stmt = upsert(conn, c)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["part"],
+        set_={k: stmt.excluded[k] for k in ("next_offset", "clock", "taken_at", "body")},
     )
-    conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["part"],
-            set_={k: stmt.excluded[k] for k in ("next_offset", "clock", "taken_at", "body")},
-        )
-    )
+    now = time.time()
+    conn.execute(stmt, [{"part": t.part, "next_offset": t.offset, "clock": t.clock,
+                         "taken_at": now, "body": t.checkpoint} for t in ticks])  # fmt: skip
 
 
 def checkpoint_offsets(store: Engine) -> dict[int, tuple[int, int]]:

@@ -7,10 +7,15 @@ committed with the figures (msgtally.reconcile.partitioned.partition), and a
 worker that is assigned a partition seeks to its checkpoint's offset.
 
 The loop: poll a batch, feed each message to its partition's machine, then
-commit every partition that changed at most every `commit_every` seconds
-(with its checkpoint every `checkpoint_every`), and have every partition
-expect the groups another one announced. A partition whose commit fails is
-dropped and taken again: its machine reloads from the store.
+commit every partition that changed, all in one transaction, `commit_every`
+seconds after the last commit ended. While the worker is behind (a poll
+comes back full), the wait is COMMIT_SHARE times as long as the last commit
+took, if that is longer (up to MAX_COMMIT_EVERY): under load, commits take
+at most a fifth of the worker's time, and fewer, fuller ticks cost the store
+less per record (their rows are per pair and latency bin, not per record).
+Each partition's checkpoint goes with its commit every `checkpoint_every`;
+every partition expects the groups another one announced. A partition
+another worker took (fenced) writes nothing and is dropped.
 
 The store or the broker may go away (PostgreSQL restarted, a failover, the
 broker unreachable): the worker does not die. A partition whose commit,
@@ -23,12 +28,13 @@ with the store is either in it whole or not at all.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from sqlalchemy import Engine
@@ -37,7 +43,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from msgtally.store.kafka_log import KafkaLog, KafkaLogError
 
 from ..config import ReconcileConfig
-from .partition import Fenced, Partition, announce, checkpoint_offsets, read_announced
+from .partition import Partition, announce, checkpoint_offsets, commit, read_announced
 
 log_ = logging.getLogger(__name__)
 
@@ -45,6 +51,9 @@ DEFAULT_COMMIT_EVERY = 0.5  # seconds between a partition's commits
 DEFAULT_CHECKPOINT_EVERY = 60.0  # seconds between a partition's checkpoints
 DEFAULT_SESSION_TIMEOUT = 10.0  # seconds without the worker's heartbeats before its partitions move
 ANNOUNCE_EVERY = 1.0  # seconds between looks at the groups announced in the store
+POLL_MAX = 2000  # messages a poll takes; a full poll means the worker is behind
+COMMIT_SHARE = 4.0  # behind, the wait after a commit: at least this many times its duration
+MAX_COMMIT_EVERY = 10.0  # seconds: the longest that wait grows to under load
 STORE_RETRY_EVERY = 1.0  # seconds between tries to take set-aside partitions again
 
 
@@ -67,7 +76,9 @@ class Worker:
         self.leave_group = leave_group
         self.parts: dict[int, Partition] = {}
         self._stop = threading.Event()
-        self._last_commit: dict[int, float] = {}
+        self._last_commit = time.monotonic()  # when the last commit ended
+        self._commit_wait = commit_every  # the wait from there to the next, when behind
+        self._behind = False
         self._last_announced = 0.0
         # Assigned partitions without a machine: the store failed them; taken again later.
         self._aside: set[int] = set()
@@ -127,6 +138,10 @@ class Worker:
         killed worker's does. Tansu 0.6.0 can keep a member that left named group
         leader, and the others then wait for an assignment nobody sends; a
         session that lapses is handled as a crash, everywhere."""
+        # Every object made so far (modules, the store's and the driver's) is left
+        # out of the collector's passes: each drain makes many short-lived
+        # containers, and full passes over the rest cost ~5% of a busy worker.
+        gc.freeze()
         self._consumer.subscribe(
             [self.log.topic], on_assign=self._assigned, on_revoke=self._revoked,
             on_lost=self._lost,
@@ -142,7 +157,9 @@ class Worker:
     def step(self, timeout: float = 0.2) -> int:
         """One poll, fed and committed; returns the messages fed."""
         fed = 0
-        for msg in self._consumer.consume(2000, timeout):
+        batch = self._consumer.consume(POLL_MAX, timeout)
+        self._behind = len(batch) == POLL_MAX  # more is waiting: under load
+        for msg in batch:
             err = msg.error()
             if err is not None:
                 if err.fatal():
@@ -154,10 +171,7 @@ class Worker:
                 continue  # not ours (any more): its new owner reads it
             try:
                 part.feed(_offset(msg), msg.value() or b"", self._scan)
-            except Fenced as exc:
-                self._drop(part, str(exc))
-                continue
-            except (SQLAlchemyError, KafkaLogError) as exc:  # a back-fill's scan: the topic
+            except (SQLAlchemyError, KafkaLogError) as exc:  # a look-up; a back-fill's scan
                 self._set_aside(part.part, exc)
                 continue
             fed += 1
@@ -182,7 +196,6 @@ class Worker:
                     self._set_aside(tp.partition, exc)
                     continue
                 self.parts[tp.partition] = part
-                self._last_commit[tp.partition] = time.monotonic()
                 tp.offset = part.next_offset
                 # Expected before its first message, as the single engine expects the
                 # configured groups before its first tick: each id judged for them
@@ -199,15 +212,12 @@ class Worker:
         try:
             for tp in revoked:
                 self._aside.discard(tp.partition)
-                part = self.parts.pop(tp.partition, None)
-                if part is None:
-                    continue
-                try:
-                    part.commit(checkpoint=True)
-                except Fenced:
+            parts = [p for tp in revoked if (p := self.parts.pop(tp.partition, None))]
+            try:
+                for part in commit(parts, checkpoint=True):
                     log_.info("partition %d revoked: another worker took it first", part.part)
-                except Exception:
-                    log_.exception("partition %d: last commit failed", tp.partition)
+            except Exception:
+                log_.exception("partitions %s: last commit failed", _numbers(revoked))
             log_.info("partitions revoked: %s", _numbers(revoked))
             consumer.unassign()
         except BaseException as exc:
@@ -254,7 +264,6 @@ class Worker:
                 return  # still away: the next try in STORE_RETRY_EVERY
             self._aside.discard(number)
             self.parts[number] = fresh
-            self._last_commit[number] = time.monotonic()
             self._consumer.seek(TopicPartition(self.log.topic, number, fresh.next_offset))
             log_.info("partition %d taken again (epoch %d): from offset %d, %d to replay",
                       number, fresh.epoch, fresh.next_offset,
@@ -266,27 +275,45 @@ class Worker:
     # -- commits ----------------------------------------------------------------
 
     def _commit_due(self) -> None:
-        now = time.monotonic()
-        for number, part in list(self.parts.items()):
-            if not part.changed or now - self._last_commit.get(number, 0.0) < self.commit_every:
-                continue
-            self._commit(part, checkpoint=part.checkpoint_due(self.checkpoint_every))
-            self._last_commit[number] = now
+        """Every partition that changed, in one transaction, once the wait since
+        the last commit is over; the next wait from its duration."""
+        started = time.monotonic()
+        wait = self._commit_wait if self._behind else self.commit_every
+        if started - self._last_commit < wait:
+            return
+        every = self.checkpoint_every
+        self._commit([p for p in self.parts.values() if p.changed],
+                     checkpoint=lambda p: p.checkpoint_due(every))  # fmt: skip
+        self._last_commit = time.monotonic()
+        took = self._last_commit - started
+        longest = max(self.commit_every, MAX_COMMIT_EVERY)
+        self._commit_wait = min(max(self.commit_every, COMMIT_SHARE * took), longest)
 
     def _commit_all(self, *, checkpoint: bool) -> None:
-        for part in list(self.parts.values()):
-            self._commit(part, checkpoint=checkpoint)
+        self._commit(list(self.parts.values()), checkpoint=checkpoint)
 
-    def _commit(self, part: Partition, *, checkpoint: bool) -> None:
+    def _commit(
+        self, parts: list[Partition], *, checkpoint: bool | Callable[[Partition], bool]
+    ) -> None:
+        """One transaction for `parts`; a fenced partition (nothing of it written) is
+        dropped. A commit that fails is not in the store at all (a transaction):
+        every partition in it is set aside, taken again from the store."""
+        if not parts:
+            return
         try:
-            part.commit(checkpoint=checkpoint)
-        except Fenced as exc:
-            self._drop(part, str(exc))
+            fenced = commit(parts, checkpoint=checkpoint)
         except SQLAlchemyError as exc:
-            self._set_aside(part.part, exc)
+            for part in parts:
+                self._set_aside(part.part, exc)
+            return
         except Exception:
-            log_.exception("partition %d: commit failed; taken again from the store", part.part)
-            self._set_aside(part.part, RuntimeError("commit failed"))
+            log_.exception("partitions %s: commit failed; taken again from the store",
+                           ",".join(str(p.part) for p in parts))  # fmt: skip
+            for part in parts:
+                self._set_aside(part.part, RuntimeError("commit failed"))
+            return
+        for part in fenced:
+            self._drop(part, f"another worker took it (epoch {part.epoch} is over)")
 
     def _adopt_announced(self) -> None:
         """Groups announced in the store that a live partition's machine does not
@@ -307,11 +334,9 @@ class Worker:
             return  # after the replay: its figures were made without them
         expected = part.core.expected()
         new = [(s, g) for s, g in groups if g not in expected.get(s, ())]
-        if new:
+        if new:  # committed with the partition's next commit
             try:
                 part.expect(new, self._scan)
-            except Fenced as exc:
-                self._drop(part, str(exc))
             except (SQLAlchemyError, KafkaLogError) as exc:
                 self._set_aside(part.part, exc)
 
