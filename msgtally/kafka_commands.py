@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -85,7 +87,13 @@ def register(
     w.add_argument(
         "--session-timeout", type=float, default=10.0, metavar="SECONDS",
         help="seconds without a worker's heartbeats before its partitions move to the "
-        "others (default 10)",
+        "others (default 10); a stopped worker's move after it too, unless --leave-group",
+    )  # fmt: skip
+    w.add_argument(
+        "--leave-group", action="store_true",
+        help="on SIGTERM, after the last commit, leave the consumer group so that the "
+        "partitions move at once (default: exit without leaving; they move after "
+        "--session-timeout, as a crashed worker's do; Tansu 0.6.0 mishandles leaves)",
     )  # fmt: skip
     add_logging(w)
     w.set_defaults(func=cmd_worker)
@@ -122,7 +130,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     worker = Worker(
         store, where, settings.reconcile_config(), commit_every=args.commit_every,
         checkpoint_every=args.checkpoint_every, session_timeout=args.session_timeout,
+        leave_group=args.leave_group,
     )  # fmt: skip
+    worker.check_replayable(count)  # a store the topic cannot rebuild: refused
 
     def stop(_sig: int, _frame: Any) -> None:
         worker.stop()
@@ -132,4 +142,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     log.info("msgtally worker %s on %s (%d partitions), store %s", worker.owner, where, count,
              store.url.render_as_string(hide_password=True))  # fmt: skip
     worker.run()
+    if not args.leave_group:
+        # Every partition committed. Ending the process without destroying the
+        # consumer: librdkafka's destroy would leave the group (see Worker.run).
+        log.info("msgtally worker %s stopped; its partitions move after its session",
+                 worker.owner)  # fmt: skip
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0

@@ -118,12 +118,37 @@ def committed(store: Engine) -> dict[int, int]:
         return {int(p): int(o) for p, o in rows}
 
 
+def unadopted(store: Engine) -> dict[int, set[tuple[str, str]]]:
+    """Per partition, the announced groups its last checkpoint does not expect
+    yet. A group another partition announced reaches a partition through the
+    store (a worker looks every second), and is back-filled there with a
+    checkpoint: until then that partition does not owe it its ids."""
+    from msgtally.reconcile import _machine
+    from msgtally.store.tables import announced_groups, partition_checkpoints
+
+    c = CONFIG
+    with store.connect() as conn:
+        announced = {(s, g) for s, g in conn.execute(
+            select(announced_groups.c.stream, announced_groups.c.grp))}  # fmt: skip
+        saved = conn.execute(select(partition_checkpoints.c.part, partition_checkpoints.c.body))
+        out: dict[int, set[tuple[str, str]]] = {}
+        for part, body in saved:
+            machine = _machine.Machine(c.deadline, c.settle, c.remember, c.latency_buckets)
+            machine.loads(body)
+            expected = machine.expected()
+            left = {(s, g) for s, g in announced if g not in expected.get(s, ())}
+            if left:
+                out[int(part)] = left
+        return out
+
+
 def wait_applied(store: Engine, log: KafkaLog, count: int, timeout: float = 120.0) -> None:
-    """Until every partition's committed offset is the topic's end."""
+    """Until every partition's committed offset is the topic's end, and every
+    partition has taken every announced group in (unadopted)."""
     want = high_watermarks(log, count)
     deadline = time.monotonic() + timeout
-    while committed(store) != want:
-        assert time.monotonic() < deadline, (committed(store), want)
+    while (got := committed(store)) != want or unadopted(store):
+        assert time.monotonic() < deadline, (got, want, unadopted(store))
         time.sleep(0.1)
 
 
@@ -132,6 +157,9 @@ class WorkerThread:
 
     def __init__(self, url: str, log: KafkaLog, **options: Any) -> None:
         self.store = open_store(url)
+        # Leaving the group when stopped: the consumer closed, not left to the
+        # test process's end (msgtally worker exits without leaving instead).
+        options.setdefault("leave_group", True)
         self.worker = Worker(self.store, log, CONFIG, session_timeout=6.0, **options)
         self.thread = threading.Thread(target=self.worker.run, daemon=True)
         self.thread.start()
@@ -173,3 +201,37 @@ def assert_same(got: Engine, want: Engine) -> None:
 def chunks(items: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
     for i in range(0, len(items), n):
         yield items[i : i + n]
+
+
+def read_topic(
+    log: KafkaLog, count: int, start: dict[int, int], end: dict[int, int]
+) -> list[tuple[str, list[str]]]:
+    """The requests' slices in the topic between offsets `start` and `end` (per
+    partition): (request id, its record ids) for each, heartbeats left out."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from msgtally.ingest.intake import logbody
+    from msgtally.store.kafka_log import decode_message
+
+    reader = Consumer({"bootstrap.servers": log.bootstrap, "group.id": "reader",
+                       "enable.auto.commit": False})  # fmt: skip
+    out: list[tuple[str, list[str]]] = []
+    try:
+        for p in range(count):
+            if end[p] <= start[p]:
+                continue
+            reader.assign([TopicPartition(log.topic, p, start[p])])
+            at = start[p]
+            while at < end[p]:
+                msg = reader.poll(10)
+                assert msg is not None, f"partition {p}: nothing at offset {at}"
+                if msg.error() is not None:
+                    continue
+                at = int(msg.offset() or 0) + 1
+                message = decode_message(msg.value() or b"")
+                if message.body is not None:
+                    records = logbody.decode(message.body).records
+                    out.append((message.request_id, [str(r.record_id) for r in records]))
+    finally:
+        reader.close()
+    return out

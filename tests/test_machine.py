@@ -17,6 +17,7 @@ from msgtally.ingest.intake import logbody
 from msgtally.ingest.intake.schema import parse_batch
 from msgtally.reconcile import _machine
 from msgtally.reconcile.config import ReconcileConfig
+from msgtally.reconcile.outputs import VERDICT_COLUMNS
 from msgtally.record import ERROR_CLASSES
 from tests.harness import T
 
@@ -252,3 +253,58 @@ def test_machines_share_nothing() -> None:
     s_pairs = [[p for p in pairs if p[0] == "s"] for pairs, _rows, _missing, _errors in drained]
     assert s_pairs[0] == s_pairs[1]
     assert drained[0][1] == drained[1][1]
+
+
+def test_a_group_back_filled_gets_one_row_whether_its_id_is_in_memory_compact_or_gone() -> None:
+    """The verdict row a new group is owed for an id produced before it is the same
+    from each of the three places the id may be: in memory (a slot), in compact
+    form (taken back into memory: its produce attempt kept), or forgotten (found
+    by the scan of the log)."""
+    plain = body(rec("d"), rec("d", "consume", ts=T + 1))
+    rows: dict[str, list[tuple[Any, ...]]] = {}
+    for where, at in (("in memory", T + 1), ("compact", T + 315), ("gone", T + 1000)):
+        core = fresh()
+        core.apply(plain, T)
+        core.advance(at, at)
+        core.drain()
+        core.expect_groups("s", ["late"])
+        core.backfill_scan(plain, "s")
+        core.backfill_finish("s", ["late"])
+        core.advance(T + 20_000, T + 20_000)
+        rows[where] = [tuple(r) for r in core.drain()[1] if r[2] == "late"]
+    assert rows["compact"] == rows["in memory"] == rows["gone"], rows
+    (row,) = rows["gone"]
+    assert (row[3], row[VERDICT_COLUMNS.index("max_attempt")]) == ("lost", 1)
+
+
+def test_one_scan_back_fills_several_streams_each_finished_on_its_own() -> None:
+    """A back-fill may read the log once for several streams (each body scanned for
+    each); each stream's finish owes its own ids alone, as separate scans would."""
+    log = [body(rec(f"m{i}", stream=s), rec(f"m{i}", "consume", stream=s, ts=T + 1))
+           for i in range(5) for s in ("s", "t")]  # fmt: skip
+    owed: dict[str, list[int]] = {}
+    rows: dict[str, set[tuple[Any, ...]]] = {}
+    for how in ("one scan", "a scan each"):
+        core = fresh()
+        for b in log:
+            core.apply(b, T)
+        core.advance(T + 1000, T + 1000)  # judged and forgotten: only the scan finds them
+        core.drain()
+        core.expect_groups("s", ["new"])
+        core.expect_groups("t", ["new", "newer"])
+        streams = (("s", ["new"]), ("t", ["new", "newer"]))
+        if how == "one scan":
+            for b in log:
+                for s, _ in streams:
+                    core.backfill_scan(b, s)
+            owed[how] = [core.backfill_finish(s, g) for s, g in streams]
+        else:
+            owed[how] = []
+            for s, g in streams:
+                for b in log:
+                    core.backfill_scan(b, s)
+                owed[how].append(core.backfill_finish(s, g))
+        rows[how] = {tuple(r) for r in core.drain()[1]}
+    assert owed["one scan"] == owed["a scan each"] == [5, 10]
+    assert rows["one scan"] == rows["a scan each"]
+    assert {(r[0], r[2]) for r in rows["one scan"]} == {("s", "new"), ("t", "new"), ("t", "newer")}

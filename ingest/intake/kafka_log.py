@@ -16,6 +16,11 @@ partition owns (`split_sequences`) beside the records of the ids it owns.
 
 A heartbeat goes to every partition each `heartbeat_every` seconds: it moves
 the partition's clock, so deadlines expire on quiet partitions too.
+
+A producer can fail for good (librdkafka's fatal errors; or, after the broker
+was unreachable past a request's timeout, the idempotent producer bumps its
+epoch and the broker fences it, as Tansu does): the request in hand is
+answered 503, and the next one goes through a new producer.
 """
 
 from __future__ import annotations
@@ -41,6 +46,12 @@ log_ = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 10.0  # seconds for every slice of a request to be acknowledged
 DEFAULT_HEARTBEAT = 1.0  # seconds between heartbeats to every partition
+
+
+# Delivery errors after which the producer is no use: librdkafka's fatal errors
+# (RD_KAFKA_RESP_ERR__FATAL), and PRODUCER_FENCED, which a broker can answer for
+# good to an idempotent producer that bumped its epoch after timeouts (Tansu does).
+_FOR_GOOD = frozenset({-150, 90})
 
 
 class LogUnavailable(Exception):
@@ -106,6 +117,7 @@ class _Pending:
     def __init__(self, n: int) -> None:
         self.left = n
         self.error: str | None = None
+        self.fatal = False  # the producer is unusable: a new one for the next request
         self.done = threading.Event()
         self._lock = threading.Lock()
 
@@ -113,6 +125,7 @@ class _Pending:
         with self._lock:
             if err is not None and self.error is None:
                 self.error = str(err)
+                self.fatal = bool(err.fatal()) or err.code() in _FOR_GOOD
             self.left -= 1
             if self.left <= 0 or err is not None:
                 self.done.set()
@@ -130,17 +143,18 @@ class KafkaWriter:
 
         self.log, self.partitions, self.timeout = log, partitions, timeout
         self.heartbeat_every = heartbeat_every
-        self._producer = Producer(
-            {
-                "bootstrap.servers": log.bootstrap,
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 2,
-                # A slice not acknowledged by then fails its request (503).
-                "message.timeout.ms": int(timeout * 1000),
-                "compression.type": "lz4",
-            }
-        )
+        self._settings = {
+            "bootstrap.servers": log.bootstrap,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 2,
+            # A slice not acknowledged by then fails its request (503).
+            "message.timeout.ms": int(timeout * 1000),
+            "compression.type": "lz4",
+        }
+        self._new_producer = Producer
+        self._replacing = threading.Lock()
+        self._producer = Producer(self._settings)
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=self._poll, name="msgtally-kafka-poll", daemon=True),
@@ -171,26 +185,47 @@ class KafkaWriter:
         bodies = slices(records, marks, self.partitions)
         if not bodies:
             return
+        from confluent_kafka import KafkaException
+
         request_id = uuid.uuid4().hex
         pending = _Pending(len(bodies))
+        producer = self._producer
         try:
             for p, body in bodies.items():
                 self._produce(encode_message(request_id, received_at, body), p, pending.delivered)
         except BufferError as exc:
             raise LogUnavailable(f"the producer's queue is full ({exc})") from None
+        except KafkaException as exc:  # a producer failed for good refuses at once
+            self._replace_producer(producer, str(exc))
+            raise LogUnavailable(f"the Kafka log refused the request: {exc}") from None
         if not pending.done.wait(self.timeout + 5):
             raise LogUnavailable("the Kafka log did not acknowledge the request in time")
+        if pending.fatal:
+            self._replace_producer(producer, pending.error)
         if pending.error is not None:
             raise LogUnavailable(f"the Kafka log refused the request: {pending.error}")
 
     def beat(self, at: float) -> None:
         """A heartbeat on every partition, at `at` (the receipt clock)."""
+        from confluent_kafka import KafkaException
+
         value = heartbeat(at)
         for p in range(self.partitions):
             try:
                 self._produce(value, p, None)
             except BufferError:
                 return  # the queue is full of requests: their clocks move the partitions
+            except KafkaException:
+                return  # failed for good: the next request replaces the producer
+
+    def _replace_producer(self, failed: Any, why: str | None) -> None:
+        """A new producer in place of one failed for good (its queue is lost: what
+        it held is answered 503, or was a heartbeat); once, whichever request saw it."""
+        with self._replacing:
+            if self._producer is not failed:
+                return
+            log_.warning("the Kafka producer failed for good (%s): a new one", why)
+            self._producer = self._new_producer(self._settings)
 
     def _produce(self, value: bytes, partition: int, on_delivery: Any) -> None:
         kwargs = {"on_delivery": on_delivery} if on_delivery is not None else {}

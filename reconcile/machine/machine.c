@@ -985,6 +985,10 @@ static int64_t reinflate(Machine *M, uint32_t cj, const Str *mid) {
     e->t0 = c->t0;
     e->r0 = c->r0;
     e->flags = E_PANY | E_ACKED | E_T0_FROZEN;
+    /* is_plain: produced, never retried. A produce counts its attempt as at least
+     * 1 (apply, bf_add): so does the entry again, and a group expected since gets
+     * the verdict row an id still in memory would give it. */
+    e->p_max_attempt = 1;
     memcpy(id_of(e), mid->s, mid->n);
     memcpy(fps_of(e), cfps(c), (size_t)c->nfp * 8);
     e->nfp = c->nfp;
@@ -1801,7 +1805,9 @@ int mc_new_groups(Machine *M, const uint8_t *body, size_t len,
  * before it appeared. Ids still in memory get a slot (expect()); for the ones
  * already gone, the log is scanned: backfill_scan(body, stream) for every
  * body applied so far, then backfill_finish(stream, group) counts their
- * verdicts (lost if acknowledged: their deadline passed long ago). */
+ * verdicts (lost if acknowledged: their deadline passed long ago). One pass
+ * over the log may scan for several streams (backfill_scan of each body for
+ * each), each then finished on its own. */
 
 static void bf_reset(Machine *M) {
     for (uint32_t i = 0; i < M->bf_n; i++) free(M->bf_entries[i]);
@@ -1864,7 +1870,7 @@ static int bf_add(Machine *M, uint32_t sid, const Rec *r) {
     Entry *e = NULL;
     while (M->bf_table[j]) {
         Entry *x = M->bf_entries[M->bf_table[j] - 1];
-        if (x->hash == h && x->idlen == mid->n && memcmp(id_of(x), mid->s, mid->n) == 0) { e = x; break; }
+        if (x && x->hash == h && x->idlen == mid->n && memcmp(id_of(x), mid->s, mid->n) == 0) { e = x; break; }
         j = (j + 1) & M->bf_mask;
     }
     if (!e) {
@@ -1890,6 +1896,7 @@ static int bf_add(Machine *M, uint32_t sid, const Rec *r) {
             uint32_t *t = calloc((size_t)mask + 1, sizeof(uint32_t));
             if (!t) return -1;
             for (uint32_t i = 0; i < M->bf_n; i++) {
+                if (!M->bf_entries[i]) continue; /* finished: its stream's back-fill is over */
                 uint32_t k = (uint32_t)M->bf_entries[i]->hash & mask;
                 while (t[k]) k = (k + 1) & mask;
                 t[k] = i + 1;
@@ -1938,6 +1945,7 @@ int mc_backfill_finish(Machine *M, McName stream, const McName *groups, uint32_t
         if (gid > MC_MAX_GROUPS) { rc = mc_fail(M, MC_ESTATE, "more than %u consumer groups in all", MC_MAX_GROUPS); break; }
         for (uint32_t i = 0; sid >= 0 && i < M->bf_n && !rc; i++) {
             Entry *e = M->bf_entries[i];
+            if (!e || e->sid != (uint32_t)sid) continue; /* another stream's, or finished */
             Slot s0;
             memset(&s0, 0, sizeof s0);
             s0.gid = (uint16_t)gid;
@@ -1951,7 +1959,20 @@ int mc_backfill_finish(Machine *M, McName stream, const McName *groups, uint32_t
             if (!rc) (*owed)++;
         }
     }
-    bf_reset(M);
+    /* This stream's ids are done; other streams scanned in the same pass wait for
+     * their own finish. The state is reset once none is left (or on a failure). */
+    uint32_t left = 0;
+    for (uint32_t i = 0; i < M->bf_n; i++) {
+        Entry *e = M->bf_entries[i];
+        if (!e) continue;
+        if (!rc && sid >= 0 && e->sid == (uint32_t)sid) {
+            free(e);
+            M->bf_entries[i] = NULL;
+        } else {
+            left++;
+        }
+    }
+    if (rc || !left) bf_reset(M);
     return result(M, rc);
 }
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +34,7 @@ from sqlalchemy import Connection, Engine, select, update
 
 from msgtally.store.db import upsert, write_tx
 from msgtally.store.kafka_log import KafkaLogError, decode_message
-from msgtally.store.tables import announced_groups, partition_checkpoints, partitions
+from msgtally.store.tables import MINUTE, announced_groups, partition_checkpoints, partitions
 
 from .. import _machine
 from ..config import ReconcileConfig
@@ -53,6 +54,8 @@ log_ = logging.getLogger(__name__)
 
 # A scan of the partition's messages before an offset: (offset, raw message) in order.
 Scan = Callable[[int, int], Iterable[bytes]]
+# What the machine drained (pairs, verdict rows, records missing, errors), at its clock.
+Held = tuple[float, tuple[Any, Any, Any, Any]]
 
 
 class Fenced(Exception):
@@ -76,6 +79,7 @@ class Partition:
         self.rejected = 0  # messages whose body the machine refused, skipped
         self._changed = False
         self._announce: list[tuple[str, str]] = []  # back-filled since the last commit
+        self._held: list[Held] = []  # drained since the last commit, written by the next
         self._last_checkpoint = time.monotonic()
 
     # -- taking -----------------------------------------------------------------
@@ -134,6 +138,8 @@ class Partition:
             log_.error("partition %d offset %d: message skipped: %s", self.part, offset, exc)
             self._moved(offset)
             return
+        if message.received_at // MINUTE > self.clock // MINUTE:
+            self._hold()  # judged in the minute that ends: its rows are that minute's
         self.clock = max(self.clock, message.received_at)
         if message.body is not None:
             new, rejected = self.core.screen([message.body])
@@ -150,11 +156,29 @@ class Partition:
                 self.records += self.core.apply(message.body, message.received_at)
                 keys = self.core.deferred_keys()
                 if keys:  # ids forgotten since: their verdict rows, from the store
-                    with self.store.connect() as conn:
-                        self.core.install(load_verdicts(conn, keys))
+                    self.core.install(self._verdicts(keys))
                     self.core.apply_deferred()
         self.core.advance(self.clock, self.clock)
         self._moved(offset)
+
+    def _hold(self) -> None:
+        """Drain what the machine judged so far, at its clock, for the next commit to
+        write: the per-minute rows get the minute each verdict was given in, as the
+        single engine's tick at that time writes them, however many messages a
+        commit covers."""
+        if not self.replaying:  # a replay's figures are in the store already
+            self._held.append((self.clock, self.core.drain()))
+
+    def _verdicts(self, keys: Sequence[tuple[str, str]]) -> list[tuple[Any, ...]]:
+        """The verdict rows of these forgotten ids: the store's, then those judged
+        since the last commit (not in the store yet), the latest of each."""
+        with self.store.connect() as conn:
+            rows = {(r[0], r[1], r[2]): r for r in load_verdicts(conn, keys)}
+        self._hold()
+        wanted = set(keys)
+        for _at, (_pairs, judged, _missing, _errors) in self._held:
+            rows.update({(r[0], r[1], r[2]): tuple(r) for r in judged if (r[0], r[1]) in wanted})
+        return list(rows.values())
 
     def _moved(self, offset: int) -> None:
         self.next_offset = offset + 1
@@ -172,15 +196,24 @@ class Partition:
         by_stream: dict[str, list[str]] = {}
         for stream, group in groups:
             by_stream.setdefault(stream, []).append(group)
-        owed = 0
-        for stream, names in by_stream.items():  # the machine back-fills one stream at a time
+        started = time.monotonic()
+        for stream, names in by_stream.items():
             self.core.expect_groups(stream, names)
-            if self.next_offset:
-                for raw in scan(self.part, self.next_offset):
-                    body = decode_message(raw).body
-                    if body is not None:
+        scanned = 0
+        if self.next_offset:  # one pass over the partition's messages for every stream
+            for raw in scan(self.part, self.next_offset):
+                body = decode_message(raw).body
+                if body is not None:
+                    for stream in by_stream:
                         self.core.backfill_scan(body, stream)
-            owed += self.core.backfill_finish(stream, names)
+                scanned += 1
+                if scanned % 1000 == 0:  # as the single engine's back-fill logs it
+                    log_.info("partition %d: back-filling %d new group(s): %d of %d messages",
+                              self.part, len(groups), scanned, self.next_offset)  # fmt: skip
+        owed = sum(self.core.backfill_finish(s, names) for s, names in by_stream.items())
+        log_.info("partition %d: %d new group(s) (%s): owed %d verdicts of earlier ids "
+                  "(%d messages, %.1fs)", self.part, len(groups), describe(groups[:5]), owed,
+                  scanned, time.monotonic() - started)  # fmt: skip
         self._changed = True
         self._announce += groups
         return owed
@@ -203,12 +236,22 @@ class Partition:
                          f"{self.epoch} is over)")  # fmt: skip
 
     def _drain(self, checkpoint: bool) -> Tick:
-        pairs, rows, missing, errors = self.core.drain()
+        """What the next commit writes: every drain held since the last, at its clock."""
+        self._hold()
+        held, self._held = self._held, []
+        missing: Counter[Any] = Counter()
+        errors: Counter[Any] = Counter()
+        for _at, (_pairs, _judged, declared, failed) in held:
+            missing.update(declared)
+            errors.update(failed)
         flight = self.core.in_flight()
         # A back-fill is committed with a checkpoint: a replay must not meet it.
         body = self.core.dumps() if checkpoint or self._announce else None
-        return Tick(self, self.next_offset, self.clock, pairs, rows, missing, errors, flight, body,
-                    tuple(self._announce))  # fmt: skip
+        return Tick(
+            self, self.next_offset, self.clock, [(at, d[0]) for at, d in held],
+            [r for _at, d in held for r in d[1]],  # in the order judged: the latest wins
+            missing, errors, flight, body, tuple(self._announce),
+        )  # fmt: skip
 
     def _committed(self, tick: Tick) -> None:
         self.committed = tick.offset
@@ -225,7 +268,7 @@ class Tick:
     partition: Partition
     offset: int
     clock: float
-    pairs: Sequence[Pair]
+    pairs: Sequence[tuple[float, Sequence[Pair]]]  # (the clock it was drained at, pairs)
     verdicts: Sequence[Any]
     missing: Mapping[tuple[str, str, str], int]
     errors: Mapping[tuple[str, str, str, str], int]
@@ -263,7 +306,8 @@ def commit(
             # other commit writes those rows meanwhile; a batch adds one row
             # per key, not one per partition (PostgreSQL's cost is per row).
             shard = min(t.part for t in ours)
-            add_pairs(conn, [(shard, t.clock, t.pairs) for t in ours], config.latency_buckets)
+            add_pairs(conn, [(shard, at, pairs) for t in ours for at, pairs in t.pairs],
+                      config.latency_buckets)  # fmt: skip
             write_verdicts(conn, [r for t in ours for r in t.verdicts])
             for t in ours:
                 write_missing(conn, t.missing, t.part)
@@ -318,6 +362,22 @@ def _save_checkpoints(conn: Connection, ticks: Sequence[Tick]) -> None:
     now = time.time()
     conn.execute(stmt, [{"part": t.part, "next_offset": t.offset, "clock": t.clock,
                          "taken_at": now, "body": t.checkpoint} for t in ticks])  # fmt: skip
+
+
+def checkpoint_offsets(store: Engine) -> dict[int, tuple[int, int]]:
+    """Per partition the store has figures of: (its checkpoint's offset, 0 without
+    one; the offset committed up to)."""
+    p, c = partitions, partition_checkpoints
+    with store.connect() as conn:
+        rows = conn.execute(
+            select(p.c.part, c.c.next_offset, p.c.next_offset)
+            .select_from(p.outerjoin(c, c.c.part == p.c.part))
+        )  # fmt: skip
+        return {
+            int(part): (int(saved or 0), int(committed))
+            for part, saved, committed in rows
+            if saved is not None or committed
+        }
 
 
 def read_announced(store: Engine) -> list[tuple[str, str]]:

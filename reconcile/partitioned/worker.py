@@ -14,9 +14,15 @@ took, if that is longer (up to MAX_COMMIT_EVERY): under load, commits take
 at most a fifth of the worker's time, and fewer, fuller ticks cost the store
 less per record (their rows are per pair and latency bin, not per record).
 Each partition's checkpoint goes with its commit every `checkpoint_every`;
-every partition expects the groups another one announced. Partitions whose
-commit fails are dropped and taken again: their machines reload from the
-store.
+every partition expects the groups another one announced.
+
+The store or the broker may go away (PostgreSQL restarted, a failover, the
+broker unreachable): the worker does not die. Partitions whose commit,
+look-up or taking fails on the store, or whose back-fill cannot read the
+topic, are set aside, their messages skipped, and taken again from the store
+(the checkpoint, the topic read again from the checkpoint's offset), tried
+every STORE_RETRY_EVERY seconds. Commits are transactions: a commit lost
+with the store is either in it whole or not at all.
 """
 
 from __future__ import annotations
@@ -31,11 +37,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from msgtally.store.kafka_log import KafkaLog, KafkaLogError
 
 from ..config import ReconcileConfig
-from .partition import Partition, announce, commit, read_announced
+from .partition import Partition, announce, checkpoint_offsets, commit, read_announced
 
 log_ = logging.getLogger(__name__)
 
@@ -46,6 +53,7 @@ ANNOUNCE_EVERY = 1.0  # seconds between looks at the groups announced in the sto
 POLL_MAX = 2000  # messages a poll takes; a full poll means the worker is behind
 COMMIT_SHARE = 4.0  # behind, the wait after a commit: at least this many times its duration
 MAX_COMMIT_EVERY = 10.0  # seconds: the longest that wait grows to under load
+STORE_RETRY_EVERY = 1.0  # seconds between tries to take set-aside partitions again
 
 
 class Worker:
@@ -57,18 +65,24 @@ class Worker:
         checkpoint_every: float = DEFAULT_CHECKPOINT_EVERY,
         session_timeout: float = DEFAULT_SESSION_TIMEOUT,
         group_id: str | None = None,
+        leave_group: bool = False,
     ) -> None:  # fmt: skip
         from confluent_kafka import Consumer  # the `kafka` extra
 
         self.store, self.log, self.config = store, log, config
         self.commit_every, self.checkpoint_every = commit_every, checkpoint_every
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.leave_group = leave_group
         self.parts: dict[int, Partition] = {}
         self._stop = threading.Event()
         self._last_commit = time.monotonic()  # when the last commit ended
         self._commit_wait = commit_every  # the wait from there to the next, when behind
         self._behind = False
         self._last_announced = 0.0
+        # Assigned partitions without a machine: the store failed them; taken again later.
+        self._aside: set[int] = set()
+        self._last_retake = 0.0
+        self._store_down = False
         # An exception in a rebalance callback cannot cross librdkafka (consume would
         # raise a SystemError): kept here and raised by `step` once consume returns.
         self._failure: BaseException | None = None
@@ -90,10 +104,39 @@ class Worker:
 
     # -- life -------------------------------------------------------------------
 
+    def check_replayable(self, count: int, timeout: float = 15.0) -> None:
+        """Refuse (KafkaLogError) a store whose partitions the topic cannot rebuild:
+        a checkpoint older than the topic's oldest offset (retention deleted what
+        its replay needs), or offsets committed past the topic's end (the topic is
+        not the one the store was filled from: recreated, or a broker that lost its
+        log). Partitions the store has nothing of yet are not checked."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        saved = checkpoint_offsets(self.store)
+        for part, (checkpoint, committed) in sorted(saved.items()):
+            if part >= count:
+                continue
+            try:
+                low, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(self.log.topic, part), timeout=timeout
+                )
+            except KafkaException as exc:
+                raise KafkaLogError(f"{self.log}: the brokers do not answer ({exc})") from None
+            refusal = unreplayable(part, checkpoint, committed, int(low), int(high))
+            if refusal is not None:
+                raise KafkaLogError(f"{self.log}: {refusal}")
+
     def stop(self) -> None:
         self._stop.set()
 
     def run(self) -> None:
+        """Until `stop`; then a last fenced commit of every partition, with its
+        checkpoint. With `leave_group` the consumer then leaves the group (its
+        partitions move at once); without, it stays a member until its session
+        times out (the process exits without closing it: `msgtally worker`), as a
+        killed worker's does. Tansu 0.6.0 can keep a member that left named group
+        leader, and the others then wait for an assignment nobody sends; a
+        session that lapses is handled as a crash, everywhere."""
         # Every object made so far (modules, the store's and the driver's) is left
         # out of the collector's passes: each drain makes many short-lived
         # containers, and full passes over the rest cost ~5% of a busy worker.
@@ -107,7 +150,8 @@ class Worker:
                 self.step()
             self._commit_all(checkpoint=True)
         finally:
-            self._consumer.close()  # leaves the group: the partitions move at once
+            if self.leave_group:
+                self._consumer.close()
 
     def step(self, timeout: float = 0.2) -> int:
         """One poll, fed and committed; returns the messages fed."""
@@ -124,7 +168,11 @@ class Worker:
             part = self.parts.get(msg.partition() or 0)
             if part is None:
                 continue  # not ours (any more): its new owner reads it
-            part.feed(_offset(msg), msg.value() or b"", self._scan)
+            try:
+                part.feed(_offset(msg), msg.value() or b"", self._scan)
+            except (SQLAlchemyError, KafkaLogError) as exc:  # a back-fill's scan: the topic
+                self._set_aside(part.part, exc)
+                continue
             fed += 1
         if self._failure is not None:
             failure, self._failure = self._failure, None
@@ -132,6 +180,8 @@ class Worker:
         self._commit_due()
         if time.monotonic() - self._last_announced > ANNOUNCE_EVERY:
             self._adopt_announced()
+        if self._aside and time.monotonic() - self._last_retake > STORE_RETRY_EVERY:
+            self._retake_aside()
         return fed
 
     # -- assignment -------------------------------------------------------------
@@ -139,9 +189,17 @@ class Worker:
     def _assigned(self, consumer: Any, assigned: list[Any]) -> None:
         try:
             for tp in assigned:
-                part = Partition.take(self.store, self.config, tp.partition, self.owner)
+                try:
+                    part = Partition.take(self.store, self.config, tp.partition, self.owner)
+                except SQLAlchemyError as exc:  # read from wherever; sought when taken
+                    self._set_aside(tp.partition, exc)
+                    continue
                 self.parts[tp.partition] = part
                 tp.offset = part.next_offset
+                # Expected before its first message, as the single engine expects the
+                # configured groups before its first tick: each id judged for them
+                # when it is due, not at the next adoption after a backlog.
+                self._adopt(part, read_announced(self.store))
                 log_.info("partition %d taken (epoch %d): from offset %d, %d to replay",
                           part.part, part.epoch, part.next_offset,
                           part.committed - part.next_offset)  # fmt: skip
@@ -151,7 +209,12 @@ class Worker:
 
     def _revoked(self, consumer: Any, revoked: list[Any]) -> None:
         try:
-            parts = [p for tp in revoked if (p := self.parts.pop(tp.partition, None))]
+            parts = []
+            for tp in revoked:
+                self._aside.discard(tp.partition)
+                part = self.parts.pop(tp.partition, None)
+                if part is not None:
+                    parts.append(part)
             try:
                 for part in commit(parts, checkpoint=True):
                     log_.info("partition %d revoked: another worker took it first", part.part)
@@ -165,6 +228,7 @@ class Worker:
     def _lost(self, consumer: Any, lost: list[Any]) -> None:
         try:
             for tp in lost:  # another worker may own it already: commit nothing
+                self._aside.discard(tp.partition)
                 self.parts.pop(tp.partition, None)
             log_.warning("partitions lost (the group went on without this worker): %s; "
                          "nothing more committed on them", _numbers(lost))  # fmt: skip
@@ -176,14 +240,39 @@ class Worker:
         log_.warning("partition %d dropped: %s", part.part, why)
         self.parts.pop(part.part, None)
 
-    def _retake(self, part: Partition) -> None:
-        """After a failed commit: the machine again from the store, the topic again
+    def _set_aside(self, number: int, exc: BaseException) -> None:
+        """The partition's machine is gone (the store or the topic failed it): its
+        messages are skipped until `_retake_aside` takes it again from the store."""
+        self.parts.pop(number, None)
+        self._aside.add(number)
+        if isinstance(exc, KafkaLogError):
+            log_.warning("partition %d set aside, taken again from the store: %s", number,
+                         _first_line(exc))  # fmt: skip
+        elif not self._store_down:
+            self._store_down = True
+            log_.warning("the store failed (%s): partition %d set aside, taken again from "
+                         "the store once it answers", _first_line(exc), number)  # fmt: skip
+
+    def _retake_aside(self) -> None:
+        """Set-aside partitions: the machine again from the store, the topic again
         from the checkpoint's offset."""
         from confluent_kafka import TopicPartition
 
-        fresh = Partition.take(self.store, self.config, part.part, self.owner)
-        self.parts[part.part] = fresh
-        self._consumer.seek(TopicPartition(self.log.topic, part.part, fresh.next_offset))
+        self._last_retake = time.monotonic()
+        for number in sorted(self._aside):
+            try:
+                fresh = Partition.take(self.store, self.config, number, self.owner)
+            except SQLAlchemyError:
+                return  # still away: the next try in STORE_RETRY_EVERY
+            self._aside.discard(number)
+            self.parts[number] = fresh
+            self._consumer.seek(TopicPartition(self.log.topic, number, fresh.next_offset))
+            log_.info("partition %d taken again (epoch %d): from offset %d, %d to replay",
+                      number, fresh.epoch, fresh.next_offset,
+                      fresh.committed - fresh.next_offset)  # fmt: skip
+        if self._store_down:
+            self._store_down = False
+            log_.warning("the store answers again: every partition taken again")
 
     # -- commits ----------------------------------------------------------------
 
@@ -212,12 +301,12 @@ class Worker:
             return
         try:
             fenced = commit(parts, checkpoint=checkpoint)
-        except Exception:
-            log_.exception("partitions %s: commit failed; taken again from the store",
-                           ",".join(str(p.part) for p in parts))  # fmt: skip
+        except Exception as exc:
+            if not isinstance(exc, SQLAlchemyError):
+                log_.exception("partitions %s: commit failed; taken again from the store",
+                               ",".join(str(p.part) for p in parts))  # fmt: skip
             for part in parts:
-                self.parts.pop(part.part, None)
-                self._retake(part)
+                self._set_aside(part.part, exc)
             return
         for part in fenced:
             self._drop(part, f"another worker took it (epoch {part.epoch} is over)")
@@ -226,16 +315,27 @@ class Worker:
         """Groups announced in the store that a live partition's machine does not
         expect yet: back-filled there (each partition owes them its own ids)."""
         self._last_announced = time.monotonic()
-        groups = read_announced(self.store)
+        try:
+            groups = read_announced(self.store)
+        except SQLAlchemyError:
+            return  # the store is away: the next look in ANNOUNCE_EVERY
         if not groups:
             return
         for part in list(self.parts.values()):
-            if part.replaying:
-                continue
-            expected = part.core.expected()
-            new = [(s, g) for s, g in groups if g not in expected.get(s, ())]
-            if new:  # committed with the partition's next commit
+            self._adopt(part, groups)
+
+    def _adopt(self, part: Partition, groups: list[tuple[str, str]]) -> None:
+        """The announced groups this partition's machine does not expect yet,
+        expected (committed with the partition's next commit)."""
+        if part.replaying:
+            return  # after the replay: its figures were made without them
+        expected = part.core.expected()
+        new = [(s, g) for s, g in groups if g not in expected.get(s, ())]
+        if new:
+            try:
                 part.expect(new, self._scan)
+            except (SQLAlchemyError, KafkaLogError) as exc:
+                self._set_aside(part.part, exc)
 
     # -- the topic's history ------------------------------------------------------
 
@@ -267,6 +367,30 @@ class Worker:
                     return
         finally:
             reader.close()
+
+
+def unreplayable(part: int, checkpoint: int, committed: int, low: int, high: int) -> str | None:
+    """Why the topic, holding offsets `low` to `high` of the partition, cannot
+    rebuild the partition whose checkpoint is at `checkpoint` and whose figures
+    are committed up to `committed`; None when it can."""
+    if checkpoint < low:
+        return (
+            f"partition {part}: its checkpoint is at offset {checkpoint} but the topic's "
+            f"oldest offset (low watermark) is {low}: retention deleted messages its "
+            "replay needs. Keep the topic's retention well above --checkpoint-every; "
+            "this store cannot go on from this topic"
+        )
+    if committed > high:
+        return (
+            f"partition {part}: the store has committed up to offset {committed} but the "
+            f"topic ends at offset {high} (high watermark): it is not the topic the store "
+            "was filled from (recreated, or the broker lost its log)"
+        )
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _numbers(tps: list[Any]) -> str:
