@@ -39,3 +39,21 @@ def test_every_row_with_a_latency_carries_it(store: Engine) -> None:
     assert latencies(store, "dead_lettered") == {"dead": 1.5}
     assert latencies(store, "lost") == {"late": 400.0, "lost": None}
     assert latencies(store, "unexpected") == {"ghost": None}
+
+
+def test_an_earlier_delivery_arriving_after_the_verdict_does_not_move_the_latency(
+    store: Engine,
+) -> None:
+    """docs/definitions.md: the latency is observed when the id is judged
+    delivered; an ok delivery with an earlier ts in a later request is a
+    duplicate, and the latency stays the one observed (histograms never go down)."""
+    ingest(store, [produce("s", "m", 0), consume("s", "m", "g", 3.0)])
+    run(store, CONFIG, 5)  # judged delivered at once: latency 3
+    ingest(store, [consume("s", "m", "g", 1.0)])  # another instance's, sent later
+    run(store, CONFIG, 1000)
+    assert latencies(store, "duplicated") == {"m": 3.0}
+    # In one request, the earliest is taken.
+    ingest(store, [produce("s", "n", 0), consume("s", "n", "g", 3.0),
+                   consume("s", "n", "g", 1.0)])  # fmt: skip
+    run(store, CONFIG, 1010)
+    assert latencies(store, "duplicated") == {"m": 3.0, "n": 1.0}

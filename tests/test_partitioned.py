@@ -293,6 +293,51 @@ def test_a_worker_that_lost_its_partition_commits_nothing(
     assert (row.next_offset, row.clock) == (1, 5000.0)
 
 
+def test_a_commit_of_several_partitions_writes_those_still_its_own(
+    broker: Tansu, pg_url: str, opened: list[Engine]
+) -> None:
+    # A worker commits every partition that changed in one transaction: one the
+    # group has moved to another worker is fenced (nothing of it written, the
+    # others' commits go in), and the counters of those moved are added under
+    # the lowest of them (its row is locked by the transaction).
+    store = _open(opened, pg_url)
+    log = new_topic(broker, 3)
+    open_log(store, str(log))
+    parts = [Partition.take(store, CONFIG, p, "old") for p in range(3)]
+    Partition.take(store, CONFIG, 0, "new")  # the group moved partition 0: a new epoch
+    records = [r for request in history(3, 60, 4000.0) for r in batch_of(request).records]
+    bodies = slices(records, None, 3)
+    assert set(bodies) == {0, 1, 2}
+    for part in parts:
+        part.feed(0, encode_message("r", 4100.0, bodies[part.part]), lambda _p, _o: iter(()))
+    assert commit(parts) == [parts[0]]
+    with store.connect() as conn:
+        rows = {r.part: r for r in conn.execute(select(partitions))}
+        produced = dict(conn.execute(
+            select(tallies.c.part, func.sum(tallies.c.produced)).group_by(tallies.c.part)).all())
+    assert (rows[0].next_offset, rows[0].owner) == (0, "new")
+    assert [rows[p].next_offset for p in (1, 2)] == [1, 1]
+    # The same bodies through fresh machines, as a partition feeds them (its
+    # deadlines set, its new groups expected first): what partitions 1 and 2 owe.
+    want = 0
+    for p in (1, 2):
+        c = CONFIG
+        core = _machine.Machine(c.deadline, c.settle, c.remember, c.latency_buckets)
+        for stream, seconds in c.stream_deadlines.items():
+            core.set_deadline(stream, seconds)
+        new, _rejected = core.screen([bodies[p]])
+        for stream in {s for s, _g in new}:
+            groups = [g for s, g in new if s == stream]
+            core.expect_groups(stream, groups)
+            core.backfill_finish(stream, groups)
+        core.apply(bodies[p], 4100.0)
+        core.advance(4100.0, 4100.0)
+        want += sum(counts.get("produced", 0) for _s, _g, counts, *_ in core.drain()[0])
+    assert want > 0
+    assert {p: int(n) for p, n in produced.items()} == {1: want}
+    assert not parts[1].changed and not parts[2].changed
+
+
 @pytest.mark.slow
 def test_windowed_reads_are_the_single_engines(
     broker: Tansu, pg_url: str, tmp_path: Path, opened: list[Engine]
@@ -446,48 +491,3 @@ def test_a_group_seen_on_one_partition_is_owed_every_partitions_ids(
             and partition_of("s1", r.message_id, parts) == 0}  # fmt: skip
     assert solo["produced"] > 2 * len(on_0)  # owed by every partition, not 0's alone
     assert 0 < solo["delivered"] <= len(on_0)
-
-
-def test_a_commit_of_several_partitions_writes_those_still_its_own(
-    broker: Tansu, pg_url: str, opened: list[Engine]
-) -> None:
-    # A worker commits every partition that changed in one transaction: one the
-    # group has moved to another worker is fenced (nothing of it written, the
-    # others' commits go in), and the counters of those moved are added under
-    # the lowest of them (its row is locked by the transaction).
-    store = _open(opened, pg_url)
-    log = new_topic(broker, 3)
-    open_log(store, str(log))
-    parts = [Partition.take(store, CONFIG, p, "old") for p in range(3)]
-    Partition.take(store, CONFIG, 0, "new")  # the group moved partition 0: a new epoch
-    records = [r for request in history(3, 60, 4000.0) for r in batch_of(request).records]
-    bodies = slices(records, None, 3)
-    assert set(bodies) == {0, 1, 2}
-    for part in parts:
-        part.feed(0, encode_message("r", 4100.0, bodies[part.part]), lambda _p, _o: iter(()))
-    assert commit(parts) == [parts[0]]
-    with store.connect() as conn:
-        rows = {r.part: r for r in conn.execute(select(partitions))}
-        produced = dict(conn.execute(
-            select(tallies.c.part, func.sum(tallies.c.produced)).group_by(tallies.c.part)).all())
-    assert (rows[0].next_offset, rows[0].owner) == (0, "new")
-    assert [rows[p].next_offset for p in (1, 2)] == [1, 1]
-    # The same bodies through fresh machines, as a partition feeds them (its
-    # deadlines set, its new groups expected first): what partitions 1 and 2 owe.
-    want = 0
-    for p in (1, 2):
-        c = CONFIG
-        core = _machine.Machine(c.deadline, c.settle, c.remember, c.latency_buckets)
-        for stream, seconds in c.stream_deadlines.items():
-            core.set_deadline(stream, seconds)
-        new, _rejected = core.screen([bodies[p]])
-        for stream in {s for s, _g in new}:
-            groups = [g for s, g in new if s == stream]
-            core.expect_groups(stream, groups)
-            core.backfill_finish(stream, groups)
-        core.apply(bodies[p], 4100.0)
-        core.advance(4100.0, 4100.0)
-        want += sum(counts.get("produced", 0) for _s, _g, counts, *_ in core.drain()[0])
-    assert want > 0
-    assert {p: int(n) for p, n in produced.items()} == {1: want}
-    assert not parts[1].changed and not parts[2].changed

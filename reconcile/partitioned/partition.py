@@ -78,8 +78,8 @@ class Partition:
         self.records = 0  # applied since taken (replays included)
         self.rejected = 0  # messages whose body the machine refused, skipped
         self._changed = False
-        self._held: list[Held] = []  # drained since the last commit, written by the next
         self._announce: list[tuple[str, str]] = []  # back-filled since the last commit
+        self._held: list[Held] = []  # drained since the last commit, written by the next
         self._last_checkpoint = time.monotonic()
 
     # -- taking -----------------------------------------------------------------
@@ -236,28 +236,25 @@ class Partition:
                          f"{self.epoch} is over)")  # fmt: skip
 
     def _drain(self, checkpoint: bool) -> Tick:
-        """What the commit writes: everything held since the last commit (kept
-        until it is in: `_committed`), each drain's pairs at the clock it was
-        judged at, the verdict rows in the order judged."""
+        """What the next commit writes: every drain held since the last, at its clock."""
         self._hold()
-        pairs: list[tuple[float, Sequence[Pair]]] = []
-        rows: list[Any] = []
+        held, self._held = self._held, []
         missing: Counter[Any] = Counter()
         errors: Counter[Any] = Counter()
-        for at, (judged_pairs, judged, declared, failed) in self._held:
-            pairs.append((at, judged_pairs))
-            rows += judged
+        for _at, (_pairs, _judged, declared, failed) in held:
             missing.update(declared)
             errors.update(failed)
         flight = self.core.in_flight()
         # A back-fill is committed with a checkpoint: a replay must not meet it.
         body = self.core.dumps() if checkpoint or self._announce else None
-        return Tick(self, self.next_offset, self.clock, pairs, rows, missing, errors, flight, body,
-                    tuple(self._announce))  # fmt: skip
+        return Tick(
+            self, self.next_offset, self.clock, [(at, d[0]) for at, d in held],
+            [r for _at, d in held for r in d[1]],  # in the order judged: the latest wins
+            missing, errors, flight, body, tuple(self._announce),
+        )  # fmt: skip
 
     def _committed(self, tick: Tick) -> None:
         self.committed = tick.offset
-        self._held = []
         self._changed = False
         self._announce.clear()
         if tick.checkpoint is not None:
@@ -271,7 +268,7 @@ class Tick:
     partition: Partition
     offset: int
     clock: float
-    pairs: Sequence[tuple[float, Sequence[Pair]]]  # at the clock each was judged at
+    pairs: Sequence[tuple[float, Sequence[Pair]]]  # (the clock it was drained at, pairs)
     verdicts: Sequence[Any]
     missing: Mapping[tuple[str, str, str], int]
     errors: Mapping[tuple[str, str, str, str], int]

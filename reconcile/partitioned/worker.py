@@ -14,14 +14,13 @@ took, if that is longer (up to MAX_COMMIT_EVERY): under load, commits take
 at most a fifth of the worker's time, and fewer, fuller ticks cost the store
 less per record (their rows are per pair and latency bin, not per record).
 Each partition's checkpoint goes with its commit every `checkpoint_every`;
-every partition expects the groups another one announced. A partition
-another worker took (fenced) writes nothing and is dropped.
+every partition expects the groups another one announced.
 
 The store or the broker may go away (PostgreSQL restarted, a failover, the
-broker unreachable): the worker does not die. A partition whose commit,
+broker unreachable): the worker does not die. Partitions whose commit,
 look-up or taking fails on the store, or whose back-fill cannot read the
-topic, is set aside, its messages skipped, and taken again from the store
-(its checkpoint, the topic read again from the checkpoint's offset), tried
+topic, are set aside, their messages skipped, and taken again from the store
+(the checkpoint, the topic read again from the checkpoint's offset), tried
 every STORE_RETRY_EVERY seconds. Commits are transactions: a commit lost
 with the store is either in it whole or not at all.
 """
@@ -171,7 +170,7 @@ class Worker:
                 continue  # not ours (any more): its new owner reads it
             try:
                 part.feed(_offset(msg), msg.value() or b"", self._scan)
-            except (SQLAlchemyError, KafkaLogError) as exc:  # a look-up; a back-fill's scan
+            except (SQLAlchemyError, KafkaLogError) as exc:  # a back-fill's scan: the topic
                 self._set_aside(part.part, exc)
                 continue
             fed += 1
@@ -210,9 +209,12 @@ class Worker:
 
     def _revoked(self, consumer: Any, revoked: list[Any]) -> None:
         try:
+            parts = []
             for tp in revoked:
                 self._aside.discard(tp.partition)
-            parts = [p for tp in revoked if (p := self.parts.pop(tp.partition, None))]
+                part = self.parts.pop(tp.partition, None)
+                if part is not None:
+                    parts.append(part)
             try:
                 for part in commit(parts, checkpoint=True):
                     log_.info("partition %d revoked: another worker took it first", part.part)
@@ -302,15 +304,12 @@ class Worker:
             return
         try:
             fenced = commit(parts, checkpoint=checkpoint)
-        except SQLAlchemyError as exc:
+        except Exception as exc:
+            if not isinstance(exc, SQLAlchemyError):
+                log_.exception("partitions %s: commit failed; taken again from the store",
+                               ",".join(str(p.part) for p in parts))  # fmt: skip
             for part in parts:
                 self._set_aside(part.part, exc)
-            return
-        except Exception:
-            log_.exception("partitions %s: commit failed; taken again from the store",
-                           ",".join(str(p.part) for p in parts))  # fmt: skip
-            for part in parts:
-                self._set_aside(part.part, RuntimeError("commit failed"))
             return
         for part in fenced:
             self._drop(part, f"another worker took it (epoch {part.epoch} is over)")
@@ -329,12 +328,13 @@ class Worker:
             self._adopt(part, groups)
 
     def _adopt(self, part: Partition, groups: list[tuple[str, str]]) -> None:
-        """The announced groups this partition's machine does not expect yet, expected."""
+        """The announced groups this partition's machine does not expect yet,
+        expected (committed with the partition's next commit)."""
         if part.replaying:
             return  # after the replay: its figures were made without them
         expected = part.core.expected()
         new = [(s, g) for s, g in groups if g not in expected.get(s, ())]
-        if new:  # committed with the partition's next commit
+        if new:
             try:
                 part.expect(new, self._scan)
             except (SQLAlchemyError, KafkaLogError) as exc:
