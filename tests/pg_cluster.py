@@ -1,6 +1,7 @@
 """A private PostgreSQL cluster for a test that restarts its store: `initdb`
-and `pg_ctl` (on PATH) run as the `postgres` user in a directory of its own,
-on a free port, stopped at the end. The shared server on 5432 is never
+and `pg_ctl` (on PATH, else Debian's /usr/lib/postgresql/<version>/bin) run
+as the `postgres` user in a directory of its own, on a free port, stopped at
+the end. The shared server on 5432 is never
 touched (other tests use it)."""
 
 from __future__ import annotations
@@ -18,7 +19,19 @@ from msgtally.server import free_port
 USER = "postgres"
 
 
+def _program(name: str) -> str:
+    """`name` on PATH, else from the newest of Debian's server packages (whose
+    programs are not on PATH)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    versions = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"),
+                      key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)  # fmt: skip
+    return str(versions[-1]) if versions else name
+
+
 def _as_postgres(*command: str) -> subprocess.CompletedProcess[str]:
+    command = (_program(command[0]), *command[1:])
     if os.geteuid() == 0:
         command = ("runuser", "-u", USER, "--", *command)
     return subprocess.run(command, check=True, capture_output=True, text=True, timeout=120)
