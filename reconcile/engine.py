@@ -64,7 +64,9 @@ from . import quarantine
 from .config import ReconcileConfig
 from .lease import Lease
 from .outputs import (
+    dump_loaded,
     load_verdicts,
+    parse_loaded,
     write_errors,
     write_in_flight,
     write_meta,
@@ -306,7 +308,7 @@ class Reconciler:
             ).scalar_one_or_none()
             if loaded is None:
                 return load_verdicts(conn, keys)
-        return [tuple(r) for r in json.loads(loaded)]
+        return parse_loaded(loaded)
 
     def _replay_backfill(
         self, number: int, stream: str, groups: Sequence[str], held_after: int
@@ -427,7 +429,7 @@ class Reconciler:
                 )
                 if loaded is not None:  # for a replay: the store's rows will have moved on
                     conn.execute(
-                        tick_loads.insert().values(tick=self.tick_no, rows=json.dumps(loaded))
+                        tick_loads.insert().values(tick=self.tick_no, rows=dump_loaded(loaded))
                     )
             write_meta(
                 conn,

@@ -11,6 +11,7 @@ is replaced whole. All of it in the tick's transaction.
 from __future__ import annotations
 
 import functools
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -319,3 +320,14 @@ def load_verdicts(conn: Connection, keys: Sequence[tuple[str, str]]) -> list[tup
         )
         out += [tuple(row) for row in conn.execute(query)]
     return out
+
+
+def dump_loaded(rows: Sequence[Sequence[Any]]) -> str:
+    """Verdict rows loaded back (load_verdicts), as `tick_loads` and
+    `partition_loads` keep them for a replay."""
+    return json.dumps([list(r) for r in rows])
+
+
+def parse_loaded(text: str) -> list[tuple[Any, ...]]:
+    """The rows `dump_loaded` kept, for Engine.install."""
+    return [tuple(r) for r in json.loads(text)]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from sqlalchemy import Engine
 
 from msgtally.ingest.intake import logbody
@@ -65,14 +64,6 @@ def _run(store: Engine, taken_over: bool) -> dict[str, Any]:
     return snapshot(store)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="a replayed message loads a forgotten id's verdict rows from the store as "
-    "later commits left them (here g2's delivery), so the expected group g9 gets the "
-    "plain delivery instead of m lost; the single engine records the rows each tick "
-    "loaded (tick_loads), a partition does not yet",
-)
 def test_a_replayed_message_loads_a_forgotten_id_as_it_was_then(store: Engine) -> None:
     uninterrupted = _run(store, taken_over=False)
     assert uninterrupted["lost"] == {("s", "g9"): {"m"}}

@@ -81,6 +81,20 @@ tick_loads = Table(
     Column("rows", Text, nullable=False),
 )
 
+# The same for the Kafka log's partitions (msgtally worker): the verdict rows
+# the message at `offset` of partition `part` loaded back, committed with it.
+# A worker that takes the partition over and replays the message installs
+# these. Dropped once a checkpoint of the partition passes the offset (no
+# replay starts before it).
+partition_loads = Table(
+    "partition_loads",
+    metadata,
+    Column("part", Integer, nullable=False),
+    Column("offset", BigInteger, nullable=False),
+    Column("rows", Text, nullable=False),
+    PrimaryKeyConstraint("part", "offset"),
+)
+
 # What else changed the engine's state, numbered with the ticks: the
 # configuration an engine started with ("configure") and groups back-filled
 # ("expect"), detail as JSON. With the ticks, the history a rebuild replays.

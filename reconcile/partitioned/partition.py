@@ -6,7 +6,9 @@ checkpoint, and the topic is read again from the checkpoint's offset.
 Messages below the committed offset are replayed (their figures are in the
 store already: nothing is written); from the committed offset on, a
 `commit` writes what changed (tally, histogram and sketch deltas, per-minute
-and per-hour rows, verdict rows, records missing, the in-flight snapshot)
+and per-hour rows, verdict rows, records missing, the in-flight snapshot, and
+the verdict rows each message loaded back for ids the machine had forgotten,
+which a replay of that message installs: the store's may be later ones by then)
 together with the new offset, for any number of a worker's partitions in one
 transaction that first moves each partition's row `WHERE epoch = <ours>`:
 once another worker has taken a partition, that matches nothing, and
@@ -30,11 +32,17 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, and_, delete, or_, select, update
 
 from msgtally.store.db import upsert, write_tx
 from msgtally.store.kafka_log import KafkaLogError, decode_message
-from msgtally.store.tables import MINUTE, announced_groups, partition_checkpoints, partitions
+from msgtally.store.tables import (
+    MINUTE,
+    announced_groups,
+    partition_checkpoints,
+    partition_loads,
+    partitions,
+)
 
 from .. import _machine
 from ..config import ReconcileConfig
@@ -43,7 +51,9 @@ from ..outputs import (
     Pair,
     add_pairs,
     array_literal,
+    dump_loaded,
     load_verdicts,
+    parse_loaded,
     replace_in_flight,
     write_errors,
     write_missing,
@@ -80,6 +90,9 @@ class Partition:
         self._changed = False
         self._announce: list[tuple[str, str]] = []  # back-filled since the last commit
         self._held: list[Held] = []  # drained since the last commit, written by the next
+        # Verdict rows loaded back since the last commit, by the offset that loaded
+        # them: the next commit records them for a replay (partition_loads).
+        self._loads: list[tuple[int, list[tuple[Any, ...]]]] = []
         self._last_checkpoint = time.monotonic()
 
     # -- taking -----------------------------------------------------------------
@@ -155,8 +168,8 @@ class Partition:
                     self.expect(new, scan)
                 self.records += self.core.apply(message.body, message.received_at)
                 keys = self.core.deferred_keys()
-                if keys:  # ids forgotten since: their verdict rows, from the store
-                    self.core.install(self._verdicts(keys))
+                if keys:  # ids forgotten since: their verdict rows, as they were then
+                    self.core.install(self._verdicts(offset, keys))
                     self.core.apply_deferred()
         self.core.advance(self.clock, self.clock)
         self._moved(offset)
@@ -169,16 +182,31 @@ class Partition:
         if not self.replaying:  # a replay's figures are in the store already
             self._held.append((self.clock, self.core.drain()))
 
-    def _verdicts(self, keys: Sequence[tuple[str, str]]) -> list[tuple[Any, ...]]:
-        """The verdict rows of these forgotten ids: the store's, then those judged
-        since the last commit (not in the store yet), the latest of each."""
+    def _verdicts(self, offset: int, keys: Sequence[tuple[str, str]]) -> list[tuple[Any, ...]]:
+        """The verdict rows of these forgotten ids, which the message at `offset`
+        names: in a replay, those the message loaded when it was first applied
+        (the store's rows may be later ones since); else the store's, then those
+        judged since the last commit (not in the store yet), the latest of each,
+        recorded for the next commit."""
         with self.store.connect() as conn:
+            if offset < self.committed:
+                loaded = conn.execute(
+                    select(partition_loads.c.rows).where(
+                        partition_loads.c.part == self.part, partition_loads.c.offset == offset
+                    )
+                ).scalar_one_or_none()
+                if loaded is not None:
+                    return parse_loaded(loaded)
+                # Committed by an earlier version, without them: the store's.
             rows = {(r[0], r[1], r[2]): r for r in load_verdicts(conn, keys)}
         self._hold()
         wanted = set(keys)
         for _at, (_pairs, judged, _missing, _errors) in self._held:
             rows.update({(r[0], r[1], r[2]): tuple(r) for r in judged if (r[0], r[1]) in wanted})
-        return list(rows.values())
+        installed = list(rows.values())
+        if offset >= self.committed:
+            self._loads.append((offset, installed))
+        return installed
 
     def _moved(self, offset: int) -> None:
         self.next_offset = offset + 1
@@ -239,6 +267,7 @@ class Partition:
         """What the next commit writes: every drain held since the last, at its clock."""
         self._hold()
         held, self._held = self._held, []
+        loads, self._loads = self._loads, []
         missing: Counter[Any] = Counter()
         errors: Counter[Any] = Counter()
         for _at, (_pairs, _judged, declared, failed) in held:
@@ -250,7 +279,7 @@ class Partition:
         return Tick(
             self, self.next_offset, self.clock, [(at, d[0]) for at, d in held],
             [r for _at, d in held for r in d[1]],  # in the order judged: the latest wins
-            missing, errors, flight, body, tuple(self._announce),
+            missing, errors, flight, body, tuple(self._announce), loads,
         )  # fmt: skip
 
     def _committed(self, tick: Tick) -> None:
@@ -275,6 +304,7 @@ class Tick:
     flight: InFlight
     checkpoint: bytes | None
     announce: tuple[tuple[str, str], ...]  # groups back-filled since the last commit
+    loads: Sequence[tuple[int, Sequence[Any]]]  # (offset, verdict rows it loaded back)
 
     @property
     def part(self) -> int:
@@ -316,6 +346,7 @@ def commit(
             groups = {g for t in ours for g in t.announce}
             if groups:
                 _announce(conn, sorted(groups))
+            _save_loads(conn, ours)
             _save_checkpoints(conn, [t for t in ours if t.checkpoint is not None])
     for t in ours:
         t.partition._committed(t)
@@ -348,6 +379,23 @@ def _move(conn: Connection, ticks: Sequence[Tick]) -> set[int]:
 def _announce(conn: Connection, groups: Sequence[tuple[str, str]]) -> None:
     stmt = upsert(conn, announced_groups).on_conflict_do_nothing(index_elements=["stream", "grp"])
     conn.execute(stmt, [{"stream": s, "grp": g} for s, g in groups])
+
+
+def _save_loads(conn: Connection, ticks: Sequence[Tick]) -> None:
+    """Record the verdict rows each message committed loaded back, for a replay of
+    it; a checkpoint at the tick's offset leaves no message before it to replay:
+    its partition's records go instead."""
+    past = [t for t in ticks if t.checkpoint is not None]
+    if past:
+        pl = partition_loads
+        conn.execute(
+            delete(pl).where(or_(*(and_(pl.c.part == t.part, pl.c.offset < t.offset)
+                                   for t in past)))
+        )  # fmt: skip
+    rows = [{"part": t.part, "offset": offset, "rows": dump_loaded(loaded)}
+            for t in ticks if t.checkpoint is None for offset, loaded in t.loads]  # fmt: skip
+    if rows:
+        conn.execute(partition_loads.insert(), rows)
 
 
 def _save_checkpoints(conn: Connection, ticks: Sequence[Tick]) -> None:
