@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from msgtally.ingest.intake import logbody
 from msgtally.ingest.intake.schema import parse_batch
@@ -16,7 +16,7 @@ from msgtally.reconcile.config import ReconcileConfig
 from msgtally.reconcile.partitioned.partition import Partition
 from msgtally.store.db import write_tx
 from msgtally.store.kafka_log import encode_message, heartbeat
-from msgtally.store.tables import partitions
+from msgtally.store.tables import partition_loads, partitions
 from tests.harness import T, consume, produce, wipe
 from tests.test_engine import snapshot
 
@@ -42,7 +42,8 @@ def _scan(_part: int, before: int) -> Any:
     return (raw for offset, raw in enumerate(MESSAGES) if offset < before)
 
 
-def _run(store: Engine, taken_over: bool) -> dict[str, Any]:
+def _first(store: Engine) -> Partition:
+    """Partition 0 fresh, checkpointed after MESSAGES[:2], MESSAGES[2] committed past it."""
     wipe(store)
     with write_tx(store) as conn:
         conn.execute(
@@ -55,6 +56,17 @@ def _run(store: Engine, taken_over: bool) -> dict[str, Any]:
     part.commit(checkpoint=True)
     part.feed(2, MESSAGES[2], _scan)
     part.commit()  # past the checkpoint: a new owner replays it
+    return part
+
+
+def _loads(store: Engine) -> list[tuple[int, int]]:
+    with store.connect() as conn:
+        pl = partition_loads
+        return [(p, o) for p, o in conn.execute(select(pl.c.part, pl.c.offset))]
+
+
+def _run(store: Engine, taken_over: bool) -> dict[str, Any]:
+    part = _first(store)
     if taken_over:
         part = Partition.take(store, CONFIG, 0, "second")
         assert part.replaying and part.next_offset == 2
@@ -68,3 +80,13 @@ def test_a_replayed_message_loads_a_forgotten_id_as_it_was_then(store: Engine) -
     uninterrupted = _run(store, taken_over=False)
     assert uninterrupted["lost"] == {("s", "g9"): {"m"}}
     assert _run(store, taken_over=True) == uninterrupted
+
+
+def test_the_rows_a_message_loaded_go_once_a_checkpoint_passes_it(store: Engine) -> None:
+    part = _first(store)
+    assert _loads(store) == [(0, 2)]  # m's row, loaded back by MESSAGES[2]
+    part.feed(3, MESSAGES[3], _scan)
+    part.commit()
+    assert _loads(store) == [(0, 2)]  # a replay from the checkpoint still meets it
+    part.commit(checkpoint=True)
+    assert _loads(store) == []
