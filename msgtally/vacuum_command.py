@@ -34,8 +34,9 @@ DESCRIPTION = (
     "and --spec (or its --config). Refused while a collector's engine holds the store: it "
     "prunes the same way by itself."
 )
-# The tables pruning deletes from: vacuumed on PostgreSQL.
-PRUNED = ("log", "ticks", "tick_loads", "engine_events", "verdicts")
+# The tables pruning deletes from (partition_loads: a Kafka worker's checkpoints
+# do): vacuumed on PostgreSQL.
+PRUNED = ("log", "ticks", "tick_loads", "partition_loads", "engine_events", "verdicts")
 
 
 def register(
