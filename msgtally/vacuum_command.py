@@ -35,7 +35,7 @@ DESCRIPTION = (
     "prunes the same way by itself."
 )
 # The tables pruning deletes from: vacuumed on PostgreSQL.
-PRUNED = ("log", "ticks", "engine_events", "verdicts")
+PRUNED = ("log", "ticks", "tick_loads", "engine_events", "verdicts")
 
 
 def register(

@@ -48,6 +48,7 @@ from msgtally.store.tables import (
     engine_events,
     log,
     log_pending,
+    tick_loads,
     ticks,
 )
 from msgtally.store.tables import quarantine as quarantined
@@ -101,6 +102,10 @@ class TickResult:
 
 
 NOTHING = TickResult(0, 0, 0)
+
+
+# Verdict rows of forgotten (stream, message id) keys, for Machine.install.
+Loader = Callable[[Sequence[tuple[str, str]]], list[tuple[Any, ...]]]
 
 
 @dataclass(frozen=True)
@@ -288,8 +293,20 @@ class Reconciler:
             with self.store.connect() as conn:
                 held_after = pruned_tick(conn)
             self._replay_backfill(int(row.tick), stream, groups, held_after)
-        self._fold(batch, row.now, row.watermark)
+        self._fold(batch, row.now, row.watermark, lambda keys: self._loaded_by(int(row.tick), keys))
         self.core.drain()  # written by the engine that ran the tick
+
+    def _loaded_by(self, tick: int, keys: Sequence[tuple[str, str]]) -> list[tuple[Any, ...]]:
+        """The verdict rows tick `tick` loaded when it ran: the store's rows now may
+        be later ones (that tick's own, or a later tick's). A tick recorded by an
+        earlier version, without them: the store's."""
+        with self.store.connect() as conn:
+            loaded = conn.execute(
+                select(tick_loads.c.rows).where(tick_loads.c.tick == tick)
+            ).scalar_one_or_none()
+            if loaded is None:
+                return load_verdicts(conn, keys)
+        return [tuple(r) for r in json.loads(loaded)]
 
     def _replay_backfill(
         self, number: int, stream: str, groups: Sequence[str], held_after: int
@@ -346,7 +363,7 @@ class Reconciler:
                 batch = _read_log(conn, rows[i : i + 500])
             for stream, groups in _by_stream(self.core.new_groups([r.body for r in batch])).items():
                 self.core.expect_groups(stream, groups)
-            self._fold(batch, now, watermark)
+            self._fold(batch, now, watermark, self._load)
             self.core.drain()
         return len(rows)
 
@@ -376,7 +393,7 @@ class Reconciler:
         for stream, groups in _by_stream(new).items():
             self._backfill(stream, groups, now)
         before = self.core.stats()
-        self._fold(batch, now, watermark)
+        loaded = self._fold(batch, now, watermark, self._load)
         pairs, rows, missing, errors = self.core.drain()
         flight = self.core.in_flight()
         stats = self.core.stats()
@@ -408,6 +425,10 @@ class Reconciler:
                         watermark=watermark,
                     )
                 )
+                if loaded is not None:  # for a replay: the store's rows will have moved on
+                    conn.execute(
+                        tick_loads.insert().values(tick=self.tick_no, rows=json.dumps(loaded))
+                    )
             write_meta(
                 conn,
                 {
@@ -426,16 +447,26 @@ class Reconciler:
             self.checkpoint()
         return TickResult(len(batch), sum(t[2] for t in taken), stats["judged"] - before["judged"])
 
-    def _fold(self, batch: Sequence[_Row], now: float, watermark: float) -> None:
-        """Apply the batch, loading the forgotten ids it names; judge what is due."""
+    def _fold(
+        self, batch: Sequence[_Row], now: float, watermark: float, load: Loader
+    ) -> list[tuple[Any, ...]] | None:
+        """Apply the batch, loading the forgotten ids it names (their verdict rows
+        from `load`); judge what is due. The rows loaded (None: no id was forgotten)."""
         for row in batch:
             self.core.apply(row.body, row.received_at)
         keys = self.core.deferred_keys()
+        loaded = None
         if keys:
-            with self.store.connect() as conn:
-                self.core.install(load_verdicts(conn, keys))
+            loaded = load(keys)
+            self.core.install(loaded)
             self.core.apply_deferred()
         self.core.advance(now, watermark)
+        return loaded
+
+    def _load(self, keys: Sequence[tuple[str, str]]) -> list[tuple[Any, ...]]:
+        """The store's verdict rows of these forgotten ids, as of now."""
+        with self.store.connect() as conn:
+            return load_verdicts(conn, keys)
 
     def catch_up(
         self, now: float, *, final: bool = True, on_tick: Callable[[TickResult], None] | None = None

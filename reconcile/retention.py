@@ -34,6 +34,7 @@ from msgtally.store.tables import (
     engine_events,
     log,
     meta,
+    tick_loads,
     ticks,
     verdicts,
 )
@@ -159,6 +160,7 @@ def _log_chunk(conn: Connection, cutoff: float) -> tuple[int, int, bool]:
     for i in range(0, len(chosen), 500):
         conn.execute(delete(log).where(log.c.id.in_(chosen[i : i + 500])))
     gone = conn.execute(delete(ticks).where(ticks.c.tick <= last_tick)).rowcount
+    conn.execute(delete(tick_loads).where(tick_loads.c.tick <= last_tick))
     conn.execute(delete(engine_events).where(engine_events.c.tick <= last_tick))
     before = _facts(conn, PRUNED_ID, PRUNED_RECEIVED)
     facts = {

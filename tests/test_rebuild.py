@@ -155,3 +155,38 @@ def test_the_collector_starts_on_a_damaged_checkpoint_and_says_why(
     with store.connect() as conn:
         rows = conn.execute(select(checkpoint_rejected)).all()
     assert rows and all(REASONS[how] in r.reason for r in rows)
+
+
+def _found_again(store: Engine, config: ReconcileConfig, stop: str | None) -> dict[str, Any]:
+    """m is consumed by g1 and never produced, judged unexpected and forgotten; then
+    consumed by g2 and produced in one tick, which loads m's verdict row back from
+    the store and writes g2's delivery over it. `stop`: how the engine stops after
+    that tick (None: it does not), the next one replaying it."""
+    engine = Reconciler(store, config, checkpoint_every=1e9).open()
+    ingest(store, [consume("s", "m", "g1", 1)], received_at=T + 1)
+    engine.tick(T + 1)
+    engine.tick(T + 401)  # m unexpected for g1, forgotten (remember=0)
+    ingest(store, [consume("s", "m", "g2", 801), produce("s", "m", 801)], received_at=T + 801)
+    engine.tick(T + 801)
+    if stop is not None:
+        engine.close(checkpoint=stop == "damaged")
+        if stop == "damaged":
+            damage(store, "truncated")
+        engine = Reconciler(store, config, checkpoint_every=1e9).open()
+    engine.tick(T + 3000, final=True)
+    engine.close()
+    return snapshot(store)
+
+
+@pytest.mark.parametrize("stop", ["damaged", "crashed"])
+def test_a_replayed_tick_loads_a_forgotten_id_as_it_was_then(store: Engine, stop: str) -> None:
+    """A replayed tick that finds a forgotten id again gets its verdict rows as
+    they were when the tick ran, not as that tick and later ones rewrote them:
+    with g2's delivery loaded early, the expected group g9 would have had "the
+    plain delivery" instead of m lost. Every checkpoint damaged (the whole log
+    replayed), or a crash (the tick replayed after the back-fill's checkpoint)."""
+    config = ReconcileConfig(remember=0, expected_groups={"s": ("g9",)})
+    uninterrupted = _found_again(store, config, None)
+    assert uninterrupted["lost"] == {("s", "g9"): {"m"}}
+    wipe(store)
+    assert _found_again(store, config, stop) == uninterrupted

@@ -32,7 +32,15 @@ from msgtally.reconcile.engine import Reconciler
 from msgtally.reconcile.history import Retention
 from msgtally.store.db import open_store
 from msgtally.store.held import log_held_since
-from msgtally.store.tables import checkpoint, log, log_pending, metadata, ticks, verdicts
+from msgtally.store.tables import (
+    checkpoint,
+    log,
+    log_pending,
+    metadata,
+    tick_loads,
+    ticks,
+    verdicts,
+)
 from tests.conftest import LiveCollector
 from tests.harness import T, assert_discrepancies, assert_figures, consume, figures, ingest, produce
 from tests.test_engine import snapshot
@@ -43,7 +51,7 @@ from tests.test_engine import snapshot
 CONFIG = ReconcileConfig(deadline=30, settle=1, remember=0, expected_groups={"s": ("g",)})
 NEVER = 1e12
 # What pruning may change; every other table must stay as it was.
-PRUNED_TABLES = {"log", "ticks", "engine_events", "meta", "verdicts"}
+PRUNED_TABLES = {"log", "ticks", "tick_loads", "engine_events", "meta", "verdicts"}
 
 
 def keep(log_window: float = NEVER, verdicts: float = NEVER) -> Retention:
@@ -149,6 +157,23 @@ def test_pruning_takes_exactly_the_applied_rows_past_every_checkpoint_and_the_wi
         assert log_held_since(conn) == T + 600
         assert retention.position(conn) == retention.Position(tick_of[5], max(gone), T + 500)
     assert snapshot(store) == before and others(store) == kept
+
+
+def test_the_verdict_rows_a_tick_loaded_go_with_it(store: Engine, engine: Reconciler) -> None:
+    apply(store, engine, 1)
+    engine.tick(T + 140)  # b1-2 judged lost and forgotten
+    ingest(store, [consume("s", "b1-2", "g", 150)], received_at=T + 150)
+    engine.tick(T + 150)  # late: its verdict row loaded back, and recorded with the tick
+    late = engine.tick_no
+    for i in (3, 4, 5):  # every checkpoint kept after it: the log may go
+        apply(store, engine, i)
+        engine.checkpoint()
+    with store.connect() as conn:
+        assert conn.execute(select(tick_loads.c.tick)).scalars().all() == [late]
+    retention.prune(store, T + 1000, keep(50))
+    assert position(store)[0] >= late
+    with store.connect() as conn:
+        assert conn.execute(select(tick_loads.c.tick)).scalars().all() == []
 
 
 def test_a_backfill_pins_what_it_scanned_and_a_fallback_replays_after_pruning(

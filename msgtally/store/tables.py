@@ -69,6 +69,18 @@ ticks = Table(
     Column("watermark", Double, nullable=False),
 )
 
+# The verdict rows a tick loaded back from `verdicts` for ids it had forgotten,
+# as they were then (JSON, a list of rows in the order of
+# reconcile/outputs.py VERDICT_COLUMNS): a replay of the tick installs these,
+# not the rows the tick itself and later ones have written over them since.
+# Only ticks that loaded any; pruned with their tick.
+tick_loads = Table(
+    "tick_loads",
+    metadata,
+    Column("tick", BigInteger, primary_key=True, autoincrement=False),
+    Column("rows", Text, nullable=False),
+)
+
 # What else changed the engine's state, numbered with the ticks: the
 # configuration an engine started with ("configure") and groups back-filled
 # ("expect"), detail as JSON. With the ticks, the history a rebuild replays.
