@@ -16,14 +16,20 @@ from sqlalchemy import Engine, func, select
 from msgtally.ingest.intake.schema import Batch, parse_batch
 from msgtally.ingest.intake.writer import write_batch
 from msgtally.ingest.shim.wire import record_to_json
-from msgtally.oracle import ID_KINDS, Record
+from msgtally.oracle import ID_KINDS, Record, oracle
 from msgtally.reconcile.config import ReconcileConfig
 from msgtally.reconcile.engine import reconcile
 from msgtally.reconcile.partitioned.worker import Worker
 from msgtally.store.db import open_store
 from msgtally.store.kafka_log import KafkaLog, create_topic
 from msgtally.store.tables import latency_buckets, partitions
-from tests.harness import discrepancy_ids, figures, missing
+from tests.harness import (
+    assert_discrepancies,
+    assert_figures,
+    discrepancy_ids,
+    figures,
+    missing,
+)
 from tests.kafka_broker import Tansu
 
 CONFIG = ReconcileConfig(
@@ -91,6 +97,23 @@ def single_engine(store: Engine, requests: Sequence[Sequence[Record]], now: floa
     for i, request in enumerate(requests):
         write_batch(store, batch_of(request), received_at=1000.0 + i)
     reconcile(store, CONFIG, now)
+
+
+def assert_exact(store: Engine, requests: Sequence[Sequence[Record]], final: float,
+                 single_url: str) -> None:  # fmt: skip
+    """Every figure of the store is the oracle's and the single engine's (run on
+    the same requests in a store at `single_url`)."""
+    single = open_store(single_url)
+    try:
+        single_engine(single, requests, final)
+        sent = [r for request in requests for r in request]
+        want = oracle(sent, deadline=CONFIG.deadline, stream_deadlines=CONFIG.stream_deadlines,
+                      expected_groups=CONFIG.expected_groups)  # fmt: skip
+        assert_figures(figures(store), want)
+        assert_discrepancies(store, want)
+        assert_same(store, single)
+    finally:
+        single.dispose()
 
 
 def new_topic(broker: Tansu, partitions: int) -> KafkaLog:

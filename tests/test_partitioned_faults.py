@@ -39,13 +39,12 @@ from sqlalchemy import Engine, insert, text
 from msgtally.ingest.intake.kafka_log import KafkaWriter
 from msgtally.ingest.shim.announce import RetryConfig
 from msgtally.ingest.shim.shipper import Shipper
-from msgtally.oracle import Record, oracle
+from msgtally.oracle import Record
 from msgtally.reconcile.partitioned.worker import unreplayable
 from msgtally.store.db import open_store
 from msgtally.store.kafka_log import KafkaLog, create_topic, open_log
 from msgtally.store.tables import retry_configs
 from tests.failover_proxy import FailoverProxy
-from tests.harness import assert_discrepancies, assert_figures, figures
 from tests.kafka_broker import Tansu, started_broker
 from tests.partitioned_procs import (
     SESSION_TIMEOUT,
@@ -58,16 +57,14 @@ from tests.partitioned_procs import (
     wait_for,
 )
 from tests.partitioned_support import (
-    CONFIG,
     WorkerThread,
-    assert_same,
+    assert_exact,
     batch_of,
     committed,
     high_watermarks,
     history,
     new_topic,
     read_topic,
-    single_engine,
 )
 from tests.partitioned_support import wait_applied as _wait_applied
 from tests.pg_cluster import PrivateCluster, private_cluster
@@ -112,18 +109,7 @@ def _topic(broker: Tansu, store: Engine) -> KafkaLog:
 
 def _check(store: Engine, requests: Sequence[Sequence[Record]], final: float,
            tmp_path: Path) -> None:  # fmt: skip
-    """Every figure of the store is the single engine's and the oracle's."""
-    single = open_store(f"sqlite:///{tmp_path / 'single.db'}")
-    try:
-        single_engine(single, requests, final)
-        sent = [r for request in requests for r in request]
-        want = oracle(sent, deadline=CONFIG.deadline, stream_deadlines=CONFIG.stream_deadlines,
-                      expected_groups=CONFIG.expected_groups)  # fmt: skip
-        assert_figures(figures(store), want)
-        assert_discrepancies(store, want)
-        assert_same(store, single)
-    finally:
-        single.dispose()
+    assert_exact(store, requests, final, f"sqlite:///{tmp_path / 'single.db'}")
 
 
 def _settled(store: Engine, log: KafkaLog, workers: Sequence[WorkerProcess]) -> None:
