@@ -190,22 +190,28 @@ class Worker:
         try:
             for tp in assigned:
                 try:
-                    part = Partition.take(self.store, self.config, tp.partition, self.owner)
+                    part = self._take(tp.partition, "taken")
                 except SQLAlchemyError as exc:  # read from wherever; sought when taken
                     self._set_aside(tp.partition, exc)
                     continue
-                self.parts[tp.partition] = part
                 tp.offset = part.next_offset
-                # Expected before its first message, as the single engine expects the
-                # configured groups before its first tick: each id judged for them
-                # when it is due, not at the next adoption after a backlog.
-                self._adopt(part, read_announced(self.store))
-                log_.info("partition %d taken (epoch %d): from offset %d, %d to replay",
-                          part.part, part.epoch, part.next_offset,
-                          part.committed - part.next_offset)  # fmt: skip
             consumer.assign(assigned)
         except BaseException as exc:
             self._failure = exc
+
+    def _take(self, number: int, how: str) -> Partition:
+        """Partition.take, the machine then this worker's: the groups announced so
+        far expected before its first message, as the single engine expects the
+        configured groups before its first tick (each id judged for them when it
+        is due, not at the next adoption after a backlog). Raises SQLAlchemyError
+        (nothing taken) when the store fails."""
+        part = Partition.take(self.store, self.config, number, self.owner)
+        groups = read_announced(self.store)
+        self.parts[number] = part
+        self._adopt(part, groups)
+        log_.info("partition %d %s (epoch %d): from offset %d, %d to replay", number, how,
+                  part.epoch, part.next_offset, part.committed - part.next_offset)  # fmt: skip
+        return part
 
     def _revoked(self, consumer: Any, revoked: list[Any]) -> None:
         try:
@@ -261,15 +267,13 @@ class Worker:
         self._last_retake = time.monotonic()
         for number in sorted(self._aside):
             try:
-                fresh = Partition.take(self.store, self.config, number, self.owner)
+                fresh = self._take(number, "taken again")
             except SQLAlchemyError:
                 return  # still away: the next try in STORE_RETRY_EVERY
+            if number not in self.parts:
+                continue  # set aside again (its back-fill could not read the topic)
             self._aside.discard(number)
-            self.parts[number] = fresh
             self._consumer.seek(TopicPartition(self.log.topic, number, fresh.next_offset))
-            log_.info("partition %d taken again (epoch %d): from offset %d, %d to replay",
-                      number, fresh.epoch, fresh.next_offset,
-                      fresh.committed - fresh.next_offset)  # fmt: skip
         if self._store_down:
             self._store_down = False
             log_.warning("the store answers again: every partition taken again")
