@@ -71,9 +71,9 @@ def _add(conn: Connection, table: Any, key: Sequence[str], columns: Columns,
         return
     names = list(columns)
     rows = [dict(zip(names, r, strict=True)) for r in zip(*columns.values(), strict=True)]
+    values = [n for n in names if n not in key and n not in _AT]
     for i, to in enumerate((table, *timelines)):
         stmt = upsert(conn, to)
-        values = [n for n in names if n not in key and n not in _AT]
         stmt = stmt.on_conflict_do_update(
             index_elements=[*key, *(["at"] if i else [])],
             set_={n: to.c[n] + stmt.excluded[n] for n in values},
