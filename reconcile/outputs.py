@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -156,12 +157,14 @@ def write_pairs(
 def add_pairs(conn: Connection, ticks: Sequence[PairsOf], buckets: Sequence[float]) -> None:
     """`write_pairs` for the ticks of several partitions at once: the deltas of one
     key (a partition given for several ticks) summed here, the rows built as
-    columns, one statement per table family."""
+    columns, one statement per table family. Summed per (stream, group, part)
+    first, then per bucket or bin: a busy worker's commit adds up hundreds of
+    thousands of bins, and a Python step per bin is its cost."""
     labels = [bucket_label(b) for b in (*buckets, math.inf)]
     field = {name: i for i, name in enumerate(TALLY_FIELDS)}
     counts_of: dict[tuple[Any, ...], list[Any]] = {}  # (stream, grp, part, *ats): counts
-    hists: dict[tuple[Any, ...], int] = {}  # (stream, grp, part, *ats, le): count
-    bins_of: dict[tuple[Any, ...], int] = {}  # (stream, grp, part, bin): count
+    hists: dict[tuple[Any, ...], list[int]] = {}  # (stream, grp, part, *ats): per bucket
+    bins_of: dict[tuple[Any, ...], dict[int, int]] = {}  # (stream, grp, part): per bin
     for part, now, pairs in ticks:
         ats = [int(now // step) * step for _counts, _buckets, step in TIMELINES]
         for stream, group, counts, latency_sum, hist, bins in pairs:
@@ -169,24 +172,25 @@ def add_pairs(conn: Connection, ticks: Sequence[PairsOf], buckets: Sequence[floa
             row = counts_of.get(key)
             if row is None:
                 row = counts_of[key] = [0] * len(TALLY_FIELDS) + [0.0]
+                hists[key] = [0] * len(hist)
             for name, n in counts.items():
                 row[field[name]] += n
             row[-1] += latency_sum
-            for i, n in enumerate(hist):
-                if n:
-                    k = (*key, labels[i])
-                    hists[k] = hists.get(k, 0) + n
+            hists[key] = list(map(operator.add, hists[key], hist))
+            into = bins_of.setdefault((stream, group, part), {})
+            get = into.get
             for b, n in bins.items():
-                if n:
-                    k = (stream, group, part, b)
-                    bins_of[k] = bins_of.get(k, 0) + n
+                into[b] = get(b, 0) + n
     timelines = [(c, bt) for c, bt, _step in TIMELINES]
     _add(conn, tallies, ("stream", "grp", "part"),
          _columns(_TALLY, [(*k, *v) for k, v in counts_of.items()]), [c for c, _ in timelines])
     _add(conn, latency_buckets, ("stream", "grp", "le", "part"),
-         _columns(_BUCKET, [(*k, v) for k, v in hists.items()]), [bt for _, bt in timelines])
+         _columns(_BUCKET, [(*k, labels[i], n) for k, h in hists.items()
+                            for i, n in enumerate(h) if n]),
+         [bt for _, bt in timelines])
     _add(conn, latency_sketch, ("stream", "grp", "bin", "part"),
-         _columns(_BIN, [(*k, v) for k, v in bins_of.items()]))  # fmt: skip
+         _columns(_BIN, [(*k, b, n) for k, bins in bins_of.items()
+                         for b, n in bins.items() if n]))  # fmt: skip
 
 
 def _columns(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> Columns:
