@@ -381,6 +381,48 @@ static PyObject *Machine_apply(MachineObject *self, PyObject *args) {
     return PyLong_FromUnsignedLong(n);
 }
 
+/* feed(body, received_at, now) -> (records, new_groups, waiting): a worker's
+ * step, the body read once. A body naming groups the machine does not expect
+ * yet applies nothing: (0, [(stream, group)], False), for the caller to expect
+ * (back-fill) them and feed it again. Else it is applied, and judged at
+ * (now, now) unless records wait for their verdict rows (waiting True:
+ * deferred_keys, install, apply_deferred, then advance). A body the machine
+ * rejects raises BodyError, nothing of it applied. */
+static PyObject *Machine_feed(MachineObject *self, PyObject *args) {
+    PyObject *body;
+    double received_at, now;
+    if (!PyArg_ParseTuple(args, "Sdd", &body, &received_at, &now) || enter(self)) return NULL;
+    const uint8_t *buf = (const uint8_t *)PyBytes_AS_STRING(body);
+    size_t len = (size_t)PyBytes_GET_SIZE(body);
+    uint32_t n = 0;
+    int state = MC_FEED_JUDGED, rc;
+    Py_BEGIN_ALLOW_THREADS /* bytes are immutable, and the argument holds them for the call */
+    rc = mc_feed(self->m, buf, len, received_at, now, &n, &state);
+    Py_END_ALLOW_THREADS
+    PyObject *out = NULL;
+    if (!rc && state == MC_FEED_NEW_GROUPS) {
+        /* the names point into the body, held by the argument */
+        NewGroups ng = {PyList_New(0), PySet_New(NULL)};
+        McName stream, group;
+        size_t count = mc_checked_groups(self->m, &stream, &group, 0);
+        int bad = !ng.out || !ng.seen;
+        for (size_t i = 0; !bad && i < count; i++) {
+            mc_checked_groups(self->m, &stream, &group, i);
+            bad = new_group_cb(&ng, stream, group) != 0;
+        }
+        mc_check_reset(self->m);
+        Py_XDECREF(ng.seen);
+        if (bad) Py_CLEAR(ng.out);
+        else out = Py_BuildValue("(IOO)", 0u, ng.out, Py_False);
+        Py_XDECREF(ng.out);
+    } else if (!rc) {
+        out = Py_BuildValue("(IOO)", n, Py_None, state == MC_FEED_DEFERRED ? Py_True : Py_False);
+    }
+    leave(self);
+    if (rc) return raise(self, rc);
+    return out;
+}
+
 static PyObject *Machine_deferred_keys(MachineObject *self, PyObject *Py_UNUSED(ignored)) {
     if (enter(self)) return NULL;
     size_t n;
@@ -747,6 +789,8 @@ static PyMethodDef Machine_methods[] = {
     {"apply_deferred", (PyCFunction)Machine_apply_deferred, METH_NOARGS, "apply_deferred() -> records"},
     {"install", (PyCFunction)Machine_install, METH_O, "install(verdict rows)"},
     {"apply", (PyCFunction)Machine_apply, METH_VARARGS, "apply(body, received_at) -> records"},
+    {"feed", (PyCFunction)Machine_feed, METH_VARARGS,
+     "feed(body, received_at, now) -> (records, new groups or None, waiting): apply and judge, read once"},
     {"advance", (PyCFunction)Machine_advance, METH_VARARGS, "advance(now, receipt_watermark)"},
     {"drain", (PyCFunction)Machine_drain, METH_NOARGS, "drain() -> (pairs, verdict rows, missing, errors)"},
     {"in_flight", (PyCFunction)Machine_in_flight, METH_NOARGS, "in_flight() -> {(stream, group): (n, oldest t0)}"},

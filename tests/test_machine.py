@@ -12,6 +12,8 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from msgtally.ingest.intake import logbody
 from msgtally.ingest.intake.schema import parse_batch
@@ -20,6 +22,7 @@ from msgtally.reconcile.config import ReconcileConfig
 from msgtally.reconcile.outputs import VERDICT_COLUMNS
 from msgtally.record import ERROR_CLASSES
 from tests.harness import T
+from tests.test_machine_fuzz import bodies as fuzz_bodies
 
 C = ReconcileConfig()
 
@@ -308,3 +311,35 @@ def test_one_scan_back_fills_several_streams_each_finished_on_its_own() -> None:
     assert owed["one scan"] == owed["a scan each"] == [5, 10]
     assert rows["one scan"] == rows["a scan each"]
     assert {(r[0], r[2]) for r in rows["one scan"]} == {("s", "new"), ("t", "new"), ("t", "newer")}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=st.lists(st.tuples(fuzz_bodies(), st.floats(0, 100), st.floats(0, 400)), max_size=25))
+def test_feed_is_screen_then_apply_then_advance(steps: list[tuple[bytes, float, float]]) -> None:
+    """A worker's one call per message (`feed`: the body read once) leaves the machine
+    exactly as the three calls it replaces: screen, expect what it names, apply,
+    advance; bodies the machine rejects change neither."""
+    one, three = (_machine.Machine(5.0, 10.0, 60.0, [0.1, 1.0, 10.0]) for _ in range(2))
+    now = T
+    for body, late, step in steps:
+        now += step
+        new, rejected = three.screen([body])
+        try:
+            records, named, waiting = one.feed(body, now - late, now)
+            if named is not None:
+                assert sorted(set(named)) == sorted(set(new)) and records == 0
+                for stream, group in named:
+                    one.expect_groups(stream, [group])
+                records, named, waiting = one.feed(body, now - late, now)
+        except _machine.BodyError as exc:
+            assert rejected and str(exc) == rejected[0][1]
+            continue
+        assert not rejected and named is None and not waiting
+        for stream, group in new:
+            three.expect_groups(stream, [group])
+        assert records == three.apply(body, now - late)
+        three.advance(now, now)
+        assert one.dumps() == three.dumps()
+    one.advance(now + 10**4, now + 10**4)
+    three.advance(now + 10**4, now + 10**4)
+    assert one.drain() == three.drain()

@@ -154,25 +154,34 @@ class Partition:
         if message.received_at // MINUTE > self.clock // MINUTE:
             self._hold()  # judged in the minute that ends: its rows are that minute's
         self.clock = max(self.clock, message.received_at)
-        if message.body is not None:
-            new, rejected = self.core.screen([message.body])
-            if rejected:
-                self.rejected += 1
-                log_.error("partition %d offset %d: message skipped, the machine rejects its "
-                           "body: %s", self.part, offset, rejected[0][1])  # fmt: skip
-            else:
-                if new:
-                    if self.replaying:  # a back-fill commits a checkpoint: none to replay
-                        raise RuntimeError(f"partition {self.part} offset {offset}: new "
-                                           "groups in a replay; the store is inconsistent")
-                    self.expect(new, scan)
-                self.records += self.core.apply(message.body, message.received_at)
-                keys = self.core.deferred_keys()
-                if keys:  # ids forgotten since: their verdict rows, as they were then
-                    self.core.install(self._verdicts(offset, keys))
-                    self.core.apply_deferred()
-        self.core.advance(self.clock, self.clock)
+        if message.body is None:  # a heartbeat: its clock alone
+            self.core.advance(self.clock, self.clock)
+        else:
+            self._apply(offset, message.body, message.received_at, scan)
         self._moved(offset)
+
+    def _apply(self, offset: int, body: bytes, received_at: float, scan: Scan) -> None:
+        """Fold the body and judge at the partition's clock (one call to the machine:
+        the body read once), after back-filling the groups it names first."""
+        try:
+            records, new, waiting = self.core.feed(body, received_at, self.clock)
+            if new:
+                if self.replaying:  # a back-fill commits a checkpoint: none to replay
+                    raise RuntimeError(f"partition {self.part} offset {offset}: new groups "
+                                       "in a replay; the store is inconsistent")  # fmt: skip
+                self.expect(new, scan)
+                records, new, waiting = self.core.feed(body, received_at, self.clock)
+        except _machine.BodyError as exc:
+            self.rejected += 1
+            log_.error("partition %d offset %d: message skipped, the machine rejects its "
+                       "body: %s", self.part, offset, exc)  # fmt: skip
+            self.core.advance(self.clock, self.clock)  # its clock still counts
+            return
+        self.records += records
+        if waiting:  # ids forgotten since: their verdict rows, as they were then
+            self.core.install(self._verdicts(offset, self.core.deferred_keys()))
+            self.core.apply_deferred()
+            self.core.advance(self.clock, self.clock)
 
     def _hold(self) -> None:
         """Drain what the machine judged so far, at its clock, for the next commit to
