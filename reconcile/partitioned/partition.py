@@ -51,21 +51,23 @@ from ..outputs import (
     Pair,
     add_pairs,
     array_literal,
+    copy_verdicts,
     dump_loaded,
     load_verdicts,
+    parse_copied,
     parse_loaded,
     replace_in_flight,
     write_errors,
     write_missing,
-    write_verdicts,
 )
 
 log_ = logging.getLogger(__name__)
 
 # A scan of the partition's messages before an offset: (offset, raw message) in order.
 Scan = Callable[[int, int], Iterable[bytes]]
-# What the machine drained (pairs, verdict rows, records missing, errors), at its clock.
-Held = tuple[float, tuple[Any, Any, Any, Any]]
+# What the machine drained (pairs, verdict rows as COPY text, records missing, errors),
+# at its clock.
+Held = tuple[float, tuple[Any, bytes, Any, Any]]
 
 
 class Fenced(Exception):
@@ -189,7 +191,7 @@ class Partition:
         single engine's tick at that time writes them, however many messages a
         commit covers."""
         if not self.replaying:  # a replay's figures are in the store already
-            self._held.append((self.clock, self.core.drain()))
+            self._held.append((self.clock, self.core.drain_copy()))
 
     def _verdicts(self, offset: int, keys: Sequence[tuple[str, str]]) -> list[tuple[Any, ...]]:
         """The verdict rows of these forgotten ids, which the message at `offset`
@@ -211,7 +213,7 @@ class Partition:
         self._hold()
         wanted = set(keys)
         for _at, (_pairs, judged, _missing, _errors) in self._held:
-            rows.update({(r[0], r[1], r[2]): tuple(r) for r in judged if (r[0], r[1]) in wanted})
+            rows.update({(r[0], r[1], r[2]): r for r in parse_copied(judged, wanted)})
         installed = list(rows.values())
         if offset >= self.committed:
             self._loads.append((offset, installed))
@@ -287,7 +289,7 @@ class Partition:
         body = self.core.dumps() if checkpoint or self._announce else None
         return Tick(
             self, self.next_offset, self.clock, [(at, d[0]) for at, d in held],
-            [r for _at, d in held for r in d[1]],  # in the order judged: the latest wins
+            [d[1] for _at, d in held],  # in the order judged: the latest wins
             missing, errors, flight, body, tuple(self._announce), loads,
         )  # fmt: skip
 
@@ -307,7 +309,7 @@ class Tick:
     offset: int
     clock: float
     pairs: Sequence[tuple[float, Sequence[Pair]]]  # (the clock it was drained at, pairs)
-    verdicts: Sequence[Any]
+    verdicts: Sequence[bytes]  # COPY text (Machine.drain_copy)
     missing: Mapping[tuple[str, str, str], int]
     errors: Mapping[tuple[str, str, str, str], int]
     flight: InFlight
@@ -347,7 +349,7 @@ def commit(
             shard = min(t.part for t in ours)
             add_pairs(conn, [(shard, at, pairs) for t in ours for at, pairs in t.pairs],
                       config.latency_buckets)  # fmt: skip
-            write_verdicts(conn, [r for t in ours for r in t.verdicts])
+            copy_verdicts(conn, [text for t in ours for text in t.verdicts])
             for t in ours:
                 write_missing(conn, t.missing, t.part)
                 write_errors(conn, t.errors, t.part)
