@@ -86,6 +86,9 @@ class Partition:
         self.committed = committed  # below it, the figures are in the store: replay
         self.clock = clock
         self.records = 0  # applied since taken (replays included)
+        # The topic's end offset as the worker last saw it (its consumer's
+        # watermark), recorded with each commit: the partition's backlog.
+        self.log_end = 0
         self.rejected = 0  # messages whose body the machine refused, skipped
         self._changed = False
         self._announce: list[tuple[str, str]] = []  # back-filled since the last commit
@@ -274,12 +277,14 @@ class Partition:
             missing.update(declared)
             errors.update(failed)
         flight = self.core.in_flight()
+        stats = self.core.stats()  # cumulative, kept by checkpoints: a replay goes on from them
         # A back-fill is committed with a checkpoint: a replay must not meet it.
         body = self.core.dumps() if checkpoint or self._announce else None
         return Tick(
             self, self.next_offset, self.clock, [(at, d[0]) for at, d in held],
             [r for _at, d in held for r in d[1]],  # in the order judged: the latest wins
             missing, errors, flight, body, tuple(self._announce), loads,
+            stats["records"], stats["repeats"], max(self.log_end, self.next_offset),
         )  # fmt: skip
 
     def _committed(self, tick: Tick) -> None:
@@ -305,6 +310,9 @@ class Tick:
     checkpoint: bytes | None
     announce: tuple[tuple[str, str], ...]  # groups back-filled since the last commit
     loads: Sequence[tuple[int, Sequence[Any]]]  # (offset, verdict rows it loaded back)
+    records: int  # the machine's records applied, and repeated, up to `offset`
+    repeats: int
+    log_end: int  # the topic's end offset as the worker saw it
 
     @property
     def part(self) -> int:
@@ -355,23 +363,30 @@ def commit(
 
 def _move(conn: Connection, ticks: Sequence[Tick]) -> set[int]:
     """The fence: each partition's row moved to its tick's offset and clock where
-    its epoch is still ours (the row locked until the commit). Returns the
-    partitions moved."""
+    its epoch is still ours (the row locked until the commit), with the engine's
+    bookkeeping of it (msgtally.store.engine_facts): the commit's time, the
+    records applied and repeated, the topic's end. Returns the partitions moved."""
     p = partitions
+    now = time.time()
     if conn.dialect.name != "postgresql":
         return {t.part for t in ticks if conn.execute(
             update(p).where(p.c.part == t.part, p.c.epoch == t.partition.epoch)
-            .values(next_offset=t.offset, clock=t.clock)).rowcount == 1}  # fmt: skip
-    names = ("part", "epoch", "next_offset", "clock")
-    columns: list[list[Any]] = [[t.part for t in ticks], [t.partition.epoch for t in ticks],
-                                [t.offset for t in ticks], [t.clock for t in ticks]]
+            .values(next_offset=t.offset, clock=t.clock, committed_at=now, records=t.records,
+                    repeats=t.repeats, log_end=t.log_end)).rowcount == 1}  # fmt: skip
+    names = ("part", "epoch", "next_offset", "clock", "records", "repeats", "log_end")
+    columns: list[list[Any]] = [
+        [t.part for t in ticks], [t.partition.epoch for t in ticks], [t.offset for t in ticks],
+        [t.clock for t in ticks], [t.records for t in ticks], [t.repeats for t in ticks],
+        [t.log_end for t in ticks],
+    ]  # fmt: skip
     types = [p.c[n].type for n in names]
     arrays = ", ".join(f"%s::{t.compile(dialect=conn.dialect)}[]" for t in types)
     moved = conn.exec_driver_sql(
-        f"UPDATE partitions AS p SET next_offset = u.next_offset, clock = u.clock "
-        f"FROM unnest({arrays}) AS u({', '.join(names)}) "
+        "UPDATE partitions AS p SET "
+        + ", ".join(f"{n} = u.{n}" for n in names[2:])
+        + f", committed_at = %s FROM unnest({arrays}) AS u({', '.join(names)}) "
         "WHERE p.part = u.part AND p.epoch = u.epoch RETURNING p.part",
-        tuple(array_literal(c, t) for c, t in zip(columns, types, strict=True)),
+        (now, *(array_literal(c, t) for c, t in zip(columns, types, strict=True))),
     )
     return {int(r[0]) for r in moved}
 

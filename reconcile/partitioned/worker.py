@@ -306,6 +306,8 @@ class Worker:
         every partition in it is set aside, taken again from the store."""
         if not parts:
             return
+        for part in parts:
+            part.log_end = self._log_end(part.part)
         try:
             fenced = commit(parts, checkpoint=checkpoint)
         except Exception as exc:
@@ -317,6 +319,16 @@ class Worker:
             return
         for part in fenced:
             self._drop(part, f"another worker took it (epoch {part.epoch} is over)")
+
+    def _log_end(self, number: int) -> int:
+        """The partition's end offset as the consumer's last fetch had it (its high
+        watermark, cached: no request); 0 when it has none yet."""
+        from confluent_kafka import TopicPartition
+
+        ends = self._consumer.get_watermark_offsets(
+            TopicPartition(self.log.topic, number), cached=True
+        )
+        return max(0, int(ends[1])) if ends else 0
 
     def _adopt_announced(self) -> None:
         """Groups announced in the store that a live partition's machine does not
