@@ -16,7 +16,7 @@ import httpx
 from sqlalchemy import Engine
 
 from msgtally.cli import main
-from msgtally.names import BACKLOG, LAST_PASS, LOG_HELD_SINCE, RECONCILE_RECORDS
+from msgtally.names import LAST_PASS, LOG_HELD_SINCE
 from msgtally.oracle import ID_KINDS
 from msgtally.slis.read.exposition import StoreCollector
 from msgtally.slis.read.objectives import events
@@ -47,9 +47,11 @@ slos:
 # back-fills every partition's ids at the request's clock): its windowed rows are
 # left out of the comparison until the log tells every partition at that clock.
 UNEVEN = "g4"
-# The engine's own bookkeeping, from the single engine's meta rows and log table:
-# the workers keep theirs per partition (the partitions table), not there.
-ENGINE_SERIES = {LAST_PASS, LOG_HELD_SINCE, RECONCILE_RECORDS, BACKLOG}
+# The engine's own bookkeeping that differs by deployment: when it last passed (the
+# single engine's tick, the workers' commits), and what its log holds (the log
+# table's oldest row; the topic's is not in the store). The records applied and the
+# backlog are compared: the same.
+ENGINE_SERIES = {LAST_PASS, LOG_HELD_SINCE}
 WINDOWS = ("1m", "20m", "1h", "75m", "2h", "150m", "3h", "4h", "1d")
 
 
@@ -96,8 +98,8 @@ def http_reads(url: str, store: Engine) -> dict[str, Any]:
 
 def store_series(text: str, store: Engine) -> list[str]:
     """The samples of the families /metrics reads from the store (not the process's,
-    nor the engine's own bookkeeping: its last pass, the records it applied, the
-    log it holds), with their values; `_created` samples are the scrape's clock."""
+    nor the engine's last pass and the log it holds), with their values; `_created`
+    samples are the scrape's clock."""
     families = {m.name for m in StoreCollector(store, CONFIG.latency_buckets).collect()}
     families -= ENGINE_SERIES
     return sorted(

@@ -27,6 +27,7 @@ from msgtally.reconcile.engine import Reconciler
 from msgtally.reconcile.outputs import VERDICT_COLUMNS
 from msgtally.reconcile.partitioned.partition import Fenced, Partition, commit
 from msgtally.store.db import open_store
+from msgtally.store.engine_facts import EngineFacts, engine_facts
 from msgtally.store.kafka_log import (
     KafkaLog,
     KafkaLogError,
@@ -110,6 +111,7 @@ def test_two_collectors_two_workers_give_the_single_engines_figures(
     for store, writer in zip(collectors, writers, strict=True):
         log_to(store, writer)
     workers = [WorkerThread(pg_url, log) for _ in range(2)]
+    started = time.time()
     requests = history(7, 300, time.time() - 2000)
     # From senders that number their records, with holes, then their last marks.
     sent, tails = numbered(requests, seed=7)
@@ -141,6 +143,14 @@ def test_two_collectors_two_workers_give_the_single_engines_figures(
     assert_discrepancies(collectors[0], want)
     assert_same(collectors[0], single)  # records missing too
     assert {g for _s, g in figures(collectors[0])} >= {"cfg", "g4"}
+    # The engine's own bookkeeping, summed over the partitions' rows: the single
+    # engine's records applied and repeated (the resends), nothing left in the
+    # topic, and a last pass (the oldest partition's last commit) of this run.
+    ours, theirs = _engine_facts(collectors[0]), _engine_facts(single)
+    assert (ours.applied, ours.repeated) == (theirs.applied, theirs.repeated)
+    assert ours.applied == len(records)  # every record sent, resent ones too
+    assert ours.repeated > 0 and (ours.backlog, theirs.backlog) == (0, 0)
+    assert ours.last_pass is not None and started < ours.last_pass < time.time()
     # Holes found exactly, each sequence whole on the partition that owns it: the
     # count from the numbering itself, over several partitions, every kind.
     assert missing(collectors[0]) == missing_records(records, tails)
@@ -236,6 +246,11 @@ def _messages(log: KafkaLog, part: int, n: int) -> list[tuple[int, bytes]]:
 
 def _scan_of(messages: list[tuple[int, bytes]]) -> Any:
     return lambda _part, before: (raw for offset, raw in messages if offset < before)
+
+
+def _engine_facts(store: Engine) -> EngineFacts:
+    with store.connect() as conn:
+        return engine_facts(conn)
 
 
 def _missing_parts(store: Engine) -> set[int]:
