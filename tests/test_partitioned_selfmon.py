@@ -104,7 +104,7 @@ def test_a_stopped_worker_ages_the_last_pass_grows_the_backlog_and_pages(
     spec = load_spec(SPEC)
     rules = tmp_path / "rules.yml"
     rules.write_text(render_rules(generate(spec), spec.service))
-    requests = history(31, 100, time.time() - 2000)
+    requests = history(31, 1000, time.time() - 2000)  # 113 requests
     try:
         wait_for("the worker to own every partition",
                  lambda: {pid for pid, _e in owners(store).values()} == {worker.pid})  # fmt: skip
