@@ -28,6 +28,7 @@ from msgtally.reconcile.outputs import VERDICT_COLUMNS
 from msgtally.reconcile.partitioned.partition import Fenced, Partition, commit
 from msgtally.store.db import open_store
 from msgtally.store.engine_facts import EngineFacts, engine_facts
+from msgtally.store.held import log_held_since
 from msgtally.store.kafka_log import (
     KafkaLog,
     KafkaLogError,
@@ -151,6 +152,8 @@ def test_two_collectors_two_workers_give_the_single_engines_figures(
     assert ours.applied == len(records)  # every record sent, resent ones too
     assert ours.repeated > 0 and (ours.backlog, theirs.backlog) == (0, 0)
     assert ours.last_pass is not None and started < ours.last_pass < time.time()
+    # What the log holds: from the latest of the partitions' first messages on.
+    assert _held_since(collectors[0]) == max(_first_receipts(log, count).values())
     # Holes found exactly, each sequence whole on the partition that owns it: the
     # count from the numbering itself, over several partitions, every kind.
     assert missing(collectors[0]) == missing_records(records, tails)
@@ -251,6 +254,65 @@ def _scan_of(messages: list[tuple[int, bytes]]) -> Any:
 def _engine_facts(store: Engine) -> EngineFacts:
     with store.connect() as conn:
         return engine_facts(conn)
+
+
+def _held_since(store: Engine) -> float | None:
+    with store.connect() as conn:
+        return log_held_since(conn)
+
+
+def _first_receipts(log: KafkaLog, count: int) -> dict[int, float]:
+    """The receipt time of each partition's first message in the topic."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    reader = Consumer({"bootstrap.servers": log.bootstrap, "group.id": "first",
+                       "enable.auto.commit": False})  # fmt: skip
+    out: dict[int, float] = {}
+    try:
+        for p in range(count):
+            reader.assign([TopicPartition(log.topic, p, 0)])
+            msg = reader.poll(10)
+            assert msg is not None and msg.error() is None and msg.offset() == 0, p
+            out[p] = decode_message(msg.value() or b"").received_at
+    finally:
+        reader.close()
+    return out
+
+
+def test_a_worker_reads_the_oldest_message_held_where_the_store_has_none(
+    broker: Tansu, pg_url: str, opened: list[Engine]
+) -> None:
+    """A store whose partitions do not know their oldest message held (made before
+    they recorded it): a worker that takes them from their checkpoints, past the
+    topic's first message, reads each partition's oldest message from the topic
+    once the consumer's watermarks show the topic holds it, and its commit records it."""
+    store = _open(opened, pg_url)
+    log = new_topic(broker, 3)
+    count = open_log(store, str(log))[1]
+    writer = KafkaWriter(log, count, heartbeat_every=3600).start()  # beats by hand
+    for request in history(3, 60, time.time() - 600):
+        writer.append(batch_of(request).records, None, time.time())
+    first = WorkerThread(pg_url, log)
+    try:
+        wait_applied(store, log, count)
+    finally:
+        first.stop()
+    want = max(_first_receipts(log, count).values())
+    assert _held_since(store) == want
+    with store.begin() as conn:  # as a store from before has them
+        conn.execute(partitions.update().values(held_from=-1, held_since=None))
+    assert _held_since(store) is None
+    second = WorkerThread(pg_url, log)
+    try:
+        writer.beat(time.time())  # something to commit, past the checkpoints
+        deadline = time.monotonic() + 60
+        while _held_since(store) is None:
+            assert time.monotonic() < deadline, "the oldest messages held never recorded"
+            time.sleep(0.1)
+    finally:
+        second.stop()
+        writer.close()
+    assert _held_since(store) == want
 
 
 def _missing_parts(store: Engine) -> set[int]:

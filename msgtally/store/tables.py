@@ -382,7 +382,9 @@ verdicts_deadline = Index("verdicts_deadline", verdicts.c.deadline)
 # commit also records the engine's own bookkeeping of the partition, as the
 # single engine's meta rows hold it (msgtally.store.engine_facts): when it
 # committed (NULL: never), the records its machine applied and repeated up to
-# `next_offset`, and the topic's end offset as the worker last saw it.
+# `next_offset`, the topic's end offset as the worker last saw it, and the
+# oldest message the topic holds of the partition: its offset (-1: not known
+# yet) and its receipt time (the log's held-since, msgtally.store.held).
 partitions = Table(
     "partitions",
     metadata,
@@ -395,6 +397,8 @@ partitions = Table(
     Column("records", BigInteger, nullable=False, server_default="0"),
     Column("repeats", BigInteger, nullable=False, server_default="0"),
     Column("log_end", BigInteger, nullable=False, server_default="0"),
+    Column("held_from", BigInteger, nullable=False, server_default="-1"),
+    Column("held_since", Double, nullable=True),
 )
 
 # Each partition's machine state at one offset: a worker that takes the

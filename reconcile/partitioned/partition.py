@@ -89,6 +89,9 @@ class Partition:
         # The topic's end offset as the worker last saw it (its consumer's
         # watermark), recorded with each commit: the partition's backlog.
         self.log_end = 0
+        # The oldest message the topic holds of the partition: (offset, receipt
+        # time), (-1, None) while not known (msgtally.store.held).
+        self.held: tuple[int, float | None] = (-1, None)
         self.rejected = 0  # messages whose body the machine refused, skipped
         self._changed = False
         self._announce: list[tuple[str, str]] = []  # back-filled since the last commit
@@ -108,7 +111,7 @@ class Partition:
         with write_tx(store) as conn:
             row = conn.execute(
                 update(p).where(p.c.part == part).values(epoch=p.c.epoch + 1, owner=owner)
-                .returning(p.c.epoch, p.c.next_offset, p.c.clock)
+                .returning(p.c.epoch, p.c.next_offset, p.c.clock, p.c.held_from, p.c.held_since)
             ).one_or_none()  # fmt: skip
             if row is None:
                 raise RuntimeError(f"partition {part} is not registered in the store")
@@ -126,6 +129,7 @@ class Partition:
                 clock=float(saved.clock), committed=committed,
             )  # fmt: skip
             taken.core.loads(saved.body)  # into a fresh machine: before any setting
+        taken.held = (int(row.held_from), row.held_since)
         taken._configure()
         return taken
 
@@ -154,6 +158,8 @@ class Partition:
             log_.error("partition %d offset %d: message skipped: %s", self.part, offset, exc)
             self._moved(offset)
             return
+        if offset == 0 and self.held[0] < 0:  # the topic's first: the oldest held until
+            self.held = (0, message.received_at)  # retention deletes it (worker: _held)
         if message.received_at // MINUTE > self.clock // MINUTE:
             self._hold()  # judged in the minute that ends: its rows are that minute's
         self.clock = max(self.clock, message.received_at)
@@ -284,7 +290,7 @@ class Partition:
             self, self.next_offset, self.clock, [(at, d[0]) for at, d in held],
             [r for _at, d in held for r in d[1]],  # in the order judged: the latest wins
             missing, errors, flight, body, tuple(self._announce), loads,
-            stats["records"], stats["repeats"], max(self.log_end, self.next_offset),
+            stats["records"], stats["repeats"], max(self.log_end, self.next_offset), self.held,
         )  # fmt: skip
 
     def _committed(self, tick: Tick) -> None:
@@ -313,6 +319,7 @@ class Tick:
     records: int  # the machine's records applied, and repeated, up to `offset`
     repeats: int
     log_end: int  # the topic's end offset as the worker saw it
+    held: tuple[int, float | None]  # the oldest message held: (offset, receipt time)
 
     @property
     def part(self) -> int:
@@ -364,20 +371,23 @@ def commit(
 def _move(conn: Connection, ticks: Sequence[Tick]) -> set[int]:
     """The fence: each partition's row moved to its tick's offset and clock where
     its epoch is still ours (the row locked until the commit), with the engine's
-    bookkeeping of it (msgtally.store.engine_facts): the commit's time, the
-    records applied and repeated, the topic's end. Returns the partitions moved."""
+    bookkeeping of it (msgtally.store.engine_facts, msgtally.store.held): the
+    commit's time, the records applied and repeated, the topic's end, its oldest
+    message held. Returns the partitions moved."""
     p = partitions
     now = time.time()
     if conn.dialect.name != "postgresql":
         return {t.part for t in ticks if conn.execute(
             update(p).where(p.c.part == t.part, p.c.epoch == t.partition.epoch)
             .values(next_offset=t.offset, clock=t.clock, committed_at=now, records=t.records,
-                    repeats=t.repeats, log_end=t.log_end)).rowcount == 1}  # fmt: skip
-    names = ("part", "epoch", "next_offset", "clock", "records", "repeats", "log_end")
+                    repeats=t.repeats, log_end=t.log_end, held_from=t.held[0],
+                    held_since=t.held[1])).rowcount == 1}  # fmt: skip
+    names = ("part", "epoch", "next_offset", "clock", "records", "repeats", "log_end",
+             "held_from", "held_since")  # fmt: skip
     columns: list[list[Any]] = [
         [t.part for t in ticks], [t.partition.epoch for t in ticks], [t.offset for t in ticks],
         [t.clock for t in ticks], [t.records for t in ticks], [t.repeats for t in ticks],
-        [t.log_end for t in ticks],
+        [t.log_end for t in ticks], [t.held[0] for t in ticks], [t.held[1] for t in ticks],
     ]  # fmt: skip
     types = [p.c[n].type for n in names]
     arrays = ", ".join(f"%s::{t.compile(dialect=conn.dialect)}[]" for t in types)
