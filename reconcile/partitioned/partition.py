@@ -159,7 +159,7 @@ class Partition:
             self._moved(offset)
             return
         if offset == 0 and self.held[0] < 0:  # the topic's first: the oldest held until
-            self.held = (0, message.received_at)  # retention deletes it (worker: _held)
+            self.held = (0, message.received_at)  # retention deletes it (Worker._watermarks)
         if message.received_at // MINUTE > self.clock // MINUTE:
             self._hold()  # judged in the minute that ends: its rows are that minute's
         self.clock = max(self.clock, message.received_at)

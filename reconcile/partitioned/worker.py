@@ -54,7 +54,7 @@ POLL_MAX = 2000  # messages a poll takes; a full poll means the worker is behind
 COMMIT_SHARE = 4.0  # behind, the wait after a commit: at least this many times its duration
 MAX_COMMIT_EVERY = 10.0  # seconds: the longest that wait grows to under load
 STORE_RETRY_EVERY = 1.0  # seconds between tries to take set-aside partitions again
-HELD_RETRY_EVERY = 10.0  # seconds between reads of partitions' oldest messages held
+HELD_RETRY_EVERY = 60.0  # seconds between reads of partitions' oldest messages held
 HELD_READ = 5.0  # seconds such a read waits for the partitions' first messages
 
 
@@ -357,18 +357,21 @@ class Worker:
             }
         )
         found: dict[int, tuple[int, float | None]] = {}
+        seen: set[int] = set()  # the first message of each read (not ours: none found)
         try:
             reader.assign([TopicPartition(self.log.topic, n, OFFSET_BEGINNING) for n in numbers])
             deadline = time.monotonic() + HELD_READ
-            while len(found) < len(numbers) and time.monotonic() < deadline:
+            while len(seen) < len(numbers) and time.monotonic() < deadline:
                 msg = reader.poll(0.2)
-                if msg is None or msg.error() is not None or msg.partition() in found:
+                if msg is None or msg.error() is not None or msg.partition() in seen:
                     continue
+                number = int(msg.partition() or 0)
+                seen.add(number)
                 try:
-                    at = decode_message(msg.value() or b"").received_at
+                    found[number] = (_offset(msg), decode_message(msg.value() or b"").received_at)
                 except KafkaLogError:
-                    continue  # not ours: the next look reads it again
-                found[int(msg.partition() or 0)] = (_offset(msg), at)
+                    log_.warning("partition %d offset %d: not a msgtally message; its receipt "
+                                 "time unknown", number, _offset(msg))  # fmt: skip
         finally:
             reader.close()
         return found
