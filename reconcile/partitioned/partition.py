@@ -88,6 +88,12 @@ class Partition:
         self.committed = committed  # below it, the figures are in the store: replay
         self.clock = clock
         self.records = 0  # applied since taken (replays included)
+        # The topic's end offset as the worker last saw it (its consumer's
+        # watermark), recorded with each commit: the partition's backlog.
+        self.log_end = 0
+        # The oldest message the topic holds of the partition: (offset, receipt
+        # time), (-1, None) while not known (msgtally.store.held).
+        self.held: tuple[int, float | None] = (-1, None)
         self.rejected = 0  # messages whose body the machine refused, skipped
         self._changed = False
         self._announce: list[tuple[str, str]] = []  # back-filled since the last commit
@@ -107,7 +113,7 @@ class Partition:
         with write_tx(store) as conn:
             row = conn.execute(
                 update(p).where(p.c.part == part).values(epoch=p.c.epoch + 1, owner=owner)
-                .returning(p.c.epoch, p.c.next_offset, p.c.clock)
+                .returning(p.c.epoch, p.c.next_offset, p.c.clock, p.c.held_from, p.c.held_since)
             ).one_or_none()  # fmt: skip
             if row is None:
                 raise RuntimeError(f"partition {part} is not registered in the store")
@@ -125,6 +131,7 @@ class Partition:
                 clock=float(saved.clock), committed=committed,
             )  # fmt: skip
             taken.core.loads(saved.body)  # into a fresh machine: before any setting
+        taken.held = (int(row.held_from), row.held_since)
         taken._configure()
         return taken
 
@@ -153,6 +160,8 @@ class Partition:
             log_.error("partition %d offset %d: message skipped: %s", self.part, offset, exc)
             self._moved(offset)
             return
+        if offset == 0 and self.held[0] < 0:  # the topic's first: the oldest held until
+            self.held = (0, message.received_at)  # retention deletes it (Worker._watermarks)
         if message.received_at // MINUTE > self.clock // MINUTE:
             self._hold()  # judged in the minute that ends: its rows are that minute's
         self.clock = max(self.clock, message.received_at)
@@ -285,12 +294,14 @@ class Partition:
             missing.update(declared)
             errors.update(failed)
         flight = self.core.in_flight()
+        stats = self.core.stats()  # cumulative, kept by checkpoints: a replay goes on from them
         # A back-fill is committed with a checkpoint: a replay must not meet it.
         body = self.core.dumps() if checkpoint or self._announce else None
         return Tick(
             self, self.next_offset, self.clock, [(at, d[0]) for at, d in held],
             [d[1] for _at, d in held],  # in the order judged: the latest wins
             missing, errors, flight, body, tuple(self._announce), loads,
+            stats["records"], stats["repeats"], max(self.log_end, self.next_offset), self.held,
         )  # fmt: skip
 
     def _committed(self, tick: Tick) -> None:
@@ -316,6 +327,10 @@ class Tick:
     checkpoint: bytes | None
     announce: tuple[tuple[str, str], ...]  # groups back-filled since the last commit
     loads: Sequence[tuple[int, Sequence[Any]]]  # (offset, verdict rows it loaded back)
+    records: int  # the machine's records applied, and repeated, up to `offset`
+    repeats: int
+    log_end: int  # the topic's end offset as the worker saw it
+    held: tuple[int, float | None]  # the oldest message held: (offset, receipt time)
 
     @property
     def part(self) -> int:
@@ -366,23 +381,33 @@ def commit(
 
 def _move(conn: Connection, ticks: Sequence[Tick]) -> set[int]:
     """The fence: each partition's row moved to its tick's offset and clock where
-    its epoch is still ours (the row locked until the commit). Returns the
-    partitions moved."""
+    its epoch is still ours (the row locked until the commit), with the engine's
+    bookkeeping of it (msgtally.store.engine_facts, msgtally.store.held): the
+    commit's time, the records applied and repeated, the topic's end, its oldest
+    message held. Returns the partitions moved."""
     p = partitions
+    now = time.time()
     if conn.dialect.name != "postgresql":
         return {t.part for t in ticks if conn.execute(
             update(p).where(p.c.part == t.part, p.c.epoch == t.partition.epoch)
-            .values(next_offset=t.offset, clock=t.clock)).rowcount == 1}  # fmt: skip
-    names = ("part", "epoch", "next_offset", "clock")
-    columns: list[list[Any]] = [[t.part for t in ticks], [t.partition.epoch for t in ticks],
-                                [t.offset for t in ticks], [t.clock for t in ticks]]
+            .values(next_offset=t.offset, clock=t.clock, committed_at=now, records=t.records,
+                    repeats=t.repeats, log_end=t.log_end, held_from=t.held[0],
+                    held_since=t.held[1])).rowcount == 1}  # fmt: skip
+    names = ("part", "epoch", "next_offset", "clock", "records", "repeats", "log_end",
+             "held_from", "held_since")  # fmt: skip
+    columns: list[list[Any]] = [
+        [t.part for t in ticks], [t.partition.epoch for t in ticks], [t.offset for t in ticks],
+        [t.clock for t in ticks], [t.records for t in ticks], [t.repeats for t in ticks],
+        [t.log_end for t in ticks], [t.held[0] for t in ticks], [t.held[1] for t in ticks],
+    ]  # fmt: skip
     types = [p.c[n].type for n in names]
     arrays = ", ".join(f"%s::{t.compile(dialect=conn.dialect)}[]" for t in types)
     moved = conn.exec_driver_sql(
-        f"UPDATE partitions AS p SET next_offset = u.next_offset, clock = u.clock "
-        f"FROM unnest({arrays}) AS u({', '.join(names)}) "
+        "UPDATE partitions AS p SET "
+        + ", ".join(f"{n} = u.{n}" for n in names[2:])
+        + f", committed_at = %s FROM unnest({arrays}) AS u({', '.join(names)}) "
         "WHERE p.part = u.part AND p.epoch = u.epoch RETURNING p.part",
-        tuple(array_literal(c, t) for c, t in zip(columns, types, strict=True)),
+        (now, *(array_literal(c, t) for c, t in zip(columns, types, strict=True))),
     )
     return {int(r[0]) for r in moved}
 
