@@ -612,24 +612,19 @@ static int text_name(Drained *d, const char *s, size_t n) {
     return 0;
 }
 
-/* A float8 field: Python's repr of the double (the shortest digits that read
- * back to it, as the rows of drain() give it to the driver; several times
- * cheaper than printf's %.17g), PostgreSQL's names for the infinities and NaN,
- * or NULL (\\N). */
+/* A float8 field: the double in hexadecimal ("%a": exact, and a small fraction
+ * of the instructions of the shortest decimal digits; PostgreSQL reads it with
+ * C99's strtod, outputs.parse_copied with float.fromhex), PostgreSQL's names
+ * for the infinities and NaN, or NULL (\\N). */
 static int text_double(Drained *d, int present, double x, char end) {
-    const char *fixed = !present ? "\\N" : isnan(x) ? "NaN" : isinf(x) ? (x < 0 ? "-Infinity" : "Infinity") : NULL;
-    char *digits = fixed ? NULL : PyOS_double_to_string(x, 'r', 0, 0, NULL);
-    if (!fixed && !digits) return -1;
-    const char *s = fixed ? fixed : digits;
-    size_t n = strlen(s);
-    int rc = text_room(d, n + 1);
-    if (!rc) {
-        memcpy(d->text + d->len, s, n);
-        d->len += n;
-        d->text[d->len++] = end;
-    }
-    PyMem_Free(digits);
-    return rc;
+    if (text_room(d, 40)) return -1;
+    int n;
+    if (!present) n = snprintf(d->text + d->len, 40, "\\N%c", end);
+    else if (isnan(x)) n = snprintf(d->text + d->len, 40, "NaN%c", end);
+    else if (isinf(x)) n = snprintf(d->text + d->len, 40, "%sInfinity%c", x < 0 ? "-" : "", end);
+    else n = snprintf(d->text + d->len, 40, "%a%c", x, end);
+    d->len += (size_t)n;
+    return 0;
 }
 
 /* A verdict row as a line of COPY text, VERDICT_COLUMNS' order. */

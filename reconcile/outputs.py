@@ -278,7 +278,7 @@ def parse_copied(
 
 
 def _float(value: str) -> float | None:
-    return None if value == "\\N" else float(value)
+    return None if value == "\\N" else float.fromhex(value)  # drain_copy's "%a"
 
 
 # How each of VERDICT_COLUMNS reads back from COPY text.
