@@ -45,7 +45,7 @@ from msgtally.store.db import open_store
 from msgtally.store.kafka_log import KafkaLog, create_topic, open_log
 from msgtally.store.tables import retry_configs
 from tests.failover_proxy import FailoverProxy
-from tests.kafka_broker import Tansu, started_broker
+from tests.kafka_broker import Tansu, durable_broker, started_broker
 from tests.partitioned_procs import (
     SESSION_TIMEOUT,
     CollectorProcess,
@@ -367,6 +367,52 @@ def test_the_broker_unreachable_past_the_sessions(
                  lambda: collector.refused()["store_unavailable"] >= 1, 60)  # fmt: skip
     finally:
         os.kill(broker.proc.pid, signal.SIGCONT)
+    feeder.finish()
+    collector.kill()  # every request answered; its heartbeats would move the topic's end
+    final = _final_beat(log)
+    _settled(store, log, workers)
+    _check(store, requests, final, tmp_path)
+    assert all(w.proc.poll() is None for w in workers)
+    assert all(e > epochs[p] for p, (_pid, e) in owners(store).items())  # taken again
+
+
+@pytest.fixture
+def durable(tmp_path: Path) -> Iterator[Tansu]:
+    yield from durable_broker(tmp_path)
+
+
+@pytest.mark.slow
+def test_the_broker_restarted_under_load(
+    durable: Tansu, pg_url: str, store: Engine, tmp_path: Path, workers: list[WorkerProcess],
+    collectors: list[CollectorProcess],
+) -> None:  # fmt: skip
+    """The broker, on durable storage (Tansu on S3: moto's server, which runs
+    on), SIGKILLed under two workers and a collector fed by the shim; away
+    until the collector has answered 503 (the shim sends the request again)
+    and past the workers' session timeout; then started again on the same
+    port and storage. It comes back with every message it acknowledged (each
+    partition's end at least where it was before the kill); the workers
+    reconnect on their own, the group forms again, every partition is taken
+    again from the store, and the figures are exact."""
+    log = _topic(durable, store)
+    requests = history(18, 600, time.time() - 2000)  # S3 through moto: ~8 requests a second
+    workers += [WorkerProcess(pg_url, log, tmp_path, n) for n in ("a", "b")]
+    a, b = workers
+    wait_for("both workers to own partitions", lambda: _owning(store) == {a.pid, b.pid})
+    collectors.append(CollectorProcess(pg_url, log, tmp_path, "c"))
+    collector = collectors[0]
+    feeder = ShimFeeder(collector.url, requests, rate=20, whole=True).start()
+    wait_for("a quarter of the requests", lambda: feeder.sent > len(requests) // 4)
+    epochs = {p: e for p, (_pid, e) in owners(store).items()}
+    acknowledged = high_watermarks(log, PARTS)
+    assert feeder.sent < len(requests) * 3 // 4  # under load
+    durable.kill()
+    wait_for("the collector to answer 503",
+             lambda: collector.refused()["store_unavailable"] >= 1, 60)  # fmt: skip
+    time.sleep(SESSION_TIMEOUT)
+    durable.restart()
+    back = high_watermarks(log, PARTS)
+    assert all(back[p] >= acknowledged[p] for p in range(PARTS)), (acknowledged, back)
     feeder.finish()
     collector.kill()  # every request answered; its heartbeats would move the topic's end
     final = _final_beat(log)
