@@ -34,6 +34,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, delete, or_, select, update
 
+from msgtally.ingest.intake import logbody
 from msgtally.store.db import upsert, write_tx
 from msgtally.store.kafka_log import KafkaLogError, decode_message
 from msgtally.store.tables import (
@@ -88,7 +89,10 @@ class Partition:
         self.records = 0  # applied since taken (replays included)
         self.rejected = 0  # messages whose body the machine refused, skipped
         self._changed = False
-        self._announce: list[tuple[str, str]] = []  # back-filled since the last commit
+        self._backfilled = False  # since the last commit: it goes with a checkpoint
+        # Groups met in records with no announcement in the log, since the last
+        # commit: announced to the other partitions through the store.
+        self._announce: list[tuple[str, str]] = []
         self._held: list[Held] = []  # drained since the last commit, written by the next
         # Verdict rows loaded back since the last commit, by the offset that loaded
         # them: the next commit records them for a replay (partition_loads).
@@ -140,8 +144,12 @@ class Partition:
 
     def feed(self, offset: int, raw: bytes, scan: Scan) -> None:
         """Apply the message at `offset` (the next one: offsets only grow) and judge
-        what is due at the partition's clock. Groups it names for the first time
-        are back-filled first (`expect`, with `scan`), as the single engine does."""
+        what is due at the partition's clock. Groups it names for the first time,
+        those its body announces to every partition (version 4) and those of its
+        consumes, are back-filled first (`expect`, with `scan`), as the single
+        engine does; those of its consumes alone, which no collector announced
+        in the log (written before collectors did), go to the other partitions
+        through the store."""
         if offset < self.next_offset:
             return  # read twice (a seek back): applied already
         try:
@@ -166,6 +174,8 @@ class Partition:
                         raise RuntimeError(f"partition {self.part} offset {offset}: new "
                                            "groups in a replay; the store is inconsistent")
                     self.expect(new, scan)
+                    logged = set(logbody.announced(message.body))
+                    self._announce += [g for g in new if g not in logged]
                 self.records += self.core.apply(message.body, message.received_at)
                 keys = self.core.deferred_keys()
                 if keys:  # ids forgotten since: their verdict rows, as they were then
@@ -214,13 +224,20 @@ class Partition:
             self.core.drain()  # the replay is over: its figures are in the store already
         self._changed = True
 
+    def adopt(self, groups: Sequence[tuple[str, str]], scan: Scan) -> int:
+        """Expect the groups among `groups` this machine does not expect yet (the
+        store's: configured, or met on another partition); returns the verdicts owed."""
+        expected = self.core.expected()
+        new = [(s, g) for s, g in groups if g not in expected.get(s, ())]
+        return self.expect(new, scan) if new else 0
+
     def expect(self, groups: Sequence[tuple[str, str]], scan: Scan) -> int:
         """Back-fill groups new to this machine: every id produced on their streams
         before is owed them, those in memory and those in the partition's messages
         before `next_offset` (`scan`). Committed by the partition's next commit,
-        with a checkpoint and the groups announced, so that no replay has to do
-        it again (until then, a replay stops short of it: the groups are new
-        again after it). Returns the verdicts owed."""
+        with a checkpoint, so that no replay has to do it again (until then, a
+        replay stops short of it: the groups are new again after it). Returns
+        the verdicts owed."""
         by_stream: dict[str, list[str]] = {}
         for stream, group in groups:
             by_stream.setdefault(stream, []).append(group)
@@ -243,7 +260,7 @@ class Partition:
                   "(%d messages, %.1fs)", self.part, len(groups), describe(groups[:5]), owed,
                   scanned, time.monotonic() - started)  # fmt: skip
         self._changed = True
-        self._announce += groups
+        self._backfilled = True
         return owed
 
     # -- committing ---------------------------------------------------------------
@@ -275,7 +292,7 @@ class Partition:
             errors.update(failed)
         flight = self.core.in_flight()
         # A back-fill is committed with a checkpoint: a replay must not meet it.
-        body = self.core.dumps() if checkpoint or self._announce else None
+        body = self.core.dumps() if checkpoint or self._backfilled else None
         return Tick(
             self, self.next_offset, self.clock, [(at, d[0]) for at, d in held],
             [r for _at, d in held for r in d[1]],  # in the order judged: the latest wins
@@ -285,6 +302,7 @@ class Partition:
     def _committed(self, tick: Tick) -> None:
         self.committed = tick.offset
         self._changed = False
+        self._backfilled = False
         self._announce.clear()
         if tick.checkpoint is not None:
             self._last_checkpoint = time.monotonic()
@@ -303,7 +321,7 @@ class Tick:
     errors: Mapping[tuple[str, str, str, str], int]
     flight: InFlight
     checkpoint: bytes | None
-    announce: tuple[tuple[str, str], ...]  # groups back-filled since the last commit
+    announce: tuple[tuple[str, str], ...]  # groups for the other partitions, via the store
     loads: Sequence[tuple[int, Sequence[Any]]]  # (offset, verdict rows it loaded back)
 
     @property
@@ -319,7 +337,8 @@ def commit(
     table for them all, as a partition's commit cost more in statements than
     in rows (bench/distributed.py). With its whole state too where `checkpoint`
     (a flag, or asked of each partition) or a back-fill is to commit, and the
-    groups back-filled announced to the other partitions. Returns the partitions another worker
+    groups met in records with no announcement in the log announced to the
+    other partitions through the store. Returns the partitions another worker
     has taken: nothing of theirs is written, the others' commits go in."""
     live = [p for p in parts if not p.replaying]
     if not live:
@@ -435,7 +454,8 @@ def read_announced(store: Engine) -> list[tuple[str, str]]:
 
 
 def announce(store: Engine, groups: Sequence[tuple[str, str]]) -> None:
-    """Groups every partition's machine is to expect (from the configuration)."""
+    """Groups every partition's machine is to expect from the store (the
+    configuration's): each partition adopts them when it is taken."""
     if groups:
         with write_tx(store) as conn:
             _announce(conn, groups)
