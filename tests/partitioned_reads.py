@@ -40,13 +40,6 @@ slos:
   - {name: s2-g2, stream: s2, group: g2, sli: delivery, objective: 99.9}
   - {name: s2-late, stream: s2, sli: latency, threshold: 2.5, objective: 90}
 """
-# A group that appears mid-history is back-filled on each partition when that
-# partition learns of it: with its first records there, or from the store's
-# announcement, later, at that partition's clock. Its figures over all time are
-# the single engine's; over a window they are not yet (the single engine
-# back-fills every partition's ids at the request's clock): its windowed rows are
-# left out of the comparison until the log tells every partition at that clock.
-UNEVEN = "g4"
 # The engine's own bookkeeping, from the single engine's meta rows and log table:
 # the workers keep theirs per partition (the partitions table), not there.
 ENGINE_SERIES = {LAST_PASS, LOG_HELD_SINCE, RECONCILE_RECORDS, BACKLOG}
@@ -83,7 +76,7 @@ def http_reads(url: str, store: Engine) -> dict[str, Any]:
                 # The store's log (the single engine's) against none (the topic holds
                 # it): what Kafka's retention keeps is not in the store yet.
                 row.pop("log_held_since")
-            out[f"slis {since}"] = [r for r in rows if since is None or r["group"] != UNEVEN]
+            out[f"slis {since}"] = rows
         for kind in ID_KINDS:
             answer = client.get("/v1/discrepancies", params={"kind": kind, "limit": 100_000})
             assert answer.status_code == 200, answer.text
@@ -115,7 +108,7 @@ def report(url: str, since: str | None) -> Any:
     rows = json.loads(out.getvalue())
     for row in rows:
         row.pop("log_held_since")  # as in http_reads
-    return [r for r in rows if since is None or r["group"] != UNEVEN]
+    return rows
 
 
 def local_reads(store: Engine, now: float) -> dict[str, Any]:
@@ -126,20 +119,19 @@ def local_reads(store: Engine, now: float) -> dict[str, Any]:
     out: dict[str, Any] = {}
     with store.connect() as conn:
         for since in WINDOWS:
-            sums = [x for x in read_window(conn, now, parse_duration(since)) if x.group != UNEVEN]
+            sums = read_window(conn, now, parse_duration(since))
             out[f"window {since}"] = [(x.stream, x.group, x.counts, round(x.latency_sum, 6),
                                        x.buckets) for x in sums]  # fmt: skip
             out[f"events {since}"] = {slo.name: events(slo, sums) for slo in s.slos}
-        pairs = sorted({(x.stream, x.group) for x in read_window(conn, now, 86_400)
-                        if x.group != UNEVEN})  # fmt: skip
+        pairs = sorted({(x.stream, x.group) for x in read_window(conn, now, 86_400)})
         for step in (MINUTE, HOUR):
             series = read_series(conn, now - 6 * HOUR, now, pairs, step)
             out[f"series {step}"] = [(at, x.counts, round(x.latency_sum, 6), x.buckets)
                                      for at, x in series]  # fmt: skip
         for which in (s, None):
-            rows = [o for o in objectives(conn, which, now) if o.group != UNEVEN]
+            rows = objectives(conn, which, now)
             out[f"objectives {which is not None}"] = [_rounded(o.to_json()) for o in rows]
-            for o in (o for o in rows if all(x.group != UNEVEN for x in o.slis)):
+            for o in rows:
                 out[f"graphs {o.key}"] = _rounded(graphs(conn, o, now, 6 * HOUR))
                 out[f"burndown {o.key}"] = _rounded(burndown(conn, o, now))
     return out
