@@ -349,6 +349,56 @@ def test_a_commit_of_several_partitions_writes_those_still_its_own(
     assert not parts[1].changed and not parts[2].changed
 
 
+def test_a_collector_announces_a_group_it_does_not_know_to_every_partition_once(
+    broker: Tansu, pg_url: str, opened: list[Engine]
+) -> None:
+    """The first request naming a group sends every partition a slice announcing
+    it (no records on most), and the group goes to the store with the request;
+    neither that collector nor another one that reads the store announces it
+    again, nor a configured group (the store's announced groups)."""
+    from msgtally.reconcile.partitioned.partition import announce
+    from msgtally.store.tables import logged_groups
+
+    store = _open(opened, pg_url)
+    log = new_topic(broker, 3)
+    count = open_log(store, str(log))[1]
+    announce(store, [("s1", "cfg")])
+
+    def request(mid: str, group: str) -> list[Record]:
+        return [Record("s1", "produce", mid, 10.0), Record("s1", "consume", mid, 11.0, group)]
+
+    first, other = (KafkaWriter(log, count, heartbeat_every=3600).start() for _ in range(2))
+    sends = [("m1", "g", first), ("m2", "g", first), ("m3", "g", other), ("m4", "cfg", first)]
+    produced = dict.fromkeys(range(count), 0)
+    try:
+        for i, (mid, group, writer) in enumerate(sends):
+            log_to(store, writer)
+            write_batch(store, batch_of(request(mid, group)), received_at=100.0 + i)
+            for p in range(count) if i == 0 else [partition_of("s1", mid, count)]:
+                produced[p] += 1
+        first.beat(999.0)  # last on every partition: nothing more was sent before it
+    finally:
+        log_to(store, None)
+        first.close()
+        other.close()
+    announced = []
+    for part in range(count):
+        *messages, (_offset, last) = _messages(log, part, produced[part] + 1)
+        assert decode_message(last) == ("", 999.0, None), part
+        for _offset, raw in messages:
+            message = decode_message(raw)
+            assert message.body is not None
+            logged = logbody.decode(message.body)
+            ids = {r.message_id for r in logged.records}
+            announced.append((part, message.received_at, logged.groups, ids))
+    home = partition_of("s1", "m1", count)
+    assert sorted(a[:3] for a in announced if a[2]) == [(p, 100.0, [("s1", "g")]) for p in range(3)]
+    assert {a[0]: a[3] for a in announced if a[2]}[home] == {"m1"}
+    assert all(not a[3] for a in announced if a[2] and a[0] != home)  # the news alone
+    with store.connect() as conn:
+        assert [tuple(r) for r in conn.execute(select(logged_groups))] == [("s1", "g")]
+
+
 def _minute_rows(store: Engine) -> dict[tuple[int, str, str], tuple[float, ...]]:
     """The per-minute tally rows summed over the partitions: the counts, then latency_sum."""
     t = tally_minutes
