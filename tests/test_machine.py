@@ -198,7 +198,8 @@ def test_a_body_past_the_limit_of_groups_is_rejected_whole() -> None:
 def test_the_groups_a_body_announces_are_its_new_groups_as_its_consumes_are() -> None:
     """A slice of version 4 names the groups every partition is to expect: screen
     and new_groups report those not expected yet (first, then its consumes'), each
-    once; apply expects them, records or none; the limit of groups per stream
+    once; body_groups lists them (a partition announces the others through the
+    store); apply expects them, records or none; the limit of groups per stream
     counts them, naming the group past it."""
     core = fresh()
     core.apply(body(rec("m"), rec("m", "consume")), T)
@@ -207,6 +208,11 @@ def test_the_groups_a_body_announces_are_its_new_groups_as_its_consumes_are() ->
     want = [("s", "late"), ("t", "late"), ("s", "other")]
     assert core.screen([announced]) == (want, [])
     assert core.new_groups([announced]) == want
+    assert _machine.body_groups(announced) == [("s", "g"), ("s", "late"), ("t", "late"),
+                                               ("s", "late")]  # fmt: skip
+    assert _machine.body_groups(body(rec("n"))) == []  # announces nothing
+    with pytest.raises(_machine.BodyError, match="group 0: a name is nil"):
+        _machine.body_groups(announcing(["s", None]))
     assert core.apply(announced, T + 1) == 2
     assert core.expected() == {"s": ["g", "late", "other"], "t": ["late"]}
     assert core.screen([announced]) == ([], [])  # announced again: nothing new

@@ -162,6 +162,11 @@ class MachineFuzz(RuleBasedStateMachine):
 
     @rule(body=bodies(), late=st.floats(0, 100))
     def apply(self, body: bytes, late: float) -> None:
+        try:
+            groups = _machine.body_groups(body)
+        except _machine.BodyError:
+            groups = []
+        assert all(isinstance(s, str) and isinstance(g, str) for s, g in groups)
         before = self.core.dumps()
         try:
             self.core.apply(body, self.now - late)

@@ -98,10 +98,3 @@ def decode(body: bytes) -> Logged:
     raise ValueError(f"log body version {version}, this msgtally reads 1, {VERSION}, "
                      f"{SLICE_VERSION} and {ANNOUNCING_VERSION}")  # fmt: skip
 
-
-def announced(body: bytes) -> list[Group]:
-    """The groups a body announces to every partition (version 4), [] for others."""
-    parts = _parts.decode(body)
-    if len(parts) == 5 and _version.decode(parts[0]) == ANNOUNCING_VERSION:
-        return [(s, g) for s, g in _groups.decode(parts[1])]
-    return []

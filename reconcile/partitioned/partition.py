@@ -34,7 +34,6 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, delete, or_, select, update
 
-from msgtally.ingest.intake import logbody
 from msgtally.store.db import upsert, write_tx
 from msgtally.store.kafka_log import KafkaLogError, decode_message
 from msgtally.store.tables import (
@@ -174,7 +173,7 @@ class Partition:
                         raise RuntimeError(f"partition {self.part} offset {offset}: new "
                                            "groups in a replay; the store is inconsistent")
                     self.expect(new, scan)
-                    logged = set(logbody.announced(message.body))
+                    logged = set(_machine.body_groups(message.body))
                     self._announce += [g for g in new if g not in logged]
                 self.records += self.core.apply(message.body, message.received_at)
                 keys = self.core.deferred_keys()
