@@ -178,7 +178,7 @@ class MachineFuzz(RuleBasedStateMachine):
             self.applied.append(body)
             if body[:2] == b"\x94\x03":  # [3, marks, runs, records]
                 SLICES_APPLIED[0] += 1
-            if body[:3] == b"\x95\x04\x91" or body[:3] == b"\x95\x04\x92":  # groups announced
+            if groups:  # a version 4 slice that announced groups
                 ANNOUNCING_APPLIED[0] += 1
 
     @rule(bodies=st.lists(bodies(), max_size=4))
