@@ -119,6 +119,8 @@ def bodies(draw: Any) -> bytes:
         if slice_marks is None and draw(st.integers(0, 3)):
             slice_marks = []
         groups = (draw(announced),) if version == 4 else ()
+        if version == 4 and draw(st.booleans()):
+            recs = []  # most partitions get the announcement without records
         body = msgspec.msgpack.encode((version, *groups, slice_marks, draw(runs), recs))
     else:
         body = msgspec.msgpack.encode((2, draw(marks), recs) if version == 2 else (1, recs))
@@ -144,6 +146,14 @@ CLASSES_COUNTED: set[str] = set()
 SLICES_APPLIED = [0]
 # Slices announcing groups (version 4) the machine applied.
 ANNOUNCING_APPLIED = [0]
+
+
+def count_slice(body: bytes, groups: list[tuple[str, str]]) -> None:
+    """A body the machine applied: a Kafka slice (version 3), or one announcing groups."""
+    if body[:2] == b"\x94\x03":  # [3, marks, runs, records]
+        SLICES_APPLIED[0] += 1
+    if groups:  # a version 4 slice that announced groups
+        ANNOUNCING_APPLIED[0] += 1
 
 
 def fresh(
@@ -176,10 +186,7 @@ class MachineFuzz(RuleBasedStateMachine):
             pass  # a limit of the state: the engine would start again
         else:
             self.applied.append(body)
-            if body[:2] == b"\x94\x03":  # [3, marks, runs, records]
-                SLICES_APPLIED[0] += 1
-            if groups:  # a version 4 slice that announced groups
-                ANNOUNCING_APPLIED[0] += 1
+            count_slice(body, groups)
 
     @rule(body=bodies(), late=st.floats(0, 100))
     def feed(self, body: bytes, late: float) -> None:
@@ -197,6 +204,7 @@ class MachineFuzz(RuleBasedStateMachine):
                 assert self.core.dumps() == before, "a body naming new groups was applied"
             else:
                 self.applied.append(body)
+                count_slice(body, _machine.body_groups(body))
 
     @rule(bodies=st.lists(bodies(), max_size=4))
     def screen(self, bodies: list[bytes]) -> None:
