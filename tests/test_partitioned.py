@@ -42,6 +42,7 @@ from msgtally.store.kafka_log import (
 )
 from msgtally.store.tables import (
     announced_groups,
+    logged_groups,
     partitions,
     records_missing,
     tallies,
@@ -153,6 +154,10 @@ def test_two_collectors_two_workers_give_the_single_engines_figures(
     assert_discrepancies(collectors[0], want)
     assert_same(collectors[0], single)  # records missing too
     assert {g for _s, g in figures(collectors[0])} >= {"cfg", "g4"}
+    with collectors[0].connect() as conn:  # every group came announced in the log
+        logged = {tuple(r) for r in conn.execute(select(logged_groups))}
+        assert logged == {(r.stream, r.group) for r in records if r.kind == "consume"}
+        assert conn.execute(select(announced_groups.c.grp)).scalars().all() == ["cfg"]
     # The engine's own bookkeeping, summed over the partitions' rows: the single
     # engine's records applied and repeated (the resends), nothing left in the
     # topic, and a last pass (the oldest partition's last commit) of this run.
@@ -434,7 +439,6 @@ def test_a_collector_announces_a_group_it_does_not_know_to_every_partition_once(
     neither that collector nor another one that reads the store announces it
     again, nor a configured group (the store's announced groups)."""
     from msgtally.reconcile.partitioned.partition import announce
-    from msgtally.store.tables import logged_groups
 
     store = _open(opened, pg_url)
     log = new_topic(broker, 3)
