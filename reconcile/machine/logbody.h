@@ -18,7 +18,7 @@
  *   consumer groups its request names for the first time, each [stream,
  *   group]: every partition gets one (its records maybe none), so that every
  *   machine expects them, and back-fills them, at the request's clock. The
- *   groups are the body's new groups as its consumes' are (screen, apply).
+ *   groups are the body's new groups as its consumes' are (screen, feed, apply).
  *
  * Every reader says what is wrong and where in `err` ("record 3: field 'ts'
  * is not a number"): a body the machine rejects is set aside with that
