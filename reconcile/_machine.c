@@ -869,6 +869,32 @@ static PyObject *body_keys(PyObject *mod, PyObject *body) {
     return out;
 }
 
+static PyObject *body_groups(PyObject *mod, PyObject *body) {
+    /* body_groups(body) -> [(stream, group)]: the groups a body announces to
+     * every partition (version 4), [] for other versions */
+    ModState *st = PyModule_GetState(mod);
+    Py_buffer view;
+    if (body_of(body, &view)) return NULL;
+    Body b;
+    char err[LB_ERR];
+    uint32_t n = 0;
+    int bad = lb_open(&b, view.buf, (size_t)view.len, err);
+    Cursor c = b.groups;
+    if (!bad && c.p) bad = lb_groups_open(&c, &n, err);
+    PyObject *out = bad ? NULL : PyList_New(0);
+    for (uint32_t i = 0; out && i < n; i++) {
+        Str stream, group;
+        if (lb_group(&c, &stream, &group, i, err)) { bad = 1; Py_CLEAR(out); break; }
+        PyObject *t = Py_BuildValue("(NN)", PyUnicode_DecodeUTF8((const char *)stream.s, stream.n, "surrogatepass"),
+                                    PyUnicode_DecodeUTF8((const char *)group.s, group.n, "surrogatepass"));
+        if (!t || PyList_Append(out, t)) Py_CLEAR(out);
+        Py_XDECREF(t);
+    }
+    PyBuffer_Release(&view);
+    if (bad) PyErr_SetString(st->BodyError, err);
+    return out;
+}
+
 static PyMethodDef Machine_methods[] = {
     {"set_deadline", (PyCFunction)Machine_set_deadline, METH_VARARGS, "set_deadline(stream, seconds)"},
     {"configure", (PyCFunction)Machine_configure, METH_VARARGS, "configure(deadline, settle, remember)"},
@@ -899,6 +925,7 @@ static PyMethodDef Machine_methods[] = {
 
 static PyMethodDef module_methods[] = {
     {"body_keys", body_keys, METH_O, "body_keys(body) -> [(stream, message_id, kind)]"},
+    {"body_groups", body_groups, METH_O, "body_groups(body) -> [(stream, group)] it announces (version 4)"},
     {NULL, NULL, 0, NULL}};
 
 static int mod_traverse(PyObject *m, visitproc visit, void *arg) {

@@ -40,13 +40,6 @@ slos:
   - {name: s2-g2, stream: s2, group: g2, sli: delivery, objective: 99.9}
   - {name: s2-late, stream: s2, sli: latency, threshold: 2.5, objective: 90}
 """
-# A group that appears mid-history is back-filled on each partition when that
-# partition learns of it: with its first records there, or from the store's
-# announcement, later, at that partition's clock. Its figures over all time are
-# the single engine's; over a window they are not yet (the single engine
-# back-fills every partition's ids at the request's clock): its windowed rows are
-# left out of the comparison until the log tells every partition at that clock.
-UNEVEN = "g4"
 # The engine's own bookkeeping that differs by deployment: when it last passed (the
 # single engine's tick, the workers' commits). The records applied, the backlog and
 # what the log holds (the log table's oldest row; the latest of the partitions'
@@ -82,7 +75,7 @@ def http_reads(url: str, store: Engine) -> dict[str, Any]:
             rows = body if isinstance(body, list) else body["slis"]
             for row in rows:
                 row.get("window", {}).pop("end", None)  # the request's clock
-            out[f"slis {since}"] = [r for r in rows if since is None or r["group"] != UNEVEN]
+            out[f"slis {since}"] = rows
         for kind in ID_KINDS:
             answer = client.get("/v1/discrepancies", params={"kind": kind, "limit": 100_000})
             assert answer.status_code == 200, answer.text
@@ -112,7 +105,7 @@ def report(url: str, since: str | None) -> Any:
     with redirect_stdout(out):
         assert main(args) == 0
     rows = json.loads(out.getvalue())
-    return [r for r in rows if since is None or r["group"] != UNEVEN]
+    return rows
 
 
 def local_reads(store: Engine, now: float) -> dict[str, Any]:
@@ -123,20 +116,19 @@ def local_reads(store: Engine, now: float) -> dict[str, Any]:
     out: dict[str, Any] = {}
     with store.connect() as conn:
         for since in WINDOWS:
-            sums = [x for x in read_window(conn, now, parse_duration(since)) if x.group != UNEVEN]
+            sums = read_window(conn, now, parse_duration(since))
             out[f"window {since}"] = [(x.stream, x.group, x.counts, round(x.latency_sum, 6),
                                        x.buckets) for x in sums]  # fmt: skip
             out[f"events {since}"] = {slo.name: events(slo, sums) for slo in s.slos}
-        pairs = sorted({(x.stream, x.group) for x in read_window(conn, now, 86_400)
-                        if x.group != UNEVEN})  # fmt: skip
+        pairs = sorted({(x.stream, x.group) for x in read_window(conn, now, 86_400)})
         for step in (MINUTE, HOUR):
             series = read_series(conn, now - 6 * HOUR, now, pairs, step)
             out[f"series {step}"] = [(at, x.counts, round(x.latency_sum, 6), x.buckets)
                                      for at, x in series]  # fmt: skip
         for which in (s, None):
-            rows = [o for o in objectives(conn, which, now) if o.group != UNEVEN]
+            rows = objectives(conn, which, now)
             out[f"objectives {which is not None}"] = [_rounded(o.to_json()) for o in rows]
-            for o in (o for o in rows if all(x.group != UNEVEN for x in o.slis)):
+            for o in rows:
                 out[f"graphs {o.key}"] = _rounded(graphs(conn, o, now, 6 * HOUR))
                 out[f"burndown {o.key}"] = _rounded(burndown(conn, o, now))
     return out

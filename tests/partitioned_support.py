@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 
+from msgtally.ingest.intake.kafka_log import groups_of, slices
 from msgtally.ingest.intake.schema import Batch, parse_batch
 from msgtally.ingest.intake.writer import write_batch
 from msgtally.ingest.shim.wire import record_to_json
@@ -114,6 +115,16 @@ def assert_exact(store: Engine, requests: Sequence[Sequence[Record]], final: flo
         assert_same(store, single)
     finally:
         single.dispose()
+
+
+def slices_sent(
+    known: set[tuple[str, str]], records: Sequence[Any], marks: Sequence[Any] | None, count: int
+) -> dict[int, bytes]:
+    """The slices a KafkaWriter sends for a request, per partition: with the groups
+    new to `known` (what it announced so far, updated) announced to every one."""
+    new = sorted(groups_of(records) - known)
+    known.update(new)
+    return slices(records, marks, count, new)
 
 
 def new_topic(broker: Tansu, partitions: int) -> KafkaLog:

@@ -44,6 +44,11 @@ def sliced(*records: dict[str, Any], runs: list[Any], marks: list[Any] | None = 
     return msgspec.msgpack.encode((3, [] if marks is None else marks, runs, list(records)))
 
 
+def announcing(*groups: list[Any], records: list[Any] | None = None) -> bytes:
+    """A slice with the groups every partition is to expect (version 4)."""
+    return msgspec.msgpack.encode((4, list(groups), [], [], records or []))
+
+
 RUN = ["p", "s", "produce", "", [1, 2]]
 
 
@@ -59,8 +64,26 @@ GOOD = rec("a"), rec("a", "consume", ts=T + 1)
 
 REJECTED = [
     (b"\xc1", "log body: not a msgpack array"),
-    (msgspec.msgpack.encode((4, None, [], [])),
-     "log body: version 4, this machine reads 1, 2 and 3"),
+    (msgspec.msgpack.encode((5, None, [], [], [], [])),
+     "log body: not a msgpack array [version, marks, records]"),
+    (msgspec.msgpack.encode((5, None, [], [], [])),
+     "log body: version 5, this machine reads 1, 2, 3 and 4"),
+    (msgspec.msgpack.encode((4, None, [], [])), "log body: version 4 with 4 parts"),
+    (msgspec.msgpack.encode((4, None, [], [], [])),
+     "log body: version 4: the groups are not an array"),
+    (msgspec.msgpack.encode((4, [], None, [], [])),
+     "log body: version 4: the marks are not an array"),
+    (msgspec.msgpack.encode((4, [], [], None, [])),
+     "log body: version 4: the runs are not an array"),
+    (announcing(["s"]), "log body: group 0: not [stream, group]"),
+    (announcing(["s", "g", "h"]), "log body: group 0: not [stream, group]"),
+    (announcing(["s", "g"], ["s", None]), "log body: group 1: a name is nil"),
+    (announcing([3, "g"]), "log body: group 0: a name is not a string"),
+    (announcing(["s", "g" * 1025]), "log body: group 0: a name is past the limit"),
+    (announcing(["s", "QQ"]).replace(b"QQ", b"\xc3\x28"), "log body: group 0: a name is not UTF-8"),
+    (announcing(["s", "g"])[:3] + b"\xdd\xff\xff\xff\xff", "log body: the groups are truncated"),
+    (announcing(["s", "g"], records=[rec("b", ts="soon")]),
+     "log body: record 0: field 'ts' is not a number"),
     (msgspec.msgpack.encode((3, None, [])), "log body: version 3 with 3 parts"),
     (msgspec.msgpack.encode((3, None, [], [])), "log body: version 3: the marks are not an array"),
     (msgspec.msgpack.encode((3, [], None, [])), "log body: version 3: the runs are not an array"),
@@ -176,6 +199,38 @@ def test_a_body_past_the_limit_of_groups_is_rejected_whole() -> None:
     with pytest.raises(_machine.BodyError, match=f"record 2: a new consumer group of stream 's', "
                        f"which has the limit of {limit} groups"):  # fmt: skip
         core.apply(two_more, T)
+    assert core.dumps() == state
+
+
+def test_the_groups_a_body_announces_are_its_new_groups_as_its_consumes_are() -> None:
+    """A slice of version 4 names the groups every partition is to expect: screen
+    and new_groups report those not expected yet (first, then its consumes'), each
+    once; body_groups lists them (a partition announces the others through the
+    store); apply expects them, records or none; the limit of groups per stream
+    counts them, naming the group past it."""
+    core = fresh()
+    core.apply(body(rec("m"), rec("m", "consume")), T)
+    announced = announcing(["s", "g"], ["s", "late"], ["t", "late"], ["s", "late"],
+                           records=[rec("n"), rec("n", "consume", group="other")])  # fmt: skip
+    want = [("s", "late"), ("t", "late"), ("s", "other")]
+    assert core.screen([announced]) == (want, [])
+    assert core.new_groups([announced]) == want
+    assert _machine.body_groups(announced) == [("s", "g"), ("s", "late"), ("t", "late"),
+                                               ("s", "late")]  # fmt: skip
+    assert _machine.body_groups(body(rec("n"))) == []  # announces nothing
+    with pytest.raises(_machine.BodyError, match="group 0: a name is nil"):
+        _machine.body_groups(announcing(["s", None]))
+    assert core.apply(announced, T + 1) == 2
+    assert core.expected() == {"s": ["g", "late", "other"], "t": ["late"]}
+    assert core.screen([announced]) == ([], [])  # announced again: nothing new
+    assert core.apply(announcing(["u", "solo"]), T + 2) == 0  # no records here: expected still
+    assert core.expected()["u"] == ["solo"]
+    limit = _machine.MAX_GROUPS_PER_STREAM
+    core.apply(body(*(rec("m", "consume", group=f"g{i}") for i in range(limit - 4))), T)
+    state = core.dumps()
+    with pytest.raises(_machine.BodyError, match=f"group 1: a new consumer group of stream 's', "
+                       f"which has the limit of {limit} groups"):  # fmt: skip
+        core.apply(announcing(["s", "x"], ["s", "y"]), T)
     assert core.dumps() == state
 
 

@@ -96,6 +96,15 @@ runs = st.lists(
               st.lists(st.one_of(st.integers(0, 40), st.integers(-3, 2**63 - 1)), max_size=8)),
     max_size=4,
 )  # fmt: skip
+# The groups a slice announces to every partition (version 4): now and then one malformed.
+pairs = st.tuples(st.sampled_from(STREAMS), st.sampled_from((*GROUPS, "late1")))
+malformed = st.one_of(st.tuples(st.sampled_from(STREAMS)),
+                      st.tuples(st.sampled_from(STREAMS), st.one_of(st.none(), st.integers(0, 3))))
+announced = st.one_of(
+    st.lists(pairs, min_size=1, max_size=3),
+    st.lists(pairs, min_size=1, max_size=3),
+    st.lists(st.one_of(pairs, malformed), max_size=4),
+)  # fmt: skip
 
 
 @st.composite
@@ -104,12 +113,15 @@ def bodies(draw: Any) -> bytes:
     for r in recs:  # consumes name their group, mostly
         if r["kind"] == "consume" and "group" not in r and draw(st.integers(0, 9)):
             r["group"] = draw(st.sampled_from(GROUPS))
-    version = draw(st.sampled_from((2, 2, 2, 1, 3, 3)))
-    if version == 3:  # a slice's marks are an array: nil now and then, to be refused
+    version = draw(st.sampled_from((2, 2, 2, 1, 3, 3, 3, 4, 4, 4)))
+    if version >= 3:  # a slice's marks are an array: nil now and then, to be refused
         slice_marks = draw(marks)
         if slice_marks is None and draw(st.integers(0, 3)):
             slice_marks = []
-        body = msgspec.msgpack.encode((3, slice_marks, draw(runs), recs))
+        groups = (draw(announced),) if version == 4 else ()
+        if version == 4 and draw(st.booleans()):
+            recs = []  # most partitions get the announcement without records
+        body = msgspec.msgpack.encode((version, *groups, slice_marks, draw(runs), recs))
     else:
         body = msgspec.msgpack.encode((2, draw(marks), recs) if version == 2 else (1, recs))
     damage = draw(st.sampled_from(("none", "none", "flip", "cut", "insert", "garbage")))
@@ -132,6 +144,16 @@ def bodies(draw: Any) -> bytes:
 CLASSES_COUNTED: set[str] = set()
 # Kafka slices (version 3) the machine applied: the target reaches their runs.
 SLICES_APPLIED = [0]
+# Slices announcing groups (version 4) the machine applied.
+ANNOUNCING_APPLIED = [0]
+
+
+def count_slice(body: bytes, groups: list[tuple[str, str]]) -> None:
+    """A body the machine applied: a Kafka slice (version 3), or one announcing groups."""
+    if body[:2] == b"\x94\x03":  # [3, marks, runs, records]
+        SLICES_APPLIED[0] += 1
+    if groups:  # a version 4 slice that announced groups
+        ANNOUNCING_APPLIED[0] += 1
 
 
 def fresh(
@@ -150,6 +172,11 @@ class MachineFuzz(RuleBasedStateMachine):
 
     @rule(body=bodies(), late=st.floats(0, 100))
     def apply(self, body: bytes, late: float) -> None:
+        try:
+            groups = _machine.body_groups(body)
+        except _machine.BodyError:
+            groups = []
+        assert all(isinstance(s, str) and isinstance(g, str) for s, g in groups)
         before = self.core.dumps()
         try:
             self.core.apply(body, self.now - late)
@@ -159,8 +186,7 @@ class MachineFuzz(RuleBasedStateMachine):
             pass  # a limit of the state: the engine would start again
         else:
             self.applied.append(body)
-            if body[:2] == b"\x94\x03":  # [3, marks, runs, records]
-                SLICES_APPLIED[0] += 1
+            count_slice(body, groups)
 
     @rule(body=bodies(), late=st.floats(0, 100))
     def feed(self, body: bytes, late: float) -> None:
@@ -178,6 +204,7 @@ class MachineFuzz(RuleBasedStateMachine):
                 assert self.core.dumps() == before, "a body naming new groups was applied"
             else:
                 self.applied.append(body)
+                count_slice(body, _machine.body_groups(body))
 
     @rule(bodies=st.lists(bodies(), max_size=4))
     def screen(self, bodies: list[bytes]) -> None:
@@ -300,5 +327,6 @@ def test_the_machine_survives_whatever_it_is_fed() -> None:
     assert runs
     assert CLASSES_COUNTED, "no record with an error class was ever counted"
     assert SLICES_APPLIED[0], "no Kafka slice (version 3) was ever applied"
+    assert ANNOUNCING_APPLIED[0], "no slice announcing groups (version 4) was ever applied"
 
 

@@ -17,6 +17,7 @@ import msgspec
 import pytest
 from sqlalchemy import Engine, func, select
 
+from msgtally.ingest.intake import logbody
 from msgtally.ingest.intake.kafka_log import KafkaWriter, slices, split
 from msgtally.ingest.intake.schema import parse_body
 from msgtally.ingest.intake.writer import log_to, write_batch
@@ -39,7 +40,15 @@ from msgtally.store.kafka_log import (
     partition_of,
     sequence_partition,
 )
-from msgtally.store.tables import partitions, records_missing, tallies, tally_minutes, verdicts
+from msgtally.store.tables import (
+    announced_groups,
+    logged_groups,
+    partitions,
+    records_missing,
+    tallies,
+    tally_minutes,
+    verdicts,
+)
 from tests import partitioned_support
 from tests.conftest import LiveCollector
 from tests.harness import assert_discrepancies, assert_figures, figures, missing
@@ -54,6 +63,7 @@ from tests.partitioned_support import (
     committed,
     history,
     new_topic,
+    slices_sent,
     unadopted,
     wait_applied,
 )
@@ -144,6 +154,10 @@ def test_two_collectors_two_workers_give_the_single_engines_figures(
     assert_discrepancies(collectors[0], want)
     assert_same(collectors[0], single)  # records missing too
     assert {g for _s, g in figures(collectors[0])} >= {"cfg", "g4"}
+    with collectors[0].connect() as conn:  # every group came announced in the log
+        logged = {tuple(r) for r in conn.execute(select(logged_groups))}
+        assert logged == {(r.stream, r.group) for r in records if r.kind == "consume"}
+        assert conn.execute(select(announced_groups.c.grp)).scalars().all() == ["cfg"]
     # The engine's own bookkeeping, summed over the partitions' rows: the single
     # engine's records applied and repeated (the resends), nothing left in the
     # topic, and a last pass (the oldest partition's last commit) of this run.
@@ -196,11 +210,12 @@ def test_a_partition_taken_over_replays_its_sequences_and_counts_each_hole_once(
     sent.append(Numbered([], tails))
     writer = KafkaWriter(log, count, heartbeat_every=3600).start()  # beats by hand
     produced = dict.fromkeys(range(count), len(sent) + 1)  # a heartbeat each, and the last
+    known: set[tuple[str, str]] = set()
     for i, request in enumerate(sent):
         batch = parse_body(json.dumps(envelope(request)).encode())
         writer.append(batch.records, batch.sequences, 6000.0 + i)
         writer.beat(6000.0 + i)  # every partition's clock moves with the request's
-        for part in slices(batch.records, batch.sequences, count):
+        for part in slices_sent(known, batch.records, batch.sequences, count):
             produced[part] += 1
     writer.beat(100_000.0)  # past every deadline: every hole settled
     writer.close()
@@ -416,6 +431,130 @@ def test_a_commit_of_several_partitions_writes_those_still_its_own(
     assert not parts[1].changed and not parts[2].changed
 
 
+def test_a_collector_announces_a_group_it_does_not_know_to_every_partition_once(
+    broker: Tansu, pg_url: str, opened: list[Engine]
+) -> None:
+    """The first request naming a group sends every partition a slice announcing
+    it (no records on most), and the group goes to the store with the request;
+    neither that collector nor another one that reads the store announces it
+    again, nor a configured group (the store's announced groups)."""
+    from msgtally.reconcile.partitioned.partition import announce
+
+    store = _open(opened, pg_url)
+    log = new_topic(broker, 3)
+    count = open_log(store, str(log))[1]
+    announce(store, [("s1", "cfg")])
+
+    def request(mid: str, group: str) -> list[Record]:
+        return [Record("s1", "produce", mid, 10.0), Record("s1", "consume", mid, 11.0, group)]
+
+    first, other = (KafkaWriter(log, count, heartbeat_every=3600).start() for _ in range(2))
+    sends = [("m1", "g", first), ("m2", "g", first), ("m3", "g", other), ("m4", "cfg", first)]
+    produced = dict.fromkeys(range(count), 0)
+    try:
+        for i, (mid, group, writer) in enumerate(sends):
+            log_to(store, writer)
+            write_batch(store, batch_of(request(mid, group)), received_at=100.0 + i)
+            for p in range(count) if i == 0 else [partition_of("s1", mid, count)]:
+                produced[p] += 1
+        first.beat(999.0)  # last on every partition: nothing more was sent before it
+    finally:
+        log_to(store, None)
+        first.close()
+        other.close()
+    announced = []
+    for part in range(count):
+        *messages, (_offset, last) = _messages(log, part, produced[part] + 1)
+        assert decode_message(last) == ("", 999.0, None), part
+        for _offset, raw in messages:
+            message = decode_message(raw)
+            assert message.body is not None
+            logged = logbody.decode(message.body)
+            ids = {r.message_id for r in logged.records}
+            announced.append((part, message.received_at, logged.groups, ids))
+    home = partition_of("s1", "m1", count)
+    assert sorted(a[:3] for a in announced if a[2]) == [(p, 100.0, [("s1", "g")]) for p in range(3)]
+    assert {a[0]: a[3] for a in announced if a[2]}[home] == {"m1"}
+    assert all(not a[3] for a in announced if a[2] and a[0] != home)  # the news alone
+    with store.connect() as conn:
+        assert [tuple(r) for r in conn.execute(select(logged_groups))] == [("s1", "g")]
+
+
+def _minute_rows(store: Engine) -> dict[tuple[int, str, str], tuple[float, ...]]:
+    """The per-minute tally rows summed over the partitions: the counts, then latency_sum."""
+    t = tally_minutes
+    with store.connect() as conn:
+        sums = [func.sum(t.c[f]) for f in (*TALLY_FIELDS, "latency_sum")]
+        rows = conn.execute(select(t.c.at, t.c.stream, t.c.grp, *sums)
+                            .group_by(t.c.at, t.c.stream, t.c.grp))  # fmt: skip
+        out = {(int(r[0]), r[1], r[2]): tuple(float(x) for x in r[3:]) for r in rows}
+    return {k: (*v[:-1], round(v[-1], 6)) for k, v in out.items() if any(v)}
+
+
+def test_a_group_first_seen_mid_history_is_judged_at_its_clock_on_every_partition(
+    broker: Tansu, pg_url: str, tmp_path: Path, opened: list[Engine]
+) -> None:
+    """A consumer group, solo, first named halfway through a history received over
+    minutes, by consumes that all land on partition 0: the collector announces
+    it to every partition at that request's clock (once: the later requests
+    announce nothing), and each partition back-fills it there. Workers that
+    catch up on the whole topic at once write every per-minute row, solo's
+    included, where the single engine, ticking at each receipt, writes it."""
+    parts = 4
+    store = _open(opened, pg_url)
+    log = new_topic(broker, parts)
+    count = open_log(store, str(log))[1]
+    base = (time.time() // 3600 - 2) * 3600  # on an hour, ~2 h ago
+    half = history(21, 160, base)
+    requests = _with_solo(half, parts, len(half) // 2)
+    first_solo = next(i for i, q in enumerate(requests) if any(r.group == "solo" for r in q))
+    clocks = [base + 60 + 37 * i for i in range(len(requests))]  # over ~12 minutes
+    final = clocks[-1] + 900  # past every deadline: every id judged
+    writer = KafkaWriter(log, count, heartbeat_every=3600).start()  # beats by hand
+    produced = dict.fromkeys(range(count), len(requests) + 1)  # a heartbeat each, and the last
+    known: set[tuple[str, str]] = set()
+    single = _open(opened, f"sqlite:///{tmp_path / 'single.db'}")
+    with Reconciler(single, CONFIG) as engine:  # live: it ticks at each receipt
+        for request, at in zip(requests, clocks, strict=True):
+            batch = batch_of(request)
+            writer.append(batch.records, None, at)
+            writer.beat(at)  # every partition's clock at the receipt's
+            for part in slices_sent(known, batch.records, None, count):
+                produced[part] += 1
+            write_batch(single, batch, received_at=at)
+            engine.catch_up(at, final=False)
+        writer.beat(final)
+        writer.close()
+        engine.catch_up(final, final=False)
+    # solo announced once on every partition, at its first request's clock
+    for part in range(count):
+        announced = [
+            (decode_message(raw).received_at, logbody.decode(body).groups)
+            for _offset, raw in _messages(log, part, produced[part])
+            if (body := decode_message(raw).body) is not None
+            and ("s1", "solo") in (logbody.decode(body).groups or ())
+        ]  # fmt: skip
+        assert announced == [(clocks[first_solo], [("s1", "solo")])], part
+    workers = [WorkerThread(pg_url, log) for _ in range(2)]  # the backlog at once
+    try:
+        deadline = time.monotonic() + 120
+        while committed(store) != produced or unadopted(store):
+            assert time.monotonic() < deadline, (committed(store), produced, unadopted(store))
+            time.sleep(0.1)
+    finally:
+        for w in workers:
+            w.stop()
+    assert_same(store, single)
+    got, want = _minute_rows(store), _minute_rows(single)
+    assert {k for k in want if k[2] == "solo"} == {k for k in got if k[2] == "solo"}
+    assert len({k[0] for k in want if k[2] == "solo"}) >= 2  # judged over several minutes
+    assert got == want
+    solo = figures(store)[("s1", "solo")]
+    assert solo["lost"] > 0 and solo["delivered"] > 0
+    with store.connect() as conn:  # the log told the partitions: nothing through the store
+        assert conn.execute(select(announced_groups.c.grp)).scalars().all() == ["cfg"]
+
+
 @pytest.mark.slow
 def test_windowed_reads_are_the_single_engines(
     broker: Tansu, pg_url: str, tmp_path: Path, opened: list[Engine]
@@ -425,8 +564,10 @@ def test_windowed_reads_are_the_single_engines(
     catch up on the whole topic at once write every per-minute and per-hour row
     where the single engine, ticking at each receipt, writes it. Every read is
     the same: windows, series, objectives, status rows, /metrics, the report
-    (but for what tests.partitioned_reads names: g4's windowed rows, the engine's
-    bookkeeping)."""
+    (but for the engine's bookkeeping, which tests.partitioned_reads names). g4,
+    a group that first appears in the last request, on a few partitions, is
+    announced by the collector to every partition at that request's clock: its
+    windowed rows are the single engine's too."""
     store = _open(opened, pg_url)
     log = new_topic(broker, 4)
     count = open_log(store, str(log))[1]
@@ -437,13 +578,14 @@ def test_windowed_reads_are_the_single_engines(
     final = clocks[-1] + 900  # past every deadline: every id judged
     writer = KafkaWriter(log, count, heartbeat_every=3600).start()  # beats by hand
     produced = dict.fromkeys(range(count), len(sent) + 1)  # a heartbeat each, and the last
+    known: set[tuple[str, str]] = set()
     single = _open(opened, f"sqlite:///{tmp_path / 'single.db'}")
     with Reconciler(single, CONFIG) as engine:  # live: it ticks at each receipt
         for request, at in zip(sent, clocks, strict=True):
             batch = parse_body(json.dumps(envelope(request)).encode())
             writer.append(batch.records, batch.sequences, at)
             writer.beat(at)  # every partition's clock at the receipt's
-            for part in slices(batch.records, batch.sequences, count):
+            for part in slices_sent(known, batch.records, batch.sequences, count):
                 produced[part] += 1
             write_batch(single, batch, received_at=at)
             engine.catch_up(at, final=False)
@@ -452,9 +594,6 @@ def test_windowed_reads_are_the_single_engines(
         engine.catch_up(final, final=False)
     workers = [WorkerThread(pg_url, log) for _ in range(2)]  # the backlog at once
     try:  # the count is the test's (Tansu's high watermark may lag the last message)
-        # and every group announced taken in by every partition: g4, announced with
-        # the last commit of the partitions whose messages name it, reaches the
-        # others at their next look (its back-fill goes with their next commit).
         deadline = time.monotonic() + 120
         while committed(store) != produced or unadopted(store):
             assert time.monotonic() < deadline, (committed(store), produced, unadopted(store))
@@ -517,19 +656,10 @@ def test_a_back_fill_reads_the_partition_once_for_every_stream_and_logs_its_prog
     assert (got[("s1", "g1")]["produced"], got[("s1", "g1")]["delivered"]) == (2500, 2500)
 
 
-def test_a_group_seen_on_one_partition_is_owed_every_partitions_ids(
-    broker: Tansu, pg_url: str, tmp_path: Path, opened: list[Engine]
-) -> None:
-    """A consumer group, solo, whose consume records all land on partition 0
-    (it consumes only ids of s1 that hash there) is owed every id produced on
-    s1, on every partition: the others learn of it only through the store
-    (the announced groups), each back-fills its own ids from the topic (those
-    produced before solo first appeared) and owes it the ids produced after.
-    Every figure is the single engine's and the oracle's."""
-    parts = 4
-    store = _open(opened, pg_url)
-    log = new_topic(broker, parts)
-    open_log(store, str(log))
+def _with_solo(requests: list[list[Record]], parts: int, at: int) -> list[list[Record]]:
+    """The requests, from the one at index `at` on with a consumer group, solo,
+    whose consume records all land on partition 0: it consumes only the ids of
+    s1 that hash there."""
 
     def with_solo(request: list[Record]) -> list[Record]:
         solo = [
@@ -541,21 +671,48 @@ def test_a_group_seen_on_one_partition_is_owed_every_partitions_ids(
         ]  # fmt: skip
         return [*request, *solo]
 
-    base = history(18, 400, time.time() - 2000)
-    third = len(base) // 3  # solo appears a third of the way in
-    requests = [*base[:third], *(with_solo(r) for r in base[third:])]
-    seen = {partition_of(r.stream, r.message_id, parts) for q in requests for r in q
+    out = [*requests[:at], *(with_solo(r) for r in requests[at:])]
+    seen = {partition_of(r.stream, r.message_id, parts) for q in out for r in q
             if r.group == "solo"}  # fmt: skip
     assert seen == {0}
-    writer = KafkaWriter(log, parts).start()
+    return out
+
+
+def test_a_group_no_collector_announced_reaches_every_partition_through_the_store(
+    broker: Tansu, pg_url: str, tmp_path: Path, opened: list[Engine]
+) -> None:
+    """A topic written by collectors from before groups were announced in the log
+    (slices of version 2 only): a consumer group, solo, whose consume records
+    all land on partition 0 is owed every id produced on s1, on every
+    partition: the others learn of it through the store (announced_groups),
+    each back-fills its own ids from the topic (those produced before solo
+    first appeared) and owes it the ids produced after. Every figure is the
+    single engine's and the oracle's (over all time: the windows are not, the
+    other partitions back-fill at their clock when they learn of it)."""
+    from confluent_kafka import Producer
+
+    parts = 4
+    store = _open(opened, pg_url)
+    log = new_topic(broker, parts)
+    open_log(store, str(log))
+    base = history(18, 400, time.time() - 2000)
+    requests = _with_solo(base, parts, len(base) // 3)  # a third of the way in
+    old = Producer({"bootstrap.servers": log.bootstrap, "enable.idempotence": True})
+    produced = dict.fromkeys(range(parts), 1)  # the last heartbeat
     workers = [WorkerThread(pg_url, log) for _ in range(2)]
     try:
-        for request in requests:
-            writer.append(batch_of(request).records, None, time.time())
+        for i, request in enumerate(requests):
+            for p, body in slices(batch_of(request).records, None, parts).items():
+                old.produce(log.topic, encode_message(f"r{i}", time.time(), body), partition=p)
+                produced[p] += 1
         final = time.time() + 10_000
-        writer.beat(final)
-        writer.close()
-        wait_applied(store, log, parts)
+        for p in range(parts):
+            old.produce(log.topic, encode_message("", final, None), partition=p)
+        assert old.flush(30) == 0
+        deadline = time.monotonic() + 120  # the count is the test's, as above
+        while committed(store) != produced or unadopted(store):
+            assert time.monotonic() < deadline, (committed(store), produced, unadopted(store))
+            time.sleep(0.1)
     finally:
         for w in workers:
             w.stop()

@@ -66,7 +66,8 @@ def test_a_numbered_request_becomes_slices_each_with_what_its_partition_owns() -
     # A sender that does not number: version 2 slices, no marks, its seqs never checked.
     plain = slices(records, None, 5)
     assert plain.keys() == {partition_of(r.stream, r.message_id, 5) for r in records}
-    assert all(logbody.decode(b) == (logged[p].records, None, None) for p, b in plain.items())
+    assert all(logbody.decode(b) == (logged[p].records, None, None, None)
+               for p, b in plain.items())  # fmt: skip
     # Marks alone (a shim's last report): slices for their owners only.
     alone = split_sequences([], marks, 5)
     assert set(slices([], marks, 5)) == set(alone) == {p for p, _ in marked}

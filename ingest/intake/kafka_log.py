@@ -14,6 +14,17 @@ has each sequence checked on the one partition that owns it
 is a version 3 log body, with the runs and marks of the sequences its
 partition owns (`split_sequences`) beside the records of the ids it owns.
 
+A request that names a consumer group (stream, group) this collector does
+not know yet (its cache: the store's known groups, msgtally.store.kafka_log,
+read again every KNOWN_REFRESH seconds, and those it announced) sends every
+partition a version 4 slice, maybe without records, with the new groups:
+each partition's machine expects them and back-fills its ids at that message,
+at the request's receipt time, so every partition judges the group from the
+same clock as the single engine. Once every slice is acknowledged the groups
+are known, and recorded in the store with the request's transaction. A group
+two collectors announce at once is expected once (the machine ignores a
+group it expects).
+
 A heartbeat goes to every partition each `heartbeat_every` seconds: it moves
 the partition's clock, so deadlines expire on quiet partitions too.
 
@@ -32,13 +43,17 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from sqlalchemy import Connection
+
 from msgtally.ingest.intake import logbody
 from msgtally.ingest.intake.schema import Consume, Record, SequenceMark
 from msgtally.store.kafka_log import (
     KafkaLog,
     encode_message,
     heartbeat,
+    known_groups,
     partition_of,
+    record_logged,
     sequence_partition,
 )
 
@@ -46,6 +61,7 @@ log_ = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 10.0  # seconds for every slice of a request to be acknowledged
 DEFAULT_HEARTBEAT = 1.0  # seconds between heartbeats to every partition
+KNOWN_REFRESH = 60.0  # seconds between reads of the store's known groups
 
 
 # Delivery errors after which the producer is no use: librdkafka's fatal errors
@@ -95,19 +111,28 @@ def split_sequences(
     return out
 
 
+def groups_of(records: Sequence[Record]) -> set[logbody.Group]:
+    """The (stream, group) pairs a request's consumes name."""
+    return {(r.stream, r.group) for r in records if type(r) is Consume}
+
+
 def slices(
-    records: Sequence[Record], marks: Sequence[SequenceMark] | None, count: int
-) -> dict[int, bytes]:
+    records: Sequence[Record], marks: Sequence[SequenceMark] | None, count: int,
+    groups: Sequence[logbody.Group] = (),
+) -> dict[int, bytes]:  # fmt: skip
     """A request's log body per partition: the records of the ids each owns; from
     a numbering sender (`marks` not None, maybe empty), every slice in version 3,
-    with the runs and marks of the sequences each owns."""
+    with the runs and marks of the sequences each owns; with new `groups`, every
+    partition a slice in version 4 that announces them, records or none."""
     parts = split(records, count)
-    if marks is None:
+    if marks is None and not groups:
         return {p: logbody.encode(rs, None) for p, rs in parts.items()}
-    numbered = split_sequences(records, marks, count)
+    # A sender that does not number: no runs, its seqs never checked (as version 2's nil marks).
+    numbered = {} if marks is None else split_sequences(records, marks, count)
+    on = range(count) if groups else sorted(parts.keys() | numbered.keys())
     return {
-        p: logbody.encode_slice(parts.get(p, []), *numbered.get(p, ([], [])))
-        for p in sorted(parts.keys() | numbered.keys())
+        p: logbody.encode_slice(parts.get(p, []), *numbered.get(p, ([], [])), list(groups))
+        for p in on
     }
 
 
@@ -156,6 +181,11 @@ class KafkaWriter:
         }
         self._new_producer = Producer
         self._replacing = threading.Lock()
+        # Groups no request needs to announce: the store's, read every KNOWN_REFRESH
+        # seconds, and those announced through this writer.
+        self._known: set[logbody.Group] = set()
+        self._known_read = -KNOWN_REFRESH
+        self._known_lock = threading.Lock()
         self._producer = Producer(self._settings)
         # Per partition, one past the highest offset acknowledged to this producer:
         # the topic's end within a heartbeat (msgtally.store.engine_facts). Written
@@ -180,15 +210,19 @@ class KafkaWriter:
         self._producer.flush(self.timeout)
 
     def append(
-        self, records: Sequence[Record], marks: Sequence[SequenceMark] | None, received_at: float
-    ) -> None:
+        self, records: Sequence[Record], marks: Sequence[SequenceMark] | None, received_at: float,
+        conn: Connection | None = None,
+    ) -> None:  # fmt: skip
         """Produce the request's slices; return once all are acknowledged.
 
         With `marks` (a numbering sender's request, maybe no marks), every slice
         is a version 3 body: the sequences' runs and marks go to the partitions
-        that own the sequences, beside the ids' records.
+        that own the sequences, beside the ids' records. Groups new to this
+        collector are announced to every partition (version 4), then recorded
+        through `conn` (the request's transaction on the store), when given.
         """
-        bodies = slices(records, marks, self.partitions)
+        new = self._unknown(groups_of(records), conn)
+        bodies = slices(records, marks, self.partitions, new)
         if not bodies:
             return
         from confluent_kafka import KafkaException
@@ -210,6 +244,29 @@ class KafkaWriter:
             self._replace_producer(producer, pending.error)
         if pending.error is not None:
             raise LogUnavailable(f"the Kafka log refused the request: {pending.error}")
+        if new:  # every partition has the announcement: none needed again
+            with self._known_lock:
+                self._known.update(new)
+            if conn is not None:
+                record_logged(conn, new)
+
+    def _unknown(
+        self, groups: set[logbody.Group], conn: Connection | None
+    ) -> list[logbody.Group]:
+        """The groups not known to need no announcement, sorted; the store's known
+        groups read through `conn` first when the last read is KNOWN_REFRESH old."""
+        if not groups:
+            return []
+        with self._known_lock:
+            new = groups - self._known
+            stale = time.monotonic() - self._known_read > KNOWN_REFRESH
+        if new and stale and conn is not None:
+            stored = known_groups(conn)
+            with self._known_lock:
+                self._known.update(stored)
+                self._known_read = time.monotonic()
+                new = groups - self._known
+        return sorted(new)
 
     def beat(self, at: float) -> None:
         """A heartbeat on every partition, at `at` (the receipt clock)."""

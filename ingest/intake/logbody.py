@@ -19,6 +19,14 @@ empty). The machine applies runs and marks to its sequence state only, never
 as records: a sender's numbering is checked whole on one partition, its
 records' ids spread over all (msgtally.store.kafka_log).
 
+A request that names consumer groups its collector has not seen announced
+(msgtally.ingest.intake.kafka_log) sends every partition a slice of version 4,
+[4, groups, marks, runs, [record, ...]] (`encode_slice` with `groups`): a
+version 3 slice, maybe without records, and the groups, each [stream, group].
+The machine takes them as the new groups of the body, as it takes those of its
+consumes: the engine back-fills them before the body applies, at its receipt
+time, on every partition at once.
+
 The machine (msgtally.reconcile._machine) reads it without creating a Python
 object per record; `decode` gives the contents back for tools and tests.
 """
@@ -33,8 +41,10 @@ from msgtally.ingest.intake.schema import Record, SequenceMark
 
 VERSION = 2
 SLICE_VERSION = 3
+ANNOUNCING_VERSION = 4  # a slice with the groups every partition is to expect
 Mark = tuple[str, str, str, str, int]  # producer, stream, kind, group, last
 Run = tuple[str, str, str, str, list[int]]  # producer, stream, kind, group, seqs
+Group = tuple[str, str]  # stream, group
 
 _encoder = msgspec.msgpack.Encoder()
 _parts = msgspec.msgpack.Decoder(list[msgspec.Raw])
@@ -42,12 +52,14 @@ _version = msgspec.msgpack.Decoder(int)
 _records = msgspec.msgpack.Decoder(list[Record])
 _marks = msgspec.msgpack.Decoder(list[Mark] | None)
 _runs = msgspec.msgpack.Decoder(list[Run])
+_groups = msgspec.msgpack.Decoder(list[Group])
 
 
 class Logged(NamedTuple):
     records: list[Record]
     marks: list[Mark] | None
-    runs: list[Run] | None = None  # a slice's (version 3)
+    runs: list[Run] | None = None  # a slice's (version 3 and 4)
+    groups: list[Group] | None = None  # announced to every partition (version 4)
 
 
 def encode(records: list[Record], sequences: list[SequenceMark] | None = None) -> bytes:
@@ -57,8 +69,13 @@ def encode(records: list[Record], sequences: list[SequenceMark] | None = None) -
     return _encoder.encode((VERSION, marks, records))
 
 
-def encode_slice(records: list[Record], marks: list[Mark], runs: list[Run]) -> bytes:
-    """A partition's slice of a numbering sender's request (version 3)."""
+def encode_slice(
+    records: list[Record], marks: list[Mark], runs: list[Run], groups: list[Group] | None = None
+) -> bytes:
+    """A partition's slice of a request on the Kafka log: version 3, or 4 with the
+    `groups` every partition is to expect before it."""
+    if groups:
+        return _encoder.encode((ANNOUNCING_VERSION, groups, marks, runs, records))
     return _encoder.encode((SLICE_VERSION, marks, runs, records))
 
 
@@ -75,6 +92,9 @@ def decode(body: bytes) -> Logged:
         return Logged(_records.decode(parts[2]), _marks.decode(parts[1]))
     if version == 3 and len(parts) == 4:
         return Logged(_records.decode(parts[3]), _marks.decode(parts[1]), _runs.decode(parts[2]))
-    raise ValueError(
-        f"log body version {version}, this msgtally reads 1, {VERSION} and {SLICE_VERSION}"
-    )
+    if version == 4 and len(parts) == 5:
+        return Logged(_records.decode(parts[4]), _marks.decode(parts[2]), _runs.decode(parts[3]),
+                      _groups.decode(parts[1]))  # fmt: skip
+    raise ValueError(f"log body version {version}, this msgtally reads 1, {VERSION}, "
+                     f"{SLICE_VERSION} and {ANNOUNCING_VERSION}")  # fmt: skip
+

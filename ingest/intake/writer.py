@@ -31,7 +31,9 @@ from msgtally.store.tables import RETRY_CONFIG_TTL, log, log_pending, retry_conf
 class LogSink(Protocol):
     """Where a store's log goes when it is not the `log` table."""
 
-    def append(self, records: list[Record], marks: Any, received_at: float) -> None: ...
+    def append(
+        self, records: list[Record], marks: Any, received_at: float, conn: Connection
+    ) -> None: ...
 
     def ends(self) -> Sequence[int]:
         """Per partition, the end offset of the log as this sink had it acknowledged."""
@@ -80,7 +82,7 @@ def write_batch(
         if guard is not None:
             batch, admitted = guard.admit(conn, batch)
         if sink is not None:
-            sink.append(batch.records, batch.sequences, at)
+            sink.append(batch.records, batch.sequences, at, conn)
         elif batch.records or batch.sequences:
             # Marks alone are a log row too: the engine reads them in log order.
             body = logbody.encode(batch.records, batch.sequences)

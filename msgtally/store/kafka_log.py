@@ -12,10 +12,22 @@ A message is msgpack [1, request_id, received_at, body]:
 - `received_at`: when the collector accepted the request (unix seconds): the
   partition's clock, as a log row's receipt time is the single engine's;
 - `body`: a log body (msgtally.ingest.intake.logbody) with this partition's
-  slice of the request's records, or nil: a heartbeat, which only moves the
-  partition's clock (collectors send one to every partition each second, so
-  deadlines expire on quiet partitions, and a replay judges exactly as the
-  first run: every clock is in the topic).
+  slice of the request's records (version 4: with the groups it announces,
+  below), or nil: a heartbeat, which only moves the partition's clock
+  (collectors send one to every partition each second, so deadlines expire
+  on quiet partitions, and a replay judges exactly as the first run: every
+  clock is in the topic).
+
+A request that names a consumer group its collector has not seen announced
+gives every partition a slice (records maybe none) of version 4, with the
+group: each partition's machine expects it, and back-fills its own ids for it,
+at that message, at the request's receipt time, as the single engine does at
+the tick that first meets the group; on a partition the announcement comes
+before the request's records (one message). A group announced twice (two
+collectors, a resend) is expected once: the machine ignores a group it
+expects. The collector then records the group in the store (logged_groups,
+`record_logged`): collectors read it (`known_groups`) to announce each group
+once, whichever collector meets it first.
 
 A record goes to partition crc32(stream + NUL + message id) mod partitions
 (zlib's CRC-32, the same in every process and release): every record of an
@@ -35,15 +47,16 @@ and take the rest for holes).
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import msgspec
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, func, select
 
 from msgtally.store.db import upsert, write_tx
-from msgtally.store.tables import meta, partitions
+from msgtally.store.tables import announced_groups, logged_groups, meta, partitions
 
 SCHEME = "kafka"
 VERSION = 1
@@ -112,6 +125,23 @@ def sequence_partition(producer: str, stream: str, kind: str, group: str, count:
     """The partition that checks the numbering of (producer, stream, kind, group)."""
     key = b"\0".join(s.encode() for s in (producer, stream, kind, group))
     return zlib.crc32(key) % count
+
+
+def known_groups(conn: Connection) -> set[tuple[str, str]]:
+    """The (stream, group) pairs no request needs to announce in the log: those the
+    partitions learn of from the store (announced_groups) and those announced in
+    the log already (logged_groups)."""
+    out: set[tuple[str, str]] = set()
+    for table in (announced_groups, logged_groups):
+        out.update((s, g) for s, g in conn.execute(select(table.c.stream, table.c.grp)))
+    return out
+
+
+def record_logged(conn: Connection, groups: Sequence[tuple[str, str]]) -> None:
+    """Groups announced to every partition in the log, each acknowledged: a second
+    collector's announcement of one is harmless, so a race only costs a message."""
+    stmt = upsert(conn, logged_groups).on_conflict_do_nothing(index_elements=["stream", "grp"])
+    conn.execute(stmt, [{"stream": s, "grp": g} for s, g in groups])
 
 
 # -- the topic ---------------------------------------------------------------------

@@ -413,10 +413,24 @@ partition_checkpoints = Table(
     Column("body", LargeBinary, nullable=False),
 )
 
-# Consumer groups seen on some partition, announced to every worker: each
-# partition's machine expects them and back-fills its own ids from the topic.
+# Consumer groups every worker's partitions learn of from the store: the
+# configured ones (--expect), and those a partition met in its records with no
+# announcement in the log (written before collectors announced them there).
+# Each partition's machine expects them and back-fills its own ids from the topic.
 announced_groups = Table(
     "announced_groups",
+    metadata,
+    Column("stream", String(256), nullable=False),
+    Column("grp", String(256), nullable=False),
+    PrimaryKeyConstraint("stream", "grp"),
+)
+
+# Consumer groups a collector announced in the Kafka log to every partition (a
+# version 4 slice on each, every one acknowledged): the partitions learn of them
+# from the log, at the request's clock, never from here; collectors read this
+# to know which groups need no announcement.
+logged_groups = Table(
+    "logged_groups",
     metadata,
     Column("stream", String(256), nullable=False),
     Column("grp", String(256), nullable=False),

@@ -201,10 +201,16 @@ int lb_open(Body *b, const uint8_t *buf, size_t len, char err[LB_ERR]) {
     int isf, nil;
     b->marks.p = b->marks.end = NULL;
     b->runs.p = b->runs.end = NULL;
-    if (mp_array(&c, &n) || n < 2 || n > 4) FAIL("log body: not a msgpack array [version, marks, records]");
+    b->groups.p = b->groups.end = NULL;
+    if (mp_array(&c, &n) || n < 2 || n > 5) FAIL("log body: not a msgpack array [version, marks, records]");
     if (mp_number(&c, &version, &d, &isf, &nil) || isf || nil) FAIL("log body: the version is not an integer");
-    if (version < 1 || version > 3) FAIL("log body: version %lld, this machine reads 1, 2 and 3", (long long)version);
+    if (version < 1 || version > 4) FAIL("log body: version %lld, this machine reads 1, 2, 3 and 4", (long long)version);
     if ((uint32_t)version != n - 1) FAIL("log body: version %lld with %u parts", (long long)version, n);
+    if (version == 4) {
+        int got = array_part(&c, &b->groups);
+        if (got == -1) FAIL("log body: version 4: the groups are not an array");
+        if (got) FAIL("log body: the groups are truncated");
+    }
     if (version >= 2) {
         if (c.p >= c.end) FAIL("log body: truncated before its marks");
         if (*c.p == 0xc0 && version == 2) {
@@ -212,13 +218,13 @@ int lb_open(Body *b, const uint8_t *buf, size_t len, char err[LB_ERR]) {
         } else {
             int got = array_part(&c, &b->marks);
             if (got == -1 && version == 2) FAIL("log body: the marks are neither nil nor an array");
-            if (got == -1) FAIL("log body: version 3: the marks are not an array");
+            if (got == -1) FAIL("log body: version %lld: the marks are not an array", (long long)version);
             if (got) FAIL("log body: the marks are truncated");
         }
     }
-    if (version == 3) {
+    if (version >= 3) {
         int got = array_part(&c, &b->runs);
-        if (got == -1) FAIL("log body: version 3: the runs are not an array");
+        if (got == -1) FAIL("log body: version %lld: the runs are not an array", (long long)version);
         if (got) FAIL("log body: the runs are truncated");
     }
     b->record_seqs = version == 2 && b->marks.p;
@@ -361,5 +367,23 @@ int lb_run_seq(Cursor *c, int64_t *seq, uint32_t run, uint32_t index, char err[L
     int isf, nil;
     if (mp_number(c, seq, &d, &isf, &nil) || isf || nil || *seq < 0)
         FAIL("log body: run %u: seq %u is not an integer of 0 or more", run, index);
+    return 0;
+}
+
+int lb_groups_open(Cursor *c, uint32_t *n, char err[LB_ERR]) {
+    if (mp_array(c, n)) FAIL("log body: the groups are not an array");
+    return 0;
+}
+
+/* A group of version 4: [stream, group], both strings as a consume's would be. */
+int lb_group(Cursor *c, Str *stream, Str *group, uint32_t index, char err[LB_ERR]) {
+    uint32_t parts;
+    if (mp_array(c, &parts) || parts != 2) FAIL("log body: group %u: not [stream, group]", index);
+    if (mp_str(c, stream) || mp_str(c, group)) FAIL("log body: group %u: a name is not a string", index);
+    if (stream->nil || group->nil) FAIL("log body: group %u: a name is nil", index);
+    if (stream->n > MC_MAX_TEXT_BYTES || group->n > MC_MAX_TEXT_BYTES)
+        FAIL("log body: group %u: a name is past the limit of %u bytes", index, MC_MAX_TEXT_BYTES);
+    if (!lb_is_utf8(stream->s, stream->n) || !lb_is_utf8(group->s, group->n))
+        FAIL("log body: group %u: a name is not UTF-8", index);
     return 0;
 }

@@ -14,6 +14,11 @@
  *   order), and the marks (an array, maybe empty): those of the sequences
  *   this partition owns, applied to the sequence state only, never joined as
  *   records (msgtally.store.kafka_log says which partition owns which).
+ * - [4, groups, marks, runs, [record, ...]]: a version 3 slice with the
+ *   consumer groups its request names for the first time, each [stream,
+ *   group]: every partition gets one (its records maybe none), so that every
+ *   machine expects them, and back-fills them, at the request's clock. The
+ *   groups are the body's new groups as its consumes' are (screen, feed, apply).
  *
  * Every reader says what is wrong and where in `err` ("record 3: field 'ts'
  * is not a number"): a body the machine rejects is set aside with that
@@ -71,6 +76,7 @@ typedef struct {
 
 typedef struct {
     Cursor records;  /* at the first record */
+    Cursor groups;   /* at the groups' array (version 4); groups.p NULL: none */
     Cursor marks;    /* at the marks' array; marks.p NULL: a body without marks */
     Cursor runs;     /* at the runs' array (version 3); runs.p NULL: none */
     uint32_t count;  /* records */
@@ -91,6 +97,9 @@ int lb_mark(Cursor *c, Mark *m, uint32_t index, char err[LB_ERR]);
 int lb_runs_open(Cursor *c, uint32_t *n, char err[LB_ERR]);
 int lb_run(Cursor *c, Run *r, uint32_t index, char err[LB_ERR]);
 int lb_run_seq(Cursor *c, int64_t *seq, uint32_t run, uint32_t index, char err[LB_ERR]);
+/* The groups' count (version 4), then each group's names: 0, or -1 with the reason. */
+int lb_groups_open(Cursor *c, uint32_t *n, char err[LB_ERR]);
+int lb_group(Cursor *c, Str *stream, Str *group, uint32_t index, char err[LB_ERR]);
 /* Whether bytes are UTF-8 (surrogates let through, as Python's "surrogatepass").
  * Names become Python strings and ids go back to the store as text. ASCII, the
  * common case, is checked eight bytes at a time, inline: it runs for every record. */

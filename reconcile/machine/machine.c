@@ -1263,7 +1263,7 @@ static int same(const Str *a, const Str *b) { return a->n == b->n && memcmp(a->s
 
 /* Whether a consume's (stream, group) fits the limits of groups, counting the
  * new pairs of the bodies checked so far (M->newg): 0, or -1 with the reason. */
-static int group_fits(Machine *M, const Str *stream, const Str *group, uint32_t index) {
+static int group_fits(Machine *M, const Str *stream, const Str *group, const char *what, uint32_t index) {
     int64_t sid = dict_get(&M->streams, stream->s, stream->n, 0);
     int64_t gid = dict_get(&M->groups, group->s, group->n, 0);
     if (sid >= 0 && gid >= 0 && (uint32_t)sid < M->sinfo_cap && stream_expects(&M->sinfo[sid], (uint32_t)gid))
@@ -1281,10 +1281,10 @@ static int group_fits(Machine *M, const Str *stream, const Str *group, uint32_t 
     uint64_t expected = sid >= 0 && (uint32_t)sid < M->sinfo_cap ? M->sinfo[sid].n : 0;
     if (expected + on_stream >= MC_MAX_GROUPS_PER_STREAM)
         return mc_fail(M, MC_EBODY,
-                       "log body: record %u: a new consumer group of stream '%.*s', which has the limit of %u groups",
-                       index, (int)(stream->n > 64 ? 64 : stream->n), stream->s, MC_MAX_GROUPS_PER_STREAM);
+                       "log body: %s %u: a new consumer group of stream '%.*s', which has the limit of %u groups",
+                       what, index, (int)(stream->n > 64 ? 64 : stream->n), stream->s, MC_MAX_GROUPS_PER_STREAM);
     if (gid < 0 && !name_seen && (uint64_t)M->groups.n + new_names + 1 > (uint64_t)MC_MAX_GROUPS + 1)
-        return mc_fail(M, MC_EBODY, "log body: record %u: more than %u consumer groups in all", index, MC_MAX_GROUPS);
+        return mc_fail(M, MC_EBODY, "log body: %s %u: more than %u consumer groups in all", what, index, MC_MAX_GROUPS);
     if (grow(&M->newg, &M->newg_cap, M->nnewg, sizeof(NewGroup), 16)) return -1;
     M->newg[M->nnewg++] = (NewGroup){*stream, *group};
     return 0;
@@ -1295,6 +1295,16 @@ static int group_fits(Machine *M, const Str *stream, const Str *group, uint32_t 
 static int read_body(Machine *M, const uint8_t *buf, size_t len, Body *b) {
     char err[LB_ERR];
     if (lb_open(b, buf, len, err)) return mc_fail(M, MC_EBODY, "%s", err);
+    if (b->groups.p) { /* version 4: new groups as its consumes' would be, before them */
+        Cursor g = b->groups;
+        uint32_t n;
+        Str stream, group;
+        if (lb_groups_open(&g, &n, err)) return mc_fail(M, MC_EBODY, "%s", err);
+        for (uint32_t i = 0; i < n; i++) {
+            if (lb_group(&g, &stream, &group, i, err)) return mc_fail(M, MC_EBODY, "%s", err);
+            if (group_fits(M, &stream, &group, "group", i)) return -1;
+        }
+    }
     if (b->count > M->scratch_cap) {
         size_t cap = M->scratch_cap ? M->scratch_cap : 256;
         while (cap < b->count) cap *= 2;
@@ -1325,7 +1335,7 @@ static int read_body(Machine *M, const uint8_t *buf, size_t len, Body *b) {
                           same(&seen[k]->text[F_STREAM], &r->text[F_STREAM])))
             k++;
         if (k < n) continue;
-        if (group_fits(M, &r->text[F_STREAM], &r->text[F_GROUP], i)) return -1;
+        if (group_fits(M, &r->text[F_STREAM], &r->text[F_GROUP], "record", i)) return -1;
         seen[nseen++ % SEEN] = r;
     }
     if (b->marks.p) {
@@ -1377,6 +1387,19 @@ size_t mc_checked_groups(const Machine *M, McName *stream, McName *group, size_t
 static int apply_read(Machine *M, const Body *b, double received_at) {
     int rc = 0;
     /* Nothing can fail from here on but memory and the limits of the state. */
+    if (b->groups.p) { /* version 4: expected, as a consume of each would make it */
+        Cursor g = b->groups;
+        uint32_t n;
+        Str stream, group;
+        char err[LB_ERR];
+        rc = lb_groups_open(&g, &n, err);
+        for (uint32_t i = 0; i < n && !rc; i++) {
+            rc = lb_group(&g, &stream, &group, i, err);
+            int64_t sid = rc ? -1 : stream_index(M, &stream);
+            int64_t gid = sid < 0 ? -1 : dict_get(&M->groups, group.s, group.n, 1);
+            if (gid < 0 || expect_group(M, (uint32_t)sid, (uint32_t)gid) < 0) rc = -1;
+        }
+    }
     for (uint32_t i = 0; i < b->count && !rc; i++) {
         Rec *r = &M->scratch[i];
         Place at;
@@ -1818,6 +1841,21 @@ int mc_new_groups(Machine *M, const uint8_t *body, size_t len,
     Body b;
     char err[LB_ERR];
     if (lb_open(&b, body, len, err)) return result(M, mc_fail(M, MC_EBODY, "%s", err));
+    if (b.groups.p) { /* version 4: its groups first, as apply expects them first */
+        Cursor g = b.groups;
+        uint32_t n;
+        Str stream, group;
+        if (lb_groups_open(&g, &n, err)) return result(M, mc_fail(M, MC_EBODY, "%s", err));
+        for (uint32_t i = 0; i < n; i++) {
+            if (lb_group(&g, &stream, &group, i, err)) return result(M, mc_fail(M, MC_EBODY, "%s", err));
+            int64_t sid = dict_get(&M->streams, stream.s, stream.n, 0);
+            int64_t gid = dict_get(&M->groups, group.s, group.n, 0);
+            if (sid >= 0 && gid >= 0 && (uint32_t)sid < M->sinfo_cap && stream_expects(&M->sinfo[sid], (uint32_t)gid))
+                continue;
+            McName s = {(const char *)stream.s, stream.n}, gn = {(const char *)group.s, group.n};
+            if (cb(ctx, s, gn)) return mc_fail(M, MC_ECALLBACK, "an output callback failed"), MC_ECALLBACK;
+        }
+    }
     Cursor c = b.records;
     for (uint32_t i = 0; i < b.count; i++) {
         Rec r;

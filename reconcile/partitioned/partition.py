@@ -96,7 +96,10 @@ class Partition:
         self.held: tuple[int, float | None] = (-1, None)
         self.rejected = 0  # messages whose body the machine refused, skipped
         self._changed = False
-        self._announce: list[tuple[str, str]] = []  # back-filled since the last commit
+        self._backfilled = False  # since the last commit: it goes with a checkpoint
+        # Groups met in records with no announcement in the log, since the last
+        # commit: announced to the other partitions through the store.
+        self._announce: list[tuple[str, str]] = []
         self._held: list[Held] = []  # drained since the last commit, written by the next
         # Verdict rows loaded back since the last commit, by the offset that loaded
         # them: the next commit records them for a replay (partition_loads).
@@ -149,8 +152,12 @@ class Partition:
 
     def feed(self, offset: int, raw: bytes, scan: Scan) -> None:
         """Apply the message at `offset` (the next one: offsets only grow) and judge
-        what is due at the partition's clock. Groups it names for the first time
-        are back-filled first (`expect`, with `scan`), as the single engine does."""
+        what is due at the partition's clock. Groups it names for the first time,
+        those its body announces to every partition (version 4) and those of its
+        consumes, are back-filled first (`expect`, with `scan`), as the single
+        engine does; those of its consumes alone, which no collector announced
+        in the log (written before collectors did), go to the other partitions
+        through the store."""
         if offset < self.next_offset:
             return  # read twice (a seek back): applied already
         try:
@@ -181,6 +188,8 @@ class Partition:
                     raise RuntimeError(f"partition {self.part} offset {offset}: new groups "
                                        "in a replay; the store is inconsistent")  # fmt: skip
                 self.expect(new, scan)
+                logged = set(_machine.body_groups(body))
+                self._announce += [g for g in new if g not in logged]
                 records, new, waiting = self.core.feed(body, received_at, self.clock)
         except _machine.BodyError as exc:
             self.rejected += 1
@@ -234,13 +243,20 @@ class Partition:
             self.core.drain()  # the replay is over: its figures are in the store already
         self._changed = True
 
+    def adopt(self, groups: Sequence[tuple[str, str]], scan: Scan) -> int:
+        """Expect the groups among `groups` this machine does not expect yet (the
+        store's: configured, or met on another partition); returns the verdicts owed."""
+        expected = self.core.expected()
+        new = [(s, g) for s, g in groups if g not in expected.get(s, ())]
+        return self.expect(new, scan) if new else 0
+
     def expect(self, groups: Sequence[tuple[str, str]], scan: Scan) -> int:
         """Back-fill groups new to this machine: every id produced on their streams
         before is owed them, those in memory and those in the partition's messages
         before `next_offset` (`scan`). Committed by the partition's next commit,
-        with a checkpoint and the groups announced, so that no replay has to do
-        it again (until then, a replay stops short of it: the groups are new
-        again after it). Returns the verdicts owed."""
+        with a checkpoint, so that no replay has to do it again (until then, a
+        replay stops short of it: the groups are new again after it). Returns
+        the verdicts owed."""
         by_stream: dict[str, list[str]] = {}
         for stream, group in groups:
             by_stream.setdefault(stream, []).append(group)
@@ -263,7 +279,7 @@ class Partition:
                   "(%d messages, %.1fs)", self.part, len(groups), describe(groups[:5]), owed,
                   scanned, time.monotonic() - started)  # fmt: skip
         self._changed = True
-        self._announce += groups
+        self._backfilled = True
         return owed
 
     # -- committing ---------------------------------------------------------------
@@ -296,7 +312,7 @@ class Partition:
         flight = self.core.in_flight()
         stats = self.core.stats()  # cumulative, kept by checkpoints: a replay goes on from them
         # A back-fill is committed with a checkpoint: a replay must not meet it.
-        body = self.core.dumps() if checkpoint or self._announce else None
+        body = self.core.dumps() if checkpoint or self._backfilled else None
         return Tick(
             self, self.next_offset, self.clock, [(at, d[0]) for at, d in held],
             [d[1] for _at, d in held],  # in the order judged: the latest wins
@@ -307,6 +323,7 @@ class Partition:
     def _committed(self, tick: Tick) -> None:
         self.committed = tick.offset
         self._changed = False
+        self._backfilled = False
         self._announce.clear()
         if tick.checkpoint is not None:
             self._last_checkpoint = time.monotonic()
@@ -325,7 +342,7 @@ class Tick:
     errors: Mapping[tuple[str, str, str, str], int]
     flight: InFlight
     checkpoint: bytes | None
-    announce: tuple[tuple[str, str], ...]  # groups back-filled since the last commit
+    announce: tuple[tuple[str, str], ...]  # groups for the other partitions, via the store
     loads: Sequence[tuple[int, Sequence[Any]]]  # (offset, verdict rows it loaded back)
     records: int  # the machine's records applied, and repeated, up to `offset`
     repeats: int
@@ -345,7 +362,8 @@ def commit(
     table for them all, as a partition's commit cost more in statements than
     in rows (bench/distributed.py). With its whole state too where `checkpoint`
     (a flag, or asked of each partition) or a back-fill is to commit, and the
-    groups back-filled announced to the other partitions. Returns the partitions another worker
+    groups met in records with no announcement in the log announced to the
+    other partitions through the store. Returns the partitions another worker
     has taken: nothing of theirs is written, the others' commits go in."""
     live = [p for p in parts if not p.replaying]
     if not live:
@@ -471,7 +489,8 @@ def read_announced(store: Engine) -> list[tuple[str, str]]:
 
 
 def announce(store: Engine, groups: Sequence[tuple[str, str]]) -> None:
-    """Groups every partition's machine is to expect (from the configuration)."""
+    """Groups every partition's machine is to expect from the store (the
+    configuration's): each partition adopts them when it is taken."""
     if groups:
         with write_tx(store) as conn:
             _announce(conn, groups)

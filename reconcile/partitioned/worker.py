@@ -13,8 +13,12 @@ comes back full), the wait is COMMIT_SHARE times as long as the last commit
 took, if that is longer (up to MAX_COMMIT_EVERY): under load, commits take
 at most a fifth of the worker's time, and fewer, fuller ticks cost the store
 less per record (their rows are per pair and latency bin, not per record).
-Each partition's checkpoint goes with its commit every `checkpoint_every`;
-every partition expects the groups another one announced.
+Each partition's checkpoint goes with its commit every `checkpoint_every`.
+A consumer group new in a request comes announced to every partition in the
+log (msgtally.ingest.intake.kafka_log), and each machine back-fills it at
+that message; the groups in the store (announced_groups: the configured
+ones, and those a partition met in records no collector announced) every
+partition adopts when it is taken and at its next look.
 
 The store or the broker may go away (PostgreSQL restarted, a failover, the
 broker unreachable): the worker does not die. Partitions whose commit,
@@ -394,13 +398,10 @@ class Worker:
         expected (committed with the partition's next commit)."""
         if part.replaying:
             return  # after the replay: its figures were made without them
-        expected = part.core.expected()
-        new = [(s, g) for s, g in groups if g not in expected.get(s, ())]
-        if new:
-            try:
-                part.expect(new, self._scan)
-            except (SQLAlchemyError, KafkaLogError) as exc:
-                self._set_aside(part.part, exc)
+        try:
+            part.adopt(groups, self._scan)
+        except (SQLAlchemyError, KafkaLogError) as exc:
+            self._set_aside(part.part, exc)
 
     # -- the topic's history ------------------------------------------------------
 
