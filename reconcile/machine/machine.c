@@ -814,6 +814,10 @@ static int evict(Machine *M, uint32_t idx) {
             return -1;
         }
         M->graveyard[M->ngraveyard++] = e;
+        /* known at once, not at the drain: a record of it before the drain is
+         * deferred and loaded back (the rows drained for that), however often
+         * the engine drains */
+        if (any_kept(e)) return known_add(M, e->hash);
     } else {
         free(e);
     }

@@ -17,7 +17,8 @@ Nothing is ever counted twice or lost across a move.
 
 The clock is the log's: each message carries the receipt time the collector
 gave it (heartbeats only that), the partition's clock is the latest of them,
-and the machine judges after every message at that clock. The state after a
+and the machine judges at that clock before and after every message, as the
+single engine judges at each request's receipt time. The state after a
 message depends on the messages before it alone, not on how they were
 batched: a replay judges exactly as the first run did.
 """
@@ -166,6 +167,10 @@ class Partition:
                         raise RuntimeError(f"partition {self.part} offset {offset}: new "
                                            "groups in a replay; the store is inconsistent")
                     self.expect(new, scan)
+                # What is due before the message was received is judged without it,
+                # as the single engine judges before each request: a partition with
+                # no slice of the requests between two of its messages judges then.
+                self.core.advance(self.clock, self.clock)
                 self.records += self.core.apply(message.body, message.received_at)
                 keys = self.core.deferred_keys()
                 if keys:  # ids forgotten since: their verdict rows, as they were then
