@@ -472,6 +472,9 @@ class Reconciler:
         takes. The forgotten ids a request names are loaded back before the next
         one: their verdict rows from `load`, with those judged since the tick began
         (drained for that, not in the store yet). Then judge what is due at `now`.
+        Deadlines are judged at `now` last only once every row received before it
+        is applied: with rows left behind, at the watermark (the receipt time of
+        the oldest), as a worker whose next message is that one.
         Returns the rows loaded, by the log row that named them, and the drains."""
         loads: dict[int, list[tuple[Any, ...]]] = {}
         held: list[Drained] = []
@@ -491,7 +494,7 @@ class Reconciler:
                 loads[row.id] = list(rows.values())
                 self.core.install(loads[row.id])
                 self.core.apply_deferred()
-        self.core.advance(now, watermark)
+        self.core.advance(min(now, watermark), watermark)
         return loads, held
 
     def _load(self, _log_id: int, keys: Sequence[tuple[str, str]]) -> list[tuple[Any, ...]]:
