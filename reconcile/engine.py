@@ -23,7 +23,10 @@ Two clocks drive the verdicts: `now`, for deadlines (the wall clock, or the
 time a batch run is asked to judge at), and the receipt watermark: the
 receipt time of the oldest log row not applied yet. An id is judged only
 when both are `settle` past what concerns it, so a backlog (after an outage)
-is judged as it would have been live.
+is judged as it would have been live. Inside a tick, the log rows are applied
+one by one, each after judging what was due at its receipt time (as a worker
+on the Kafka log judges each message): an id's figures depend on the rows
+alone, not on how many of them a tick takes.
 """
 
 from __future__ import annotations
