@@ -407,17 +407,17 @@ def bare_consumer(log_: KafkaLog, per_message: Sequence[Sequence[int]], records:
 # Frames that name a part of the worker's loop, most specific first (the names
 # of this checkout's functions, and of those before them, for --before).
 PARTS = (
-    (("write_verdicts",), "commit: verdict rows"),
+    (("copy_verdicts", "write_verdicts"), "commit: verdict rows"),
     (("add_pairs", "write_pairs"), "commit: tallies, buckets, sketch, minute and hour rows"),
     (("replace_in_flight", "write_in_flight"), "commit: the in-flight snapshot"),
     (("write_missing",), "commit: missing records"),
     (("write_errors",), "commit: error classes"),
     (("_save_checkpoints", "_save_checkpoint"), "commit: checkpoints"),
-    (("_drain",), "commit: draining the machines (drain, in_flight, dumps)"),
+    (("_drain", "_hold"), "draining the machines (at each minute and commit; in_flight, dumps)"),
     (("_move",), "commit: the fence"),
     (("commit",), "commit: the rest (the transaction, the fence, drains)"),
     (("decode_message",), "feed: decoding the message"),
-    (("feed",), "feed: the state machine (screen, apply, advance)"),
+    (("feed",), "feed: the state machine (Machine.feed: apply and judge)"),
     (("consume",), "poll: librdkafka's consume"),
     (("step",), "the loop itself"),
 )

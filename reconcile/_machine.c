@@ -17,6 +17,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <math.h>
+
 #include "machine/machine.h"
 
 typedef struct {
@@ -381,6 +383,49 @@ static PyObject *Machine_apply(MachineObject *self, PyObject *args) {
     return PyLong_FromUnsignedLong(n);
 }
 
+/* feed(body, received_at, now) -> (records, new_groups, waiting): a worker's
+ * step, the body read once. A body naming groups the machine does not expect
+ * yet applies nothing: (0, [(stream, group)], False), for the caller to expect
+ * (back-fill) them and feed it again. Else what was due is judged at (now,
+ * now), then it is applied, and judged at (now, now) unless records wait for
+ * their verdict rows (waiting True: deferred_keys, install, apply_deferred,
+ * then advance). A body the machine rejects raises BodyError, nothing of it
+ * applied. */
+static PyObject *Machine_feed(MachineObject *self, PyObject *args) {
+    PyObject *body;
+    double received_at, now;
+    if (!PyArg_ParseTuple(args, "Sdd", &body, &received_at, &now) || enter(self)) return NULL;
+    const uint8_t *buf = (const uint8_t *)PyBytes_AS_STRING(body);
+    size_t len = (size_t)PyBytes_GET_SIZE(body);
+    uint32_t n = 0;
+    int state = MC_FEED_JUDGED, rc;
+    Py_BEGIN_ALLOW_THREADS /* bytes are immutable, and the argument holds them for the call */
+    rc = mc_feed(self->m, buf, len, received_at, now, &n, &state);
+    Py_END_ALLOW_THREADS
+    PyObject *out = NULL;
+    if (!rc && state == MC_FEED_NEW_GROUPS) {
+        /* the names point into the body, held by the argument */
+        NewGroups ng = {PyList_New(0), PySet_New(NULL)};
+        McName stream, group;
+        size_t count = mc_checked_groups(self->m, &stream, &group, 0);
+        int bad = !ng.out || !ng.seen;
+        for (size_t i = 0; !bad && i < count; i++) {
+            mc_checked_groups(self->m, &stream, &group, i);
+            bad = new_group_cb(&ng, stream, group) != 0;
+        }
+        mc_check_reset(self->m);
+        Py_XDECREF(ng.seen);
+        if (bad) Py_CLEAR(ng.out);
+        else out = Py_BuildValue("(IOO)", 0u, ng.out, Py_False);
+        Py_XDECREF(ng.out);
+    } else if (!rc) {
+        out = Py_BuildValue("(IOO)", n, Py_None, state == MC_FEED_DEFERRED ? Py_True : Py_False);
+    }
+    leave(self);
+    if (rc) return raise(self, rc);
+    return out;
+}
+
 static PyObject *Machine_deferred_keys(MachineObject *self, PyObject *Py_UNUSED(ignored)) {
     if (enter(self)) return NULL;
     size_t n;
@@ -481,6 +526,8 @@ static PyObject *Machine_advance(MachineObject *self, PyObject *args) {
 typedef struct {
     MachineObject *self;
     PyObject *pairs, *verdicts, *missing, *errors;
+    char *text; /* drain_copy: the verdict rows as COPY text (PyMem) */
+    size_t len, cap;
 } Drained;
 
 static int pair_cb(void *ctx, const McPairOut *p) {
@@ -533,6 +580,69 @@ static int verdict_cb(void *ctx, const McVerdict *v) {
     return rc;
 }
 
+/* Room for `more` bytes in the COPY text; -1 (MemoryError set) when there is none. */
+static int text_room(Drained *d, size_t more) {
+    if (d->len + more <= d->cap) return 0;
+    size_t cap = d->cap ? d->cap : 4096;
+    while (cap < d->len + more) cap *= 2;
+    char *grown = PyMem_Realloc(d->text, cap);
+    if (!grown) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    d->text = grown;
+    d->cap = cap;
+    return 0;
+}
+
+/* A text field of COPY's text format: backslash, tab, newline and carriage
+ * return escaped (they delimit or escape), every other byte as it is. */
+static int text_name(Drained *d, const char *s, size_t n) {
+    if (text_room(d, 2 * n + 1)) return -1;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        switch (c) {
+            case '\\': d->text[d->len++] = '\\'; d->text[d->len++] = '\\'; break;
+            case '\t': d->text[d->len++] = '\\'; d->text[d->len++] = 't'; break;
+            case '\n': d->text[d->len++] = '\\'; d->text[d->len++] = 'n'; break;
+            case '\r': d->text[d->len++] = '\\'; d->text[d->len++] = 'r'; break;
+            default: d->text[d->len++] = c;
+        }
+    }
+    d->text[d->len++] = '\t';
+    return 0;
+}
+
+/* A float8 field: the double in hexadecimal ("%a": exact, and a small fraction
+ * of the instructions of the shortest decimal digits; PostgreSQL reads it with
+ * C99's strtod, outputs.parse_copied with float.fromhex), PostgreSQL's names
+ * for the infinities and NaN, or NULL (\\N). */
+static int text_double(Drained *d, int present, double x, char end) {
+    if (text_room(d, 40)) return -1;
+    int n;
+    if (!present) n = snprintf(d->text + d->len, 40, "\\N%c", end);
+    else if (isnan(x)) n = snprintf(d->text + d->len, 40, "NaN%c", end);
+    else if (isinf(x)) n = snprintf(d->text + d->len, 40, "%sInfinity%c", x < 0 ? "-" : "", end);
+    else n = snprintf(d->text + d->len, 40, "%a%c", x, end);
+    d->len += (size_t)n;
+    return 0;
+}
+
+/* A verdict row as a line of COPY text, VERDICT_COLUMNS' order. */
+static int verdict_text_cb(void *ctx, const McVerdict *v) {
+    Drained *d = ctx;
+    McName stream = mc_stream_name(d->self->m, v->sid), group = mc_group_name(d->self->m, v->gid);
+    if (text_name(d, stream.s, stream.n) || text_name(d, v->id, v->idlen) || text_name(d, group.s, group.n) ||
+        text_room(d, 64))
+        return -1;
+    d->len += (size_t)snprintf(d->text + d->len, 64, "%s\t%d\t%d\t%d\t", MC_CLASS_NAMES[v->cls], v->acked, v->pany,
+                               v->late);
+    if (text_double(d, v->has_t0, v->t0, '\t') || text_double(d, 1, v->deadline, '\t') || text_room(d, 80)) return -1;
+    d->len += (size_t)snprintf(d->text + d->len, 80, "%llu\t%llu\t%u\t%d\t", (unsigned long long)v->n,
+                               (unsigned long long)v->ok, v->max_attempt, v->dl);
+    return text_double(d, v->has_latency, v->latency, '\n');
+}
+
 static int missing_cb(void *ctx, uint32_t sid, int consume, uint32_t gid, int64_t n) {
     Drained *d = ctx;
     PyObject *key = Py_BuildValue("(NsN)", stream_str(d->self, sid), consume ? "consume" : "produce",
@@ -565,15 +675,22 @@ static int errors_cb(void *ctx, uint32_t sid, int consume, uint32_t gid, const i
 /* drain() -> (pairs, verdicts, missing, errors): what changed since the last drain.
  * pairs: [(stream, group, {tally: delta}, latency_sum, histogram, sketch bins)];
  * missing: {(stream, kind, group): records declared missing};
- * errors: {(stream, kind, group, error class): records applied} (group "" for a produce). */
-static PyObject *Machine_drain(MachineObject *self, PyObject *Py_UNUSED(ignored)) {
+ * errors: {(stream, kind, group, error class): records applied} (group "" for a produce).
+ * With `text` (drain_copy), the verdict rows come as one bytes object of
+ * PostgreSQL COPY text, a line a row in the order judged, instead of tuples. */
+static PyObject *drain_as(MachineObject *self, int text) {
     if (enter(self)) return NULL;
-    Drained d = {self, PyList_New(0), PyList_New(0), PyDict_New(), PyDict_New()};
-    int rc = d.pairs && d.verdicts && d.missing && d.errors ? MC_OK : MC_ECALLBACK;
+    Drained d = {self, PyList_New(0), text ? NULL : PyList_New(0), PyDict_New(), PyDict_New(), NULL, 0, 0};
+    int rc = d.pairs && (text || d.verdicts) && d.missing && d.errors ? MC_OK : MC_ECALLBACK;
     if (!rc) {
-        McSink sink = {&d, pair_cb, verdict_cb, missing_cb, errors_cb};
+        McSink sink = {&d, pair_cb, text ? verdict_text_cb : verdict_cb, missing_cb, errors_cb};
         rc = mc_drain(self->m, &sink);
     }
+    if (!rc && text) {
+        d.verdicts = PyBytes_FromStringAndSize(d.text, (Py_ssize_t)d.len);
+        if (!d.verdicts) rc = MC_ECALLBACK;
+    }
+    PyMem_Free(d.text);
     leave(self);
     if (rc) {
         Py_XDECREF(d.pairs);
@@ -583,6 +700,12 @@ static PyObject *Machine_drain(MachineObject *self, PyObject *Py_UNUSED(ignored)
         return PyErr_Occurred() ? NULL : raise(self, rc);
     }
     return Py_BuildValue("(NNNN)", d.pairs, d.verdicts, d.missing, d.errors);
+}
+
+static PyObject *Machine_drain(MachineObject *self, PyObject *Py_UNUSED(ignored)) { return drain_as(self, 0); }
+
+static PyObject *Machine_drain_copy(MachineObject *self, PyObject *Py_UNUSED(ignored)) {
+    return drain_as(self, 1);
 }
 
 typedef struct {
@@ -747,8 +870,12 @@ static PyMethodDef Machine_methods[] = {
     {"apply_deferred", (PyCFunction)Machine_apply_deferred, METH_NOARGS, "apply_deferred() -> records"},
     {"install", (PyCFunction)Machine_install, METH_O, "install(verdict rows)"},
     {"apply", (PyCFunction)Machine_apply, METH_VARARGS, "apply(body, received_at) -> records"},
+    {"feed", (PyCFunction)Machine_feed, METH_VARARGS,
+     "feed(body, received_at, now) -> (records, new groups or None, waiting): judge, apply and judge, read once"},
     {"advance", (PyCFunction)Machine_advance, METH_VARARGS, "advance(now, receipt_watermark)"},
     {"drain", (PyCFunction)Machine_drain, METH_NOARGS, "drain() -> (pairs, verdict rows, missing, errors)"},
+    {"drain_copy", (PyCFunction)Machine_drain_copy, METH_NOARGS,
+     "drain_copy() -> (pairs, verdict rows as PostgreSQL COPY text, missing, errors)"},
     {"in_flight", (PyCFunction)Machine_in_flight, METH_NOARGS, "in_flight() -> {(stream, group): (n, oldest t0)}"},
     {"stats", (PyCFunction)Machine_stats, METH_NOARGS, "stats() -> dict"},
     {"backfill_scan", (PyCFunction)Machine_backfill_scan, METH_VARARGS, "backfill_scan(body, stream) -> n"},

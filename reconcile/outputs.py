@@ -10,10 +10,13 @@ is replaced whole. All of it in the tick's transaction.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import operator
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, case, delete, select, tuple_
@@ -156,12 +159,14 @@ def write_pairs(
 def add_pairs(conn: Connection, ticks: Sequence[PairsOf], buckets: Sequence[float]) -> None:
     """`write_pairs` for the ticks of several partitions at once: the deltas of one
     key (a partition given for several ticks) summed here, the rows built as
-    columns, one statement per table family."""
+    columns, one statement per table family. Summed per (stream, group, part)
+    first, then per bucket or bin: a busy worker's commit adds up hundreds of
+    thousands of bins, and a Python step per bin is its cost."""
     labels = [bucket_label(b) for b in (*buckets, math.inf)]
     field = {name: i for i, name in enumerate(TALLY_FIELDS)}
     counts_of: dict[tuple[Any, ...], list[Any]] = {}  # (stream, grp, part, *ats): counts
-    hists: dict[tuple[Any, ...], int] = {}  # (stream, grp, part, *ats, le): count
-    bins_of: dict[tuple[Any, ...], int] = {}  # (stream, grp, part, bin): count
+    hists: dict[tuple[Any, ...], list[int]] = {}  # (stream, grp, part, *ats): per bucket
+    bins_of: dict[tuple[Any, ...], dict[int, int]] = {}  # (stream, grp, part): per bin
     for part, now, pairs in ticks:
         ats = [int(now // step) * step for _counts, _buckets, step in TIMELINES]
         for stream, group, counts, latency_sum, hist, bins in pairs:
@@ -169,24 +174,25 @@ def add_pairs(conn: Connection, ticks: Sequence[PairsOf], buckets: Sequence[floa
             row = counts_of.get(key)
             if row is None:
                 row = counts_of[key] = [0] * len(TALLY_FIELDS) + [0.0]
+                hists[key] = [0] * len(hist)
             for name, n in counts.items():
                 row[field[name]] += n
             row[-1] += latency_sum
-            for i, n in enumerate(hist):
-                if n:
-                    k = (*key, labels[i])
-                    hists[k] = hists.get(k, 0) + n
+            hists[key] = list(map(operator.add, hists[key], hist))
+            into = bins_of.setdefault((stream, group, part), {})
+            get = into.get
             for b, n in bins.items():
-                if n:
-                    k = (stream, group, part, b)
-                    bins_of[k] = bins_of.get(k, 0) + n
+                into[b] = get(b, 0) + n
     timelines = [(c, bt) for c, bt, _step in TIMELINES]
     _add(conn, tallies, ("stream", "grp", "part"),
          _columns(_TALLY, [(*k, *v) for k, v in counts_of.items()]), [c for c, _ in timelines])
     _add(conn, latency_buckets, ("stream", "grp", "le", "part"),
-         _columns(_BUCKET, [(*k, v) for k, v in hists.items()]), [bt for _, bt in timelines])
+         _columns(_BUCKET, [(*k, labels[i], n) for k, h in hists.items()
+                            for i, n in enumerate(h) if n]),
+         [bt for _, bt in timelines])
     _add(conn, latency_sketch, ("stream", "grp", "bin", "part"),
-         _columns(_BIN, [(*k, v) for k, v in bins_of.items()]))  # fmt: skip
+         _columns(_BIN, [(*k, b, n) for k, bins in bins_of.items()
+                         for b, n in bins.items() if n]))  # fmt: skip
 
 
 def _columns(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> Columns:
@@ -204,7 +210,8 @@ _UPSERT = (
 
 
 def write_verdicts(conn: Connection, rows: Sequence[Sequence[Any]]) -> None:
-    """Upsert verdict rows, as the engine gives them (VERDICT_COLUMNS order).
+    """Upsert verdict rows, as the engine gives them (VERDICT_COLUMNS order); of
+    rows of one (stream, id, group), the last one.
 
     Straight to the driver: a backlog can judge hundreds of thousands of
     discrepant ids in one tick, and building statements row by row would cost
@@ -212,23 +219,81 @@ def write_verdicts(conn: Connection, rows: Sequence[Sequence[Any]]) -> None:
     """
     if not rows:
         return
-    # A row may appear twice in one tick (changed twice): the last one wins.
-    latest = list({(r[0], r[1], r[2]): tuple(r) for r in rows}.values())
     if conn.dialect.name != "postgresql":
+        # A row may appear twice in one tick (changed twice): the last one wins.
+        latest = list({(r[0], r[1], r[2]): tuple(r) for r in rows}.values())
         marks = ", ".join("?" * len(VERDICT_COLUMNS))
         conn.exec_driver_sql(
             f"INSERT INTO verdicts ({_COLUMNS}) VALUES ({marks}) {_UPSERT}", latest
         )
         return
+    with _copied(conn) as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
+def copy_verdicts(conn: Connection, texts: Sequence[bytes]) -> None:
+    """`write_verdicts` on PostgreSQL for rows as the machine's `drain_copy` gives
+    them, COPY text in order: no Python step per row (a worker's commit writes
+    tens of thousands). Elsewhere (SQLite, in tests), read back as rows."""
+    if conn.dialect.name != "postgresql":
+        write_verdicts(conn, [r for text in texts for r in parse_copied(text)])
+    elif any(texts):
+        with _copied(conn) as copy:
+            for text in texts:
+                copy.write(text)
+
+
+@contextlib.contextmanager
+def _copied(conn: Connection) -> Iterator[Any]:
+    """A COPY into a temporary table, its rows numbered as they come, then upserted
+    into verdicts: of the rows of one (stream, id, group), the last."""
     dbapi: Any = conn.connection.dbapi_connection
     with dbapi.cursor() as cur:
         cur.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS _verdicts (LIKE verdicts) ON COMMIT DELETE ROWS"
+            "CREATE TEMP TABLE IF NOT EXISTS _verdict_rows (LIKE verdicts, "
+            "ord bigint GENERATED ALWAYS AS IDENTITY) ON COMMIT DELETE ROWS"
         )
-        with cur.copy(f"COPY _verdicts ({_COLUMNS}) FROM STDIN") as copy:
-            for row in latest:
-                copy.write_row(row)
-        cur.execute(f"INSERT INTO verdicts ({_COLUMNS}) SELECT {_COLUMNS} FROM _verdicts {_UPSERT}")
+        with cur.copy(f"COPY _verdict_rows ({_COLUMNS}) FROM STDIN") as copy:
+            yield copy
+        cur.execute(
+            f"INSERT INTO verdicts ({_COLUMNS}) SELECT DISTINCT ON (stream, message_id, grp) "
+            f"{_COLUMNS} FROM _verdict_rows ORDER BY stream, message_id, grp, ord DESC {_UPSERT}"
+        )
+
+
+def parse_copied(
+    text: bytes, keys: Iterable[tuple[str, str]] | None = None
+) -> list[tuple[Any, ...]]:
+    """The rows in `drain_copy`'s COPY text (of these (stream, message id) keys
+    only, if given), as `drain` gives them (for Machine.install)."""
+    wanted = None if keys is None else set(keys)
+    out: list[tuple[Any, ...]] = []
+    for line in text.decode("utf-8", "surrogatepass").split("\n")[:-1]:  # each ends a row
+        f = [_unescape(v) for v in line.split("\t")]
+        if wanted is not None and (f[0], f[1]) not in wanted:
+            continue
+        out.append(tuple(read(v) for read, v in zip(_READ, f, strict=True)))
+    return out
+
+
+def _float(value: str) -> float | None:
+    return None if value == "\\N" else float.fromhex(value)  # drain_copy's "%a"
+
+
+# How each of VERDICT_COLUMNS reads back from COPY text.
+_READ: tuple[Callable[[str], Any], ...] = (
+    str, str, str, str, int, int, int, _float, _float, int, int, int, int, _float
+)  # fmt: skip
+
+
+_ESCAPES = {"\\\\": "\\", "\\t": "\t", "\\n": "\n", "\\r": "\r"}
+
+
+def _unescape(value: str) -> str:
+    if "\\" not in value:
+        return value
+    return re.sub(r"\\[\\tnr]", lambda m: _ESCAPES[m.group(0)], value)
 
 
 # A count no store column can exceed: a sender's seqs reach 2**63 - 1.

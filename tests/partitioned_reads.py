@@ -16,7 +16,7 @@ import httpx
 from sqlalchemy import Engine
 
 from msgtally.cli import main
-from msgtally.names import BACKLOG, LAST_PASS, LOG_HELD_SINCE, RECONCILE_RECORDS
+from msgtally.names import LAST_PASS
 from msgtally.oracle import ID_KINDS
 from msgtally.slis.read.exposition import StoreCollector
 from msgtally.slis.read.objectives import events
@@ -47,9 +47,11 @@ slos:
 # back-fills every partition's ids at the request's clock): its windowed rows are
 # left out of the comparison until the log tells every partition at that clock.
 UNEVEN = "g4"
-# The engine's own bookkeeping, from the single engine's meta rows and log table:
-# the workers keep theirs per partition (the partitions table), not there.
-ENGINE_SERIES = {LAST_PASS, LOG_HELD_SINCE, RECONCILE_RECORDS, BACKLOG}
+# The engine's own bookkeeping that differs by deployment: when it last passed (the
+# single engine's tick, the workers' commits). The records applied, the backlog and
+# what the log holds (the log table's oldest row; the latest of the partitions'
+# oldest messages) are compared: the same.
+ENGINE_SERIES = {LAST_PASS}
 WINDOWS = ("1m", "20m", "1h", "75m", "2h", "150m", "3h", "4h", "1d")
 
 
@@ -80,9 +82,6 @@ def http_reads(url: str, store: Engine) -> dict[str, Any]:
             rows = body if isinstance(body, list) else body["slis"]
             for row in rows:
                 row.get("window", {}).pop("end", None)  # the request's clock
-                # The store's log (the single engine's) against none (the topic holds
-                # it): what Kafka's retention keeps is not in the store yet.
-                row.pop("log_held_since")
             out[f"slis {since}"] = [r for r in rows if since is None or r["group"] != UNEVEN]
         for kind in ID_KINDS:
             answer = client.get("/v1/discrepancies", params={"kind": kind, "limit": 100_000})
@@ -96,8 +95,8 @@ def http_reads(url: str, store: Engine) -> dict[str, Any]:
 
 def store_series(text: str, store: Engine) -> list[str]:
     """The samples of the families /metrics reads from the store (not the process's,
-    nor the engine's own bookkeeping: its last pass, the records it applied, the
-    log it holds), with their values; `_created` samples are the scrape's clock."""
+    nor the engine's last pass), with their values; `_created` samples are the
+    scrape's clock."""
     families = {m.name for m in StoreCollector(store, CONFIG.latency_buckets).collect()}
     families -= ENGINE_SERIES
     return sorted(
@@ -113,8 +112,6 @@ def report(url: str, since: str | None) -> Any:
     with redirect_stdout(out):
         assert main(args) == 0
     rows = json.loads(out.getvalue())
-    for row in rows:
-        row.pop("log_held_since")  # as in http_reads
     return [r for r in rows if since is None or r["group"] != UNEVEN]
 
 

@@ -7,19 +7,26 @@ AddressSanitizer and UndefinedBehaviorSanitizer.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import select
 
 from msgtally.ingest.intake import logbody
 from msgtally.ingest.intake.schema import parse_batch
 from msgtally.reconcile import _machine
 from msgtally.reconcile.config import ReconcileConfig
-from msgtally.reconcile.outputs import VERDICT_COLUMNS
+from msgtally.reconcile.outputs import VERDICT_COLUMNS, copy_verdicts, parse_copied
 from msgtally.record import ERROR_CLASSES
+from msgtally.store.db import open_store, write_tx
+from msgtally.store.tables import verdicts
 from tests.harness import T
+from tests.test_machine_fuzz import bodies as fuzz_bodies
 
 C = ReconcileConfig()
 
@@ -308,3 +315,85 @@ def test_one_scan_back_fills_several_streams_each_finished_on_its_own() -> None:
     assert owed["one scan"] == owed["a scan each"] == [5, 10]
     assert rows["one scan"] == rows["a scan each"]
     assert {(r[0], r[2]) for r in rows["one scan"]} == {("s", "new"), ("t", "new"), ("t", "newer")}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=st.lists(st.tuples(fuzz_bodies(), st.floats(0, 100), st.floats(0, 400)), max_size=25))
+def test_feed_is_screen_advance_apply_advance(steps: list[tuple[bytes, float, float]]) -> None:
+    """A worker's one call per message (`feed`: the body read once) leaves the machine
+    exactly as the calls it replaces: screen, expect what it names, advance (what
+    was due before the body came is judged without it), apply, advance; bodies the
+    machine rejects change neither."""
+    one, three = (_machine.Machine(5.0, 10.0, 60.0, [0.1, 1.0, 10.0]) for _ in range(2))
+    now = T
+    for body, late, step in steps:
+        now += step
+        new, rejected = three.screen([body])
+        try:
+            records, named, waiting = one.feed(body, now - late, now)
+            if named is not None:
+                assert sorted(set(named)) == sorted(set(new)) and records == 0
+                for stream, group in named:
+                    one.expect_groups(stream, [group])
+                records, named, waiting = one.feed(body, now - late, now)
+        except _machine.BodyError as exc:
+            assert rejected and str(exc) == rejected[0][1]
+            continue
+        assert not rejected and named is None and not waiting
+        for stream, group in new:
+            three.expect_groups(stream, [group])
+        three.advance(now, now)
+        assert records == three.apply(body, now - late)
+        three.advance(now, now)
+        assert one.dumps() == three.dumps()
+    one.advance(now + 10**4, now + 10**4)
+    three.advance(now + 10**4, now + 10**4)
+    assert one.drain() == three.drain()
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=st.lists(st.tuples(fuzz_bodies(), st.floats(0, 100), st.floats(0, 400)), max_size=25))
+def test_drain_copy_is_drain_as_copy_text(steps: list[tuple[bytes, float, float]]) -> None:
+    """The worker's verdict rows as COPY text (`drain_copy`) read back to the rows
+    `drain` gives, every field exact, in the same order."""
+    one, other = (_machine.Machine(5.0, 10.0, 60.0, [0.1, 1.0, 10.0]) for _ in range(2))
+    now = T
+    for body, late, step in steps:
+        now += step
+        for m in (one, other):
+            with contextlib.suppress(_machine.BodyError):
+                m.apply(body, now - late)
+            m.advance(now, now - late)
+    for m in (one, other):
+        m.advance(now + 10**4, now + 10**4)
+    pairs, rows, missing, errors = one.drain()
+    pairs2, text, missing2, errors2 = other.drain_copy()
+    assert (pairs, missing, errors) == (pairs2, missing2, errors2)
+    assert text.count(b"\n") == len(rows)
+    assert parse_copied(text, [(r[0], r[1]) for r in rows]) == rows
+
+
+@pytest.mark.postgres
+def test_copy_text_escapes_what_delimits_it(pg_url: str) -> None:
+    """Ids with tabs, newlines, backslashes, carriage returns and other control
+    characters come back whole from COPY text, in its parse and through
+    PostgreSQL's COPY into the verdicts table; of one id's rows, the last."""
+    ids = ["a\tb", "c\nd", "e\\f", "g\rh", "i\x0bj\x1ck\u2028", "\\N", "plain"]
+    m = _machine.Machine(5.0, 0.0, 0.0, [0.1])
+    m.expect_groups("s", ["g"])  # each id lost for it: a verdict row each
+    m.apply(msgspec.msgpack.encode((1, [{"stream": "s", "kind": "produce", "message_id": i,
+                                         "ts": T} for i in ids])), T)  # fmt: skip
+    m.advance(T + 100, T + 100)
+    _pairs, text, _missing, _errors = m.drain_copy()
+    rows = parse_copied(text, [("s", i) for i in ids])
+    assert sorted(r[1] for r in rows) == sorted(ids)
+    store = open_store(pg_url)
+    try:
+        earlier = text.replace(b"\tlost\t", b"\tdelivered\t")  # the same rows, older
+        with write_tx(store) as conn:
+            copy_verdicts(conn, [earlier, text])
+        with store.connect() as conn:
+            got = conn.execute(select(*(verdicts.c[c] for c in VERDICT_COLUMNS))).all()
+        assert sorted(tuple(r) for r in got) == sorted(rows)
+    finally:
+        store.dispose()

@@ -162,6 +162,23 @@ class MachineFuzz(RuleBasedStateMachine):
             if body[:2] == b"\x94\x03":  # [3, marks, runs, records]
                 SLICES_APPLIED[0] += 1
 
+    @rule(body=bodies(), late=st.floats(0, 100))
+    def feed(self, body: bytes, late: float) -> None:
+        before = self.core.dumps()
+        try:
+            records, new, waiting = self.core.feed(body, self.now - late, self.now)
+        except _machine.BodyError:
+            assert self.core.dumps() == before, "a rejected body changed the state"
+        except _machine.EngineError:
+            pass  # a limit of the state: the engine would start again
+        else:
+            if new is not None:  # groups to expect first: nothing applied
+                assert new and records == 0 and not waiting
+                assert all(isinstance(s, str) and isinstance(g, str) for s, g in new)
+                assert self.core.dumps() == before, "a body naming new groups was applied"
+            else:
+                self.applied.append(body)
+
     @rule(bodies=st.lists(bodies(), max_size=4))
     def screen(self, bodies: list[bytes]) -> None:
         try:

@@ -10,7 +10,7 @@ from msgtally.names import TALLY_FIELDS
 from msgtally.reconcile.outputs import write_in_flight, write_missing, write_pairs
 from msgtally.slis.read.query import read_in_flight, read_missing, read_slis
 from msgtally.store.db import open_store, write_tx
-from msgtally.store.tables import PARTITIONED, TIMELINES, latency_buckets, tallies
+from msgtally.store.tables import PARTITIONED, TIMELINES, latency_buckets, partitions, tallies
 
 
 def _pair(delivered: int, latency: float) -> tuple[object, ...]:
@@ -92,3 +92,28 @@ def test_counters_add_rows_of_one_key_and_to_the_stored_ones(store: Engine) -> N
             .where(latency_buckets.c.part == 0)
         )  # fmt: skip
         assert {r[0]: r[1] for r in le} == {"1.0": 6}
+
+
+def test_a_partitions_table_from_before_gets_the_bookkeeping_columns(tmp_path: object) -> None:
+    """A store whose partitions rows predate the engine's bookkeeping in them gets
+    the columns, its rows kept: never committed, nothing counted, nothing known
+    of the topic (the next commit records them)."""
+    url = f"sqlite:///{tmp_path}/old.db"
+    old = create_engine(url)
+    with old.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE partitions (part INTEGER PRIMARY KEY, epoch BIGINT "
+                             "NOT NULL, next_offset BIGINT NOT NULL, clock FLOAT NOT NULL, "
+                             "owner VARCHAR(256) NOT NULL)")  # fmt: skip
+        conn.exec_driver_sql("INSERT INTO partitions VALUES (3, 7, 120, 1500.5, 'w:1')")
+    old.dispose()
+    store = open_store(url)
+    try:
+        with store.connect() as conn:
+            (row,) = conn.execute(select(partitions)).mappings().all()
+        assert dict(row) == {
+            "part": 3, "epoch": 7, "next_offset": 120, "clock": 1500.5, "owner": "w:1",
+            "committed_at": None, "records": 0, "repeats": 0, "log_end": 0, "held_from": -1,
+            "held_since": None,
+        }  # fmt: skip
+    finally:
+        store.dispose()

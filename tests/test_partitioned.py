@@ -27,6 +27,8 @@ from msgtally.reconcile.engine import Reconciler
 from msgtally.reconcile.outputs import VERDICT_COLUMNS
 from msgtally.reconcile.partitioned.partition import Fenced, Partition, commit
 from msgtally.store.db import open_store
+from msgtally.store.engine_facts import EngineFacts, engine_facts
+from msgtally.store.held import log_held_since
 from msgtally.store.kafka_log import (
     KafkaLog,
     KafkaLogError,
@@ -110,6 +112,7 @@ def test_two_collectors_two_workers_give_the_single_engines_figures(
     for store, writer in zip(collectors, writers, strict=True):
         log_to(store, writer)
     workers = [WorkerThread(pg_url, log) for _ in range(2)]
+    started = time.time()
     requests = history(7, 300, time.time() - 2000)
     # From senders that number their records, with holes, then their last marks.
     sent, tails = numbered(requests, seed=7)
@@ -141,6 +144,16 @@ def test_two_collectors_two_workers_give_the_single_engines_figures(
     assert_discrepancies(collectors[0], want)
     assert_same(collectors[0], single)  # records missing too
     assert {g for _s, g in figures(collectors[0])} >= {"cfg", "g4"}
+    # The engine's own bookkeeping, summed over the partitions' rows: the single
+    # engine's records applied and repeated (the resends), nothing left in the
+    # topic, and a last pass (the oldest partition's last commit) of this run.
+    ours, theirs = _engine_facts(collectors[0]), _engine_facts(single)
+    assert (ours.applied, ours.repeated) == (theirs.applied, theirs.repeated)
+    assert ours.applied == len(records)  # every record sent, resent ones too
+    assert ours.repeated > 0 and (ours.backlog, theirs.backlog) == (0, 0)
+    assert ours.last_pass is not None and started < ours.last_pass < time.time()
+    # What the log holds: from the latest of the partitions' first messages on.
+    assert _held_since(collectors[0]) == max(_first_receipts(log, count).values())
     # Holes found exactly, each sequence whole on the partition that owns it: the
     # count from the numbering itself, over several partitions, every kind.
     assert missing(collectors[0]) == missing_records(records, tails)
@@ -236,6 +249,70 @@ def _messages(log: KafkaLog, part: int, n: int) -> list[tuple[int, bytes]]:
 
 def _scan_of(messages: list[tuple[int, bytes]]) -> Any:
     return lambda _part, before: (raw for offset, raw in messages if offset < before)
+
+
+def _engine_facts(store: Engine) -> EngineFacts:
+    with store.connect() as conn:
+        return engine_facts(conn)
+
+
+def _held_since(store: Engine) -> float | None:
+    with store.connect() as conn:
+        return log_held_since(conn)
+
+
+def _first_receipts(log: KafkaLog, count: int) -> dict[int, float]:
+    """The receipt time of each partition's first message in the topic."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    reader = Consumer({"bootstrap.servers": log.bootstrap, "group.id": "first",
+                       "enable.auto.commit": False})  # fmt: skip
+    out: dict[int, float] = {}
+    try:
+        for p in range(count):
+            reader.assign([TopicPartition(log.topic, p, 0)])
+            msg = reader.poll(10)
+            assert msg is not None and msg.error() is None and msg.offset() == 0, p
+            out[p] = decode_message(msg.value() or b"").received_at
+    finally:
+        reader.close()
+    return out
+
+
+def test_a_worker_reads_the_oldest_message_held_where_the_store_has_none(
+    broker: Tansu, pg_url: str, opened: list[Engine]
+) -> None:
+    """A store whose partitions do not know their oldest message held (made before
+    they recorded it): a worker that takes them from their checkpoints, past the
+    topic's first message, reads each partition's oldest message from the topic
+    once the consumer's watermarks show the topic holds it, and its commit records it."""
+    store = _open(opened, pg_url)
+    log = new_topic(broker, 3)
+    count = open_log(store, str(log))[1]
+    writer = KafkaWriter(log, count, heartbeat_every=3600).start()  # beats by hand
+    for request in history(3, 60, time.time() - 600):
+        writer.append(batch_of(request).records, None, time.time())
+    first = WorkerThread(pg_url, log)
+    try:
+        wait_applied(store, log, count)
+    finally:
+        first.stop()
+    want = max(_first_receipts(log, count).values())
+    assert _held_since(store) == want
+    with store.begin() as conn:  # as a store from before has them
+        conn.execute(partitions.update().values(held_from=-1, held_since=None))
+    assert _held_since(store) is None
+    second = WorkerThread(pg_url, log)
+    try:
+        writer.beat(time.time())  # something to commit, past the checkpoints
+        deadline = time.monotonic() + 60
+        while _held_since(store) is None:
+            assert time.monotonic() < deadline, "the oldest messages held never recorded"
+            time.sleep(0.1)
+    finally:
+        second.stop()
+        writer.close()
+    assert _held_since(store) == want
 
 
 def _missing_parts(store: Engine) -> set[int]:

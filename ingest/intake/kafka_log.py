@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from msgtally.ingest.intake import logbody
@@ -114,14 +114,16 @@ def slices(
 class _Pending:
     """The acknowledgements one request waits for."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, acked: Callable[[Any, Any], None]) -> None:
         self.left = n
+        self.acked = acked  # the writer's: each acknowledged offset
         self.error: str | None = None
         self.fatal = False  # the producer is unusable: a new one for the next request
         self.done = threading.Event()
         self._lock = threading.Lock()
 
-    def delivered(self, err: Any, _msg: Any) -> None:
+    def delivered(self, err: Any, msg: Any) -> None:
+        self.acked(err, msg)
         with self._lock:
             if err is not None and self.error is None:
                 self.error = str(err)
@@ -155,6 +157,10 @@ class KafkaWriter:
         self._new_producer = Producer
         self._replacing = threading.Lock()
         self._producer = Producer(self._settings)
+        # Per partition, one past the highest offset acknowledged to this producer:
+        # the topic's end within a heartbeat (msgtally.store.engine_facts). Written
+        # by delivery callbacks, which run in the poll thread only.
+        self._ends = [0] * partitions
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=self._poll, name="msgtally-kafka-poll", daemon=True),
@@ -188,7 +194,7 @@ class KafkaWriter:
         from confluent_kafka import KafkaException
 
         request_id = uuid.uuid4().hex
-        pending = _Pending(len(bodies))
+        pending = _Pending(len(bodies), self._acked)
         producer = self._producer
         try:
             for p, body in bodies.items():
@@ -212,11 +218,21 @@ class KafkaWriter:
         value = heartbeat(at)
         for p in range(self.partitions):
             try:
-                self._produce(value, p, None)
+                self._produce(value, p, self._acked)
             except BufferError:
                 return  # the queue is full of requests: their clocks move the partitions
             except KafkaException:
                 return  # failed for good: the next request replaces the producer
+
+    def ends(self) -> list[int]:
+        """Per partition, one past the highest offset acknowledged so far."""
+        return list(self._ends)
+
+    def _acked(self, err: Any, msg: Any) -> None:
+        if err is None:
+            end = int(msg.offset()) + 1
+            if end > self._ends[msg.partition()]:
+                self._ends[msg.partition()] = end
 
     def _replace_producer(self, failed: Any, why: str | None) -> None:
         """A new producer in place of one failed for good (its queue is lost: what
@@ -228,8 +244,9 @@ class KafkaWriter:
             self._producer = self._new_producer(self._settings)
 
     def _produce(self, value: bytes, partition: int, on_delivery: Any) -> None:
-        kwargs = {"on_delivery": on_delivery} if on_delivery is not None else {}
-        self._producer.produce(self.log.topic, value=value, partition=partition, **kwargs)
+        self._producer.produce(
+            self.log.topic, value=value, partition=partition, on_delivery=on_delivery
+        )
 
     def _poll(self) -> None:
         while not self._stop.is_set():

@@ -33,6 +33,10 @@ class LogSink(Protocol):
 
     def append(self, records: list[Record], marks: Any, received_at: float) -> None: ...
 
+    def ends(self) -> Sequence[int]:
+        """Per partition, the end offset of the log as this sink had it acknowledged."""
+        ...
+
 
 _sinks: weakref.WeakKeyDictionary[Engine, LogSink] = weakref.WeakKeyDictionary()
 
@@ -45,6 +49,13 @@ def log_to(store: Engine, sink: LogSink | None) -> None:
         _sinks.pop(store, None)
     else:
         _sinks[store] = sink
+
+
+def log_ends(store: Engine) -> Sequence[int] | None:
+    """The end offset of each partition of `store`'s Kafka log as this process's
+    producer had it acknowledged; None when its log is the `log` table."""
+    sink = _sinks.get(store)
+    return None if sink is None else sink.ends()
 
 
 def write_batch(

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, func, select
 
 from msgtally.alerts.windows import Window, format_duration, scale, spec_windows
+from msgtally.ingest.intake.writer import log_ends
 from msgtally.names import SLIKind
 from msgtally.slis.read.figures import SLI, with_contracts
 from msgtally.slis.read.objectives import covers, error_ratio, events
@@ -23,10 +24,9 @@ from msgtally.slis.read.query import read_in_flight, read_slis
 from msgtally.slis.read.windows import Sums, read_window
 from msgtally.slis.spec import budget
 from msgtally.slis.spec.model import SLO, Spec
+from msgtally.store.engine_facts import engine_facts
 from msgtally.store.tables import (
     HOUR,
-    log_pending,
-    meta,
     quarantine,
     tally_hours,
     tally_minutes,
@@ -279,7 +279,6 @@ class Freshness:
 
 
 def freshness(conn: Connection) -> Freshness:
-    last = conn.execute(select(meta.c.value).where(meta.c.key == "last_pass_at")).scalar()
-    backlog = conn.execute(select(func.coalesce(func.sum(log_pending.c.n), 0))).scalar_one()
+    facts = engine_facts(conn, log_ends(conn.engine))
     aside = conn.execute(select(func.count()).select_from(quarantine)).scalar_one()
-    return Freshness(None if last is None else float(last), int(backlog), int(aside))
+    return Freshness(facts.last_pass, facts.backlog, int(aside))

@@ -9,17 +9,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, Table, create_engine, event, inspect
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.pool import QueuePool
+from sqlalchemy.schema import CreateColumn
 
 from msgtally.store.tables import (
     PARTITIONED,
     in_flight,
     log,
     metadata,
+    partitions,
     ticks,
     verdicts,
     verdicts_deadline,
@@ -88,6 +90,7 @@ def open_store(url: str = DEFAULT_DB_URL, *, create: bool = True) -> Engine:
     try:
         if create:
             _add_partition_column(store)
+            _add_columns(store, partitions)
             metadata.create_all(store)
             _remake_snapshots(store)
             # An index made after its table: create_all leaves existing tables as they are.
@@ -128,6 +131,22 @@ def _add_partition_column(store: Engine) -> None:
                 f"INSERT INTO {name} ({columns}, part) SELECT {columns}, 0 FROM _old_{name}"
             )
             conn.exec_driver_sql(f"DROP TABLE _old_{name}")
+
+
+def _add_columns(store: Engine, table: Table) -> None:
+    """Columns `table` gained since a store was made, added to it (each nullable
+    or with a default: the rows it has keep their values)."""
+    have = inspect(store)
+    if not have.has_table(table.name):
+        return  # create_all makes it whole
+    present = {c["name"] for c in have.get_columns(table.name)}
+    missing = [c for c in table.c if c.name not in present]
+    if not missing:
+        return
+    with write_tx(store) as conn:
+        for column in missing:
+            ddl = CreateColumn(column).compile(dialect=store.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {ddl}")
 
 
 def _remake_snapshots(store: Engine) -> None:

@@ -378,7 +378,13 @@ verdicts_deadline = Index("verdicts_deadline", verdicts.c.deadline)
 # next message to apply (offsets live here, committed with the figures they
 # produced), the partition's clock (its latest receipt time), and the fencing
 # epoch, bumped by each worker that takes the partition: a commit names the
-# epoch it holds and changes nothing once another worker took it over.
+# epoch it holds and changes nothing once another worker took it over. Each
+# commit also records the engine's own bookkeeping of the partition, as the
+# single engine's meta rows hold it (msgtally.store.engine_facts): when it
+# committed (NULL: never), the records its machine applied and repeated up to
+# `next_offset`, the topic's end offset as the worker last saw it, and the
+# oldest message the topic holds of the partition: its offset (-1: not known
+# yet) and its receipt time (the log's held-since, msgtally.store.held).
 partitions = Table(
     "partitions",
     metadata,
@@ -387,6 +393,12 @@ partitions = Table(
     Column("next_offset", BigInteger, nullable=False),
     Column("clock", Double, nullable=False),
     Column("owner", String(256), nullable=False),
+    Column("committed_at", Double, nullable=True),
+    Column("records", BigInteger, nullable=False, server_default="0"),
+    Column("repeats", BigInteger, nullable=False, server_default="0"),
+    Column("log_end", BigInteger, nullable=False, server_default="0"),
+    Column("held_from", BigInteger, nullable=False, server_default="-1"),
+    Column("held_since", Double, nullable=True),
 )
 
 # Each partition's machine state at one offset: a worker that takes the

@@ -1377,6 +1377,33 @@ size_t mc_checked_groups(const Machine *M, McName *stream, McName *group, size_t
     return M->nnewg;
 }
 
+/* The records, runs and marks of a body read_body accepted, applied. */
+static int apply_read(Machine *M, const Body *b, double received_at) {
+    int rc = 0;
+    /* Nothing can fail from here on but memory and the limits of the state. */
+    for (uint32_t i = 0; i < b->count && !rc; i++) {
+        Rec *r = &M->scratch[i];
+        Place at;
+        if (place_of(M, r, &at)) { rc = -1; break; }
+        /* the seq is checked whatever becomes of the record (a resend, deferred) */
+        if (b->record_seqs && seq_record(M, r, (uint32_t)at.sid, received_at)) { rc = -1; break; }
+        /* an id not in memory whose verdict is in the store waits to be loaded */
+        if (!at.found && M->known_n && known_has(M, at.h)) rc = defer(M, r, received_at);
+        else rc = apply_record(M, r, received_at, &at);
+    }
+    /* a slice's runs (version 3): the sequence state alone, before the marks, as
+     * a whole body's records come before its marks */
+    if (!rc && b->runs.p) {
+        Cursor runs = b->runs;
+        rc = seq_runs(M, &runs, received_at);
+    }
+    if (!rc && b->marks.p) {
+        Cursor m = b->marks;
+        rc = seq_marks(M, &m, received_at);
+    }
+    return rc;
+}
+
 int mc_apply(Machine *M, const uint8_t *body, size_t len, double received_at, uint32_t *records) {
     begin(M);
     M->nnewg = 0;
@@ -1384,29 +1411,40 @@ int mc_apply(Machine *M, const uint8_t *body, size_t len, double received_at, ui
     int rc = read_body(M, body, len, &b);
     M->nnewg = 0;
     if (rc) return result(M, rc);
-    /* Nothing can fail from here on but memory and the limits of the state. */
-    for (uint32_t i = 0; i < b.count && !rc; i++) {
-        Rec *r = &M->scratch[i];
-        Place at;
-        if (place_of(M, r, &at)) { rc = -1; break; }
-        /* the seq is checked whatever becomes of the record (a resend, deferred) */
-        if (b.record_seqs && seq_record(M, r, (uint32_t)at.sid, received_at)) { rc = -1; break; }
-        /* an id not in memory whose verdict is in the store waits to be loaded */
-        if (!at.found && M->known_n && known_has(M, at.h)) rc = defer(M, r, received_at);
-        else rc = apply_record(M, r, received_at, &at);
-    }
-    /* a slice's runs (version 3): the sequence state alone, before the marks, as
-     * a whole body's records come before its marks */
-    if (!rc && b.runs.p) {
-        Cursor runs = b.runs;
-        rc = seq_runs(M, &runs, received_at);
-    }
-    if (!rc && b.marks.p) {
-        Cursor m = b.marks;
-        rc = seq_marks(M, &m, received_at);
-    }
+    rc = apply_read(M, &b, received_at);
     if (!rc) *records = b.count;
     return result(M, rc);
+}
+
+static int advance(Machine *M, double now, double watermark);
+
+int mc_feed(Machine *M, const uint8_t *body, size_t len, double received_at, double now, uint32_t *records,
+            int *state) {
+    begin(M);
+    M->nnewg = 0;
+    *state = MC_FEED_JUDGED;
+    Body b;
+    int rc = read_body(M, body, len, &b);
+    if (rc) {
+        M->nnewg = 0;
+        return result(M, rc);
+    }
+    if (M->nnewg) { /* left for mc_checked_groups until the next call */
+        *state = MC_FEED_NEW_GROUPS;
+        return MC_OK;
+    }
+    /* what was due before the body came is judged without it, as the single
+     * engine judges before each request (the body's records are in scratch) */
+    rc = advance(M, now, now);
+    if (rc) return result(M, rc);
+    rc = apply_read(M, &b, received_at);
+    if (rc) return result(M, rc);
+    *records = b.count;
+    if (M->ndeferred) {
+        *state = MC_FEED_DEFERRED;
+        return MC_OK;
+    }
+    return result(M, advance(M, now, now));
 }
 
 int mc_deferred_count(const Machine *M, size_t *n) {

@@ -130,6 +130,15 @@ int mc_new_groups(Machine *M, const uint8_t *body, size_t len,
 
 /* Folding log bodies. A body is checked whole before anything of it is applied. */
 int mc_apply(Machine *M, const uint8_t *body, size_t len, double received_at, uint32_t *records);
+/* A worker's step: the body read once; bad (MC_EBODY) or naming groups the
+ * machine does not expect yet (*state MC_FEED_NEW_GROUPS: their names by
+ * mc_checked_groups, which point into the body), nothing of it is applied;
+ * else judged as mc_advance(now, now) (what was due before it came), applied
+ * as mc_apply, then, unless records wait for their verdict rows
+ * (*state MC_FEED_DEFERRED: mc_deferred_key), judged as mc_advance(now, now). */
+enum { MC_FEED_JUDGED = 0, MC_FEED_NEW_GROUPS = 1, MC_FEED_DEFERRED = 2 };
+int mc_feed(Machine *M, const uint8_t *body, size_t len, double received_at, double now, uint32_t *records,
+            int *state);
 /* Checks a body as mc_apply would, applying nothing; the new groups of the
  * bodies checked since mc_check_reset count against the limits of the next
  * (mc_checked_groups: how many, and the i-th). */

@@ -52,21 +52,23 @@ from ..outputs import (
     Pair,
     add_pairs,
     array_literal,
+    copy_verdicts,
     dump_loaded,
     load_verdicts,
+    parse_copied,
     parse_loaded,
     replace_in_flight,
     write_errors,
     write_missing,
-    write_verdicts,
 )
 
 log_ = logging.getLogger(__name__)
 
 # A scan of the partition's messages before an offset: (offset, raw message) in order.
 Scan = Callable[[int, int], Iterable[bytes]]
-# What the machine drained (pairs, verdict rows, records missing, errors), at its clock.
-Held = tuple[float, tuple[Any, Any, Any, Any]]
+# What the machine drained (pairs, verdict rows as COPY text, records missing, errors),
+# at its clock.
+Held = tuple[float, tuple[Any, bytes, Any, Any]]
 
 
 class Fenced(Exception):
@@ -87,6 +89,12 @@ class Partition:
         self.committed = committed  # below it, the figures are in the store: replay
         self.clock = clock
         self.records = 0  # applied since taken (replays included)
+        # The topic's end offset as the worker last saw it (its consumer's
+        # watermark), recorded with each commit: the partition's backlog.
+        self.log_end = 0
+        # The oldest message the topic holds of the partition: (offset, receipt
+        # time), (-1, None) while not known (msgtally.store.held).
+        self.held: tuple[int, float | None] = (-1, None)
         self.rejected = 0  # messages whose body the machine refused, skipped
         self._changed = False
         self._announce: list[tuple[str, str]] = []  # back-filled since the last commit
@@ -106,7 +114,7 @@ class Partition:
         with write_tx(store) as conn:
             row = conn.execute(
                 update(p).where(p.c.part == part).values(epoch=p.c.epoch + 1, owner=owner)
-                .returning(p.c.epoch, p.c.next_offset, p.c.clock)
+                .returning(p.c.epoch, p.c.next_offset, p.c.clock, p.c.held_from, p.c.held_since)
             ).one_or_none()  # fmt: skip
             if row is None:
                 raise RuntimeError(f"partition {part} is not registered in the store")
@@ -124,6 +132,7 @@ class Partition:
                 clock=float(saved.clock), committed=committed,
             )  # fmt: skip
             taken.core.loads(saved.body)  # into a fresh machine: before any setting
+        taken.held = (int(row.held_from), row.held_since)
         taken._configure()
         return taken
 
@@ -152,32 +161,43 @@ class Partition:
             log_.error("partition %d offset %d: message skipped: %s", self.part, offset, exc)
             self._moved(offset)
             return
+        if offset == 0 and self.held[0] < 0:  # the topic's first: the oldest held until
+            self.held = (0, message.received_at)  # retention deletes it (Worker._watermarks)
         if message.received_at // MINUTE > self.clock // MINUTE:
             self._hold()  # judged in the minute that ends: its rows are that minute's
         self.clock = max(self.clock, message.received_at)
-        if message.body is not None:
-            new, rejected = self.core.screen([message.body])
-            if rejected:
-                self.rejected += 1
-                log_.error("partition %d offset %d: message skipped, the machine rejects its "
-                           "body: %s", self.part, offset, rejected[0][1])  # fmt: skip
-            else:
-                if new:
-                    if self.replaying:  # a back-fill commits a checkpoint: none to replay
-                        raise RuntimeError(f"partition {self.part} offset {offset}: new "
-                                           "groups in a replay; the store is inconsistent")
-                    self.expect(new, scan)
-                # What is due before the message was received is judged without it,
-                # as the single engine judges before each request: a partition with
-                # no slice of the requests between two of its messages judges then.
-                self.core.advance(self.clock, self.clock)
-                self.records += self.core.apply(message.body, message.received_at)
-                keys = self.core.deferred_keys()
-                if keys:  # ids forgotten since: their verdict rows, as they were then
-                    self.core.install(self._verdicts(offset, keys))
-                    self.core.apply_deferred()
-        self.core.advance(self.clock, self.clock)
+        if message.body is None:  # a heartbeat: its clock alone
+            self.core.advance(self.clock, self.clock)
+        else:
+            self._apply(offset, message.body, message.received_at, scan)
         self._moved(offset)
+
+    def _apply(self, offset: int, body: bytes, received_at: float, scan: Scan) -> None:
+        """Fold the body and judge at the partition's clock (one call to the machine:
+        the body read once), after back-filling the groups it names first. What was
+        due before the message was received is judged without it (Machine.feed
+        judges before applying too), as the single engine judges before each
+        request: a partition with no slice of the requests between two of its
+        messages judges then."""
+        try:
+            records, new, waiting = self.core.feed(body, received_at, self.clock)
+            if new:
+                if self.replaying:  # a back-fill commits a checkpoint: none to replay
+                    raise RuntimeError(f"partition {self.part} offset {offset}: new groups "
+                                       "in a replay; the store is inconsistent")  # fmt: skip
+                self.expect(new, scan)
+                records, new, waiting = self.core.feed(body, received_at, self.clock)
+        except _machine.BodyError as exc:
+            self.rejected += 1
+            log_.error("partition %d offset %d: message skipped, the machine rejects its "
+                       "body: %s", self.part, offset, exc)  # fmt: skip
+            self.core.advance(self.clock, self.clock)  # its clock still counts
+            return
+        self.records += records
+        if waiting:  # ids forgotten since: their verdict rows, as they were then
+            self.core.install(self._verdicts(offset, self.core.deferred_keys()))
+            self.core.apply_deferred()
+            self.core.advance(self.clock, self.clock)
 
     def _hold(self) -> None:
         """Drain what the machine judged so far, at its clock, for the next commit to
@@ -185,7 +205,7 @@ class Partition:
         single engine's tick at that time writes them, however many messages a
         commit covers."""
         if not self.replaying:  # a replay's figures are in the store already
-            self._held.append((self.clock, self.core.drain()))
+            self._held.append((self.clock, self.core.drain_copy()))
 
     def _verdicts(self, offset: int, keys: Sequence[tuple[str, str]]) -> list[tuple[Any, ...]]:
         """The verdict rows of these forgotten ids, which the message at `offset`
@@ -207,7 +227,7 @@ class Partition:
         self._hold()
         wanted = set(keys)
         for _at, (_pairs, judged, _missing, _errors) in self._held:
-            rows.update({(r[0], r[1], r[2]): tuple(r) for r in judged if (r[0], r[1]) in wanted})
+            rows.update({(r[0], r[1], r[2]): r for r in parse_copied(judged, wanted)})
         installed = list(rows.values())
         if offset >= self.committed:
             self._loads.append((offset, installed))
@@ -279,12 +299,14 @@ class Partition:
             missing.update(declared)
             errors.update(failed)
         flight = self.core.in_flight()
+        stats = self.core.stats()  # cumulative, kept by checkpoints: a replay goes on from them
         # A back-fill is committed with a checkpoint: a replay must not meet it.
         body = self.core.dumps() if checkpoint or self._announce else None
         return Tick(
             self, self.next_offset, self.clock, [(at, d[0]) for at, d in held],
-            [r for _at, d in held for r in d[1]],  # in the order judged: the latest wins
+            [d[1] for _at, d in held],  # in the order judged: the latest wins
             missing, errors, flight, body, tuple(self._announce), loads,
+            stats["records"], stats["repeats"], max(self.log_end, self.next_offset), self.held,
         )  # fmt: skip
 
     def _committed(self, tick: Tick) -> None:
@@ -303,13 +325,17 @@ class Tick:
     offset: int
     clock: float
     pairs: Sequence[tuple[float, Sequence[Pair]]]  # (the clock it was drained at, pairs)
-    verdicts: Sequence[Any]
+    verdicts: Sequence[bytes]  # COPY text (Machine.drain_copy)
     missing: Mapping[tuple[str, str, str], int]
     errors: Mapping[tuple[str, str, str, str], int]
     flight: InFlight
     checkpoint: bytes | None
     announce: tuple[tuple[str, str], ...]  # groups back-filled since the last commit
     loads: Sequence[tuple[int, Sequence[Any]]]  # (offset, verdict rows it loaded back)
+    records: int  # the machine's records applied, and repeated, up to `offset`
+    repeats: int
+    log_end: int  # the topic's end offset as the worker saw it
+    held: tuple[int, float | None]  # the oldest message held: (offset, receipt time)
 
     @property
     def part(self) -> int:
@@ -343,7 +369,7 @@ def commit(
             shard = min(t.part for t in ours)
             add_pairs(conn, [(shard, at, pairs) for t in ours for at, pairs in t.pairs],
                       config.latency_buckets)  # fmt: skip
-            write_verdicts(conn, [r for t in ours for r in t.verdicts])
+            copy_verdicts(conn, [text for t in ours for text in t.verdicts])
             for t in ours:
                 write_missing(conn, t.missing, t.part)
                 write_errors(conn, t.errors, t.part)
@@ -360,23 +386,33 @@ def commit(
 
 def _move(conn: Connection, ticks: Sequence[Tick]) -> set[int]:
     """The fence: each partition's row moved to its tick's offset and clock where
-    its epoch is still ours (the row locked until the commit). Returns the
-    partitions moved."""
+    its epoch is still ours (the row locked until the commit), with the engine's
+    bookkeeping of it (msgtally.store.engine_facts, msgtally.store.held): the
+    commit's time, the records applied and repeated, the topic's end, its oldest
+    message held. Returns the partitions moved."""
     p = partitions
+    now = time.time()
     if conn.dialect.name != "postgresql":
         return {t.part for t in ticks if conn.execute(
             update(p).where(p.c.part == t.part, p.c.epoch == t.partition.epoch)
-            .values(next_offset=t.offset, clock=t.clock)).rowcount == 1}  # fmt: skip
-    names = ("part", "epoch", "next_offset", "clock")
-    columns: list[list[Any]] = [[t.part for t in ticks], [t.partition.epoch for t in ticks],
-                                [t.offset for t in ticks], [t.clock for t in ticks]]
+            .values(next_offset=t.offset, clock=t.clock, committed_at=now, records=t.records,
+                    repeats=t.repeats, log_end=t.log_end, held_from=t.held[0],
+                    held_since=t.held[1])).rowcount == 1}  # fmt: skip
+    names = ("part", "epoch", "next_offset", "clock", "records", "repeats", "log_end",
+             "held_from", "held_since")  # fmt: skip
+    columns: list[list[Any]] = [
+        [t.part for t in ticks], [t.partition.epoch for t in ticks], [t.offset for t in ticks],
+        [t.clock for t in ticks], [t.records for t in ticks], [t.repeats for t in ticks],
+        [t.log_end for t in ticks], [t.held[0] for t in ticks], [t.held[1] for t in ticks],
+    ]  # fmt: skip
     types = [p.c[n].type for n in names]
     arrays = ", ".join(f"%s::{t.compile(dialect=conn.dialect)}[]" for t in types)
     moved = conn.exec_driver_sql(
-        f"UPDATE partitions AS p SET next_offset = u.next_offset, clock = u.clock "
-        f"FROM unnest({arrays}) AS u({', '.join(names)}) "
+        "UPDATE partitions AS p SET "
+        + ", ".join(f"{n} = u.{n}" for n in names[2:])
+        + f", committed_at = %s FROM unnest({arrays}) AS u({', '.join(names)}) "
         "WHERE p.part = u.part AND p.epoch = u.epoch RETURNING p.part",
-        tuple(array_literal(c, t) for c, t in zip(columns, types, strict=True)),
+        (now, *(array_literal(c, t) for c, t in zip(columns, types, strict=True))),
     )
     return {int(r[0]) for r in moved}
 

@@ -39,7 +39,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from msgtally.store.kafka_log import KafkaLog, KafkaLogError
+from msgtally.store.kafka_log import KafkaLog, KafkaLogError, decode_message
 
 from ..config import ReconcileConfig
 from .partition import Partition, announce, checkpoint_offsets, commit, read_announced
@@ -54,6 +54,8 @@ POLL_MAX = 2000  # messages a poll takes; a full poll means the worker is behind
 COMMIT_SHARE = 4.0  # behind, the wait after a commit: at least this many times its duration
 MAX_COMMIT_EVERY = 10.0  # seconds: the longest that wait grows to under load
 STORE_RETRY_EVERY = 1.0  # seconds between tries to take set-aside partitions again
+HELD_RETRY_EVERY = 60.0  # seconds between reads of partitions' oldest messages held
+HELD_READ = 5.0  # seconds such a read waits for the partitions' first messages
 
 
 class Worker:
@@ -83,6 +85,7 @@ class Worker:
         self._aside: set[int] = set()
         self._last_retake = 0.0
         self._store_down = False
+        self._held_tried = -HELD_RETRY_EVERY  # the last read of oldest messages held
         # An exception in a rebalance callback cannot cross librdkafka (consume would
         # raise a SystemError): kept here and raised by `step` once consume returns.
         self._failure: BaseException | None = None
@@ -306,6 +309,7 @@ class Worker:
         every partition in it is set aside, taken again from the store."""
         if not parts:
             return
+        self._watermarks(parts)
         try:
             fenced = commit(parts, checkpoint=checkpoint)
         except Exception as exc:
@@ -317,6 +321,60 @@ class Worker:
             return
         for part in fenced:
             self._drop(part, f"another worker took it (epoch {part.epoch} is over)")
+
+    def _watermarks(self, parts: list[Partition]) -> None:
+        """Each partition's topic end as the consumer's last fetch had it (its
+        watermarks, cached: no request), for its commit to record; and its oldest
+        message held, read from the topic where it is not known yet or retention
+        deleted it (the low watermark moved past it): rarely, one read for all."""
+        from confluent_kafka import TopicPartition
+
+        stale = []
+        for part in parts:
+            marks = self._consumer.get_watermark_offsets(
+                TopicPartition(self.log.topic, part.part), cached=True
+            )
+            low, high = (int(marks[0]), int(marks[1])) if marks else (-1, -1)
+            part.log_end = max(0, high)
+            if 0 <= low < high and part.held[0] < low:
+                stale.append(part)
+        if stale and time.monotonic() - self._held_tried > HELD_RETRY_EVERY:
+            self._held_tried = time.monotonic()
+            found = self._oldest([p.part for p in stale])
+            for part in stale:
+                part.held = found.get(part.part, part.held)
+
+    def _oldest(self, numbers: list[int]) -> dict[int, tuple[int, float | None]]:
+        """The oldest message the topic holds of each partition: (its offset, its
+        receipt time); partitions that gave none in HELD_READ seconds left out."""
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        reader = Consumer(
+            {
+                "bootstrap.servers": self.log.bootstrap,
+                "group.id": f"{self.owner}.held",
+                "enable.auto.commit": False,
+            }
+        )
+        found: dict[int, tuple[int, float | None]] = {}
+        seen: set[int] = set()  # the first message of each read (not ours: none found)
+        try:
+            reader.assign([TopicPartition(self.log.topic, n, OFFSET_BEGINNING) for n in numbers])
+            deadline = time.monotonic() + HELD_READ
+            while len(seen) < len(numbers) and time.monotonic() < deadline:
+                msg = reader.poll(0.2)
+                if msg is None or msg.error() is not None or msg.partition() in seen:
+                    continue
+                number = int(msg.partition() or 0)
+                seen.add(number)
+                try:
+                    found[number] = (_offset(msg), decode_message(msg.value() or b"").received_at)
+                except KafkaLogError:
+                    log_.warning("partition %d offset %d: not a msgtally message; its receipt "
+                                 "time unknown", number, _offset(msg))  # fmt: skip
+        finally:
+            reader.close()
+        return found
 
     def _adopt_announced(self) -> None:
         """Groups announced in the store that a live partition's machine does not

@@ -19,6 +19,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 
+from msgtally.ingest.intake.writer import log_ends
 from msgtally.names import (
     BACKLOG,
     COUNTERS,
@@ -36,8 +37,9 @@ from msgtally.names import (
     bucket_label,
 )
 from msgtally.slis.spec.model import Spec
+from msgtally.store.engine_facts import engine_facts
 from msgtally.store.held import log_held_since
-from msgtally.store.tables import latency_buckets, log_pending, meta, quarantine, tallies
+from msgtally.store.tables import latency_buckets, quarantine, tallies
 
 from .query import read_drops, read_errors, read_in_flight, read_missing, summed_tallies
 from .retry_configs import read_audit
@@ -72,14 +74,10 @@ class StoreCollector(Collector):
             drops = read_drops(conn)
             missing = read_missing(conn)
             errors = read_errors(conn)
-            backlog = conn.execute(
-                select(func.coalesce(func.sum(log_pending.c.n), 0))
-            ).scalar_one()
-            facts = dict(conn.execute(select(meta.c.key, meta.c.value)).all())
+            facts = engine_facts(conn, log_ends(self._engine))
             aside = conn.execute(select(func.count()).select_from(quarantine)).scalar_one()
             audits = read_audit(conn, time.time(), self._spec)
             held = log_held_since(conn)
-        last_pass = facts.get("last_pass_at")
 
         for column, (name, doc) in COUNTERS.items():
             family = CounterMetricFamily(name, doc, labels=LABELS)
@@ -152,8 +150,7 @@ class StoreCollector(Collector):
                 oldest.add_metric((f.stream, f.group), f.oldest)
         yield flight
         yield oldest
-        applied = int(facts.get("records_applied", 0))
-        repeated = int(facts.get("records_repeated", 0))
+        applied, repeated = facts.applied, facts.repeated
         engine_records = CounterMetricFamily(
             RECONCILE_RECORDS,
             "Records the engine applied: new, or a repeat of one it had (a resend).",
@@ -164,8 +161,9 @@ class StoreCollector(Collector):
         yield engine_records
         yield GaugeMetricFamily(
             BACKLOG,
-            "Records ingested and not yet reconciled.",
-            value=int(backlog),
+            "Records ingested and not yet reconciled (on workers: the topic's messages past "
+            "the partitions' committed offsets).",
+            value=facts.backlog,
         )
         yield GaugeMetricFamily(
             QUARANTINED,
@@ -179,11 +177,12 @@ class StoreCollector(Collector):
                 "past --retain; a group first seen now is back-filled from this time on.",
                 value=held,
             )
-        if last_pass is not None:
+        if facts.last_pass is not None:
             yield GaugeMetricFamily(
                 LAST_PASS,
-                "The time a reconcile pass last finished (its `now`).",
-                value=float(last_pass),
+                "The time a reconcile pass last finished (its `now`; on workers, the oldest "
+                "of the partitions' last commits).",
+                value=facts.last_pass,
             )
         findings = GaugeMetricFamily(
             RETRY_FINDINGS,
