@@ -38,10 +38,7 @@ from msgtally.store.tables import log
 from tests.conftest import LiveCollector
 from tests.harness import logged
 
-# settle: the threads' records may reach the collector in requests out of their
-# seqs' order, and a hole is judged `settle` past its first receipt, request by
-# request (docs/definitions.md): with none, each such reordering is a hole.
-CONFIG = ReconcileConfig(deadline=5.0, settle=2.0)
+CONFIG = ReconcileConfig(deadline=5.0, settle=0.0)
 FIELDS = ("produced", "delivered", "lost", "late", "recovered", "unexpected", "duplicated")
 FIELDS += ("retried", "attempts", "dead_lettered", "consume_errors", "records_dropped")
 FIELDS += ("produce_records_missing", "consume_records_missing")
