@@ -386,11 +386,10 @@ static PyObject *Machine_apply(MachineObject *self, PyObject *args) {
 /* feed(body, received_at, now) -> (records, new_groups, waiting): a worker's
  * step, the body read once. A body naming groups the machine does not expect
  * yet applies nothing: (0, [(stream, group)], False), for the caller to expect
- * (back-fill) them and feed it again. Else what was due is judged at (now,
- * now), then it is applied, and judged at (now, now) unless records wait for
- * their verdict rows (waiting True: deferred_keys, install, apply_deferred,
- * then advance). A body the machine rejects raises BodyError, nothing of it
- * applied. */
+ * (back-fill) them and feed it again. Else it is applied, and judged at
+ * (now, now) unless records wait for their verdict rows (waiting True:
+ * deferred_keys, install, apply_deferred, then advance). A body the machine
+ * rejects raises BodyError, nothing of it applied. */
 static PyObject *Machine_feed(MachineObject *self, PyObject *args) {
     PyObject *body;
     double received_at, now;
@@ -911,7 +910,7 @@ static PyMethodDef Machine_methods[] = {
     {"install", (PyCFunction)Machine_install, METH_O, "install(verdict rows)"},
     {"apply", (PyCFunction)Machine_apply, METH_VARARGS, "apply(body, received_at) -> records"},
     {"feed", (PyCFunction)Machine_feed, METH_VARARGS,
-     "feed(body, received_at, now) -> (records, new groups or None, waiting): judge, apply and judge, read once"},
+     "feed(body, received_at, now) -> (records, new groups or None, waiting): apply and judge, read once"},
     {"advance", (PyCFunction)Machine_advance, METH_VARARGS, "advance(now, receipt_watermark)"},
     {"drain", (PyCFunction)Machine_drain, METH_NOARGS, "drain() -> (pairs, verdict rows, missing, errors)"},
     {"drain_copy", (PyCFunction)Machine_drain_copy, METH_NOARGS,

@@ -23,10 +23,7 @@ Two clocks drive the verdicts: `now`, for deadlines (the wall clock, or the
 time a batch run is asked to judge at), and the receipt watermark: the
 receipt time of the oldest log row not applied yet. An id is judged only
 when both are `settle` past what concerns it, so a backlog (after an outage)
-is judged as it would have been live. Inside a tick, the log rows are applied
-one by one, each after judging what was due at its receipt time (as a worker
-on the Kafka log judges each message): an id's figures depend on the rows
-alone, not on how many of them a tick takes.
+is judged as it would have been live.
 """
 
 from __future__ import annotations
@@ -35,7 +32,6 @@ import json
 import logging
 import math
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -68,9 +64,9 @@ from . import quarantine
 from .config import ReconcileConfig
 from .lease import Lease
 from .outputs import (
-    dump_loads,
+    dump_loaded,
     load_verdicts,
-    parse_loads,
+    parse_loaded,
     write_errors,
     write_in_flight,
     write_meta,
@@ -110,10 +106,8 @@ class TickResult:
 NOTHING = TickResult(0, 0, 0)
 
 
-# Verdict rows of forgotten (stream, message id) keys a log row names, for Machine.install.
-Loader = Callable[[int, Sequence[tuple[str, str]]], list[tuple[Any, ...]]]
-# What Machine.drain gives: pairs, verdict rows, records missing, errors.
-Drained = tuple[list[Any], list[Any], dict[Any, int], dict[Any, int]]
+# Verdict rows of forgotten (stream, message id) keys, for Machine.install.
+Loader = Callable[[Sequence[tuple[str, str]]], list[tuple[Any, ...]]]
 
 
 @dataclass(frozen=True)
@@ -301,29 +295,20 @@ class Reconciler:
             with self.store.connect() as conn:
                 held_after = pruned_tick(conn)
             self._replay_backfill(int(row.tick), stream, groups, held_after)
-        self._fold(batch, row.now, row.watermark, self._loaded_by(int(row.tick)))
+        self._fold(batch, row.now, row.watermark, lambda keys: self._loaded_by(int(row.tick), keys))
         self.core.drain()  # written by the engine that ran the tick
 
-    def _loaded_by(self, tick: int) -> Loader:
-        """The verdict rows each log row of tick `tick` loaded when it ran: the
-        store's rows now may be later ones (that tick's own, or a later tick's). A
-        tick recorded by an earlier version, which loaded once for the whole
-        tick: those rows; without any: the store's."""
+    def _loaded_by(self, tick: int, keys: Sequence[tuple[str, str]]) -> list[tuple[Any, ...]]:
+        """The verdict rows tick `tick` loaded when it ran: the store's rows now may
+        be later ones (that tick's own, or a later tick's). A tick recorded by an
+        earlier version, without them: the store's."""
         with self.store.connect() as conn:
-            kept = conn.execute(
+            loaded = conn.execute(
                 select(tick_loads.c.rows).where(tick_loads.c.tick == tick)
             ).scalar_one_or_none()
-        if kept is None:
-            return self._load
-        by_row = parse_loads(kept)
-
-        def loaded(log_id: int, keys: Sequence[tuple[str, str]]) -> list[tuple[Any, ...]]:
-            if isinstance(by_row, dict):
-                return by_row.get(log_id, [])
-            wanted = set(keys)
-            return [r for r in by_row if (r[0], r[1]) in wanted]
-
-        return loaded
+            if loaded is None:
+                return load_verdicts(conn, keys)
+        return parse_loaded(loaded)
 
     def _replay_backfill(
         self, number: int, stream: str, groups: Sequence[str], held_after: int
@@ -410,8 +395,8 @@ class Reconciler:
         for stream, groups in _by_stream(new).items():
             self._backfill(stream, groups, now)
         before = self.core.stats()
-        loads, held = self._fold(batch, now, watermark, self._load)
-        pairs, rows, missing, errors = _merged([*held, self.core.drain()])
+        loaded = self._fold(batch, now, watermark, self._load)
+        pairs, rows, missing, errors = self.core.drain()
         flight = self.core.in_flight()
         stats = self.core.stats()
         # A tick changed the state if it applied records, judged or forgot ids, or
@@ -442,9 +427,9 @@ class Reconciler:
                         watermark=watermark,
                     )
                 )
-                if loads:  # for a replay: the store's rows will have moved on
+                if loaded is not None:  # for a replay: the store's rows will have moved on
                     conn.execute(
-                        tick_loads.insert().values(tick=self.tick_no, rows=dump_loads(loads))
+                        tick_loads.insert().values(tick=self.tick_no, rows=dump_loaded(loaded))
                     )
             write_meta(
                 conn,
@@ -466,41 +451,21 @@ class Reconciler:
 
     def _fold(
         self, batch: Sequence[_Row], now: float, watermark: float, load: Loader
-    ) -> tuple[dict[int, list[tuple[Any, ...]]], list[Drained]]:
-        """Apply the batch request by request, in log order, as a worker applies its
-        messages: before each, judge what is due at its receipt time (`now` at
-        most: a batch run judges at `now`), so that a request never joins a verdict
-        given before it was received (an id is judged delivered on the requests
-        received up to its first in-time ok delivery), whatever requests a tick
-        takes. The forgotten ids a request names are loaded back before the next
-        one: their verdict rows from `load`, with those judged since the tick began
-        (drained for that, not in the store yet). Then judge what is due at `now`.
-        Deadlines are judged at `now` last only once every row received before it
-        is applied: with rows left behind, at the watermark (the receipt time of
-        the oldest), as a worker whose next message is that one.
-        Returns the rows loaded, by the log row that named them, and the drains."""
-        loads: dict[int, list[tuple[Any, ...]]] = {}
-        held: list[Drained] = []
-        at = -math.inf
+    ) -> list[tuple[Any, ...]] | None:
+        """Apply the batch, loading the forgotten ids it names (their verdict rows
+        from `load`); judge what is due. The rows loaded (None: no id was forgotten)."""
         for row in batch:
-            at = max(at, row.received_at)  # a clock never goes back, as a worker's
-            self.core.advance(min(at, now), min(at, watermark))
             self.core.apply(row.body, row.received_at)
-            keys = self.core.deferred_keys()
-            if keys:
-                held.append(self.core.drain())
-                rows = {(r[0], r[1], r[2]): tuple(r) for r in load(row.id, keys)}
-                wanted = set(keys)
-                for _pairs, judged, _missing, _errors in held:  # the latest of each wins
-                    rows.update({(r[0], r[1], r[2]): tuple(r) for r in judged
-                                 if (r[0], r[1]) in wanted})  # fmt: skip
-                loads[row.id] = list(rows.values())
-                self.core.install(loads[row.id])
-                self.core.apply_deferred()
-        self.core.advance(min(now, watermark), watermark)
-        return loads, held
+        keys = self.core.deferred_keys()
+        loaded = None
+        if keys:
+            loaded = load(keys)
+            self.core.install(loaded)
+            self.core.apply_deferred()
+        self.core.advance(now, watermark)
+        return loaded
 
-    def _load(self, _log_id: int, keys: Sequence[tuple[str, str]]) -> list[tuple[Any, ...]]:
+    def _load(self, keys: Sequence[tuple[str, str]]) -> list[tuple[Any, ...]]:
         """The store's verdict rows of these forgotten ids, as of now."""
         with self.store.connect() as conn:
             return load_verdicts(conn, keys)
@@ -617,18 +582,6 @@ def _record_backfill(
         set_={"since": stmt.excluded.since, "at": stmt.excluded.at},
     )
     conn.execute(stmt, [{"stream": stream, "grp": g, "since": since, "at": now} for g in groups])
-
-
-def _merged(drains: Sequence[Drained]) -> Drained:
-    """Several drains of one tick as one: pairs are deltas (summed when written),
-    verdict rows in the order judged (the latest of a key wins)."""
-    missing: Counter[Any] = Counter()
-    errors: Counter[Any] = Counter()
-    for _pairs, _rows, declared, failed in drains:
-        missing.update(declared)
-        errors.update(failed)
-    pairs = [p for d in drains for p in d[0]]
-    return pairs, [r for d in drains for r in d[1]], dict(missing), dict(errors)
 
 
 def _by_stream(pairs: Sequence[tuple[str, str]]) -> dict[str, list[str]]:

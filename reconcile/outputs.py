@@ -396,18 +396,3 @@ def dump_loaded(rows: Sequence[Sequence[Any]]) -> str:
 def parse_loaded(text: str) -> list[tuple[Any, ...]]:
     """The rows `dump_loaded` kept, for Engine.install."""
     return [tuple(r) for r in json.loads(text)]
-
-
-def dump_loads(by_row: Mapping[int, Sequence[Sequence[Any]]]) -> str:
-    """The verdict rows one tick of the single engine loaded back, by the log row
-    that named their ids (it loads before each request), as `tick_loads` keeps them."""
-    return json.dumps({str(i): [list(r) for r in rows] for i, rows in by_row.items()})
-
-
-def parse_loads(text: str) -> dict[int, list[tuple[Any, ...]]] | list[tuple[Any, ...]]:
-    """The rows `dump_loads` kept, by log row; a tick of an earlier version, which
-    loaded once for the whole tick: its rows (`dump_loaded`)."""
-    kept = json.loads(text)
-    if isinstance(kept, list):
-        return [tuple(r) for r in kept]
-    return {int(i): [tuple(r) for r in rows] for i, rows in kept.items()}

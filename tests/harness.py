@@ -183,15 +183,10 @@ def expected_figures(outcome: GroupOutcome) -> dict[str, Any]:
     return row
 
 
-def assert_figures(
-    got: Figures, want: Mapping[tuple[str, str], GroupOutcome], *, counts_only: bool = False
-) -> None:
+def assert_figures(got: Figures, want: Mapping[tuple[str, str], GroupOutcome]) -> None:
     """The store's figures equal the oracle's, (stream, group) by (stream, group).
 
     A (stream, group) the store has no row for must count nothing in the oracle.
-    `counts_only`: the latencies' sums and quantiles are not compared (the oracle
-    is the one-shot view: an id judged delivered on a request that came before its
-    earliest ok delivery has the latency it was judged with, docs/definitions.md).
     """
     for key in got:
         assert key in want, f"store reports {key} that is not an expected group: {got[key]}"
@@ -208,11 +203,9 @@ def assert_figures(
             for name in (*COUNT_NAMES, "latency_count")
             if row[name] != exp[name]
         }
-        if counts_only:
-            pass
-        elif row["latency_sum"] != pytest.approx(exp["latency_sum"], abs=1e-6):
+        if row["latency_sum"] != pytest.approx(exp["latency_sum"], abs=1e-6):
             diff["latency_sum"] = (row["latency_sum"], exp["latency_sum"])
-        for name, _ in () if counts_only else QUANTILES:
+        for name, _ in QUANTILES:
             if not close_to(row[name], exp[name]):
                 diff[name] = (row[name], exp[name])
         if diff:

@@ -89,29 +89,6 @@ def history(seed: int, n: int, start: float) -> list[list[Record]]:
     return [*requests, late_group]
 
 
-def as_shim_cuts(requests: Sequence[Sequence[Record]], size: int) -> list[list[Record]]:
-    """The requests' records in the same order, cut into requests of `size` as a
-    shim's batches cut them: the records of an id at a cut go in two requests,
-    its deliveries in the history's order, not that of their ts."""
-    records = [r for request in requests for r in request]
-    return [records[i : i + size] for i in range(0, len(records), size)]
-
-
-def reversed_deliveries(requests: Sequence[Sequence[Record]]) -> int:
-    """The (stream, id, group)s whose ok deliveries come in two requests, the later
-    ts first: where the latency depends on judging request by request."""
-    seen: dict[tuple[str, str, str], list[tuple[int, float]]] = {}
-    records: set[str | None] = set()
-    for i, request in enumerate(requests):
-        for r in request:
-            if r.kind == "consume" and r.outcome == "ok" and r.record_id not in records:
-                records.add(r.record_id)  # a resend is the same delivery
-                seen.setdefault((r.stream, r.message_id, r.group), []).append((i, r.ts))
-    return sum(
-        any(i < j and a > b for i, a in got for j, b in got) for got in seen.values()
-    )
-
-
 def batch_of(records: Sequence[Record]) -> Batch:
     return Batch(parse_batch([record_to_json(r) for r in records]), [], None)
 
@@ -124,18 +101,16 @@ def single_engine(store: Engine, requests: Sequence[Sequence[Record]], now: floa
 
 
 def assert_exact(store: Engine, requests: Sequence[Sequence[Record]], final: float,
-                 single_url: str, *, split: bool = False) -> None:  # fmt: skip
+                 single_url: str) -> None:  # fmt: skip
     """Every figure of the store is the oracle's and the single engine's (run on
-    the same requests in a store at `single_url`). `split`: ids' records are in
-    several requests, out of ts order: the latencies are the single engine's, the
-    one-shot oracle's may differ (harness.assert_figures)."""
+    the same requests in a store at `single_url`)."""
     single = open_store(single_url)
     try:
         single_engine(single, requests, final)
         sent = [r for request in requests for r in request]
         want = oracle(sent, deadline=CONFIG.deadline, stream_deadlines=CONFIG.stream_deadlines,
                       expected_groups=CONFIG.expected_groups)  # fmt: skip
-        assert_figures(figures(store), want, counts_only=split)
+        assert_figures(figures(store), want)
         assert_discrepancies(store, want)
         assert_same(store, single)
     finally:

@@ -59,7 +59,6 @@ from tests.partitioned_procs import (
 )
 from tests.partitioned_support import (
     WorkerThread,
-    as_shim_cuts,
     assert_exact,
     batch_of,
     committed,
@@ -67,7 +66,6 @@ from tests.partitioned_support import (
     history,
     new_topic,
     read_topic,
-    reversed_deliveries,
 )
 from tests.partitioned_support import wait_applied as _wait_applied
 from tests.pg_cluster import PrivateCluster, private_cluster
@@ -111,8 +109,8 @@ def _topic(broker: Tansu, store: Engine) -> KafkaLog:
 
 
 def _check(store: Engine, requests: Sequence[Sequence[Record]], final: float,
-           tmp_path: Path, *, split: bool = False) -> None:  # fmt: skip
-    assert_exact(store, requests, final, f"sqlite:///{tmp_path / 'single.db'}", split=split)
+           tmp_path: Path) -> None:  # fmt: skip
+    assert_exact(store, requests, final, f"sqlite:///{tmp_path / 'single.db'}")
 
 
 def _settled(store: Engine, log: KafkaLog, workers: Sequence[WorkerProcess]) -> None:
@@ -142,15 +140,12 @@ def _owned_by(store: Engine, pids: set[int]) -> bool:
 
 def _two_under_load(
     broker: Tansu, pg_url: str, store: Engine, tmp_path: Path, workers: list[WorkerProcess],
-    seed: int, *, split: bool = False,
+    seed: int,
 ) -> tuple[KafkaLog, list[list[Record]], SteadyProducer]:
     """Workers a and b sharing the partitions while the collectors produce, a
-    having committed on each of its own: the moment a fault is worth injecting.
-    `split`: the requests cut as a shim's batches, ids' records in two requests."""
+    having committed on each of its own: the moment a fault is worth injecting."""
     log = _topic(broker, store)
     requests = history(seed, 1500, time.time() - 2000)
-    if split:
-        requests = as_shim_cuts(requests, 37)
     workers += [WorkerProcess(pg_url, log, tmp_path, n) for n in ("a", "b")]
     a, b = workers
     wait_for("both workers to own partitions", lambda: _owning(store) == {a.pid, b.pid})
@@ -166,12 +161,8 @@ def test_a_worker_killed_mid_tick(
 ) -> None:
     """SIGKILL: no last commit, no leave. After its session times out, its
     partitions go to the other worker, which loads each one's checkpoint and
-    replays the topic to the committed offset without writing, then goes on.
-    The requests are cut as a shim's batches: the records of an id at a cut come
-    in two requests (two ok deliveries, the later ts first, in some), and every
-    figure is still the single engine's, latencies included."""
-    log, requests, producer = _two_under_load(broker, pg_url, store, tmp_path, workers, 11,
-                                              split=True)  # fmt: skip
+    replays the topic to the committed offset without writing, then goes on."""
+    log, requests, producer = _two_under_load(broker, pg_url, store, tmp_path, workers, 11)
     a, b = workers
     a.signal(signal.SIGKILL)
     a.proc.wait()
@@ -179,9 +170,8 @@ def test_a_worker_killed_mid_tick(
     final = time.time() + 10_000
     producer.finish(final)
     _settled(store, log, workers)
-    _check(store, requests, final, tmp_path, split=True)
+    _check(store, requests, final, tmp_path)
     assert "taken" in b.text()
-    assert reversed_deliveries(requests) == 5  # the later ts first, in two requests
 
 
 @pytest.mark.slow

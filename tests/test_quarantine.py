@@ -26,15 +26,7 @@ from msgtally.reconcile.config import ReconcileConfig
 from msgtally.store.db import write_tx
 from msgtally.store.tables import log, log_pending, quarantine
 from tests.conftest import LiveCollector
-from tests.harness import (
-    KEEP_ALL,
-    assert_discrepancies,
-    assert_figures,
-    consume,
-    figures,
-    ingest,
-    produce,
-)
+from tests.harness import assert_discrepancies, assert_figures, consume, figures, ingest, produce
 
 CONFIG = ReconcileConfig(settle=0.2, remember=0)
 
@@ -106,9 +98,7 @@ def test_a_rejected_row_is_set_aside_and_counted_once_after_a_retry(
     ingest(store, A)
     bad = plant(store, msgspec.msgpack.encode(broken), len(C))
     ingest(store, B)
-    # Kept whatever their age: the records are dated from T, years ago, and a verdict
-    # row written before the collector's first prune would be pruned (--retain-verdicts).
-    with LiveCollector(store, CONFIG, reconcile_interval=0.05, retention=KEEP_ALL) as live:
+    with LiveCollector(store, CONFIG, reconcile_interval=0.05) as live:
         wait_for("the rows after it", lambda: backlog(store) == 0)
         want = oracle([*A, *B])
         wait_for("every verdict", lambda: judged(store, want))

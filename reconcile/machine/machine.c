@@ -814,10 +814,6 @@ static int evict(Machine *M, uint32_t idx) {
             return -1;
         }
         M->graveyard[M->ngraveyard++] = e;
-        /* known at once, not at the drain: a record of it before the drain is
-         * deferred and loaded back (the rows drained for that), however often
-         * the engine drains */
-        if (any_kept(e)) return known_add(M, e->hash);
     } else {
         free(e);
     }
@@ -1456,10 +1452,6 @@ int mc_feed(Machine *M, const uint8_t *body, size_t len, double received_at, dou
         *state = MC_FEED_NEW_GROUPS;
         return MC_OK;
     }
-    /* what was due before the body came is judged without it, as the single
-     * engine judges before each request (the body's records are in scratch) */
-    rc = advance(M, now, now);
-    if (rc) return result(M, rc);
     rc = apply_read(M, &b, received_at);
     if (rc) return result(M, rc);
     *records = b.count;

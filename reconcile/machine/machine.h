@@ -133,8 +133,7 @@ int mc_apply(Machine *M, const uint8_t *body, size_t len, double received_at, ui
 /* A worker's step: the body read once; bad (MC_EBODY) or naming groups the
  * machine does not expect yet (*state MC_FEED_NEW_GROUPS: their names by
  * mc_checked_groups, which point into the body), nothing of it is applied;
- * else judged as mc_advance(now, now) (what was due before it came), applied
- * as mc_apply, then, unless records wait for their verdict rows
+ * else applied as mc_apply, then, unless records wait for their verdict rows
  * (*state MC_FEED_DEFERRED: mc_deferred_key), judged as mc_advance(now, now). */
 enum { MC_FEED_JUDGED = 0, MC_FEED_NEW_GROUPS = 1, MC_FEED_DEFERRED = 2 };
 int mc_feed(Machine *M, const uint8_t *body, size_t len, double received_at, double now, uint32_t *records,

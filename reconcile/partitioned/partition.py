@@ -17,8 +17,7 @@ Nothing is ever counted twice or lost across a move.
 
 The clock is the log's: each message carries the receipt time the collector
 gave it (heartbeats only that), the partition's clock is the latest of them,
-and the machine judges at that clock before and after every message, as the
-single engine judges at each request's receipt time. The state after a
+and the machine judges after every message at that clock. The state after a
 message depends on the messages before it alone, not on how they were
 batched: a replay judges exactly as the first run did.
 """
@@ -181,11 +180,7 @@ class Partition:
 
     def _apply(self, offset: int, body: bytes, received_at: float, scan: Scan) -> None:
         """Fold the body and judge at the partition's clock (one call to the machine:
-        the body read once), after back-filling the groups it names first. What was
-        due before the message was received is judged without it (Machine.feed
-        judges before applying too), as the single engine judges before each
-        request: a partition with no slice of the requests between two of its
-        messages judges then."""
+        the body read once), after back-filling the groups it names first."""
         try:
             records, new, waiting = self.core.feed(body, received_at, self.clock)
             if new:
