@@ -253,6 +253,19 @@ static PyObject *Machine_new_groups(MachineObject *self, PyObject *bodies) {
     return ng.out;
 }
 
+/* The new groups the machine's checks counted, from the `from`-th on, into
+ * `ng`; -1 with the Python error set. They point into the bodies checked:
+ * called while those are held. */
+static int checked_groups(MachineObject *self, NewGroups *ng, size_t from) {
+    McName stream, group;
+    size_t n = mc_checked_groups(self->m, &stream, &group, 0);
+    for (size_t i = from; i < n; i++) {
+        mc_checked_groups(self->m, &stream, &group, i);
+        if (new_group_cb(ng, stream, group)) return -1;
+    }
+    return 0;
+}
+
 /* screen(bodies) -> (new_groups, rejected): the bodies the machine would
  * reject, [(index, reason)], each checked with the new groups of the bodies
  * before it; and the (stream, group) pairs the others would add. One read of
@@ -278,12 +291,7 @@ static PyObject *Machine_screen(MachineObject *self, PyObject *bodies) {
             rc = got;
         } else {
             /* its new groups, while the body is held (they point into it) */
-            McName stream, group;
-            size_t n = mc_checked_groups(self->m, &stream, &group, 0);
-            for (size_t i = PyList_GET_SIZE(ng.out); !rc && i < n; i++) {
-                mc_checked_groups(self->m, &stream, &group, i);
-                if (new_group_cb(&ng, stream, group)) rc = MC_ECALLBACK;
-            }
+            if (checked_groups(self, &ng, (size_t)PyList_GET_SIZE(ng.out))) rc = MC_ECALLBACK;
         }
         PyBuffer_Release(&view);
     }
@@ -405,13 +413,7 @@ static PyObject *Machine_feed(MachineObject *self, PyObject *args) {
     if (!rc && state == MC_FEED_NEW_GROUPS) {
         /* the names point into the body, held by the argument */
         NewGroups ng = {PyList_New(0), PySet_New(NULL)};
-        McName stream, group;
-        size_t count = mc_checked_groups(self->m, &stream, &group, 0);
-        int bad = !ng.out || !ng.seen;
-        for (size_t i = 0; !bad && i < count; i++) {
-            mc_checked_groups(self->m, &stream, &group, i);
-            bad = new_group_cb(&ng, stream, group) != 0;
-        }
+        int bad = !ng.out || !ng.seen || checked_groups(self, &ng, 0);
         mc_check_reset(self->m);
         Py_XDECREF(ng.seen);
         if (bad) Py_CLEAR(ng.out);
