@@ -299,16 +299,17 @@ class Reconciler:
         self.core.drain()  # written by the engine that ran the tick
 
     def _loaded_by(self, tick: int, keys: Sequence[tuple[str, str]]) -> list[tuple[Any, ...]]:
-        """The verdict rows tick `tick` loaded when it ran: the store's rows now may
-        be later ones (that tick's own, or a later tick's). A tick recorded by an
-        earlier version, without them: the store's."""
+        """The verdict rows of these ids that tick `tick` loaded when it ran: the
+        store's rows now may be later ones (that tick's own, or a later tick's). A
+        tick recorded by an earlier version, without them: the store's."""
         with self.store.connect() as conn:
             loaded = conn.execute(
                 select(tick_loads.c.rows).where(tick_loads.c.tick == tick)
             ).scalar_one_or_none()
             if loaded is None:
                 return load_verdicts(conn, keys)
-        return parse_loaded(loaded)
+        wanted = set(keys)  # a tick loads row by row: each row's ids
+        return [r for r in parse_loaded(loaded) if (r[0], r[1]) in wanted]
 
     def _replay_backfill(
         self, number: int, stream: str, groups: Sequence[str], held_after: int
@@ -452,16 +453,20 @@ class Reconciler:
     def _fold(
         self, batch: Sequence[_Row], now: float, watermark: float, load: Loader
     ) -> list[tuple[Any, ...]] | None:
-        """Apply the batch, loading the forgotten ids it names (their verdict rows
-        from `load`); judge what is due. The rows loaded (None: no id was forgotten)."""
+        """Apply the batch row by row, each followed by its early verdicts (as a
+        worker gives them message by message: the figures do not depend on how
+        rows were batched into ticks), loading the forgotten ids a row names (their
+        verdict rows from `load`) before that row's records of them; judge what is
+        due. The rows loaded (None: no id was forgotten)."""
+        loaded: list[tuple[Any, ...]] | None = None
         for row in batch:
             self.core.apply(row.body, row.received_at)
-        keys = self.core.deferred_keys()
-        loaded = None
-        if keys:
-            loaded = load(keys)
-            self.core.install(loaded)
-            self.core.apply_deferred()
+            keys = self.core.deferred_keys()
+            if keys:
+                rows = load(keys)
+                loaded = [*(loaded or ()), *rows]
+                self.core.install(rows)
+                self.core.apply_deferred()
         self.core.advance(now, watermark)
         return loaded
 

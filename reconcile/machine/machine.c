@@ -869,6 +869,19 @@ static int judge_early(Machine *M, uint32_t idx) {
     return judged && is_plain(M, M->pool[idx]) ? compact(M, idx) : 0;
 }
 
+/* The early verdicts of the ids touched since the last call: given after each
+ * body (request), never after a batch of them, so that the latency observed and
+ * the t0 frozen depend on the order of the requests alone, not on how an
+ * engine batched them (one machine's tick, a worker's message). */
+static int judge_touched(Machine *M) {
+    for (size_t t = 0; t < M->ntouched; t++) {
+        uint32_t idx = M->touched[t];
+        if (M->pool[idx] && judge_early(M, idx)) return -1;
+    }
+    M->ntouched = 0;
+    return 0;
+}
+
 /* ------------------------------------------------------------ compact entries */
 
 static int ctable_grow(Machine *M) { return ptable_grow(&M->ctable, &M->cmask); }
@@ -1432,6 +1445,7 @@ int mc_apply(Machine *M, const uint8_t *body, size_t len, double received_at, ui
     if (rc) return result(M, rc);
     rc = apply_read(M, &b, received_at);
     if (!rc) *records = b.count;
+    if (!rc && !M->ndeferred) rc = judge_touched(M);
     return result(M, rc);
 }
 
@@ -1486,6 +1500,7 @@ int mc_apply_deferred(Machine *M, size_t *applied) {
     for (size_t k = 0; k < n; k++) free(M->deferred[k].text);
     M->ndeferred = 0;
     *applied = n;
+    if (!rc) rc = judge_touched(M);
     return result(M, rc);
 }
 
@@ -1590,12 +1605,7 @@ int mc_install_finish(Machine *M, size_t mark) {
 /* ---------------------------------------------------------------- advance */
 
 static int advance(Machine *M, double now, double watermark) {
-    /* early verdicts for the ids the tick touched */
-    for (size_t t = 0; t < M->ntouched; t++) {
-        uint32_t idx = M->touched[t];
-        if (M->pool[idx] && judge_early(M, idx)) return -1;
-    }
-    M->ntouched = 0;
+    if (judge_touched(M)) return -1;
     Heap *rh = &M->receipt_heap;
     /* ids waiting on the receipt watermark go back to the due heap */
     while (rh->n && rh->items[0].due <= watermark) {

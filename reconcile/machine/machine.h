@@ -128,7 +128,10 @@ int mc_expect(Machine *M, McName stream, const McName *groups, uint32_t ngroups,
 int mc_new_groups(Machine *M, const uint8_t *body, size_t len,
                   int (*cb)(void *ctx, McName stream, McName group), void *ctx);
 
-/* Folding log bodies. A body is checked whole before anything of it is applied. */
+/* Folding log bodies. A body is checked whole before anything of it is applied;
+ * once applied, the ids it touched get their early verdicts (delivered), body
+ * by body, unless records of it wait for their verdict rows (mc_deferred_key:
+ * then mc_apply_deferred gives them). Every other verdict waits for mc_advance. */
 int mc_apply(Machine *M, const uint8_t *body, size_t len, double received_at, uint32_t *records);
 /* A worker's step: the body read once; bad (MC_EBODY) or naming groups the
  * machine does not expect yet (*state MC_FEED_NEW_GROUPS: their names by
@@ -146,6 +149,8 @@ void mc_check_reset(Machine *M);
 size_t mc_checked_groups(const Machine *M, McName *stream, McName *group, size_t i);
 int mc_deferred_count(const Machine *M, size_t *n);
 int mc_deferred_key(const Machine *M, size_t i, McName *stream, McName *id);
+/* The waiting records applied (after mc_install of their ids' rows), then the
+ * early verdicts of what the body touched, as mc_apply gives them. */
 int mc_apply_deferred(Machine *M, size_t *n);
 size_t mc_install_begin(Machine *M);
 int mc_install_row(Machine *M, const McInstallRow *row);
