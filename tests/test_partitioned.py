@@ -19,7 +19,7 @@ from sqlalchemy import Engine, func, select
 
 from msgtally.ingest.intake import logbody
 from msgtally.ingest.intake.kafka_log import KafkaWriter, slices, split
-from msgtally.ingest.intake.schema import parse_body
+from msgtally.ingest.intake.schema import Batch, parse_body
 from msgtally.ingest.intake.writer import log_to, write_batch
 from msgtally.names import TALLY_FIELDS
 from msgtally.oracle import Record, missing_records, oracle
@@ -491,6 +491,46 @@ def _minute_rows(store: Engine) -> dict[tuple[int, str, str], tuple[float, ...]]
     return {k: (*v[:-1], round(v[-1], 6)) for k, v in out.items() if any(v)}
 
 
+def _sent_live(
+    log: KafkaLog, count: int, batches: list[Batch], clocks: list[float], single: Engine
+) -> dict[int, int]:
+    """Each request produced to the topic at its receipt clock (every partition's
+    clock beaten there) and logged for the single engine, which ticks at each
+    receipt, as live; at last both 900 s past the last clock, past every
+    deadline. The messages each partition got."""
+    final = clocks[-1] + 900
+    writer = KafkaWriter(log, count, heartbeat_every=3600).start()  # beats by hand
+    produced = dict.fromkeys(range(count), len(batches) + 1)  # a heartbeat each, and the last
+    known: set[tuple[str, str]] = set()
+    with Reconciler(single, CONFIG) as engine:
+        for batch, at in zip(batches, clocks, strict=True):
+            writer.append(batch.records, batch.sequences, at)
+            writer.beat(at)
+            for part in slices_sent(known, batch.records, batch.sequences, count):
+                produced[part] += 1
+            write_batch(single, batch, received_at=at)
+            engine.catch_up(at, final=False)
+        writer.beat(final)
+        writer.close()
+        engine.catch_up(final, final=False)
+    return produced
+
+
+def _caught_up(store: Engine, url: str, log: KafkaLog, produced: dict[int, int]) -> None:
+    """Two workers on the whole backlog at once, until every partition committed
+    the messages the test counted (Tansu's high watermark may lag the last) and
+    adopted every group."""
+    workers = [WorkerThread(url, log) for _ in range(2)]
+    try:
+        deadline = time.monotonic() + 120
+        while committed(store) != produced or unadopted(store):
+            assert time.monotonic() < deadline, (committed(store), produced, unadopted(store))
+            time.sleep(0.1)
+    finally:
+        for w in workers:
+            w.stop()
+
+
 def test_a_group_first_seen_mid_history_is_judged_at_its_clock_on_every_partition(
     broker: Tansu, pg_url: str, tmp_path: Path, opened: list[Engine]
 ) -> None:
@@ -509,23 +549,8 @@ def test_a_group_first_seen_mid_history_is_judged_at_its_clock_on_every_partitio
     requests = _with_solo(half, parts, len(half) // 2)
     first_solo = next(i for i, q in enumerate(requests) if any(r.group == "solo" for r in q))
     clocks = [base + 60 + 37 * i for i in range(len(requests))]  # over ~12 minutes
-    final = clocks[-1] + 900  # past every deadline: every id judged
-    writer = KafkaWriter(log, count, heartbeat_every=3600).start()  # beats by hand
-    produced = dict.fromkeys(range(count), len(requests) + 1)  # a heartbeat each, and the last
-    known: set[tuple[str, str]] = set()
     single = _open(opened, f"sqlite:///{tmp_path / 'single.db'}")
-    with Reconciler(single, CONFIG) as engine:  # live: it ticks at each receipt
-        for request, at in zip(requests, clocks, strict=True):
-            batch = batch_of(request)
-            writer.append(batch.records, None, at)
-            writer.beat(at)  # every partition's clock at the receipt's
-            for part in slices_sent(known, batch.records, None, count):
-                produced[part] += 1
-            write_batch(single, batch, received_at=at)
-            engine.catch_up(at, final=False)
-        writer.beat(final)
-        writer.close()
-        engine.catch_up(final, final=False)
+    produced = _sent_live(log, count, [batch_of(r) for r in requests], clocks, single)
     # solo announced once on every partition, at its first request's clock
     for part in range(count):
         announced = [
@@ -535,15 +560,7 @@ def test_a_group_first_seen_mid_history_is_judged_at_its_clock_on_every_partitio
             and ("s1", "solo") in (logbody.decode(body).groups or ())
         ]  # fmt: skip
         assert announced == [(clocks[first_solo], [("s1", "solo")])], part
-    workers = [WorkerThread(pg_url, log) for _ in range(2)]  # the backlog at once
-    try:
-        deadline = time.monotonic() + 120
-        while committed(store) != produced or unadopted(store):
-            assert time.monotonic() < deadline, (committed(store), produced, unadopted(store))
-            time.sleep(0.1)
-    finally:
-        for w in workers:
-            w.stop()
+    _caught_up(store, pg_url, log, produced)
     assert_same(store, single)
     got, want = _minute_rows(store), _minute_rows(single)
     assert {k for k in want if k[2] == "solo"} == {k for k in got if k[2] == "solo"}
@@ -575,32 +592,10 @@ def test_windowed_reads_are_the_single_engines(
     sent, tails = numbered(history(13, 300, base), seed=13)
     sent.append(Numbered([], tails))
     clocks = [base + 90 + 41 * i for i in range(len(sent))]  # over ~30 minutes
-    final = clocks[-1] + 900  # past every deadline: every id judged
-    writer = KafkaWriter(log, count, heartbeat_every=3600).start()  # beats by hand
-    produced = dict.fromkeys(range(count), len(sent) + 1)  # a heartbeat each, and the last
-    known: set[tuple[str, str]] = set()
     single = _open(opened, f"sqlite:///{tmp_path / 'single.db'}")
-    with Reconciler(single, CONFIG) as engine:  # live: it ticks at each receipt
-        for request, at in zip(sent, clocks, strict=True):
-            batch = parse_body(json.dumps(envelope(request)).encode())
-            writer.append(batch.records, batch.sequences, at)
-            writer.beat(at)  # every partition's clock at the receipt's
-            for part in slices_sent(known, batch.records, batch.sequences, count):
-                produced[part] += 1
-            write_batch(single, batch, received_at=at)
-            engine.catch_up(at, final=False)
-        writer.beat(final)
-        writer.close()
-        engine.catch_up(final, final=False)
-    workers = [WorkerThread(pg_url, log) for _ in range(2)]  # the backlog at once
-    try:  # the count is the test's (Tansu's high watermark may lag the last message)
-        deadline = time.monotonic() + 120
-        while committed(store) != produced or unadopted(store):
-            assert time.monotonic() < deadline, (committed(store), produced, unadopted(store))
-            time.sleep(0.1)
-    finally:
-        for w in workers:
-            w.stop()
+    batches = [parse_body(json.dumps(envelope(request)).encode()) for request in sent]
+    produced = _sent_live(log, count, batches, clocks, single)
+    _caught_up(store, pg_url, log, produced)
     # Resends come after their ids' verdicts here, and after the ids are forgotten:
     # both engines count them on the verdict rows kept (not the oracle's one shot).
     assert_same(store, single)

@@ -155,6 +155,22 @@ def _two_under_load(
     return log, requests, producer
 
 
+def _fed_by_the_shim(
+    broker: Tansu, url: str, store: Engine, tmp_path: Path, workers: list[WorkerProcess],
+    collectors: list[CollectorProcess], requests: list[list[Record]],
+) -> tuple[KafkaLog, CollectorProcess, ShimFeeder]:  # fmt: skip
+    """Workers a and b sharing the partitions while a collector fed by the shim
+    produces, a quarter of the requests sent."""
+    log = _topic(broker, store)
+    workers += [WorkerProcess(url, log, tmp_path, n) for n in ("a", "b")]
+    a, b = workers
+    wait_for("both workers to own partitions", lambda: _owning(store) == {a.pid, b.pid})
+    collectors.append(CollectorProcess(url, log, tmp_path, "c"))
+    feeder = ShimFeeder(collectors[0].url, requests, rate=20, whole=True).start()
+    wait_for("a quarter of the requests", lambda: feeder.sent > len(requests) // 4)
+    return log, collectors[0], feeder
+
+
 @pytest.mark.slow
 def test_a_worker_killed_mid_tick(
     broker: Tansu, pg_url: str, store: Engine, tmp_path: Path, workers: list[WorkerProcess]
@@ -306,14 +322,11 @@ def test_the_store_restarted_under_load(
     own: the shared server is not touched."""
     store = open_store(cluster.url)
     try:
-        log = _topic(broker, store)
         requests = history(14, 2000, time.time() - 2000)
-        workers += [WorkerProcess(cluster.url, log, tmp_path, n) for n in ("a", "b")]
-        a, b = workers
-        wait_for("both workers to own partitions", lambda: _owning(store) == {a.pid, b.pid})
-        collectors.append(CollectorProcess(cluster.url, log, tmp_path, "c"))
-        feeder = ShimFeeder(collectors[0].url, requests, rate=20, whole=True).start()
-        wait_for("a quarter of the requests", lambda: feeder.sent > len(requests) // 4)
+        log, _collector, feeder = _fed_by_the_shim(
+            broker, cluster.url, store, tmp_path, workers, collectors, requests
+        )
+        a = workers[0]
         wait_for("a to commit on each of its partitions", lambda: _working(store, a.pid))
         store.dispose()  # the test's own connections: not in the way of the stop
         assert feeder.sent < len(requests) * 3 // 4  # under load
@@ -346,15 +359,10 @@ def test_the_broker_unreachable_past_the_sessions(
     taken again from the store; the figures are exact. A real restart, on
     durable storage, is the next test."""
     assert broker.proc is not None
-    log = _topic(broker, store)
     requests = history(15, 1500, time.time() - 2000)
-    workers += [WorkerProcess(pg_url, log, tmp_path, n) for n in ("a", "b")]
-    a, b = workers
-    wait_for("both workers to own partitions", lambda: _owning(store) == {a.pid, b.pid})
-    collectors.append(CollectorProcess(pg_url, log, tmp_path, "c"))
-    collector = collectors[0]
-    feeder = ShimFeeder(collector.url, requests, rate=20, whole=True).start()
-    wait_for("a quarter of the requests", lambda: feeder.sent > len(requests) // 4)
+    log, collector, feeder = _fed_by_the_shim(
+        broker, pg_url, store, tmp_path, workers, collectors, requests
+    )
     epochs = {p: e for p, (_pid, e) in owners(store).items()}
     assert feeder.sent < len(requests) * 3 // 4  # under load
     os.kill(broker.proc.pid, signal.SIGSTOP)
@@ -390,18 +398,13 @@ def test_the_broker_restarted_under_load(
     partition's end at least where it was before the kill); the workers
     reconnect on their own, the group forms again, every partition is taken
     again from the store, and the figures are exact."""
-    log = _topic(durable, store)
     # S3 through moto: ~8 requests a second. The history's last request names
     # g4, a group new to every partition: announced in the log, it is back-filled
     # at that request's clock on each partition, however slow the broker.
     requests = history(18, 600, time.time() - 2000)
-    workers += [WorkerProcess(pg_url, log, tmp_path, n) for n in ("a", "b")]
-    a, b = workers
-    wait_for("both workers to own partitions", lambda: _owning(store) == {a.pid, b.pid})
-    collectors.append(CollectorProcess(pg_url, log, tmp_path, "c"))
-    collector = collectors[0]
-    feeder = ShimFeeder(collector.url, requests, rate=20, whole=True).start()
-    wait_for("a quarter of the requests", lambda: feeder.sent > len(requests) // 4)
+    log, collector, feeder = _fed_by_the_shim(
+        durable, pg_url, store, tmp_path, workers, collectors, requests
+    )
     epochs = {p: e for p, (_pid, e) in owners(store).items()}
     acknowledged = high_watermarks(log, PARTS)
     assert feeder.sent < len(requests) * 3 // 4  # under load
