@@ -517,18 +517,22 @@ def _sent_live(
 
 
 def _caught_up(store: Engine, url: str, log: KafkaLog, produced: dict[int, int]) -> None:
-    """Two workers on the whole backlog at once, until every partition committed
-    the messages the test counted (Tansu's high watermark may lag the last) and
-    adopted every group."""
+    """Two workers on the whole backlog at once, until it is committed."""
     workers = [WorkerThread(url, log) for _ in range(2)]
     try:
-        deadline = time.monotonic() + 120
-        while committed(store) != produced or unadopted(store):
-            assert time.monotonic() < deadline, (committed(store), produced, unadopted(store))
-            time.sleep(0.1)
+        _until_committed(store, produced)
     finally:
         for w in workers:
             w.stop()
+
+
+def _until_committed(store: Engine, produced: dict[int, int]) -> None:
+    """Until every partition committed the messages the test counted (Tansu's high
+    watermark may lag the last) and adopted every group, for two minutes at most."""
+    deadline = time.monotonic() + 120
+    while committed(store) != produced or unadopted(store):
+        assert time.monotonic() < deadline, (committed(store), produced, unadopted(store))
+        time.sleep(0.1)
 
 
 def test_a_group_first_seen_mid_history_is_judged_at_its_clock_on_every_partition(
@@ -704,10 +708,7 @@ def test_a_group_no_collector_announced_reaches_every_partition_through_the_stor
         for p in range(parts):
             old.produce(log.topic, encode_message("", final, None), partition=p)
         assert old.flush(30) == 0
-        deadline = time.monotonic() + 120  # the count is the test's, as above
-        while committed(store) != produced or unadopted(store):
-            assert time.monotonic() < deadline, (committed(store), produced, unadopted(store))
-            time.sleep(0.1)
+        _until_committed(store, produced)
     finally:
         for w in workers:
             w.stop()
