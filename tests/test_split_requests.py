@@ -12,14 +12,14 @@ engines' batching could change."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from msgtally.ingest.intake.writer import write_batch
 from msgtally.oracle import Record
@@ -28,7 +28,7 @@ from msgtally.reconcile.engine import Reconciler
 from msgtally.reconcile.partitioned.partition import Partition, commit
 from msgtally.store.db import open_store, write_tx
 from msgtally.store.kafka_log import encode_message, heartbeat
-from msgtally.store.tables import partitions
+from msgtally.store.tables import partitions, tick_loads
 from tests.harness import T, consume, figures, produce, wipe
 from tests.partitioned_support import assert_same, batch_of, slices_sent
 
@@ -68,23 +68,31 @@ def _requests(draw: st.DrawFn) -> list[list[Record]]:
     return [records[a:b] for a, b in pairwise(bounds) if b > a]
 
 
-def _receipt(i: int) -> float:
-    return T + 0.5 * i  # every request within `settle` of the first
+# What the collectors receive, in order: a request at its receipt clock, or
+# nothing but the clock (the single engine ticks there, each partition has a beat).
+Timeline = list[tuple[float, list[Record] | None]]
 
 
-def _single(store: Engine, requests: Sequence[Sequence[Record]], *, live: bool) -> Engine:
+def _at_once(requests: list[list[Record]]) -> Timeline:
+    """Every request within `settle` of the first: no verdict but the early ones
+    before FINAL, in any engine."""
+    return [(T + 0.5 * i, request) for i, request in enumerate(requests)]
+
+
+def _single(store: Engine, timeline: Timeline, *, live: bool) -> Engine:
     """The single engine: ticking at each receipt (`live`), or once at the end."""
     wipe(store)
     with Reconciler(store, CONFIG) as engine:
-        for i, request in enumerate(requests):
-            write_batch(store, batch_of(request), received_at=_receipt(i))
+        for at, request in timeline:
+            if request is not None:
+                write_batch(store, batch_of(request), received_at=at)
             if live:
-                engine.catch_up(_receipt(i), final=False)
+                engine.catch_up(at, final=False)
         engine.catch_up(FINAL, final=True)
     return store
 
 
-def _partitioned(store: Engine, requests: Sequence[Sequence[Record]]) -> Engine:
+def _partitioned(store: Engine, timeline: Timeline) -> Engine:
     """The partitions of the Kafka log, fed the slices the collectors would send
     (new groups announced to every partition), then a heartbeat at FINAL."""
     wipe(store)
@@ -94,9 +102,13 @@ def _partitioned(store: Engine, requests: Sequence[Sequence[Record]]) -> Engine:
                                                     owner=""))  # fmt: skip
     messages: dict[int, list[bytes]] = {p: [] for p in range(PARTS)}
     known: set[tuple[str, str]] = set()
-    for i, request in enumerate(requests):
+    for i, (at, request) in enumerate(timeline):
+        if request is None:
+            for p in range(PARTS):
+                messages[p].append(heartbeat(at))
+            continue
         for p, body in slices_sent(known, batch_of(request).records, None, PARTS).items():
-            messages[p].append(encode_message(f"r{i}", _receipt(i), body))
+            messages[p].append(encode_message(f"r{i}", at, body))
     parts = [Partition.take(store, CONFIG, p, "w") for p in range(PARTS)]
     for part in parts:
         log = [*messages[part.part], heartbeat(FINAL)]
@@ -124,9 +136,36 @@ def stores(tmp_path: Path) -> Iterator[list[Engine]]:
 def test_the_figures_do_not_depend_on_how_requests_were_batched(
     stores: list[Engine], requests: list[list[Record]]
 ) -> None:
-    once = _single(stores[0], requests, live=False)
-    assert_same(_single(stores[1], requests, live=True), once)
-    assert_same(_partitioned(stores[2], requests), once)
+    timeline = _at_once(requests)
+    once = _single(stores[0], timeline, live=False)
+    assert_same(_single(stores[1], timeline, live=True), once)
+    assert_same(_partitioned(stores[2], timeline), once)
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(requests=_requests(), data=st.data())
+def test_records_of_forgotten_ids_are_judged_request_by_request_too(
+    stores: list[Engine], requests: list[list[Record]], data: st.DataObject
+) -> None:
+    # The requests after the cut come 2000 s later, past a clock (T + 1000) at
+    # which every id before was judged and forgotten: an id kept in the store for
+    # its discrepancy is loaded back by the request that names it again, before
+    # that request's early verdicts. The live single engine and the partitions
+    # tick at the same clocks, so their figures are the same.
+    cut = data.draw(st.integers(1, len(requests)))
+    timeline: Timeline = [
+        *_at_once(requests[:cut]),
+        (T + 1000.0, None),
+        *((T + 2000.0 + at - T, r) for at, r in _at_once(requests[cut:])),
+    ]
+    live = _single(stores[1], timeline, live=True)
+    with live.connect() as conn:
+        event(f"ids loaded back: {bool(conn.execute(select(tick_loads.c.tick)).first())}")
+    assert_same(_partitioned(stores[2], timeline), live)
 
 
 def test_a_later_delivery_received_first_sets_the_latency_in_every_engine(
@@ -135,12 +174,12 @@ def test_a_later_delivery_received_first_sets_the_latency_in_every_engine(
     # g1's delivery at ts +8 comes in the first request, its delivery at ts +2 in
     # the second: m is judged delivered after the first, at latency 8, however
     # the engine batched the two requests; the second is a duplicate.
-    requests = [
+    timeline = _at_once([
         [produce("s", "m", 0, record_id="p"), consume("s", "m", "g1", 8, record_id="c8")],
         [consume("s", "m", "g1", 2, record_id="c2")],
-    ]
-    once = _single(stores[0], requests, live=False)
+    ])  # fmt: skip
+    once = _single(stores[0], timeline, live=False)
     got = figures(once)[("s", "g1")]
     assert (got["delivered"], got["duplicated"], got["latency_count"]) == (1, 1, 1)
     assert got["latency_sum"] == 8.0
-    assert_same(_partitioned(stores[2], requests), once)
+    assert_same(_partitioned(stores[2], timeline), once)
