@@ -162,9 +162,22 @@ class Worker:
 
     def step(self, timeout: float = 0.2) -> int:
         """One poll, fed and committed; returns the messages fed."""
-        fed = 0
         batch = self._consumer.consume(POLL_MAX, timeout)
         self._behind = len(batch) == POLL_MAX  # more is waiting: under load
+        fed = self.feed(batch)
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
+        self._commit_due()
+        if time.monotonic() - self._last_announced > ANNOUNCE_EVERY:
+            self._adopt_announced()
+        if self._aside and time.monotonic() - self._last_retake > STORE_RETRY_EVERY:
+            self._retake_aside()
+        return fed
+
+    def feed(self, batch: list[Any]) -> int:
+        """A poll's messages, each to its partition's machine; returns the messages fed."""
+        fed = 0
         for msg in batch:
             err = msg.error()
             if err is not None:
@@ -181,14 +194,6 @@ class Worker:
                 self._set_aside(part.part, exc)
                 continue
             fed += 1
-        if self._failure is not None:
-            failure, self._failure = self._failure, None
-            raise failure
-        self._commit_due()
-        if time.monotonic() - self._last_announced > ANNOUNCE_EVERY:
-            self._adopt_announced()
-        if self._aside and time.monotonic() - self._last_retake > STORE_RETRY_EVERY:
-            self._retake_aside()
         return fed
 
     # -- assignment -------------------------------------------------------------
