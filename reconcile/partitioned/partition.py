@@ -101,6 +101,7 @@ class Partition:
         # commit: announced to the other partitions through the store.
         self._announce: list[tuple[str, str]] = []
         self._held: list[Held] = []  # drained since the last commit, written by the next
+        self._sketches = _machine.Sketches()  # their sketch bins, summed
         # Verdict rows loaded back since the last commit, by the offset that loaded
         # them: the next commit records them for a replay (partition_loads).
         self._loads: list[tuple[int, list[tuple[Any, ...]]]] = []
@@ -209,7 +210,7 @@ class Partition:
         single engine's tick at that time writes them, however many messages a
         commit covers."""
         if not self.replaying:  # a replay's figures are in the store already
-            self._held.append((self.clock, self.core.drain_copy()))
+            self._held.append((self.clock, self.core.drain_copy(self._sketches)))
 
     def _verdicts(self, offset: int, keys: Sequence[tuple[str, str]]) -> list[tuple[Any, ...]]:
         """The verdict rows of these forgotten ids, which the message at `offset`
@@ -303,6 +304,7 @@ class Partition:
         """What the next commit writes: every drain held since the last, at its clock."""
         self._hold()
         held, self._held = self._held, []
+        sketches, self._sketches = self._sketches, _machine.Sketches()
         loads, self._loads = self._loads, []
         missing: Counter[Any] = Counter()
         errors: Counter[Any] = Counter()
@@ -314,7 +316,7 @@ class Partition:
         # A back-fill is committed with a checkpoint: a replay must not meet it.
         body = self.core.dumps() if checkpoint or self._backfilled else None
         return Tick(
-            self, self.next_offset, self.clock, [(at, d[0]) for at, d in held],
+            self, self.next_offset, self.clock, [(at, d[0]) for at, d in held], sketches,
             [d[1] for _at, d in held],  # in the order judged: the latest wins
             missing, errors, flight, body, tuple(self._announce), loads,
             stats["records"], stats["repeats"], max(self.log_end, self.next_offset), self.held,
@@ -337,6 +339,7 @@ class Tick:
     offset: int
     clock: float
     pairs: Sequence[tuple[float, Sequence[Pair]]]  # (the clock it was drained at, pairs)
+    sketches: _machine.Sketches  # the pairs' sketch bins, summed (Machine.drain_copy)
     verdicts: Sequence[bytes]  # COPY text (Machine.drain_copy)
     missing: Mapping[tuple[str, str, str], int]
     errors: Mapping[tuple[str, str, str, str], int]
@@ -380,8 +383,11 @@ def commit(
             # other commit writes those rows meanwhile; a batch adds one row
             # per key, not one per partition (PostgreSQL's cost is per row).
             shard = min(t.part for t in ours)
-            add_pairs(conn, [(shard, at, pairs) for t in ours for at, pairs in t.pairs],
-                      config.latency_buckets)  # fmt: skip
+            sketches = _machine.Sketches()
+            for t in ours:
+                sketches.merge(t.sketches)
+            add_pairs(conn, shard, [tick for t in ours for tick in t.pairs],
+                      config.latency_buckets, sketches)  # fmt: skip
             copy_verdicts(conn, [text for t in ours for text in t.verdicts])
             for t in ours:
                 write_missing(conn, t.missing, t.part)
