@@ -736,6 +736,11 @@ typedef struct {
     size_t len, cap;
 } Drained;
 
+/* The tallies' names as Python strings, made once (module init): the keys of
+ * every pair's counts (a key made from its C string each time cost ~1,000
+ * instructions). */
+static PyObject *tally_keys[MC_N_TALLY];
+
 static int pair_cb(void *ctx, const McPairOut *p) {
     Drained *d = ctx;
     PyObject *counts = PyDict_New(), *hist = PyTuple_New(p->nhist), *bins = PyDict_New();
@@ -743,7 +748,7 @@ static int pair_cb(void *ctx, const McPairOut *p) {
     for (int k = 0; k < MC_N_TALLY; k++) {
         if (!p->counts[k]) continue;
         PyObject *v = PyLong_FromLongLong(p->counts[k]);
-        if (!v || PyDict_SetItemString(counts, MC_TALLY_NAMES[k], v)) { Py_XDECREF(v); goto fail; }
+        if (!v || PyDict_SetItem(counts, tally_keys[k], v)) { Py_XDECREF(v); goto fail; }
         Py_DECREF(v);
     }
     for (uint32_t b = 0; b < p->nhist; b++) {
@@ -1278,7 +1283,15 @@ PyMODINIT_FUNC PyInit__machine(void) {
     }
     PyObject *names = PyTuple_New(MC_N_TALLY);
     if (!names) { Py_DECREF(m); return NULL; }
-    for (int k = 0; k < MC_N_TALLY; k++) PyTuple_SET_ITEM(names, k, PyUnicode_FromString(MC_TALLY_NAMES[k]));
+    for (int k = 0; k < MC_N_TALLY; k++) {
+        if (!tally_keys[k] && !(tally_keys[k] = PyUnicode_InternFromString(MC_TALLY_NAMES[k]))) {
+            Py_DECREF(names);
+            Py_DECREF(m);
+            return NULL;
+        }
+        Py_INCREF(tally_keys[k]);
+        PyTuple_SET_ITEM(names, k, tally_keys[k]);
+    }
     PyObject *fields = PyTuple_New(N_FIELDS);
     if (!fields) { Py_DECREF(names); Py_DECREF(m); return NULL; }
     for (int f = 0; f < N_FIELDS; f++) {

@@ -353,24 +353,41 @@ def write_in_flight(conn: Connection, flight: InFlight, part: int = 0) -> None:
     replace_in_flight(conn, {part: flight})
 
 
+_FLIGHT = ("stream", "grp", "part", "n", "oldest")
+
+
 def replace_in_flight(conn: Connection, flights: Mapping[int, InFlight]) -> None:
     """`write_in_flight` for several partitions at once: two statements."""
-    conn.execute(delete(in_flight).where(in_flight.c.part.in_(list(flights))))
-    names = ("stream", "grp", "part", "n", "oldest")
     rows = [(s, g, part, n, t0) for part, flight in flights.items()
             for (s, g), (n, t0) in flight.items()]  # fmt: skip
-    if not rows:
-        return
     if conn.dialect.name != "postgresql":
-        conn.execute(in_flight.insert(), [dict(zip(names, r, strict=True)) for r in rows])
+        conn.execute(delete(in_flight).where(in_flight.c.part.in_(list(flights))))
+        if rows:
+            conn.execute(in_flight.insert(), [dict(zip(_FLIGHT, r, strict=True)) for r in rows])
         return
-    types = [in_flight.c[n].type for n in names]
-    arrays = ", ".join(f"%s::{t.compile(dialect=conn.dialect)}[]" for t in types)
-    columns = zip(*rows, strict=True)
+    parts = array_literal(list(flights), in_flight.c.part.type)
     conn.exec_driver_sql(
-        f"INSERT INTO in_flight ({', '.join(names)}) SELECT * FROM unnest({arrays})",
-        tuple(array_literal(c, t) for c, t in zip(columns, types, strict=True)),
+        f"DELETE FROM in_flight WHERE part = ANY({casts(conn, in_flight, ('part',))})", (parts,)
     )
+    if rows:
+        conn.exec_driver_sql(
+            f"INSERT INTO in_flight ({', '.join(_FLIGHT)}) "
+            f"SELECT * FROM unnest({casts(conn, in_flight, _FLIGHT)})",
+            tuple(array_literal(c, in_flight.c[n].type)
+                  for c, n in zip(zip(*rows, strict=True), _FLIGHT, strict=True)),
+        )  # fmt: skip
+
+
+def casts(conn: Connection, table: Any, names: Sequence[str]) -> str:
+    """`%s::type[], ...`: PostgreSQL array parameters for these columns of `table`,
+    for statements over `unnest` (each column sent as one array_literal)."""
+    return _casts(conn.dialect, table, tuple(names))
+
+
+@functools.lru_cache(maxsize=64)
+def _casts(dialect: Any, table: Any, names: tuple[str, ...]) -> str:
+    # Cached: compiling a type costs what writing dozens of rows does.
+    return ", ".join(f"%s::{table.c[n].type.compile(dialect=dialect)}[]" for n in names)
 
 
 def write_meta(conn: Connection, facts: Mapping[str, object]) -> None:

@@ -178,6 +178,7 @@ class Worker:
     def feed(self, batch: list[Any]) -> int:
         """A poll's messages, each to its partition's machine; returns the messages fed."""
         fed = 0
+        parts, scan = self.parts, self._scan  # looked up once a poll, not once a message
         for msg in batch:
             err = msg.error()
             if err is not None:
@@ -185,11 +186,11 @@ class Worker:
                     raise KafkaLogError(f"{self.log}: {err.str()}")
                 log_.warning("%s: %s", self.log, err.str())
                 continue
-            part = self.parts.get(msg.partition() or 0)
+            part = parts.get(msg.partition() or 0)
             if part is None:
                 continue  # not ours (any more): its new owner reads it
             try:
-                part.feed(_offset(msg), msg.value() or b"", self._scan)
+                part.feed(_offset(msg), msg.value() or b"", scan)
             except (SQLAlchemyError, KafkaLogError) as exc:  # a back-fill's scan: the topic
                 self._set_aside(part.part, exc)
                 continue
