@@ -640,24 +640,27 @@ static void Sketches_dealloc(SketchesObject *sk) {
     Py_TYPE(sk)->tp_free((PyObject *)sk);
 }
 
-/* add(stream, group, bins): {bin: count} added to the pair's bins. */
+/* add(stream, group, bins): {bin: count} (a mapping) added to the pair's bins. */
 static PyObject *Sketches_add(SketchesObject *sk, PyObject *args) {
-    PyObject *stream, *group, *bins;
-    if (!PyArg_ParseTuple(args, "UUO!", &stream, &group, &PyDict_Type, &bins)) return NULL;
+    PyObject *stream, *group, *mapping;
+    if (!PyArg_ParseTuple(args, "UUO", &stream, &group, &mapping)) return NULL;
+    PyObject *bins = PyDict_New(); /* a copy: a dict to walk whatever the mapping */
+    if (!bins || PyDict_Update(bins, mapping)) {
+        Py_XDECREF(bins);
+        return NULL;
+    }
     Bins *b = sketch_of(sk, stream, group);
-    if (!b) return NULL;
     Py_ssize_t pos = 0;
     PyObject *k, *v;
-    while (PyDict_Next(bins, &pos, &k, &v)) {
+    while (b && PyDict_Next(bins, &pos, &k, &v)) {
         long key = PyLong_AsLong(k);
         long long count = key == -1 && PyErr_Occurred() ? -1 : PyLong_AsLongLong(v);
-        if (PyErr_Occurred()) return NULL;
-        if (key <= INT32_MIN || key > INT32_MAX) {
+        if (!PyErr_Occurred() && (key <= INT32_MIN || key > INT32_MAX))
             PyErr_Format(PyExc_ValueError, "sketch bin %ld out of range", key);
-            return NULL;
-        }
-        if (bins_add(b, (int32_t)key, count)) return NULL;
+        if (PyErr_Occurred() || bins_add(b, (int32_t)key, count)) b = NULL;
     }
+    Py_DECREF(bins);
+    if (!b) return NULL;
     Py_RETURN_NONE;
 }
 

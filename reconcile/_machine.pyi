@@ -1,5 +1,5 @@
 # Types of the C extension reconcile/_machine.c (the binding of reconcile/machine/).
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 TALLY_FIELDS: tuple[str, ...]
@@ -28,7 +28,7 @@ Missing = dict[tuple[str, str, str], int]  # (stream, kind, group) -> records
 Errors = dict[tuple[str, str, str, str], int]  # (stream, kind, group, error class) -> records
 
 class Sketches:
-    def add(self, stream: str, group: str, bins: dict[int, int]) -> None: ...
+    def add(self, stream: str, group: str, bins: Mapping[int, int]) -> None: ...
     def merge(self, other: Sketches) -> None: ...
     def columns(self) -> tuple[list[str], list[str], list[int], list[int]]: ...
 
