@@ -35,6 +35,8 @@ from msgtally.store.tables import (
     verdicts,
 )
 
+from . import _machine
+
 # A drained pair: (stream, group, {tally: delta}, latency_sum, histogram, sketch bins).
 Pair = tuple[str, str, Mapping[str, int], float, Sequence[int], Mapping[int, int]]
 VERDICT_COLUMNS = (
@@ -56,8 +58,8 @@ VERDICT_COLUMNS = (
 
 
 Columns = dict[str, list[Any]]  # rows of one table as columns, by column name
-# A tick of one machine: (partition, its clock `now`, its drained pairs).
-PairsOf = tuple[int, float, Iterable[Pair]]
+# A tick of one machine: (its clock `now`, its drained pairs).
+PairsAt = tuple[float, Iterable[Pair]]
 
 
 def _add(conn: Connection, table: Any, key: Sequence[str], columns: Columns,
@@ -145,7 +147,6 @@ def _quoted(value: str) -> str:
 _AT = tuple(f"at{i}" for i in range(len(TIMELINES)))
 _TALLY = ("stream", "grp", "part", *_AT, *TALLY_FIELDS, "latency_sum")
 _BUCKET = ("stream", "grp", "part", *_AT, "le", "count")
-_BIN = ("stream", "grp", "part", "bin", "count")
 
 
 def write_pairs(
@@ -153,21 +154,26 @@ def write_pairs(
 ) -> None:
     """Add the pairs' deltas to the running totals and to the rows of `now`'s minute
     and hour, in the rows of partition `part` (0 for the single engine)."""
-    add_pairs(conn, [(part, now, pairs)], buckets)
+    add_pairs(conn, part, [(now, pairs)], buckets)
 
 
-def add_pairs(conn: Connection, ticks: Sequence[PairsOf], buckets: Sequence[float]) -> None:
-    """`write_pairs` for the ticks of several partitions at once: the deltas of one
-    key (a partition given for several ticks) summed here, the rows built as
-    columns, one statement per table family. Summed per (stream, group, part)
-    first, then per bucket or bin: a busy worker's commit adds up hundreds of
-    thousands of bins, and a Python step per bin is its cost."""
+def add_pairs(
+    conn: Connection, part: int, ticks: Sequence[PairsAt], buckets: Sequence[float],
+    sketches: _machine.Sketches | None = None,
+) -> None:  # fmt: skip
+    """`write_pairs` for several ticks at once (of several partitions: a worker's
+    commit), in the rows of partition `part`: the deltas of one key summed
+    here, the rows built as columns, one statement per table family. Summed
+    per (stream, group) first, then per bucket; the sketch bins in `sketches`
+    (Machine.drain_copy's, summed there over drains and partitions: a busy
+    worker's commit adds up hundreds of thousands of bins, and a Python step
+    per bin was its cost), the pairs' own bins added to them."""
     labels = [bucket_label(b) for b in (*buckets, math.inf)]
     field = {name: i for i, name in enumerate(TALLY_FIELDS)}
     counts_of: dict[tuple[Any, ...], list[Any]] = {}  # (stream, grp, part, *ats): counts
     hists: dict[tuple[Any, ...], list[int]] = {}  # (stream, grp, part, *ats): per bucket
-    bins_of: dict[tuple[Any, ...], dict[int, int]] = {}  # (stream, grp, part): per bin
-    for part, now, pairs in ticks:
+    summed = _machine.Sketches() if sketches is None else sketches
+    for now, pairs in ticks:
         ats = [int(now // step) * step for _counts, _buckets, step in TIMELINES]
         for stream, group, counts, latency_sum, hist, bins in pairs:
             key = (stream, group, part, *ats)
@@ -179,10 +185,8 @@ def add_pairs(conn: Connection, ticks: Sequence[PairsOf], buckets: Sequence[floa
                 row[field[name]] += n
             row[-1] += latency_sum
             hists[key] = list(map(operator.add, hists[key], hist))
-            into = bins_of.setdefault((stream, group, part), {})
-            get = into.get
-            for b, n in bins.items():
-                into[b] = get(b, 0) + n
+            if bins:
+                summed.add(stream, group, bins)
     timelines = [(c, bt) for c, bt, _step in TIMELINES]
     _add(conn, tallies, ("stream", "grp", "part"),
          _columns(_TALLY, [(*k, *v) for k, v in counts_of.items()]), [c for c, _ in timelines])
@@ -190,9 +194,10 @@ def add_pairs(conn: Connection, ticks: Sequence[PairsOf], buckets: Sequence[floa
          _columns(_BUCKET, [(*k, labels[i], n) for k, h in hists.items()
                             for i, n in enumerate(h) if n]),
          [bt for _, bt in timelines])
+    streams, groups, bins_, counts_ = summed.columns()
     _add(conn, latency_sketch, ("stream", "grp", "bin", "part"),
-         _columns(_BIN, [(*k, b, n) for k, bins in bins_of.items()
-                         for b, n in bins.items() if n]))  # fmt: skip
+         {"stream": streams, "grp": groups, "part": [part] * len(bins_), "bin": bins_,
+          "count": counts_})  # fmt: skip
 
 
 def _columns(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> Columns:
@@ -348,24 +353,41 @@ def write_in_flight(conn: Connection, flight: InFlight, part: int = 0) -> None:
     replace_in_flight(conn, {part: flight})
 
 
+_FLIGHT = ("stream", "grp", "part", "n", "oldest")
+
+
 def replace_in_flight(conn: Connection, flights: Mapping[int, InFlight]) -> None:
     """`write_in_flight` for several partitions at once: two statements."""
-    conn.execute(delete(in_flight).where(in_flight.c.part.in_(list(flights))))
-    names = ("stream", "grp", "part", "n", "oldest")
     rows = [(s, g, part, n, t0) for part, flight in flights.items()
             for (s, g), (n, t0) in flight.items()]  # fmt: skip
-    if not rows:
-        return
     if conn.dialect.name != "postgresql":
-        conn.execute(in_flight.insert(), [dict(zip(names, r, strict=True)) for r in rows])
+        conn.execute(delete(in_flight).where(in_flight.c.part.in_(list(flights))))
+        if rows:
+            conn.execute(in_flight.insert(), [dict(zip(_FLIGHT, r, strict=True)) for r in rows])
         return
-    types = [in_flight.c[n].type for n in names]
-    arrays = ", ".join(f"%s::{t.compile(dialect=conn.dialect)}[]" for t in types)
-    columns = zip(*rows, strict=True)
+    parts = array_literal(list(flights), in_flight.c.part.type)
     conn.exec_driver_sql(
-        f"INSERT INTO in_flight ({', '.join(names)}) SELECT * FROM unnest({arrays})",
-        tuple(array_literal(c, t) for c, t in zip(columns, types, strict=True)),
+        f"DELETE FROM in_flight WHERE part = ANY({casts(conn, in_flight, ('part',))})", (parts,)
     )
+    if rows:
+        conn.exec_driver_sql(
+            f"INSERT INTO in_flight ({', '.join(_FLIGHT)}) "
+            f"SELECT * FROM unnest({casts(conn, in_flight, _FLIGHT)})",
+            tuple(array_literal(c, in_flight.c[n].type)
+                  for c, n in zip(zip(*rows, strict=True), _FLIGHT, strict=True)),
+        )  # fmt: skip
+
+
+def casts(conn: Connection, table: Any, names: Sequence[str]) -> str:
+    """`%s::type[], ...`: PostgreSQL array parameters for these columns of `table`,
+    for statements over `unnest` (each column sent as one array_literal)."""
+    return _casts(conn.dialect, table, tuple(names))
+
+
+@functools.lru_cache(maxsize=64)
+def _casts(dialect: Any, table: Any, names: tuple[str, ...]) -> str:
+    # Cached: compiling a type costs what writing dozens of rows does.
+    return ", ".join(f"%s::{table.c[n].type.compile(dialect=dialect)}[]" for n in names)
 
 
 def write_meta(conn: Connection, facts: Mapping[str, object]) -> None:

@@ -420,10 +420,65 @@ def test_drain_copy_is_drain_as_copy_text(steps: list[tuple[bytes, float, float]
     for m in (one, other):
         m.advance(now + 10**4, now + 10**4)
     pairs, rows, missing, errors = one.drain()
-    pairs2, text, missing2, errors2 = other.drain_copy()
-    assert (pairs, missing, errors) == (pairs2, missing2, errors2)
+    sketches = _machine.Sketches()
+    pairs2, text, missing2, errors2 = other.drain_copy(sketches)
+    assert (missing, errors) == (missing2, errors2)
+    # The pairs the same but for their sketch bins, which went into `sketches`.
+    assert [p[:5] for p in pairs] == [p[:5] for p in pairs2] and not any(p[5] for p in pairs2)
+    assert _sketch_rows(sketches) == _summed_bins([(s, g, bins) for s, g, *_, bins in pairs])
     assert text.count(b"\n") == len(rows)
     assert parse_copied(text, [(r[0], r[1]) for r in rows]) == rows
+
+
+def _sketch_rows(sketches: _machine.Sketches) -> dict[tuple[str, str, int], int]:
+    rows = list(zip(*sketches.columns(), strict=True))
+    assert len({(s, g, b) for s, g, b, _n in rows}) == len(rows)  # a row per bin
+    return {(s, g, b): n for s, g, b, n in rows}
+
+
+def _summed_bins(bins: list[tuple[str, str, dict[int, int]]]) -> dict[tuple[str, str, int], int]:
+    out: dict[tuple[str, str, int], int] = {}
+    for stream, group, of in bins:
+        for b, n in of.items():
+            out[(stream, group, b)] = out.get((stream, group, b), 0) + n
+    return {k: n for k, n in out.items() if n}
+
+
+names = st.sampled_from(["a", "b", "\u00e9", ""])
+bin_maps = st.dictionaries(st.integers(-(2**31) + 1, 2**31 - 1), st.integers(-(2**40), 2**40),
+                           max_size=300)  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None)
+@given(parts=st.lists(st.lists(st.tuples(names, names, bin_maps), max_size=6), max_size=5))
+def test_sketches_sum_bins(parts: list[list[tuple[str, str, dict[int, int]]]]) -> None:
+    """Sketches sums bins per (stream, group) as a dict would, added a pair at a
+    time and merged from other Sketches (a worker's partitions), a row for each
+    bin whose sum is not 0."""
+    total = _machine.Sketches()
+    for part in parts:
+        one = _machine.Sketches()
+        for stream, group, bins in part:
+            one.add(stream, group, bins)
+        assert _sketch_rows(one) == _summed_bins(part)
+        total.merge(one)
+    assert _sketch_rows(total) == _summed_bins([b for part in parts for b in part])
+
+
+def test_sketches_refuse_what_they_cannot_hold() -> None:
+    sketches = _machine.Sketches()
+    with pytest.raises(ValueError, match="out of range"):
+        sketches.add("s", "g", {-(2**31): 1})
+    with pytest.raises(ValueError, match="out of range"):
+        sketches.add("s", "g", {2**40: 1})
+    with pytest.raises(OverflowError):
+        sketches.add("s", "g", {1: 2**70})
+    with pytest.raises(TypeError):
+        sketches.merge({})  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        sketches.merge(sketches)
+    with pytest.raises(TypeError):
+        _machine.Machine(5.0, 10.0, 60.0, [1.0]).drain_copy({})  # type: ignore[arg-type]
 
 
 @pytest.mark.postgres
@@ -437,7 +492,7 @@ def test_copy_text_escapes_what_delimits_it(pg_url: str) -> None:
     m.apply(msgspec.msgpack.encode((1, [{"stream": "s", "kind": "produce", "message_id": i,
                                          "ts": T} for i in ids])), T)  # fmt: skip
     m.advance(T + 100, T + 100)
-    _pairs, text, _missing, _errors = m.drain_copy()
+    _pairs, text, _missing, _errors = m.drain_copy(_machine.Sketches())
     rows = parse_copied(text, [("s", i) for i in ids])
     assert sorted(r[1] for r in rows) == sorted(ids)
     store = open_store(pg_url)

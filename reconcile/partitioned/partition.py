@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, or_, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, select, update
 
 from msgtally.store.db import upsert, write_tx
 from msgtally.store.kafka_log import KafkaLogError, decode_message
@@ -51,6 +51,7 @@ from ..outputs import (
     Pair,
     add_pairs,
     array_literal,
+    casts,
     copy_verdicts,
     dump_loaded,
     load_verdicts,
@@ -101,6 +102,7 @@ class Partition:
         # commit: announced to the other partitions through the store.
         self._announce: list[tuple[str, str]] = []
         self._held: list[Held] = []  # drained since the last commit, written by the next
+        self._sketches = _machine.Sketches()  # their sketch bins, summed
         # Verdict rows loaded back since the last commit, by the offset that loaded
         # them: the next commit records them for a replay (partition_loads).
         self._loads: list[tuple[int, list[tuple[Any, ...]]]] = []
@@ -161,21 +163,23 @@ class Partition:
         if offset < self.next_offset:
             return  # read twice (a seek back): applied already
         try:
-            message = decode_message(raw)
+            _request, received_at, body = decode_message(raw)
         except KafkaLogError as exc:  # not ours (something else wrote to the topic)
             self.rejected += 1
             log_.error("partition %d offset %d: message skipped: %s", self.part, offset, exc)
             self._moved(offset)
             return
         if offset == 0 and self.held[0] < 0:  # the topic's first: the oldest held until
-            self.held = (0, message.received_at)  # retention deletes it (Worker._watermarks)
-        if message.received_at // MINUTE > self.clock // MINUTE:
-            self._hold()  # judged in the minute that ends: its rows are that minute's
-        self.clock = max(self.clock, message.received_at)
-        if message.body is None:  # a heartbeat: its clock alone
-            self.core.advance(self.clock, self.clock)
+            self.held = (0, received_at)  # retention deletes it (Worker._watermarks)
+        clock = self.clock
+        if received_at > clock:  # the clock only goes forward
+            if received_at // MINUTE > clock // MINUTE:
+                self._hold()  # judged in the minute that ends: its rows are that minute's
+            self.clock = clock = received_at
+        if body is None:  # a heartbeat: its clock alone
+            self.core.advance(clock, clock)
         else:
-            self._apply(offset, message.body, message.received_at, scan)
+            self._apply(offset, body, received_at, scan)
         self._moved(offset)
 
     def _apply(self, offset: int, body: bytes, received_at: float, scan: Scan) -> None:
@@ -209,7 +213,7 @@ class Partition:
         single engine's tick at that time writes them, however many messages a
         commit covers."""
         if not self.replaying:  # a replay's figures are in the store already
-            self._held.append((self.clock, self.core.drain_copy()))
+            self._held.append((self.clock, self.core.drain_copy(self._sketches)))
 
     def _verdicts(self, offset: int, keys: Sequence[tuple[str, str]]) -> list[tuple[Any, ...]]:
         """The verdict rows of these forgotten ids, which the message at `offset`
@@ -303,6 +307,7 @@ class Partition:
         """What the next commit writes: every drain held since the last, at its clock."""
         self._hold()
         held, self._held = self._held, []
+        sketches, self._sketches = self._sketches, _machine.Sketches()
         loads, self._loads = self._loads, []
         missing: Counter[Any] = Counter()
         errors: Counter[Any] = Counter()
@@ -314,7 +319,7 @@ class Partition:
         # A back-fill is committed with a checkpoint: a replay must not meet it.
         body = self.core.dumps() if checkpoint or self._backfilled else None
         return Tick(
-            self, self.next_offset, self.clock, [(at, d[0]) for at, d in held],
+            self, self.next_offset, self.clock, [(at, d[0]) for at, d in held], sketches,
             [d[1] for _at, d in held],  # in the order judged: the latest wins
             missing, errors, flight, body, tuple(self._announce), loads,
             stats["records"], stats["repeats"], max(self.log_end, self.next_offset), self.held,
@@ -337,6 +342,7 @@ class Tick:
     offset: int
     clock: float
     pairs: Sequence[tuple[float, Sequence[Pair]]]  # (the clock it was drained at, pairs)
+    sketches: _machine.Sketches  # the pairs' sketch bins, summed (Machine.drain_copy)
     verdicts: Sequence[bytes]  # COPY text (Machine.drain_copy)
     missing: Mapping[tuple[str, str, str], int]
     errors: Mapping[tuple[str, str, str, str], int]
@@ -380,8 +386,11 @@ def commit(
             # other commit writes those rows meanwhile; a batch adds one row
             # per key, not one per partition (PostgreSQL's cost is per row).
             shard = min(t.part for t in ours)
-            add_pairs(conn, [(shard, at, pairs) for t in ours for at, pairs in t.pairs],
-                      config.latency_buckets)  # fmt: skip
+            sketches = _machine.Sketches()
+            for t in ours:
+                sketches.merge(t.sketches)
+            add_pairs(conn, shard, [tick for t in ours for tick in t.pairs],
+                      config.latency_buckets, sketches)  # fmt: skip
             copy_verdicts(conn, [text for t in ours for text in t.verdicts])
             for t in ours:
                 write_missing(conn, t.missing, t.part)
@@ -411,23 +420,23 @@ def _move(conn: Connection, ticks: Sequence[Tick]) -> set[int]:
             .values(next_offset=t.offset, clock=t.clock, committed_at=now, records=t.records,
                     repeats=t.repeats, log_end=t.log_end, held_from=t.held[0],
                     held_since=t.held[1])).rowcount == 1}  # fmt: skip
-    names = ("part", "epoch", "next_offset", "clock", "records", "repeats", "log_end",
-             "held_from", "held_since")  # fmt: skip
     columns: list[list[Any]] = [
         [t.part for t in ticks], [t.partition.epoch for t in ticks], [t.offset for t in ticks],
         [t.clock for t in ticks], [t.records for t in ticks], [t.repeats for t in ticks],
         [t.log_end for t in ticks], [t.held[0] for t in ticks], [t.held[1] for t in ticks],
     ]  # fmt: skip
-    types = [p.c[n].type for n in names]
-    arrays = ", ".join(f"%s::{t.compile(dialect=conn.dialect)}[]" for t in types)
     moved = conn.exec_driver_sql(
         "UPDATE partitions AS p SET "
-        + ", ".join(f"{n} = u.{n}" for n in names[2:])
-        + f", committed_at = %s FROM unnest({arrays}) AS u({', '.join(names)}) "
+        + ", ".join(f"{n} = u.{n}" for n in _MOVED[2:])
+        + f", committed_at = %s FROM unnest({casts(conn, p, _MOVED)}) AS u({', '.join(_MOVED)}) "
         "WHERE p.part = u.part AND p.epoch = u.epoch RETURNING p.part",
-        (now, *(array_literal(c, t) for c, t in zip(columns, types, strict=True))),
+        (now, *(array_literal(c, p.c[n].type) for c, n in zip(columns, _MOVED, strict=True))),
     )
     return {int(r[0]) for r in moved}
+
+
+_MOVED = ("part", "epoch", "next_offset", "clock", "records", "repeats", "log_end",
+          "held_from", "held_since")  # fmt: skip
 
 
 def _announce(conn: Connection, groups: Sequence[tuple[str, str]]) -> None:
@@ -440,12 +449,12 @@ def _save_loads(conn: Connection, ticks: Sequence[Tick]) -> None:
     it; a checkpoint at the tick's offset leaves no message before it to replay:
     its partition's records go instead."""
     past = [t for t in ticks if t.checkpoint is not None]
-    if past:
+    if past:  # a statement of one form whatever the partitions: compiled once
         pl = partition_loads
         conn.execute(
-            delete(pl).where(or_(*(and_(pl.c.part == t.part, pl.c.offset < t.offset)
-                                   for t in past)))
-        )  # fmt: skip
+            delete(pl).where(pl.c.part == bindparam("p"), pl.c.offset < bindparam("o")),
+            [{"p": t.part, "o": t.offset} for t in past],
+        )
     rows = [{"part": t.part, "offset": offset, "rows": dump_loaded(loaded)}
             for t in ticks if t.checkpoint is None for offset, loaded in t.loads]  # fmt: skip
     if rows:

@@ -162,25 +162,9 @@ class Worker:
 
     def step(self, timeout: float = 0.2) -> int:
         """One poll, fed and committed; returns the messages fed."""
-        fed = 0
         batch = self._consumer.consume(POLL_MAX, timeout)
         self._behind = len(batch) == POLL_MAX  # more is waiting: under load
-        for msg in batch:
-            err = msg.error()
-            if err is not None:
-                if err.fatal():
-                    raise KafkaLogError(f"{self.log}: {err.str()}")
-                log_.warning("%s: %s", self.log, err.str())
-                continue
-            part = self.parts.get(msg.partition() or 0)
-            if part is None:
-                continue  # not ours (any more): its new owner reads it
-            try:
-                part.feed(_offset(msg), msg.value() or b"", self._scan)
-            except (SQLAlchemyError, KafkaLogError) as exc:  # a back-fill's scan: the topic
-                self._set_aside(part.part, exc)
-                continue
-            fed += 1
+        fed = self.feed(batch)
         if self._failure is not None:
             failure, self._failure = self._failure, None
             raise failure
@@ -189,6 +173,28 @@ class Worker:
             self._adopt_announced()
         if self._aside and time.monotonic() - self._last_retake > STORE_RETRY_EVERY:
             self._retake_aside()
+        return fed
+
+    def feed(self, batch: list[Any]) -> int:
+        """A poll's messages, each to its partition's machine; returns the messages fed."""
+        fed = 0
+        parts, scan = self.parts, self._scan  # looked up once a poll, not once a message
+        for msg in batch:
+            err = msg.error()
+            if err is not None:
+                if err.fatal():
+                    raise KafkaLogError(f"{self.log}: {err.str()}")
+                log_.warning("%s: %s", self.log, err.str())
+                continue
+            part = parts.get(msg.partition() or 0)
+            if part is None:
+                continue  # not ours (any more): its new owner reads it
+            try:
+                part.feed(_offset(msg), msg.value() or b"", scan)
+            except (SQLAlchemyError, KafkaLogError) as exc:  # a back-fill's scan: the topic
+                self._set_aside(part.part, exc)
+                continue
+            fed += 1
         return fed
 
     # -- assignment -------------------------------------------------------------
