@@ -547,29 +547,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The exceptions beside CommandError that mean "the user can fix this": module, name.
+_KNOWN_ERRORS = (
+    ("msgtally.store.db", "StoreError"),
+    ("msgtally.reconcile.lease", "LeaseHeld"),
+    ("msgtally.settings", "SettingsError"),
+    ("msgtally.store.kafka_log", "KafkaLogError"),
+)
+
+
 def _known_errors() -> tuple[type[BaseException], ...]:
-    """The exceptions that mean "the user can fix this", each printed as one line."""
+    """The exceptions that mean "the user can fix this", each printed as one line.
+
+    Only those of loaded modules: one never imported cannot have been raised,
+    and importing the collector just to name them added seconds to every
+    failing command (`msgtally check` of a bad file).
+    """
     known: list[type[BaseException]] = [CommandError]
-    try:
-        from msgtally.store.db import StoreError
-
-        known.append(StoreError)
-    except ImportError:  # no collector extra: no store either
-        pass
-    try:
-        from msgtally.reconcile.lease import LeaseHeld
-
-        from .settings import SettingsError
-
-        known += [SettingsError, LeaseHeld]
-    except ImportError:
-        pass
-    try:
-        from msgtally.store.kafka_log import KafkaLogError
-
-        known.append(KafkaLogError)
-    except ImportError:
-        pass
+    for module, name in _KNOWN_ERRORS:
+        error = getattr(sys.modules.get(module), name, None)
+        if error is not None:
+            known.append(error)
     return tuple(known)
 
 
