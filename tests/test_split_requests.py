@@ -29,6 +29,7 @@ from msgtally.reconcile.partitioned.partition import Partition, commit
 from msgtally.store.db import open_store, write_tx
 from msgtally.store.kafka_log import encode_message, heartbeat
 from msgtally.store.tables import partitions
+from tests.depth import examples
 from tests.harness import T, consume, figures, produce, wipe
 from tests.partitioned_support import assert_same, batch_of, slices_sent
 
@@ -116,7 +117,7 @@ def stores(tmp_path: Path) -> Iterator[list[Engine]]:
 
 
 @settings(
-    max_examples=50,
+    max_examples=examples(25, 50),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
