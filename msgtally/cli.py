@@ -272,7 +272,6 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     from msgtally.reconcile.engine import TickResult, reconcile
     from msgtally.store.db import open_store
 
-    from .app import EngineLoop
     from .settings import settings_from_args
 
     settings = settings_from_args(args)
@@ -281,6 +280,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     store = open_store(settings.db)
     config = settings.reconcile_config()
     if args.loop:
+        from .app import EngineLoop  # the collector's app: not for one pass
+
         loop = EngineLoop(store, config, settings.interval, settings.retention(None))
         log.info("msgtally engine on %s", store.url.render_as_string(hide_password=True))
         loop.start()
