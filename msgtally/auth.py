@@ -27,8 +27,6 @@ from urllib.parse import quote
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from msgtally.ingest.intake import problems
-
 log = logging.getLogger("msgtally.auth")
 
 POLL_INTERVAL = 2.0  # seconds between looks at the token file
@@ -240,6 +238,8 @@ class BearerAuth:
             return
         if self.on_refused is not None:
             self.on_refused(scope["path"])
+        from msgtally.ingest.intake import problems  # fastapi: not for every CLI command
+
         body = json.dumps(problems.body("authorization", reason)).encode()
         await send({
             "type": "http.response.start",

@@ -272,7 +272,6 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     from msgtally.reconcile.engine import TickResult, reconcile
     from msgtally.store.db import open_store
 
-    from .app import EngineLoop
     from .settings import settings_from_args
 
     settings = settings_from_args(args)
@@ -281,6 +280,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     store = open_store(settings.db)
     config = settings.reconcile_config()
     if args.loop:
+        from .app import EngineLoop  # the collector's app: not for one pass
+
         loop = EngineLoop(store, config, settings.interval, settings.retention(None))
         log.info("msgtally engine on %s", store.url.render_as_string(hide_password=True))
         loop.start()
@@ -547,29 +548,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The exceptions beside CommandError that mean "the user can fix this": module, name.
+_KNOWN_ERRORS = (
+    ("msgtally.store.db", "StoreError"),
+    ("msgtally.reconcile.lease", "LeaseHeld"),
+    ("msgtally.settings", "SettingsError"),
+    ("msgtally.store.kafka_log", "KafkaLogError"),
+)
+
+
 def _known_errors() -> tuple[type[BaseException], ...]:
-    """The exceptions that mean "the user can fix this", each printed as one line."""
+    """The exceptions that mean "the user can fix this", each printed as one line.
+
+    Only those of loaded modules: one never imported cannot have been raised,
+    and importing the collector just to name them added seconds to every
+    failing command (`msgtally check` of a bad file).
+    """
     known: list[type[BaseException]] = [CommandError]
-    try:
-        from msgtally.store.db import StoreError
-
-        known.append(StoreError)
-    except ImportError:  # no collector extra: no store either
-        pass
-    try:
-        from msgtally.reconcile.lease import LeaseHeld
-
-        from .settings import SettingsError
-
-        known += [SettingsError, LeaseHeld]
-    except ImportError:
-        pass
-    try:
-        from msgtally.store.kafka_log import KafkaLogError
-
-        known.append(KafkaLogError)
-    except ImportError:
-        pass
+    for module, name in _KNOWN_ERRORS:
+        error = getattr(sys.modules.get(module), name, None)
+        if error is not None:
+            known.append(error)
     return tuple(known)
 
 

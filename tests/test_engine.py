@@ -19,6 +19,7 @@ from msgtally.oracle import ID_KINDS, Mark, Record, oracle
 from msgtally.reconcile.config import ReconcileConfig
 from msgtally.reconcile.engine import Reconciler, reconcile
 from msgtally.reconcile.lease import LeaseHeld
+from tests.depth import examples
 from tests.harness import (
     T,
     assert_discrepancies,
@@ -109,7 +110,7 @@ def _run(
 
 def test_a_crash_at_any_tick_gives_the_figures_of_an_uninterrupted_run(store: Engine) -> None:
     @settings(
-        max_examples=40 if store.dialect.name == "sqlite" else 15,
+        max_examples=examples(20, 40) if store.dialect.name == "sqlite" else examples(8, 15),
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )

@@ -25,6 +25,7 @@ from msgtally.reconcile.outputs import VERDICT_COLUMNS, copy_verdicts, parse_cop
 from msgtally.record import ERROR_CLASSES
 from msgtally.store.db import open_store, write_tx
 from msgtally.store.tables import verdicts
+from tests.depth import examples
 from tests.harness import T
 from tests.test_machine_fuzz import bodies as fuzz_bodies
 
@@ -372,7 +373,9 @@ def test_one_scan_back_fills_several_streams_each_finished_on_its_own() -> None:
     assert {(r[0], r[2]) for r in rows["one scan"]} == {("s", "new"), ("t", "new"), ("t", "newer")}
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=examples(30, 60), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(steps=st.lists(st.tuples(fuzz_bodies(), st.floats(0, 100), st.floats(0, 400)), max_size=25))
 def test_feed_is_screen_then_apply_then_advance(steps: list[tuple[bytes, float, float]]) -> None:
     """A worker's one call per message (`feed`: the body read once) leaves the machine
@@ -404,7 +407,9 @@ def test_feed_is_screen_then_apply_then_advance(steps: list[tuple[bytes, float, 
     assert one.drain() == three.drain()
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=examples(20, 40), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(steps=st.lists(st.tuples(fuzz_bodies(), st.floats(0, 100), st.floats(0, 400)), max_size=25))
 def test_drain_copy_is_drain_as_copy_text(steps: list[tuple[bytes, float, float]]) -> None:
     """The worker's verdict rows as COPY text (`drain_copy`) read back to the rows

@@ -7,7 +7,6 @@ expect, unknown fields, and bytes flipped or cut."""
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +28,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from msgtally.ingest.intake.otlp import export
 from msgtally.ingest.intake.otlp.export import Outcome, map_request, read_views
 from msgtally.ingest.intake.otlp.mapping import _WANTED, WANTED_KEYS, SpanView, view_of
+from tests.depth import examples
 
 _spans = pytest.importorskip("msgtally.ingest.intake.otlp._spans")
 
@@ -231,10 +231,10 @@ def _check_body(body: bytes) -> None:
     assert _mapped(request, body) == _mapped(request, None)
 
 
-# 100 random requests per test in the suite; 300 under the sanitizers (.ci/sanitize
-# sets MSGTALLY_DEEP), where a wrong read shows as the memory error it is.
+# 50 random requests per test in the README's run; 300 deep (tests/depth.py),
+# as under the sanitizers, where a wrong read shows as the memory error it is.
 SETTINGS = settings(
-    max_examples=300 if os.environ.get("MSGTALLY_DEEP") else 100,
+    max_examples=examples(50, 300),
     deadline=None,
     suppress_health_check=list(HealthCheck),
 )

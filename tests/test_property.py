@@ -30,6 +30,7 @@ from msgtally.reconcile.config import DEFAULT_BUDGET, ReconcileConfig
 from msgtally.reconcile.engine import reconcile
 from msgtally.record import ERROR_CLASSES
 from msgtally.slis.read.query import read_discrepancies
+from tests.depth import examples
 from tests.harness import (
     Figures,
     T,
@@ -162,7 +163,7 @@ def histories(draw: Callable[..., Any]) -> History:
 
 def _settings(store: Engine) -> settings:
     return settings(
-        max_examples=60 if store.dialect.name == "sqlite" else 25,
+        max_examples=examples(30, 60) if store.dialect.name == "sqlite" else examples(12, 25),
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
         # A failure shrinks once, to one minimal history, and skips the explain

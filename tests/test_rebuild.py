@@ -22,6 +22,7 @@ from msgtally.reconcile.config import ReconcileConfig
 from msgtally.reconcile.engine import Reconciler
 from msgtally.store.tables import checkpoint, checkpoint_rejected
 from tests.conftest import LiveCollector
+from tests.depth import examples
 from tests.harness import KEEP_ALL, T, consume, figures, ingest, produce, wipe
 from tests.test_engine import Batches, snapshot, timed_histories
 
@@ -76,7 +77,7 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_figures_stay_exact(
     store: Engine, how: str
 ) -> None:
     @settings(
-        max_examples=12 if store.dialect.name == "sqlite" else 5,
+        max_examples=examples(6, 12) if store.dialect.name == "sqlite" else examples(3, 5),
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )

@@ -21,6 +21,7 @@ from msgtally.ingest.intake.schema import Batch, Produce, parse_body
 from msgtally.oracle import missing_records
 from msgtally.reconcile import _machine
 from msgtally.store.kafka_log import partition_of, sequence_partition
+from tests.depth import examples
 from tests.harness import T
 from tests.partitioned_sequences import Numbered, envelope, numbered
 from tests.partitioned_support import history
@@ -139,7 +140,7 @@ def run_partitioned(
     return out
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(12, 25), deadline=None)
 @given(
     seed=st.integers(0, 2**16),
     settle=st.sampled_from((0.0, 10.0)),

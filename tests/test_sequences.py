@@ -38,6 +38,7 @@ from msgtally.server import BackgroundServer, free_port
 from msgtally.slis.read.query import read_slis
 from msgtally.store.tables import log, log_pending
 from tests.conftest import LiveCollector
+from tests.depth import examples
 from tests.harness import (
     T,
     assert_discrepancies,
@@ -416,7 +417,7 @@ def numbered_histories(
 
 def test_any_history_matches_the_oracle(store: Engine) -> None:
     @settings(
-        max_examples=50 if store.dialect.name == "sqlite" else 15,
+        max_examples=examples(25, 50) if store.dialect.name == "sqlite" else examples(8, 15),
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )

@@ -29,6 +29,7 @@ from msgtally.reconcile.partitioned.partition import Partition, commit
 from msgtally.store.db import open_store, write_tx
 from msgtally.store.kafka_log import encode_message, heartbeat
 from msgtally.store.tables import partitions, tick_loads
+from tests.depth import examples
 from tests.harness import T, consume, figures, produce, wipe
 from tests.partitioned_support import assert_same, batch_of, slices_sent
 
@@ -128,7 +129,7 @@ def stores(tmp_path: Path) -> Iterator[list[Engine]]:
 
 
 @settings(
-    max_examples=50,
+    max_examples=examples(25, 50),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
@@ -143,7 +144,7 @@ def test_the_figures_do_not_depend_on_how_requests_were_batched(
 
 
 @settings(
-    max_examples=30,
+    max_examples=examples(15, 30),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
