@@ -39,6 +39,7 @@ from tests.harness import (
     discrepancy_ids,
     errors,
     figures,
+    in_time_order_across,
     ingest,
     repeats,
     wipe,
@@ -206,9 +207,12 @@ def test_one_shot_matches_the_oracle(store: Engine) -> None:
         # shims send them), since an id is judged delivered right after the
         # request that brings its in-time delivery.
         size = -(-len(history.records) // n_batches)
-        records = _in_time_order_across(history.records, size)
-        for i in range(0, len(records), size):
-            ingest(store, records[i : i + size])
+        requests = in_time_order_across(
+            [history.records[i : i + size] for i in range(0, len(history.records), size)]
+        )
+        for request in requests:
+            ingest(store, request)
+        records = [r for request in requests for r in request]
         reconcile(store, history.config, history.final_now())
         want = _oracle(history, records)  # of a record_id sent twice, the first counts
         assert_figures(figures(store), want)
@@ -216,26 +220,6 @@ def test_one_shot_matches_the_oracle(store: Engine) -> None:
         assert errors(store) == error_counts(records)
 
     check()
-
-
-def _in_time_order_across(records: list[Record], size: int) -> list[Record]:
-    """The records, each id's moved among its own places so that its earlier `ts`
-    come in an earlier or the same request of `size` records; within a request,
-    an id's records keep their drawn order, and the others stay where they are."""
-    places: dict[tuple[str, str], list[int]] = {}
-    for i, r in enumerate(records):
-        places.setdefault((r.stream, r.message_id), []).append(i)
-    out = list(records)
-    for where in places.values():
-        by_ts = sorted(where, key=lambda i: records[i].ts)  # stable: drawn order on ties
-        start = 0
-        for request in sorted({i // size for i in where}):
-            slots = [i for i in where if i // size == request]
-            taken = sorted(by_ts[start : start + len(slots)])  # in their drawn order
-            start += len(slots)
-            for slot, i in zip(slots, taken, strict=True):
-                out[slot] = records[i]
-    return out
 
 
 def _passes(history: History, offsets: list[float]) -> list[float]:

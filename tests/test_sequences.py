@@ -45,6 +45,7 @@ from tests.harness import (
     assert_figures,
     consume,
     figures,
+    in_time_order_across,
     ingest,
     missing,
     produce,
@@ -411,8 +412,11 @@ def numbered_histories(
         sent.append(draw(st.sampled_from(sent)))  # a resend
     sent = list(draw(st.permutations(sent)))
     cut = sorted(draw(st.lists(st.integers(0, len(sent)), max_size=2)))
-    bodies = [sent[a:b] for a, b in zip([0, *cut], [*cut, len(sent)], strict=True)]
-    return bodies, marks, sent
+    # in any order within a body, each id's in the order of its ts across them
+    bodies = in_time_order_across(
+        [sent[a:b] for a, b in zip([0, *cut], [*cut, len(sent)], strict=True)]
+    )
+    return bodies, marks, [r for body in bodies for r in body]
 
 
 def test_any_history_matches_the_oracle(store: Engine) -> None:
