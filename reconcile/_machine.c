@@ -528,63 +528,25 @@ static PyObject *Machine_advance(MachineObject *self, PyObject *args) {
  * worker's commit adds up the bins of every drain of every partition it
  * commits, hundreds of thousands, and a Python step per bin (a dict made per
  * pair, an addition per bin) cost more than the rest of the commit. The bins
- * of one pair: open addressing, INT32_MIN an empty key (as the machine's). */
-typedef struct {
-    int32_t *keys;
-    int64_t *vals;
-    uint32_t mask, n; /* mask + 1 slots (none while keys is NULL), n in use */
-} Bins;
-
+ * of one pair are the machine's McBins. */
 typedef struct {
     PyObject_HEAD
     PyObject *index; /* {(stream, group): i}, i into bins */
-    Bins *bins;
+    McBins *bins;
     Py_ssize_t n, cap;
 } SketchesObject;
 
 static PyTypeObject SketchesType;
 
-static uint32_t bin_hash(int32_t key) { return (uint32_t)key * 2654435761u; }
-
-/* Adds `count` to bin `key` (not INT32_MIN); -1 with MemoryError set. */
-static int bins_add(Bins *b, int32_t key, int64_t count) {
-    if (!b->keys || (b->n + 1) * 2 > b->mask + 1) {
-        uint32_t cap = b->keys ? (b->mask + 1) * 2 : 64;
-        int32_t *keys = PyMem_Malloc((size_t)cap * sizeof *keys);
-        int64_t *vals = PyMem_Malloc((size_t)cap * sizeof *vals);
-        if (!keys || !vals) {
-            PyMem_Free(keys);
-            PyMem_Free(vals);
-            PyErr_NoMemory();
-            return -1;
-        }
-        for (uint32_t j = 0; j < cap; j++) keys[j] = INT32_MIN;
-        for (uint32_t i = 0; b->keys && i <= b->mask; i++) {
-            if (b->keys[i] == INT32_MIN) continue;
-            uint32_t j = bin_hash(b->keys[i]) & (cap - 1);
-            while (keys[j] != INT32_MIN) j = (j + 1) & (cap - 1);
-            keys[j] = b->keys[i];
-            vals[j] = b->vals[i];
-        }
-        PyMem_Free(b->keys);
-        PyMem_Free(b->vals);
-        b->keys = keys;
-        b->vals = vals;
-        b->mask = cap - 1;
-    }
-    uint32_t j = bin_hash(key) & b->mask;
-    while (b->keys[j] != INT32_MIN && b->keys[j] != key) j = (j + 1) & b->mask;
-    if (b->keys[j] == INT32_MIN) {
-        b->keys[j] = key;
-        b->vals[j] = 0;
-        b->n++;
-    }
-    b->vals[j] = (int64_t)((uint64_t)b->vals[j] + (uint64_t)count); /* no overflow to trap on */
-    return 0;
+/* Adds to a pair's bins; -1 with MemoryError set. */
+static int bins_add(McBins *b, int32_t key, int64_t count) {
+    if (mc_bins_add(b, key, count) == 0) return 0;
+    PyErr_NoMemory();
+    return -1;
 }
 
 /* The bins of (stream, group), made empty when new; NULL with an exception set. */
-static Bins *sketch_of(SketchesObject *sk, PyObject *stream, PyObject *group) {
+static McBins *sketch_of(SketchesObject *sk, PyObject *stream, PyObject *group) {
     PyObject *key = PyTuple_Pack(2, stream, group);
     if (!key) return NULL;
     PyObject *at = PyDict_GetItemWithError(sk->index, key);
@@ -596,7 +558,7 @@ static Bins *sketch_of(SketchesObject *sk, PyObject *stream, PyObject *group) {
     } else {
         if (sk->n == sk->cap) {
             Py_ssize_t cap = sk->cap ? sk->cap * 2 : 8;
-            Bins *grown = PyMem_Realloc(sk->bins, (size_t)cap * sizeof *grown);
+            McBins *grown = PyMem_Realloc(sk->bins, (size_t)cap * sizeof *grown);
             if (!grown) {
                 Py_DECREF(key);
                 PyErr_NoMemory();
@@ -608,7 +570,7 @@ static Bins *sketch_of(SketchesObject *sk, PyObject *stream, PyObject *group) {
         i = sk->n;
         PyObject *v = PyLong_FromSsize_t(i);
         if (!v || PyDict_SetItem(sk->index, key, v)) i = -1;
-        else sk->bins[sk->n++] = (Bins){NULL, NULL, 0, 0};
+        else sk->bins[sk->n++] = (McBins){0};
         Py_XDECREF(v);
     }
     Py_DECREF(key);
@@ -631,10 +593,7 @@ static PyObject *Sketches_new(PyTypeObject *type, PyObject *args, PyObject *kw) 
 }
 
 static void Sketches_dealloc(SketchesObject *sk) {
-    for (Py_ssize_t i = 0; i < sk->n; i++) {
-        PyMem_Free(sk->bins[i].keys);
-        PyMem_Free(sk->bins[i].vals);
-    }
+    for (Py_ssize_t i = 0; i < sk->n; i++) mc_bins_free(&sk->bins[i]);
     PyMem_Free(sk->bins);
     Py_XDECREF(sk->index);
     Py_TYPE(sk)->tp_free((PyObject *)sk);
@@ -649,7 +608,7 @@ static PyObject *Sketches_add(SketchesObject *sk, PyObject *args) {
         Py_XDECREF(bins);
         return NULL;
     }
-    Bins *b = sketch_of(sk, stream, group);
+    McBins *b = sketch_of(sk, stream, group);
     Py_ssize_t pos = 0;
     PyObject *k, *v;
     while (b && PyDict_Next(bins, &pos, &k, &v)) {
@@ -678,8 +637,8 @@ static PyObject *Sketches_merge(SketchesObject *sk, PyObject *arg) {
     Py_ssize_t pos = 0;
     PyObject *key, *at;
     while (PyDict_Next(other->index, &pos, &key, &at)) {
-        Bins *from = &other->bins[PyLong_AsSsize_t(at)];
-        Bins *into = sketch_of(sk, PyTuple_GET_ITEM(key, 0), PyTuple_GET_ITEM(key, 1));
+        McBins *from = &other->bins[PyLong_AsSsize_t(at)];
+        McBins *into = sketch_of(sk, PyTuple_GET_ITEM(key, 0), PyTuple_GET_ITEM(key, 1));
         if (!into) return NULL;
         for (uint32_t j = 0; from->keys && j <= from->mask; j++)
             if (from->keys[j] != INT32_MIN && bins_add(into, from->keys[j], from->vals[j])) return NULL;
@@ -694,7 +653,7 @@ static PyObject *Sketches_columns(SketchesObject *sk, PyObject *Py_UNUSED(ignore
     Py_ssize_t pos = 0;
     PyObject *key, *at;
     while (!bad && PyDict_Next(sk->index, &pos, &key, &at)) {
-        Bins *b = &sk->bins[PyLong_AsSsize_t(at)];
+        McBins *b = &sk->bins[PyLong_AsSsize_t(at)];
         for (uint32_t j = 0; !bad && b->keys && j <= b->mask; j++) {
             if (b->keys[j] == INT32_MIN || !b->vals[j]) continue;
             PyObject *bin = PyLong_FromLong(b->keys[j]), *count = PyLong_FromLongLong(b->vals[j]);
@@ -764,7 +723,7 @@ static int pair_cb(void *ctx, const McPairOut *p) {
         Py_XDECREF(stream);
         goto fail;
     }
-    Bins *into = NULL;
+    McBins *into = NULL;
     if (d->sketches && !(into = sketch_of(d->sketches, stream, group))) {
         Py_DECREF(stream);
         Py_DECREF(group);

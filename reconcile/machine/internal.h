@@ -154,11 +154,6 @@ static inline size_t entry_size(uint16_t slot_cap, uint16_t fp_cap, uint16_t idl
 
 /* ------------------------------------------------------------- tallies */
 
-typedef struct {
-    int32_t *keys; /* sketch bin -> count, open addressing; key INT32_MIN is empty */
-    int64_t *vals;
-    uint32_t n, mask;
-} BinMap;
 
 /* The pair of a stream's produce records (their error classes): no group has this index. */
 #define PRODUCE_GID UINT32_MAX
@@ -171,7 +166,7 @@ typedef struct {
     int64_t counts[MC_N_TALLY];
     double latency_sum;
     int64_t *hist; /* nbounds + 1 (+Inf) */
-    BinMap bins;
+    McBins bins; /* sketch bin -> count */
 } Pair;
 
 /* ------------------------------------------------------------- timers */

@@ -177,23 +177,18 @@ Timer heap_pop(Heap *h) {
 
 /* ------------------------------------------------------------ pair tallies */
 
-static int binmap_add(BinMap *m, int32_t key, int64_t v) {
+int mc_bins_add(McBins *m, int32_t key, int64_t v) {
     if (!m->keys) {
+        int32_t *keys = malloc(64 * sizeof(int32_t));
+        int64_t *vals = calloc(64, sizeof(int64_t));
+        if (!keys || !vals) { free(keys); free(vals); return -1; }
+        for (uint32_t i = 0; i < 64; i++) keys[i] = INT32_MIN;
+        m->keys = keys;
+        m->vals = vals;
         m->mask = 63;
-        m->keys = malloc((m->mask + 1) * sizeof(int32_t));
-        m->vals = calloc(m->mask + 1, sizeof(int64_t));
-        if (!m->keys || !m->vals) { free(m->keys); free(m->vals); m->keys = NULL; m->vals = NULL; return -1; }
-        for (uint32_t i = 0; i <= m->mask; i++) m->keys[i] = INT32_MIN;
+        m->n = 0;
     }
-    uint32_t j = (uint32_t)hash_u64((uint64_t)(int64_t)key, 7) & m->mask;
-    while (m->keys[j] != INT32_MIN && m->keys[j] != key) j = (j + 1) & m->mask;
-    if (m->keys[j] == INT32_MIN) {
-        m->keys[j] = key;
-        m->vals[j] = 0;
-        m->n++;
-    }
-    m->vals[j] += v;
-    if (m->n * 2 > m->mask) { /* bins are bounded by the sketch's range: a few thousand */
+    if ((m->n + 1) * 2 > m->mask) { /* bins are bounded by the sketch's range: a few thousand */
         uint32_t mask = m->mask * 2 + 1;
         int32_t *keys = malloc(((size_t)mask + 1) * sizeof(int32_t));
         int64_t *vals = calloc((size_t)mask + 1, sizeof(int64_t));
@@ -212,10 +207,18 @@ static int binmap_add(BinMap *m, int32_t key, int64_t v) {
         m->vals = vals;
         m->mask = mask;
     }
+    uint32_t j = (uint32_t)hash_u64((uint64_t)(int64_t)key, 7) & m->mask;
+    while (m->keys[j] != INT32_MIN && m->keys[j] != key) j = (j + 1) & m->mask;
+    if (m->keys[j] == INT32_MIN) {
+        m->keys[j] = key;
+        m->vals[j] = 0;
+        m->n++;
+    }
+    m->vals[j] = (int64_t)((uint64_t)m->vals[j] + (uint64_t)v);
     return 0;
 }
 
-static void binmap_clear(BinMap *m) {
+void mc_bins_free(McBins *m) {
     free(m->keys);
     free(m->vals);
     memset(m, 0, sizeof *m);
@@ -277,7 +280,7 @@ static int observe_latency(Machine *M, Pair *p, double latency) {
     uint32_t b = 0;
     while (b < M->nbounds && latency > M->bounds[b]) b++;
     p->hist[b]++;
-    return binmap_add(&p->bins, sketch_bin(M, latency), 1);
+    return mc_bins_add(&p->bins, sketch_bin(M, latency), 1);
 }
 
 /* What a judged slot counts for (docs/definitions.md). An unjudged slot counts nothing. */
@@ -1681,7 +1684,7 @@ int mc_drain(Machine *M, const McSink *sink) {
         memset(p->counts, 0, sizeof p->counts);
         memset(p->hist, 0, ((size_t)M->nbounds + 1) * sizeof(int64_t));
         p->latency_sum = 0;
-        binmap_clear(&p->bins);
+        mc_bins_free(&p->bins);
         p->dirty = 0;
     }
     if (!failed) failed = seq_drain(M, sink);
@@ -2096,7 +2099,7 @@ void machine_clear(Machine *M) {
     free(M->known);
     for (uint32_t i = 0; i < M->npairs; i++) {
         free(M->pairs[i].hist);
-        binmap_clear(&M->pairs[i].bins);
+        mc_bins_free(&M->pairs[i].bins);
     }
     free(M->pairs);
     free(M->pair_table);

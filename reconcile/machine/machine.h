@@ -58,6 +58,18 @@ typedef struct {
     uint32_t n;
 } McName;
 
+/* Sketch bins summed by key (open addressing; key INT32_MIN is an empty place):
+ * a pair's bins in the machine, and the binding's sums over drains and machines. */
+typedef struct {
+    int32_t *keys;
+    int64_t *vals;
+    uint32_t n, mask; /* n in use of mask + 1 places (none while keys is NULL) */
+} McBins;
+/* Adds `count` to bin `key` (not INT32_MIN), wrapping as unsigned (no overflow
+ * to trap on); 0, or -1 when memory ran out (the bins as they were). */
+int mc_bins_add(McBins *b, int32_t key, int64_t count);
+void mc_bins_free(McBins *b);
+
 /* What changed for one (stream, group) since the last drain. */
 typedef struct {
     uint32_t sid, gid;
