@@ -28,6 +28,7 @@ is judged as it would have been live.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -295,21 +296,31 @@ class Reconciler:
             with self.store.connect() as conn:
                 held_after = pruned_tick(conn)
             self._replay_backfill(int(row.tick), stream, groups, held_after)
-        self._fold(batch, row.now, row.watermark, lambda keys: self._loaded_by(int(row.tick), keys))
+        self._fold(batch, row.now, row.watermark, self._loaded_by(int(row.tick)))
         self.core.drain()  # written by the engine that ran the tick
 
-    def _loaded_by(self, tick: int, keys: Sequence[tuple[str, str]]) -> list[tuple[Any, ...]]:
-        """The verdict rows of these ids that tick `tick` loaded when it ran: the
-        store's rows now may be later ones (that tick's own, or a later tick's). A
-        tick recorded by an earlier version, without them: the store's."""
-        with self.store.connect() as conn:
-            loaded = conn.execute(
-                select(tick_loads.c.rows).where(tick_loads.c.tick == tick)
-            ).scalar_one_or_none()
-            if loaded is None:
-                return load_verdicts(conn, keys)
-        wanted = set(keys)  # a tick loads row by row: each row's ids
-        return [r for r in parse_loaded(loaded) if (r[0], r[1]) in wanted]
+    def _loaded_by(self, tick: int) -> Loader:
+        """The verdict rows of the ids a row of tick `tick` names that the tick loaded
+        when it ran: the store's rows now may be later ones (that tick's own, or a
+        later tick's). A tick recorded by an earlier version, without them: the
+        store's."""
+
+        @functools.cache  # read once, at the first row that loads
+        def kept() -> list[tuple[Any, ...]] | None:
+            with self.store.connect() as conn:
+                text = conn.execute(
+                    select(tick_loads.c.rows).where(tick_loads.c.tick == tick)
+                ).scalar_one_or_none()
+            return None if text is None else parse_loaded(text)
+
+        def loaded(keys: Sequence[tuple[str, str]]) -> list[tuple[Any, ...]]:
+            rows = kept()
+            if rows is None:
+                return self._load(keys)
+            wanted = set(keys)  # a tick loads row by row: each row's ids
+            return [r for r in rows if (r[0], r[1]) in wanted]
+
+        return loaded
 
     def _replay_backfill(
         self, number: int, stream: str, groups: Sequence[str], held_after: int
@@ -464,7 +475,8 @@ class Reconciler:
             keys = self.core.deferred_keys()
             if keys:
                 rows = load(keys)
-                loaded = [*(loaded or ()), *rows]
+                loaded = [] if loaded is None else loaded
+                loaded += rows  # not a copy a row: a tick may load for thousands
                 self.core.install(rows)
                 self.core.apply_deferred()
         self.core.advance(now, watermark)
